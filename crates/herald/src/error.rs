@@ -1,0 +1,150 @@
+//! Errors as ntfy clients see them: `{"code":40007,"http":400,"error":"...","link":"..."}`.
+//!
+//! Every failure that reaches HTTP becomes an [`ApiError`] with ntfy's code and text
+//! (reference §5), so clients that switch on `code` behave the same against herald.
+//! Internal failures map to `50001` and are logged, never shown in detail.
+
+use std::borrow::Cow;
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+/// An error answer in ntfy's JSON shape.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[error("{http} {code}: {error}")]
+pub struct ApiError {
+    pub code: u32,
+    pub http: u16,
+    pub error: Cow<'static, str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub link: Option<&'static str>,
+}
+
+macro_rules! api_errors {
+    ($($name:ident = ($http:expr, $code:expr, $text:expr $(, $link:expr)?);)*) => {
+        impl ApiError {
+            $(
+                #[doc = $text]
+                pub const $name: ApiError = ApiError {
+                    code: $code,
+                    http: $http,
+                    error: Cow::Borrowed($text),
+                    link: api_errors!(@link $($link)?),
+                };
+            )*
+        }
+    };
+    (@link) => { None };
+    (@link $link:expr) => { Some($link) };
+}
+
+const LINK_DELAY: &str = "https://ntfy.sh/docs/publish/#scheduled-delivery";
+const LINK_AUTH: &str = "https://ntfy.sh/docs/publish/#authentication";
+const LINK_ACTIONS: &str = "https://ntfy.sh/docs/publish/#action-buttons";
+const LINK_ATTACH: &str = "https://ntfy.sh/docs/publish/#attachments";
+const LINK_JSON: &str = "https://ntfy.sh/docs/publish/#publish-as-json";
+const LINK_SINCE: &str = "https://ntfy.sh/docs/subscribe/api/#fetch-cached-messages";
+const LINK_LIMITS: &str = "https://ntfy.sh/docs/publish/#limitations";
+
+api_errors! {
+    BAD_REQUEST = (400, 40000, "invalid request");
+    EMAIL_DISABLED = (400, 40001, "e-mail notifications are not enabled", "https://ntfy.sh/docs/config/#e-mail-notifications");
+    DELAY_NO_CACHE = (400, 40002, "cannot disable cache for delayed message");
+    DELAY_NO_EMAIL = (400, 40003, "delayed e-mail notifications are not supported");
+    DELAY_CANNOT_PARSE = (400, 40004, "invalid delay parameter: unable to parse delay", LINK_DELAY);
+    DELAY_TOO_SMALL = (400, 40005, "invalid delay parameter: too small, please refer to the docs", LINK_DELAY);
+    DELAY_TOO_LARGE = (400, 40006, "invalid delay parameter: too large, please refer to the docs", LINK_DELAY);
+    PRIORITY_INVALID = (400, 40007, "invalid priority parameter", "https://ntfy.sh/docs/publish/#message-priority");
+    SINCE_INVALID = (400, 40008, "invalid since parameter", LINK_SINCE);
+    TOPIC_INVALID = (400, 40009, "invalid request: topic invalid");
+    TOPIC_DISALLOWED = (400, 40010, "invalid request: topic name is not allowed");
+    MESSAGE_NOT_UTF8 = (400, 40011, "invalid request: message must be UTF-8 encoded");
+    ATTACHMENT_URL_INVALID = (400, 40013, "invalid request: attachment URL is invalid", LINK_ATTACH);
+    ATTACHMENTS_NOT_ALLOWED = (400, 40014, "invalid request: attachments not allowed", "https://ntfy.sh/docs/config/#attachments");
+    WEBSOCKET_REQUIRED = (400, 40016, "invalid request: client not using the websocket protocol", "https://ntfy.sh/docs/subscribe/api/#websockets");
+    JSON_MESSAGE_INVALID = (400, 40017, "invalid request: request body must be message JSON", LINK_JSON);
+    ACTIONS_INVALID = (400, 40018, "invalid request: actions invalid", LINK_ACTIONS);
+    ICON_URL_INVALID = (400, 40021, "invalid request: icon URL is invalid", "https://ntfy.sh/docs/publish/#icons");
+    JSON_INVALID = (400, 40024, "invalid request: request body must be valid JSON", LINK_JSON);
+    PHONE_CALLS_DISABLED = (400, 40032, "invalid request: calling is disabled", "https://ntfy.sh/docs/config/#phone-calls");
+    DELAY_NO_CALL = (400, 40037, "invalid request: delayed call notifications are not supported");
+    TEMPLATE_NOT_ENABLED = (400, 40041, "invalid request: templating is not enabled", "https://ntfy.sh/docs/publish/#message-templating");
+    SEQUENCE_ID_INVALID = (400, 40049, "invalid request: sequence ID invalid", "https://ntfy.sh/docs/publish/#updating-deleting-notifications");
+    EMAIL_ADDRESS_INVALID = (400, 40050, "invalid request: invalid e-mail address");
+    UNAUTHORIZED = (401, 40101, "unauthorized", LINK_AUTH);
+    FORBIDDEN = (403, 40301, "forbidden", LINK_AUTH);
+    NOT_FOUND = (404, 40401, "page not found");
+    METHOD_NOT_ALLOWED = (405, 40501, "method not allowed");
+    ENTITY_TOO_LARGE = (413, 41301, "attachment too large, or bandwidth limit reached", LINK_LIMITS);
+    JSON_TOO_LARGE = (413, 41303, "JSON body too large", LINK_JSON);
+    TOO_MANY_REQUESTS = (429, 42901, "limit reached: too many requests", LINK_LIMITS);
+    TOO_MANY_SUBSCRIPTIONS = (429, 42903, "limit reached: too many active subscriptions", LINK_LIMITS);
+    TOO_MANY_TOPICS = (429, 42904, "limit reached: the total number of topics on the server has been reached, please contact the admin", LINK_LIMITS);
+    INTERNAL = (500, 50001, "internal server error");
+    UNAVAILABLE = (503, 50301, "service unavailable: shutting down or storage unavailable");
+}
+
+impl ApiError {
+    /// The same error with `; detail` appended to its text (ntfy does this for actions).
+    pub fn with_detail(mut self, detail: impl std::fmt::Display) -> Self {
+        self.error = Cow::Owned(format!("{}; {}", self.error, detail));
+        self
+    }
+
+    /// The HTTP status of this error.
+    pub fn status(&self) -> StatusCode {
+        StatusCode::from_u16(self.http).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    /// The JSON body, newline-terminated as ntfy writes it.
+    pub fn to_json_line(&self) -> String {
+        let mut s = serde_json::to_string(self).unwrap_or_else(|_| {
+            r#"{"code":50001,"http":500,"error":"internal server error"}"#.to_string()
+        });
+        s.push('\n');
+        s
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut resp = (self.status(), self.to_json_line()).into_response();
+        let headers = resp.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            HeaderValue::from_static("*"),
+        );
+        resp
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(err: crate::store::StoreError) -> Self {
+        tracing::error!(error = %err, "store failure");
+        match err {
+            crate::store::StoreError::Closed => ApiError::UNAVAILABLE,
+            _ => ApiError::INTERNAL,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_shape_matches_ntfy() {
+        assert_eq!(
+            ApiError::NOT_FOUND.to_json_line(),
+            "{\"code\":40401,\"http\":404,\"error\":\"page not found\"}\n"
+        );
+        let e = ApiError::ACTIONS_INVALID.with_detail("too many");
+        assert!(e.to_json_line().contains("actions invalid; too many"));
+        assert!(e.to_json_line().contains("\"link\":"));
+    }
+}

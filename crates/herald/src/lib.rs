@@ -1,0 +1,26 @@
+//! herald: a lean, ntfy-compatible notification server.
+//!
+//! # Layout
+//! - [`config`]: options from flags, environment, YAML file and defaults.
+//! - [`model`]: what a notification is (ntfy's message JSON), IDs and topic names.
+//! - [`store`]: durable history behind the [`store::Store`] trait (embedded SQLite).
+//! - [`hub`]: the in-process topic hub: subscribers, bounded queues, fan-out.
+//! - [`broker`]: how a committed message reaches every node's hub ([`broker::Broker`]).
+//! - [`core`]: the `Herald` handle the transports call: publish, subscribe, poll,
+//!   plus the scheduler and the expiry sweep.
+//! - [`api`]: the ntfy-compatible HTTP surface (publish, JSON/SSE/raw/WebSocket streams).
+//! - [`error`]: ntfy's JSON error shape and codes.
+//! - [`server`]: binds listeners, runs everything, drains on shutdown.
+//!
+//! `ARCHITECTURE.md` at the repository root describes how a message flows and the
+//! invariants each module keeps.
+
+pub mod api;
+pub mod broker;
+pub mod config;
+pub mod core;
+pub mod error;
+pub mod hub;
+pub mod model;
+pub mod server;
+pub mod store;

@@ -1,0 +1,143 @@
+//! Message IDs: ntfy's shape (12 characters of `[0-9A-Za-z]`), but time-sortable.
+//!
+//! The first 8 characters are the creation time in unix milliseconds, the last 4 a
+//! per-millisecond counter that starts at a random value, all in base 62 with the
+//! ASCII-ordered alphabet `0-9A-Za-z`. So comparing two IDs as strings compares their
+//! creation order, within a node strictly (the generator is monotonic) and across nodes
+//! to the millisecond. That lets `since=<id>` select "everything after this message"
+//! without looking the marker up, even after the marker itself has expired.
+
+use std::sync::Mutex;
+
+/// Base-62 digits in ASCII order, so that string order equals numeric order.
+const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+/// Length of every message ID.
+pub const ID_LEN: usize = 12;
+const TIME_DIGITS: usize = 8;
+/// 62^4: the range of the 4-digit counter.
+const COUNTER_SPACE: u64 = 62 * 62 * 62 * 62;
+
+/// A generated message ID.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MessageId(String);
+
+/// Last (millisecond, counter) handed out, so IDs from this process never go backwards.
+static LAST: Mutex<(u64, u64)> = Mutex::new((0, 0));
+
+impl MessageId {
+    /// A new ID, greater than every ID this process generated before.
+    pub fn generate() -> Self {
+        Self::generate_at(super::now_unix_ms().max(0) as u64)
+    }
+
+    /// A new ID for wall-clock time `now_ms` (monotonic even if the clock steps back).
+    pub fn generate_at(now_ms: u64) -> Self {
+        let (ms, counter) = {
+            let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+            let next = if now_ms > last.0 {
+                // Random start in the lower half leaves room to count up within the ms
+                // and makes cross-node collisions in the same millisecond unlikely.
+                (now_ms, fastrand::u64(0..COUNTER_SPACE / 2))
+            } else if last.1 + 1 < COUNTER_SPACE {
+                (last.0, last.1 + 1)
+            } else {
+                (last.0 + 1, 0)
+            };
+            *last = next;
+            next
+        };
+        let mut buf = [0u8; ID_LEN];
+        encode(ms, &mut buf[..TIME_DIGITS]);
+        encode(counter, &mut buf[TIME_DIGITS..]);
+        // The alphabet is ASCII, so the buffer is valid UTF-8.
+        MessageId(buf.iter().map(|&b| b as char).collect())
+    }
+
+    /// The smallest possible ID created at `ms`: every ID generated at or after `ms`
+    /// compares greater than or equal to it.
+    pub fn floor_at(ms: u64) -> String {
+        let mut buf = [b'0'; ID_LEN];
+        encode(ms, &mut buf[..TIME_DIGITS]);
+        buf.iter().map(|&b| b as char).collect()
+    }
+
+    /// The ID as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The ID as an owned string.
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+/// Whether `s` has the shape of a message ID (ntfy's `ValidMessageID`).
+pub fn is_valid(s: &str) -> bool {
+    s.len() == ID_LEN && s.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+/// The creation time encoded in an ID, in unix milliseconds. Any 12-character
+/// alphanumeric string decodes; whether the result is plausible is the caller's call.
+pub fn timestamp_ms(id: &str) -> Option<u64> {
+    if !is_valid(id) {
+        return None;
+    }
+    id.as_bytes()[..TIME_DIGITS]
+        .iter()
+        .try_fold(0u64, |acc, &b| Some(acc * 62 + digit_value(b)?))
+}
+
+fn digit_value(b: u8) -> Option<u64> {
+    match b {
+        b'0'..=b'9' => Some((b - b'0') as u64),
+        b'A'..=b'Z' => Some((b - b'A') as u64 + 10),
+        b'a'..=b'z' => Some((b - b'a') as u64 + 36),
+        _ => None,
+    }
+}
+
+/// Writes `value` as fixed-width base 62 into `out` (most significant digit first).
+fn encode(mut value: u64, out: &mut [u8]) {
+    for slot in out.iter_mut().rev() {
+        *slot = ALPHABET[(value % 62) as usize];
+        value /= 62;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn ids_have_ntfy_shape_and_increase() {
+        let mut prev = MessageId::generate();
+        for _ in 0..10_000 {
+            let next = MessageId::generate();
+            assert!(is_valid(next.as_str()), "{next:?}");
+            assert!(next > prev, "{next:?} <= {prev:?}");
+            prev = next;
+        }
+    }
+
+    #[test]
+    fn clock_going_backwards_keeps_ids_increasing() {
+        let a = MessageId::generate_at(4_000_000_000_000);
+        let b = MessageId::generate_at(3_000_000_000_000);
+        assert!(b > a);
+    }
+
+    proptest! {
+        #[test]
+        fn timestamp_round_trips(ms in 0u64..62u64.pow(8)) {
+            let floor = MessageId::floor_at(ms);
+            prop_assert_eq!(timestamp_ms(&floor), Some(ms));
+        }
+
+        #[test]
+        fn string_order_is_time_order(a in 0u64..62u64.pow(8), b in 0u64..62u64.pow(8)) {
+            prop_assert_eq!(MessageId::floor_at(a).cmp(&MessageId::floor_at(b)), a.cmp(&b));
+        }
+    }
+}

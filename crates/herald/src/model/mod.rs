@@ -1,0 +1,227 @@
+//! The domain model: what a notification is, independent of how it travels.
+//!
+//! `Message` mirrors ntfy's message JSON field for field (and in the same key order),
+//! because every transport serializes it and ntfy clients parse it. Validation of
+//! user input into these types lives in `api::params`; this module only defines them.
+
+pub mod id;
+pub mod topic;
+
+use serde::{Deserialize, Serialize};
+
+pub use id::MessageId;
+
+/// The kind of an event on a subscription stream (`event` in ntfy's JSON).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// First event of every stream.
+    Open,
+    /// Periodic liveness event on HTTP streams.
+    Keepalive,
+    /// A notification.
+    Message,
+    /// A sequence was deleted (ntfy v2.16+).
+    MessageDelete,
+    /// A sequence was cleared / marked read (ntfy v2.16+).
+    MessageClear,
+    /// iOS upstream poll request (accepted on the wire, never produced by herald).
+    PollRequest,
+}
+
+impl EventKind {
+    /// The name used on the wire (`event` field, SSE `event:` line).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Open => "open",
+            EventKind::Keepalive => "keepalive",
+            EventKind::Message => "message",
+            EventKind::MessageDelete => "message_delete",
+            EventKind::MessageClear => "message_clear",
+            EventKind::PollRequest => "poll_request",
+        }
+    }
+
+    /// Events that are stored, replayed by `since=` and subject to subscription filters.
+    pub fn is_content(self) -> bool {
+        matches!(
+            self,
+            EventKind::Message | EventKind::MessageDelete | EventKind::MessageClear
+        )
+    }
+}
+
+/// An action button (ntfy `Action`), already validated and normalised.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Action {
+    pub id: String,
+    pub action: String,
+    pub label: String,
+    pub clear: bool,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub url: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub method: String,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub headers: std::collections::BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub body: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub intent: String,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub extras: std::collections::BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub value: String,
+}
+
+/// An attachment reference (external URL; herald stores no files yet).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Attachment {
+    pub name: String,
+    #[serde(default, rename = "type", skip_serializing_if = "String::is_empty")]
+    pub mime_type: String,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub size: i64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub expires: i64,
+    pub url: String,
+}
+
+fn is_zero(v: &i64) -> bool {
+    *v == 0
+}
+
+fn is_zero_u8(v: &u8) -> bool {
+    *v == 0
+}
+
+/// One event as ntfy clients see it. Field order is ntfy's JSON key order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub id: String,
+    /// Omitted on JSON/SSE output when equal to `id` (see [`Message::for_json`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sequence_id: Option<String>,
+    /// Unix seconds; for a scheduled message, its delivery time.
+    pub time: i64,
+    /// Unix seconds after which the store forgets the message; absent when not cached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<i64>,
+    pub event: EventKind,
+    /// A single topic, or for `open`/`keepalive` the comma-joined topics of the stream.
+    pub topic: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub title: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// 1..=5; 0 means "not set" and is omitted.
+    #[serde(default, skip_serializing_if = "is_zero_u8")]
+    pub priority: u8,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub click: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub icon: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub actions: Vec<Action>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attachment: Option<Attachment>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub poll_id: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub content_type: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub encoding: String,
+}
+
+impl Message {
+    /// A bare event of `kind` on `topic` with a fresh id and the current time.
+    pub fn new(kind: EventKind, topic: impl Into<String>) -> Self {
+        Message {
+            id: MessageId::generate().into_string(),
+            sequence_id: None,
+            time: now_unix(),
+            expires: None,
+            event: kind,
+            topic: topic.into(),
+            title: String::new(),
+            message: String::new(),
+            priority: 0,
+            tags: Vec::new(),
+            click: String::new(),
+            icon: String::new(),
+            actions: Vec::new(),
+            attachment: None,
+            poll_id: String::new(),
+            content_type: String::new(),
+            encoding: String::new(),
+        }
+    }
+
+    /// The form ntfy uses for publish responses, JSON and SSE streams: `sequence_id`
+    /// dropped when it equals `id`. (WebSocket frames keep it; see `hub::EncodedEvent`.)
+    pub fn for_json(&self) -> std::borrow::Cow<'_, Message> {
+        if self.sequence_id.as_deref() == Some(self.id.as_str()) {
+            let mut m = self.clone();
+            m.sequence_id = None;
+            std::borrow::Cow::Owned(m)
+        } else {
+            std::borrow::Cow::Borrowed(self)
+        }
+    }
+
+    /// The sequence this message belongs to: its `sequence_id`, or its own id.
+    pub fn sequence(&self) -> &str {
+        self.sequence_id.as_deref().unwrap_or(&self.id)
+    }
+
+    /// Priority as filters see it: unset counts as 3 ("default").
+    pub fn effective_priority(&self) -> u8 {
+        if self.priority == 0 { 3 } else { self.priority }
+    }
+}
+
+/// Current wall-clock time in unix seconds.
+pub fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Current wall-clock time in unix milliseconds.
+pub fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_key_order_and_omissions_match_ntfy() {
+        let mut m = Message::new(EventKind::Message, "mytopic");
+        m.id = "hwQ2YpKdmg00".into();
+        m.time = 1635528741;
+        m.expires = Some(1635571941);
+        m.message = "Backup done".into();
+        let json = serde_json::to_string(&m).unwrap();
+        assert_eq!(
+            json,
+            r#"{"id":"hwQ2YpKdmg00","time":1635528741,"expires":1635571941,"event":"message","topic":"mytopic","message":"Backup done"}"#
+        );
+    }
+
+    #[test]
+    fn for_json_drops_sequence_id_equal_to_id() {
+        let mut m = Message::new(EventKind::Message, "t");
+        m.sequence_id = Some(m.id.clone());
+        assert_eq!(m.for_json().sequence_id, None);
+        m.sequence_id = Some("other".into());
+        assert_eq!(m.for_json().sequence_id.as_deref(), Some("other"));
+    }
+}

@@ -1,0 +1,104 @@
+//! The message cache: durable history behind `since=`, `poll=1` and scheduled delivery.
+//!
+//! [`Store`] is the seam between herald's core and where messages live. The embedded
+//! implementation ([`sqlite::SqliteStore`]) is the default; a Redis implementation is
+//! planned for multi-node deployments, so the trait speaks only in messages and
+//! topics, never in SQL, rows or transactions.
+//!
+//! Contract every implementation keeps:
+//! - [`Store::append`] returns only after the message is committed (an acknowledged
+//!   publish is never lost); concurrent appends may be committed together.
+//! - Queries return messages ordered by `(time, id)`; IDs are time-sortable
+//!   (see `model::id`), so `id > marker` means "published after the marker".
+//! - Scheduled messages (`time` in the future at publish) are stored as not yet
+//!   published; [`Store::take_due`] hands each one out exactly once.
+
+pub mod sqlite;
+
+use async_trait::async_trait;
+
+use crate::model::Message;
+
+/// Which part of the history a subscriber asked for (`since=`), already resolved
+/// by the API layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Since {
+    /// Nothing from the history.
+    None,
+    /// Every cached message.
+    All,
+    /// The single most recent published message of each topic.
+    Latest,
+    /// Messages whose ID is greater than this one (published after it).
+    AfterId(String),
+    /// Messages with `time >= ` this unix timestamp.
+    Time(i64),
+}
+
+/// A history query.
+#[derive(Debug, Clone)]
+pub struct Query {
+    /// The topics to read; results from several topics are merged by `(time, id)`.
+    pub topics: Vec<String>,
+    pub since: Since,
+    /// Also return scheduled messages that are not yet delivered (`scheduled=1`).
+    pub include_scheduled: bool,
+}
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backend failed (I/O, corruption, lost connection).
+    #[error("store backend: {0}")]
+    Backend(String),
+    /// A stored row could not be decoded.
+    #[error("stored message is malformed: {0}")]
+    Corrupt(String),
+    /// The store is shutting down or its writer has stopped.
+    #[error("store is closed")]
+    Closed,
+}
+
+/// Counters for `/v1/stats` and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Messages currently held (published and scheduled).
+    pub messages: u64,
+    /// Scheduled messages not yet delivered.
+    pub scheduled: u64,
+}
+
+/// Durable message history. See the module docs for the contract.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Commits `message` (a `message`, `message_delete` or `message_clear` event whose
+    /// `expires` is set). A message whose `time` is later than now is stored as
+    /// scheduled. Returns after the commit is durable per the configured sync mode.
+    async fn append(&self, message: Message) -> Result<(), StoreError>;
+
+    /// The messages matching `query`, ordered by `(time, id)`.
+    async fn query(&self, query: Query) -> Result<Vec<Message>, StoreError>;
+
+    /// Scheduled messages due at or before `now` (unix seconds), marked published in
+    /// the same commit, so each is returned once; ordered by `(time, id)`.
+    async fn take_due(&self, now: i64) -> Result<Vec<Message>, StoreError>;
+
+    /// The delivery time of the earliest scheduled message not yet delivered.
+    async fn next_due(&self) -> Result<Option<i64>, StoreError>;
+
+    /// Deletes scheduled, not yet delivered messages of `topic` with `sequence_id`
+    /// (replacing or cancelling a scheduled notification). Returns how many.
+    async fn cancel_scheduled(&self, topic: &str, sequence_id: &str) -> Result<u64, StoreError>;
+
+    /// Deletes messages whose `expires` is before `now`. Returns how many.
+    async fn prune_expired(&self, now: i64) -> Result<u64, StoreError>;
+
+    /// Current counts.
+    async fn stats(&self) -> Result<StoreStats, StoreError>;
+
+    /// Checks that the store can still commit (readiness probe).
+    async fn check_writable(&self) -> Result<(), StoreError>;
+
+    /// Commits whatever is pending and stops accepting writes.
+    async fn close(&self);
+}
