@@ -1,1 +1,487 @@
-//! placeholder: being written
+//! Server options: one table of keys, four sources, one typed [`Config`].
+//!
+//! Keys use ntfy's names where ntfy has the same option (`listen-http`,
+//! `cache-duration`, ...), so an ntfy `server.yml` carries over for the shared options;
+//! herald's own options (`data-dir`, `store-sync`, ...) follow the same style.
+//! Precedence, highest first: command-line flag, environment (`HERALD_` + key in upper
+//! snake case), YAML config file (`--config`), built-in default. A bad value is
+//! reported with its key and the source it came from, and the server does not start.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::parser::ValueSource;
+use clap::{Arg, ArgMatches, Command};
+
+use crate::api::timeparse::parse_config_duration;
+use crate::store::sqlite::SyncMode;
+
+/// One configurable option.
+struct OptionSpec {
+    key: &'static str,
+    default: &'static str,
+    help: &'static str,
+}
+
+/// Every option `herald serve` takes. `--help` is generated from this table.
+const OPTIONS: &[OptionSpec] = &[
+    OptionSpec {
+        key: "listen-http",
+        default: ":8080",
+        help: "Address to listen on for HTTP, e.g. `:8080` (all interfaces) or `127.0.0.1:8080`",
+    },
+    OptionSpec {
+        key: "base-url",
+        default: "",
+        help: "Public URL of this server, e.g. `https://ntfy.example.com` (reported in /v1/config)",
+    },
+    OptionSpec {
+        key: "data-dir",
+        default: "./herald-data",
+        help: "Directory for herald's durable state (message store)",
+    },
+    OptionSpec {
+        key: "cache-file",
+        default: "",
+        help: "Path of the SQLite message store; default `<data-dir>/messages.db`",
+    },
+    OptionSpec {
+        key: "cache-duration",
+        default: "12h",
+        help: "How long messages are kept for `since=`/`poll=1`; `0` keeps none",
+    },
+    OptionSpec {
+        key: "keepalive-interval",
+        default: "45s",
+        help: "Interval of keepalive events (HTTP streams) and pings (WebSocket)",
+    },
+    OptionSpec {
+        key: "manager-interval",
+        default: "1m",
+        help: "Interval of the expiry sweep that deletes old messages",
+    },
+    OptionSpec {
+        key: "message-size-limit",
+        default: "4k",
+        help: "Largest message body, in bytes (`4k`, `4096`); larger bodies are refused",
+    },
+    OptionSpec {
+        key: "message-delay-limit",
+        default: "3d",
+        help: "Furthest in the future a message may be scheduled",
+    },
+    OptionSpec {
+        key: "visitor-subscription-limit",
+        default: "30",
+        help: "Open subscriptions (streams) allowed per visitor IP",
+    },
+    OptionSpec {
+        key: "global-topic-limit",
+        default: "15000",
+        help: "Most topics with subscribers at once",
+    },
+    OptionSpec {
+        key: "store-sync",
+        default: "normal",
+        help: "Store durability: `normal` (survives a process crash), `full` (also power loss, fsync per commit), `off`",
+    },
+    OptionSpec {
+        key: "subscriber-queue-size",
+        default: "1024",
+        help: "Undelivered events a subscriber may lag behind before it is disconnected",
+    },
+    OptionSpec {
+        key: "shutdown-timeout",
+        default: "25s",
+        help: "Longest time a graceful shutdown waits for streams and publishes to finish",
+    },
+    OptionSpec {
+        key: "log-level",
+        default: "info",
+        help: "Log level: error, warn, info, debug, trace (RUST_LOG overrides)",
+    },
+    OptionSpec {
+        key: "log-format",
+        default: "text",
+        help: "Log format: `text` or `json`",
+    },
+];
+
+/// Where a value came from, for error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Default,
+    File(PathBuf),
+    Env(String),
+    Flag,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Default => write!(f, "the default"),
+            Source::File(p) => write!(f, "config file {}", p.display()),
+            Source::Env(var) => write!(f, "environment variable {var}"),
+            Source::Flag => write!(f, "command-line flag"),
+        }
+    }
+}
+
+/// A configuration problem, naming the key and where its value came from.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid value {value:?} for `{key}` (from {origin}): {reason}")]
+    Invalid {
+        key: &'static str,
+        value: String,
+        origin: Source,
+        reason: String,
+    },
+    #[error("cannot read config file {path}: {reason}")]
+    File { path: PathBuf, reason: String },
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The validated server configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen_http: String,
+    pub base_url: String,
+    pub data_dir: PathBuf,
+    pub cache_file: PathBuf,
+    pub cache_duration: Duration,
+    pub keepalive_interval: Duration,
+    pub manager_interval: Duration,
+    pub message_size_limit: usize,
+    pub message_delay_limit: Duration,
+    pub visitor_subscription_limit: usize,
+    pub global_topic_limit: usize,
+    pub store_sync: SyncMode,
+    pub subscriber_queue_size: usize,
+    pub shutdown_timeout: Duration,
+    pub log_level: String,
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// The defaults, with `data_dir` replaced (convenient for tests).
+    pub fn with_data_dir(data_dir: impl Into<PathBuf>) -> Config {
+        let mut raw = RawValues::defaults();
+        raw.set(
+            "data-dir",
+            data_dir.into().display().to_string(),
+            Source::Flag,
+        );
+        raw.into_config()
+            .unwrap_or_else(|e| unreachable!("built-in defaults are valid: {e}"))
+    }
+}
+
+/// Adds one flag per option to `cmd` (`--listen-http`, ... and `--config`).
+pub fn add_args(mut cmd: Command) -> Command {
+    cmd = cmd.arg(
+        Arg::new("config")
+            .long("config")
+            .short('c')
+            .value_name("FILE")
+            .env("HERALD_CONFIG")
+            .help("YAML config file with ntfy-style keys (e.g. an ntfy server.yml)"),
+    );
+    for opt in OPTIONS {
+        let help = if opt.default.is_empty() {
+            opt.help.to_string()
+        } else {
+            format!("{} [default: {}]", opt.help, opt.default)
+        };
+        cmd = cmd.arg(
+            Arg::new(opt.key)
+                .long(opt.key)
+                .value_name("VALUE")
+                .env(env_name(opt.key))
+                .help(help),
+        );
+    }
+    cmd
+}
+
+/// `listen-http` → `HERALD_LISTEN_HTTP`.
+pub fn env_name(key: &str) -> String {
+    format!("HERALD_{}", key.to_ascii_uppercase().replace('-', "_"))
+}
+
+/// Builds the configuration from parsed arguments (flags and environment, as clap saw
+/// them), the config file they name, and the defaults.
+pub fn load(matches: &ArgMatches) -> Result<Config, ConfigError> {
+    let mut raw = RawValues::defaults();
+    if let Some(path) = matches.get_one::<String>("config") {
+        raw.merge_file(Path::new(path))?;
+    }
+    for opt in OPTIONS {
+        if let Some(value) = matches.get_one::<String>(opt.key) {
+            let source = match matches.value_source(opt.key) {
+                Some(ValueSource::EnvVariable) => Source::Env(env_name(opt.key)),
+                _ => Source::Flag,
+            };
+            raw.set(opt.key, value.clone(), source);
+        }
+    }
+    raw.into_config()
+}
+
+/// Values as strings, each with its source, before validation.
+struct RawValues(HashMap<&'static str, (String, Source)>);
+
+impl RawValues {
+    fn defaults() -> Self {
+        RawValues(
+            OPTIONS
+                .iter()
+                .map(|o| (o.key, (o.default.to_string(), Source::Default)))
+                .collect(),
+        )
+    }
+
+    fn set(&mut self, key: &str, value: String, source: Source) {
+        if let Some(opt) = OPTIONS.iter().find(|o| o.key == key) {
+            self.0.insert(opt.key, (value, source));
+        }
+    }
+
+    /// Takes every known key from a YAML file. Unknown keys (ntfy options herald does
+    /// not have) are logged and ignored, so an ntfy `server.yml` still loads.
+    fn merge_file(&mut self, path: &Path) -> Result<(), ConfigError> {
+        let file_err = |reason: String| ConfigError::File {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| file_err(e.to_string()))?;
+        if text.trim().is_empty() {
+            return Ok(());
+        }
+        let doc: serde_json::Value =
+            serde_saphyr::from_str(&text).map_err(|e| file_err(e.to_string()))?;
+        let serde_json::Value::Object(map) = doc else {
+            return Err(file_err(
+                "expected a mapping of option names to values".into(),
+            ));
+        };
+        for (key, value) in map {
+            let text = match value {
+                serde_json::Value::String(s) => s,
+                serde_json::Value::Number(n) => n.to_string(),
+                serde_json::Value::Bool(b) => b.to_string(),
+                serde_json::Value::Null => continue,
+                other => other.to_string(),
+            };
+            let key = key.replace('_', "-");
+            if OPTIONS.iter().any(|o| o.key == key) {
+                self.set(&key, text, Source::File(path.to_path_buf()));
+            } else {
+                tracing::warn!(key = %key, file = %path.display(), "ignoring unsupported config option");
+            }
+        }
+        Ok(())
+    }
+
+    fn get(&self, key: &'static str) -> (&str, &Source) {
+        match self.0.get(key) {
+            Some((v, s)) => (v.as_str(), s),
+            None => ("", &Source::Default),
+        }
+    }
+
+    fn parse<T>(
+        &self,
+        key: &'static str,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Result<T, ConfigError> {
+        let (value, source) = self.get(key);
+        parse(value.trim()).map_err(|reason| ConfigError::Invalid {
+            key,
+            value: value.to_string(),
+            origin: source.clone(),
+            reason,
+        })
+    }
+
+    fn into_config(self) -> Result<Config, ConfigError> {
+        let data_dir = PathBuf::from(self.parse("data-dir", non_empty)?);
+        let cache_file = self.parse("cache-file", |s| Ok(s.to_string()))?;
+        let cache_file = if cache_file.is_empty() {
+            data_dir.join("messages.db")
+        } else {
+            PathBuf::from(cache_file)
+        };
+        Ok(Config {
+            listen_http: self.parse("listen-http", parse_listen)?,
+            base_url: self.parse("base-url", |s| Ok(s.trim_end_matches('/').to_string()))?,
+            data_dir,
+            cache_file,
+            cache_duration: self.parse("cache-duration", duration)?,
+            keepalive_interval: self.parse("keepalive-interval", positive_duration)?,
+            manager_interval: self.parse("manager-interval", positive_duration)?,
+            message_size_limit: self.parse("message-size-limit", |s| {
+                let n = parse_size(s)?;
+                if n == 0 {
+                    return Err("must be at least 1 byte".into());
+                }
+                Ok(n)
+            })?,
+            message_delay_limit: self.parse("message-delay-limit", positive_duration)?,
+            visitor_subscription_limit: self.parse("visitor-subscription-limit", count)?,
+            global_topic_limit: self.parse("global-topic-limit", count)?,
+            store_sync: self.parse("store-sync", |s| {
+                s.parse::<SyncMode>()
+                    .map_err(|_| "expected one of: off, normal, full".to_string())
+            })?,
+            subscriber_queue_size: self.parse("subscriber-queue-size", |s| {
+                let n = count(s)?;
+                if n == 0 {
+                    return Err("must be at least 1".into());
+                }
+                Ok(n)
+            })?,
+            shutdown_timeout: self.parse("shutdown-timeout", duration)?,
+            log_level: self.parse("log-level", |s| match s.to_ascii_lowercase().as_str() {
+                l @ ("error" | "warn" | "info" | "debug" | "trace") => Ok(l.to_string()),
+                _ => Err("expected one of: error, warn, info, debug, trace".into()),
+            })?,
+            log_format: self.parse("log-format", |s| match s.to_ascii_lowercase().as_str() {
+                "text" => Ok(LogFormat::Text),
+                "json" => Ok(LogFormat::Json),
+                _ => Err("expected `text` or `json`".into()),
+            })?,
+        })
+    }
+}
+
+fn non_empty(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        Err("must not be empty".into())
+    } else {
+        Ok(s.to_string())
+    }
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    parse_config_duration(s).ok_or_else(|| "expected a duration such as 45s, 10m, 12h or 3d".into())
+}
+
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    let d = duration(s)?;
+    if d.is_zero() {
+        return Err("must be greater than zero".into());
+    }
+    Ok(d)
+}
+
+fn count(s: &str) -> Result<usize, String> {
+    s.parse::<usize>()
+        .map_err(|_| "expected a whole number".to_string())
+}
+
+/// `:8080` (all interfaces, as ntfy writes it), `127.0.0.1:8080`, `[::1]:8080`.
+fn parse_listen(s: &str) -> Result<String, String> {
+    let full = if s.starts_with(':') {
+        format!("0.0.0.0{s}")
+    } else {
+        s.to_string()
+    };
+    full.parse::<std::net::SocketAddr>()
+        .map_err(|_| "expected [host]:port, e.g. :8080 or 127.0.0.1:8080".to_string())?;
+    Ok(full)
+}
+
+/// Byte sizes as ntfy writes them: `4096`, `4k`, `4K`, `4KB`, `1M`, `1G`.
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let lower = s.trim().to_ascii_lowercase();
+    let lower = lower.strip_suffix('b').unwrap_or(&lower);
+    let (digits, mult) = match lower.chars().last() {
+        Some('k') => (&lower[..lower.len() - 1], 1024),
+        Some('m') => (&lower[..lower.len() - 1], 1024 * 1024),
+        Some('g') => (&lower[..lower.len() - 1], 1024 * 1024 * 1024),
+        _ => (lower, 1),
+    };
+    digits
+        .trim()
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| "expected a size such as 4096, 4k or 1M".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn matches(args: &[&str]) -> ArgMatches {
+        add_args(Command::new("serve"))
+            .try_get_matches_from(std::iter::once("serve").chain(args.iter().copied()))
+            .unwrap()
+    }
+
+    #[test]
+    fn defaults_are_ntfys() {
+        let c = load(&matches(&[])).unwrap();
+        assert_eq!(c.listen_http, "0.0.0.0:8080");
+        assert_eq!(c.cache_duration, Duration::from_secs(12 * 3600));
+        assert_eq!(c.keepalive_interval, Duration::from_secs(45));
+        assert_eq!(c.message_size_limit, 4096);
+        assert_eq!(c.message_delay_limit, Duration::from_secs(3 * 86400));
+        assert_eq!(c.visitor_subscription_limit, 30);
+        assert_eq!(c.cache_file, PathBuf::from("./herald-data/messages.db"));
+    }
+
+    #[test]
+    fn flag_beats_file_and_file_beats_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("server.yml");
+        std::fs::write(
+            &file,
+            "listen-http: \":9999\"\ncache-duration: 1h\nauth-file: /var/lib/ntfy/user.db\n",
+        )
+        .unwrap();
+        let f = file.to_str().unwrap();
+        let c = load(&matches(&[
+            "--config",
+            f,
+            "--listen-http",
+            "127.0.0.1:7000",
+        ]))
+        .unwrap();
+        assert_eq!(c.listen_http, "127.0.0.1:7000");
+        assert_eq!(c.cache_duration, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn bad_values_name_key_and_source() {
+        let err = load(&matches(&["--cache-duration", "soon"])).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("cache-duration"), "{text}");
+        assert!(text.contains("command-line flag"), "{text}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("server.yml");
+        std::fs::write(&file, "message-size-limit: lots\n").unwrap();
+        let err = load(&matches(&["--config", file.to_str().unwrap()])).unwrap_err();
+        assert!(err.to_string().contains("message-size-limit"));
+        assert!(err.to_string().contains("config file"));
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("4k"), Ok(4096));
+        assert_eq!(parse_size("4KB"), Ok(4096));
+        assert_eq!(parse_size("1M"), Ok(1 << 20));
+        assert!(parse_size("x").is_err());
+    }
+}

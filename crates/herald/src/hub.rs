@@ -1,1 +1,487 @@
-//! placeholder: being written
+//! The in-process topic hub: who is subscribed to what, and fan-out to them.
+//!
+//! Design, for many cheap subscribers:
+//! - A subscriber is one small struct (a bounded queue of shared events and a
+//!   `Notify`), registered in each of its topics. There is no task per subscriber per
+//!   topic: the connection's own task drains the queue and writes to its socket.
+//! - A published event is wrapped once in an [`Arc<SharedEvent>`]; its wire encodings
+//!   (JSON line, SSE frame, raw line, WebSocket text) are computed at most once each
+//!   and shared by every subscriber, never once per subscriber.
+//! - Each topic has its own lock, held while an event is pushed to all its
+//!   subscribers, so every subscriber of a topic sees that topic's events in the same
+//!   order, and in publish order for publishes that do not overlap in time.
+//! - A subscriber whose queue is full (it does not read fast enough) is closed and
+//!   counted; publishers never wait for a subscriber, so memory stays bounded.
+//! - Keepalives come from one shared tick that enqueues a marker for every
+//!   subscriber, not from a timer per connection.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+
+use crate::model::{EventKind, Message};
+
+/// An event being delivered, with its wire encodings computed lazily and shared.
+#[derive(Debug)]
+pub struct SharedEvent {
+    pub message: Message,
+    json_line: OnceLock<Bytes>,
+    sse_frame: OnceLock<Bytes>,
+    raw_line: OnceLock<Bytes>,
+    ws_text: OnceLock<Bytes>,
+}
+
+impl SharedEvent {
+    /// Wraps `message` for delivery.
+    pub fn new(message: Message) -> Arc<Self> {
+        Arc::new(SharedEvent {
+            message,
+            json_line: OnceLock::new(),
+            sse_frame: OnceLock::new(),
+            raw_line: OnceLock::new(),
+            ws_text: OnceLock::new(),
+        })
+    }
+
+    /// `/json` framing: ntfy's `ForJSON` object and a newline.
+    pub fn json_line(&self) -> &Bytes {
+        self.json_line
+            .get_or_init(|| encode_json_line(&self.message))
+    }
+
+    /// `/sse` framing: `data: {json}\n\n` for content events, with an `event:` line
+    /// for the others (ntfy's browser-compatible encoding).
+    pub fn sse_frame(&self) -> &Bytes {
+        self.sse_frame
+            .get_or_init(|| encode_sse_frame(&self.message, self.json_line()))
+    }
+
+    /// `/raw` framing: the message text on one line; an empty line for other events.
+    pub fn raw_line(&self) -> &Bytes {
+        self.raw_line.get_or_init(|| encode_raw_line(&self.message))
+    }
+
+    /// WebSocket framing: the full message JSON (ntfy keeps `sequence_id` here).
+    pub fn ws_text(&self) -> &Bytes {
+        self.ws_text
+            .get_or_init(|| Bytes::from(serde_json::to_vec(&self.message).unwrap_or_default()))
+    }
+}
+
+/// `message` as a JSON line in ntfy's `ForJSON` form.
+pub fn encode_json_line(message: &Message) -> Bytes {
+    let mut buf = serde_json::to_vec(&*message.for_json()).unwrap_or_default();
+    buf.push(b'\n');
+    Bytes::from(buf)
+}
+
+/// `message` as an SSE frame, given its JSON line.
+pub fn encode_sse_frame(message: &Message, json_line: &[u8]) -> Bytes {
+    let json = json_line.strip_suffix(b"\n").unwrap_or(json_line);
+    let mut buf = Vec::with_capacity(json.len() + 32);
+    if !message.event.is_content() {
+        buf.extend_from_slice(b"event: ");
+        buf.extend_from_slice(message.event.as_str().as_bytes());
+        buf.push(b'\n');
+    }
+    buf.extend_from_slice(b"data: ");
+    buf.extend_from_slice(json);
+    buf.extend_from_slice(b"\n\n");
+    Bytes::from(buf)
+}
+
+/// `message` as a raw line: its text with newlines flattened, or empty.
+pub fn encode_raw_line(message: &Message) -> Bytes {
+    if message.event == EventKind::Message {
+        let mut line = message.message.replace('\n', " ");
+        line.push('\n');
+        Bytes::from(line)
+    } else {
+        Bytes::from_static(b"\n")
+    }
+}
+
+/// What a subscriber's queue holds.
+#[derive(Debug, Clone)]
+pub enum Delivery {
+    /// A published event.
+    Event(Arc<SharedEvent>),
+    /// Time to send a keepalive (HTTP streams) or a ping (WebSocket).
+    Keepalive,
+}
+
+/// Why a subscription was ended by the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Its queue overflowed: it did not read fast enough.
+    TooSlow,
+    /// The server is shutting down.
+    Shutdown,
+}
+
+#[derive(Debug, Default)]
+struct QueueState {
+    items: VecDeque<Delivery>,
+    closed: Option<CloseReason>,
+}
+
+/// One subscriber's end of the hub.
+#[derive(Debug)]
+struct Subscriber {
+    id: u64,
+    topics: Box<[Arc<str>]>,
+    queue: Mutex<QueueState>,
+    ready: Notify,
+}
+
+impl Subscriber {
+    /// Enqueues `item`; closes the subscriber instead if its queue is full.
+    /// Returns false if the subscriber is (now) closed.
+    fn push(&self, item: Delivery, capacity: usize) -> PushOutcome {
+        let mut q = lock(&self.queue);
+        if q.closed.is_some() {
+            return PushOutcome::Closed;
+        }
+        if matches!(item, Delivery::Keepalive)
+            && q.items.iter().any(|d| matches!(d, Delivery::Keepalive))
+        {
+            return PushOutcome::Queued;
+        }
+        if q.items.len() >= capacity {
+            q.closed = Some(CloseReason::TooSlow);
+            q.items = VecDeque::new();
+            drop(q);
+            self.ready.notify_one();
+            return PushOutcome::Overflowed;
+        }
+        q.items.push_back(item);
+        drop(q);
+        self.ready.notify_one();
+        PushOutcome::Queued
+    }
+
+    fn close(&self, reason: CloseReason) {
+        let mut q = lock(&self.queue);
+        if q.closed.is_none() {
+            q.closed = Some(reason);
+        }
+        drop(q);
+        self.ready.notify_one();
+    }
+}
+
+enum PushOutcome {
+    Queued,
+    Overflowed,
+    Closed,
+}
+
+/// The subscribers of one topic. Its mutex is held for a whole fan-out so that all
+/// subscribers see the topic's events in one order.
+#[derive(Debug, Default)]
+struct Topic {
+    subscribers: Mutex<Vec<Arc<Subscriber>>>,
+}
+
+/// Counters the hub keeps for stats and metrics.
+#[derive(Debug, Default)]
+pub struct HubCounters {
+    /// Events handed to subscriber queues.
+    pub delivered: AtomicU64,
+    /// Subscribers closed because their queue overflowed.
+    pub dropped_slow: AtomicU64,
+}
+
+/// The topic hub. Cheap to share (`Arc<Hub>`).
+#[derive(Debug)]
+pub struct Hub {
+    topics: RwLock<HashMap<Arc<str>, Arc<Topic>>>,
+    /// Every live subscriber, for keepalive ticks and shutdown.
+    all: Mutex<HashMap<u64, Arc<Subscriber>>>,
+    next_id: AtomicU64,
+    queue_capacity: usize,
+    /// Public counters.
+    pub counters: HubCounters,
+}
+
+impl Hub {
+    /// A hub whose subscribers may each have up to `queue_capacity` undelivered events.
+    pub fn new(queue_capacity: usize) -> Arc<Self> {
+        Arc::new(Hub {
+            topics: RwLock::new(HashMap::new()),
+            all: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            queue_capacity: queue_capacity.max(1),
+            counters: HubCounters::default(),
+        })
+    }
+
+    /// Registers a subscriber on `topics`. Events dispatched from now on are queued for
+    /// it until the returned handle is dropped.
+    pub fn subscribe(self: &Arc<Self>, topics: &[String]) -> Subscription {
+        let topics: Box<[Arc<str>]> = topics.iter().map(|t| Arc::from(t.as_str())).collect();
+        let sub = Arc::new(Subscriber {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            topics,
+            queue: Mutex::new(QueueState::default()),
+            ready: Notify::new(),
+        });
+        lock(&self.all).insert(sub.id, sub.clone());
+        for name in sub.topics.iter() {
+            let topic = self.topic_or_create(name);
+            lock(&topic.subscribers).push(sub.clone());
+        }
+        Subscription {
+            hub: self.clone(),
+            sub,
+        }
+    }
+
+    fn topic_or_create(&self, name: &Arc<str>) -> Arc<Topic> {
+        if let Some(t) = read(&self.topics).get(name) {
+            return t.clone();
+        }
+        write(&self.topics).entry(name.clone()).or_default().clone()
+    }
+
+    fn unsubscribe(&self, sub: &Subscriber) {
+        lock(&self.all).remove(&sub.id);
+        for name in sub.topics.iter() {
+            let Some(topic) = read(&self.topics).get(name).cloned() else {
+                continue;
+            };
+            let now_empty = {
+                let mut subs = lock(&topic.subscribers);
+                subs.retain(|s| s.id != sub.id);
+                subs.is_empty()
+            };
+            if now_empty {
+                let mut topics = write(&self.topics);
+                // Re-check under the map lock: someone may have subscribed meanwhile.
+                if topics
+                    .get(name)
+                    .is_some_and(|t| lock(&t.subscribers).is_empty())
+                {
+                    topics.remove(name);
+                }
+            }
+        }
+    }
+
+    /// Queues `event` for every subscriber of its topic. Never blocks on subscribers.
+    /// Returns how many subscribers it was queued for.
+    pub fn dispatch(&self, event: &Arc<SharedEvent>) -> usize {
+        let Some(topic) = read(&self.topics)
+            .get(event.message.topic.as_str())
+            .cloned()
+        else {
+            return 0;
+        };
+        let subs = lock(&topic.subscribers);
+        let mut queued = 0;
+        for sub in subs.iter() {
+            match sub.push(Delivery::Event(event.clone()), self.queue_capacity) {
+                PushOutcome::Queued => queued += 1,
+                PushOutcome::Overflowed => {
+                    self.counters.dropped_slow.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(subscriber = sub.id, "subscriber too slow, disconnecting");
+                }
+                PushOutcome::Closed => {}
+            }
+        }
+        drop(subs);
+        self.counters
+            .delivered
+            .fetch_add(queued as u64, Ordering::Relaxed);
+        queued
+    }
+
+    /// Queues a keepalive marker for every subscriber (one shared tick for all).
+    pub fn tick_keepalive(&self) {
+        let subs: Vec<Arc<Subscriber>> = lock(&self.all).values().cloned().collect();
+        for sub in subs {
+            let _ = sub.push(Delivery::Keepalive, usize::MAX);
+        }
+    }
+
+    /// Ends every subscription (shutdown): their streams finish after what is queued.
+    pub fn close_all(&self, reason: CloseReason) {
+        for sub in lock(&self.all).values() {
+            sub.close(reason);
+        }
+    }
+
+    /// Number of live subscriptions.
+    pub fn subscriber_count(&self) -> usize {
+        lock(&self.all).len()
+    }
+
+    /// Number of topics with at least one subscriber.
+    pub fn topic_count(&self) -> usize {
+        read(&self.topics).len()
+    }
+}
+
+/// A live subscription. Dropping it unregisters the subscriber from every topic.
+#[derive(Debug)]
+pub struct Subscription {
+    hub: Arc<Hub>,
+    sub: Arc<Subscriber>,
+}
+
+impl Subscription {
+    /// Waits until something is queued, then moves everything queued into `out`
+    /// (so the caller can write it in one batch). Returns the close reason once the
+    /// subscription was ended and its queue is empty.
+    pub async fn next_batch(&self, out: &mut Vec<Delivery>) -> Result<(), CloseReason> {
+        loop {
+            {
+                let mut q = lock(&self.sub.queue);
+                if !q.items.is_empty() {
+                    out.extend(q.items.drain(..));
+                    if q.items.capacity() > 64 {
+                        q.items.shrink_to(16);
+                    }
+                    return Ok(());
+                }
+                if let Some(reason) = q.closed {
+                    return Err(reason);
+                }
+            }
+            // notify_one stores a permit if nobody waits, so a push between the check
+            // above and this await is not missed.
+            self.sub.ready.notified().await;
+        }
+    }
+
+    /// The topics of this subscription.
+    pub fn topics(&self) -> &[Arc<str>] {
+        &self.sub.topics
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.hub.unsubscribe(&self.sub);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(topic: &str, text: &str) -> Arc<SharedEvent> {
+        let mut m = Message::new(EventKind::Message, topic);
+        m.message = text.into();
+        SharedEvent::new(m)
+    }
+
+    fn texts(batch: &[Delivery]) -> Vec<String> {
+        batch
+            .iter()
+            .filter_map(|d| match d {
+                Delivery::Event(e) => Some(e.message.message.clone()),
+                Delivery::Keepalive => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn fan_out_in_order_to_every_subscriber_of_the_topic() {
+        let hub = Hub::new(100);
+        let a = hub.subscribe(&["t".into()]);
+        let b = hub.subscribe(&["t".into(), "u".into()]);
+        let c = hub.subscribe(&["u".into()]);
+        for i in 0..5 {
+            assert_eq!(hub.dispatch(&event("t", &i.to_string())), 2);
+        }
+        for sub in [&a, &b] {
+            let mut out = Vec::new();
+            sub.next_batch(&mut out).await.unwrap();
+            assert_eq!(texts(&out), ["0", "1", "2", "3", "4"]);
+        }
+        assert_eq!(hub.dispatch(&event("u", "x")), 2);
+        let mut out = Vec::new();
+        c.next_batch(&mut out).await.unwrap();
+        assert_eq!(texts(&out), ["x"]);
+    }
+
+    #[tokio::test]
+    async fn slow_subscriber_is_cut_off_and_others_continue() {
+        let hub = Hub::new(3);
+        let slow = hub.subscribe(&["t".into()]);
+        let fast = hub.subscribe(&["t".into()]);
+        let mut out = Vec::new();
+        for i in 0..10 {
+            hub.dispatch(&event("t", &i.to_string()));
+            out.clear();
+            fast.next_batch(&mut out).await.unwrap();
+        }
+        assert_eq!(slow.next_batch(&mut out).await, Err(CloseReason::TooSlow));
+        assert_eq!(hub.counters.dropped_slow.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn dropping_a_subscription_unregisters_it() {
+        let hub = Hub::new(10);
+        let s = hub.subscribe(&["t".into()]);
+        assert_eq!(hub.topic_count(), 1);
+        drop(s);
+        assert_eq!(hub.topic_count(), 0);
+        assert_eq!(hub.subscriber_count(), 0);
+        assert_eq!(hub.dispatch(&event("t", "x")), 0);
+    }
+
+    #[tokio::test]
+    async fn keepalives_do_not_pile_up_and_close_ends_the_stream() {
+        let hub = Hub::new(10);
+        let s = hub.subscribe(&["t".into()]);
+        hub.tick_keepalive();
+        hub.tick_keepalive();
+        let mut out = Vec::new();
+        s.next_batch(&mut out).await.unwrap();
+        assert_eq!(out.len(), 1);
+        hub.close_all(CloseReason::Shutdown);
+        assert_eq!(s.next_batch(&mut out).await, Err(CloseReason::Shutdown));
+    }
+
+    #[test]
+    fn encodings_match_ntfy_framing() {
+        let mut m = Message::new(EventKind::Message, "t");
+        m.id = "abcdefghijkl".into();
+        m.time = 1;
+        m.sequence_id = Some(m.id.clone());
+        m.message = "a\nb".into();
+        let e = SharedEvent::new(m);
+        assert_eq!(
+            &e.json_line()[..],
+            b"{\"id\":\"abcdefghijkl\",\"time\":1,\"event\":\"message\",\"topic\":\"t\",\"message\":\"a\\nb\"}\n"
+        );
+        assert!(e.sse_frame().starts_with(b"data: {"));
+        assert!(e.sse_frame().ends_with(b"}\n\n"));
+        assert_eq!(&e.raw_line()[..], b"a b\n");
+        assert!(
+            std::str::from_utf8(e.ws_text())
+                .unwrap()
+                .contains("\"sequence_id\"")
+        );
+        let open = SharedEvent::new(Message::new(EventKind::Open, "t"));
+        assert!(open.sse_frame().starts_with(b"event: open\ndata: {"));
+        assert_eq!(&open.raw_line()[..], b"\n");
+    }
+}

@@ -1,5 +1,197 @@
 //! The ntfy-compatible HTTP API.
+//!
+//! Routing follows ntfy's `handleInternal` (reference §1): one dispatcher matches
+//! method and path in ntfy's order, because several routes share a shape
+//! (`POST /<topic>/<x>` publishes with sequence ID `x`, while `GET /<topic>/json`
+//! subscribes) and unknown paths must answer ntfy's `404 40401`, not a router's
+//! default. Handlers live in one file per concern: [`publish`], [`subscribe`]
+//! (JSON, SSE and raw streams, polling), [`ws`] (WebSocket) and [`info`]
+//! (health, stats, config).
+//!
+//! Only this module knows ntfy's parameter names and HTTP framing; it turns requests
+//! into calls on [`crate::core::Herald`].
 
 pub mod actions;
+pub mod info;
 pub mod params;
+pub mod publish;
+pub mod subscribe;
 pub mod timeparse;
+pub mod ws;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::core::Herald;
+use crate::error::ApiError;
+use crate::model::topic;
+
+/// State shared by all handlers.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub herald: Arc<Herald>,
+    pub slots: Arc<subscribe::SubscriptionSlots>,
+}
+
+impl AppState {
+    /// State for `herald`.
+    pub fn new(herald: Arc<Herald>) -> Self {
+        let limit = herald.config.visitor_subscription_limit;
+        AppState {
+            herald,
+            slots: Arc::new(subscribe::SubscriptionSlots::new(limit)),
+        }
+    }
+}
+
+/// The whole HTTP surface as one router.
+pub fn router(state: AppState) -> Router {
+    Router::new().fallback(dispatch).with_state(state)
+}
+
+/// What a `GET /<topics>/<x>` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamFormat {
+    Json,
+    Sse,
+    Raw,
+    Ws,
+}
+
+/// ntfy's route table, in its order of evaluation.
+async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+        .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
+    let segments: Vec<&str> = path.strip_prefix('/').unwrap_or(&path).split('/').collect();
+
+    let result = match (&method, segments.as_slice()) {
+        (&Method::OPTIONS, _) => Ok(info::options()),
+        (&Method::GET, ["v1", "health"]) => Ok(info::health(&state)),
+        (&Method::GET, ["v1", "stats"]) => info::stats(&state).await,
+        (&Method::GET, ["v1", "config"]) => Ok(info::config(&state)),
+        (&Method::PUT | &Method::POST, [""]) => publish::publish_json(&state, req).await,
+        (&Method::PUT | &Method::POST, [topic]) if topic::is_valid_name(topic) => {
+            let topic = topic.to_string();
+            publish::publish(&state, req, &topic, None).await
+        }
+        (&Method::PUT | &Method::POST, [topic, sid])
+            if topic::is_valid_name(topic) && topic::is_valid_name(sid) =>
+        {
+            let (topic, sid) = (topic.to_string(), sid.to_string());
+            publish::publish(&state, req, &topic, Some(sid)).await
+        }
+        (&Method::DELETE, [topic, sid])
+            if topic::is_valid_name(topic) && topic::is_valid_name(sid) =>
+        {
+            publish::sequence_action(&state, topic, sid, crate::model::EventKind::MessageDelete)
+                .await
+        }
+        (&Method::GET, [topic, sid, "delete"])
+            if topic::is_valid_name(topic) && topic::is_valid_name(sid) =>
+        {
+            publish::sequence_action(&state, topic, sid, crate::model::EventKind::MessageDelete)
+                .await
+        }
+        (&Method::GET | &Method::PUT, [topic, sid, "clear" | "read"])
+            if topic::is_valid_name(topic) && topic::is_valid_name(sid) =>
+        {
+            publish::sequence_action(&state, topic, sid, crate::model::EventKind::MessageClear)
+                .await
+        }
+        (&Method::GET, [topic, "publish" | "send" | "trigger"]) if topic::is_valid_name(topic) => {
+            let topic = topic.to_string();
+            publish::publish(&state, req, &topic, None).await
+        }
+        (&Method::GET, [topics, kind @ ("json" | "sse" | "raw" | "ws" | "auth")])
+            if is_topic_list(topics) =>
+        {
+            let topics = topics.to_string();
+            match *kind {
+                "json" => {
+                    subscribe::subscribe(&state, req, &topics, StreamFormat::Json, peer).await
+                }
+                "sse" => subscribe::subscribe(&state, req, &topics, StreamFormat::Sse, peer).await,
+                "raw" => subscribe::subscribe(&state, req, &topics, StreamFormat::Raw, peer).await,
+                "ws" => ws::subscribe(&state, req, &topics, peer).await,
+                _ => info::topic_auth(&state, &topics),
+            }
+        }
+        (&Method::GET, [topic]) if topic::is_valid_name(topic) => info::topic_page(&state, req),
+        (&Method::GET | &Method::HEAD, [""]) => Ok(info::index()),
+        _ => Err(ApiError::NOT_FOUND),
+    };
+    let mut resp = result.unwrap_or_else(IntoResponse::into_response);
+    resp.headers_mut()
+        .entry(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+        .or_insert(HeaderValue::from_static("*"));
+    resp
+}
+
+/// `t1,t2,...` where each element is a valid topic name.
+fn is_topic_list(s: &str) -> bool {
+    !s.is_empty() && s.split(',').all(topic::is_valid_name)
+}
+
+/// Splits and checks a topic list against the disallowed names (ntfy `topicsFromIDs`).
+pub fn parse_topics(state: &AppState, list: &str) -> Result<Vec<String>, ApiError> {
+    let mut topics = Vec::new();
+    for name in list.split(',') {
+        if !topic::is_valid_name(name) {
+            return Err(ApiError::TOPIC_INVALID);
+        }
+        if topic::DEFAULT_DISALLOWED_TOPICS.contains(&name) {
+            return Err(ApiError::TOPIC_DISALLOWED);
+        }
+        if !topics.iter().any(|t| t == name) {
+            topics.push(name.to_string());
+        }
+    }
+    let _ = state;
+    Ok(topics)
+}
+
+/// A JSON response with ntfy's content type, newline-terminated.
+pub fn json_response(status: StatusCode, body: impl Into<Vec<u8>>) -> Response {
+    let mut body = body.into();
+    if body.last() != Some(&b'\n') {
+        body.push(b'\n');
+    }
+    let mut resp = Response::new(Body::from(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// The query string as ordered `(name, value)` pairs (names kept as sent).
+pub fn query_pairs(req: &Request) -> Vec<(String, String)> {
+    req.uri()
+        .query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_lists() {
+        assert!(is_topic_list("a,b"));
+        assert!(!is_topic_list("a,,b"));
+        assert!(!is_topic_list(""));
+    }
+}

@@ -1,1 +1,1320 @@
-//! placeholder: being written
+//! The embedded, durable message store: one SQLite file in WAL mode.
+//!
+//! herald runs as a single binary with no external services by default, so the
+//! message cache lives in SQLite. The costly part of a durable publish is the commit
+//! (and, with `sync = full`, its fsync), so this module is built around **group
+//! commit**:
+//!
+//! - One dedicated writer OS thread owns the only read-write connection. Every write
+//!   operation (`append`, `take_due`, `cancel_scheduled`, `prune_expired`, the
+//!   readiness ping) is sent to it over a bounded channel together with a oneshot
+//!   reply sender.
+//! - The writer blocks for the first operation, drains whatever else is already
+//!   queued (up to [`SqliteOptions::max_batch`]), runs all of them in ONE
+//!   transaction, commits, and only then answers each of them. Concurrent publishes
+//!   therefore share one commit, and a caller hears "ok" only once its row is
+//!   committed. If the commit fails, every operation of the batch gets an error:
+//!   never a false success.
+//! - Each operation runs inside its own savepoint, so one operation that fails on its
+//!   own (say a duplicate message ID) is rolled back alone and reported alone, while
+//!   the rest of the batch still commits.
+//! - A large expiry prune deletes in chunks, one chunk per batch, so it never holds
+//!   the writer (and the publishes queued behind it) for long.
+//!
+//! Reads (`query`, `next_due`, `stats`) use a small pool of read-only connections on
+//! the blocking thread pool. WAL lets them read the last committed state while the
+//! writer is busy, so a history replay never waits behind a commit.
+//!
+//! Rows keep the whole message as JSON next to the few columns the queries filter
+//! on, so new message fields need no schema migration; `PRAGMA user_version` tracks
+//! the schema for the migrations that will still be needed.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::types::Value;
+use rusqlite::{Connection, OpenFlags, Params};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Query, Since, Store, StoreError, StoreStats};
+use crate::model::{Message, now_unix};
+
+/// The schema this code reads and writes (`PRAGMA user_version`).
+const SCHEMA_VERSION: i64 = 1;
+
+/// How long a connection waits for a lock held by another connection (a checkpoint,
+/// another process opening the file) before reporting `SQLITE_BUSY`.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Read-only connections kept open. Reads are short; two let a replay and a stats or
+/// scheduler lookup proceed side by side without holding many file handles.
+const READ_CONNECTIONS: usize = 2;
+
+/// Rows deleted per writer batch by `prune_expired`: large enough to keep up with any
+/// realistic publish rate, small enough that publishes queued behind it wait only a
+/// few milliseconds. (Tiny in tests so that chunking is exercised.)
+const PRUNE_CHUNK: i64 = if cfg!(test) { 7 } else { 5_000 };
+
+/// Queued write operations per unit of `max_batch`. Bounded so a stalled disk pushes
+/// back on publishers instead of growing memory without limit.
+const QUEUE_BATCHES: usize = 4;
+
+const SCHEMA_V1: &str = "
+CREATE TABLE messages (
+    pk          INTEGER PRIMARY KEY,
+    id          TEXT    NOT NULL UNIQUE,
+    topic       TEXT    NOT NULL,
+    time        INTEGER NOT NULL,
+    expires     INTEGER,
+    published   INTEGER NOT NULL,
+    sequence_id TEXT,
+    event       TEXT    NOT NULL,
+    json        TEXT    NOT NULL
+);
+CREATE INDEX messages_topic_time ON messages (topic, time, id);
+CREATE INDEX messages_due ON messages (published, time);
+CREATE INDEX messages_expires ON messages (expires);
+CREATE INDEX messages_sequence ON messages (topic, sequence_id, published);
+";
+
+/// How hard SQLite works to make a commit durable (`PRAGMA synchronous`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SyncMode {
+    /// No fsync at all: a process crash keeps commits, an OS crash or power loss may
+    /// lose recent ones or corrupt the file.
+    Off,
+    /// fsync at checkpoints only (WAL): commits survive a process crash; the last
+    /// commits before a power loss may be lost, but the file stays consistent.
+    #[default]
+    Normal,
+    /// fsync on every commit: commits survive power loss. Group commit amortises it.
+    Full,
+}
+
+impl SyncMode {
+    /// The option value (`off`, `normal`, `full`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncMode::Off => "off",
+            SyncMode::Normal => "normal",
+            SyncMode::Full => "full",
+        }
+    }
+
+    fn pragma_value(self) -> &'static str {
+        match self {
+            SyncMode::Off => "OFF",
+            SyncMode::Normal => "NORMAL",
+            SyncMode::Full => "FULL",
+        }
+    }
+}
+
+impl fmt::Display for SyncMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A `store-sync` value that is not `off`, `normal` or `full`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid sync mode {0:?}: expected off, normal or full")]
+pub struct ParseSyncModeError(String);
+
+impl FromStr for SyncMode {
+    type Err = ParseSyncModeError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "off" => Ok(SyncMode::Off),
+            "normal" => Ok(SyncMode::Normal),
+            "full" => Ok(SyncMode::Full),
+            _ => Err(ParseSyncModeError(s.to_string())),
+        }
+    }
+}
+
+/// Tuning for [`SqliteStore::open`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SqliteOptions {
+    /// Durability of each commit.
+    pub sync: SyncMode,
+    /// Most write operations committed in one transaction (0 is treated as 1).
+    pub max_batch: usize,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        SqliteOptions {
+            sync: SyncMode::Normal,
+            max_batch: 512,
+        }
+    }
+}
+
+/// The SQLite-backed [`Store`]. See the module docs for the design.
+///
+/// Dropping the store without [`Store::close`] lets the writer thread finish the
+/// queued operations in the background; `close` waits for it.
+pub struct SqliteStore {
+    /// `None` once closed: new write operations get [`StoreError::Closed`], and the
+    /// writer exits after draining the queue when the last sender is gone.
+    writer: Mutex<Option<mpsc::Sender<Op>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    readers: Arc<ReadPool>,
+    /// Successful commits by the writer; fewer than write operations under load.
+    commits: Arc<AtomicU64>,
+    path: PathBuf,
+}
+
+impl fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .field("commits", &self.commits())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed, with its parent directories) the store at `path`,
+    /// migrates the schema and starts the writer thread.
+    ///
+    /// `path` must be a file path: the writer and the readers open it separately, so
+    /// an in-memory database would not be shared between them.
+    pub fn open(path: &Path, options: SqliteOptions) -> Result<SqliteStore, StoreError> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| StoreError::Backend(format!("creating {}: {e}", parent.display())))?;
+        }
+        let conn = open_writer(path, options.sync)?;
+        migrate(&conn)?;
+
+        // Readers open after the migration so they see the schema (and the WAL files
+        // the writer created).
+        let mut readers = Vec::with_capacity(READ_CONNECTIONS);
+        for _ in 0..READ_CONNECTIONS {
+            readers.push(open_reader(path)?);
+        }
+
+        let max_batch = options.max_batch.max(1);
+        let (tx, rx) = mpsc::channel(max_batch.saturating_mul(QUEUE_BATCHES));
+        let commits = Arc::new(AtomicU64::new(0));
+        let thread = std::thread::Builder::new()
+            .name("herald-store-writer".into())
+            .spawn({
+                let commits = Arc::clone(&commits);
+                move || writer_loop(conn, rx, max_batch, &commits)
+            })
+            .map_err(|e| StoreError::Backend(format!("starting the store writer: {e}")))?;
+
+        tracing::debug!(path = %path.display(), sync = %options.sync, max_batch, "store opened");
+        Ok(SqliteStore {
+            writer: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
+            readers: Arc::new(ReadPool::new(readers)),
+            commits,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// How many transactions the writer has committed since open (for metrics, and
+    /// to observe group commit: under concurrency this grows slower than writes).
+    pub fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
+    }
+
+    /// Sends an operation to the writer and waits for its post-commit answer. Once
+    /// sent, the operation runs even if the caller stops waiting (a cancelled
+    /// `take_due` still marks its messages published).
+    async fn submit<T>(&self, make: impl FnOnce(Reply<T>) -> Op) -> Result<T, StoreError> {
+        let sender = lock(&self.writer).clone().ok_or(StoreError::Closed)?;
+        let (reply, answer) = oneshot::channel();
+        sender
+            .send(make(reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        // Not held while waiting, so `close` is never kept waiting by an idle clone.
+        drop(sender);
+        // A dropped reply sender means the writer stopped (it panicked or exited).
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs `f` on a read-only connection on the blocking pool.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let readers = Arc::clone(&self.readers);
+        tokio::task::spawn_blocking(move || readers.with(f))
+            .await
+            .map_err(|e| StoreError::Backend(format!("store read task failed: {e}")))?
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn append(&self, message: Message) -> Result<(), StoreError> {
+        // Serialise here, on the caller's task, to keep the single writer thread lean.
+        let json = serde_json::to_string(&message)
+            .map_err(|e| StoreError::Backend(format!("encoding message: {e}")))?;
+        let row = NewRow {
+            published: message.time <= now_unix(),
+            event: message.event.as_str(),
+            id: message.id,
+            topic: message.topic,
+            time: message.time,
+            expires: message.expires,
+            sequence_id: message.sequence_id,
+            json,
+        };
+        self.submit(|reply| Op::Append { row, reply }).await
+    }
+
+    async fn query(&self, query: Query) -> Result<Vec<Message>, StoreError> {
+        if query.since == Since::None || query.topics.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.read(move |conn| run_query(conn, &query)).await
+    }
+
+    async fn take_due(&self, now: i64) -> Result<Vec<Message>, StoreError> {
+        self.submit(|reply| Op::TakeDue { now, reply }).await
+    }
+
+    async fn next_due(&self) -> Result<Option<i64>, StoreError> {
+        self.read(|conn| {
+            conn.query_row(
+                "SELECT MIN(time) FROM messages WHERE published = 0",
+                [],
+                |row| row.get(0),
+            )
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn cancel_scheduled(&self, topic: &str, sequence_id: &str) -> Result<u64, StoreError> {
+        let (topic, sequence_id) = (topic.to_string(), sequence_id.to_string());
+        self.submit(|reply| Op::Cancel {
+            topic,
+            sequence_id,
+            reply,
+        })
+        .await
+    }
+
+    async fn prune_expired(&self, now: i64) -> Result<u64, StoreError> {
+        self.submit(|reply| Op::Prune {
+            now,
+            deleted: 0,
+            reply,
+        })
+        .await
+    }
+
+    async fn stats(&self) -> Result<StoreStats, StoreError> {
+        self.read(|conn| {
+            // One read transaction, so both counts describe the same snapshot.
+            let tx = conn.unchecked_transaction().map_err(backend)?;
+            let count = |sql: &str| tx.query_row(sql, [], |row| row.get::<_, i64>(0));
+            let messages = count("SELECT COUNT(*) FROM messages").map_err(backend)?;
+            let scheduled =
+                count("SELECT COUNT(*) FROM messages WHERE published = 0").map_err(backend)?;
+            Ok(StoreStats {
+                messages: messages.max(0) as u64,
+                scheduled: scheduled.max(0) as u64,
+            })
+        })
+        .await
+    }
+
+    async fn check_writable(&self) -> Result<(), StoreError> {
+        // An empty transaction still takes the write lock, so this proves the writer
+        // thread is alive and the database is lockable, without writing anything.
+        self.submit(|reply| Op::Ping { reply }).await
+    }
+
+    async fn close(&self) {
+        // Readers first: in-flight reads finish, later ones get `Closed`, and the
+        // writer's connection ends up the last one open, so SQLite checkpoints and
+        // removes the WAL when it closes.
+        self.readers.close();
+        drop(lock(&self.writer).take());
+        let Some(thread) = lock(&self.thread).take() else {
+            return;
+        };
+        match tokio::task::spawn_blocking(move || thread.join()).await {
+            Ok(Ok(())) => tracing::debug!(path = %self.path.display(), "store closed"),
+            Ok(Err(_)) => tracing::error!("store writer thread panicked"),
+            Err(e) => tracing::error!(error = %e, "could not wait for the store writer"),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Connections and schema
+
+fn backend(e: rusqlite::Error) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+/// Locks `m`, recovering from poisoning: the guarded values (a sender, a handle, a
+/// list of idle connections) stay valid even if a holder panicked.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn open_writer(path: &Path, sync: SyncMode) -> Result<Connection, StoreError> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags)
+        .map_err(|e| StoreError::Backend(format!("opening {}: {e}", path.display())))?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(backend)?;
+    let mode: String = conn
+        .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+        .map_err(backend)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Backend(format!(
+            "{} cannot use WAL (journal_mode is {mode})",
+            path.display()
+        )));
+    }
+    conn.pragma_update(None, "synchronous", sync.pragma_value())
+        .map_err(backend)?;
+    conn.pragma_update(None, "temp_store", "MEMORY")
+        .map_err(backend)?;
+    Ok(conn)
+}
+
+fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags)
+        .map_err(|e| StoreError::Backend(format!("opening {} to read: {e}", path.display())))?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(backend)?;
+    conn.pragma_update(None, "temp_store", "MEMORY")
+        .map_err(backend)?;
+    Ok(conn)
+}
+
+/// Brings the schema to [`SCHEMA_VERSION`]; refuses a file from a newer herald.
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(backend)?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::Backend(format!(
+            "store schema version {version} is newer than this herald supports ({SCHEMA_VERSION})"
+        )));
+    }
+    if version < 1 {
+        // The DDL and the version bump commit together, so a crash cannot leave a
+        // half-created schema marked as current.
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE; {SCHEMA_V1} PRAGMA user_version = 1; COMMIT;"
+        ))
+        .map_err(|e| {
+            let _ = conn.execute_batch("ROLLBACK");
+            StoreError::Backend(format!("creating the store schema: {e}"))
+        })?;
+    }
+    // Later versions: `if version < 2 { ... }`, each in its own transaction.
+    Ok(())
+}
+
+/// A fixed set of read-only connections; a read borrows one for its duration.
+struct ReadPool {
+    /// `None` once the store is closed.
+    idle: Mutex<Option<Vec<Connection>>>,
+    returned: Condvar,
+}
+
+impl ReadPool {
+    fn new(conns: Vec<Connection>) -> Self {
+        ReadPool {
+            idle: Mutex::new(Some(conns)),
+            returned: Condvar::new(),
+        }
+    }
+
+    /// Runs `f` on an idle connection, waiting for one if all are busy.
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut idle = lock(&self.idle);
+        let conn = loop {
+            match idle.as_mut() {
+                None => return Err(StoreError::Closed),
+                Some(conns) => {
+                    if let Some(conn) = conns.pop() {
+                        break conn;
+                    }
+                }
+            }
+            idle = self.returned.wait(idle).unwrap_or_else(|p| p.into_inner());
+        };
+        drop(idle);
+        // The lease gives the connection back even if `f` panics, so the pool never
+        // shrinks into a deadlock.
+        let lease = Lease {
+            pool: self,
+            conn: Some(conn),
+        };
+        f(lease.conn.as_ref().ok_or(StoreError::Closed)?)
+    }
+
+    fn close(&self) {
+        *lock(&self.idle) = None;
+        self.returned.notify_all();
+    }
+}
+
+struct Lease<'a> {
+    pool: &'a ReadPool,
+    conn: Option<Connection>,
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        let Some(conn) = self.conn.take() else {
+            return;
+        };
+        // After close the connection is simply dropped (closed).
+        if let Some(conns) = lock(&self.pool.idle).as_mut() {
+            conns.push(conn);
+            self.pool.returned.notify_one();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Reads
+
+fn run_query(conn: &Connection, query: &Query) -> Result<Vec<Message>, StoreError> {
+    let mut topics = query.topics.clone();
+    topics.sort_unstable();
+    topics.dedup();
+
+    let placeholders = vec!["?"; topics.len()].join(", ");
+    let mut sql = format!("SELECT id, json FROM messages WHERE topic IN ({placeholders})");
+    let published_only = !query.include_scheduled;
+    let mut since_param = None;
+    match &query.since {
+        Since::None => return Ok(Vec::new()),
+        Since::Latest => return query_latest(conn, &topics),
+        Since::All => {
+            if published_only {
+                sql.push_str(" AND published = 1");
+            }
+        }
+        Since::AfterId(marker) => {
+            // With `scheduled=1`, pending messages count as "after" any marker: they
+            // are not delivered yet (ntfy: `id > marker OR published = 0`).
+            sql.push_str(if published_only {
+                " AND published = 1 AND id > ?"
+            } else {
+                " AND (id > ? OR published = 0)"
+            });
+            since_param = Some(Value::Text(marker.clone()));
+        }
+        Since::Time(t) => {
+            sql.push_str(" AND time >= ?");
+            if published_only {
+                sql.push_str(" AND published = 1");
+            }
+            since_param = Some(Value::Integer(*t));
+        }
+    }
+    // SQLite merges the topics itself, so no re-sort is needed.
+    sql.push_str(" ORDER BY time, id");
+    let params = topics.into_iter().map(Value::Text).chain(since_param);
+    let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
+    decode_rows(&mut stmt, rusqlite::params_from_iter(params), None)
+}
+
+/// The most recent published message of each topic, ordered by `(time, id)`.
+fn query_latest(conn: &Connection, topics: &[String]) -> Result<Vec<Message>, StoreError> {
+    // Per topic, so each lookup is one backwards step on (topic, time, id).
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT id, json FROM messages WHERE topic = ?1 AND published = 1
+             ORDER BY time DESC, id DESC",
+        )
+        .map_err(backend)?;
+    let mut out = Vec::with_capacity(topics.len());
+    for topic in topics {
+        // Stops at the first decodable row: a corrupt latest row yields the one before.
+        out.extend(decode_rows(&mut stmt, [topic], Some(1))?);
+    }
+    out.sort_by(|a, b| (a.time, &a.id).cmp(&(b.time, &b.id)));
+    Ok(out)
+}
+
+/// Decodes `(id, json)` rows into messages, skipping (with a warning) rows whose JSON
+/// does not decode, so one bad row cannot hide a topic's whole history.
+fn decode_rows(
+    stmt: &mut rusqlite::Statement<'_>,
+    params: impl Params,
+    limit: Option<usize>,
+) -> Result<Vec<Message>, StoreError> {
+    let mut rows = stmt.query(params).map_err(backend)?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().map_err(backend)? {
+        let id = row
+            .get_ref(0)
+            .ok()
+            .and_then(|v| v.as_str().ok())
+            .unwrap_or("?");
+        let decoded = row
+            .get_ref(1)
+            .map_err(|e| e.to_string())
+            .and_then(|v| v.as_str().map_err(|e| e.to_string()))
+            .and_then(|json| serde_json::from_str::<Message>(json).map_err(|e| e.to_string()));
+        match decoded {
+            Ok(message) => out.push(message),
+            Err(error) => tracing::warn!(id, %error, "skipping a malformed stored message"),
+        }
+        if limit.is_some_and(|l| out.len() >= l) {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------
+// The writer
+
+type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+/// The columns of a message about to be inserted, prepared off the writer thread.
+struct NewRow {
+    id: String,
+    topic: String,
+    time: i64,
+    expires: Option<i64>,
+    published: bool,
+    sequence_id: Option<String>,
+    event: &'static str,
+    json: String,
+}
+
+/// A write operation queued for the writer thread.
+enum Op {
+    Append {
+        row: NewRow,
+        reply: Reply<()>,
+    },
+    Cancel {
+        topic: String,
+        sequence_id: String,
+        reply: Reply<u64>,
+    },
+    TakeDue {
+        now: i64,
+        reply: Reply<Vec<Message>>,
+    },
+    /// `deleted` counts rows removed by earlier, already committed chunks.
+    Prune {
+        now: i64,
+        deleted: u64,
+        reply: Reply<u64>,
+    },
+    Ping {
+        reply: Reply<()>,
+    },
+}
+
+impl Op {
+    /// Answers the operation with a failure of its whole batch.
+    fn fail(self, error: &str) {
+        self.unapplied().fail(error);
+    }
+
+    /// The operation as if it had run without effect, to be answered with the
+    /// failure of its batch.
+    fn unapplied(self) -> Done {
+        match self {
+            Op::Append { reply, .. } | Op::Ping { reply } => Done::Unit(reply, Ok(())),
+            Op::Cancel { reply, .. } | Op::Prune { reply, .. } => Done::Count(reply, Ok(0)),
+            Op::TakeDue { reply, .. } => Done::Messages(reply, Ok(Vec::new())),
+        }
+    }
+
+    /// Runs the operation's statements inside the open transaction. The answer is
+    /// held back until the commit.
+    fn apply(self, conn: &Connection) -> Done {
+        match self {
+            Op::Append { row, reply } => Done::Unit(reply, insert(conn, &row)),
+            Op::Cancel {
+                topic,
+                sequence_id,
+                reply,
+            } => Done::Count(reply, cancel(conn, &topic, &sequence_id)),
+            Op::TakeDue { now, reply } => Done::Messages(reply, take_due(conn, now)),
+            Op::Prune {
+                now,
+                deleted,
+                reply,
+            } => match prune_chunk(conn, now) {
+                Ok(n) if n >= PRUNE_CHUNK as u64 => Done::MorePrune {
+                    now,
+                    deleted: deleted + n,
+                    reply,
+                },
+                result => Done::Count(reply, result.map(|n| deleted + n)),
+            },
+            Op::Ping { reply } => Done::Unit(reply, Ok(())),
+        }
+    }
+}
+
+/// An operation whose statements ran, waiting for the batch's commit.
+enum Done {
+    Unit(Reply<()>, Result<(), StoreError>),
+    Count(Reply<u64>, Result<u64, StoreError>),
+    Messages(Reply<Vec<Message>>, Result<Vec<Message>, StoreError>),
+    /// A prune that deleted a full chunk: continues in the next batch once this one
+    /// has committed.
+    MorePrune {
+        now: i64,
+        deleted: u64,
+        reply: Reply<u64>,
+    },
+}
+
+impl Done {
+    /// Whether the operation itself failed (so its savepoint must be rolled back).
+    fn failed(&self) -> bool {
+        match self {
+            Done::Unit(_, r) => r.is_err(),
+            Done::Count(_, r) => r.is_err(),
+            Done::Messages(_, r) => r.is_err(),
+            Done::MorePrune { .. } => false,
+        }
+    }
+
+    /// After a successful commit: answers the caller, or returns the continuation.
+    fn finish(self) -> Option<Op> {
+        match self {
+            Done::Unit(reply, r) => drop(reply.send(r)),
+            Done::Count(reply, r) => drop(reply.send(r)),
+            Done::Messages(reply, r) => drop(reply.send(r)),
+            Done::MorePrune {
+                now,
+                deleted,
+                reply,
+            } => {
+                return Some(Op::Prune {
+                    now,
+                    deleted,
+                    reply,
+                });
+            }
+        }
+        None
+    }
+
+    /// After a failed commit (or when the batch could not run): the operation's
+    /// effects are gone, so it failed. A send fails only if the caller stopped
+    /// waiting; nothing to do then.
+    fn fail(self, error: &str) {
+        match self {
+            Done::Unit(reply, _) => drop(reply.send(Err(batch_error(error)))),
+            Done::Count(reply, _) | Done::MorePrune { reply, .. } => {
+                drop(reply.send(Err(batch_error(error))))
+            }
+            Done::Messages(reply, _) => drop(reply.send(Err(batch_error(error)))),
+        }
+    }
+}
+
+/// The error every operation of a failed batch gets.
+fn batch_error(error: &str) -> StoreError {
+    StoreError::Backend(error.to_string())
+}
+
+fn insert(conn: &Connection, row: &NewRow) -> Result<(), StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "INSERT INTO messages (id, topic, time, expires, published, sequence_id, event, json)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )
+        .map_err(backend)?;
+    stmt.execute(rusqlite::params![
+        row.id,
+        row.topic,
+        row.time,
+        row.expires,
+        row.published,
+        row.sequence_id,
+        row.event,
+        row.json,
+    ])
+    .map_err(backend)?;
+    Ok(())
+}
+
+fn cancel(conn: &Connection, topic: &str, sequence_id: &str) -> Result<u64, StoreError> {
+    // A message without `sequence_id` is its own sequence (its id).
+    let n = conn
+        .prepare_cached(
+            "DELETE FROM messages WHERE topic = ?1 AND published = 0
+             AND (sequence_id = ?2 OR (sequence_id IS NULL AND id = ?2))",
+        )
+        .and_then(|mut stmt| stmt.execute([topic, sequence_id]))
+        .map_err(backend)?;
+    Ok(n as u64)
+}
+
+fn take_due(conn: &Connection, now: i64) -> Result<Vec<Message>, StoreError> {
+    let mut select = conn
+        .prepare_cached(
+            "SELECT id, json FROM messages WHERE published = 0 AND time <= ?1 ORDER BY time, id",
+        )
+        .map_err(backend)?;
+    let due = decode_rows(&mut select, [now], None)?;
+    // Same predicate inside the same write transaction, and this thread is the only
+    // writer, so exactly the selected rows are marked (undecodable ones too, so they
+    // are not retried forever).
+    conn.prepare_cached("UPDATE messages SET published = 1 WHERE published = 0 AND time <= ?1")
+        .and_then(|mut stmt| stmt.execute([now]))
+        .map_err(backend)?;
+    Ok(due)
+}
+
+fn prune_chunk(conn: &Connection, now: i64) -> Result<u64, StoreError> {
+    let n = conn
+        .prepare_cached(
+            "DELETE FROM messages WHERE pk IN
+             (SELECT pk FROM messages WHERE expires < ?1 LIMIT ?2)",
+        )
+        .and_then(|mut stmt| stmt.execute([now, PRUNE_CHUNK]))
+        .map_err(backend)?;
+    Ok(n as u64)
+}
+
+/// The writer thread: batches queued operations into transactions until every
+/// sender is gone and the queue is empty.
+fn writer_loop(
+    conn: Connection,
+    mut queue: mpsc::Receiver<Op>,
+    max_batch: usize,
+    commits: &AtomicU64,
+) {
+    let mut carry: Vec<Op> = Vec::new();
+    loop {
+        let mut batch = std::mem::take(&mut carry);
+        if batch.is_empty() {
+            match queue.blocking_recv() {
+                Some(op) => batch.push(op),
+                None => break,
+            }
+        }
+        while batch.len() < max_batch {
+            match queue.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        carry = run_batch(&conn, batch, commits);
+    }
+    tracing::debug!("store writer stopped");
+}
+
+/// Runs `batch` in one transaction and answers every operation after the commit.
+/// Returns the operations that continue in the next batch (chunked prunes).
+fn run_batch(conn: &Connection, batch: Vec<Op>, commits: &AtomicU64) -> Vec<Op> {
+    let size = batch.len();
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        let error = format!("starting a transaction: {e}");
+        tracing::error!(%error, size, "store batch failed");
+        batch.into_iter().for_each(|op| op.fail(&error));
+        return Vec::new();
+    }
+
+    let mut done = Vec::with_capacity(size);
+    let mut ops = batch.into_iter();
+    while let Some(op) = ops.next() {
+        match apply_isolated(conn, op) {
+            Ok(d) => done.push(d),
+            Err((d, error)) => {
+                // The transaction itself is broken: nothing of this batch may commit.
+                tracing::error!(%error, size, "store batch aborted");
+                rollback(conn);
+                d.fail(&error);
+                done.into_iter().for_each(|d| d.fail(&error));
+                ops.for_each(|op| op.fail(&error));
+                return Vec::new();
+            }
+        }
+    }
+
+    match conn.execute_batch("COMMIT") {
+        Ok(()) => {
+            commits.fetch_add(1, Ordering::Relaxed);
+            tracing::trace!(size, "store batch committed");
+            done.into_iter().filter_map(Done::finish).collect()
+        }
+        Err(e) => {
+            let error = format!("commit failed: {e}");
+            tracing::error!(%error, size, "store batch failed");
+            rollback(conn);
+            done.into_iter().for_each(|d| d.fail(&error));
+            Vec::new()
+        }
+    }
+}
+
+/// Applies one operation inside its own savepoint. An operation that fails alone is
+/// rolled back alone (`Ok` carrying its error); `Err` means the enclosing transaction
+/// is no longer usable.
+fn apply_isolated(conn: &Connection, op: Op) -> Result<Done, (Done, String)> {
+    if let Err(e) = conn.execute_batch("SAVEPOINT op") {
+        // Nothing ran yet; answer as a broken batch without applying the op.
+        let error = format!("savepoint failed: {e}");
+        return Err((op.unapplied(), error));
+    }
+    let done = op.apply(conn);
+    // Some errors (I/O, disk full) make SQLite roll back the whole transaction; later
+    // statements would then run in autocommit mode, outside the batch.
+    if conn.is_autocommit() {
+        return Err((done, "the transaction was rolled back by SQLite".into()));
+    }
+    let end = if done.failed() {
+        "ROLLBACK TO op; RELEASE op"
+    } else {
+        "RELEASE op"
+    };
+    match conn.execute_batch(end) {
+        Ok(()) => Ok(done),
+        Err(e) => Err((done, format!("savepoint release failed: {e}"))),
+    }
+}
+
+fn rollback(conn: &Connection) {
+    if !conn.is_autocommit()
+        && let Err(e) = conn.execute_batch("ROLLBACK")
+    {
+        tracing::error!(error = %e, "store rollback failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{EventKind, MessageId};
+
+    fn open(dir: &tempfile::TempDir) -> SqliteStore {
+        SqliteStore::open(&dir.path().join("messages.db"), SqliteOptions::default()).unwrap()
+    }
+
+    fn msg(topic: &str, time: i64) -> Message {
+        let mut m = Message::new(EventKind::Message, topic);
+        m.time = time;
+        m.expires = Some(time + 3600);
+        m.message = format!("at {time}");
+        m
+    }
+
+    fn q(topics: &[&str], since: Since, include_scheduled: bool) -> Query {
+        Query {
+            topics: topics.iter().map(|t| t.to_string()).collect(),
+            since,
+            include_scheduled,
+        }
+    }
+
+    fn ids<'a>(messages: impl IntoIterator<Item = &'a Message>) -> Vec<&'a str> {
+        messages.into_iter().map(|m| m.id.as_str()).collect()
+    }
+
+    #[tokio::test]
+    async fn every_since_variant_across_topics_in_time_id_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let now = now_unix();
+        let a1 = msg("a", now - 100);
+        let b1 = msg("b", now - 100); // same time as a1, later id
+        let a2 = msg("a", now - 50);
+        let b2 = msg("b", now - 10);
+        let c1 = msg("c", now - 60); // not requested
+        let a0 = msg("a", now - 200); // appended last, but oldest
+        for m in [&a1, &b1, &a2, &b2, &c1, &a0] {
+            store.append(m.clone()).await.unwrap();
+        }
+        let ab = ["a", "b"];
+
+        let all = store.query(q(&ab, Since::All, false)).await.unwrap();
+        assert_eq!(ids(&all), ids([&a0, &a1, &b1, &a2, &b2]));
+        assert_eq!(all[0], a0, "messages round-trip unchanged");
+
+        let none = store.query(q(&ab, Since::None, false)).await.unwrap();
+        assert!(none.is_empty());
+
+        let latest = store.query(q(&ab, Since::Latest, false)).await.unwrap();
+        assert_eq!(ids(&latest), ids([&a2, &b2]));
+
+        // a0 was created after b1, so it is "after" the marker though older in time.
+        let after = store
+            .query(q(&ab, Since::AfterId(b1.id.clone()), false))
+            .await
+            .unwrap();
+        assert_eq!(ids(&after), ids([&a0, &a2, &b2]));
+
+        let since_time = store
+            .query(q(&ab, Since::Time(now - 50), false))
+            .await
+            .unwrap();
+        assert_eq!(ids(&since_time), ids([&a2, &b2]));
+
+        let one = store.query(q(&["c"], Since::All, false)).await.unwrap();
+        assert_eq!(ids(&one), ids([&c1]));
+        let dup = store
+            .query(q(&["b", "b"], Since::Latest, false))
+            .await
+            .unwrap();
+        assert_eq!(ids(&dup), ids([&b2]));
+        let unknown = store.query(q(&["zzz"], Since::All, false)).await.unwrap();
+        assert!(unknown.is_empty());
+    }
+
+    #[tokio::test]
+    async fn scheduled_messages_are_hidden_unless_asked_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let now = now_unix();
+        let past = msg("t", now - 10);
+        let future = msg("t", now + 3600);
+        let marker = msg("t", now - 5); // created after `future`
+        for m in [&past, &future, &marker] {
+            store.append(m.clone()).await.unwrap();
+        }
+
+        let visible = store.query(q(&["t"], Since::All, false)).await.unwrap();
+        assert_eq!(ids(&visible), ids([&past, &marker]));
+        let with = store.query(q(&["t"], Since::All, true)).await.unwrap();
+        assert_eq!(ids(&with), ids([&past, &marker, &future]));
+
+        let latest = store.query(q(&["t"], Since::Latest, true)).await.unwrap();
+        assert_eq!(ids(&latest), ids([&marker]), "latest is published only");
+
+        let after = Since::AfterId(marker.id.clone());
+        assert!(
+            store
+                .query(q(&["t"], after.clone(), false))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let pending = store.query(q(&["t"], after, true)).await.unwrap();
+        assert_eq!(ids(&pending), ids([&future]));
+
+        let t = store
+            .query(q(&["t"], Since::Time(now), true))
+            .await
+            .unwrap();
+        assert_eq!(ids(&t), ids([&future]));
+        assert!(
+            store
+                .query(q(&["t"], Since::Time(now), false))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+
+        assert_eq!(store.next_due().await.unwrap(), Some(future.time));
+        assert_eq!(
+            store.stats().await.unwrap(),
+            StoreStats {
+                messages: 3,
+                scheduled: 1
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn take_due_hands_out_each_message_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(open(&dir));
+        let now = now_unix();
+        let first = msg("t", now + 100);
+        let second = msg("u", now + 50);
+        let later = msg("t", now + 10_000);
+        for m in [&first, &second, &later] {
+            store.append(m.clone()).await.unwrap();
+        }
+        assert_eq!(store.next_due().await.unwrap(), Some(now + 50));
+        assert!(store.take_due(now).await.unwrap().is_empty());
+
+        // Two schedulers racing still get each message exactly once between them.
+        let (x, y) = tokio::join!(store.take_due(now + 500), store.take_due(now + 500));
+        let mut got = x.unwrap();
+        got.extend(y.unwrap());
+        assert_eq!(ids(&got), ids([&second, &first]));
+        assert!(store.take_due(now + 500).await.unwrap().is_empty());
+
+        assert_eq!(store.next_due().await.unwrap(), Some(later.time));
+        let visible = store
+            .query(q(&["t", "u"], Since::All, false))
+            .await
+            .unwrap();
+        assert_eq!(ids(&visible), ids([&second, &first]));
+        assert_eq!(store.stats().await.unwrap().scheduled, 1);
+    }
+
+    #[tokio::test]
+    async fn cancel_scheduled_deletes_only_pending_messages_of_the_sequence() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let now = now_unix();
+        let own = msg("t", now + 100); // sequence = its id
+        let mut seq = msg("t", now + 100);
+        seq.sequence_id = Some("s1".into());
+        let mut other_topic = msg("u", now + 100);
+        other_topic.sequence_id = Some("s1".into());
+        let mut delivered = msg("t", now - 1);
+        delivered.sequence_id = Some("s1".into());
+        for m in [&own, &seq, &other_topic, &delivered] {
+            store.append(m.clone()).await.unwrap();
+        }
+
+        assert_eq!(store.cancel_scheduled("t", "s1").await.unwrap(), 1);
+        assert_eq!(store.cancel_scheduled("t", &own.id).await.unwrap(), 1);
+        assert_eq!(store.cancel_scheduled("t", "s1").await.unwrap(), 0);
+        assert_eq!(store.cancel_scheduled("t", "nope").await.unwrap(), 0);
+
+        let left = store.query(q(&["t", "u"], Since::All, true)).await.unwrap();
+        assert_eq!(ids(&left), ids([&delivered, &other_topic]));
+    }
+
+    #[tokio::test]
+    async fn prune_deletes_expired_messages_in_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let now = now_unix();
+        let mut keep = Vec::new();
+        for i in 0..(PRUNE_CHUNK * 3 + 2) {
+            let mut m = msg("t", now - 1000 + i);
+            m.expires = Some(now - 1);
+            store.append(m).await.unwrap();
+        }
+        for i in 0..3 {
+            let m = msg("t", now - 10 + i); // expires in the future
+            keep.push(m.clone());
+            store.append(m).await.unwrap();
+        }
+        let mut no_expiry = msg("t", now);
+        no_expiry.expires = None;
+        keep.push(no_expiry.clone());
+        store.append(no_expiry).await.unwrap();
+
+        let before = store.commits();
+        let pruned = store.prune_expired(now).await.unwrap();
+        assert_eq!(pruned, (PRUNE_CHUNK * 3 + 2) as u64);
+        assert!(store.commits() - before >= 4, "one chunk per commit");
+        assert_eq!(store.prune_expired(now).await.unwrap(), 0);
+
+        let left = store.query(q(&["t"], Since::All, false)).await.unwrap();
+        assert_eq!(ids(&left), ids(&keep));
+    }
+
+    #[tokio::test]
+    async fn reopening_keeps_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = now_unix();
+        let published = msg("t", now - 1);
+        let scheduled = msg("t", now + 600);
+        {
+            let store = open(&dir);
+            store.append(published.clone()).await.unwrap();
+            store.append(scheduled.clone()).await.unwrap();
+            // Dropped without close: acknowledged writes must already be on disk.
+        }
+        let store = open(&dir);
+        let all = store.query(q(&["t"], Since::All, true)).await.unwrap();
+        assert_eq!(all, vec![published.clone(), scheduled.clone()]);
+        assert_eq!(store.next_due().await.unwrap(), Some(scheduled.time));
+        store.close().await;
+
+        let store = open(&dir);
+        assert_eq!(
+            store.stats().await.unwrap(),
+            StoreStats {
+                messages: 2,
+                scheduled: 1
+            }
+        );
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn concurrent_appends_share_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(open(&dir));
+        let before = store.commits();
+        let now = now_unix();
+        let tasks: Vec<_> = (0..200)
+            .map(|i| {
+                let store = Arc::clone(&store);
+                tokio::spawn(async move { store.append(msg(&format!("t{}", i % 7), now)).await })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap().unwrap();
+        }
+        let commits = store.commits() - before;
+        assert!(commits < 200, "200 appends took {commits} commits");
+
+        let topics: Vec<String> = (0..7).map(|i| format!("t{i}")).collect();
+        let query = Query {
+            topics,
+            since: Since::All,
+            include_scheduled: false,
+        };
+        let all = store.query(query).await.unwrap();
+        assert_eq!(all.len(), 200);
+        let mut unique = ids(&all);
+        unique.dedup();
+        assert_eq!(
+            unique.len(),
+            200,
+            "ordered by id within one second, no duplicates"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failing_op_does_not_fail_its_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let now = now_unix();
+        let first = msg("t", now);
+        store.append(first.clone()).await.unwrap();
+        let other = msg("t", now);
+        // Likely in the same batch; correct either way.
+        let (dup, ok) = tokio::join!(store.append(first.clone()), store.append(other.clone()));
+        assert!(matches!(dup, Err(StoreError::Backend(_))), "{dup:?}");
+        ok.unwrap();
+        let all = store.query(q(&["t"], Since::All, false)).await.unwrap();
+        assert_eq!(ids(&all), ids([&first, &other]));
+    }
+
+    #[tokio::test]
+    async fn a_batch_that_cannot_commit_fails_every_op() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("messages.db");
+        let store = SqliteStore::open(&path, SqliteOptions::default()).unwrap();
+        // Another process holding the write lock past the busy timeout.
+        let other = Connection::open(&path).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let now = now_unix();
+        let (a, b, ping) = tokio::join!(
+            store.append(msg("t", now)),
+            store.append(msg("t", now)),
+            store.check_writable()
+        );
+        for result in [a, b, ping] {
+            assert!(matches!(result, Err(StoreError::Backend(_))), "{result:?}");
+        }
+        other.execute_batch("ROLLBACK").unwrap();
+        store.check_writable().await.unwrap();
+        let kept = msg("t", now);
+        store.append(kept.clone()).await.unwrap();
+        let all = store.query(q(&["t"], Since::All, false)).await.unwrap();
+        assert_eq!(all, vec![kept], "nothing of the failed batch was stored");
+    }
+
+    #[tokio::test]
+    async fn corrupt_rows_are_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("messages.db");
+        let store = SqliteStore::open(&path, SqliteOptions::default()).unwrap();
+        let now = now_unix();
+        let good = msg("t", now - 5);
+        store.append(good.clone()).await.unwrap();
+        let bad_id = MessageId::generate().into_string();
+        Connection::open(&path)
+            .unwrap()
+            .execute(
+                "INSERT INTO messages (id, topic, time, expires, published, event, json)
+                 VALUES (?1, 't', ?2, NULL, 1, 'message', '{not json')",
+                rusqlite::params![bad_id, now - 1],
+            )
+            .unwrap();
+        let all = store.query(q(&["t"], Since::All, false)).await.unwrap();
+        assert_eq!(all, vec![good.clone()]);
+        let latest = store.query(q(&["t"], Since::Latest, false)).await.unwrap();
+        assert_eq!(
+            latest,
+            vec![good],
+            "falls back to the last decodable message"
+        );
+    }
+
+    #[tokio::test]
+    async fn close_finishes_and_then_refuses() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        store.check_writable().await.unwrap();
+        store.append(msg("t", now_unix())).await.unwrap();
+        store.close().await;
+        store.close().await; // idempotent
+        assert!(matches!(
+            store.append(msg("t", now_unix())).await,
+            Err(StoreError::Closed)
+        ));
+        assert!(matches!(
+            store.check_writable().await,
+            Err(StoreError::Closed)
+        ));
+        assert!(matches!(
+            store.take_due(now_unix()).await,
+            Err(StoreError::Closed)
+        ));
+        assert!(matches!(
+            store.query(q(&["t"], Since::All, false)).await,
+            Err(StoreError::Closed)
+        ));
+    }
+
+    #[tokio::test]
+    async fn open_creates_directories_and_rejects_newer_schemas() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a/b/c/messages.db");
+        let store = SqliteStore::open(&path, SqliteOptions::default()).unwrap();
+        store.close().await;
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        let err = SqliteStore::open(&path, SqliteOptions::default()).unwrap_err();
+        assert!(err.to_string().contains("newer"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn every_sync_mode_opens() {
+        for sync in [SyncMode::Off, SyncMode::Normal, SyncMode::Full] {
+            let dir = tempfile::tempdir().unwrap();
+            let options = SqliteOptions { sync, max_batch: 0 };
+            let store = SqliteStore::open(&dir.path().join("m.db"), options).unwrap();
+            store.append(msg("t", now_unix())).await.unwrap();
+            store.close().await;
+        }
+    }
+
+    #[test]
+    fn sync_mode_parses() {
+        assert_eq!("off".parse::<SyncMode>().unwrap(), SyncMode::Off);
+        assert_eq!("normal".parse::<SyncMode>().unwrap(), SyncMode::Normal);
+        assert_eq!("FULL".parse::<SyncMode>().unwrap(), SyncMode::Full);
+        assert!("extra".parse::<SyncMode>().is_err());
+        assert_eq!(SyncMode::default().to_string(), "normal");
+        assert_eq!(SqliteOptions::default().max_batch, 512);
+    }
+}

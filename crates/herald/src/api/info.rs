@@ -1,0 +1,106 @@
+//! Small informational endpoints: `/v1/health`, `/v1/stats`, `/v1/config`,
+//! `/<topics>/auth`, UnifiedPush discovery, CORS preflight.
+
+use axum::extract::Request;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::{AppState, json_response, parse_topics, query_pairs};
+use crate::error::ApiError;
+use crate::model::topic::DEFAULT_DISALLOWED_TOPICS;
+
+/// `GET /v1/health`: ntfy's static answer (readiness with real checks is `/readyz`).
+pub fn health(_state: &AppState) -> Response {
+    json_response(StatusCode::OK, br#"{"healthy":true}"#.to_vec())
+}
+
+/// `GET /v1/stats`: messages published and the recent rate.
+pub async fn stats(state: &AppState) -> Result<Response, ApiError> {
+    let body = json!({
+        "messages": state.herald.published_count(),
+        "messages_rate": state.herald.published_rate(),
+    });
+    Ok(json_response(StatusCode::OK, body.to_string()))
+}
+
+/// `GET /v1/config`: what the web app and clients read about this server.
+pub fn config(state: &AppState) -> Response {
+    let body = json!({
+        "base_url": state.herald.config.base_url,
+        "app_root": "/",
+        "enable_login": false,
+        "require_login": false,
+        "enable_signup": false,
+        "enable_payments": false,
+        "enable_calls": false,
+        "enable_emails": false,
+        "enable_reset_password": false,
+        "enable_reservations": false,
+        "enable_web_push": false,
+        "billing_contact": "",
+        "web_push_public_key": "",
+        "disallowed_topics": DEFAULT_DISALLOWED_TOPICS,
+        "config_hash": env!("CARGO_PKG_VERSION"),
+    });
+    let mut resp = json_response(StatusCode::OK, body.to_string());
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    resp
+}
+
+/// `GET /<topics>/auth`: whether the caller may read every topic (always, without auth).
+pub fn topic_auth(state: &AppState, topics: &str) -> Result<Response, ApiError> {
+    parse_topics(state, topics)?;
+    Ok(json_response(
+        StatusCode::OK,
+        br#"{"success":true}"#.to_vec(),
+    ))
+}
+
+/// `GET /<topic>`: UnifiedPush discovery with `?up=1`; herald serves no web app.
+pub fn topic_page(state: &AppState, req: Request) -> Result<Response, ApiError> {
+    let up = query_pairs(&req)
+        .iter()
+        .any(|(k, v)| k == "up" && matches!(v.as_str(), "1" | "yes" | "true"));
+    if up {
+        parse_topics(state, req.uri().path().trim_start_matches('/'))?;
+        return Ok(json_response(
+            StatusCode::OK,
+            br#"{"unifiedpush":{"version":1}}"#.to_vec(),
+        ));
+    }
+    Err(ApiError::NOT_FOUND)
+}
+
+/// `GET /`: a short pointer; herald has no web app.
+pub fn index() -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        concat!(
+            "herald ",
+            env!("CARGO_PKG_VERSION"),
+            ": an ntfy-compatible notification server.\n",
+            "Publish: curl -d \"Hi\" <this-url>/<topic>\n",
+            "Subscribe: curl -s <this-url>/<topic>/json\n"
+        ),
+    )
+        .into_response()
+}
+
+/// CORS preflight for any path.
+pub fn options() -> Response {
+    (
+        StatusCode::OK,
+        [
+            (
+                header::ACCESS_CONTROL_ALLOW_METHODS,
+                "GET, PUT, POST, PATCH, DELETE",
+            ),
+            (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
+            (header::ACCESS_CONTROL_ALLOW_HEADERS, "*"),
+        ],
+    )
+        .into_response()
+}

@@ -1,0 +1,329 @@
+//! Subscribing over HTTP streams: `/<topics>/json`, `/sse` and `/raw`, and polling
+//! (`poll=1`) on the same paths.
+//!
+//! A stream registers its subscriber in the hub *before* reading the history, so no
+//! message can fall between the backlog and the live part; messages that are in both
+//! are sent once. After the `open` event and the backlog, the stream writes whatever
+//! the hub has queued for it, several events per write when several are waiting.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::body::{Body, Bytes};
+use axum::extract::Request;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::Response;
+use futures_util::stream;
+
+use super::params::{Filters, ParamSource, SinceParam, SubscribeParams, parse_subscribe};
+use super::{AppState, StreamFormat, parse_topics, query_pairs};
+use crate::error::ApiError;
+use crate::hub::{Delivery, SharedEvent, Subscription};
+use crate::model::{EventKind, Message, id as message_id, now_unix};
+use crate::store::{Query, Since};
+
+/// Open streams per visitor (IP), enforcing `visitor-subscription-limit`.
+#[derive(Debug)]
+pub struct SubscriptionSlots {
+    limit: usize,
+    per_visitor: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl SubscriptionSlots {
+    /// Slots for at most `limit` open streams per visitor.
+    pub fn new(limit: usize) -> Self {
+        SubscriptionSlots {
+            limit,
+            per_visitor: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes a slot for `visitor`, or `429 42903` if it has `limit` open already.
+    pub fn acquire(self: &Arc<Self>, visitor: IpAddr) -> Result<SlotGuard, ApiError> {
+        let mut map = self.per_visitor.lock().unwrap_or_else(|p| p.into_inner());
+        let count = map.entry(visitor).or_insert(0);
+        if *count >= self.limit {
+            return Err(ApiError::TOO_MANY_SUBSCRIPTIONS);
+        }
+        *count += 1;
+        Ok(SlotGuard {
+            slots: self.clone(),
+            visitor,
+        })
+    }
+}
+
+/// Releases its visitor's slot when the stream ends.
+#[derive(Debug)]
+pub struct SlotGuard {
+    slots: Arc<SubscriptionSlots>,
+    visitor: IpAddr,
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        let mut map = self
+            .slots
+            .per_visitor
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = map.get_mut(&self.visitor) {
+            *count -= 1;
+            if *count == 0 {
+                map.remove(&self.visitor);
+            }
+        }
+    }
+}
+
+/// Parsed subscribe request common to every transport.
+pub struct SubscribeRequest {
+    pub topics: Vec<String>,
+    /// The topic path segment as given (`a,b`): the `topic` of `open` and `keepalive`.
+    pub topic_label: String,
+    pub params: SubscribeParams,
+}
+
+/// Validates topics and parameters of a subscribe request.
+pub fn parse_request(
+    state: &AppState,
+    req: &Request,
+    topics: &str,
+) -> Result<SubscribeRequest, ApiError> {
+    if state.herald.is_draining() {
+        return Err(ApiError::UNAVAILABLE);
+    }
+    let topic_list = parse_topics(state, topics)?;
+    let query = query_pairs(req);
+    let src = ParamSource {
+        headers: req.headers(),
+        query: &query,
+    };
+    let params = parse_subscribe(&src, now_unix())?;
+    Ok(SubscribeRequest {
+        topics: topic_list,
+        topic_label: topics.to_string(),
+        params,
+    })
+}
+
+/// Turns `since=` into a store query bound. An ID that herald could have issued
+/// recently (its embedded time is within the retention window) selects what came
+/// after it, even if that message is gone; any other ID selects everything, as ntfy
+/// does for unknown IDs.
+pub fn resolve_since(since: &SinceParam, poll: bool, now: i64, cache_secs: i64) -> Since {
+    match since {
+        SinceParam::Unset if poll => Since::All,
+        SinceParam::Unset | SinceParam::None => Since::None,
+        SinceParam::All => Since::All,
+        SinceParam::Latest => Since::Latest,
+        SinceParam::Time(t) => Since::Time(*t),
+        SinceParam::Id(id) => {
+            let plausible = message_id::timestamp_ms(id).is_some_and(|ms| {
+                let secs = (ms / 1000) as i64;
+                secs >= now - cache_secs - 86_400 && secs <= now + 60
+            });
+            if plausible {
+                Since::AfterId(id.clone())
+            } else {
+                Since::All
+            }
+        }
+    }
+}
+
+/// Reads the backlog a subscriber asked for, filtered.
+pub async fn backlog(
+    state: &AppState,
+    req: &SubscribeRequest,
+    poll: bool,
+) -> Result<Vec<Message>, ApiError> {
+    let cache_secs = state.herald.config.cache_duration.as_secs() as i64;
+    let since = resolve_since(&req.params.since, poll, now_unix(), cache_secs);
+    let messages = state
+        .herald
+        .history(Query {
+            topics: req.topics.clone(),
+            since,
+            include_scheduled: req.params.scheduled,
+        })
+        .await?;
+    Ok(messages
+        .into_iter()
+        .filter(|m| req.params.filters.pass(m))
+        .collect())
+}
+
+fn content_type(format: StreamFormat) -> &'static str {
+    match format {
+        StreamFormat::Json | StreamFormat::Ws => "application/x-ndjson; charset=utf-8",
+        StreamFormat::Sse => "text/event-stream; charset=utf-8",
+        StreamFormat::Raw => "text/plain; charset=utf-8",
+    }
+}
+
+/// The bytes of `event` in `format`'s framing (shared, not copied).
+fn framed(event: &SharedEvent, format: StreamFormat) -> &Bytes {
+    match format {
+        StreamFormat::Json | StreamFormat::Ws => event.json_line(),
+        StreamFormat::Sse => event.sse_frame(),
+        StreamFormat::Raw => event.raw_line(),
+    }
+}
+
+/// `GET /<topics>/json|sse|raw`, streaming or polling.
+pub async fn subscribe(
+    state: &AppState,
+    req: Request,
+    topics: &str,
+    format: StreamFormat,
+    peer: IpAddr,
+) -> Result<Response, ApiError> {
+    let sub_req = parse_request(state, &req, topics)?;
+    if sub_req.params.poll {
+        let messages = backlog(state, &sub_req, true).await?;
+        let mut body = Vec::new();
+        for m in messages {
+            body.extend_from_slice(framed(&SharedEvent::new(m), format));
+        }
+        return Ok(stream_response(format, Body::from(body)));
+    }
+
+    let slot = state.slots.acquire(peer)?;
+    let subscription = state.herald.subscribe(&sub_req.topics);
+    let history = backlog(state, &sub_req, false).await?;
+
+    let mut first = Vec::new();
+    first.extend_from_slice(framed(
+        &SharedEvent::new(Message::new(EventKind::Open, sub_req.topic_label.clone())),
+        format,
+    ));
+    let mut seen = HashSet::new();
+    for m in history {
+        seen.insert(m.id.clone());
+        first.extend_from_slice(framed(&SharedEvent::new(m), format));
+    }
+    let stream_state = LiveStream {
+        subscription,
+        _slot: slot,
+        format,
+        filters: sub_req.params.filters,
+        topic_label: sub_req.topic_label,
+        seen,
+        first: Some(Bytes::from(first)),
+        batch: Vec::new(),
+    };
+    let body = Body::from_stream(stream::unfold(stream_state, |mut s| async move {
+        let chunk = s.next_chunk().await?;
+        Some((Ok::<Bytes, std::convert::Infallible>(chunk), s))
+    }));
+    Ok(stream_response(format, body))
+}
+
+fn stream_response(format: StreamFormat, body: Body) -> Response {
+    let mut resp = Response::new(body);
+    *resp.status_mut() = StatusCode::OK;
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(content_type(format)),
+    );
+    if format == StreamFormat::Sse {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    }
+    // Stop reverse proxies (nginx) from buffering the stream.
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    resp
+}
+
+/// State of one live HTTP stream.
+struct LiveStream {
+    subscription: Subscription,
+    _slot: SlotGuard,
+    format: StreamFormat,
+    filters: Filters,
+    topic_label: String,
+    /// IDs already sent from the backlog; a live copy of one is skipped.
+    seen: HashSet<String>,
+    /// `open` plus the backlog, sent as the first chunk.
+    first: Option<Bytes>,
+    batch: Vec<Delivery>,
+}
+
+impl LiveStream {
+    /// The next chunk to write: everything queued, in one buffer. `None` ends the
+    /// stream (shutdown or a subscriber that fell too far behind).
+    async fn next_chunk(&mut self) -> Option<Bytes> {
+        if let Some(first) = self.first.take() {
+            return Some(first);
+        }
+        loop {
+            self.batch.clear();
+            self.subscription.next_batch(&mut self.batch).await.ok()?;
+            let mut parts: Vec<Bytes> = Vec::with_capacity(self.batch.len());
+            for delivery in self.batch.drain(..) {
+                match delivery {
+                    Delivery::Event(event) => {
+                        if !self.seen.is_empty() && self.seen.remove(&event.message.id) {
+                            continue;
+                        }
+                        if self.filters.pass(&event.message) {
+                            parts.push(framed(&event, self.format).clone());
+                        }
+                    }
+                    Delivery::Keepalive => {
+                        let keepalive =
+                            Message::new(EventKind::Keepalive, self.topic_label.clone());
+                        parts.push(framed(&SharedEvent::new(keepalive), self.format).clone());
+                    }
+                }
+            }
+            match parts.len() {
+                0 => continue,
+                1 => return parts.pop(),
+                _ => return Some(Bytes::from(parts.concat())),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_resolution() {
+        let now = 2_000_000_000;
+        assert_eq!(
+            resolve_since(&SinceParam::Unset, true, now, 3600),
+            Since::All
+        );
+        assert_eq!(
+            resolve_since(&SinceParam::Unset, false, now, 3600),
+            Since::None
+        );
+        let recent = crate::model::MessageId::generate_at((now as u64 - 10) * 1000).into_string();
+        assert_eq!(
+            resolve_since(&SinceParam::Id(recent.clone()), false, now, 3600),
+            Since::AfterId(recent)
+        );
+        // An ID that herald did not issue in the retention window: everything.
+        assert_eq!(
+            resolve_since(&SinceParam::Id("zzzzzzzzzzzz".into()), false, now, 3600),
+            Since::All
+        );
+    }
+
+    #[test]
+    fn slots_limit_per_visitor() {
+        let slots = Arc::new(SubscriptionSlots::new(2));
+        let ip = IpAddr::from([1, 2, 3, 4]);
+        let a = slots.acquire(ip).unwrap();
+        let _b = slots.acquire(ip).unwrap();
+        assert!(slots.acquire(ip).is_err());
+        assert!(slots.acquire(IpAddr::from([1, 2, 3, 5])).is_ok());
+        drop(a);
+        assert!(slots.acquire(ip).is_ok());
+    }
+}

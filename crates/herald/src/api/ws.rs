@@ -1,0 +1,153 @@
+//! Subscribing over WebSocket: `GET /<topics>/ws`.
+//!
+//! ntfy's framing: one text frame per event (`open`, then messages; the JSON keeps
+//! `sequence_id`), WebSocket pings instead of `keepalive` events, and the client is
+//! expected only to answer pings. Buffers are kept small on purpose: an idle
+//! subscriber is most of what a notification server holds, and tungstenite's default
+//! 128 KiB buffers would dominate its memory.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use axum::extract::FromRequestParts;
+use axum::extract::Request;
+use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::response::Response;
+use futures_util::{SinkExt, StreamExt};
+
+use super::AppState;
+use super::params::Filters;
+use super::subscribe::{SlotGuard, backlog, parse_request};
+use crate::error::ApiError;
+use crate::hub::{CloseReason, Delivery, SharedEvent, Subscription};
+use crate::model::{EventKind, Message};
+
+/// Read buffer: clients only send pongs and close frames.
+const READ_BUFFER: usize = 1024;
+/// Largest frame a client may send (ntfy allows 64 bytes; pings with payload fit).
+const MAX_INCOMING: usize = 4096;
+/// How long a peer may stay silent beyond one keepalive interval (ntfy: +15 s).
+const PONG_GRACE: Duration = Duration::from_secs(15);
+
+/// `GET /<topics>/ws`.
+pub async fn subscribe(
+    state: &AppState,
+    req: Request,
+    topics: &str,
+    peer: IpAddr,
+) -> Result<Response, ApiError> {
+    let sub_req = parse_request(state, &req, topics)?;
+    let (mut parts, _body) = req.into_parts();
+    let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, &())
+        .await
+        .map_err(|_| ApiError::WEBSOCKET_REQUIRED)?;
+    let slot = state.slots.acquire(peer)?;
+    let subscription = state.herald.subscribe(&sub_req.topics);
+    let history = backlog(state, &sub_req, false).await?;
+    let keepalive = state.herald.config.keepalive_interval;
+    let session = Session {
+        subscription,
+        _slot: slot,
+        filters: sub_req.params.filters,
+        topic_label: sub_req.topic_label,
+        history,
+        keepalive,
+    };
+    Ok(upgrade
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
+        .max_write_buffer_size(usize::MAX)
+        .max_message_size(MAX_INCOMING)
+        .max_frame_size(MAX_INCOMING)
+        .on_upgrade(move |socket| session.run(socket)))
+}
+
+struct Session {
+    subscription: Subscription,
+    _slot: SlotGuard,
+    filters: Filters,
+    topic_label: String,
+    history: Vec<Message>,
+    keepalive: Duration,
+}
+
+fn text_frame(event: &SharedEvent) -> Option<WsMessage> {
+    Utf8Bytes::try_from(event.ws_text().clone())
+        .ok()
+        .map(WsMessage::Text)
+}
+
+impl Session {
+    async fn run(mut self, socket: WebSocket) {
+        let (mut tx, mut rx) = socket.split();
+        let open = SharedEvent::new(Message::new(EventKind::Open, self.topic_label.clone()));
+        let mut seen = std::collections::HashSet::new();
+        let mut initial = Vec::with_capacity(self.history.len() + 1);
+        initial.extend(text_frame(&open));
+        for m in std::mem::take(&mut self.history) {
+            seen.insert(m.id.clone());
+            initial.extend(text_frame(&SharedEvent::new(m)));
+        }
+        for frame in initial {
+            if tx.feed(frame).await.is_err() {
+                return;
+            }
+        }
+        if tx.flush().await.is_err() {
+            return;
+        }
+
+        let mut last_heard = Instant::now();
+        let mut batch = Vec::new();
+        loop {
+            tokio::select! {
+                next = self.subscription.next_batch(&mut batch) => {
+                    if let Err(reason) = next {
+                        let code = match reason {
+                            CloseReason::Shutdown => 1001,
+                            CloseReason::TooSlow => 1008,
+                        };
+                        let reason = match reason {
+                            CloseReason::Shutdown => "server shutting down",
+                            CloseReason::TooSlow => "subscriber too slow",
+                        };
+                        let _ = tx.send(WsMessage::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+                        return;
+                    }
+                    for delivery in batch.drain(..) {
+                        let frame = match delivery {
+                            Delivery::Event(event) => {
+                                if !seen.is_empty() && seen.remove(&event.message.id) {
+                                    continue;
+                                }
+                                if !self.filters.pass(&event.message) {
+                                    continue;
+                                }
+                                text_frame(&event)
+                            }
+                            Delivery::Keepalive => {
+                                if last_heard.elapsed() > self.keepalive + PONG_GRACE {
+                                    tracing::debug!("websocket peer silent, closing");
+                                    return;
+                                }
+                                Some(WsMessage::Ping(Default::default()))
+                            }
+                        };
+                        if let Some(frame) = frame
+                            && tx.feed(frame).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                    if tx.flush().await.is_err() {
+                        return;
+                    }
+                }
+                incoming = rx.next() => match incoming {
+                    None | Some(Err(_)) | Some(Ok(WsMessage::Close(_))) => return,
+                    Some(Ok(_)) => last_heard = Instant::now(),
+                },
+            }
+        }
+    }
+}
