@@ -1,0 +1,14 @@
+//! Integration tests: the real `herald` binary over real sockets, checked against
+//! ntfy's wire formats (`/work/shared/reference/ntfy-api.md`).
+//!
+//! One test binary (faster to link than one per file); each test starts its own
+//! server on `127.0.0.1:0` with its own data directory.
+
+mod cli_config;
+mod durability;
+mod fixture;
+mod info;
+mod publish;
+mod scheduled;
+mod sequence;
+mod subscribe;
