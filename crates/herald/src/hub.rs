@@ -24,14 +24,35 @@ use tokio::sync::Notify;
 
 use crate::model::{EventKind, Message};
 
-/// An event being delivered, with its wire encodings computed lazily and shared.
+/// The wire encodings of an event, one per transport and framing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// `/json`: `{...}\n`.
+    JsonLine,
+    /// `/sse`: `data: {...}\n\n` (with an `event:` line for non-message events).
+    SseFrame,
+    /// `/raw`: the message text and `\n`.
+    RawLine,
+    /// WebSocket text payload: the full JSON (ntfy keeps `sequence_id` here).
+    WsText,
+    /// `JsonLine` as an HTTP/1.1 chunk (`<len>\r\n...\r\n`).
+    JsonChunk,
+    /// `SseFrame` as an HTTP/1.1 chunk.
+    SseChunk,
+    /// `RawLine` as an HTTP/1.1 chunk.
+    RawChunk,
+    /// `WsText` as a complete WebSocket text frame (server frames are unmasked).
+    WsFrame,
+}
+
+const FRAMINGS: usize = 8;
+
+/// An event being delivered, with its wire encodings computed lazily and shared:
+/// each is built at most once, however many subscribers receive the event.
 #[derive(Debug)]
 pub struct SharedEvent {
     pub message: Message,
-    json_line: OnceLock<Bytes>,
-    sse_frame: OnceLock<Bytes>,
-    raw_line: OnceLock<Bytes>,
-    ws_text: OnceLock<Bytes>,
+    encoded: [OnceLock<Bytes>; FRAMINGS],
 }
 
 impl SharedEvent {
@@ -39,36 +60,76 @@ impl SharedEvent {
     pub fn new(message: Message) -> Arc<Self> {
         Arc::new(SharedEvent {
             message,
-            json_line: OnceLock::new(),
-            sse_frame: OnceLock::new(),
-            raw_line: OnceLock::new(),
-            ws_text: OnceLock::new(),
+            encoded: Default::default(),
+        })
+    }
+
+    /// The event in `framing`, built on first use.
+    pub fn encoded(&self, framing: Framing) -> &Bytes {
+        self.encoded[framing as usize].get_or_init(|| match framing {
+            Framing::JsonLine => encode_json_line(&self.message),
+            Framing::SseFrame => encode_sse_frame(&self.message, self.json_line()),
+            Framing::RawLine => encode_raw_line(&self.message),
+            Framing::WsText => Bytes::from(serde_json::to_vec(&self.message).unwrap_or_default()),
+            Framing::JsonChunk => http_chunk(self.json_line()),
+            Framing::SseChunk => http_chunk(self.sse_frame()),
+            Framing::RawChunk => http_chunk(self.raw_line()),
+            Framing::WsFrame => ws_text_frame(self.ws_text()),
         })
     }
 
     /// `/json` framing: ntfy's `ForJSON` object and a newline.
     pub fn json_line(&self) -> &Bytes {
-        self.json_line
-            .get_or_init(|| encode_json_line(&self.message))
+        self.encoded(Framing::JsonLine)
     }
 
-    /// `/sse` framing: `data: {json}\n\n` for content events, with an `event:` line
-    /// for the others (ntfy's browser-compatible encoding).
+    /// `/sse` framing.
     pub fn sse_frame(&self) -> &Bytes {
-        self.sse_frame
-            .get_or_init(|| encode_sse_frame(&self.message, self.json_line()))
+        self.encoded(Framing::SseFrame)
     }
 
     /// `/raw` framing: the message text on one line; an empty line for other events.
     pub fn raw_line(&self) -> &Bytes {
-        self.raw_line.get_or_init(|| encode_raw_line(&self.message))
+        self.encoded(Framing::RawLine)
     }
 
-    /// WebSocket framing: the full message JSON (ntfy keeps `sequence_id` here).
+    /// WebSocket text payload.
     pub fn ws_text(&self) -> &Bytes {
-        self.ws_text
-            .get_or_init(|| Bytes::from(serde_json::to_vec(&self.message).unwrap_or_default()))
+        self.encoded(Framing::WsText)
     }
+}
+
+/// `data` as one HTTP/1.1 chunk of a chunked response body.
+pub fn http_chunk(data: &[u8]) -> Bytes {
+    let mut buf = Vec::with_capacity(data.len() + 12);
+    buf.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+    buf.extend_from_slice(data);
+    buf.extend_from_slice(b"\r\n");
+    Bytes::from(buf)
+}
+
+/// `payload` as an unmasked, unfragmented WebSocket text frame (RFC 6455 §5.2).
+pub fn ws_text_frame(payload: &[u8]) -> Bytes {
+    ws_frame(0x1, payload)
+}
+
+/// An unmasked, final WebSocket frame with `opcode`.
+pub fn ws_frame(opcode: u8, payload: &[u8]) -> Bytes {
+    let mut buf = Vec::with_capacity(payload.len() + 10);
+    buf.push(0x80 | opcode);
+    match payload.len() {
+        n if n < 126 => buf.push(n as u8),
+        n if n <= u16::MAX as usize => {
+            buf.push(126);
+            buf.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            buf.push(127);
+            buf.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    buf.extend_from_slice(payload);
+    Bytes::from(buf)
 }
 
 /// `message` as a JSON line in ntfy's `ForJSON` form.
@@ -122,45 +183,75 @@ pub enum CloseReason {
     Shutdown,
 }
 
+/// What became of an event handed to a sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliverOutcome {
+    /// Written or queued for the subscriber.
+    Accepted,
+    /// Not for this subscriber (its filters rejected it, or it already had it).
+    Skipped,
+    /// The subscriber's queue was full; it has been closed.
+    Overflowed,
+    /// The subscriber was already closed.
+    Closed,
+}
+
+/// The receiving end of a subscriber, as the hub sees it. Implementations must not
+/// block or await: they are called with the topic's lock held.
+pub trait Sink: Send + Sync + 'static {
+    /// Takes `event` for delivery (write it now or queue it), or refuses it.
+    fn deliver(&self, event: &Arc<SharedEvent>) -> DeliverOutcome;
+    /// The shared keepalive tick.
+    fn keepalive(&self);
+    /// Ends the subscription after what is already queued.
+    fn close(&self, reason: CloseReason);
+}
+
 #[derive(Debug, Default)]
 struct QueueState {
     items: VecDeque<Delivery>,
     closed: Option<CloseReason>,
 }
 
-/// One subscriber's end of the hub.
+/// A sink that queues events for a task to drain ([`Subscription::next_batch`]).
 #[derive(Debug)]
-struct Subscriber {
-    id: u64,
-    topics: Box<[Arc<str>]>,
+struct QueueSink {
     queue: Mutex<QueueState>,
     ready: Notify,
+    capacity: usize,
 }
 
-impl Subscriber {
-    /// Enqueues `item`; closes the subscriber instead if its queue is full.
-    /// Returns false if the subscriber is (now) closed.
-    fn push(&self, item: Delivery, capacity: usize) -> PushOutcome {
+impl QueueSink {
+    fn push(&self, item: Delivery) -> DeliverOutcome {
         let mut q = lock(&self.queue);
         if q.closed.is_some() {
-            return PushOutcome::Closed;
+            return DeliverOutcome::Closed;
         }
-        if matches!(item, Delivery::Keepalive)
-            && q.items.iter().any(|d| matches!(d, Delivery::Keepalive))
-        {
-            return PushOutcome::Queued;
-        }
-        if q.items.len() >= capacity {
+        if matches!(item, Delivery::Keepalive) {
+            if q.items.iter().any(|d| matches!(d, Delivery::Keepalive)) {
+                return DeliverOutcome::Accepted;
+            }
+        } else if q.items.len() >= self.capacity {
             q.closed = Some(CloseReason::TooSlow);
             q.items = VecDeque::new();
             drop(q);
             self.ready.notify_one();
-            return PushOutcome::Overflowed;
+            return DeliverOutcome::Overflowed;
         }
         q.items.push_back(item);
         drop(q);
         self.ready.notify_one();
-        PushOutcome::Queued
+        DeliverOutcome::Accepted
+    }
+}
+
+impl Sink for QueueSink {
+    fn deliver(&self, event: &Arc<SharedEvent>) -> DeliverOutcome {
+        self.push(Delivery::Event(event.clone()))
+    }
+
+    fn keepalive(&self) {
+        let _ = self.push(Delivery::Keepalive);
     }
 
     fn close(&self, reason: CloseReason) {
@@ -173,38 +264,46 @@ impl Subscriber {
     }
 }
 
-enum PushOutcome {
-    Queued,
-    Overflowed,
-    Closed,
+/// A registered subscriber: its topics and where its events go.
+struct Entry {
+    id: u64,
+    topics: Box<[Arc<str>]>,
+    sink: Arc<dyn Sink>,
 }
 
 /// The subscribers of one topic. Its mutex is held for a whole fan-out so that all
 /// subscribers see the topic's events in one order.
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Topic {
-    subscribers: Mutex<Vec<Arc<Subscriber>>>,
+    subscribers: Mutex<Vec<Arc<Entry>>>,
 }
 
 /// Counters the hub keeps for stats and metrics.
 #[derive(Debug, Default)]
 pub struct HubCounters {
-    /// Events handed to subscriber queues.
+    /// Events accepted by subscribers (written or queued).
     pub delivered: AtomicU64,
     /// Subscribers closed because their queue overflowed.
     pub dropped_slow: AtomicU64,
 }
 
 /// The topic hub. Cheap to share (`Arc<Hub>`).
-#[derive(Debug)]
 pub struct Hub {
     topics: RwLock<HashMap<Arc<str>, Arc<Topic>>>,
     /// Every live subscriber, for keepalive ticks and shutdown.
-    all: Mutex<HashMap<u64, Arc<Subscriber>>>,
+    all: Mutex<HashMap<u64, Arc<Entry>>>,
     next_id: AtomicU64,
     queue_capacity: usize,
     /// Public counters.
     pub counters: HubCounters,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("subscribers", &self.subscriber_count())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Hub {
@@ -219,24 +318,43 @@ impl Hub {
         })
     }
 
-    /// Registers a subscriber on `topics`. Events dispatched from now on are queued for
-    /// it until the returned handle is dropped.
-    pub fn subscribe(self: &Arc<Self>, topics: &[String]) -> Subscription {
+    /// How many undelivered events a subscriber may hold before it is cut off.
+    pub fn queue_capacity(&self) -> usize {
+        self.queue_capacity
+    }
+
+    /// Registers `sink` on `topics`. Events dispatched from now on go to it until the
+    /// returned registration is dropped.
+    pub fn register(self: &Arc<Self>, topics: &[String], sink: Arc<dyn Sink>) -> Registration {
         let topics: Box<[Arc<str>]> = topics.iter().map(|t| Arc::from(t.as_str())).collect();
-        let sub = Arc::new(Subscriber {
+        let entry = Arc::new(Entry {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             topics,
+            sink,
+        });
+        lock(&self.all).insert(entry.id, entry.clone());
+        for name in entry.topics.iter() {
+            let topic = self.topic_or_create(name);
+            lock(&topic.subscribers).push(entry.clone());
+        }
+        Registration {
+            hub: self.clone(),
+            entry,
+        }
+    }
+
+    /// Registers a queue-backed subscriber on `topics`, drained by a task through
+    /// [`Subscription::next_batch`].
+    pub fn subscribe(self: &Arc<Self>, topics: &[String]) -> Subscription {
+        let sink = Arc::new(QueueSink {
             queue: Mutex::new(QueueState::default()),
             ready: Notify::new(),
+            capacity: self.queue_capacity,
         });
-        lock(&self.all).insert(sub.id, sub.clone());
-        for name in sub.topics.iter() {
-            let topic = self.topic_or_create(name);
-            lock(&topic.subscribers).push(sub.clone());
-        }
+        let registration = self.register(topics, sink.clone());
         Subscription {
-            hub: self.clone(),
-            sub,
+            _registration: registration,
+            sink,
         }
     }
 
@@ -247,15 +365,15 @@ impl Hub {
         write(&self.topics).entry(name.clone()).or_default().clone()
     }
 
-    fn unsubscribe(&self, sub: &Subscriber) {
-        lock(&self.all).remove(&sub.id);
-        for name in sub.topics.iter() {
+    fn unregister(&self, entry: &Entry) {
+        lock(&self.all).remove(&entry.id);
+        for name in entry.topics.iter() {
             let Some(topic) = read(&self.topics).get(name).cloned() else {
                 continue;
             };
             let now_empty = {
                 let mut subs = lock(&topic.subscribers);
-                subs.retain(|s| s.id != sub.id);
+                subs.retain(|s| s.id != entry.id);
                 subs.is_empty()
             };
             if now_empty {
@@ -271,8 +389,8 @@ impl Hub {
         }
     }
 
-    /// Queues `event` for every subscriber of its topic. Never blocks on subscribers.
-    /// Returns how many subscribers it was queued for.
+    /// Hands `event` to every subscriber of its topic. Never waits for subscribers.
+    /// Returns how many accepted it.
     pub fn dispatch(&self, event: &Arc<SharedEvent>) -> usize {
         let Some(topic) = read(&self.topics)
             .get(event.message.topic.as_str())
@@ -281,36 +399,37 @@ impl Hub {
             return 0;
         };
         let subs = lock(&topic.subscribers);
-        let mut queued = 0;
-        for sub in subs.iter() {
-            match sub.push(Delivery::Event(event.clone()), self.queue_capacity) {
-                PushOutcome::Queued => queued += 1,
-                PushOutcome::Overflowed => {
+        let mut accepted = 0;
+        for entry in subs.iter() {
+            match entry.sink.deliver(event) {
+                DeliverOutcome::Accepted => accepted += 1,
+                DeliverOutcome::Overflowed => {
                     self.counters.dropped_slow.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(subscriber = sub.id, "subscriber too slow, disconnecting");
+                    tracing::info!(subscriber = entry.id, "subscriber too slow, disconnecting");
                 }
-                PushOutcome::Closed => {}
+                DeliverOutcome::Skipped | DeliverOutcome::Closed => {}
             }
         }
         drop(subs);
         self.counters
             .delivered
-            .fetch_add(queued as u64, Ordering::Relaxed);
-        queued
+            .fetch_add(accepted as u64, Ordering::Relaxed);
+        accepted
     }
 
-    /// Queues a keepalive marker for every subscriber (one shared tick for all).
+    /// The shared keepalive tick: every subscriber sends its keepalive or ping.
     pub fn tick_keepalive(&self) {
-        let subs: Vec<Arc<Subscriber>> = lock(&self.all).values().cloned().collect();
-        for sub in subs {
-            let _ = sub.push(Delivery::Keepalive, usize::MAX);
+        let entries: Vec<Arc<Entry>> = lock(&self.all).values().cloned().collect();
+        for entry in entries {
+            entry.sink.keepalive();
         }
     }
 
     /// Ends every subscription (shutdown): their streams finish after what is queued.
     pub fn close_all(&self, reason: CloseReason) {
-        for sub in lock(&self.all).values() {
-            sub.close(reason);
+        let entries: Vec<Arc<Entry>> = lock(&self.all).values().cloned().collect();
+        for entry in entries {
+            entry.sink.close(reason);
         }
     }
 
@@ -325,11 +444,31 @@ impl Hub {
     }
 }
 
-/// A live subscription. Dropping it unregisters the subscriber from every topic.
+/// A registered sink. Dropping it unregisters the subscriber from every topic.
+pub struct Registration {
+    hub: Arc<Hub>,
+    entry: Arc<Entry>,
+}
+
+impl std::fmt::Debug for Registration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registration")
+            .field("id", &self.entry.id)
+            .finish()
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.hub.unregister(&self.entry);
+    }
+}
+
+/// A live queue-backed subscription. Dropping it unregisters the subscriber.
 #[derive(Debug)]
 pub struct Subscription {
-    hub: Arc<Hub>,
-    sub: Arc<Subscriber>,
+    _registration: Registration,
+    sink: Arc<QueueSink>,
 }
 
 impl Subscription {
@@ -339,7 +478,7 @@ impl Subscription {
     pub async fn next_batch(&self, out: &mut Vec<Delivery>) -> Result<(), CloseReason> {
         loop {
             {
-                let mut q = lock(&self.sub.queue);
+                let mut q = lock(&self.sink.queue);
                 if !q.items.is_empty() {
                     out.extend(q.items.drain(..));
                     if q.items.capacity() > 64 {
@@ -353,19 +492,8 @@ impl Subscription {
             }
             // notify_one stores a permit if nobody waits, so a push between the check
             // above and this await is not missed.
-            self.sub.ready.notified().await;
+            self.sink.ready.notified().await;
         }
-    }
-
-    /// The topics of this subscription.
-    pub fn topics(&self) -> &[Arc<str>] {
-        &self.sub.topics
-    }
-}
-
-impl Drop for Subscription {
-    fn drop(&mut self) {
-        self.hub.unsubscribe(&self.sub);
     }
 }
 

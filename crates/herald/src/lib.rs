@@ -21,6 +21,7 @@ pub mod config;
 pub mod core;
 pub mod error;
 pub mod hub;
+pub mod listener;
 pub mod model;
 pub mod server;
 pub mod store;

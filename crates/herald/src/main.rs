@@ -17,11 +17,11 @@ fn cli() -> Command {
         ))
         .subcommand(
             Command::new("healthcheck")
-                .about("Probe a running server's /v1/health; exit 0 if healthy, 1 if not")
+                .about("Probe a running server's /healthz; exit 0 if healthy, 1 if not (for FROM-scratch images)")
                 .arg(
                     Arg::new("url")
                         .long("url")
-                        .default_value("http://127.0.0.1:8080/v1/health")
+                        .default_value("http://127.0.0.1:8080/healthz")
                         .help("Health URL to probe (plain HTTP)"),
                 ),
         )
@@ -79,7 +79,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
 /// A dependency-free HTTP/1.0 GET, so a `FROM scratch` image can probe itself.
 fn healthcheck(url: Option<&str>) -> anyhow::Result<()> {
     use std::io::{Read, Write};
-    let url = url.unwrap_or("http://127.0.0.1:8080/v1/health");
+    let url = url.unwrap_or("http://127.0.0.1:8080/healthz");
     let rest = url
         .strip_prefix("http://")
         .context("only http:// URLs are supported")?;

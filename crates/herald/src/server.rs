@@ -3,7 +3,6 @@
 //! [`run`] takes an already bound listener and a shutdown token (mini-redis style),
 //! so tests and embedders choose the port and decide when to stop.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -16,6 +15,7 @@ use crate::broker::LocalBroker;
 use crate::config::Config;
 use crate::core::Herald;
 use crate::hub::{CloseReason, Hub};
+use crate::listener::Listener;
 use crate::store::Store;
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
 
@@ -62,35 +62,35 @@ pub async fn run(
     let background = CancellationToken::new();
     herald.spawn_background(&tracker, background.clone());
 
-    let app = router(AppState::new(herald.clone()));
+    let state = AppState::new(herald.clone());
     let addr = listener
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_else(|_| config.listen_http.clone());
+    let connections = TaskTracker::new();
+    let accept = Listener {
+        router: router(state.clone()),
+        state,
+        tracker: connections.clone(),
+        shutdown: shutdown.clone(),
+    };
+    let accept_loop = tokio::spawn(accept.run(listener));
     // Tests and scripts wait for this exact line to learn the bound port.
     tracing::info!(store = %config.cache_file.display(), "herald listening on http://{addr}");
 
-    let drain_herald = herald.clone();
-    let drain_hub = hub.clone();
-    let drain_signal = shutdown.clone();
-    let serve = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        drain_signal.cancelled().await;
-        tracing::info!("shutting down: draining connections");
-        drain_herald.start_draining();
-        drain_hub.close_all(CloseReason::Shutdown);
-    });
-
-    let serve = tokio::spawn(async move { serve.await });
     shutdown.cancelled().await;
-    match tokio::time::timeout(config.shutdown_timeout, serve).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => tracing::error!(error = %e, "HTTP server error"),
-        Ok(Err(e)) => tracing::error!(error = %e, "HTTP server task failed"),
-        Err(_) => tracing::warn!("shutdown timeout reached; closing remaining connections"),
+    tracing::info!("shutting down: draining connections");
+    herald.start_draining();
+    let _ = accept_loop.await;
+    // Streams end after what is queued for them; HTTP connections finish their
+    // in-flight request (hyper's graceful shutdown), then close.
+    hub.close_all(CloseReason::Shutdown);
+    connections.close();
+    if tokio::time::timeout(config.shutdown_timeout, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown timeout reached; closing remaining connections");
     }
     background.cancel();
     tracker.close();

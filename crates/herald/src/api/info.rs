@@ -15,6 +15,43 @@ pub fn health(_state: &AppState) -> Response {
     json_response(StatusCode::OK, br#"{"healthy":true}"#.to_vec())
 }
 
+/// `GET /healthz`: liveness. Answering at all shows the process and runtime work.
+pub fn healthz() -> Response {
+    json_response(StatusCode::OK, br#"{"status":"ok"}"#.to_vec())
+}
+
+/// `GET /readyz`: readiness. The store must accept writes, the broker must be
+/// connected, and the server must not be draining; each check is named in the body.
+pub async fn readyz(state: &AppState) -> Response {
+    let herald = &state.herald;
+    let store_ok = matches!(
+        tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            herald.store.check_writable()
+        )
+        .await,
+        Ok(Ok(()))
+    );
+    let broker_ok = herald.broker.is_connected();
+    let draining = herald.is_draining();
+    let ready = store_ok && broker_ok && !draining;
+    let word = |ok: bool| if ok { "ok" } else { "fail" };
+    let body = json!({
+        "status": if ready { "ok" } else { "unavailable" },
+        "checks": {
+            "store": word(store_ok),
+            "broker": word(broker_ok),
+            "accepting": word(!draining),
+        }
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json_response(status, body.to_string())
+}
+
 /// `GET /v1/stats`: messages published and the recent rate.
 pub async fn stats(state: &AppState) -> Result<Response, ApiError> {
     let body = json!({

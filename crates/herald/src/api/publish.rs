@@ -39,11 +39,11 @@ pub async fn publish(
 pub async fn publish_json(state: &AppState, req: Request) -> Result<Response, ApiError> {
     let limit = state.herald.config.message_size_limit.saturating_mul(2);
     let (parts, body) = req.into_parts();
-    let body = match axum::body::to_bytes(body, limit).await {
-        Ok(b) => b,
-        Err(_) => return Err(ApiError::JSON_TOO_LARGE),
-    };
-    let json = parse_json_publish(&body)?;
+    let body = read_body(body, limit.saturating_add(1)).await?;
+    if !body.complete {
+        return Err(ApiError::JSON_TOO_LARGE);
+    }
+    let json = parse_json_publish(&body.bytes)?;
     // Like ntfy, the JSON fields become headers of the original request (so that
     // e.g. credentials still apply), replacing headers of the same name.
     let mut headers = parts.headers;
@@ -76,7 +76,10 @@ async fn read_body(body: Body, limit: usize) -> Result<BodyBytes, ApiError> {
             buf.extend_from_slice(data);
             if buf.len() >= limit {
                 // Like ntfy's peek: a body that fills the limit is "too large for a
-                // message"; the rest is not read.
+                // message". The rest is read and discarded (up to a bound, as Go's
+                // server does) so the client, still sending, gets to read the error
+                // instead of a reset connection.
+                drain(&mut body, DRAIN_LIMIT).await;
                 return Ok(BodyBytes {
                     bytes: Bytes::from(buf),
                     complete: false,
@@ -88,6 +91,20 @@ async fn read_body(body: Body, limit: usize) -> Result<BodyBytes, ApiError> {
         bytes: Bytes::from(buf),
         complete: true,
     })
+}
+
+/// Most bytes of an over-long body read and thrown away before answering.
+const DRAIN_LIMIT: usize = 256 * 1024;
+
+async fn drain(body: &mut Body, limit: usize) {
+    use http_body_util::BodyExt;
+    let mut drained = 0;
+    while drained < limit {
+        match body.frame().await {
+            Some(Ok(frame)) => drained += frame.data_ref().map_or(0, |d| d.len()),
+            _ => return,
+        }
+    }
 }
 
 fn single_topic(state: &AppState, topic: &str) -> Result<String, ApiError> {

@@ -91,15 +91,21 @@ pub fn parse_request(
     req: &Request,
     topics: &str,
 ) -> Result<SubscribeRequest, ApiError> {
+    parse_parts(state, req.headers(), &query_pairs(req), topics)
+}
+
+/// [`parse_request`] for a request already taken apart (the direct listener path).
+pub fn parse_parts(
+    state: &AppState,
+    headers: &axum::http::HeaderMap,
+    query: &[(String, String)],
+    topics: &str,
+) -> Result<SubscribeRequest, ApiError> {
     if state.herald.is_draining() {
         return Err(ApiError::UNAVAILABLE);
     }
     let topic_list = parse_topics(state, topics)?;
-    let query = query_pairs(req);
-    let src = ParamSource {
-        headers: req.headers(),
-        query: &query,
-    };
+    let src = ParamSource { headers, query };
     let params = parse_subscribe(&src, now_unix())?;
     Ok(SubscribeRequest {
         topics: topic_list,

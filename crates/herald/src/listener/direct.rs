@@ -1,0 +1,494 @@
+//! Direct subscriber connections: the socket is the subscriber.
+//!
+//! A [`DirectSink`] is registered in the hub for each streaming subscription
+//! (`/json`, `/sse`, `/raw`, `/ws`). When an event is dispatched, the sink writes the
+//! event's pre-framed bytes (an HTTP chunk or a WebSocket frame, built once per event
+//! and shared) straight to the socket with a non-blocking `send` — no queue, no task
+//! wake-up, no copy. Only when the socket cannot take everything at once are the
+//! remaining bytes queued and the connection's task woken to flush them when the
+//! socket is writable again; a subscriber whose queue reaches the limit is cut off.
+//!
+//! The connection's task otherwise sleeps on "readable or woken": it notices a client
+//! that went away, answers WebSocket pings and close frames, and records pongs. So an
+//! idle subscriber costs a socket, this struct and one parked task.
+//!
+//! Ordering: every write happens under the sink's lock, and the fan-out writes
+//! directly only when nothing is queued; otherwise it appends to the queue. Until the
+//! backlog is written, dispatched events are held and merged behind it.
+
+use std::collections::{HashSet, VecDeque};
+use std::io::IoSlice;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+
+use super::wsframe::{self, ClientFrame};
+use crate::api::params::Filters;
+use crate::api::subscribe::{SlotGuard, SubscribeRequest, backlog};
+use crate::api::{AppState, StreamFormat};
+use crate::hub::{CloseReason, DeliverOutcome, Framing, SharedEvent, Sink, ws_frame};
+use crate::model::{EventKind, Message};
+
+/// How long a WebSocket peer may stay silent beyond one keepalive interval.
+const PONG_GRACE: Duration = Duration::from_secs(15);
+/// How long the final bytes (terminator, close frame) may take on shutdown.
+const FINAL_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Most slices handed to one vectored write.
+const MAX_IOV: usize = 64;
+
+/// A validated subscription the direct path will serve.
+pub struct Plan {
+    pub format: StreamFormat,
+    pub request: SubscribeRequest,
+    /// `Sec-WebSocket-Accept` for a WebSocket upgrade.
+    pub ws_accept: Option<String>,
+    /// HTTP/1.0 client: no chunked encoding; the stream ends when the connection does.
+    pub http10: bool,
+    pub slot: SlotGuard,
+}
+
+#[derive(Default)]
+struct SinkState {
+    /// Bytes accepted but not yet written, in order.
+    pending: VecDeque<Bytes>,
+    /// Events dispatched before the backlog was written (`Some` until then).
+    held: Option<Vec<Arc<SharedEvent>>>,
+    /// Set when the server ends the subscription.
+    closing: Option<CloseReason>,
+    /// The socket failed or the peer misbehaved: stop without further writes.
+    failed: bool,
+}
+
+/// A subscriber that is its own socket.
+pub struct DirectSink {
+    stream: TcpStream,
+    framing: Framing,
+    ws: bool,
+    filters: Filters,
+    /// `topic` of keepalive events: the subscription's path segment.
+    topic_label: String,
+    keepalive_interval: Duration,
+    capacity: usize,
+    state: Mutex<SinkState>,
+    /// Wakes the connection task: bytes are queued, or the subscription is ending.
+    wake: Notify,
+    /// Last time the WebSocket peer sent anything (pong, ping, data).
+    last_heard: Mutex<Instant>,
+}
+
+impl DirectSink {
+    fn lock(&self) -> MutexGuard<'_, SinkState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes `bytes` now if nothing is queued and the socket takes it, else queues
+    /// it. Must be called with the state lock held (that is what keeps order).
+    fn write_or_queue(&self, st: &mut SinkState, bytes: Bytes) -> DeliverOutcome {
+        if st.failed || st.closing.is_some() {
+            return DeliverOutcome::Closed;
+        }
+        if !st.pending.is_empty() {
+            if st.pending.len() >= self.capacity {
+                st.closing = Some(CloseReason::TooSlow);
+                st.failed = true;
+                st.pending = VecDeque::new();
+                self.wake.notify_one();
+                return DeliverOutcome::Overflowed;
+            }
+            st.pending.push_back(bytes);
+            return DeliverOutcome::Accepted;
+        }
+        match self.stream.try_write(&bytes) {
+            Ok(n) if n == bytes.len() => {}
+            Ok(n) => {
+                st.pending.push_back(bytes.slice(n..));
+                self.wake.notify_one();
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                st.pending.push_back(bytes);
+                self.wake.notify_one();
+            }
+            Err(_) => {
+                st.failed = true;
+                self.wake.notify_one();
+                return DeliverOutcome::Closed;
+            }
+        }
+        DeliverOutcome::Accepted
+    }
+
+    fn keepalive_bytes(&self) -> Bytes {
+        if self.ws {
+            ws_frame(0x9, b"")
+        } else {
+            let event =
+                SharedEvent::new(Message::new(EventKind::Keepalive, self.topic_label.clone()));
+            event.encoded(self.framing).clone()
+        }
+    }
+
+    /// Writes queued bytes while the socket takes them. Returns false once the
+    /// connection is unusable.
+    fn flush_ready(&self) -> FlushResult {
+        let mut st = self.lock();
+        loop {
+            if st.failed {
+                return FlushResult::Failed;
+            }
+            if st.pending.is_empty() {
+                return FlushResult::Done;
+            }
+            let slices: Vec<IoSlice<'_>> = st
+                .pending
+                .iter()
+                .take(MAX_IOV)
+                .map(|b| IoSlice::new(b))
+                .collect();
+            match self.stream.try_write_vectored(&slices) {
+                Ok(mut n) => {
+                    drop(slices);
+                    while n > 0 {
+                        let Some(front) = st.pending.front_mut() else {
+                            break;
+                        };
+                        if n >= front.len() {
+                            n -= front.len();
+                            st.pending.pop_front();
+                        } else {
+                            *front = front.slice(n..);
+                            n = 0;
+                        }
+                    }
+                    if st.pending.capacity() > 64 && st.pending.len() < 16 {
+                        st.pending.shrink_to(16);
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    return FlushResult::Blocked;
+                }
+                Err(_) => {
+                    st.failed = true;
+                    return FlushResult::Failed;
+                }
+            }
+        }
+    }
+
+    fn mark_failed(&self) {
+        self.lock().failed = true;
+    }
+}
+
+enum FlushResult {
+    Done,
+    Blocked,
+    Failed,
+}
+
+impl Sink for DirectSink {
+    fn deliver(&self, event: &Arc<SharedEvent>) -> DeliverOutcome {
+        if !self.filters.pass(&event.message) {
+            return DeliverOutcome::Skipped;
+        }
+        let mut st = self.lock();
+        if st.failed || st.closing.is_some() {
+            return DeliverOutcome::Closed;
+        }
+        if let Some(held) = st.held.as_mut() {
+            if held.len() >= self.capacity {
+                st.failed = true;
+                st.closing = Some(CloseReason::TooSlow);
+                self.wake.notify_one();
+                return DeliverOutcome::Overflowed;
+            }
+            held.push(event.clone());
+            return DeliverOutcome::Accepted;
+        }
+        let bytes = event.encoded(self.framing).clone();
+        self.write_or_queue(&mut st, bytes)
+    }
+
+    fn keepalive(&self) {
+        if self.ws {
+            let silent = self
+                .last_heard
+                .lock()
+                .map(|t| t.elapsed())
+                .unwrap_or_default();
+            if silent > self.keepalive_interval + PONG_GRACE {
+                tracing::debug!("websocket peer silent, closing");
+                self.mark_failed();
+                self.wake.notify_one();
+                return;
+            }
+        }
+        let mut st = self.lock();
+        // Skip the keepalive while data is queued: the stream is not idle, and a
+        // subscriber that does not read gets no extra bytes queued.
+        if st.held.is_some() || !st.pending.is_empty() {
+            return;
+        }
+        let bytes = self.keepalive_bytes();
+        let _ = self.write_or_queue(&mut st, bytes);
+    }
+
+    fn close(&self, reason: CloseReason) {
+        let mut st = self.lock();
+        if st.closing.is_none() {
+            st.closing = Some(reason);
+        }
+        drop(st);
+        self.wake.notify_one();
+    }
+}
+
+/// Serves one direct subscription until it ends.
+pub async fn serve(state: AppState, stream: TcpStream, plan: Plan, leftover: Bytes) {
+    let Plan {
+        format,
+        request,
+        ws_accept,
+        http10,
+        slot: _slot,
+    } = plan;
+    let ws = format == StreamFormat::Ws;
+    let chunked = !ws && !http10;
+    let framing = match (format, chunked) {
+        (StreamFormat::Ws, _) => Framing::WsFrame,
+        (StreamFormat::Json, true) => Framing::JsonChunk,
+        (StreamFormat::Sse, true) => Framing::SseChunk,
+        (StreamFormat::Raw, true) => Framing::RawChunk,
+        (StreamFormat::Json, false) => Framing::JsonLine,
+        (StreamFormat::Sse, false) => Framing::SseFrame,
+        (StreamFormat::Raw, false) => Framing::RawLine,
+    };
+    let sink = Arc::new(DirectSink {
+        stream,
+        framing,
+        ws,
+        filters: request.params.filters.clone(),
+        topic_label: request.topic_label.clone(),
+        keepalive_interval: state.herald.config.keepalive_interval,
+        capacity: state.herald.hub.queue_capacity(),
+        state: Mutex::new(SinkState {
+            held: Some(Vec::new()),
+            ..SinkState::default()
+        }),
+        wake: Notify::new(),
+        last_heard: Mutex::new(Instant::now()),
+    });
+    // Register before reading the backlog so nothing falls in between.
+    let registration = state.herald.hub.register(&request.topics, sink.clone());
+    let history = match backlog(&state, &request, false).await {
+        Ok(h) => h,
+        Err(e) => {
+            let body = e.to_json_line();
+            let head = format!(
+                "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+                e.http,
+                e.status().canonical_reason().unwrap_or(""),
+                body.len(),
+                body
+            );
+            {
+                let mut st = sink.lock();
+                st.held = None;
+                st.pending.push_back(Bytes::from(head));
+                st.closing = Some(CloseReason::Shutdown);
+            }
+            run(&sink, leftover, None).await;
+            drop(registration);
+            return;
+        }
+    };
+
+    let mut initial: Vec<Bytes> = Vec::with_capacity(history.len() + 2);
+    initial.push(response_head(format, ws_accept.as_deref(), chunked));
+    let open = SharedEvent::new(Message::new(EventKind::Open, request.topic_label.clone()));
+    initial.push(open.encoded(framing).clone());
+    let mut seen = HashSet::with_capacity(history.len());
+    for m in history {
+        seen.insert(m.id.clone());
+        initial.push(SharedEvent::new(m).encoded(framing).clone());
+    }
+    {
+        let mut st = sink.lock();
+        let held = st.held.take().unwrap_or_default();
+        for event in held {
+            if !seen.contains(&event.message.id) {
+                initial.push(event.encoded(framing).clone());
+            }
+        }
+        st.pending.extend(initial);
+    }
+    sink.wake.notify_one();
+    drop(seen);
+    run(&sink, leftover, Some(chunked)).await;
+    drop(registration);
+}
+
+fn response_head(format: StreamFormat, ws_accept: Option<&str>, chunked: bool) -> Bytes {
+    if let Some(accept) = ws_accept {
+        return Bytes::from(format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+        ));
+    }
+    let content_type = match format {
+        StreamFormat::Json | StreamFormat::Ws => "application/x-ndjson; charset=utf-8",
+        StreamFormat::Sse => "text/event-stream; charset=utf-8",
+        StreamFormat::Raw => "text/plain; charset=utf-8",
+    };
+    let framing = if chunked {
+        "Transfer-Encoding: chunked\r\n"
+    } else {
+        "Connection: close\r\n"
+    };
+    Bytes::from(format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nAccess-Control-Allow-Origin: *\r\nCache-Control: no-cache\r\nX-Accel-Buffering: no\r\n{framing}\r\n"
+    ))
+}
+
+/// The connection task: flushes what the fan-out could not write, reads what the
+/// client sends, and finishes the stream when the subscription ends.
+/// `chunked` is `None` for an error response (nothing to terminate).
+async fn run(sink: &DirectSink, leftover: Bytes, chunked: Option<bool>) {
+    let mut inbuf: Vec<u8> = leftover.to_vec();
+    if sink.ws && !inbuf.is_empty() && handle_client_bytes(sink, &mut inbuf) == ClientAction::End {
+        final_flush(sink).await;
+        return;
+    }
+    let mut read_buf = [0u8; 256];
+    loop {
+        match sink.flush_ready() {
+            FlushResult::Failed => return,
+            FlushResult::Blocked => {
+                if sink.lock().closing.is_some() {
+                    final_flush(sink).await;
+                    return;
+                }
+                tokio::select! {
+                    r = sink.stream.writable() => if r.is_err() { return },
+                    _ = sink.wake.notified() => {}
+                }
+                continue;
+            }
+            FlushResult::Done => {}
+        }
+        let closing = sink.lock().closing;
+        if let Some(reason) = closing {
+            finish(sink, reason, chunked).await;
+            return;
+        }
+        tokio::select! {
+            _ = sink.wake.notified() => {}
+            r = sink.stream.readable() => {
+                if r.is_err() {
+                    return;
+                }
+                match sink.stream.try_read(&mut read_buf) {
+                    Ok(0) => return,
+                    Ok(n) => {
+                        // HTTP stream clients have nothing to say; only WebSocket
+                        // peers' bytes are parsed.
+                        if sink.ws {
+                            inbuf.extend_from_slice(&read_buf[..n]);
+                            if handle_client_bytes(sink, &mut inbuf) == ClientAction::End {
+                                final_flush(sink).await;
+                                return;
+                            }
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => return,
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum ClientAction {
+    Continue,
+    /// Flush what is queued (e.g. our close frame) and end the connection.
+    End,
+}
+
+/// Processes complete client frames in `inbuf`.
+fn handle_client_bytes(sink: &DirectSink, inbuf: &mut Vec<u8>) -> ClientAction {
+    loop {
+        match wsframe::parse(inbuf) {
+            Ok(None) => return ClientAction::Continue,
+            Ok(Some((frame, used))) => {
+                inbuf.drain(..used);
+                if let Ok(mut t) = sink.last_heard.lock() {
+                    *t = Instant::now();
+                }
+                match frame {
+                    ClientFrame::Data | ClientFrame::Pong => {}
+                    ClientFrame::Ping(payload) => {
+                        let mut st = sink.lock();
+                        if st.held.is_none() {
+                            let _ = sink.write_or_queue(&mut st, ws_frame(0xA, &payload));
+                        }
+                    }
+                    ClientFrame::Close(code) => {
+                        // Echo the peer's code, as RFC 6455 §5.5.1 asks.
+                        let code = code.unwrap_or(1000);
+                        let mut st = sink.lock();
+                        let _ = sink.write_or_queue(&mut st, ws_frame(0x8, &code.to_be_bytes()));
+                        return ClientAction::End;
+                    }
+                }
+            }
+            Err(e) => {
+                let mut st = sink.lock();
+                let _ = sink.write_or_queue(&mut st, ws_frame(0x8, &e.close_code().to_be_bytes()));
+                return ClientAction::End;
+            }
+        }
+    }
+}
+
+/// Ends the stream the way the transport expects: a terminating chunk for chunked
+/// HTTP, a close frame (1001 going away) for WebSocket.
+async fn finish(sink: &DirectSink, reason: CloseReason, chunked: Option<bool>) {
+    let Some(chunked) = chunked else {
+        final_flush(sink).await;
+        return;
+    };
+    let last = if sink.ws {
+        let code: u16 = match reason {
+            CloseReason::Shutdown => 1001,
+            CloseReason::TooSlow => 1008,
+        };
+        Some(ws_frame(0x8, &code.to_be_bytes()))
+    } else if chunked {
+        Some(Bytes::from_static(b"0\r\n\r\n"))
+    } else {
+        None
+    };
+    if let Some(last) = last {
+        sink.lock().pending.push_back(last);
+    }
+    final_flush(sink).await;
+}
+
+/// Writes what is queued, giving up after [`FINAL_WRITE_TIMEOUT`].
+async fn final_flush(sink: &DirectSink) {
+    let _ = tokio::time::timeout(FINAL_WRITE_TIMEOUT, async {
+        loop {
+            match sink.flush_ready() {
+                FlushResult::Done | FlushResult::Failed => return,
+                FlushResult::Blocked => {
+                    if sink.stream.writable().await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    })
+    .await;
+}
