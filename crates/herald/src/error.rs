@@ -69,7 +69,10 @@ api_errors! {
     JSON_INVALID = (400, 40024, "invalid request: request body must be valid JSON", LINK_JSON);
     PHONE_CALLS_DISABLED = (400, 40032, "invalid request: calling is disabled", "https://ntfy.sh/docs/config/#phone-calls");
     DELAY_NO_CALL = (400, 40037, "invalid request: delayed call notifications are not supported");
-    TEMPLATE_NOT_ENABLED = (400, 40041, "invalid request: templating is not enabled", "https://ntfy.sh/docs/publish/#message-templating");
+    // ntfy has no "templates disabled" error (it always supports them); herald does
+    // not implement Go templates yet, so it answers a generic 40000 that says so
+    // rather than reuse a code ntfy gives another meaning.
+    TEMPLATE_NOT_ENABLED = (400, 40000, "invalid request: message templates are not supported by this server", "https://ntfy.sh/docs/publish/#message-templating");
     SEQUENCE_ID_INVALID = (400, 40049, "invalid request: sequence ID invalid", "https://ntfy.sh/docs/publish/#updating-deleting-notifications");
     EMAIL_ADDRESS_INVALID = (400, 40050, "invalid request: invalid e-mail address");
     UNAUTHORIZED = (401, 40101, "unauthorized", LINK_AUTH);

@@ -201,6 +201,24 @@ pub enum DeliverOutcome {
 pub trait Sink: Send + Sync + 'static {
     /// Takes `event` for delivery (write it now or queue it), or refuses it.
     fn deliver(&self, event: &Arc<SharedEvent>) -> DeliverOutcome;
+    /// Takes several events of one topic, in order. Sinks that write to a socket
+    /// override this to send them in one write. Returns the outcome and how many
+    /// events were accepted.
+    fn deliver_batch(&self, events: &[Arc<SharedEvent>]) -> (DeliverOutcome, usize) {
+        let mut accepted = 0;
+        let mut outcome = DeliverOutcome::Skipped;
+        for event in events {
+            match self.deliver(event) {
+                DeliverOutcome::Accepted => {
+                    accepted += 1;
+                    outcome = DeliverOutcome::Accepted;
+                }
+                DeliverOutcome::Skipped => {}
+                other => return (other, accepted),
+            }
+        }
+        (outcome, accepted)
+    }
     /// The shared keepalive tick.
     fn keepalive(&self);
     /// Ends the subscription after what is already queued.
@@ -271,12 +289,29 @@ struct Entry {
     sink: Arc<dyn Sink>,
 }
 
-/// The subscribers of one topic. Its mutex is held for a whole fan-out so that all
-/// subscribers see the topic's events in one order.
+/// The subscribers of one topic, and its outbox: events waiting for the topic's
+/// fan-out task. At most one fan-out task runs per topic, so every subscriber sees
+/// the topic's events in outbox order.
 #[derive(Default)]
 struct Topic {
     subscribers: Mutex<Vec<Arc<Entry>>>,
+    outbox: Mutex<Outbox>,
+    /// Wakes publishers waiting for room in a full outbox.
+    drained: Notify,
 }
+
+#[derive(Default)]
+struct Outbox {
+    events: Vec<Arc<SharedEvent>>,
+    /// Whether a fan-out task is working on this topic.
+    running: bool,
+}
+
+/// Most events waiting in one topic's outbox; publishers wait beyond that.
+const OUTBOX_LIMIT: usize = 4096;
+/// Subscribers served between yields of a fan-out task, so that a fan-out to many
+/// subscribers does not hold a runtime thread for its whole duration.
+const FANOUT_YIELD_EVERY: usize = 256;
 
 /// Counters the hub keeps for stats and metrics.
 #[derive(Debug, Default)]
@@ -389,32 +424,71 @@ impl Hub {
         }
     }
 
-    /// Hands `event` to every subscriber of its topic. Never waits for subscribers.
-    /// Returns how many accepted it.
-    pub fn dispatch(&self, event: &Arc<SharedEvent>) -> usize {
+    /// Hands `event` to every subscriber of its topic, through the topic's outbox.
+    ///
+    /// Returns once the event is queued for fan-out (in order), not when it has been
+    /// written: the topic's fan-out task writes it. Events that pile up while a
+    /// fan-out is under way go out together, one write per subscriber for the whole
+    /// batch, which is what keeps a busy topic's cost per delivery low. Waits only
+    /// if the outbox is full (backpressure), never for a subscriber.
+    pub async fn dispatch(self: &Arc<Self>, event: &Arc<SharedEvent>) {
         let Some(topic) = read(&self.topics)
             .get(event.message.topic.as_str())
             .cloned()
         else {
-            return 0;
+            return;
         };
-        let subs = lock(&topic.subscribers);
-        let mut accepted = 0;
-        for entry in subs.iter() {
-            match entry.sink.deliver(event) {
-                DeliverOutcome::Accepted => accepted += 1,
-                DeliverOutcome::Overflowed => {
+        loop {
+            let notified = topic.drained.notified();
+            let mut notified = std::pin::pin!(notified);
+            {
+                let mut outbox = lock(&topic.outbox);
+                if outbox.events.len() < OUTBOX_LIMIT {
+                    outbox.events.push(event.clone());
+                    if !outbox.running {
+                        outbox.running = true;
+                        let hub = self.clone();
+                        let topic = topic.clone();
+                        tokio::spawn(async move { hub.fan_out(topic).await });
+                    }
+                    return;
+                }
+                // Register for the wake-up before releasing the lock.
+                notified.as_mut().enable();
+            }
+            notified.await;
+        }
+    }
+
+    /// The fan-out task of one topic: sends outbox batches until the outbox is empty.
+    async fn fan_out(&self, topic: Arc<Topic>) {
+        loop {
+            let batch = {
+                let mut outbox = lock(&topic.outbox);
+                if outbox.events.is_empty() {
+                    outbox.running = false;
+                    return;
+                }
+                std::mem::take(&mut outbox.events)
+            };
+            topic.drained.notify_waiters();
+            let subscribers: Vec<Arc<Entry>> = lock(&topic.subscribers).clone();
+            let mut accepted_total = 0u64;
+            for (i, entry) in subscribers.iter().enumerate() {
+                let (outcome, accepted) = entry.sink.deliver_batch(&batch);
+                accepted_total += accepted as u64;
+                if outcome == DeliverOutcome::Overflowed {
                     self.counters.dropped_slow.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(subscriber = entry.id, "subscriber too slow, disconnecting");
                 }
-                DeliverOutcome::Skipped | DeliverOutcome::Closed => {}
+                if i % FANOUT_YIELD_EVERY == FANOUT_YIELD_EVERY - 1 {
+                    tokio::task::yield_now().await;
+                }
             }
+            self.counters
+                .delivered
+                .fetch_add(accepted_total, Ordering::Relaxed);
         }
-        drop(subs);
-        self.counters
-            .delivered
-            .fetch_add(accepted as u64, Ordering::Relaxed);
-        accepted
     }
 
     /// The shared keepalive tick: every subscriber sends its keepalive or ping.
@@ -436,6 +510,11 @@ impl Hub {
     /// Number of live subscriptions.
     pub fn subscriber_count(&self) -> usize {
         lock(&self.all).len()
+    }
+
+    /// Whether `name` currently has subscribers.
+    pub fn has_topic(&self, name: &str) -> bool {
+        read(&self.topics).contains_key(name)
     }
 
     /// Number of topics with at least one subscriber.
@@ -536,14 +615,14 @@ mod tests {
         let b = hub.subscribe(&["t".into(), "u".into()]);
         let c = hub.subscribe(&["u".into()]);
         for i in 0..5 {
-            assert_eq!(hub.dispatch(&event("t", &i.to_string())), 2);
+            hub.dispatch(&event("t", &i.to_string())).await;
         }
         for sub in [&a, &b] {
             let mut out = Vec::new();
             sub.next_batch(&mut out).await.unwrap();
             assert_eq!(texts(&out), ["0", "1", "2", "3", "4"]);
         }
-        assert_eq!(hub.dispatch(&event("u", "x")), 2);
+        hub.dispatch(&event("u", "x")).await;
         let mut out = Vec::new();
         c.next_batch(&mut out).await.unwrap();
         assert_eq!(texts(&out), ["x"]);
@@ -556,7 +635,7 @@ mod tests {
         let fast = hub.subscribe(&["t".into()]);
         let mut out = Vec::new();
         for i in 0..10 {
-            hub.dispatch(&event("t", &i.to_string()));
+            hub.dispatch(&event("t", &i.to_string())).await;
             out.clear();
             fast.next_batch(&mut out).await.unwrap();
         }
@@ -572,7 +651,7 @@ mod tests {
         drop(s);
         assert_eq!(hub.topic_count(), 0);
         assert_eq!(hub.subscriber_count(), 0);
-        assert_eq!(hub.dispatch(&event("t", "x")), 0);
+        hub.dispatch(&event("t", "x")).await;
     }
 
     #[tokio::test]

@@ -52,6 +52,44 @@ pub async fn readyz(state: &AppState) -> Response {
     json_response(status, body.to_string())
 }
 
+/// `GET /v1/account` for an anonymous visitor, as ntfy answers it (herald has no
+/// accounts yet): username `*`, the visitor's limits and usage.
+pub fn account(state: &AppState) -> Response {
+    let config = &state.herald.config;
+    // ntfy's default daily message quota when none is configured: one per request
+    // refill interval (5 s) per day.
+    let daily_messages = 17_280;
+    let body = json!({
+        "username": "*",
+        "role": "anonymous",
+        "limits": {
+            "basis": "ip",
+            "messages": daily_messages,
+            "messages_expiry_duration": config.cache_duration.as_secs(),
+            "emails": 0,
+            "calls": 0,
+            "reservations": 0,
+            "attachment_total_size": 0,
+            "attachment_file_size": 0,
+            "attachment_expiry_duration": 0,
+            "attachment_bandwidth": 0,
+        },
+        "stats": {
+            "messages": 0,
+            "messages_remaining": daily_messages,
+            "emails": 0,
+            "emails_remaining": 0,
+            "calls": 0,
+            "calls_remaining": 0,
+            "reservations": 0,
+            "reservations_remaining": 0,
+            "attachment_total_size": 0,
+            "attachment_total_size_remaining": 0,
+        },
+    });
+    json_response(StatusCode::OK, body.to_string())
+}
+
 /// `GET /v1/stats`: messages published and the recent rate.
 pub async fn stats(state: &AppState) -> Result<Response, ApiError> {
     let body = json!({

@@ -37,6 +37,7 @@ pub async fn publish(
 
 /// `PUT`/`POST /` with a JSON body naming the topic (reference §2.6).
 pub async fn publish_json(state: &AppState, req: Request) -> Result<Response, ApiError> {
+    let query = query_pairs(&req);
     let limit = state.herald.config.message_size_limit.saturating_mul(2);
     let (parts, body) = req.into_parts();
     let body = read_body(body, limit.saturating_add(1)).await?;
@@ -56,7 +57,7 @@ pub async fn publish_json(state: &AppState, req: Request) -> Result<Response, Ap
         complete: message.len() < state.herald.config.message_size_limit,
         bytes: Bytes::from(message),
     };
-    publish_with(state, &headers, &[], body, topic, None).await
+    publish_with(state, &headers, &query, body, topic, None).await
 }
 
 /// The publish body, read up to the message size limit.
@@ -131,6 +132,7 @@ async fn publish_with(
         delay_max_secs: config.message_delay_limit.as_secs() as i64,
     };
     let params = parse_publish(&src, &limits, now)?;
+    let limit = config.message_size_limit;
 
     let mut m = Message::new(EventKind::Message, topic);
     m.time = params.delay.unwrap_or(now);
@@ -161,21 +163,18 @@ async fn publish_with(
         m.poll_id = poll_id;
         m.message = "New message".into();
     } else if params.unifiedpush {
-        if !body.complete {
-            return Err(ApiError::ENTITY_TOO_LARGE);
-        }
-        match std::str::from_utf8(&body.bytes) {
+        // ntfy publishes the first `message-size-limit` bytes of an over-long body.
+        let bytes = &body.bytes[..body.bytes.len().min(limit)];
+        match std::str::from_utf8(bytes) {
             Ok(text) => m.message = text.to_string(),
             Err(_) => {
-                m.message = base64::engine::general_purpose::STANDARD.encode(&body.bytes);
+                m.message = base64::engine::general_purpose::STANDARD.encode(bytes);
                 m.encoding = "base64".into();
             }
         }
     } else if params.attach.is_some() {
-        let text = std::str::from_utf8(&body.bytes).map_err(|_| ApiError::MESSAGE_NOT_UTF8)?;
-        if !body.complete {
-            return Err(ApiError::ATTACHMENTS_NOT_ALLOWED);
-        }
+        let bytes = &body.bytes[..body.bytes.len().min(limit)];
+        let text = std::str::from_utf8(bytes).map_err(|_| ApiError::MESSAGE_NOT_UTF8)?;
         m.message = pick_text(text, params.message);
     } else if params.filename.is_some() || !body.complete {
         return Err(ApiError::ATTACHMENTS_NOT_ALLOWED);
@@ -183,6 +182,13 @@ async fn publish_with(
         let text =
             std::str::from_utf8(&body.bytes).map_err(|_| ApiError::ATTACHMENTS_NOT_ALLOWED)?;
         m.message = pick_text(text, params.message);
+    }
+    // ntfy (v2.19.1+) strips NUL characters before storing text.
+    if m.message.contains('\0') {
+        m.message.retain(|c| c != '\0');
+    }
+    if m.title.contains('\0') {
+        m.title.retain(|c| c != '\0');
     }
     if m.message.is_empty() {
         m.message = match &m.attachment {

@@ -105,6 +105,11 @@ pub fn parse_parts(
         return Err(ApiError::UNAVAILABLE);
     }
     let topic_list = parse_topics(state, topics)?;
+    let hub = &state.herald.hub;
+    let new_topics = topic_list.iter().filter(|t| !hub.has_topic(t)).count();
+    if new_topics > 0 && hub.topic_count() + new_topics > state.herald.config.global_topic_limit {
+        return Err(ApiError::TOO_MANY_TOPICS);
+    }
     let src = ParamSource { headers, query };
     let params = parse_subscribe(&src, now_unix())?;
     Ok(SubscribeRequest {

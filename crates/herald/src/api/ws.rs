@@ -36,11 +36,13 @@ pub async fn subscribe(
     topics: &str,
     peer: IpAddr,
 ) -> Result<Response, ApiError> {
-    let sub_req = parse_request(state, &req, topics)?;
-    let (mut parts, _body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
+    // Like ntfy, a request that is not a WebSocket upgrade is refused first.
     let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, &())
         .await
         .map_err(|_| ApiError::WEBSOCKET_REQUIRED)?;
+    let req = Request::from_parts(parts, body);
+    let sub_req = parse_request(state, &req, topics)?;
     let slot = state.slots.acquire(peer)?;
     let subscription = state.herald.subscribe(&sub_req.topics);
     let history = backlog(state, &sub_req, false).await?;

@@ -47,7 +47,7 @@ impl LocalBroker {
 #[async_trait]
 impl Broker for LocalBroker {
     async fn publish(&self, event: Arc<SharedEvent>) -> Result<(), BrokerError> {
-        self.hub.dispatch(&event);
+        self.hub.dispatch(&event).await;
         Ok(())
     }
 

@@ -24,12 +24,13 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
+use tokio_util::task::TaskTracker;
 
 use super::wsframe::{self, ClientFrame};
 use crate::api::params::Filters;
 use crate::api::subscribe::{SlotGuard, SubscribeRequest, backlog};
 use crate::api::{AppState, StreamFormat};
-use crate::hub::{CloseReason, DeliverOutcome, Framing, SharedEvent, Sink, ws_frame};
+use crate::hub::{CloseReason, DeliverOutcome, Framing, Registration, SharedEvent, Sink, ws_frame};
 use crate::model::{EventKind, Message};
 
 /// How long a WebSocket peer may stay silent beyond one keepalive interval.
@@ -87,35 +88,57 @@ impl DirectSink {
     /// Writes `bytes` now if nothing is queued and the socket takes it, else queues
     /// it. Must be called with the state lock held (that is what keeps order).
     fn write_or_queue(&self, st: &mut SinkState, bytes: Bytes) -> DeliverOutcome {
+        self.write_or_queue_all(st, std::slice::from_ref(&bytes))
+    }
+
+    /// [`Self::write_or_queue`] for several buffers, sent with one vectored write.
+    fn write_or_queue_all(&self, st: &mut SinkState, parts: &[Bytes]) -> DeliverOutcome {
         if st.failed || st.closing.is_some() {
             return DeliverOutcome::Closed;
         }
+        if parts.is_empty() {
+            return DeliverOutcome::Skipped;
+        }
         if !st.pending.is_empty() {
-            if st.pending.len() >= self.capacity {
+            if st.pending.len() + parts.len() > self.capacity {
                 st.closing = Some(CloseReason::TooSlow);
                 st.failed = true;
                 st.pending = VecDeque::new();
                 self.wake.notify_one();
                 return DeliverOutcome::Overflowed;
             }
-            st.pending.push_back(bytes);
+            st.pending.extend(parts.iter().cloned());
             return DeliverOutcome::Accepted;
         }
-        match self.stream.try_write(&bytes) {
-            Ok(n) if n == bytes.len() => {}
-            Ok(n) => {
-                st.pending.push_back(bytes.slice(n..));
-                self.wake.notify_one();
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                st.pending.push_back(bytes);
-                self.wake.notify_one();
-            }
+        let result = if parts.len() == 1 {
+            self.stream.try_write(&parts[0])
+        } else {
+            let slices: Vec<IoSlice<'_>> = parts
+                .iter()
+                .take(MAX_IOV)
+                .map(|b| IoSlice::new(b))
+                .collect();
+            self.stream.try_write_vectored(&slices)
+        };
+        let mut written = match result {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
             Err(_) => {
                 st.failed = true;
                 self.wake.notify_one();
                 return DeliverOutcome::Closed;
             }
+        };
+        for part in parts {
+            if written >= part.len() {
+                written -= part.len();
+            } else {
+                st.pending.push_back(part.slice(written..));
+                written = 0;
+            }
+        }
+        if !st.pending.is_empty() {
+            self.wake.notify_one();
         }
         DeliverOutcome::Accepted
     }
@@ -211,6 +234,35 @@ impl Sink for DirectSink {
         self.write_or_queue(&mut st, bytes)
     }
 
+    fn deliver_batch(&self, events: &[Arc<SharedEvent>]) -> (DeliverOutcome, usize) {
+        let mut st = self.lock();
+        if st.failed || st.closing.is_some() {
+            return (DeliverOutcome::Closed, 0);
+        }
+        let wanted = events.iter().filter(|e| self.filters.pass(&e.message));
+        if let Some(held) = st.held.as_mut() {
+            let before = held.len();
+            held.extend(wanted.cloned());
+            let accepted = held.len() - before;
+            if held.len() > self.capacity {
+                st.failed = true;
+                st.closing = Some(CloseReason::TooSlow);
+                self.wake.notify_one();
+                return (DeliverOutcome::Overflowed, 0);
+            }
+            return (DeliverOutcome::Accepted, accepted);
+        }
+        let parts: Vec<Bytes> = wanted.map(|e| e.encoded(self.framing).clone()).collect();
+        let accepted = parts.len();
+        let outcome = self.write_or_queue_all(&mut st, &parts);
+        let accepted = if outcome == DeliverOutcome::Accepted {
+            accepted
+        } else {
+            0
+        };
+        (outcome, accepted)
+    }
+
     fn keepalive(&self) {
         if self.ws {
             let silent = self
@@ -245,14 +297,21 @@ impl Sink for DirectSink {
     }
 }
 
-/// Serves one direct subscription until it ends.
-pub async fn serve(state: AppState, stream: TcpStream, plan: Plan, leftover: Bytes) {
+/// Sets up one direct subscription (registration, response head, backlog) and
+/// spawns the task that serves it until it ends.
+pub async fn serve(
+    state: &AppState,
+    stream: TcpStream,
+    plan: Plan,
+    leftover: Bytes,
+    tracker: &TaskTracker,
+) {
     let Plan {
         format,
         request,
         ws_accept,
         http10,
-        slot: _slot,
+        slot,
     } = plan;
     let ws = format == StreamFormat::Ws;
     let chunked = !ws && !http10;
@@ -282,7 +341,7 @@ pub async fn serve(state: AppState, stream: TcpStream, plan: Plan, leftover: Byt
     });
     // Register before reading the backlog so nothing falls in between.
     let registration = state.herald.hub.register(&request.topics, sink.clone());
-    let history = match backlog(&state, &request, false).await {
+    let history = match Box::pin(backlog(state, &request, false)).await {
         Ok(h) => h,
         Err(e) => {
             let body = e.to_json_line();
@@ -299,8 +358,7 @@ pub async fn serve(state: AppState, stream: TcpStream, plan: Plan, leftover: Byt
                 st.pending.push_back(Bytes::from(head));
                 st.closing = Some(CloseReason::Shutdown);
             }
-            run(&sink, leftover, None).await;
-            drop(registration);
+            tracker.spawn(run(sink, registration, leftover, None, slot));
             return;
         }
     };
@@ -325,9 +383,7 @@ pub async fn serve(state: AppState, stream: TcpStream, plan: Plan, leftover: Byt
         st.pending.extend(initial);
     }
     sink.wake.notify_one();
-    drop(seen);
-    run(&sink, leftover, Some(chunked)).await;
-    drop(registration);
+    tracker.spawn(run(sink, registration, leftover, Some(chunked), slot));
 }
 
 fn response_head(format: StreamFormat, ws_accept: Option<&str>, chunked: bool) -> Bytes {
@@ -354,19 +410,35 @@ fn response_head(format: StreamFormat, ws_accept: Option<&str>, chunked: bool) -
 /// The connection task: flushes what the fan-out could not write, reads what the
 /// client sends, and finishes the stream when the subscription ends.
 /// `chunked` is `None` for an error response (nothing to terminate).
-async fn run(sink: &DirectSink, leftover: Bytes, chunked: Option<bool>) {
+///
+/// This future is what an idle subscriber costs besides its sink, so it is kept
+/// small: a short read buffer, and the rarely used final writes boxed.
+async fn run(
+    sink: Arc<DirectSink>,
+    registration: Registration,
+    leftover: Bytes,
+    chunked: Option<bool>,
+    slot: SlotGuard,
+) {
+    serve_stream(&sink, leftover, chunked).await;
+    // Unregister before the socket closes, so no fan-out writes to a dead socket.
+    drop(registration);
+    drop(slot);
+}
+
+async fn serve_stream(sink: &DirectSink, leftover: Bytes, chunked: Option<bool>) {
     let mut inbuf: Vec<u8> = leftover.to_vec();
     if sink.ws && !inbuf.is_empty() && handle_client_bytes(sink, &mut inbuf) == ClientAction::End {
-        final_flush(sink).await;
+        Box::pin(final_flush(sink)).await;
         return;
     }
-    let mut read_buf = [0u8; 256];
+    let mut read_buf = [0u8; 128];
     loop {
         match sink.flush_ready() {
             FlushResult::Failed => return,
             FlushResult::Blocked => {
                 if sink.lock().closing.is_some() {
-                    final_flush(sink).await;
+                    Box::pin(final_flush(sink)).await;
                     return;
                 }
                 tokio::select! {
@@ -379,7 +451,7 @@ async fn run(sink: &DirectSink, leftover: Bytes, chunked: Option<bool>) {
         }
         let closing = sink.lock().closing;
         if let Some(reason) = closing {
-            finish(sink, reason, chunked).await;
+            Box::pin(finish(sink, reason, chunked)).await;
             return;
         }
         tokio::select! {
@@ -396,7 +468,7 @@ async fn run(sink: &DirectSink, leftover: Bytes, chunked: Option<bool>) {
                         if sink.ws {
                             inbuf.extend_from_slice(&read_buf[..n]);
                             if handle_client_bytes(sink, &mut inbuf) == ClientAction::End {
-                                final_flush(sink).await;
+                                Box::pin(final_flush(sink)).await;
                                 return;
                             }
                         }
@@ -456,7 +528,7 @@ fn handle_client_bytes(sink: &DirectSink, inbuf: &mut Vec<u8>) -> ClientAction {
 /// HTTP, a close frame (1001 going away) for WebSocket.
 async fn finish(sink: &DirectSink, reason: CloseReason, chunked: Option<bool>) {
     let Some(chunked) = chunked else {
-        final_flush(sink).await;
+        Box::pin(final_flush(sink)).await;
         return;
     };
     let last = if sink.ws {
@@ -473,7 +545,7 @@ async fn finish(sink: &DirectSink, reason: CloseReason, chunked: Option<bool>) {
     if let Some(last) = last {
         sink.lock().pending.push_back(last);
     }
-    final_flush(sink).await;
+    Box::pin(final_flush(sink)).await;
 }
 
 /// Writes what is queued, giving up after [`FINAL_WRITE_TIMEOUT`].

@@ -82,15 +82,28 @@ impl Listener {
             Ok(Ok(Some(len))) => len,
             // A complete-looking but unparsable head, or one that is too large:
             // hyper answers it properly.
-            Ok(Ok(None)) => return self.hand_to_hyper(stream, peer, Bytes::from(head)).await,
+            Ok(Ok(None)) => {
+                return Box::pin(self.hand_to_hyper(stream, peer, Bytes::from(head))).await;
+            }
             Ok(Err(_)) | Err(_) => return,
         };
         if let Some(plan) = self.plan_direct(&head[..head_len], peer) {
             let leftover = Bytes::copy_from_slice(&head[head_len..]);
             drop(head);
-            direct::serve(self.state.clone(), stream, plan, leftover).await;
+            // The direct path spawns its own, minimal task for the life of the
+            // subscription; this one (with the head buffer) ends here.
+            Box::pin(direct::serve(
+                &self.state,
+                stream,
+                plan,
+                leftover,
+                &self.tracker,
+            ))
+            .await;
         } else {
-            self.hand_to_hyper(stream, peer, Bytes::from(head)).await;
+            // Boxed so that hyper's connection state is allocated only for the
+            // connections hyper serves, not reserved in every connection's task.
+            Box::pin(self.hand_to_hyper(stream, peer, Bytes::from(head))).await;
         }
     }
 
