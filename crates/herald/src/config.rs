@@ -33,6 +33,11 @@ const OPTIONS: &[OptionSpec] = &[
         help: "Address to listen on for HTTP, e.g. `:8080` (all interfaces) or `127.0.0.1:8080`",
     },
     OptionSpec {
+        key: "metrics-listen-http",
+        default: "",
+        help: "Serve `/metrics` (Prometheus) only on this address, e.g. `:9090`, and not on `listen-http`; empty: `/metrics` on `listen-http`",
+    },
+    OptionSpec {
         key: "base-url",
         default: "",
         help: "Public URL of this server, e.g. `https://ntfy.example.com` (reported in /v1/config)",
@@ -154,6 +159,9 @@ pub enum LogFormat {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen_http: String,
+    /// Separate address for `/metrics` (ntfy's `metrics-listen-http`); `None` serves
+    /// it on `listen_http`.
+    pub metrics_listen_http: Option<String>,
     pub base_url: String,
     pub data_dir: PathBuf,
     pub cache_file: PathBuf,
@@ -322,6 +330,13 @@ impl RawValues {
         };
         Ok(Config {
             listen_http: self.parse("listen-http", parse_listen)?,
+            metrics_listen_http: self.parse("metrics-listen-http", |s| {
+                if s.is_empty() {
+                    Ok(None)
+                } else {
+                    parse_listen(s).map(Some)
+                }
+            })?,
             base_url: self.parse("base-url", |s| Ok(s.trim_end_matches('/').to_string()))?,
             data_dir,
             cache_file,
@@ -474,6 +489,15 @@ mod tests {
         let err = load(&matches(&["--config", file.to_str().unwrap()])).unwrap_err();
         assert!(err.to_string().contains("message-size-limit"));
         assert!(err.to_string().contains("config file"));
+    }
+
+    #[test]
+    fn metrics_listener_is_optional() {
+        assert_eq!(load(&matches(&[])).unwrap().metrics_listen_http, None);
+        let c = load(&matches(&["--metrics-listen-http", ":9090"])).unwrap();
+        assert_eq!(c.metrics_listen_http.as_deref(), Some("0.0.0.0:9090"));
+        let err = load(&matches(&["--metrics-listen-http", "nope"])).unwrap_err();
+        assert!(err.to_string().contains("metrics-listen-http"));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::error::ApiError;
-use crate::hub::{Hub, SharedEvent, Subscription};
+use crate::hub::{Closable, Hub, SharedEvent, Subscription, Transport};
 use crate::model::{Message, now_unix};
 use crate::store::{Query, Store};
 
@@ -34,7 +34,7 @@ pub struct Herald {
     published: AtomicU64,
     /// (time, published count) samples for the `/v1/stats` rate.
     rate_samples: Mutex<Vec<(Instant, u64)>>,
-    /// Set when shutdown begins: readiness fails and new publishes are refused.
+    /// Set when shutdown begins: readiness fails and new subscriptions are refused.
     draining: AtomicBool,
 }
 
@@ -70,9 +70,8 @@ impl Herald {
     /// when due; an uncached one (`Cache: no`) goes straight to the subscribers.
     /// Returns after the event is durable (if cached) and handed to the broker.
     pub async fn publish(&self, message: Message) -> Result<(), ApiError> {
-        if self.is_draining() {
-            return Err(ApiError::UNAVAILABLE);
-        }
+        // Publishes are accepted while draining: hyper only lets requests that
+        // were already on a connection through, and the store closes after them.
         let scheduled = message.time > now_unix();
         if message.expires.is_some() || scheduled {
             self.store.append(message.clone()).await?;
@@ -104,9 +103,22 @@ impl Herald {
         Ok(self.store.query(query).await?)
     }
 
-    /// Registers a live subscriber on `topics`.
-    pub fn subscribe(&self, topics: &[String]) -> Subscription {
-        self.hub.subscribe(topics)
+    /// Registers a live subscriber on `topics`, counted under `transport`.
+    pub fn subscribe(&self, topics: &[String], transport: Transport) -> Subscription {
+        let subscription = self.hub.subscribe_as(topics, transport);
+        self.close_if_draining(&subscription);
+        subscription
+    }
+
+    /// Ends a subscription registered while shutdown began. A subscriber that passed
+    /// the draining check just before the drain, but registered just after the
+    /// hub's `close_all`, would otherwise stay open until the shutdown timeout. The
+    /// hub's registry lock orders the two: either `close_all` saw the registration,
+    /// or this check sees the flag.
+    pub fn close_if_draining(&self, sink: &impl Closable) {
+        if self.is_draining() {
+            sink.close_for_shutdown();
+        }
     }
 
     /// Whether shutdown has begun.
@@ -114,7 +126,7 @@ impl Herald {
         self.draining.load(Ordering::Relaxed)
     }
 
-    /// Marks the server as draining: readiness fails, new publishes are refused.
+    /// Marks the server as draining: readiness fails, new subscriptions are refused.
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
     }

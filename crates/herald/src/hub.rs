@@ -134,7 +134,7 @@ pub fn ws_frame(opcode: u8, payload: &[u8]) -> Bytes {
 
 /// `message` as a JSON line in ntfy's `ForJSON` form.
 pub fn encode_json_line(message: &Message) -> Bytes {
-    let mut buf = serde_json::to_vec(&*message.for_json()).unwrap_or_default();
+    let mut buf = serde_json::to_vec(&message.for_json()).unwrap_or_default();
     buf.push(b'\n');
     Bytes::from(buf)
 }
@@ -285,6 +285,7 @@ impl Sink for QueueSink {
 /// A registered subscriber: its topics and where its events go.
 struct Entry {
     id: u64,
+    transport: Transport,
     topics: Box<[Arc<str>]>,
     sink: Arc<dyn Sink>,
 }
@@ -313,11 +314,59 @@ const OUTBOX_LIMIT: usize = 4096;
 /// subscribers does not hold a runtime thread for its whole duration.
 const FANOUT_YIELD_EVERY: usize = 256;
 
-/// Counters the hub keeps for stats and metrics.
+/// How a subscriber receives its events, for the per-transport counters.
+///
+/// Recorded once at registration, so the fan-out path only indexes an array: no
+/// lookup, no label handling, no lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// `/json` stream.
+    Json,
+    /// `/sse` stream.
+    Sse,
+    /// `/raw` stream.
+    Raw,
+    /// WebSocket.
+    Ws,
+    /// Registered without a transport (embedders, benchmarks).
+    Other,
+}
+
+impl Transport {
+    /// Every transport, in index order.
+    pub const ALL: [Transport; TRANSPORTS] = [
+        Transport::Json,
+        Transport::Sse,
+        Transport::Raw,
+        Transport::Ws,
+        Transport::Other,
+    ];
+
+    /// The metric label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Json => "json",
+            Transport::Sse => "sse",
+            Transport::Raw => "raw",
+            Transport::Ws => "ws",
+            Transport::Other => "other",
+        }
+    }
+}
+
+/// Number of [`Transport`] variants.
+pub const TRANSPORTS: usize = 5;
+
+/// Counters the hub keeps for stats and metrics (plain atomics: the metrics layer
+/// reads them at scrape time, the hub knows nothing about Prometheus).
 #[derive(Debug, Default)]
 pub struct HubCounters {
-    /// Events accepted by subscribers (written or queued).
+    /// Events accepted by subscribers (written or queued), all transports.
     pub delivered: AtomicU64,
+    /// Events accepted by subscribers, per [`Transport`] (indexed by `as usize`).
+    pub delivered_by: [AtomicU64; TRANSPORTS],
+    /// Live subscribers per [`Transport`].
+    pub subscribers_by: [AtomicU64; TRANSPORTS],
     /// Subscribers closed because their queue overflowed.
     pub dropped_slow: AtomicU64,
 }
@@ -361,12 +410,24 @@ impl Hub {
     /// Registers `sink` on `topics`. Events dispatched from now on go to it until the
     /// returned registration is dropped.
     pub fn register(self: &Arc<Self>, topics: &[String], sink: Arc<dyn Sink>) -> Registration {
+        self.register_as(topics, sink, Transport::Other)
+    }
+
+    /// [`Self::register`], counting the subscriber and its deliveries under `transport`.
+    pub fn register_as(
+        self: &Arc<Self>,
+        topics: &[String],
+        sink: Arc<dyn Sink>,
+        transport: Transport,
+    ) -> Registration {
         let topics: Box<[Arc<str>]> = topics.iter().map(|t| Arc::from(t.as_str())).collect();
         let entry = Arc::new(Entry {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            transport,
             topics,
             sink,
         });
+        self.counters.subscribers_by[transport as usize].fetch_add(1, Ordering::Relaxed);
         lock(&self.all).insert(entry.id, entry.clone());
         for name in entry.topics.iter() {
             let topic = self.topic_or_create(name);
@@ -381,12 +442,17 @@ impl Hub {
     /// Registers a queue-backed subscriber on `topics`, drained by a task through
     /// [`Subscription::next_batch`].
     pub fn subscribe(self: &Arc<Self>, topics: &[String]) -> Subscription {
+        self.subscribe_as(topics, Transport::Other)
+    }
+
+    /// [`Self::subscribe`], counted under `transport`.
+    pub fn subscribe_as(self: &Arc<Self>, topics: &[String], transport: Transport) -> Subscription {
         let sink = Arc::new(QueueSink {
             queue: Mutex::new(QueueState::default()),
             ready: Notify::new(),
             capacity: self.queue_capacity,
         });
-        let registration = self.register(topics, sink.clone());
+        let registration = self.register_as(topics, sink.clone(), transport);
         Subscription {
             _registration: registration,
             sink,
@@ -402,6 +468,7 @@ impl Hub {
 
     fn unregister(&self, entry: &Entry) {
         lock(&self.all).remove(&entry.id);
+        self.counters.subscribers_by[entry.transport as usize].fetch_sub(1, Ordering::Relaxed);
         for name in entry.topics.iter() {
             let Some(topic) = read(&self.topics).get(name).cloned() else {
                 continue;
@@ -473,16 +540,25 @@ impl Hub {
             };
             topic.drained.notify_waiters();
             let subscribers: Vec<Arc<Entry>> = lock(&topic.subscribers).clone();
-            let mut accepted_total = 0u64;
+            // Summed locally and added once per batch: the per-transport split costs
+            // the fan-out one array index per subscriber.
+            let mut accepted_by = [0u64; TRANSPORTS];
             for (i, entry) in subscribers.iter().enumerate() {
                 let (outcome, accepted) = entry.sink.deliver_batch(&batch);
-                accepted_total += accepted as u64;
+                accepted_by[entry.transport as usize] += accepted as u64;
                 if outcome == DeliverOutcome::Overflowed {
                     self.counters.dropped_slow.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(subscriber = entry.id, "subscriber too slow, disconnecting");
                 }
                 if i % FANOUT_YIELD_EVERY == FANOUT_YIELD_EVERY - 1 {
                     tokio::task::yield_now().await;
+                }
+            }
+            let mut accepted_total = 0;
+            for (counter, n) in self.counters.delivered_by.iter().zip(accepted_by) {
+                if n > 0 {
+                    counter.fetch_add(n, Ordering::Relaxed);
+                    accepted_total += n;
                 }
             }
             self.counters
@@ -520,6 +596,24 @@ impl Hub {
     /// Number of topics with at least one subscriber.
     pub fn topic_count(&self) -> usize {
         read(&self.topics).len()
+    }
+}
+
+/// A subscription the server can end on shutdown (see `Herald::close_if_draining`).
+pub trait Closable {
+    /// Ends the subscription with [`CloseReason::Shutdown`] after what is queued.
+    fn close_for_shutdown(&self);
+}
+
+impl Closable for Subscription {
+    fn close_for_shutdown(&self) {
+        self.sink.close(CloseReason::Shutdown);
+    }
+}
+
+impl<S: Sink> Closable for Arc<S> {
+    fn close_for_shutdown(&self) {
+        self.close(CloseReason::Shutdown);
     }
 }
 
@@ -641,6 +735,27 @@ mod tests {
         }
         assert_eq!(slow.next_batch(&mut out).await, Err(CloseReason::TooSlow));
         assert_eq!(hub.counters.dropped_slow.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn counters_split_by_transport() {
+        let hub = Hub::new(10);
+        let ws = hub.subscribe_as(&["t".into()], Transport::Ws);
+        let json = hub.subscribe_as(&["t".into()], Transport::Json);
+        let count = |t: Transport| hub.counters.subscribers_by[t as usize].load(Ordering::Relaxed);
+        assert_eq!((count(Transport::Ws), count(Transport::Json)), (1, 1));
+        hub.dispatch(&event("t", "x")).await;
+        let mut out = Vec::new();
+        ws.next_batch(&mut out).await.unwrap();
+        let delivered =
+            |t: Transport| hub.counters.delivered_by[t as usize].load(Ordering::Relaxed);
+        assert_eq!(
+            (delivered(Transport::Ws), delivered(Transport::Json)),
+            (1, 1)
+        );
+        assert_eq!(hub.counters.delivered.load(Ordering::Relaxed), 2);
+        drop((ws, json));
+        assert_eq!((count(Transport::Ws), count(Transport::Json)), (0, 0));
     }
 
     #[tokio::test]

@@ -11,6 +11,7 @@
 //! - [`api`]: the ntfy-compatible HTTP surface (publish, JSON/SSE/raw/WebSocket streams).
 //! - [`error`]: ntfy's JSON error shape and codes.
 //! - [`server`]: binds listeners, runs everything, drains on shutdown.
+//! - [`telemetry`]: Prometheus metrics and the access log.
 //!
 //! `ARCHITECTURE.md` at the repository root describes how a message flows and the
 //! invariants each module keeps.
@@ -22,6 +23,8 @@ pub mod core;
 pub mod error;
 pub mod hub;
 pub mod listener;
+pub mod loadgen;
 pub mod model;
 pub mod server;
 pub mod store;
+pub mod telemetry;

@@ -25,6 +25,7 @@ fn cli() -> Command {
                         .help("Health URL to probe (plain HTTP)"),
                 ),
         )
+        .subcommand(herald::loadgen::add_args(Command::new("bench")))
 }
 
 fn main() -> std::process::ExitCode {
@@ -34,6 +35,7 @@ fn main() -> std::process::ExitCode {
             .context("invalid configuration")
             .and_then(serve),
         Some(("healthcheck", m)) => healthcheck(m.get_one::<String>("url").map(String::as_str)),
+        Some(("bench", m)) => herald::loadgen::run(m),
         _ => Ok(()),
     };
     match result {

@@ -18,18 +18,23 @@ use crate::hub::{CloseReason, Hub};
 use crate::listener::Listener;
 use crate::store::Store;
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
+use crate::telemetry::{Metrics, RequestInfo, StoreMetrics};
 
 /// Binds `config.listen_http`. A `0.0.0.0:port` address (ntfy's `:port`) is tried as
 /// `[::]:port` first so IPv6 clients are served too.
 pub async fn bind(config: &Config) -> anyhow::Result<TcpListener> {
-    if let Some(port) = config.listen_http.strip_prefix("0.0.0.0:")
+    bind_addr(&config.listen_http).await
+}
+
+async fn bind_addr(addr: &str) -> anyhow::Result<TcpListener> {
+    if let Some(port) = addr.strip_prefix("0.0.0.0:")
         && let Ok(listener) = TcpListener::bind(format!("[::]:{port}")).await
     {
         return Ok(listener);
     }
-    TcpListener::bind(&config.listen_http)
+    TcpListener::bind(addr)
         .await
-        .with_context(|| format!("cannot listen on {}", config.listen_http))
+        .with_context(|| format!("cannot listen on {addr}"))
 }
 
 /// Runs the server on `listener` until `shutdown` is cancelled, then drains:
@@ -45,12 +50,19 @@ pub async fn run(
         std::fs::create_dir_all(parent)
             .with_context(|| format!("cannot create data directory {}", parent.display()))?;
     }
-    let store = SqliteStore::open(
+    // Bound before anything else starts, so a taken port fails start-up cleanly.
+    let metrics_listener = match &config.metrics_listen_http {
+        Some(addr) => Some(bind_addr(addr).await?),
+        None => None,
+    };
+    let store_metrics = Arc::new(StoreMetrics::default());
+    let store = SqliteStore::open_observed(
         &config.cache_file,
         SqliteOptions {
             sync: config.store_sync,
             ..SqliteOptions::default()
         },
+        Some(store_metrics.clone()),
     )
     .with_context(|| format!("cannot open message store {}", config.cache_file.display()))?;
     let store: Arc<dyn Store> = Arc::new(store);
@@ -62,7 +74,18 @@ pub async fn run(
     let background = CancellationToken::new();
     herald.spawn_background(&tracker, background.clone());
 
-    let state = AppState::new(herald.clone());
+    let metrics = Arc::new(Metrics::new(&herald, &store_metrics));
+    let state = AppState::with_metrics(herald.clone(), metrics, metrics_listener.is_none());
+    // The metrics listener runs until the very end, so a drain can be watched.
+    let metrics_stop = CancellationToken::new();
+    let metrics_server = metrics_listener.map(|listener| {
+        let addr = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        tracing::info!("metrics listening on http://{addr}/metrics");
+        tokio::spawn(serve_metrics(listener, state.clone(), metrics_stop.clone()))
+    });
     let addr = listener
         .local_addr()
         .map(|a| a.to_string())
@@ -96,8 +119,44 @@ pub async fn run(
     tracker.close();
     tracker.wait().await;
     store.close().await;
+    metrics_stop.cancel();
+    if let Some(task) = metrics_server {
+        let _ = task.await;
+    }
     tracing::info!("herald stopped");
     Ok(())
+}
+
+/// The `metrics-listen-http` server: `GET /metrics` and nothing else (404), with
+/// the same request metrics and access log as the main listener.
+async fn serve_metrics(listener: TcpListener, state: AppState, stop: CancellationToken) {
+    use axum::extract::{Request, State};
+    use axum::response::IntoResponse;
+
+    async fn handle(State(state): State<AppState>, req: Request) -> axum::response::Response {
+        let info = RequestInfo::new(
+            req.method(),
+            req.uri().path(),
+            req.uri().query(),
+            req.headers(),
+        );
+        let response = if req.method() == axum::http::Method::GET && req.uri().path() == "/metrics"
+        {
+            crate::api::info::metrics(&state).await
+        } else {
+            crate::error::ApiError::NOT_FOUND.into_response()
+        };
+        info.finish(&state.metrics, response.status().as_u16());
+        response
+    }
+
+    let app = axum::Router::new().fallback(handle).with_state(state);
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await
+    {
+        tracing::warn!(error = %e, "metrics listener failed");
+    }
 }
 
 /// Resolves when the process receives SIGTERM or SIGINT.

@@ -1,5 +1,5 @@
-//! Small informational endpoints: `/v1/health`, `/v1/stats`, `/v1/config`,
-//! `/<topics>/auth`, UnifiedPush discovery, CORS preflight.
+//! Small informational endpoints: `/v1/health`, `/healthz`, `/readyz`, `/metrics`,
+//! `/v1/stats`, `/v1/config`, `/<topics>/auth`, UnifiedPush discovery, CORS preflight.
 
 use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -50,6 +50,17 @@ pub async fn readyz(state: &AppState) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     json_response(status, body.to_string())
+}
+
+/// `GET /metrics`: Prometheus text (format 0.0.4). See [`crate::telemetry`].
+pub async fn metrics(state: &AppState) -> Response {
+    let body = state.metrics.render(state.herald.store.as_ref()).await;
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, crate::telemetry::CONTENT_TYPE)],
+        body,
+    )
+        .into_response()
 }
 
 /// `GET /v1/account` for an anonymous visitor, as ntfy answers it (herald has no

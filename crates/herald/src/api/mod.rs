@@ -30,22 +30,36 @@ use axum::response::{IntoResponse, Response};
 
 use crate::core::Herald;
 use crate::error::ApiError;
+use crate::hub::Transport;
 use crate::model::topic;
+use crate::telemetry::{Metrics, StoreMetrics};
 
 /// State shared by all handlers.
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub herald: Arc<Herald>,
     pub slots: Arc<subscribe::SubscriptionSlots>,
+    pub metrics: Arc<Metrics>,
+    /// Whether `GET /metrics` is served here (not when `metrics-listen-http` is set).
+    pub metrics_on_main: bool,
 }
 
 impl AppState {
-    /// State for `herald`.
+    /// State for `herald`, with its own metrics registry (store commits not observed)
+    /// and `/metrics` on the main listener.
     pub fn new(herald: Arc<Herald>) -> Self {
+        let metrics = Arc::new(Metrics::new(&herald, &StoreMetrics::default()));
+        AppState::with_metrics(herald, metrics, true)
+    }
+
+    /// State for `herald` with `metrics`; `metrics_on_main` serves `/metrics` here.
+    pub fn with_metrics(herald: Arc<Herald>, metrics: Arc<Metrics>, metrics_on_main: bool) -> Self {
         let limit = herald.config.visitor_subscription_limit;
         AppState {
             herald,
             slots: Arc::new(subscribe::SubscriptionSlots::new(limit)),
+            metrics,
+            metrics_on_main,
         }
     }
 }
@@ -62,6 +76,18 @@ pub enum StreamFormat {
     Sse,
     Raw,
     Ws,
+}
+
+impl StreamFormat {
+    /// The hub transport this format is counted under.
+    pub fn transport(self) -> Transport {
+        match self {
+            StreamFormat::Json => Transport::Json,
+            StreamFormat::Sse => Transport::Sse,
+            StreamFormat::Raw => Transport::Raw,
+            StreamFormat::Ws => Transport::Ws,
+        }
+    }
 }
 
 /// ntfy's route table, in its order of evaluation.
@@ -83,6 +109,7 @@ async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
         (&Method::GET, ["v1", "stats"]) => info::stats(&state).await,
         (&Method::GET, ["v1", "config"]) => Ok(info::config(&state)),
         (&Method::GET, ["v1", "account"]) => Ok(info::account(&state)),
+        (&Method::GET, ["metrics"]) if state.metrics_on_main => Ok(info::metrics(&state).await),
         (&Method::PUT | &Method::POST, [""]) => publish::publish_json(&state, req).await,
         (&Method::PUT | &Method::POST, [topic]) if topic::is_valid_name(topic) => {
             let topic = topic.to_string();

@@ -202,7 +202,7 @@ pub async fn subscribe(
     }
 
     let slot = state.slots.acquire(peer)?;
-    let subscription = state.herald.subscribe(&sub_req.topics);
+    let subscription = state.herald.subscribe(&sub_req.topics, format.transport());
     let history = backlog(state, &sub_req, false).await?;
 
     let mut first = Vec::new();

@@ -44,7 +44,9 @@ pub async fn subscribe(
     let req = Request::from_parts(parts, body);
     let sub_req = parse_request(state, &req, topics)?;
     let slot = state.slots.acquire(peer)?;
-    let subscription = state.herald.subscribe(&sub_req.topics);
+    let subscription = state
+        .herald
+        .subscribe(&sub_req.topics, crate::hub::Transport::Ws);
     let history = backlog(state, &sub_req, false).await?;
     let keepalive = state.herald.config.keepalive_interval;
     let session = Session {

@@ -30,8 +30,11 @@ use super::wsframe::{self, ClientFrame};
 use crate::api::params::Filters;
 use crate::api::subscribe::{SlotGuard, SubscribeRequest, backlog};
 use crate::api::{AppState, StreamFormat};
-use crate::hub::{CloseReason, DeliverOutcome, Framing, Registration, SharedEvent, Sink, ws_frame};
+use crate::hub::{
+    CloseReason, DeliverOutcome, Framing, Registration, SharedEvent, Sink, Transport, ws_frame,
+};
 use crate::model::{EventKind, Message};
+use crate::telemetry::{Route, log_request};
 
 /// How long a WebSocket peer may stay silent beyond one keepalive interval.
 const PONG_GRACE: Duration = Duration::from_secs(15);
@@ -49,6 +52,8 @@ pub struct Plan {
     /// HTTP/1.0 client: no chunked encoding; the stream ends when the connection does.
     pub http10: bool,
     pub slot: SlotGuard,
+    /// When the request head was complete (request latency for metrics and the log).
+    pub started: Instant,
 }
 
 #[derive(Default)]
@@ -141,6 +146,16 @@ impl DirectSink {
             self.wake.notify_one();
         }
         DeliverOutcome::Accepted
+    }
+
+    /// The transport this sink serves (from its framing: no extra field per subscriber).
+    fn transport(&self) -> Transport {
+        match self.framing {
+            Framing::JsonChunk | Framing::JsonLine => Transport::Json,
+            Framing::SseChunk | Framing::SseFrame => Transport::Sse,
+            Framing::RawChunk | Framing::RawLine => Transport::Raw,
+            Framing::WsFrame | Framing::WsText => Transport::Ws,
+        }
     }
 
     fn keepalive_bytes(&self) -> Bytes {
@@ -312,7 +327,9 @@ pub async fn serve(
         ws_accept,
         http10,
         slot,
+        started,
     } = plan;
+    let transport = format.transport();
     let ws = format == StreamFormat::Ws;
     let chunked = !ws && !http10;
     let framing = match (format, chunked) {
@@ -340,10 +357,15 @@ pub async fn serve(
         last_heard: Mutex::new(Instant::now()),
     });
     // Register before reading the backlog so nothing falls in between.
-    let registration = state.herald.hub.register(&request.topics, sink.clone());
+    let registration = state
+        .herald
+        .hub
+        .register_as(&request.topics, sink.clone(), transport);
+    state.herald.close_if_draining(&sink);
     let history = match Box::pin(backlog(state, &request, false)).await {
         Ok(h) => h,
         Err(e) => {
+            log_open(state, &sink, e.http, started);
             let body = e.to_json_line();
             let head = format!(
                 "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
@@ -383,7 +405,29 @@ pub async fn serve(
         st.pending.extend(initial);
     }
     sink.wake.notify_one();
+    log_open(state, &sink, if ws { 101 } else { 200 }, started);
     tracker.spawn(run(sink, registration, leftover, Some(chunked), slot));
+}
+
+/// Request metrics and the access-log line for a stream served here (hyper's
+/// service does both for everything else). The path is rebuilt from the topics
+/// and the transport: the query string is never logged.
+fn log_open(state: &AppState, sink: &DirectSink, status: u16, started: Instant) {
+    let transport = sink.transport();
+    let route = Route::subscribe(transport);
+    let elapsed = started.elapsed();
+    state
+        .metrics
+        .observe_http(route, &axum::http::Method::GET, status, elapsed);
+    let path = format!("/{}/{}", sink.topic_label, transport.as_str());
+    log_request(
+        route,
+        "GET",
+        &path,
+        status,
+        elapsed,
+        Some(&sink.topic_label),
+    );
 }
 
 fn response_head(format: StreamFormat, ws_accept: Option<&str>, chunked: bool) -> Bytes {
@@ -423,6 +467,16 @@ async fn run(
     serve_stream(&sink, leftover, chunked).await;
     // Unregister before the socket closes, so no fan-out writes to a dead socket.
     drop(registration);
+    if chunked.is_some() {
+        let reason = sink.lock().closing;
+        tracing::debug!(
+            target: "herald::access",
+            topic = %sink.topic_label,
+            transport = sink.transport().as_str(),
+            reason = ?reason,
+            "subscription ended"
+        );
+    }
     drop(slot);
 }
 

@@ -18,7 +18,7 @@ pub mod rewind;
 pub mod wsframe;
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::ConnectInfo;
@@ -32,6 +32,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::api::subscribe::parse_parts;
 use crate::api::{AppState, StreamFormat};
+use crate::telemetry::RequestInfo;
 
 /// Longest request head the listener reads before handing over to hyper.
 const MAX_HEAD: usize = 16 * 1024;
@@ -77,7 +78,11 @@ impl Listener {
     async fn serve_connection(self, mut stream: TcpStream, peer: SocketAddr) {
         let _ = stream.set_nodelay(true);
         let mut head = Vec::with_capacity(1024);
-        let parsed = tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut stream, &mut head)).await;
+        let parsed = tokio::time::timeout(
+            HEAD_TIMEOUT,
+            read_head(&mut stream, &mut head, &self.shutdown),
+        )
+        .await;
         let head_len = match parsed {
             Ok(Ok(Some(len))) => len,
             // A complete-looking but unparsable head, or one that is too large:
@@ -110,6 +115,7 @@ impl Listener {
     /// Decides whether the request in `head` is a streaming subscription that the
     /// direct path can serve, and validates it fully. Anything else returns `None`.
     fn plan_direct(&self, head: &[u8], peer: SocketAddr) -> Option<direct::Plan> {
+        let started = Instant::now();
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut req = httparse::Request::new(&mut headers);
         let Ok(httparse::Status::Complete(_)) = req.parse(head) else {
@@ -161,6 +167,7 @@ impl Listener {
             ws_accept,
             http10: req.version == Some(0),
             slot,
+            started,
         })
     }
 
@@ -168,11 +175,26 @@ impl Listener {
     async fn hand_to_hyper(self, stream: TcpStream, peer: SocketAddr, prefix: Bytes) {
         let io = TokioIo::new(rewind::Rewind::new(prefix, stream));
         let router = self.router.clone();
+        let metrics = self.state.metrics.clone();
         let service =
             hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                // Taken from the head before the router consumes the request: the
+                // access log and request metrics (see `telemetry`).
+                let info = RequestInfo::new(
+                    req.method(),
+                    req.uri().path(),
+                    req.uri().query(),
+                    req.headers(),
+                );
                 let mut req = req.map(axum::body::Body::new);
                 req.extensions_mut().insert(ConnectInfo(peer));
-                tower::ServiceExt::oneshot(router.clone(), req)
+                let response = tower::ServiceExt::oneshot(router.clone(), req);
+                let metrics = metrics.clone();
+                async move {
+                    let response = response.await?;
+                    info.finish(&metrics, response.status().as_u16());
+                    Ok::<_, std::convert::Infallible>(response)
+                }
             });
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
@@ -197,14 +219,36 @@ impl Listener {
 /// Reads from `stream` until `buf` holds a complete request head. Returns its
 /// length, `None` if the head is malformed or too large (for hyper to answer), or
 /// an error if the client went away.
-async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<Option<usize>> {
+///
+/// Once `shutdown` is cancelled, a connection that has sent nothing is closed
+/// (without waiting for [`HEAD_TIMEOUT`]) unless its first bytes are already there;
+/// a request that has started arriving is read to the end and served.
+async fn read_head(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    shutdown: &CancellationToken,
+) -> std::io::Result<Option<usize>> {
     loop {
         if buf.len() >= MAX_HEAD {
             return Ok(None);
         }
         let before = buf.len();
         buf.reserve(1024);
-        let n = stream.read_buf(buf).await?;
+        let n = if buf.is_empty() {
+            tokio::select! {
+                // `read_buf` is cancel safe: nothing is lost if shutdown wins.
+                r = stream.read_buf(buf) => r?,
+                _ = shutdown.cancelled() => match stream.try_read_buf(buf) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        return Err(std::io::ErrorKind::ConnectionAborted.into());
+                    }
+                    Err(e) => return Err(e),
+                },
+            }
+        } else {
+            stream.read_buf(buf).await?
+        };
         if n == 0 {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }

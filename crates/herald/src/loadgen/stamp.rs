@@ -158,7 +158,8 @@ mod tests {
         let body = stamp().body(100);
         assert_eq!(body.len(), 100);
         assert!(body.starts_with("~hb0123456789abcdef.3.42.987654321~xx"));
-        let event = serde_json::json!({"id": "abc", "event": "message", "topic": "t", "message": body});
+        let event =
+            serde_json::json!({"id": "abc", "event": "message", "topic": "t", "message": body});
         let text = serde_json::to_string(&event).expect("serialize");
         assert_eq!(Stamp::find(text.as_bytes()), Some(stamp()));
     }
@@ -176,12 +177,12 @@ mod tests {
             "",
             "no stamp here",
             "~hb",
-            "~hb0123456789abcdef.3.42.1",               // unterminated
-            "~hb0123456789abcde.3.42.1~",               // short nonce
-            "~hb0123456789abcdeg.3.42.1~",              // not hex
-            "~hb0123456789abcdef.3.42~",                // missing field
-            "~hb0123456789abcdef.3.42.1.5~",            // extra field
-            "~hb0123456789abcdef.-3.42.1~",             // negative
+            "~hb0123456789abcdef.3.42.1",    // unterminated
+            "~hb0123456789abcde.3.42.1~",    // short nonce
+            "~hb0123456789abcdeg.3.42.1~",   // not hex
+            "~hb0123456789abcdef.3.42~",     // missing field
+            "~hb0123456789abcdef.3.42.1.5~", // extra field
+            "~hb0123456789abcdef.-3.42.1~",  // negative
             "~hb0123456789abcdef.3.42.99999999999999999999~", // overflow
         ] {
             assert_eq!(Stamp::find(bad.as_bytes()), None, "{bad:?}");

@@ -160,15 +160,10 @@ impl Message {
     }
 
     /// The form ntfy uses for publish responses, JSON and SSE streams: `sequence_id`
-    /// dropped when it equals `id`. (WebSocket frames keep it; see `hub::EncodedEvent`.)
-    pub fn for_json(&self) -> std::borrow::Cow<'_, Message> {
-        if self.sequence_id.as_deref() == Some(self.id.as_str()) {
-            let mut m = self.clone();
-            m.sequence_id = None;
-            std::borrow::Cow::Owned(m)
-        } else {
-            std::borrow::Cow::Borrowed(self)
-        }
+    /// dropped when it equals `id`. (WebSocket frames keep it; see `hub::Framing`.)
+    /// Borrows instead of cloning: this runs once per published event.
+    pub fn for_json(&self) -> ForJson<'_> {
+        ForJson(self)
     }
 
     /// The sequence this message belongs to: its `sequence_id`, or its own id.
@@ -179,6 +174,63 @@ impl Message {
     /// Priority as filters see it: unset counts as 3 ("default").
     pub fn effective_priority(&self) -> u8 {
         if self.priority == 0 { 3 } else { self.priority }
+    }
+}
+
+/// Serializes a [`Message`] as ntfy's `ForJSON` does (see [`Message::for_json`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ForJson<'a>(&'a Message);
+
+impl Serialize for ForJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let m = self.0;
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("id", &m.id)?;
+        if let Some(seq) = m.sequence_id.as_deref().filter(|s| *s != m.id) {
+            map.serialize_entry("sequence_id", seq)?;
+        }
+        map.serialize_entry("time", &m.time)?;
+        if let Some(expires) = m.expires {
+            map.serialize_entry("expires", &expires)?;
+        }
+        map.serialize_entry("event", &m.event)?;
+        map.serialize_entry("topic", &m.topic)?;
+        let texts = [("title", &m.title), ("message", &m.message)];
+        for (key, value) in texts {
+            if !value.is_empty() {
+                map.serialize_entry(key, value)?;
+            }
+        }
+        if m.priority != 0 {
+            map.serialize_entry("priority", &m.priority)?;
+        }
+        if !m.tags.is_empty() {
+            map.serialize_entry("tags", &m.tags)?;
+        }
+        let links = [("click", &m.click), ("icon", &m.icon)];
+        for (key, value) in links {
+            if !value.is_empty() {
+                map.serialize_entry(key, value)?;
+            }
+        }
+        if !m.actions.is_empty() {
+            map.serialize_entry("actions", &m.actions)?;
+        }
+        if let Some(attachment) = &m.attachment {
+            map.serialize_entry("attachment", attachment)?;
+        }
+        let rest = [
+            ("poll_id", &m.poll_id),
+            ("content_type", &m.content_type),
+            ("encoding", &m.encoding),
+        ];
+        for (key, value) in rest {
+            if !value.is_empty() {
+                map.serialize_entry(key, value)?;
+            }
+        }
+        map.end()
     }
 }
 
@@ -220,8 +272,47 @@ mod tests {
     fn for_json_drops_sequence_id_equal_to_id() {
         let mut m = Message::new(EventKind::Message, "t");
         m.sequence_id = Some(m.id.clone());
-        assert_eq!(m.for_json().sequence_id, None);
+        let json = serde_json::to_string(&m.for_json()).unwrap();
+        assert!(!json.contains("sequence_id"), "{json}");
         m.sequence_id = Some("other".into());
-        assert_eq!(m.for_json().sequence_id.as_deref(), Some("other"));
+        let json = serde_json::to_string(&m.for_json()).unwrap();
+        assert!(json.contains(r#""sequence_id":"other""#), "{json}");
+    }
+
+    #[test]
+    fn for_json_matches_the_derived_form_field_for_field() {
+        let mut m = Message::new(EventKind::Message, "t");
+        m.sequence_id = Some("seq".into());
+        m.expires = Some(5);
+        m.title = "T".into();
+        m.message = "M".into();
+        m.priority = 4;
+        m.tags = vec!["a".into()];
+        m.click = "https://c".into();
+        m.icon = "https://i".into();
+        m.actions = vec![Action {
+            id: "x".into(),
+            action: "view".into(),
+            label: "L".into(),
+            url: "https://u".into(),
+            ..Action::default()
+        }];
+        m.attachment = Some(Attachment {
+            name: "f".into(),
+            url: "https://a".into(),
+            ..Attachment::default()
+        });
+        m.poll_id = "p".into();
+        m.content_type = "text/markdown".into();
+        m.encoding = "base64".into();
+        assert_eq!(
+            serde_json::to_string(&m.for_json()).unwrap(),
+            serde_json::to_string(&m).unwrap()
+        );
+        let bare = Message::new(EventKind::Open, "t");
+        assert_eq!(
+            serde_json::to_string(&bare.for_json()).unwrap(),
+            serde_json::to_string(&bare).unwrap()
+        );
     }
 }

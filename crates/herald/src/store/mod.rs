@@ -68,6 +68,15 @@ pub struct StoreStats {
     pub scheduled: u64,
 }
 
+/// Told about every commit a store makes, for metrics. Implementations must be
+/// cheap (an atomic add, a histogram update): stores call them on their write path.
+/// The store knows nothing about who listens or how it is exported.
+pub trait CommitObserver: Send + Sync + 'static {
+    /// A transaction with `operations` write operations committed after `elapsed`
+    /// (from the start of the transaction to the end of the commit).
+    fn committed(&self, operations: usize, elapsed: std::time::Duration);
+}
+
 /// Durable message history. See the module docs for the contract.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {

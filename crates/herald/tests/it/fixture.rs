@@ -166,6 +166,19 @@ impl TestServer {
             .unwrap_or_else(|| panic!("server did not stop in time; log:\n{}", self.log_text()))
     }
 
+    /// The server's process ID (to send it signals).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("server running").id()
+    }
+
+    /// Waits for the process to exit on its own (after a signal the test sent);
+    /// panics if it is still running after `timeout`.
+    pub fn wait_for_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("server running");
+        wait_exit(&mut child, timeout)
+            .unwrap_or_else(|| panic!("server did not exit in time; log:\n{}", self.log_text()))
+    }
+
     /// Starts the server again on the same data directory after `stop` or `kill9`.
     pub fn start_again(&mut self) {
         assert!(self.child.is_none(), "server still running");

@@ -4,11 +4,14 @@
 //! One test binary (faster to link than one per file); each test starts its own
 //! server on `127.0.0.1:0` with its own data directory.
 
+mod bench;
 mod cli_config;
 mod durability;
 mod fixture;
 mod info;
+mod metrics;
 mod publish;
 mod scheduled;
 mod sequence;
+mod shutdown;
 mod subscribe;

@@ -1,0 +1,485 @@
+//! The load generator's clients: subscriber streams (WebSocket, SSE, JSON lines)
+//! and keep-alive publishers, all on sockets this module opens itself so it can
+//! choose their source address.
+
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+
+use super::http::{Conn, HttpError, LineReader};
+use super::options::{Options, Transport};
+use super::stamp::{Arrival, SeqTracker, Stamp, find};
+use super::stats::{Clock, Shared};
+
+/// Longest a subscriber may take from `connect` to its `open` event.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest one publish (request written to response read) may take.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause after a failed publish connection, so a dead server is not hammered.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
+
+/// What every task of a run shares.
+#[derive(Debug)]
+pub struct Ctx {
+    pub opts: Options,
+    pub clock: Clock,
+    /// Identifies this run's messages.
+    pub nonce: u64,
+    pub stats: Shared,
+}
+
+impl Ctx {
+    pub fn topic_name(&self, topic: usize) -> String {
+        format!("{}{topic}", self.opts.topic_prefix)
+    }
+
+    fn path(&self, topic: usize, suffix: &str) -> String {
+        format!(
+            "{}/{}{suffix}",
+            self.opts.target.base_path,
+            self.topic_name(topic)
+        )
+    }
+}
+
+/// A TCP connection from `source` (if any) to `addr`, with Nagle off: every
+/// request and frame here is small and latency is what is measured.
+pub async fn connect(addr: SocketAddr, source: Option<IpAddr>) -> std::io::Result<TcpStream> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    if let Some(ip) = source {
+        socket.bind(SocketAddr::new(ip, 0))?;
+    }
+    socket.set_nodelay(true)?;
+    socket.connect(addr).await
+}
+
+/// An open subscription, positioned after its `open` event.
+enum Session {
+    Ws {
+        ws: Box<WebSocketStream<TcpStream>>,
+        /// The last text frame, returned by `event`.
+        text: Utf8Bytes,
+    },
+    Http {
+        lines: LineReader,
+        sse: bool,
+        /// The last event's line in `lines`.
+        current: Range<usize>,
+    },
+}
+
+impl Session {
+    /// Connects, subscribes and reads the first event. Returns the session and
+    /// whether that first event was `open`.
+    async fn open(
+        ctx: &Ctx,
+        transport: Transport,
+        topic: usize,
+        source: Option<IpAddr>,
+    ) -> Result<(Session, bool), String> {
+        let target = &ctx.opts.target;
+        let stream = connect(target.addr, source)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let mut session = match transport {
+            Transport::Ws => {
+                let url = format!("ws://{}{}", target.authority, ctx.path(topic, "/ws"));
+                let (ws, _) = tokio_tungstenite::client_async(url, stream)
+                    .await
+                    .map_err(|e| format!("websocket handshake: {e}"))?;
+                Session::Ws {
+                    ws: Box::new(ws),
+                    text: Utf8Bytes::default(),
+                }
+            }
+            Transport::Sse | Transport::Json => {
+                let path = ctx.path(
+                    topic,
+                    if transport == Transport::Sse {
+                        "/sse"
+                    } else {
+                        "/json"
+                    },
+                );
+                let request = format!(
+                    "GET {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: herald-bench\r\nAccept: */*\r\n\r\n",
+                    target.authority
+                );
+                let mut conn = Conn::new(stream);
+                conn.send(request.as_bytes())
+                    .await
+                    .map_err(|e| format!("send: {e}"))?;
+                let head = conn
+                    .read_head()
+                    .await
+                    .map_err(|e| format!("response: {e}"))?;
+                if head.status != 200 {
+                    let mut body = Vec::new();
+                    // Best effort: the error body only makes the message clearer.
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(1),
+                        conn.read_body(head.framing, &mut body),
+                    )
+                    .await;
+                    return Err(format!("HTTP {}: {}", head.status, snippet(&body)));
+                }
+                Session::Http {
+                    lines: conn.into_lines(head.framing),
+                    sse: transport == Transport::Sse,
+                    current: 0..0,
+                }
+            }
+        };
+        if !session
+            .next_event()
+            .await
+            .map_err(|e| format!("read: {e}"))?
+        {
+            return Err("stream ended before the open event".to_string());
+        }
+        let is_open = find(session.event(), br#""event":"open""#).is_some();
+        Ok((session, is_open))
+    }
+
+    /// Waits for the next event; `false` when the stream ended.
+    async fn next_event(&mut self) -> Result<bool, String> {
+        match self {
+            Session::Ws { ws, text } => loop {
+                match ws.next().await {
+                    Some(Ok(Message::Text(t))) => {
+                        *text = t;
+                        return Ok(true);
+                    }
+                    Some(Ok(Message::Close(_))) | None => return Ok(false),
+                    // Pings are answered by tungstenite on the next read.
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return Err(e.to_string()),
+                }
+            },
+            Session::Http {
+                lines,
+                sse,
+                current,
+            } => loop {
+                let Some(range) = lines
+                    .next_line()
+                    .await
+                    .map_err(|e: HttpError| e.to_string())?
+                else {
+                    return Ok(false);
+                };
+                let line = lines.line(range.clone());
+                if *sse {
+                    // Events are single `data:` lines in ntfy's framing; `event:`
+                    // lines repeat what the JSON says, blank lines end events.
+                    if let Some(data) = line.strip_prefix(b"data:") {
+                        let skip = usize::from(data.first() == Some(&b' '));
+                        *current = range.start + 5 + skip..range.end;
+                        return Ok(true);
+                    }
+                } else if !line.is_empty() {
+                    *current = range;
+                    return Ok(true);
+                }
+            },
+        }
+    }
+
+    /// The JSON text of the event `next_event` found.
+    fn event(&self) -> &[u8] {
+        match self {
+            Session::Ws { text, .. } => text.as_bytes(),
+            Session::Http { lines, current, .. } => lines.line(current.clone()),
+        }
+    }
+}
+
+/// Subscriber number `index`: opens its stream (holding `permit` until then, to
+/// bound concurrent opens), then counts what arrives until the stream ends.
+pub async fn subscriber(ctx: Rc<Ctx>, index: usize, permit: OwnedSemaphorePermit) {
+    let opts = &ctx.opts;
+    let topic = index % opts.topics;
+    let transport = opts.transports[index % opts.transports.len()];
+    let opened = tokio::time::timeout(
+        OPEN_TIMEOUT,
+        Session::open(&ctx, transport, topic, opts.source(index)),
+    )
+    .await;
+    let mut session = match opened {
+        Ok(Ok((session, is_open))) => {
+            let mut s = ctx.stats.borrow_mut();
+            s.established += 1;
+            s.established_per_topic[topic] += 1;
+            s.last_established_ns = ctx.clock.now_ns();
+            if !is_open {
+                s.protocol_errors += 1;
+                s.error(format!(
+                    "subscriber {index} ({}): first event is not `open`",
+                    transport.name()
+                ));
+            }
+            session
+        }
+        Ok(Err(e)) => {
+            let mut s = ctx.stats.borrow_mut();
+            s.failed += 1;
+            s.error(format!("subscriber {index} ({}): {e}", transport.name()));
+            return;
+        }
+        Err(_) => {
+            let mut s = ctx.stats.borrow_mut();
+            s.failed += 1;
+            s.error(format!(
+                "subscriber {index} ({}): no open event within {OPEN_TIMEOUT:?}",
+                transport.name()
+            ));
+            return;
+        }
+    };
+    drop(permit);
+
+    let mut trackers = vec![SeqTracker::default(); opts.publishers];
+    let end = loop {
+        match session.next_event().await {
+            Ok(true) => on_event(&ctx, session.event(), &mut trackers),
+            Ok(false) => break "stream ended".to_string(),
+            Err(e) => break e,
+        }
+    };
+    let mut s = ctx.stats.borrow_mut();
+    s.dropped += 1;
+    s.error(format!(
+        "subscriber {index} ({}) dropped: {end}",
+        transport.name()
+    ));
+}
+
+/// Accounts one received event.
+fn on_event(ctx: &Ctx, event: &[u8], trackers: &mut [SeqTracker]) {
+    let Some(stamp) = Stamp::find(event) else {
+        return; // keepalive, or a message without a stamp
+    };
+    let now = ctx.clock.now_ns();
+    let mut s = ctx.stats.borrow_mut();
+    if stamp.nonce != ctx.nonce {
+        s.foreign += 1;
+        return;
+    }
+    let Some(tracker) = usize::try_from(stamp.publisher)
+        .ok()
+        .and_then(|p| trackers.get_mut(p))
+    else {
+        s.protocol_errors += 1;
+        return;
+    };
+    match tracker.observe(stamp.seq) {
+        Arrival::Duplicate => {
+            s.duplicates += 1;
+            return;
+        }
+        Arrival::Late => s.out_of_order += 1,
+        Arrival::InOrder => {}
+    }
+    s.delivered += 1;
+    s.first_delivery_ns.get_or_insert(now);
+    s.last_delivery_ns = now;
+    s.delivery_lat
+        .saturating_record(now.saturating_sub(stamp.send_ns) / 1000);
+}
+
+/// When and for how long a publisher publishes.
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    /// Start of the publishing window on the run clock.
+    pub start_ns: u64,
+    pub duration: Duration,
+}
+
+/// Publisher number `id` with its keep-alive connection.
+pub struct Publisher {
+    ctx: Rc<Ctx>,
+    id: usize,
+    conn: Option<Conn>,
+    request: Vec<u8>,
+    response: Vec<u8>,
+}
+
+impl Publisher {
+    /// Connects publisher `id` (before the window opens, so the first publish
+    /// does not pay for the handshake).
+    pub async fn connect(ctx: Rc<Ctx>, id: usize) -> Publisher {
+        let mut publisher = Publisher {
+            ctx,
+            id,
+            conn: None,
+            request: Vec::with_capacity(1024),
+            response: Vec::with_capacity(1024),
+        };
+        if let Err(e) = publisher.ensure_conn().await {
+            publisher
+                .ctx
+                .stats
+                .borrow_mut()
+                .error(format!("publisher {id}: connect: {e}"));
+        }
+        publisher
+    }
+
+    async fn ensure_conn(&mut self) -> std::io::Result<&mut Conn> {
+        let conn = match self.conn.take() {
+            Some(conn) => conn,
+            None => {
+                let opts = &self.ctx.opts;
+                let source = opts.source(opts.subscribers + self.id);
+                Conn::new(connect(opts.target.addr, source).await?)
+            }
+        };
+        Ok(self.conn.insert(conn))
+    }
+
+    /// Publishes through the window: open loop (message `k` of all publishers is
+    /// due at `k / rate`; this one sends `k = id, id + M, ...`) or closed loop.
+    pub async fn run(mut self, window: Window) {
+        let ctx = self.ctx.clone();
+        let opts = &ctx.opts;
+        let mut seqs = vec![0u64; opts.topics];
+        let end_ns =
+            window.start_ns + u64::try_from(window.duration.as_nanos()).unwrap_or(u64::MAX);
+        for j in 0u64.. {
+            let due_ns = match opts.rate {
+                Some(rate) => {
+                    let k = j * opts.publishers as u64 + self.id as u64;
+                    let due = window.start_ns + (k as f64 / rate * 1e9) as u64;
+                    if due >= end_ns {
+                        break;
+                    }
+                    tokio::time::sleep_until(ctx.clock.at(due).into()).await;
+                    Some(due)
+                }
+                None if ctx.clock.now_ns() >= end_ns => break,
+                None => None,
+            };
+            // Each publisher cycles over all topics, starting at its own offset.
+            let topic = (self.id + j as usize) % opts.topics;
+            let seq = seqs[topic];
+            // Every attempt consumes a seq, even a failed one: if the server did
+            // take a message whose ack was lost, the next one must not look like a
+            // duplicate. Skipped seqs only leave gaps, which are not errors.
+            seqs[topic] += 1;
+            self.publish(topic, seq, due_ns).await;
+        }
+    }
+
+    async fn publish(&mut self, topic: usize, seq: u64, due_ns: Option<u64>) {
+        let ctx = self.ctx.clone();
+        let send_ns = ctx.clock.now_ns();
+        let body = Stamp {
+            nonce: ctx.nonce,
+            publisher: self.id as u32,
+            seq,
+            send_ns,
+        }
+        .body(ctx.opts.size);
+        self.request.clear();
+        self.request.extend_from_slice(
+            format!(
+                "POST {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: herald-bench\r\nContent-Length: {}\r\n\r\n",
+                ctx.path(topic, ""),
+                ctx.opts.target.authority,
+                body.len()
+            )
+            .as_bytes(),
+        );
+        self.request.extend_from_slice(body.as_bytes());
+        let result = tokio::time::timeout(PUBLISH_TIMEOUT, self.exchange())
+            .await
+            .unwrap_or_else(|_| {
+                self.conn = None; // a late response would be read as the next one's
+                Err(format!("no response within {PUBLISH_TIMEOUT:?}"))
+            });
+        let ok = self.account(topic, send_ns, due_ns, result);
+        if !ok && self.conn.is_none() {
+            tokio::time::sleep(RECONNECT_PAUSE).await;
+        }
+    }
+
+    /// Counts one publish attempt; `true` if it was acknowledged with a 2xx.
+    fn account(
+        &self,
+        topic: usize,
+        send_ns: u64,
+        due_ns: Option<u64>,
+        result: Result<u16, String>,
+    ) -> bool {
+        let done_ns = self.ctx.clock.now_ns();
+        let mut s = self.ctx.stats.borrow_mut();
+        if let Some(due) = due_ns {
+            s.max_send_lag_ns = s.max_send_lag_ns.max(send_ns.saturating_sub(due));
+        }
+        let failure = match result {
+            Ok(status) if (200..300).contains(&status) => {
+                s.published += 1;
+                s.published_per_topic[topic] += 1;
+                s.publish_lat.saturating_record((done_ns - send_ns) / 1000);
+                return true;
+            }
+            Ok(status) => format!("HTTP {status}: {}", snippet(&self.response)),
+            Err(e) => e,
+        };
+        s.publish_errors += 1;
+        s.error(format!("publisher {}: {failure}", self.id));
+        false
+    }
+
+    /// One request/response on the keep-alive connection (reconnecting if it was
+    /// closed). Returns the status; the body is left in `self.response`.
+    async fn exchange(&mut self) -> Result<u16, String> {
+        let request = std::mem::take(&mut self.request);
+        let mut response = std::mem::take(&mut self.response);
+        response.clear();
+        let result = async {
+            let conn = self
+                .ensure_conn()
+                .await
+                .map_err(|e| format!("connect: {e}"))?;
+            conn.send(&request).await.map_err(|e| e.to_string())?;
+            let head = conn.read_head().await.map_err(|e| e.to_string())?;
+            conn.read_body(head.framing, &mut response)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>(head)
+        }
+        .await;
+        self.request = request;
+        self.response = response;
+        match result {
+            Ok(head) => {
+                if !head.keep_alive {
+                    self.conn = None;
+                }
+                Ok(head.status)
+            }
+            Err(e) => {
+                self.conn = None;
+                Err(e)
+            }
+        }
+    }
+}
+
+/// The start of a response body, for error messages.
+fn snippet(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&body[..body.len().min(200)]);
+    text.trim().to_string()
+}

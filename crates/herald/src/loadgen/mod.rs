@@ -1,0 +1,72 @@
+//! `herald bench`: a load generator for sizing a deployment of herald or any
+//! ntfy-compatible server.
+//!
+//! # Usage
+//!
+//! ```text
+//! # 1000 subscribers over all three transports, 100 msg/s for 10 s:
+//! herald bench --url http://127.0.0.1:8080 --subscribers 1000 --transport ws,sse,json \
+//!     --rate 100 --duration 10
+//! # publish throughput: 64 topics with one subscriber each, 16 closed-loop publishers:
+//! herald bench --subscribers 64 --topics 64 --publishers 16 --rate 0 --duration 10
+//! # 10k idle-ish subscribers from 16 source addresses, server memory and CPU sampled:
+//! taskset -c 0 herald serve --visitor-subscription-limit 100000 & PID=$!
+//! taskset -c 1 herald bench --subscribers 10000 --src-ips 16 --rate 10 \
+//!     --server-pid $PID --json run.json
+//! ```
+//!
+//! A run has three phases. **Connect**: open `--subscribers` streams over
+//! `--topics` topics, transports round robin; a stream counts as established when
+//! its first event (ntfy's `open`) arrives, which is when the server has registered
+//! it. **Publish**: `--publishers` keep-alive connections `POST` for `--duration`
+//! seconds, either on a fixed schedule (`--rate`, open loop: message `k` is due at
+//! `k / rate` whether or not the server keeps up, so queueing shows up as latency)
+//! or as fast as acknowledgements return (`--rate 0`, closed loop: measures
+//! publish throughput). **Drain**: wait until every expected delivery arrived or
+//! none arrived for 3 s. Then the summary goes to stderr and the JSON report to
+//! stdout or `--json FILE`.
+//!
+//! # How it measures
+//!
+//! Each body carries a stamp (see `stamp.rs`) with the send time on this process's
+//! monotonic clock and a per-run nonce, so delivery latency is receipt minus send
+//! without clock synchronisation, and messages of other runs are ignored. Each
+//! subscriber checks for duplicates and for one publisher's messages arriving out
+//! of order within its topic (herald promises per-topic order). Latencies go into
+//! HdrHistograms (microseconds, 3 significant digits). With `--server-pid`, the
+//! server's VmRSS and CPU time are read from `/proc` at each phase boundary (and
+//! RSS every 250 ms for the peak); the generator's own CPU is always reported, so a
+//! saturated generator is visible.
+//!
+//! # Design
+//!
+//! - One thread (a current-thread runtime plus a `LocalSet`): counters are plain
+//!   fields behind one `RefCell`, and the generator can be pinned with `taskset`
+//!   to a CPU the server does not use.
+//! - Every socket is opened here (`client::connect`): `TcpSocket::bind` to a
+//!   source address before `connect` is what lets `--src-ips` go past one
+//!   address's ephemeral port range and per-IP limits on loopback.
+//! - Publishing and the SSE/JSON streams use a small HTTP/1.1 client (`http.rs`)
+//!   instead of hyper's: one request in flight per connection, a keep-alive POST
+//!   and a streamed GET are all it needs, it works on the sockets above without
+//!   adapters, and its framing code is easy to test in isolation. WebSocket
+//!   streams use `tokio-tungstenite` (already in the graph through axum) over the
+//!   same sockets.
+//! - Events are not JSON-parsed: the stamp is found by a byte search, which
+//!   keeps the generator's CPU per delivery low.
+
+mod client;
+mod http;
+mod options;
+mod progress;
+mod report;
+mod run;
+mod stamp;
+mod stats;
+
+pub use options::{Options, add_args};
+
+/// Runs `herald bench` with the parsed command-line arguments.
+pub fn run(matches: &clap::ArgMatches) -> anyhow::Result<()> {
+    run::run(Options::from_matches(matches)?)
+}
