@@ -53,6 +53,14 @@ pub struct Run<'a> {
 }
 
 impl Run<'_> {
+    /// Open loop only: the publishers reached less than 90% of `--rate` (each has
+    /// one request in flight, so slow acks hold the schedule back).
+    fn behind_schedule(&self, s: &Stats) -> Option<bool> {
+        let rate = self.ctx.opts.rate?;
+        let achieved = per_sec(s.published + s.publish_errors, self.publish_secs).unwrap_or(0.0);
+        Some(achieved < 0.9 * rate)
+    }
+
     fn deliveries_per_sec(&self, s: &Stats) -> Option<f64> {
         let secs = s.last_delivery_ns.checked_sub(self.window_start_ns)? as f64 / 1e9;
         (secs > 0.0).then(|| s.delivered as f64 / secs)
@@ -123,6 +131,7 @@ impl Run<'_> {
                 window_s: round3(self.publish_secs),
                 per_s: per_sec(s.published, self.publish_secs).map(round2),
                 max_send_lag_ms: round3(s.max_send_lag_ns as f64 / 1e6),
+                behind_schedule: self.behind_schedule(&s),
                 lat_us: Latency::of(&s.publish_lat),
             },
             delivery: DeliveryFigures {
@@ -197,6 +206,12 @@ impl Run<'_> {
             s.max_send_lag_ns as f64 / 1e6,
         );
         let _ = writeln!(out, "  latency    {}", percentile_line(&s.publish_lat));
+        if self.behind_schedule(&s) == Some(true) {
+            let _ = writeln!(
+                out,
+                "  note       publishers fell behind --rate (acks too slow for one request in flight each): add --publishers"
+            );
+        }
         let expected = s.expected();
         let _ = writeln!(
             out,
@@ -383,6 +398,8 @@ struct PublishFigures {
     per_s: Option<f64>,
     /// How far behind its schedule the open-loop publisher fell at worst.
     max_send_lag_ms: f64,
+    /// Open loop: under 90% of `--rate` was reached (null in closed loop).
+    behind_schedule: Option<bool>,
     /// Request written to response read.
     lat_us: Latency,
 }
