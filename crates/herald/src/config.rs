@@ -112,6 +112,16 @@ const OPTIONS: &[OptionSpec] = &[
         default: "text",
         help: "Log format: `text` or `json`",
     },
+    OptionSpec {
+        key: "otlp-endpoint",
+        default: "",
+        help: "Export OpenTelemetry traces over OTLP/HTTP (protobuf) to this collector, e.g. `http://127.0.0.1:4318` (`/v1/traces` is appended); empty: off. Needs a binary built with `--features otel`",
+    },
+    OptionSpec {
+        key: "otlp-service-name",
+        default: "herald",
+        help: "`service.name` of the exported traces",
+    },
 ];
 
 /// Where a value came from, for error messages.
@@ -177,6 +187,9 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     pub log_level: String,
     pub log_format: LogFormat,
+    /// Where OpenTelemetry traces go (the full `/v1/traces` URL); `None`: no tracing.
+    pub otlp_endpoint: Option<String>,
+    pub otlp_service_name: String,
 }
 
 impl Config {
@@ -374,6 +387,8 @@ impl RawValues {
                 "json" => Ok(LogFormat::Json),
                 _ => Err("expected `text` or `json`".into()),
             })?,
+            otlp_endpoint: self.parse("otlp-endpoint", otlp_endpoint)?,
+            otlp_service_name: self.parse("otlp-service-name", non_empty)?,
         })
     }
 }
@@ -384,6 +399,21 @@ fn non_empty(s: &str) -> Result<String, String> {
     } else {
         Ok(s.to_string())
     }
+}
+
+/// `otlp-endpoint`: empty is off; anything else needs the `otel` feature compiled in.
+fn otlp_endpoint(s: &str) -> Result<Option<String>, String> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    if !crate::otel::COMPILED {
+        return Err(
+            "this herald binary was built without OpenTelemetry support: rebuild it with \
+             `cargo build --release --features otel`, or leave `otlp-endpoint` empty"
+                .into(),
+        );
+    }
+    crate::otel::traces_url(s).map(Some)
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -498,6 +528,29 @@ mod tests {
         assert_eq!(c.metrics_listen_http.as_deref(), Some("0.0.0.0:9090"));
         let err = load(&matches(&["--metrics-listen-http", "nope"])).unwrap_err();
         assert!(err.to_string().contains("metrics-listen-http"));
+    }
+
+    #[test]
+    fn otlp_endpoint_is_off_by_default_and_needs_the_otel_feature() {
+        let c = load(&matches(&[])).unwrap();
+        assert_eq!(c.otlp_endpoint, None);
+        assert_eq!(c.otlp_service_name, "herald");
+        let result = load(&matches(&["--otlp-endpoint", "http://127.0.0.1:4318"]));
+        if crate::otel::COMPILED {
+            let c = result.unwrap();
+            assert_eq!(
+                c.otlp_endpoint.as_deref(),
+                Some("http://127.0.0.1:4318/v1/traces")
+            );
+            let err = load(&matches(&["--otlp-endpoint", "https://x:4318"])).unwrap_err();
+            assert!(err.to_string().contains("otlp-endpoint"), "{err}");
+        } else {
+            let text = result.unwrap_err().to_string();
+            assert!(text.contains("otlp-endpoint"), "{text}");
+            assert!(text.contains("--features otel"), "{text}");
+        }
+        let err = load(&matches(&["--otlp-service-name", " "])).unwrap_err();
+        assert!(err.to_string().contains("otlp-service-name"));
     }
 
     #[test]

@@ -70,6 +70,25 @@ impl Herald {
     /// when due; an uncached one (`Cache: no`) goes straight to the subscribers.
     /// Returns after the event is durable (if cached) and handed to the broker.
     pub async fn publish(&self, message: Message) -> Result<(), ApiError> {
+        #[cfg(feature = "otel")]
+        if crate::otel::enabled() {
+            use tracing::Instrument;
+            let span = crate::otel::publish_span(&message);
+            let trace = crate::otel::context(&span);
+            return self
+                .publish_with(message, move |m| SharedEvent::traced(m, trace))
+                .instrument(span)
+                .await;
+        }
+        self.publish_with(message, SharedEvent::new).await
+    }
+
+    /// [`Self::publish`], wrapping the message for the broker with `wrap`.
+    async fn publish_with(
+        &self,
+        message: Message,
+        wrap: impl FnOnce(Message) -> Arc<SharedEvent>,
+    ) -> Result<(), ApiError> {
         // Publishes are accepted while draining: hyper only lets requests that
         // were already on a connection through, and the store closes after them.
         let scheduled = message.time > now_unix();
@@ -81,13 +100,10 @@ impl Herald {
             self.scheduler_wakeup.notify_one();
             return Ok(());
         }
-        self.broker
-            .publish(SharedEvent::new(message))
-            .await
-            .map_err(|e| {
-                tracing::error!(error = %e, "broker publish failed");
-                ApiError::UNAVAILABLE
-            })
+        self.broker.publish(wrap(message)).await.map_err(|e| {
+            tracing::error!(error = %e, "broker publish failed");
+            ApiError::UNAVAILABLE
+        })
     }
 
     /// Removes pending scheduled messages of a sequence (replace or cancel).

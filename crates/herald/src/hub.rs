@@ -53,6 +53,9 @@ const FRAMINGS: usize = 8;
 pub struct SharedEvent {
     pub message: Message,
     encoded: [OnceLock<Bytes>; FRAMINGS],
+    /// The `publish` span's context when the event is traced (see [`crate::otel`]).
+    #[cfg(feature = "otel")]
+    pub trace: Option<crate::otel::TraceContext>,
 }
 
 impl SharedEvent {
@@ -61,6 +64,18 @@ impl SharedEvent {
         Arc::new(SharedEvent {
             message,
             encoded: Default::default(),
+            #[cfg(feature = "otel")]
+            trace: None,
+        })
+    }
+
+    /// Wraps `message` for delivery; its deliveries get `deliver` spans under `trace`.
+    #[cfg(feature = "otel")]
+    pub fn traced(message: Message, trace: crate::otel::TraceContext) -> Arc<Self> {
+        Arc::new(SharedEvent {
+            message,
+            encoded: Default::default(),
+            trace: Some(trace),
         })
     }
 
@@ -540,11 +555,21 @@ impl Hub {
             };
             topic.drained.notify_waiters();
             let subscribers: Vec<Arc<Entry>> = lock(&topic.subscribers).clone();
+            // One relaxed load per batch when the feature is in but tracing is off.
+            #[cfg(feature = "otel")]
+            let traced = crate::otel::enabled() && batch.iter().any(|e| e.trace.is_some());
             // Summed locally and added once per batch: the per-transport split costs
             // the fan-out one array index per subscriber.
             let mut accepted_by = [0u64; TRANSPORTS];
             for (i, entry) in subscribers.iter().enumerate() {
+                #[cfg(feature = "otel")]
+                let spans =
+                    traced.then(|| crate::otel::deliver_spans(&batch, entry.transport, entry.id));
                 let (outcome, accepted) = entry.sink.deliver_batch(&batch);
+                #[cfg(feature = "otel")]
+                if let Some(spans) = spans {
+                    crate::otel::finish_deliver(spans, outcome, accepted);
+                }
                 accepted_by[entry.transport as usize] += accepted as u64;
                 if outcome == DeliverOutcome::Overflowed {
                     self.counters.dropped_slow.fetch_add(1, Ordering::Relaxed);

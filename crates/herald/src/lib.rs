@@ -12,6 +12,7 @@
 //! - [`error`]: ntfy's JSON error shape and codes.
 //! - [`server`]: binds listeners, runs everything, drains on shutdown.
 //! - [`telemetry`]: Prometheus metrics and the access log.
+//! - [`otel`]: OpenTelemetry trace export (`otel` cargo feature, `otlp-endpoint`).
 //!
 //! `ARCHITECTURE.md` at the repository root describes how a message flows and the
 //! invariants each module keeps.
@@ -25,6 +26,7 @@ pub mod hub;
 pub mod listener;
 pub mod loadgen;
 pub mod model;
+pub mod otel;
 pub mod server;
 pub mod store;
 pub mod telemetry;

@@ -47,10 +47,32 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn init_logging(config: &Config) {
+/// Installs the log (stderr) and, with `otlp-endpoint` (`--features otel` builds),
+/// the OpenTelemetry trace export; returns the exporter to flush on exit.
+fn init_logging(config: &Config) -> anyhow::Result<herald::otel::Exporter> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(format!("herald={0},{0}", config.log_level))
     });
+    #[cfg(feature = "otel")]
+    if let Some(endpoint) = &config.otlp_endpoint {
+        use tracing_subscriber::Layer as _;
+        use tracing_subscriber::filter::{FilterExt as _, filter_fn};
+        use tracing_subscriber::layer::SubscriberExt as _;
+        use tracing_subscriber::util::SubscriberInitExt as _;
+        // `filter` (log-level, RUST_LOG) applies to the log only, and the log never
+        // sees the trace spans; the trace layer has its own filter (herald::otel).
+        let filter = filter.and(filter_fn(|meta| meta.target() != herald::otel::TARGET));
+        let (otel, exporter) = herald::otel::layer(endpoint, &config.otlp_service_name)?;
+        let log = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+        let registry = tracing_subscriber::registry().with(otel);
+        match config.log_format {
+            LogFormat::Json => registry.with(log.json().with_filter(filter)).init(),
+            LogFormat::Text => registry.with(log.with_filter(filter)).init(),
+        }
+        herald::otel::enable();
+        tracing::info!(endpoint = %endpoint, service = %config.otlp_service_name, "exporting OpenTelemetry traces");
+        return Ok(exporter);
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -58,10 +80,18 @@ fn init_logging(config: &Config) {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
+    Ok(herald::otel::Exporter::default())
 }
 
 fn serve(config: Config) -> anyhow::Result<()> {
-    init_logging(&config);
+    let exporter = init_logging(&config)?;
+    let result = run_server(config);
+    // Outside the runtime: the exporter's final flush blocks (bounded).
+    exporter.shutdown();
+    result
+}
+
+fn run_server(config: Config) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -10,6 +10,7 @@ mod durability;
 mod fixture;
 mod info;
 mod metrics;
+mod otel;
 mod publish;
 mod scheduled;
 mod sequence;
