@@ -36,6 +36,8 @@ pub struct Herald {
     rate_samples: Mutex<Vec<(Instant, u64)>>,
     /// Set when shutdown begins: readiness fails and new subscriptions are refused.
     draining: AtomicBool,
+    /// Orders cached, immediately published messages: ID, history, hand-off.
+    sequencer: Sequencer,
 }
 
 impl std::fmt::Debug for Herald {
@@ -61,49 +63,81 @@ impl Herald {
             published: AtomicU64::new(0),
             rate_samples: Mutex::new(vec![(Instant::now(), 0)]),
             draining: AtomicBool::new(false),
+            sequencer: Sequencer::default(),
         })
     }
 
-    /// Publishes an event (`message`, `message_delete` or `message_clear`).
+    /// Publishes an event (`message`, `message_delete` or `message_clear`) and returns
+    /// it as stored (a cached event gets its final, ordered ID here).
     ///
     /// A cached event is committed first; a scheduled one is only stored and goes out
     /// when due; an uncached one (`Cache: no`) goes straight to the subscribers.
     /// Returns after the event is durable (if cached) and handed to the broker.
-    pub async fn publish(&self, message: Message) -> Result<(), ApiError> {
+    pub async fn publish(self: &Arc<Self>, mut message: Message) -> Result<Message, ApiError> {
+        let scheduled = message.time > now_unix();
+        let ticket = (message.expires.is_some() && !scheduled)
+            .then(|| Ticket::take(self.clone(), &mut message));
+        let this = self.clone();
+        // Spawned, so that a client going away mid-request cannot stop a publish
+        // between its commit and its hand-off to the broker (which would also hold
+        // up the later messages waiting for their turn behind it).
+        tokio::spawn(async move { this.publish_traced(message, scheduled, ticket).await })
+            .await
+            .unwrap_or(Err(ApiError::INTERNAL))
+    }
+
+    async fn publish_traced(
+        &self,
+        message: Message,
+        scheduled: bool,
+        ticket: Option<Ticket>,
+    ) -> Result<Message, ApiError> {
         #[cfg(feature = "otel")]
         if crate::otel::enabled() {
             use tracing::Instrument;
             let span = crate::otel::publish_span(&message);
             let trace = crate::otel::context(&span);
             return self
-                .publish_with(message, move |m| SharedEvent::traced(m, trace))
+                .publish_with(message, scheduled, ticket, move |m| {
+                    SharedEvent::traced(m, trace)
+                })
                 .instrument(span)
                 .await;
         }
-        self.publish_with(message, SharedEvent::new).await
+        self.publish_with(message, scheduled, ticket, SharedEvent::new)
+            .await
     }
 
     /// [`Self::publish`], wrapping the message for the broker with `wrap`.
     async fn publish_with(
         &self,
         message: Message,
+        scheduled: bool,
+        ticket: Option<Ticket>,
         wrap: impl FnOnce(Message) -> Arc<SharedEvent>,
-    ) -> Result<(), ApiError> {
+    ) -> Result<Message, ApiError> {
         // Publishes are accepted while draining: hyper only lets requests that
         // were already on a connection through, and the store closes after them.
-        let scheduled = message.time > now_unix();
         if message.expires.is_some() || scheduled {
             self.store.append(message.clone()).await?;
         }
         self.published.fetch_add(1, Ordering::Relaxed);
         if scheduled {
             self.scheduler_wakeup.notify_one();
-            return Ok(());
+            return Ok(message);
         }
-        self.broker.publish(wrap(message)).await.map_err(|e| {
-            tracing::error!(error = %e, "broker publish failed");
-            ApiError::UNAVAILABLE
-        })
+        if let Some(ticket) = &ticket {
+            self.sequencer.wait_turn(ticket.number).await;
+        }
+        self.broker
+            .publish(wrap(message.clone()))
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "broker publish failed");
+                ApiError::UNAVAILABLE
+            })?;
+        drop(ticket);
+        Ok(message)
     }
 
     /// Removes pending scheduled messages of a sequence (replace or cancel).
@@ -111,12 +145,18 @@ impl Herald {
         Ok(self.store.cancel_scheduled(topic, sequence_id).await?)
     }
 
-    /// Reads history.
+    /// Reads history. Messages committed but not yet handed to the broker in their
+    /// turn are left out (see [`Sequencer`]), so history and live delivery never
+    /// disagree about what came before what.
     pub async fn history(&self, query: Query) -> Result<Vec<Message>, ApiError> {
         if query.since == crate::store::Since::None {
             return Ok(Vec::new());
         }
-        Ok(self.store.query(query).await?)
+        let mut messages = self.store.query(query).await?;
+        if let Some(bound) = self.sequencer.first_in_flight() {
+            messages.retain(|m| m.id < bound);
+        }
+        Ok(messages)
     }
 
     /// Registers a live subscriber on `topics`, counted under `transport`.
@@ -259,5 +299,191 @@ impl Herald {
                 _ = tick.tick() => self.hub.tick_keepalive(),
             }
         }
+    }
+}
+
+/// One order for the cached messages published on this node.
+///
+/// Each such publish takes a ticket, and with it a fresh ID, under one lock, so
+/// tickets and IDs increase together. Commits can complete in any order (concurrent
+/// publishes share group commits and resume in any order), so a publish hands its
+/// message to the broker only when every earlier ticket is done. Live subscribers
+/// therefore receive a topic's messages in ID order, which is the order of `since=`
+/// and `poll=1`; and history hides committed messages whose turn has not come yet. So
+/// a client that resumes with `since=<last id it saw>`, live or polled, misses nothing.
+#[derive(Default)]
+struct Sequencer {
+    state: Mutex<SequencerState>,
+    /// Woken whenever the next ticket's turn comes.
+    turn: Notify,
+}
+
+#[derive(Default)]
+struct SequencerState {
+    next_ticket: u64,
+    /// Every ticket below this one is done.
+    next_turn: u64,
+    /// Tickets taken and not done, with their message IDs (ascending with tickets).
+    in_flight: std::collections::BTreeMap<u64, String>,
+    /// Done tickets above `next_turn`.
+    done: std::collections::BTreeSet<u64>,
+}
+
+impl Sequencer {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SequencerState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes the next ticket and gives `message` the next ID (a `sequence_id` that was
+    /// the message's own ID follows it).
+    fn take(&self, message: &mut Message) -> u64 {
+        let mut st = self.lock();
+        let old = std::mem::replace(
+            &mut message.id,
+            crate::model::MessageId::generate().into_string(),
+        );
+        if message.sequence_id.as_deref() == Some(old.as_str()) {
+            message.sequence_id = Some(message.id.clone());
+        }
+        let ticket = st.next_ticket;
+        st.next_ticket += 1;
+        st.in_flight.insert(ticket, message.id.clone());
+        ticket
+    }
+
+    /// Waits until every ticket before `ticket` is done.
+    async fn wait_turn(&self, ticket: u64) {
+        loop {
+            let notified = self.turn.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            if self.lock().next_turn >= ticket {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Marks `ticket` done (handed off, or failed) and lets the next turns go.
+    fn finish(&self, ticket: u64) {
+        let mut st = self.lock();
+        st.in_flight.remove(&ticket);
+        st.done.insert(ticket);
+        loop {
+            let next = st.next_turn;
+            if !st.done.remove(&next) {
+                break;
+            }
+            st.next_turn = next + 1;
+        }
+        drop(st);
+        self.turn.notify_waiters();
+    }
+
+    /// The smallest ID still in flight: history shows only what is below it.
+    fn first_in_flight(&self) -> Option<String> {
+        self.lock().in_flight.values().next().cloned()
+    }
+}
+
+/// A taken ticket; done when dropped, whether the publish succeeded or not.
+struct Ticket {
+    herald: Arc<Herald>,
+    number: u64,
+}
+
+impl Ticket {
+    fn take(herald: Arc<Herald>, message: &mut Message) -> Ticket {
+        let number = herald.sequencer.take(message);
+        Ticket { herald, number }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.herald.sequencer.finish(self.number);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::LocalBroker;
+    use crate::hub::Delivery;
+    use crate::model::EventKind;
+    use crate::store::Since;
+    use crate::store::sqlite::{SqliteOptions, SqliteStore};
+
+    fn herald(dir: &tempfile::TempDir) -> Arc<Herald> {
+        let config = Arc::new(Config::with_data_dir(dir.path()));
+        let store = SqliteStore::open(&dir.path().join("m.db"), SqliteOptions::default()).unwrap();
+        let hub = Hub::new(100_000);
+        let broker = Arc::new(LocalBroker::new(hub.clone()));
+        Herald::new(config, Arc::new(store), broker, hub)
+    }
+
+    fn cached(topic: &str, text: String) -> Message {
+        let mut m = Message::new(EventKind::Message, topic);
+        m.message = text;
+        m.sequence_id = Some(m.id.clone());
+        m.expires = Some(m.time + 3600);
+        m
+    }
+
+    /// Concurrent publishers share group commits and resume in any order; live
+    /// delivery must still follow ID order (the order of `since=`), or a client that
+    /// resumes from the last ID it saw could miss a message.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn live_order_is_id_order_under_concurrent_publishers() {
+        let dir = tempfile::tempdir().unwrap();
+        let herald = herald(&dir);
+        let sub = herald.subscribe(&["t".into()], Transport::Json);
+        let mut tasks = Vec::new();
+        for p in 0..16 {
+            let herald = herald.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut acked = Vec::new();
+                for i in 0..25 {
+                    let m = herald
+                        .publish(cached("t", format!("{p}-{i}")))
+                        .await
+                        .unwrap();
+                    assert_eq!(m.sequence_id.as_deref(), Some(m.id.as_str()));
+                    acked.push(m.id);
+                }
+                acked
+            }));
+        }
+        let mut acked = Vec::new();
+        for t in tasks {
+            acked.extend(t.await.unwrap());
+        }
+        let mut live = Vec::new();
+        let mut batch = Vec::new();
+        while live.len() < 400 {
+            batch.clear();
+            sub.next_batch(&mut batch).await.unwrap();
+            for d in batch.drain(..) {
+                if let Delivery::Event(e) = d {
+                    live.push(e.message.id.clone());
+                }
+            }
+        }
+        let mut sorted = live.clone();
+        sorted.sort();
+        assert_eq!(live, sorted, "live delivery out of ID order");
+        acked.sort();
+        assert_eq!(live, acked, "every acknowledged message delivered once");
+        let history = herald
+            .history(Query {
+                topics: vec!["t".into()],
+                since: Since::All,
+                include_scheduled: false,
+            })
+            .await
+            .unwrap();
+        let ids: Vec<String> = history.into_iter().map(|m| m.id).collect();
+        assert_eq!(ids, live);
+        herald.store.close().await;
     }
 }

@@ -213,7 +213,7 @@ async fn publish_with(
         // Publishing to a sequence replaces its pending scheduled message (ntfy v2.16).
         state.herald.cancel_scheduled(&m.topic, sid).await?;
     }
-    state.herald.publish(m.clone()).await?;
+    let m = state.herald.publish(m).await?;
     tracing::debug!(topic = %m.topic, id = %m.id, scheduled, "published");
     Ok(json_response(StatusCode::OK, encode_json_line(&m).to_vec()))
 }
@@ -260,7 +260,7 @@ pub async fn sequence_action(
     if kind == EventKind::MessageDelete {
         state.herald.cancel_scheduled(&m.topic, sequence_id).await?;
     }
-    state.herald.publish(m.clone()).await?;
+    let m = state.herald.publish(m).await?;
     Ok(json_response(StatusCode::OK, encode_json_line(&m).to_vec()))
 }
 
