@@ -1,6 +1,6 @@
 //! Informational endpoints, CORS and unknown paths (reference §1, §8).
 
-use crate::fixture::{TestServer, expect_error, expect_json, header};
+use crate::fixture::{TestServer, expect_error, expect_json, header, herald_command};
 
 #[tokio::test]
 async fn health() {
@@ -136,4 +136,60 @@ async fn unknown_paths_are_40401() {
         40401,
     )
     .await;
+}
+
+#[tokio::test]
+async fn liveness_and_readiness_probes() {
+    let s = TestServer::start(&[]);
+    let live = expect_json(s.get("/healthz").await, 200).await;
+    assert_eq!(live["status"], "ok");
+    let ready = expect_json(s.get("/readyz").await, 200).await;
+    assert_eq!(ready["status"], "ok", "{ready}");
+    for check in ["store", "broker", "accepting"] {
+        assert_eq!(ready["checks"][check], "ok", "{ready}");
+    }
+}
+
+#[tokio::test]
+async fn healthcheck_command_reports_health_by_exit_status() {
+    let s = TestServer::start(&[]);
+    let url = s.url("/healthz");
+    let ok = tokio::task::spawn_blocking(move || {
+        herald_command()
+            .args(["healthcheck", "--url", &url])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(ok.status.success(), "{ok:?}");
+
+    // Nothing listens on a port that was just released: the probe must fail (exit 1).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}/healthz");
+    let down = tokio::task::spawn_blocking(move || {
+        herald_command()
+            .args(["healthcheck", "--url", &url])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(down.status.code(), Some(1), "{down:?}");
+
+    // A server that answers, but not 200, is unhealthy too.
+    let url = s.url("/no/such/path/here");
+    let not_ok = tokio::task::spawn_blocking(move || {
+        herald_command()
+            .args(["healthcheck", "--url", &url])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(not_ok.status.code(), Some(1), "{not_ok:?}");
 }
