@@ -150,18 +150,22 @@ async fn liveness_and_readiness_probes() {
     }
 }
 
-#[tokio::test]
-async fn healthcheck_command_reports_health_by_exit_status() {
-    let s = TestServer::start(&[]);
-    let url = s.url("/healthz");
-    let ok = tokio::task::spawn_blocking(move || {
+/// Runs `herald healthcheck --url URL` and returns what it did (exit status, output).
+async fn healthcheck(url: String) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
         herald_command()
             .args(["healthcheck", "--url", &url])
             .output()
             .unwrap()
     })
     .await
-    .unwrap();
+    .unwrap()
+}
+
+#[tokio::test]
+async fn healthcheck_command_reports_health_by_exit_status() {
+    let s = TestServer::start(&[]);
+    let ok = healthcheck(s.url("/healthz")).await;
     assert!(ok.status.success(), "{ok:?}");
 
     // Nothing listens on a port that was just released: the probe must fail (exit 1).
@@ -170,26 +174,10 @@ async fn healthcheck_command_reports_health_by_exit_status() {
         .local_addr()
         .unwrap()
         .port();
-    let url = format!("http://127.0.0.1:{port}/healthz");
-    let down = tokio::task::spawn_blocking(move || {
-        herald_command()
-            .args(["healthcheck", "--url", &url])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let down = healthcheck(format!("http://127.0.0.1:{port}/healthz")).await;
     assert_eq!(down.status.code(), Some(1), "{down:?}");
 
     // A server that answers, but not 200, is unhealthy too.
-    let url = s.url("/no/such/path/here");
-    let not_ok = tokio::task::spawn_blocking(move || {
-        herald_command()
-            .args(["healthcheck", "--url", &url])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let not_ok = healthcheck(s.url("/no/such/path/here")).await;
     assert_eq!(not_ok.status.code(), Some(1), "{not_ok:?}");
 }
