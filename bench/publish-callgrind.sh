@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Server instructions per publish, counted by callgrind (repeatable on a busy host:
+# instructions, not seconds). Runs `herald serve` under valgrind, drives it with
+# `herald bench` (64 topics, one subscriber each, 16 publishers, 10 s), and prints
+# the total instructions of the server process divided by the publishes it answered.
+#
+#   bench/publish-callgrind.sh [path/to/release/herald]
+set -euo pipefail
+herald=${1:-target/release/herald}
+work=$(mktemp -d)
+trap 'pkill -INT -f "callgrind.*$work" 2>/dev/null || true; rm -rf "$work"' EXIT
+port=18555
+valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" \
+    "$herald" serve --listen-http 127.0.0.1:$port --data-dir "$work/data" \
+    --log-level warn --visitor-subscription-limit 1000 >"$work/server.log" 2>&1 &
+server=$!
+for _ in $(seq 100); do
+    curl -fs "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break
+    sleep 0.2
+done
+"$herald" bench --url http://127.0.0.1:$port --subscribers 64 --topics 64 \
+    --publishers 16 --rate 0 --duration 10 --quiet --json "$work/run.json" >/dev/null
+kill -INT "$server"
+wait "$server" || true
+published=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['publish']['published'])" "$work/run.json")
+total=$(callgrind_annotate "$work/cg.out" | awk '/PROGRAM TOTALS/{gsub(",","",$1); print $1}')
+echo "publishes: $published"
+echo "server instructions: $total"
+echo "instructions per publish: $((total / published))"
