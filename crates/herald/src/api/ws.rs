@@ -6,7 +6,6 @@
 //! subscriber is most of what a notification server holds, and tungstenite's default
 //! 128 KiB buffers would dominate its memory.
 
-use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use axum::extract::FromRequestParts;
@@ -17,9 +16,10 @@ use futures_util::{SinkExt, StreamExt};
 
 use super::AppState;
 use super::params::Filters;
-use super::subscribe::{SlotGuard, backlog, parse_request};
+use super::subscribe::{SlotGuard, backlog, new_topic_count, parse_request};
 use crate::error::ApiError;
 use crate::hub::{CloseReason, Delivery, SharedEvent, Subscription};
+use crate::limits::Visitor;
 use crate::model::{EventKind, Message};
 
 /// Read buffer: clients only send pongs and close frames.
@@ -34,7 +34,7 @@ pub async fn subscribe(
     state: &AppState,
     req: Request,
     topics: &str,
-    peer: IpAddr,
+    visitor: &Visitor,
 ) -> Result<Response, ApiError> {
     let (mut parts, body) = req.into_parts();
     // Like ntfy, a request that is not a WebSocket upgrade is refused first.
@@ -43,7 +43,10 @@ pub async fn subscribe(
         .map_err(|_| ApiError::WEBSOCKET_REQUIRED)?;
     let req = Request::from_parts(parts, body);
     let sub_req = parse_request(state, &req, topics)?;
-    let slot = state.slots.acquire(peer)?;
+    let slot = state.slots.acquire(visitor)?;
+    state
+        .limits
+        .admit_new_topics(visitor, new_topic_count(state, &sub_req.topics))?;
     let subscription = state
         .herald
         .subscribe(&sub_req.topics, crate::hub::Transport::Ws);

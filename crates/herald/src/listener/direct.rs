@@ -33,6 +33,7 @@ use crate::api::{AppState, StreamFormat};
 use crate::hub::{
     CloseReason, DeliverOutcome, Framing, Registration, SharedEvent, Sink, Transport, ws_frame,
 };
+use crate::limits::ConnectionPermit;
 use crate::model::{EventKind, Message};
 use crate::telemetry::{Route, log_request};
 
@@ -52,6 +53,8 @@ pub struct Plan {
     /// HTTP/1.0 client: no chunked encoding; the stream ends when the connection does.
     pub http10: bool,
     pub slot: SlotGuard,
+    /// The connection's place under `connection-limit`, held while it is open.
+    pub connection: Option<ConnectionPermit>,
     /// When the request head was complete (request latency for metrics and the log).
     pub started: Instant,
 }
@@ -327,8 +330,10 @@ pub async fn serve(
         ws_accept,
         http10,
         slot,
+        connection,
         started,
     } = plan;
+    let slot = (slot, connection);
     let transport = format.transport();
     let ws = format == StreamFormat::Ws;
     let chunked = !ws && !http10;
@@ -462,7 +467,7 @@ async fn run(
     registration: Registration,
     leftover: Bytes,
     chunked: Option<bool>,
-    slot: SlotGuard,
+    slot: (SlotGuard, Option<ConnectionPermit>),
 ) {
     serve_stream(&sink, leftover, chunked).await;
     // Unregister before the socket closes, so no fan-out writes to a dead socket.
