@@ -123,7 +123,7 @@ async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
         (&Method::GET, ["readyz"]) => Ok(info::readyz(&state).await),
         (&Method::GET, ["v1", "stats"]) => info::stats(&state).await,
         (&Method::GET, ["v1", "config"]) => Ok(info::config(&state)),
-        (&Method::GET, ["v1", "account"]) => Ok(info::account(&state)),
+        (&Method::GET, ["v1", "account"]) => Ok(info::account(&state, &visitor)),
         (&Method::GET, ["metrics"]) if state.metrics_on_main => Ok(info::metrics(&state).await),
         (&Method::PUT | &Method::POST, [""]) => publish::publish_json(&state, req).await,
         (&Method::PUT | &Method::POST, [topic]) if topic::is_valid_name(topic) => {

@@ -472,6 +472,13 @@ impl Limits {
         self.with_state(visitor, |state, _| state.messages.increment(today));
     }
 
+    /// Messages `visitor` published today (for `/v1/account`).
+    pub fn messages_today(&self, visitor: &Visitor) -> u32 {
+        let today = self.clock.day(Instant::now());
+        self.peek_state(visitor)
+            .map_or(0, |s| s.messages.get(today))
+    }
+
     /// The answer for an error: a `429` (or another limit's error) is counted by
     /// limit, and a `429` gets `Retry-After` (whole seconds, at least 1).
     pub fn error_response(&self, error: ApiError, visitor: &Visitor) -> Response {

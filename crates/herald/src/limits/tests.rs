@@ -97,6 +97,7 @@ async fn daily_messages_reset_at_midnight() {
         l.admit(&v, Charge::Publish).unwrap();
         l.count_message(&v);
     }
+    assert_eq!(l.messages_today(&v), 3);
     let err = l.admit(&v, Charge::Publish).unwrap_err();
     assert_eq!(err.code, 42908);
     // Subscribing is not a message.

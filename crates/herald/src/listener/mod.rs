@@ -12,6 +12,14 @@
 //! be refused — goes to hyper with the bytes already read replayed in front
 //! ([`rewind::Rewind`]), so hyper and the API produce the answer, errors included,
 //! exactly as they would have without the direct path.
+//!
+//! The listener is also the first line of defence ([`crate::limits`]): it refuses
+//! connections over `connection-limit` (a static `503`, no task), cuts off a client
+//! whose request head takes longer than `header-read-timeout` (slowloris), answers a
+//! head over `max-header-size` or with too many headers with `431`, and leaves long
+//! URLs to the API's `414`. On the direct path, visitor limits are checked last and
+//! without charging anything when they refuse, so the API charges and answers a
+//! refused subscription exactly once.
 
 pub mod direct;
 pub mod rewind;

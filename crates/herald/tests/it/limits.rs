@@ -118,6 +118,11 @@ async fn daily_message_limit() {
         .unwrap();
     expect_429(json, 42908).await;
     assert_eq!(s.poll("daily", "").await.len(), 3);
+    // `/v1/account` reports the quota and what is used of it.
+    let account: serde_json::Value = s.get("/v1/account").await.json().await.unwrap();
+    assert_eq!(account["limits"]["messages"], 3, "{account}");
+    assert_eq!(account["stats"]["messages"], 3, "{account}");
+    assert_eq!(account["stats"]["messages_remaining"], 0, "{account}");
 }
 
 #[tokio::test]
