@@ -371,18 +371,11 @@ pub async fn serve(
         Ok(h) => h,
         Err(e) => {
             log_open(state, &sink, e.http, started);
-            let body = e.to_json_line();
-            let head = format!(
-                "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
-                e.http,
-                e.status().canonical_reason().unwrap_or(""),
-                body.len(),
-                body
-            );
+            let answer = super::error_response_bytes(&e);
             {
                 let mut st = sink.lock();
                 st.held = None;
-                st.pending.push_back(Bytes::from(head));
+                st.pending.push_back(Bytes::from(answer));
                 st.closing = Some(CloseReason::Shutdown);
             }
             tracker.spawn(run(sink, registration, leftover, None, slot));

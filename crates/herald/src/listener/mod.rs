@@ -310,8 +310,9 @@ impl Listener {
 static TOO_MANY_CONNECTIONS: std::sync::LazyLock<Vec<u8>> =
     std::sync::LazyLock::new(|| error_response_bytes(&ApiError::TOO_MANY_CONNECTIONS));
 
-/// A complete `Connection: close` HTTP/1.1 response carrying `error`.
-fn error_response_bytes(error: &ApiError) -> Vec<u8> {
+/// A complete `Connection: close` HTTP/1.1 response carrying `error`, for answers
+/// the listener writes itself (the API's JSON shape and CORS header).
+pub(crate) fn error_response_bytes(error: &ApiError) -> Vec<u8> {
     let body = error.to_json_line();
     format!(
         "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nAccess-Control-Allow-Origin: *\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
