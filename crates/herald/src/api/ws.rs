@@ -41,6 +41,11 @@ pub async fn subscribe(
     let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, &())
         .await
         .map_err(|_| ApiError::WEBSOCKET_REQUIRED)?;
+    // The listener's `connection-limit` place, held for the life of the socket.
+    let connection = parts
+        .extensions
+        .get::<std::sync::Arc<crate::limits::ConnectionPermit>>()
+        .cloned();
     let req = Request::from_parts(parts, body);
     let sub_req = parse_request(state, &req, topics)?;
     let slot = state.slots.acquire(visitor)?;
@@ -55,6 +60,7 @@ pub async fn subscribe(
     let session = Session {
         subscription,
         _slot: slot,
+        _connection: connection,
         filters: sub_req.params.filters,
         topic_label: sub_req.topic_label,
         history,
@@ -72,6 +78,7 @@ pub async fn subscribe(
 struct Session {
     subscription: Subscription,
     _slot: SlotGuard,
+    _connection: Option<std::sync::Arc<crate::limits::ConnectionPermit>>,
     filters: Filters,
     topic_label: String,
     history: Vec<Message>,

@@ -232,14 +232,16 @@ impl Listener {
         permit: ConnectionPermit,
     ) {
         let io = TokioIo::new(rewind::Rewind::new(prefix, stream));
+        let permit = std::sync::Arc::new(permit);
         let router = self.router.clone();
         let metrics = self.state.metrics.clone();
         let limits = self.state.limits.clone();
         let config = limits.config();
         let (header_read_timeout, max_header_size) =
             (config.header_read_timeout, config.max_header_size);
-        let service =
-            hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let service = hyper::service::service_fn({
+            let permit = permit.clone();
+            move |req: hyper::Request<hyper::body::Incoming>| {
                 // Taken from the head before the router consumes the request: the
                 // access log and request metrics (see `telemetry`).
                 let info = RequestInfo::new(
@@ -269,6 +271,9 @@ impl Listener {
                 };
                 let mut req = req.map(axum::body::Body::new);
                 req.extensions_mut().insert(ConnectInfo(peer));
+                // A WebSocket upgraded by the API outlives this connection's hyper
+                // state; it keeps the connection's place by holding a clone.
+                req.extensions_mut().insert(permit.clone());
                 let response = tower::ServiceExt::oneshot(router.clone(), req);
                 let metrics = metrics.clone();
                 async move {
@@ -280,7 +285,8 @@ impl Listener {
                     info.finish(&metrics, response.status().as_u16());
                     Ok::<_, std::convert::Infallible>(response)
                 }
-            });
+            }
+        });
         // Later requests on the connection get the same bounds from hyper (its
         // own plain answers: `431`, or a closed connection on a timeout).
         let conn = hyper::server::conn::http1::Builder::new()

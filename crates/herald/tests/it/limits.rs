@@ -206,6 +206,26 @@ async fn forwarded_for_is_honoured_only_behind_a_proxy() {
     }
 }
 
+/// Reads until what was received contains `needle`; returns all of it.
+async fn read_until(stream: &mut TcpStream, needle: &str) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(EVENT_TIMEOUT, async {
+        while !String::from_utf8_lossy(&out).contains(needle) {
+            let n = stream.read(&mut buf).await.expect("read");
+            assert!(
+                n > 0,
+                "closed before {needle:?}: {:?}",
+                String::from_utf8_lossy(&out)
+            );
+            out.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {needle:?} in {:?}", String::from_utf8_lossy(&out)));
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// A raw connection to the server.
 async fn connect(s: &TestServer) -> TcpStream {
     TcpStream::connect(s.base().trim_start_matches("http://"))
@@ -314,7 +334,25 @@ async fn oversized_heads_urls_and_bodies_are_refused() {
 async fn connection_limit_refuses_extra_connections() {
     let s = limited(&["--connection-limit", "3"]);
     let mut held = Vec::new();
-    for _ in 0..3 {
+    // A WebSocket upgraded by the API (second request on a kept-alive connection,
+    // so not the listener's direct path) keeps its place after the upgrade.
+    let mut upgraded = connect(&s).await;
+    upgraded
+        .write_all(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    read_until(&mut upgraded, "{\"healthy\":true}").await;
+    upgraded
+        .write_all(
+            b"GET /up/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let answer = read_until(&mut upgraded, "\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 101"), "{answer}");
+    held.push(upgraded);
+    for _ in 0..2 {
         let mut c = connect(&s).await;
         c.write_all(b"GET /held/json HTTP/1.1\r\nHost: x\r\n\r\n")
             .await
