@@ -388,3 +388,51 @@ async fn connection_limit_refuses_extra_connections() {
     let _ = again.shutdown().await;
     drop(held);
 }
+
+#[tokio::test]
+async fn a_subscription_is_charged_once_on_either_path() {
+    let s = limited(&[
+        "--visitor-request-limit-burst",
+        "5",
+        "--visitor-request-limit-replenish",
+        "1h",
+        "--visitor-subscription-limit",
+        "1",
+    ]);
+    // Served by the listener's direct path: one request.
+    let _held = s.stream("/once/json").await;
+    // Refused there (no slot) and answered by the API: one more request, not two.
+    expect_429(s.get("/once2/json").await, 42903).await;
+    // Three requests are left of the five.
+    for i in 0..3 {
+        assert_eq!(put(&s, "once", &[]).await.status(), 200, "publish {i}");
+    }
+    expect_429(put(&s, "once", &[]).await, 42901).await;
+}
+
+#[tokio::test]
+async fn addresses_in_one_prefix_are_one_visitor() {
+    let s = limited(&[
+        "--behind-proxy",
+        "true",
+        "--visitor-prefix-bits-ipv4",
+        "24",
+        "--visitor-request-limit-burst",
+        "2",
+        "--visitor-request-limit-replenish",
+        "1h",
+    ]);
+    let xff = |ip: &'static str| [("X-Forwarded-For", ip)];
+    assert_eq!(put(&s, "pfx", &xff("198.51.100.1")).await.status(), 200);
+    assert_eq!(put(&s, "pfx", &xff("198.51.100.200")).await.status(), 200);
+    expect_429(put(&s, "pfx", &xff("198.51.100.7")).await, 42901).await;
+    assert_eq!(put(&s, "pfx", &xff("198.51.101.1")).await.status(), 200);
+    // IPv6: a /64 by default.
+    assert_eq!(put(&s, "pfx", &xff("2001:db8:1:2::1")).await.status(), 200);
+    assert_eq!(
+        put(&s, "pfx", &xff("2001:db8:1:2:ffff::1")).await.status(),
+        200
+    );
+    expect_429(put(&s, "pfx", &xff("2001:db8:1:2::9")).await, 42901).await;
+    assert_eq!(put(&s, "pfx", &xff("2001:db8:1:3::1")).await.status(), 200);
+}
