@@ -116,6 +116,7 @@ async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
     let admitted = state.limits.admit(&visitor, charge);
 
     let result = match (&method, segments.as_slice()) {
+        // Refused by a visitor limit: no route runs (the `map` never does).
         _ if admitted.is_err() => admitted.clone().map(|()| Response::default()),
         (&Method::OPTIONS, _) => Ok(info::options()),
         (&Method::GET, ["v1", "health"]) => Ok(info::health(&state)),
