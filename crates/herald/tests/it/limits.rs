@@ -436,3 +436,22 @@ async fn addresses_in_one_prefix_are_one_visitor() {
     expect_429(put(&s, "pfx", &xff("2001:db8:1:2::9")).await, 42901).await;
     assert_eq!(put(&s, "pfx", &xff("2001:db8:1:3::1")).await.status(), 200);
 }
+
+/// ntfy's `TestServer_PublishTooManyRequests_Defaults`: with the defaults, 60
+/// publishes pass and the 61st is refused; and the 31st open stream is refused.
+#[tokio::test]
+async fn ntfy_defaults_60_requests_and_30_streams() {
+    let s = limited(&[]);
+    for i in 0..60 {
+        assert_eq!(put(&s, "defaults", &[]).await.status(), 200, "publish {i}");
+    }
+    let secs = expect_429(put(&s, "defaults", &[]).await, 42901).await;
+    assert!(secs <= 5, "Retry-After {secs}");
+
+    let s = limited(&[]);
+    let mut streams = Vec::new();
+    for i in 0..30 {
+        streams.push(s.stream(&format!("/d{i}/json")).await);
+    }
+    expect_429(s.get("/d30/json").await, 42903).await;
+}
