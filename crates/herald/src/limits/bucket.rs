@@ -42,7 +42,10 @@ impl Bucket {
     /// returns how long until it will.
     pub fn take(&mut self, rate: Rate, n: u32, now: Instant) -> Result<(), Duration> {
         let start = self.tat.max(now);
-        let new_tat = start + rate.replenish.saturating_mul(n);
+        // Only absurd settings overflow the clock; such a take is never possible.
+        let Some(new_tat) = start.checked_add(rate.replenish.saturating_mul(n)) else {
+            return Err(Duration::MAX);
+        };
         let ahead = new_tat.saturating_duration_since(now);
         let capacity = rate.capacity();
         if ahead > capacity {
@@ -166,6 +169,15 @@ mod tests {
         // The refused take took nothing: one token is still there.
         assert!(b.take(RATE, 1, Instant::now()).is_ok());
         assert!(b.take(RATE, 4, Instant::now()).is_err());
+        let absurd = Rate {
+            burst: 1,
+            replenish: Duration::MAX,
+        };
+        assert!(
+            Bucket::full(Instant::now())
+                .take(absurd, 2, Instant::now())
+                .is_err()
+        );
     }
 
     #[tokio::test(start_paused = true)]

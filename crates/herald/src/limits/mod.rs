@@ -632,7 +632,7 @@ impl Drop for ConnectionPermit {
 
 /// `Retry-After` in whole seconds, rounded up, at least 1.
 fn retry_secs(d: Duration) -> u64 {
-    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    let secs = d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0));
     secs.max(1)
 }
 

@@ -238,4 +238,5 @@ fn retry_after_rounds_up() {
     assert_eq!(retry_secs(Duration::from_millis(4001)), 5);
     assert_eq!(retry_secs(Duration::from_secs(5)), 5);
     assert_eq!(retry_secs(Duration::ZERO), 1);
+    assert_eq!(retry_secs(Duration::MAX), u64::MAX);
 }
