@@ -21,10 +21,15 @@ DATA=$(mktemp -d)
 trap 'rm -rf "$DATA"' EXIT
 
 # Benchmark settings: limits that exist to protect a public server are lifted (the
-# load generator opens up to 19,000 connections from 16 source addresses), and the
-# per-request access log is off (as nats-server logs nothing per message).
+# load generator opens up to 19,000 connections from 16 source addresses) but stay
+# in force (the rate limiter still runs on every request; it just never refuses),
+# and the per-request access log is off (as nats-server logs nothing per message).
+# connection-limit is left at `auto` (the descriptor limit less 256).
+LIMITS="--visitor-subscription-limit 1000000 --global-topic-limit 1000000 \
+--visitor-request-limit-burst 1000000000 --visitor-message-daily-limit 4000000000 \
+--visitor-topic-creation-limit-burst 0"
 export TARGET_CMD="$BIN serve --listen-http 127.0.0.1:18095 --data-dir $DATA \
---visitor-subscription-limit 1000000 --global-topic-limit 1000000 --log-level warn"
+$LIMITS --log-level warn"
 export TARGET_URL=http://127.0.0.1:18095 TARGET_NAME=herald
 
 # Side by side with nats-server (WebSocket subscribers).
@@ -45,7 +50,7 @@ python3 "$SHARED/summarize.py" "$OUT/matrix.jsonl" "$OUT/herald-only.jsonl" > "$
 
 # Subscribers that never read: memory stays bounded, they are cut off.
 taskset -c 0 "$BIN" serve --listen-http 127.0.0.1:18096 --data-dir "$DATA/slow" \
-    --visitor-subscription-limit 1000000 --message-size-limit 8k --log-level warn \
+    $LIMITS --message-size-limit 8k --log-level warn \
     >"$OUT/slow-server.log" 2>&1 &
 PID=$!
 sleep 1

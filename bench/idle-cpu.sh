@@ -18,7 +18,8 @@ LOADGEN="${LOADGEN:-${XDG_CACHE_HOME:-$HOME/.cache}/herald-bench/loadgen-target/
 DATA=$(mktemp -d)
 PORT=18097
 taskset -c 0 "$BIN" serve --listen-http 127.0.0.1:$PORT --data-dir "$DATA" \
-    --visitor-subscription-limit 1000000 --log-level warn "$@" >"$DATA/server.log" 2>&1 &
+    --visitor-subscription-limit 1000000 --visitor-request-limit-burst 1000000000 \
+    --visitor-topic-creation-limit-burst 0 --log-level warn "$@" >"$DATA/server.log" 2>&1 &
 PID=$!
 trap 'kill $PID 2>/dev/null; wait $PID 2>/dev/null; rm -rf "$DATA"' EXIT
 sleep 1

@@ -12,7 +12,8 @@ whether the reading subscriber received every message in order.
 
 Start the server with a message size limit that fits -s, e.g.
   taskset -c 0 target/release/herald serve --listen-http 127.0.0.1:18095 \\
-      --message-size-limit 8k --visitor-subscription-limit 100000 --data-dir /tmp/h
+      --message-size-limit 8k --visitor-subscription-limit 100000 --data-dir /tmp/h \\
+      --visitor-request-limit-burst 1000000000 --visitor-message-daily-limit 4000000000
 Only for loopback targets; the loops are bounded.
 """
 import argparse

@@ -122,6 +122,86 @@ const OPTIONS: &[OptionSpec] = &[
         default: "herald",
         help: "`service.name` of the exported traces",
     },
+    OptionSpec {
+        key: "visitor-request-limit-burst",
+        default: "60",
+        help: "Requests a visitor may make in a burst (publishes, subscriptions, polls); then one per `visitor-request-limit-replenish`",
+    },
+    OptionSpec {
+        key: "visitor-request-limit-replenish",
+        default: "5s",
+        help: "How often a visitor gets one more request",
+    },
+    OptionSpec {
+        key: "visitor-request-limit-exempt-hosts",
+        default: "",
+        help: "Comma-separated IPs, CIDRs or host names exempt from every visitor limit, e.g. `127.0.0.1,10.0.0.0/8`",
+    },
+    OptionSpec {
+        key: "visitor-message-daily-limit",
+        default: "0",
+        help: "Messages a visitor may publish per day (UTC); 0: one per `visitor-request-limit-replenish` (17,280 at 5s)",
+    },
+    OptionSpec {
+        key: "visitor-topic-creation-limit-burst",
+        default: "100",
+        help: "New topics (without subscribers) a visitor may subscribe to in a burst; 0: no limit",
+    },
+    OptionSpec {
+        key: "visitor-topic-creation-limit-replenish",
+        default: "1m",
+        help: "How often a visitor may create one more topic",
+    },
+    OptionSpec {
+        key: "visitor-prefix-bits-ipv4",
+        default: "32",
+        help: "IPv4 addresses in the same prefix of this length are one visitor",
+    },
+    OptionSpec {
+        key: "visitor-prefix-bits-ipv6",
+        default: "64",
+        help: "IPv6 addresses in the same prefix of this length are one visitor",
+    },
+    OptionSpec {
+        key: "visitor-table-size",
+        default: "100000",
+        help: "Most visitors whose limits are remembered at once (memory bound; idle ones are forgotten first)",
+    },
+    OptionSpec {
+        key: "behind-proxy",
+        default: "false",
+        help: "Take the client address from `proxy-forwarded-header` (only behind a reverse proxy that sets it)",
+    },
+    OptionSpec {
+        key: "proxy-forwarded-header",
+        default: "X-Forwarded-For",
+        help: "Header with the client address when `behind-proxy`: `X-Forwarded-For`, `X-Real-IP`, `X-Client-IP` or `Forwarded`",
+    },
+    OptionSpec {
+        key: "proxy-trusted-hosts",
+        default: "",
+        help: "Comma-separated IPs, CIDRs or host names of proxies skipped in `proxy-forwarded-header` (the right-most other address is the client)",
+    },
+    OptionSpec {
+        key: "connection-limit",
+        default: "auto",
+        help: "Most open client connections; more are answered 503 and closed. `auto`: the descriptor limit (ulimit -n) less 256",
+    },
+    OptionSpec {
+        key: "header-read-timeout",
+        default: "10s",
+        help: "A request head (request line and headers) must arrive within this time, or the connection is closed",
+    },
+    OptionSpec {
+        key: "max-header-size",
+        default: "32k",
+        help: "Largest request head; larger ones are answered 431",
+    },
+    OptionSpec {
+        key: "max-url-length",
+        default: "16k",
+        help: "Longest request URL (path and query); longer ones are answered 414",
+    },
 ];
 
 /// Where a value came from, for error messages.
@@ -190,6 +270,9 @@ pub struct Config {
     /// Where OpenTelemetry traces go (the full `/v1/traces` URL); `None`: no tracing.
     pub otlp_endpoint: Option<String>,
     pub otlp_service_name: String,
+    /// Rate limits and hardening (`visitor-request-limit-*`, `behind-proxy`,
+    /// `connection-limit`, ...).
+    pub limits: crate::limits::LimitsConfig,
 }
 
 impl Config {
@@ -389,6 +472,70 @@ impl RawValues {
             })?,
             otlp_endpoint: self.parse("otlp-endpoint", otlp_endpoint)?,
             otlp_service_name: self.parse("otlp-service-name", non_empty)?,
+            limits: self.limits()?,
+        })
+    }
+
+    fn limits(&self) -> Result<crate::limits::LimitsConfig, ConfigError> {
+        use crate::limits::{LimitsConfig, auto_connection_limit, net::parse_host_list};
+        let u32_at_least = |min: u32| {
+            move |s: &str| match s.parse::<u32>() {
+                Ok(n) if n >= min => Ok(n),
+                _ => Err(format!("expected a whole number of at least {min}")),
+            }
+        };
+        let bits = |max: u8| {
+            move |s: &str| match s.parse::<u8>() {
+                Ok(n) if (1..=max).contains(&n) => Ok(n),
+                _ => Err(format!("expected a prefix length from 1 to {max}")),
+            }
+        };
+        let at_least = |min: usize| {
+            move |s: &str| match parse_size(s) {
+                Ok(n) if n >= min => Ok(n),
+                Ok(_) => Err(format!("must be at least {min} bytes")),
+                Err(e) => Err(e),
+            }
+        };
+        Ok(LimitsConfig {
+            request_burst: self.parse("visitor-request-limit-burst", u32_at_least(1))?,
+            request_replenish: self.parse("visitor-request-limit-replenish", positive_duration)?,
+            exempt_hosts: self.parse("visitor-request-limit-exempt-hosts", parse_host_list)?,
+            message_daily_limit: self.parse("visitor-message-daily-limit", u32_at_least(0))?,
+            topic_creation_burst: self
+                .parse("visitor-topic-creation-limit-burst", u32_at_least(0))?,
+            topic_creation_replenish: self
+                .parse("visitor-topic-creation-limit-replenish", positive_duration)?,
+            prefix_bits_ipv4: self.parse("visitor-prefix-bits-ipv4", bits(32))?,
+            prefix_bits_ipv6: self.parse("visitor-prefix-bits-ipv6", bits(128))?,
+            visitor_table_size: self.parse("visitor-table-size", |s| match count(s)? {
+                0 => Err("must be at least 1".into()),
+                n => Ok(n),
+            })?,
+            behind_proxy: self.parse("behind-proxy", |s| {
+                match s.to_ascii_lowercase().as_str() {
+                    "true" | "1" | "yes" | "on" => Ok(true),
+                    "false" | "0" | "no" | "off" | "" => Ok(false),
+                    _ => Err("expected true or false".into()),
+                }
+            })?,
+            proxy_forwarded_header: self.parse("proxy-forwarded-header", |s| {
+                axum::http::HeaderName::from_bytes(s.to_ascii_lowercase().as_bytes())
+                    .map_err(|_| "expected a header name such as X-Forwarded-For".to_string())
+            })?,
+            proxy_trusted_hosts: self.parse("proxy-trusted-hosts", parse_host_list)?,
+            connection_limit: self.parse("connection-limit", |s| {
+                if s.eq_ignore_ascii_case("auto") {
+                    return Ok(auto_connection_limit());
+                }
+                match count(s)? {
+                    0 => Err("must be at least 1 (or `auto`)".into()),
+                    n => Ok(n),
+                }
+            })?,
+            header_read_timeout: self.parse("header-read-timeout", positive_duration)?,
+            max_header_size: self.parse("max-header-size", at_least(1024))?,
+            max_url_length: self.parse("max-url-length", at_least(64))?,
         })
     }
 }
@@ -551,6 +698,45 @@ mod tests {
         }
         let err = load(&matches(&["--otlp-service-name", " "])).unwrap_err();
         assert!(err.to_string().contains("otlp-service-name"));
+    }
+
+    #[test]
+    fn limit_options() {
+        let c = load(&matches(&[])).unwrap().limits;
+        assert_eq!(c.request_burst, 60);
+        assert_eq!(c.request_replenish, Duration::from_secs(5));
+        assert_eq!(c.effective_message_daily_limit(), 17_280);
+        assert_eq!(c.topic_creation_burst, 100);
+        assert!(!c.behind_proxy);
+        assert_eq!(c.proxy_forwarded_header, "x-forwarded-for");
+        assert!(c.connection_limit >= 64);
+        let c = load(&matches(&[
+            "--visitor-request-limit-exempt-hosts",
+            "127.0.0.1, 10.0.0.0/8,localhost",
+            "--behind-proxy",
+            "true",
+            "--proxy-forwarded-header",
+            "X-Real-IP",
+            "--connection-limit",
+            "500",
+        ]))
+        .unwrap()
+        .limits;
+        assert_eq!(c.exempt_hosts.len(), 3);
+        assert!(c.behind_proxy);
+        assert_eq!(c.proxy_forwarded_header, "x-real-ip");
+        assert_eq!(c.connection_limit, 500);
+        for (key, bad) in [
+            ("--visitor-request-limit-burst", "0"),
+            ("--visitor-request-limit-exempt-hosts", "10.0.0.0/40"),
+            ("--visitor-prefix-bits-ipv6", "129"),
+            ("--behind-proxy", "maybe"),
+            ("--connection-limit", "0"),
+            ("--max-header-size", "10"),
+        ] {
+            let err = load(&matches(&[key, bad])).unwrap_err().to_string();
+            assert!(err.contains(key.trim_start_matches("--")), "{err}");
+        }
     }
 
     #[test]

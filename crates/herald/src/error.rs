@@ -84,6 +84,13 @@ api_errors! {
     TOO_MANY_REQUESTS = (429, 42901, "limit reached: too many requests", LINK_LIMITS);
     TOO_MANY_SUBSCRIPTIONS = (429, 42903, "limit reached: too many active subscriptions", LINK_LIMITS);
     TOO_MANY_TOPICS = (429, 42904, "limit reached: the total number of topics on the server has been reached, please contact the admin", LINK_LIMITS);
+    TOO_MANY_MESSAGES = (429, 42908, "limit reached: daily message quota reached", LINK_LIMITS);
+    TOO_MANY_NEW_TOPICS = (429, 42911, "limit reached: too many new topics, please wait", LINK_LIMITS);
+    // ntfy (Go's net/http) answers these in plain text; herald keeps its JSON shape,
+    // with codes in ntfy's pattern (status × 100 + n).
+    URI_TOO_LONG = (414, 41401, "request URI too long");
+    HEADERS_TOO_LARGE = (431, 43101, "request header fields too large");
+    TOO_MANY_CONNECTIONS = (503, 50302, "service unavailable: too many connections");
     INTERNAL = (500, 50001, "internal server error");
     UNAVAILABLE = (503, 50301, "service unavailable: shutting down or storage unavailable");
 }

@@ -23,6 +23,7 @@ pub mod config;
 pub mod core;
 pub mod error;
 pub mod hub;
+pub mod limits;
 pub mod listener;
 pub mod loadgen;
 pub mod model;

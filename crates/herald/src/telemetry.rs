@@ -129,6 +129,8 @@ pub struct Metrics {
     http_duration: HistogramFamily<RouteLabels>,
     store_messages: Gauge,
     scheduled: Gauge,
+    /// Refusals by limit (`crate::limits`); one label value per limit.
+    pub limit_refusals: Family<crate::limits::LimitLabels, Counter>,
 }
 
 impl Metrics {
@@ -176,12 +178,19 @@ impl Metrics {
             herald: herald.clone(),
         }));
         registry.register_collector(Box::new(ProcessCollector::new()));
+        let limit_refusals = Family::<crate::limits::LimitLabels, Counter>::default();
+        registry.register(
+            "herald_limit_refusals",
+            "Requests and connections refused by a rate limit or a hardening bound, by limit",
+            limit_refusals.clone(),
+        );
         Metrics {
             registry,
             http_requests,
             http_duration,
             store_messages,
             scheduled,
+            limit_refusals,
         }
     }
 

@@ -65,11 +65,10 @@ pub async fn metrics(state: &AppState) -> Response {
 
 /// `GET /v1/account` for an anonymous visitor, as ntfy answers it (herald has no
 /// accounts yet): username `*`, the visitor's limits and usage.
-pub fn account(state: &AppState) -> Response {
+pub fn account(state: &AppState, visitor: &crate::limits::Visitor) -> Response {
     let config = &state.herald.config;
-    // ntfy's default daily message quota when none is configured: one per request
-    // refill interval (5 s) per day.
-    let daily_messages = 17_280;
+    let daily_messages = config.limits.effective_message_daily_limit();
+    let used = state.limits.messages_today(visitor);
     let body = json!({
         "username": "*",
         "role": "anonymous",
@@ -86,8 +85,8 @@ pub fn account(state: &AppState) -> Response {
             "attachment_bandwidth": 0,
         },
         "stats": {
-            "messages": 0,
-            "messages_remaining": daily_messages,
+            "messages": used,
+            "messages_remaining": daily_messages.saturating_sub(used),
             "emails": 0,
             "emails_remaining": 0,
             "calls": 0,

@@ -26,11 +26,12 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 
 use crate::core::Herald;
 use crate::error::ApiError;
 use crate::hub::Transport;
+use crate::limits::{Charge, Limits};
 use crate::model::topic;
 use crate::telemetry::{Metrics, StoreMetrics};
 
@@ -39,6 +40,7 @@ use crate::telemetry::{Metrics, StoreMetrics};
 pub struct AppState {
     pub herald: Arc<Herald>,
     pub slots: Arc<subscribe::SubscriptionSlots>,
+    pub limits: Arc<Limits>,
     pub metrics: Arc<Metrics>,
     /// Whether `GET /metrics` is served here (not when `metrics-listen-http` is set).
     pub metrics_on_main: bool,
@@ -55,9 +57,14 @@ impl AppState {
     /// State for `herald` with `metrics`; `metrics_on_main` serves `/metrics` here.
     pub fn with_metrics(herald: Arc<Herald>, metrics: Arc<Metrics>, metrics_on_main: bool) -> Self {
         let limit = herald.config.visitor_subscription_limit;
+        let limits = Arc::new(Limits::new(
+            herald.config.limits.clone(),
+            metrics.limit_refusals.clone(),
+        ));
         AppState {
             herald,
             slots: Arc::new(subscribe::SubscriptionSlots::new(limit)),
+            limits,
             metrics,
             metrics_on_main,
         }
@@ -100,15 +107,24 @@ async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
         .map(|c| c.0.ip())
         .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
     let segments: Vec<&str> = path.strip_prefix('/').unwrap_or(&path).split('/').collect();
+    let client_ip = state.limits.client_ip(peer, req.headers());
+    // Authentication hook: once requests are authenticated, pass the principal's
+    // `user_name()` here so an authenticated user is its own visitor (`user:<name>`).
+    let visitor = state.limits.visitor(client_ip, None);
+    let charge = Charge::of(&method, &segments);
+    // Like ntfy's `limitRequests` middleware: charged before the request is parsed.
+    let admitted = state.limits.admit(&visitor, charge);
 
     let result = match (&method, segments.as_slice()) {
+        // Refused by a visitor limit: no route runs (the `map` never does).
+        _ if admitted.is_err() => admitted.clone().map(|()| Response::default()),
         (&Method::OPTIONS, _) => Ok(info::options()),
         (&Method::GET, ["v1", "health"]) => Ok(info::health(&state)),
         (&Method::GET, ["healthz"]) => Ok(info::healthz()),
         (&Method::GET, ["readyz"]) => Ok(info::readyz(&state).await),
         (&Method::GET, ["v1", "stats"]) => info::stats(&state).await,
         (&Method::GET, ["v1", "config"]) => Ok(info::config(&state)),
-        (&Method::GET, ["v1", "account"]) => Ok(info::account(&state)),
+        (&Method::GET, ["v1", "account"]) => Ok(info::account(&state, &visitor)),
         (&Method::GET, ["metrics"]) if state.metrics_on_main => Ok(info::metrics(&state).await),
         (&Method::PUT | &Method::POST, [""]) => publish::publish_json(&state, req).await,
         (&Method::PUT | &Method::POST, [topic]) if topic::is_valid_name(topic) => {
@@ -149,11 +165,15 @@ async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
             let topics = topics.to_string();
             match *kind {
                 "json" => {
-                    subscribe::subscribe(&state, req, &topics, StreamFormat::Json, peer).await
+                    subscribe::subscribe(&state, req, &topics, StreamFormat::Json, &visitor).await
                 }
-                "sse" => subscribe::subscribe(&state, req, &topics, StreamFormat::Sse, peer).await,
-                "raw" => subscribe::subscribe(&state, req, &topics, StreamFormat::Raw, peer).await,
-                "ws" => ws::subscribe(&state, req, &topics, peer).await,
+                "sse" => {
+                    subscribe::subscribe(&state, req, &topics, StreamFormat::Sse, &visitor).await
+                }
+                "raw" => {
+                    subscribe::subscribe(&state, req, &topics, StreamFormat::Raw, &visitor).await
+                }
+                "ws" => ws::subscribe(&state, req, &topics, &visitor).await,
                 _ => info::topic_auth(&state, &topics),
             }
         }
@@ -161,7 +181,10 @@ async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
         (&Method::GET | &Method::HEAD, [""]) => Ok(info::index()),
         _ => Err(ApiError::NOT_FOUND),
     };
-    let mut resp = result.unwrap_or_else(IntoResponse::into_response);
+    if charge == Charge::Publish && result.as_ref().is_ok_and(|r| r.status().is_success()) {
+        state.limits.count_message(&visitor);
+    }
+    let mut resp = result.unwrap_or_else(|e| state.limits.error_response(e, &visitor));
     resp.headers_mut()
         .entry(header::ACCESS_CONTROL_ALLOW_ORIGIN)
         .or_insert(HeaderValue::from_static("*"));

@@ -7,7 +7,6 @@
 //! the hub has queued for it, several events per write when several are waiting.
 
 use std::collections::{HashMap, HashSet};
-use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use axum::body::{Body, Bytes};
@@ -20,14 +19,16 @@ use super::params::{Filters, ParamSource, SinceParam, SubscribeParams, parse_sub
 use super::{AppState, StreamFormat, parse_topics, query_pairs};
 use crate::error::ApiError;
 use crate::hub::{Delivery, SharedEvent, Subscription};
+use crate::limits::{Visitor, VisitorKey};
 use crate::model::{EventKind, Message, id as message_id, now_unix};
 use crate::store::{Query, Since};
 
-/// Open streams per visitor (IP), enforcing `visitor-subscription-limit`.
+/// Open streams per visitor (see [`crate::limits`] for who a visitor is), enforcing
+/// `visitor-subscription-limit`. Exempt visitors are not counted.
 #[derive(Debug)]
 pub struct SubscriptionSlots {
     limit: usize,
-    per_visitor: Mutex<HashMap<IpAddr, usize>>,
+    per_visitor: Mutex<HashMap<VisitorKey, usize>>,
 }
 
 impl SubscriptionSlots {
@@ -40,16 +41,25 @@ impl SubscriptionSlots {
     }
 
     /// Takes a slot for `visitor`, or `429 42903` if it has `limit` open already.
-    pub fn acquire(self: &Arc<Self>, visitor: IpAddr) -> Result<SlotGuard, ApiError> {
+    pub fn acquire(self: &Arc<Self>, visitor: &Visitor) -> Result<SlotGuard, ApiError> {
+        if visitor.exempt {
+            return Ok(SlotGuard {
+                slots: self.clone(),
+                visitor: None,
+            });
+        }
         let mut map = self.per_visitor.lock().unwrap_or_else(|p| p.into_inner());
-        let count = map.entry(visitor).or_insert(0);
+        let count = map.entry(visitor.key.clone()).or_insert(0);
         if *count >= self.limit {
+            if *count == 0 {
+                map.remove(&visitor.key);
+            }
             return Err(ApiError::TOO_MANY_SUBSCRIPTIONS);
         }
         *count += 1;
         Ok(SlotGuard {
             slots: self.clone(),
-            visitor,
+            visitor: Some(visitor.key.clone()),
         })
     }
 }
@@ -58,23 +68,33 @@ impl SubscriptionSlots {
 #[derive(Debug)]
 pub struct SlotGuard {
     slots: Arc<SubscriptionSlots>,
-    visitor: IpAddr,
+    /// `None` for an exempt visitor (nothing was counted).
+    visitor: Option<VisitorKey>,
 }
 
 impl Drop for SlotGuard {
     fn drop(&mut self) {
+        let Some(visitor) = &self.visitor else {
+            return;
+        };
         let mut map = self
             .slots
             .per_visitor
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        if let Some(count) = map.get_mut(&self.visitor) {
+        if let Some(count) = map.get_mut(visitor) {
             *count -= 1;
             if *count == 0 {
-                map.remove(&self.visitor);
+                map.remove(visitor);
             }
         }
     }
+}
+
+/// How many of `topics` have no subscribers yet (subscribing creates them).
+pub fn new_topic_count(state: &AppState, topics: &[String]) -> usize {
+    let hub = &state.herald.hub;
+    topics.iter().filter(|t| !hub.has_topic(t)).count()
 }
 
 /// Parsed subscribe request common to every transport.
@@ -106,7 +126,7 @@ pub fn parse_parts(
     }
     let topic_list = parse_topics(state, topics)?;
     let hub = &state.herald.hub;
-    let new_topics = topic_list.iter().filter(|t| !hub.has_topic(t)).count();
+    let new_topics = new_topic_count(state, &topic_list);
     if new_topics > 0 && hub.topic_count() + new_topics > state.herald.config.global_topic_limit {
         return Err(ApiError::TOO_MANY_TOPICS);
     }
@@ -189,7 +209,7 @@ pub async fn subscribe(
     req: Request,
     topics: &str,
     format: StreamFormat,
-    peer: IpAddr,
+    visitor: &Visitor,
 ) -> Result<Response, ApiError> {
     let sub_req = parse_request(state, &req, topics)?;
     if sub_req.params.poll {
@@ -201,7 +221,10 @@ pub async fn subscribe(
         return Ok(stream_response(format, Body::from(body)));
     }
 
-    let slot = state.slots.acquire(peer)?;
+    let slot = state.slots.acquire(visitor)?;
+    state
+        .limits
+        .admit_new_topics(visitor, new_topic_count(state, &sub_req.topics))?;
     let subscription = state.herald.subscribe(&sub_req.topics, format.transport());
     let history = backlog(state, &sub_req, false).await?;
 
@@ -329,12 +352,25 @@ mod tests {
     #[test]
     fn slots_limit_per_visitor() {
         let slots = Arc::new(SubscriptionSlots::new(2));
-        let ip = IpAddr::from([1, 2, 3, 4]);
-        let a = slots.acquire(ip).unwrap();
-        let _b = slots.acquire(ip).unwrap();
-        assert!(slots.acquire(ip).is_err());
-        assert!(slots.acquire(IpAddr::from([1, 2, 3, 5])).is_ok());
+        let visitor = |key, exempt| Visitor {
+            key: VisitorKey::V4(key),
+            exempt,
+        };
+        let v = visitor(1, false);
+        let a = slots.acquire(&v).unwrap();
+        let _b = slots.acquire(&v).unwrap();
+        assert!(slots.acquire(&v).is_err());
+        assert!(slots.acquire(&visitor(2, false)).is_ok());
         drop(a);
-        assert!(slots.acquire(ip).is_ok());
+        assert!(slots.acquire(&v).is_ok());
+        // Exempt visitors are never refused and not counted.
+        let exempt = visitor(3, true);
+        let held: Vec<_> = (0..10).map(|_| slots.acquire(&exempt).unwrap()).collect();
+        drop(held);
+        assert!(slots.per_visitor.lock().unwrap().get(&exempt.key).is_none());
+        // A refused visitor with a limit of 0 leaves no entry behind.
+        let none = Arc::new(SubscriptionSlots::new(0));
+        assert!(none.acquire(&v).is_err());
+        assert!(none.per_visitor.lock().unwrap().is_empty());
     }
 }

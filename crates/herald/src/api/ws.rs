@@ -6,7 +6,6 @@
 //! subscriber is most of what a notification server holds, and tungstenite's default
 //! 128 KiB buffers would dominate its memory.
 
-use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use axum::extract::FromRequestParts;
@@ -17,9 +16,10 @@ use futures_util::{SinkExt, StreamExt};
 
 use super::AppState;
 use super::params::Filters;
-use super::subscribe::{SlotGuard, backlog, parse_request};
+use super::subscribe::{SlotGuard, backlog, new_topic_count, parse_request};
 use crate::error::ApiError;
 use crate::hub::{CloseReason, Delivery, SharedEvent, Subscription};
+use crate::limits::Visitor;
 use crate::model::{EventKind, Message};
 
 /// Read buffer: clients only send pongs and close frames.
@@ -34,16 +34,24 @@ pub async fn subscribe(
     state: &AppState,
     req: Request,
     topics: &str,
-    peer: IpAddr,
+    visitor: &Visitor,
 ) -> Result<Response, ApiError> {
     let (mut parts, body) = req.into_parts();
     // Like ntfy, a request that is not a WebSocket upgrade is refused first.
     let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, &())
         .await
         .map_err(|_| ApiError::WEBSOCKET_REQUIRED)?;
+    // The listener's `connection-limit` place, held for the life of the socket.
+    let connection = parts
+        .extensions
+        .get::<std::sync::Arc<crate::limits::ConnectionPermit>>()
+        .cloned();
     let req = Request::from_parts(parts, body);
     let sub_req = parse_request(state, &req, topics)?;
-    let slot = state.slots.acquire(peer)?;
+    let slot = state.slots.acquire(visitor)?;
+    state
+        .limits
+        .admit_new_topics(visitor, new_topic_count(state, &sub_req.topics))?;
     let subscription = state
         .herald
         .subscribe(&sub_req.topics, crate::hub::Transport::Ws);
@@ -52,6 +60,7 @@ pub async fn subscribe(
     let session = Session {
         subscription,
         _slot: slot,
+        _connection: connection,
         filters: sub_req.params.filters,
         topic_label: sub_req.topic_label,
         history,
@@ -69,6 +78,7 @@ pub async fn subscribe(
 struct Session {
     subscription: Subscription,
     _slot: SlotGuard,
+    _connection: Option<std::sync::Arc<crate::limits::ConnectionPermit>>,
     filters: Filters,
     topic_label: String,
     history: Vec<Message>,

@@ -33,6 +33,7 @@ use crate::api::{AppState, StreamFormat};
 use crate::hub::{
     CloseReason, DeliverOutcome, Framing, Registration, SharedEvent, Sink, Transport, ws_frame,
 };
+use crate::limits::ConnectionPermit;
 use crate::model::{EventKind, Message};
 use crate::telemetry::{Route, log_request};
 
@@ -52,6 +53,8 @@ pub struct Plan {
     /// HTTP/1.0 client: no chunked encoding; the stream ends when the connection does.
     pub http10: bool,
     pub slot: SlotGuard,
+    /// The connection's place under `connection-limit`, held while it is open.
+    pub connection: Option<ConnectionPermit>,
     /// When the request head was complete (request latency for metrics and the log).
     pub started: Instant,
 }
@@ -327,8 +330,10 @@ pub async fn serve(
         ws_accept,
         http10,
         slot,
+        connection,
         started,
     } = plan;
+    let slot = (slot, connection);
     let transport = format.transport();
     let ws = format == StreamFormat::Ws;
     let chunked = !ws && !http10;
@@ -366,18 +371,11 @@ pub async fn serve(
         Ok(h) => h,
         Err(e) => {
             log_open(state, &sink, e.http, started);
-            let body = e.to_json_line();
-            let head = format!(
-                "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
-                e.http,
-                e.status().canonical_reason().unwrap_or(""),
-                body.len(),
-                body
-            );
+            let answer = super::error_response_bytes(&e);
             {
                 let mut st = sink.lock();
                 st.held = None;
-                st.pending.push_back(Bytes::from(head));
+                st.pending.push_back(Bytes::from(answer));
                 st.closing = Some(CloseReason::Shutdown);
             }
             tracker.spawn(run(sink, registration, leftover, None, slot));
@@ -462,7 +460,7 @@ async fn run(
     registration: Registration,
     leftover: Bytes,
     chunked: Option<bool>,
-    slot: SlotGuard,
+    slot: (SlotGuard, Option<ConnectionPermit>),
 ) {
     serve_stream(&sink, leftover, chunked).await;
     // Unregister before the socket closes, so no fan-out writes to a dead socket.

@@ -12,6 +12,14 @@
 //! be refused — goes to hyper with the bytes already read replayed in front
 //! ([`rewind::Rewind`]), so hyper and the API produce the answer, errors included,
 //! exactly as they would have without the direct path.
+//!
+//! The listener is also the first line of defence ([`crate::limits`]): it refuses
+//! connections over `connection-limit` (a static `503`, no task), cuts off a client
+//! whose request head takes longer than `header-read-timeout` (slowloris), answers a
+//! head over `max-header-size` or with too many headers with `431`, and leaves long
+//! URLs to the API's `414`. On the direct path, visitor limits are checked last and
+//! without charging anything when they refuse, so the API charges and answers a
+//! refused subscription exactly once.
 
 pub mod direct;
 pub mod rewind;
@@ -25,21 +33,24 @@ use axum::extract::ConnectInfo;
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use bytes::Bytes;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::api::subscribe::parse_parts;
+use crate::api::subscribe::{new_topic_count, parse_parts};
 use crate::api::{AppState, StreamFormat};
+use crate::error::ApiError;
+use crate::limits::{ConnectionPermit, Limit};
 use crate::telemetry::RequestInfo;
 
-/// Longest request head the listener reads before handing over to hyper.
-const MAX_HEAD: usize = 16 * 1024;
-/// Most headers parsed in a request head.
-const MAX_HEADERS: usize = 64;
-/// A client must send its request head within this time (slowloris guard).
-const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most headers in a request head (hyper's default); more are answered `431`.
+const MAX_HEADERS: usize = 100;
+/// How long an answer to a refused request head may take to write.
+const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+/// What is read and discarded after such an answer, so closing the socket does not
+/// reset the answer away before the client reads it.
+const REFUSAL_DRAIN: usize = 64 * 1024;
 
 /// Everything a connection handler needs.
 #[derive(Clone)]
@@ -61,9 +72,15 @@ impl Listener {
             };
             match accepted {
                 Ok((stream, peer)) => {
+                    // Over `connection-limit`: answered and closed here, without a
+                    // task or a buffer.
+                    let Some(permit) = self.state.limits.try_connection() else {
+                        let _ = stream.try_write(&TOO_MANY_CONNECTIONS);
+                        continue;
+                    };
                     let this = self.clone();
                     self.tracker
-                        .spawn(async move { this.serve_connection(stream, peer).await });
+                        .spawn(async move { this.serve_connection(stream, peer, permit).await });
                 }
                 Err(e) => {
                     // Out of descriptors or a transient error: back off a little
@@ -75,24 +92,45 @@ impl Listener {
         }
     }
 
-    async fn serve_connection(self, mut stream: TcpStream, peer: SocketAddr) {
+    async fn serve_connection(
+        self,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+        permit: ConnectionPermit,
+    ) {
         let _ = stream.set_nodelay(true);
+        let limits = self.state.limits.config();
         let mut head = Vec::with_capacity(1024);
         let parsed = tokio::time::timeout(
-            HEAD_TIMEOUT,
-            read_head(&mut stream, &mut head, &self.shutdown),
+            limits.header_read_timeout,
+            read_head(
+                &mut stream,
+                &mut head,
+                limits.max_header_size,
+                &self.shutdown,
+            ),
         )
         .await;
         let head_len = match parsed {
-            Ok(Ok(Some(len))) => len,
-            // A complete-looking but unparsable head, or one that is too large:
-            // hyper answers it properly.
-            Ok(Ok(None)) => {
-                return Box::pin(self.hand_to_hyper(stream, peer, Bytes::from(head))).await;
+            Ok(Ok(Head::Complete(len))) => len,
+            // Unparsable: hyper answers it properly.
+            Ok(Ok(Head::Malformed)) => {
+                return Box::pin(self.hand_to_hyper(stream, peer, Bytes::from(head), permit)).await;
             }
-            Ok(Err(_)) | Err(_) => return,
+            Ok(Ok(Head::TooLarge)) => {
+                self.state.limits.refused(Limit::HeaderSize);
+                drop(head);
+                return Box::pin(refuse(stream, ApiError::HEADERS_TOO_LARGE)).await;
+            }
+            Ok(Err(_)) => return,
+            // Slowloris: the head did not arrive in time. The client is cut off.
+            Err(_) => {
+                self.state.limits.refused(Limit::HeaderTimeout);
+                return;
+            }
         };
-        if let Some(plan) = self.plan_direct(&head[..head_len], peer) {
+        if let Some(mut plan) = self.plan_direct(&head[..head_len], peer) {
+            plan.connection = Some(permit);
             let leftover = Bytes::copy_from_slice(&head[head_len..]);
             drop(head);
             // The direct path spawns its own, minimal task for the life of the
@@ -108,7 +146,7 @@ impl Listener {
         } else {
             // Boxed so that hyper's connection state is allocated only for the
             // connections hyper serves, not reserved in every connection's task.
-            Box::pin(self.hand_to_hyper(stream, peer, Bytes::from(head))).await;
+            Box::pin(self.hand_to_hyper(stream, peer, Bytes::from(head), permit)).await;
         }
     }
 
@@ -125,6 +163,10 @@ impl Listener {
             return None;
         }
         let target = req.path?;
+        // Too long: hyper's service answers `414`.
+        if target.len() > self.state.limits.config().max_url_length {
+            return None;
+        }
         let (path, query) = target.split_once('?').unwrap_or((target, ""));
         let (topics, kind) = path.strip_prefix('/')?.split_once('/')?;
         let format = match kind {
@@ -160,24 +202,46 @@ impl Listener {
         } else {
             None
         };
-        let slot = self.state.slots.acquire(peer.ip()).ok()?;
+        // Limits come last and refuse without charging anything, so a refused
+        // request handed to the API is charged (and answered) once, there.
+        let limits = &self.state.limits;
+        let client_ip = limits.client_ip(peer.ip(), &map);
+        // Authentication hook: pass the authenticated user's name here too.
+        let visitor = limits.visitor(client_ip, None);
+        let slot = self.state.slots.acquire(&visitor).ok()?;
+        limits
+            .admit_subscription(&visitor, new_topic_count(&self.state, &request.topics))
+            .ok()?;
         Some(direct::Plan {
             format,
             request,
             ws_accept,
             http10: req.version == Some(0),
             slot,
+            connection: None,
             started,
         })
     }
 
     /// Serves the connection with hyper and the API router, replaying `prefix`.
-    async fn hand_to_hyper(self, stream: TcpStream, peer: SocketAddr, prefix: Bytes) {
+    async fn hand_to_hyper(
+        self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        prefix: Bytes,
+        permit: ConnectionPermit,
+    ) {
         let io = TokioIo::new(rewind::Rewind::new(prefix, stream));
+        let permit = std::sync::Arc::new(permit);
         let router = self.router.clone();
         let metrics = self.state.metrics.clone();
-        let service =
-            hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let limits = self.state.limits.clone();
+        let config = limits.config();
+        let (header_read_timeout, max_header_size) =
+            (config.header_read_timeout, config.max_header_size);
+        let service = hyper::service::service_fn({
+            let permit = permit.clone();
+            move |req: hyper::Request<hyper::body::Incoming>| {
                 // Taken from the head before the router consumes the request: the
                 // access log and request metrics (see `telemetry`).
                 let info = RequestInfo::new(
@@ -186,19 +250,50 @@ impl Listener {
                     req.uri().query(),
                     req.headers(),
                 );
+                // The listener checked the connection's first head; these checks
+                // cover later requests on a kept-alive connection too (hyper's own
+                // buffer bound is at least 8 KiB).
+                let url_length = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+                let head_size = url_length
+                    + req
+                        .headers()
+                        .iter()
+                        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+                        .sum::<usize>();
+                let refusal = if url_length > limits.config().max_url_length {
+                    limits.refused(Limit::UrlLength);
+                    Some(ApiError::URI_TOO_LONG)
+                } else if head_size > limits.config().max_header_size {
+                    limits.refused(Limit::HeaderSize);
+                    Some(ApiError::HEADERS_TOO_LARGE)
+                } else {
+                    None
+                };
                 let mut req = req.map(axum::body::Body::new);
                 req.extensions_mut().insert(ConnectInfo(peer));
+                // A WebSocket upgraded by the API outlives this connection's hyper
+                // state; it keeps the connection's place by holding a clone.
+                req.extensions_mut().insert(permit.clone());
                 let response = tower::ServiceExt::oneshot(router.clone(), req);
                 let metrics = metrics.clone();
                 async move {
-                    let response = response.await?;
+                    let response = if let Some(error) = refusal {
+                        axum::response::IntoResponse::into_response(error)
+                    } else {
+                        response.await?
+                    };
                     info.finish(&metrics, response.status().as_u16());
                     Ok::<_, std::convert::Infallible>(response)
                 }
-            });
+            }
+        });
+        // Later requests on the connection get the same bounds from hyper (its
+        // own plain answers: `431`, or a closed connection on a timeout).
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
-            .header_read_timeout(HEAD_TIMEOUT)
+            .header_read_timeout(header_read_timeout)
+            .max_buf_size(max_header_size.max(8192))
+            .max_headers(MAX_HEADERS)
             .serve_connection(io, service)
             .with_upgrades();
         let mut conn = std::pin::pin!(conn);
@@ -213,24 +308,80 @@ impl Listener {
                 let _ = conn.await;
             }
         }
+        drop(permit);
     }
 }
 
-/// Reads from `stream` until `buf` holds a complete request head. Returns its
-/// length, `None` if the head is malformed or too large (for hyper to answer), or
-/// an error if the client went away.
+/// The answer to a connection over `connection-limit`, built once.
+static TOO_MANY_CONNECTIONS: std::sync::LazyLock<Vec<u8>> =
+    std::sync::LazyLock::new(|| error_response_bytes(&ApiError::TOO_MANY_CONNECTIONS));
+
+/// A complete `Connection: close` HTTP/1.1 response carrying `error`, for answers
+/// the listener writes itself (the API's JSON shape and CORS header).
+pub(crate) fn error_response_bytes(error: &ApiError) -> Vec<u8> {
+    let body = error.to_json_line();
+    format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nAccess-Control-Allow-Origin: *\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+        error.http,
+        error.status().canonical_reason().unwrap_or(""),
+        body.len(),
+        body
+    )
+    .into_bytes()
+}
+
+/// Answers a request head the listener refuses (too large) and closes: the answer
+/// is written, the sending side shut, and a bounded amount of what the client is
+/// still sending read and discarded, so the close does not reset the answer away.
+async fn refuse(mut stream: TcpStream, error: ApiError) {
+    let bytes = error_response_bytes(&error);
+    let written = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, async {
+        stream.write_all(&bytes).await?;
+        stream.shutdown().await
+    })
+    .await;
+    if !matches!(written, Ok(Ok(()))) {
+        return;
+    }
+    let _ = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, async {
+        let mut buf = [0u8; 4096];
+        let mut drained = 0;
+        while drained < REFUSAL_DRAIN {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => drained += n,
+            }
+        }
+    })
+    .await;
+}
+
+/// What [`read_head`] found.
+#[derive(Debug, PartialEq, Eq)]
+enum Head {
+    /// A complete head of this many bytes.
+    Complete(usize),
+    /// Not HTTP (hyper answers `400`).
+    Malformed,
+    /// Longer than `max-header-size`, or more than [`MAX_HEADERS`] headers.
+    TooLarge,
+}
+
+/// Reads from `stream` until `buf` holds a complete request head of at most
+/// `max_head` bytes, or an error if the client went away.
 ///
 /// Once `shutdown` is cancelled, a connection that has sent nothing is closed
-/// (without waiting for [`HEAD_TIMEOUT`]) unless its first bytes are already there;
-/// a request that has started arriving is read to the end and served.
+/// (without waiting for `header-read-timeout`) unless its first bytes are already
+/// there; a request that has started arriving is read to the end and served.
 async fn read_head(
     stream: &mut TcpStream,
     buf: &mut Vec<u8>,
+    max_head: usize,
     shutdown: &CancellationToken,
-) -> std::io::Result<Option<usize>> {
+) -> std::io::Result<Head> {
     loop {
-        if buf.len() >= MAX_HEAD {
-            return Ok(None);
+        if buf.len() >= max_head {
+            return Ok(Head::TooLarge);
         }
         let before = buf.len();
         buf.reserve(1024);
@@ -260,9 +411,11 @@ async fn read_head(
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut req = httparse::Request::new(&mut headers);
         return Ok(match req.parse(buf) {
-            Ok(httparse::Status::Complete(len)) => Some(len),
+            Ok(httparse::Status::Complete(len)) if len > max_head => Head::TooLarge,
+            Ok(httparse::Status::Complete(len)) => Head::Complete(len),
             Ok(httparse::Status::Partial) => continue,
-            Err(_) => None,
+            Err(httparse::Error::TooManyHeaders) => Head::TooLarge,
+            Err(_) => Head::Malformed,
         });
     }
 }

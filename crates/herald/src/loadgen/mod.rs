@@ -10,7 +10,7 @@
 //! # publish throughput: 64 topics with one subscriber each, 16 closed-loop publishers:
 //! herald bench --subscribers 64 --topics 64 --publishers 16 --rate 0 --duration 10
 //! # 10k idle-ish subscribers from 16 source addresses, server memory and CPU sampled:
-//! taskset -c 0 herald serve --visitor-subscription-limit 100000 & PID=$!
+//! taskset -c 0 herald serve --visitor-request-limit-exempt-hosts 127.0.0.0/8 & PID=$!
 //! taskset -c 1 herald bench --subscribers 10000 --src-ips 16 --rate 10 \
 //!     --server-pid $PID --json run.json
 //! ```

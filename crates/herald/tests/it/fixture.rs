@@ -23,6 +23,10 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 /// Default wait for one event on a stream.
 pub const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Environment variable of `visitor-request-limit-exempt-hosts`.
+pub const EXEMPT_HOSTS_ENV: &str = "HERALD_VISITOR_REQUEST_LIMIT_EXEMPT_HOSTS";
+/// Loopback, exempt from visitor limits in tests by default.
+const LOOPBACK: &str = "127.0.0.0/8,::1";
 /// The line the server prints once it accepts connections.
 const LISTENING: &str = "herald listening on http://";
 
@@ -68,11 +72,15 @@ impl TestServer {
             .no_proxy()
             .build()
             .expect("build HTTP client");
+        // Tests publish and subscribe from loopback in bursts: exempt it from the
+        // visitor limits unless the test says otherwise (`tests/it/limits.rs`).
+        let mut envs = vec![(EXEMPT_HOSTS_ENV.to_string(), LOOPBACK.to_string())];
+        envs.extend(launch.envs);
         let mut server = TestServer {
             child: None,
             data_dir,
             args,
-            envs: launch.envs,
+            envs,
             base: String::new(),
             log: Arc::new(Mutex::new(Vec::new())),
             client,

@@ -9,6 +9,7 @@ mod cli_config;
 mod durability;
 mod fixture;
 mod info;
+mod limits;
 mod metrics;
 mod otel;
 mod publish;

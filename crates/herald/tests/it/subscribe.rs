@@ -463,7 +463,12 @@ async fn slow_subscriber_is_disconnected_others_keep_receiving() {
 
 #[tokio::test]
 async fn subscription_limit() {
-    let s = TestServer::start(&["--visitor-subscription-limit", "2"]);
+    // Loopback is exempt from visitor limits by default in tests; not here.
+    let s = TestServer::launch(crate::fixture::Launch {
+        args: vec!["--visitor-subscription-limit".into(), "2".into()],
+        envs: vec![(crate::fixture::EXEMPT_HOSTS_ENV.into(), String::new())],
+        ..Default::default()
+    });
     let mut a = s.stream("/lim1/json").await;
     a.next_json().await;
     let mut b = s.ws("/lim2,lim3/ws").await;

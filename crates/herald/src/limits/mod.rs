@@ -1,0 +1,640 @@
+//! Rate limits and connection limits: ntfy's visitor model, and the listener's
+//! hardening bounds.
+//!
+//! A *visitor* is whoever a request is charged to: an authenticated user
+//! (`user:<name>`), otherwise the client address by prefix (IPv4 /32 and IPv6 /64
+//! by default, so one host with many IPv6 addresses is still one visitor). Behind a
+//! reverse proxy (`behind-proxy`), the client address comes from the proxy's header.
+//! Each visitor has a request bucket (ntfy's burst 60, then one per 5 s), a daily
+//! message count, a bucket for creating new topics, and (in
+//! [`crate::api::subscribe::SubscriptionSlots`]) its open subscriptions. Exempt
+//! hosts skip every visitor limit.
+//!
+//! Memory stays bounded however many addresses show up: the registry is sharded,
+//! each shard holds at most `visitor-table-size / shards` visitors, a visitor that
+//! has nothing to remember (full buckets, no messages today) is forgotten by a
+//! periodic sweep, and a full shard first drops those and then its least recently
+//! seen visitors (losing at worst their counts, never refusing anyone).
+//!
+//! The buckets are hand-written ([`bucket`]) rather than `governor`'s: a visitor
+//! holds several limits that are checked together under one lock (a subscription
+//! takes a request token and a new-topic token or neither), the registry needs to
+//! know when a visitor is at rest to forget it, and everything runs on tokio's clock
+//! so tests pause and advance time. GCRA is a timestamp per bucket either way.
+
+pub mod bucket;
+pub mod net;
+
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, header};
+use axum::response::{IntoResponse, Response};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use tokio::time::Instant;
+
+use crate::error::ApiError;
+use bucket::{Bucket, Clock, DailyCount, Rate};
+pub use net::{HostSpec, IpNet};
+
+/// Shards of the visitor registry (lock contention stays low on many cores).
+const SHARDS: usize = 16;
+/// How often each shard forgets visitors at rest.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The rate-limit and hardening options (ntfy's names where ntfy has them).
+#[derive(Debug, Clone)]
+pub struct LimitsConfig {
+    /// `visitor-request-limit-burst`.
+    pub request_burst: u32,
+    /// `visitor-request-limit-replenish`.
+    pub request_replenish: Duration,
+    /// `visitor-request-limit-exempt-hosts`.
+    pub exempt_hosts: Vec<HostSpec>,
+    /// `visitor-message-daily-limit`; 0: one day's worth of request replenishment.
+    pub message_daily_limit: u32,
+    /// `visitor-topic-creation-limit-burst`; 0: no limit.
+    pub topic_creation_burst: u32,
+    /// `visitor-topic-creation-limit-replenish`.
+    pub topic_creation_replenish: Duration,
+    /// `visitor-prefix-bits-ipv4`.
+    pub prefix_bits_ipv4: u8,
+    /// `visitor-prefix-bits-ipv6`.
+    pub prefix_bits_ipv6: u8,
+    /// `behind-proxy`.
+    pub behind_proxy: bool,
+    /// `proxy-forwarded-header`.
+    pub proxy_forwarded_header: HeaderName,
+    /// `proxy-trusted-hosts`.
+    pub proxy_trusted_hosts: Vec<HostSpec>,
+    /// `visitor-table-size`: most visitors remembered at once.
+    pub visitor_table_size: usize,
+    /// `connection-limit`: most open client connections.
+    pub connection_limit: usize,
+    /// `header-read-timeout`: a request head must arrive within this time.
+    pub header_read_timeout: Duration,
+    /// `max-header-size`: longest request head (request line and headers).
+    pub max_header_size: usize,
+    /// `max-url-length`: longest request target.
+    pub max_url_length: usize,
+}
+
+impl LimitsConfig {
+    /// The daily message limit in force: the option, or (0, ntfy's default) as many
+    /// requests as the request bucket replenishes in a day (17,280 at 5 s).
+    pub fn effective_message_daily_limit(&self) -> u32 {
+        if self.message_daily_limit > 0 {
+            return self.message_daily_limit;
+        }
+        let per_day = Duration::from_secs(bucket::DAY_SECS).as_nanos()
+            / self.request_replenish.as_nanos().max(1);
+        u32::try_from(per_day).unwrap_or(u32::MAX).max(1)
+    }
+
+    /// The built-in defaults (ntfy's for ntfy's options).
+    pub fn defaults() -> Self {
+        LimitsConfig {
+            request_burst: 60,
+            request_replenish: Duration::from_secs(5),
+            exempt_hosts: Vec::new(),
+            message_daily_limit: 0,
+            topic_creation_burst: 100,
+            topic_creation_replenish: Duration::from_secs(60),
+            prefix_bits_ipv4: 32,
+            prefix_bits_ipv6: 64,
+            behind_proxy: false,
+            proxy_forwarded_header: HeaderName::from_static("x-forwarded-for"),
+            proxy_trusted_hosts: Vec::new(),
+            visitor_table_size: 100_000,
+            connection_limit: 10_000,
+            header_read_timeout: Duration::from_secs(10),
+            max_header_size: 32 * 1024,
+            max_url_length: 16 * 1024,
+        }
+    }
+}
+
+/// `connection-limit: auto`: the process's descriptor limit (`RLIMIT_NOFILE`, soft)
+/// less a reserve for the store, the metrics listener and accept back-off, so herald
+/// refuses a connection cleanly before the kernel refuses `accept`.
+pub fn auto_connection_limit() -> usize {
+    const RESERVE: usize = 256;
+    let soft = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|text| {
+            let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+            let value = line
+                .trim_start_matches("Max open files")
+                .split_whitespace()
+                .next()?;
+            if value == "unlimited" {
+                Some(1_000_000)
+            } else {
+                value.parse::<usize>().ok()
+            }
+        })
+        .unwrap_or(10_240);
+    soft.saturating_sub(RESERVE).max(64)
+}
+
+/// Which limit refused something: the `limit` label of `herald_limit_refusals_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Limit {
+    Requests,
+    Messages,
+    Subscriptions,
+    TopicCreation,
+    GlobalTopics,
+    Connections,
+    HeaderSize,
+    UrlLength,
+    HeaderTimeout,
+    BodySize,
+}
+
+impl Limit {
+    /// Every limit, for pre-registering the label values.
+    pub const ALL: [Limit; 10] = [
+        Limit::Requests,
+        Limit::Messages,
+        Limit::Subscriptions,
+        Limit::TopicCreation,
+        Limit::GlobalTopics,
+        Limit::Connections,
+        Limit::HeaderSize,
+        Limit::UrlLength,
+        Limit::HeaderTimeout,
+        Limit::BodySize,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Limit::Requests => "requests",
+            Limit::Messages => "messages",
+            Limit::Subscriptions => "subscriptions",
+            Limit::TopicCreation => "topic_creation",
+            Limit::GlobalTopics => "global_topics",
+            Limit::Connections => "connections",
+            Limit::HeaderSize => "header_size",
+            Limit::UrlLength => "url_length",
+            Limit::HeaderTimeout => "header_timeout",
+            Limit::BodySize => "body_size",
+        }
+    }
+
+    /// The limit behind a `429` answer, by ntfy code.
+    fn of_error(e: &ApiError) -> Option<Limit> {
+        Some(match e.code {
+            42901 => Limit::Requests,
+            42903 => Limit::Subscriptions,
+            42904 => Limit::GlobalTopics,
+            42908 => Limit::Messages,
+            42911 => Limit::TopicCreation,
+            41303 => Limit::BodySize,
+            41401 => Limit::UrlLength,
+            43101 => Limit::HeaderSize,
+            _ => return None,
+        })
+    }
+}
+
+/// Labels of `herald_limit_refusals_total` (one value per [`Limit`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct LimitLabels {
+    pub limit: &'static str,
+}
+
+/// What a request costs, decided from its method and path as ntfy's route table
+/// applies `limitRequests` (reference §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Charge {
+    /// Not rate limited: health, stats, config, metrics, the web app, unknown paths.
+    Free,
+    /// One request token: subscriptions (streams, polls, WebSocket), `/auth`, `OPTIONS`.
+    Request,
+    /// One request token, and the daily message limit: every kind of publish.
+    Publish,
+}
+
+impl Charge {
+    /// The charge of `method` on the path split into `segments`.
+    pub fn of(method: &Method, segments: &[&str]) -> Charge {
+        match (method, segments) {
+            (&Method::OPTIONS, _) => Charge::Request,
+            (_, ["v1", ..]) => Charge::Free,
+            (&Method::PUT | &Method::POST, [_] | [_, _]) => Charge::Publish,
+            (&Method::DELETE, [_, _]) => Charge::Publish,
+            (&Method::GET, [_, "publish" | "send" | "trigger"]) => Charge::Publish,
+            (&Method::GET, [_, _, "delete" | "clear" | "read"]) => Charge::Publish,
+            (&Method::PUT, [_, _, "clear" | "read"]) => Charge::Publish,
+            (&Method::GET, [_, "json" | "sse" | "raw" | "ws" | "auth"]) => Charge::Request,
+            _ => Charge::Free,
+        }
+    }
+}
+
+/// Whom a request is charged to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum VisitorKey {
+    /// An IPv4 prefix (`visitor-prefix-bits-ipv4`, /32 by default), masked.
+    V4(u32),
+    /// An IPv6 prefix (`visitor-prefix-bits-ipv6`, /64 by default), masked.
+    V6(u128),
+    /// An authenticated user.
+    User(Arc<str>),
+}
+
+/// A visitor as a request sees it: its key, and whether its address is exempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Visitor {
+    pub key: VisitorKey,
+    /// `visitor-request-limit-exempt-hosts`: no visitor limit applies.
+    pub exempt: bool,
+}
+
+/// What the registry remembers about one visitor.
+#[derive(Debug, Clone, Copy)]
+struct VisitorState {
+    requests: Bucket,
+    topics: Bucket,
+    messages: DailyCount,
+    last_seen: Instant,
+}
+
+impl VisitorState {
+    fn new(now: Instant) -> Self {
+        VisitorState {
+            requests: Bucket::full(now),
+            topics: Bucket::full(now),
+            messages: DailyCount::default(),
+            last_seen: now,
+        }
+    }
+
+    /// Nothing to remember: forgetting this visitor changes no answer.
+    fn at_rest(&self, now: Instant, today: u32) -> bool {
+        self.requests.is_full(now) && self.topics.is_full(now) && self.messages.get(today) == 0
+    }
+}
+
+struct Shard {
+    visitors: HashMap<VisitorKey, VisitorState>,
+    next_sweep: Instant,
+}
+
+/// The visitor registry and the connection count. One per server, in `AppState`.
+pub struct Limits {
+    config: LimitsConfig,
+    requests: Rate,
+    topics: Option<Rate>,
+    daily_messages: u32,
+    exempt: Vec<IpNet>,
+    trusted: Vec<IpNet>,
+    /// `Forwarded` (RFC 7239) syntax rather than a plain address list.
+    rfc7239: bool,
+    clock: Clock,
+    hasher: std::collections::hash_map::RandomState,
+    shards: Box<[Mutex<Shard>]>,
+    shard_capacity: usize,
+    open_connections: Arc<AtomicUsize>,
+    refusals: Family<LimitLabels, Counter>,
+}
+
+impl std::fmt::Debug for Limits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limits")
+            .field("config", &self.config)
+            .field("open_connections", &self.open_connections)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Limits {
+    /// Limits as `config` says; refusals are counted in `refusals`. Host names in the
+    /// host lists are resolved now.
+    pub fn new(config: LimitsConfig, refusals: Family<LimitLabels, Counter>) -> Self {
+        for limit in Limit::ALL {
+            // Every label value is exported from the start (as 0).
+            drop(refusals.get_or_create(&LimitLabels {
+                limit: limit.as_str(),
+            }));
+        }
+        let now = Instant::now();
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let shards = (0..SHARDS)
+            .map(|_| {
+                Mutex::new(Shard {
+                    visitors: HashMap::new(),
+                    next_sweep: now + SWEEP_INTERVAL,
+                })
+            })
+            .collect();
+        Limits {
+            requests: Rate {
+                burst: config.request_burst.max(1),
+                replenish: config.request_replenish,
+            },
+            topics: (config.topic_creation_burst > 0).then_some(Rate {
+                burst: config.topic_creation_burst,
+                replenish: config.topic_creation_replenish,
+            }),
+            daily_messages: config.effective_message_daily_limit(),
+            exempt: net::resolve_hosts(&config.exempt_hosts, "visitor-request-limit-exempt-hosts"),
+            trusted: net::resolve_hosts(&config.proxy_trusted_hosts, "proxy-trusted-hosts"),
+            rfc7239: config.proxy_forwarded_header == "forwarded",
+            clock: Clock::new(now, unix),
+            hasher: Default::default(),
+            shards,
+            shard_capacity: config.visitor_table_size.div_ceil(SHARDS).max(1),
+            open_connections: Arc::new(AtomicUsize::new(0)),
+            refusals,
+            config,
+        }
+    }
+
+    /// The options in force.
+    pub fn config(&self) -> &LimitsConfig {
+        &self.config
+    }
+
+    /// The client's address: the TCP peer, or with `behind-proxy` the address the
+    /// proxy header names (falling back to the peer if it names none).
+    pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        let peer = peer.to_canonical();
+        if !self.config.behind_proxy {
+            return peer;
+        }
+        let values = headers
+            .get_all(&self.config.proxy_forwarded_header)
+            .iter()
+            .map(HeaderValue::as_bytes);
+        net::forwarded_client(values, self.rfc7239, &self.trusted).unwrap_or(peer)
+    }
+
+    /// The visitor for a request from `ip`, authenticated as `user` if `Some`.
+    pub fn visitor(&self, ip: IpAddr, user: Option<&str>) -> Visitor {
+        let ip = ip.to_canonical();
+        let exempt = self.exempt.iter().any(|n| n.contains(ip));
+        let key = match (user, ip) {
+            (Some(name), _) => VisitorKey::User(Arc::from(name)),
+            (None, IpAddr::V4(a)) => VisitorKey::V4(net::mask_v4(a, self.config.prefix_bits_ipv4)),
+            (None, IpAddr::V6(a)) => VisitorKey::V6(net::mask_v6(a, self.config.prefix_bits_ipv6)),
+        };
+        Visitor { key, exempt }
+    }
+
+    /// Charges a request to `visitor`: a request token, and for a publish the daily
+    /// message limit (checked here, counted by [`Limits::count_message`] once the
+    /// publish succeeded). Refusals are ntfy's `42901` and `42908`.
+    pub fn admit(&self, visitor: &Visitor, charge: Charge) -> Result<(), ApiError> {
+        if visitor.exempt || charge == Charge::Free {
+            return Ok(());
+        }
+        let today = self.clock.day(Instant::now());
+        self.with_state(visitor, |state, now| {
+            state
+                .requests
+                .take(self.requests, 1, now)
+                .map_err(|_| ApiError::TOO_MANY_REQUESTS)?;
+            if charge == Charge::Publish && state.messages.get(today) >= self.daily_messages {
+                return Err(ApiError::TOO_MANY_MESSAGES);
+            }
+            Ok(())
+        })
+    }
+
+    /// A subscription that opens `new_topics` topics: one request token and that
+    /// many topic-creation tokens, all or none (the listener's direct path, which
+    /// hands a refused request to the API without having charged it).
+    pub fn admit_subscription(&self, visitor: &Visitor, new_topics: usize) -> Result<(), ApiError> {
+        if visitor.exempt {
+            return Ok(());
+        }
+        self.with_state(visitor, |state, now| {
+            state
+                .requests
+                .check(self.requests, 1, now)
+                .map_err(|_| ApiError::TOO_MANY_REQUESTS)?;
+            self.take_topics(state, new_topics, now)?;
+            state
+                .requests
+                .take(self.requests, 1, now)
+                .map_err(|_| ApiError::TOO_MANY_REQUESTS)
+        })
+    }
+
+    /// Topic-creation tokens for `new_topics` topics that have no subscribers yet
+    /// (`42911`); the request itself was charged by [`Limits::admit`].
+    pub fn admit_new_topics(&self, visitor: &Visitor, new_topics: usize) -> Result<(), ApiError> {
+        if visitor.exempt || new_topics == 0 || self.topics.is_none() {
+            return Ok(());
+        }
+        self.with_state(visitor, |state, now| {
+            self.take_topics(state, new_topics, now)
+        })
+    }
+
+    fn take_topics(
+        &self,
+        state: &mut VisitorState,
+        n: usize,
+        now: Instant,
+    ) -> Result<(), ApiError> {
+        let Some(rate) = self.topics else {
+            return Ok(());
+        };
+        if n == 0 {
+            return Ok(());
+        }
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        state
+            .topics
+            .take(rate, n, now)
+            .map_err(|_| ApiError::TOO_MANY_NEW_TOPICS)
+    }
+
+    /// Counts a successful publish against the visitor's daily message limit.
+    pub fn count_message(&self, visitor: &Visitor) {
+        if visitor.exempt {
+            return;
+        }
+        let today = self.clock.day(Instant::now());
+        self.with_state(visitor, |state, _| state.messages.increment(today));
+    }
+
+    /// Messages `visitor` published today (for `/v1/account`).
+    pub fn messages_today(&self, visitor: &Visitor) -> u32 {
+        let today = self.clock.day(Instant::now());
+        self.peek_state(visitor)
+            .map_or(0, |s| s.messages.get(today))
+    }
+
+    /// The answer for an error: a `429` (or another limit's error) is counted by
+    /// limit, and a `429` gets `Retry-After` (whole seconds, at least 1).
+    pub fn error_response(&self, error: ApiError, visitor: &Visitor) -> Response {
+        if let Some(limit) = Limit::of_error(&error) {
+            self.refused(limit);
+        }
+        let retry = (error.http == 429).then(|| self.retry_after(&error, visitor));
+        let mut resp = error.into_response();
+        if let Some(retry) = retry {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_secs(retry)));
+        }
+        resp
+    }
+
+    /// When trying again may succeed: the next request or topic token, midnight UTC
+    /// for the daily limit; for limits that free up when something else ends (open
+    /// subscriptions, the global topic count), one request replenish interval.
+    pub fn retry_after(&self, error: &ApiError, visitor: &Visitor) -> Duration {
+        let now = Instant::now();
+        let from_bucket = |which: fn(&VisitorState) -> Bucket, rate: Rate| {
+            self.peek_state(visitor)
+                .and_then(|s| which(&s).check(rate, 1, now).err())
+                .unwrap_or(rate.replenish)
+        };
+        match error.code {
+            42901 => from_bucket(|s| s.requests, self.requests),
+            42908 => self.clock.until_midnight(now),
+            42911 => match self.topics {
+                Some(rate) => from_bucket(|s| s.topics, rate),
+                None => self.requests.replenish,
+            },
+            _ => self.requests.replenish,
+        }
+    }
+
+    /// Counts a refusal by `limit` (for limits enforced outside the API).
+    pub fn refused(&self, limit: Limit) {
+        self.refusals
+            .get_or_create(&LimitLabels {
+                limit: limit.as_str(),
+            })
+            .inc();
+    }
+
+    /// A place for one more client connection, or `None` (counted) at
+    /// `connection-limit`.
+    pub fn try_connection(&self) -> Option<ConnectionPermit> {
+        let before = self.open_connections.fetch_add(1, Ordering::AcqRel);
+        let permit = ConnectionPermit(self.open_connections.clone());
+        if before >= self.config.connection_limit {
+            drop(permit);
+            self.refused(Limit::Connections);
+            return None;
+        }
+        Some(permit)
+    }
+
+    /// Visitors currently remembered (for tests and diagnostics).
+    pub fn visitor_count(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| {
+                s.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .visitors
+                    .len()
+            })
+            .sum()
+    }
+
+    fn shard(&self, key: &VisitorKey) -> &Mutex<Shard> {
+        let index = (self.hasher.hash_one(key) as usize) % self.shards.len();
+        &self.shards[index]
+    }
+
+    fn peek_state(&self, visitor: &Visitor) -> Option<VisitorState> {
+        let shard = self
+            .shard(&visitor.key)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        shard.visitors.get(&visitor.key).copied()
+    }
+
+    /// Runs `f` on the visitor's state (created if new) under its shard's lock,
+    /// sweeping or evicting first when due.
+    fn with_state<T>(
+        &self,
+        visitor: &Visitor,
+        f: impl FnOnce(&mut VisitorState, Instant) -> T,
+    ) -> T {
+        let now = Instant::now();
+        let mut shard = self
+            .shard(&visitor.key)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if now >= shard.next_sweep {
+            let today = self.clock.day(now);
+            shard.visitors.retain(|_, s| !s.at_rest(now, today));
+            shard.next_sweep = now + SWEEP_INTERVAL;
+        }
+        if let Some(state) = shard.visitors.get_mut(&visitor.key) {
+            state.last_seen = now;
+            return f(state, now);
+        }
+        if shard.visitors.len() >= self.shard_capacity {
+            self.evict(&mut shard.visitors, now);
+        }
+        let state = shard
+            .visitors
+            .entry(visitor.key.clone())
+            .or_insert_with(|| VisitorState::new(now));
+        f(state, now)
+    }
+
+    /// Makes room in a full shard: drops visitors at rest, then, if that freed less
+    /// than a tenth, the least recently seen ones down to nine tenths. One pass per
+    /// tenth of the capacity, so a flood of new addresses costs O(1) per visitor.
+    fn evict(&self, visitors: &mut HashMap<VisitorKey, VisitorState>, now: Instant) {
+        let today = self.clock.day(now);
+        visitors.retain(|_, s| !s.at_rest(now, today));
+        let keep = self.shard_capacity - self.shard_capacity.div_ceil(10);
+        if visitors.len() <= keep {
+            return;
+        }
+        let excess = visitors.len() - keep;
+        let mut seen: Vec<Instant> = visitors.values().map(|s| s.last_seen).collect();
+        let (_, cutoff, _) = seen.select_nth_unstable(excess - 1);
+        let cutoff = *cutoff;
+        let mut dropped = 0;
+        visitors.retain(|_, s| {
+            if dropped < excess && s.last_seen <= cutoff {
+                dropped += 1;
+                false
+            } else {
+                true
+            }
+        });
+    }
+}
+
+/// Holds one place under `connection-limit` until dropped.
+#[derive(Debug)]
+pub struct ConnectionPermit(Arc<AtomicUsize>);
+
+impl Drop for ConnectionPermit {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// `Retry-After` in whole seconds, rounded up, at least 1.
+fn retry_secs(d: Duration) -> u64 {
+    let secs = d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0));
+    secs.max(1)
+}
+
+#[cfg(test)]
+mod tests;
