@@ -122,6 +122,52 @@ const OPTIONS: &[OptionSpec] = &[
         default: "herald",
         help: "`service.name` of the exported traces",
     },
+    // Outgoing webhooks (docs/WEBHOOKS.md).
+    OptionSpec {
+        key: "webhook-file",
+        default: "",
+        help: "Path of the SQLite webhook store (endpoints, delivery queue, attempts); default `<data-dir>/webhooks.db`",
+    },
+    OptionSpec {
+        key: "webhook-retry-schedule",
+        default: crate::webhook::DEFAULT_RETRY_SCHEDULE,
+        help: "Delay before each webhook delivery attempt, comma-separated (first: normally `0s`); ±20 % jitter on retries",
+    },
+    OptionSpec {
+        key: "webhook-timeout",
+        default: "15s",
+        help: "A webhook endpoint must answer 2xx within this time",
+    },
+    OptionSpec {
+        key: "webhook-disable-after",
+        default: "5d",
+        help: "Disable a webhook endpoint that has been failing (no success) for longer than this",
+    },
+    OptionSpec {
+        key: "webhook-allow-private",
+        default: "false",
+        help: "Allow webhook destinations on loopback, private, link-local and other non-public addresses",
+    },
+    OptionSpec {
+        key: "webhook-allow-cidrs",
+        default: "",
+        help: "Non-public networks webhooks may reach anyway, comma-separated CIDRs (e.g. `10.1.0.0/16`)",
+    },
+    OptionSpec {
+        key: "webhook-concurrency",
+        default: "4",
+        help: "Delivery attempts in flight per webhook endpoint (1 for endpoints registered as ordered)",
+    },
+    OptionSpec {
+        key: "webhook-visitor-limit",
+        default: "20",
+        help: "Webhooks one visitor (client IP) may register; 0: no limit",
+    },
+    OptionSpec {
+        key: "webhook-secret-grace",
+        default: "24h",
+        help: "How long a rotated-out webhook secret keeps signing next to the new one",
+    },
 ];
 
 /// Where a value came from, for error messages.
@@ -190,6 +236,8 @@ pub struct Config {
     /// Where OpenTelemetry traces go (the full `/v1/traces` URL); `None`: no tracing.
     pub otlp_endpoint: Option<String>,
     pub otlp_service_name: String,
+    /// Outgoing webhooks (`webhook-*` keys).
+    pub webhooks: crate::webhook::WebhookConfig,
 }
 
 impl Config {
@@ -351,7 +399,6 @@ impl RawValues {
                 }
             })?,
             base_url: self.parse("base-url", |s| Ok(s.trim_end_matches('/').to_string()))?,
-            data_dir,
             cache_file,
             cache_duration: self.parse("cache-duration", duration)?,
             keepalive_interval: self.parse("keepalive-interval", positive_duration)?,
@@ -389,7 +436,46 @@ impl RawValues {
             })?,
             otlp_endpoint: self.parse("otlp-endpoint", otlp_endpoint)?,
             otlp_service_name: self.parse("otlp-service-name", non_empty)?,
+            webhooks: self.webhook_config(&data_dir)?,
+            data_dir,
         })
+    }
+
+    fn webhook_config(
+        &self,
+        data_dir: &Path,
+    ) -> Result<crate::webhook::WebhookConfig, ConfigError> {
+        let defaults = crate::webhook::WebhookConfig::defaults(data_dir);
+        let file = self.parse("webhook-file", |s| Ok(s.to_string()))?;
+        Ok(crate::webhook::WebhookConfig {
+            file: if file.is_empty() {
+                defaults.file
+            } else {
+                PathBuf::from(file)
+            },
+            retry_schedule: self.parse("webhook-retry-schedule", crate::webhook::parse_schedule)?,
+            timeout: self.parse("webhook-timeout", positive_duration)?,
+            disable_after: self.parse("webhook-disable-after", positive_duration)?,
+            allow_private: self.parse("webhook-allow-private", boolean)?,
+            allow_cidrs: self.parse("webhook-allow-cidrs", crate::webhook::parse_cidrs)?,
+            concurrency: self.parse("webhook-concurrency", |s| {
+                let n = count(s)?;
+                if n == 0 || n > 1000 {
+                    return Err("must be 1 to 1000".into());
+                }
+                Ok(n)
+            })?,
+            visitor_limit: self.parse("webhook-visitor-limit", count)?,
+            secret_grace: self.parse("webhook-secret-grace", duration)?,
+        })
+    }
+}
+
+fn boolean(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "true" | "yes" | "1" | "on" => Ok(true),
+        "false" | "no" | "0" | "off" | "" => Ok(false),
+        _ => Err("expected true or false".into()),
     }
 }
 

@@ -75,7 +75,12 @@ impl Herald {
     /// Returns after the event is durable (if cached) and handed to the broker.
     pub async fn publish(self: &Arc<Self>, mut message: Message) -> Result<Message, ApiError> {
         let scheduled = message.time > now_unix();
-        let ticket = (message.expires.is_some() && !scheduled)
+        // Scheduled messages take a ticket too (they skip the hand-off wait): their IDs
+        // then follow commit order like every stored message, which the webhook feed
+        // (`committed_after`) relies on.
+        let ticket = message
+            .expires
+            .is_some()
             .then(|| Ticket::take(self.clone(), &mut message));
         let this = self.clone();
         // Spawned, so that a client going away mid-request cannot stop a publish
@@ -157,6 +162,29 @@ impl Herald {
             messages.retain(|m| m.id < bound);
         }
         Ok(messages)
+    }
+
+    /// Stored messages of every topic (scheduled ones included) with an ID greater
+    /// than `after`, in ID order, at most `limit`, and never past a message whose commit
+    /// may still be under way: every message with a smaller ID than the last one
+    /// returned is already committed, so a reader that remembers the last ID it got
+    /// (the webhook dispatcher's cursor) never skips one. The bound is taken before
+    /// the read: a ticket done before it is committed before the read starts.
+    pub async fn committed_after(
+        &self,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<Message>, crate::store::StoreError> {
+        let bound = self.sequencer.visible_bound();
+        let mut messages = self.store.after_id(after, limit).await?;
+        messages.retain(|m| m.id < bound);
+        Ok(messages)
+    }
+
+    /// An ID below which every message is committed (see [`Self::committed_after`]);
+    /// the start of the webhook feed when it has no cursor yet.
+    pub fn feed_start(&self) -> String {
+        self.sequencer.visible_bound()
     }
 
     /// Registers a live subscriber on `topics`, counted under `transport`.
@@ -378,6 +406,17 @@ impl Sequencer {
         }
         drop(st);
         self.turn.notify_waiters();
+    }
+
+    /// An ID such that every message with a smaller one has its commit behind it:
+    /// the smallest in flight, or (none in flight) a fresh ID taken under the same
+    /// lock as tickets, so every later ticket's ID is greater.
+    fn visible_bound(&self) -> String {
+        let st = self.lock();
+        match st.in_flight.values().next() {
+            Some(id) => id.clone(),
+            None => crate::model::MessageId::generate().into_string(),
+        }
     }
 
     /// The smallest ID still in flight: history shows only what is below it.

@@ -26,6 +26,7 @@ fn cli() -> Command {
                 ),
         )
         .subcommand(herald::loadgen::add_args(Command::new("bench")))
+        .subcommand(herald::webhook::cli::add_args(Command::new("webhook")))
 }
 
 fn main() -> std::process::ExitCode {
@@ -36,6 +37,7 @@ fn main() -> std::process::ExitCode {
             .and_then(serve),
         Some(("healthcheck", m)) => healthcheck(m.get_one::<String>("url").map(String::as_str)),
         Some(("bench", m)) => herald::loadgen::run(m),
+        Some(("webhook", m)) => herald::webhook::cli::run(m),
         _ => Ok(()),
     };
     match result {
