@@ -30,6 +30,8 @@ fn cli() -> Command {
 }
 
 fn main() -> std::process::ExitCode {
+    // reqwest (webhooks, the otel exporter) finds its TLS provider here: ring.
+    herald::webhook::client::install_tls_provider();
     let matches = cli().get_matches();
     let result = match matches.subcommand() {
         Some(("serve", m)) => config::load(m)

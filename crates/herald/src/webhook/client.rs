@@ -269,6 +269,13 @@ impl DeliveryClient {
     }
 }
 
+/// Makes ring the process's default rustls provider, which reqwest clients built
+/// without a preconfigured TLS setup (the OpenTelemetry exporter, tests) need since
+/// reqwest is built with `rustls-no-provider`. Harmless when one is installed.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// rustls on ring with the compiled-in Mozilla roots (no CA bundle needed).
 pub fn tls_config() -> Result<rustls::ClientConfig, ClientError> {
     let mut roots = rustls::RootCertStore::empty();
