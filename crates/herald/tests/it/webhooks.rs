@@ -91,6 +91,16 @@ async fn delivers_signed_standard_webhooks_to_matching_endpoints() {
     assert_eq!(w2["secret"], own);
     urgent.set_secrets(&[own]);
 
+    // `Cache: no` messages are not kept, so not delivered to webhooks (documented).
+    let uncached = s
+        .client
+        .put(s.url("/alerts"))
+        .header("Cache", "no")
+        .body("fleeting")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(uncached.status(), 200);
     let m1 = s.publish("alerts", "disk full").await;
     s.publish("other", "not for webhooks").await;
     let m2 = expect_json(
@@ -610,4 +620,31 @@ async fn cli_adds_lists_and_removes_webhooks() {
     assert!(listed.contains(id), "{listed}");
     run(&["remove", id]);
     assert!(!run(&["list"]).contains(id));
+}
+
+/// A scheduled message is queued when stored and delivered when due, not before.
+#[tokio::test]
+async fn scheduled_messages_are_delivered_when_due() {
+    let s = start(&[]);
+    let r = Receiver::start(always_ok()).await;
+    hook(&s, "later", &r).await;
+    let m = expect_json(
+        s.client
+            .put(s.url("/later"))
+            .header("X-Delay", "10s")
+            .body("in ten seconds")
+            .send()
+            .await
+            .unwrap(),
+        200,
+    )
+    .await;
+    let due = m["time"].as_i64().unwrap();
+    r.wait_delivered(1, WAIT).await;
+    let arrived = chrono::Utc::now().timestamp();
+    assert!(arrived >= due, "delivered at {arrived}, due at {due}");
+    let got = r.received();
+    assert_eq!(got[0].id, m["id"].as_str().unwrap());
+    assert_eq!(got[0].body["data"]["message"], "in ten seconds");
+    assert!(got[0].verified);
 }
