@@ -443,7 +443,7 @@ impl Webhooks {
                 .iter()
                 .filter(|m| min_time.is_none_or(|t| m.time >= t))
                 .filter(|m| topic_matches(&w.topic, &m.topic) && w.filter.matches(m))
-                .map(|m| new_delivery(&w.id, m, now_ms))
+                .map(|m| new_delivery(&w.id, m, now_ms + self.first_delay_ms()))
                 .collect();
             queued += self.store.requeue(deliveries).await?;
             if seen >= MAX_REPLAY {
@@ -452,6 +452,14 @@ impl Webhooks {
         }
         self.wake_worker(&w.id);
         Ok(queued)
+    }
+
+    /// The schedule's delay before the first attempt (normally 0).
+    fn first_delay_ms(&self) -> i64 {
+        self.retry
+            .schedule
+            .first()
+            .map_or(0, |d| d.as_millis() as i64)
     }
 
     /// The notifier [`WakingBroker`] pokes.
@@ -525,7 +533,7 @@ impl Webhooks {
         let mut deliveries = Vec::new();
         for m in &batch {
             for w in webhooks.iter().filter(|w| w.wants(m)) {
-                deliveries.push(new_delivery(&w.id, m, now_ms));
+                deliveries.push(new_delivery(&w.id, m, now_ms + self.first_delay_ms()));
                 if !woken.contains(&w.id) {
                     woken.push(w.id.clone());
                 }
@@ -831,15 +839,16 @@ impl Webhooks {
     }
 }
 
-fn new_delivery(webhook_id: &str, m: &Message, now_ms: i64) -> NewDelivery {
+/// The delivery of `m` to `webhook_id`, first due at `first_ms` or, for a scheduled
+/// message, when it is due.
+fn new_delivery(webhook_id: &str, m: &Message, first_ms: i64) -> NewDelivery {
     NewDelivery {
         webhook_id: webhook_id.to_string(),
         message_id: m.id.clone(),
         event: m.event.as_str().to_string(),
         payload: serde_json::to_string(&m.for_json()).unwrap_or_else(|_| "{}".into()),
         event_time: m.time,
-        // A scheduled message goes out when it is due.
-        due_ms: now_ms.max(m.time.saturating_mul(1000)),
+        due_ms: first_ms.max(m.time.saturating_mul(1000)),
     }
 }
 
