@@ -39,6 +39,11 @@ async fn register(s: &TestServer, body: Value) -> Value {
     expect_json(resp, 201).await
 }
 
+/// A registration that must fail with `http` and ntfy-style `code`; the error JSON.
+async fn register_fails(s: &TestServer, body: Value, http: u16, code: u64) -> Value {
+    expect_error(post_json(s, "/v1/webhooks", body).await, http, code).await
+}
+
 /// Registers `receiver` for `topic` and tells it the secret to verify with.
 async fn hook(s: &TestServer, topic: &str, receiver: &Receiver) -> String {
     let w = register(s, json!({"topic": topic, "url": receiver.url})).await;
@@ -187,33 +192,22 @@ async fn delivers_signed_standard_webhooks_to_matching_endpoints() {
 #[tokio::test]
 async fn bad_registrations_get_clear_errors() {
     let s = start(&["--webhook-visitor-limit", "2"]);
-    let bad = |body: Value| {
-        let s = &s;
-        async move {
-            expect_error(post_json(s, "/v1/webhooks", body).await, 400, 40000).await;
-        }
-    };
-    bad(json!({"url": "http://127.0.0.1:9/"})).await;
-    bad(json!({"topic": "a/b", "url": "http://127.0.0.1:9/"})).await;
-    bad(json!({"topic": "t", "url": "ftp://x/"})).await;
-    bad(json!({"topic": "t", "url": "http://127.0.0.1:9/", "secret": "nope"})).await;
-    bad(json!({"topic": "t", "url": "http://127.0.0.1:9/", "filter": {"priority": [9]}})).await;
-    expect_error(
-        post_json(&s, "/v1/webhooks", json!({"topic": "t", "bogus": 1})).await,
-        400,
-        40024,
-    )
-    .await;
+    for body in [
+        json!({"url": "http://127.0.0.1:9/"}),
+        json!({"topic": "a/b", "url": "http://127.0.0.1:9/"}),
+        json!({"topic": "t", "url": "ftp://x/"}),
+        json!({"topic": "t", "url": "http://127.0.0.1:9/", "secret": "nope"}),
+        json!({"topic": "t", "url": "http://127.0.0.1:9/", "filter": {"priority": [9]}}),
+    ] {
+        register_fails(&s, body, 400, 40000).await;
+    }
+    register_fails(&s, json!({"topic": "t", "bogus": 1}), 400, 40024).await;
     for _ in 0..2 {
         register(&s, json!({"topic": "t", "url": "http://127.0.0.1:9/"})).await;
     }
-    let err = expect_error(
-        post_json(
-            &s,
-            "/v1/webhooks",
-            json!({"topic": "t", "url": "http://127.0.0.1:9/"}),
-        )
-        .await,
+    let err = register_fails(
+        &s,
+        json!({"topic": "t", "url": "http://127.0.0.1:9/"}),
         429,
         42920,
     )
@@ -505,12 +499,7 @@ async fn private_destinations_are_refused_unless_allowed() {
         "http://10.0.0.1/".into(),
         "http://[::ffff:127.0.0.1]/".into(),
     ] {
-        let err = expect_error(
-            post_json(&s, "/v1/webhooks", json!({"topic": "ssrf", "url": url})).await,
-            400,
-            40000,
-        )
-        .await;
+        let err = register_fails(&s, json!({"topic": "ssrf", "url": url}), 400, 40000).await;
         assert!(err["error"].as_str().unwrap().contains("public"), "{err}");
     }
     // A name that resolves to loopback passes registration but never connects.
@@ -540,13 +529,9 @@ async fn private_destinations_are_refused_unless_allowed() {
     // The allow-list opens 127.0.0.0/8 only.
     let allowed = TestServer::start(&["--webhook-allow-cidrs", "127.0.0.0/8"]);
     hook(&allowed, "ssrf", &r).await;
-    expect_error(
-        post_json(
-            &allowed,
-            "/v1/webhooks",
-            json!({"topic": "t", "url": "http://10.0.0.1/"}),
-        )
-        .await,
+    register_fails(
+        &allowed,
+        json!({"topic": "t", "url": "http://10.0.0.1/"}),
         400,
         40000,
     )
