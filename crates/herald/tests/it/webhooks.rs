@@ -290,7 +290,15 @@ async fn gone_disables_the_endpoint_until_enabled() {
 
 #[tokio::test]
 async fn an_endpoint_failing_longer_than_disable_after_is_disabled() {
-    let s = start(&["--webhook-disable-after", "1s"]);
+    // Attempts for about 5 s: well past `webhook-disable-after` (whole seconds).
+    let s = TestServer::start(&[
+        "--webhook-allow-private",
+        "true",
+        "--webhook-disable-after",
+        "1s",
+        "--webhook-retry-schedule",
+        "0s,500ms,500ms,500ms,500ms,500ms,500ms,500ms,500ms,500ms,500ms",
+    ]);
     let r = Receiver::start(always(500)).await;
     let id = hook(&s, "failing", &r).await;
     s.publish("failing", "x").await;
