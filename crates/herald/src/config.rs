@@ -640,6 +640,38 @@ mod tests {
     }
 
     #[test]
+    fn webhook_options_default_and_validate() {
+        let c = load(&matches(&[])).unwrap().webhooks;
+        assert_eq!(c.retry_schedule.len(), 8);
+        assert_eq!(c.timeout, Duration::from_secs(15));
+        assert_eq!(c.disable_after, Duration::from_secs(5 * 86400));
+        assert!(!c.allow_private && c.allow_cidrs.is_empty());
+        assert_eq!(c.file, PathBuf::from("./herald-data/webhooks.db"));
+        let c = load(&matches(&[
+            "--webhook-retry-schedule",
+            "0s,1s",
+            "--webhook-allow-private",
+            "true",
+            "--webhook-allow-cidrs",
+            "10.0.0.0/8,fd00::/8",
+        ]))
+        .unwrap()
+        .webhooks;
+        assert_eq!(c.retry_schedule, [Duration::ZERO, Duration::from_secs(1)]);
+        assert!(c.allow_private);
+        assert_eq!(c.allow_cidrs.len(), 2);
+        for (key, value) in [
+            ("--webhook-allow-cidrs", "nope"),
+            ("--webhook-retry-schedule", "1s,later"),
+            ("--webhook-allow-private", "maybe"),
+            ("--webhook-concurrency", "0"),
+        ] {
+            let err = load(&matches(&[key, value])).unwrap_err().to_string();
+            assert!(err.contains(&key[2..]), "{err}");
+        }
+    }
+
+    #[test]
     fn sizes() {
         assert_eq!(parse_size("4096"), Ok(4096));
         assert_eq!(parse_size("4k"), Ok(4096));

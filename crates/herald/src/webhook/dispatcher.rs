@@ -417,20 +417,15 @@ impl Webhooks {
         let w = self.get(id).await?;
         let (mut after, min_time) = match from {
             ReplayFrom::AfterId(id) => (id, None),
-            ReplayFrom::Time(t) => (
-                MessageId::floor_at((t.max(0) as u64).saturating_mul(1000)),
-                Some(t),
-            ),
+            // IDs carry their publish time, but a scheduled message's `time` is later
+            // than its ID's: start one `message-delay-limit` earlier and check `time`.
+            ReplayFrom::Time(t) => {
+                let earliest =
+                    t.saturating_sub(self.herald.config.message_delay_limit.as_secs() as i64);
+                let floor = MessageId::floor_at((earliest.max(0) as u64).saturating_mul(1000));
+                (floor, Some(t))
+            }
         };
-        // Messages before the floor of a time can still have a later `time`
-        // (scheduled ones): start one floor earlier and check `time` as well.
-        if let Some(t) = min_time {
-            after = MessageId::floor_at(
-                (t.max(0) as u64)
-                    .saturating_sub(86_400 * 3)
-                    .saturating_mul(1000),
-            );
-        }
         let now_ms = self.clock.now_ms();
         let mut queued = 0;
         let mut seen = 0;
