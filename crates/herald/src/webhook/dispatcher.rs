@@ -736,6 +736,16 @@ impl Webhooks {
             }
         };
         self.metrics.attempt(outcome);
+        if outcome != Outcome::Success {
+            tracing::debug!(
+                webhook = %webhook.id,
+                message = %delivery.message_id,
+                attempt = attempts_made,
+                status,
+                error = error.as_deref().unwrap_or_default(),
+                "webhook attempt failed"
+            );
+        }
         if settlement == Settlement::Delivered {
             self.metrics
                 .delivered_after((finished_ms - delivery.due_ms) as f64 / 1000.0);

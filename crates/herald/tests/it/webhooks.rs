@@ -255,6 +255,55 @@ async fn retries_keep_the_webhook_id_and_attempts_are_listed() {
         metric(&s, "herald_webhook_attempts_total{outcome=\"success\"}").await,
         Some(1.0)
     );
+    assert_eq!(
+        metric(&s, "herald_webhook_delivery_latency_seconds_count").await,
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn updates_take_effect_for_the_next_message() {
+    let s = start(&[]);
+    let before = Receiver::start(always_ok()).await;
+    let after = Receiver::start(always_ok()).await;
+    let w = register(&s, json!({"topic": "upd", "url": before.url})).await;
+    let id = w["id"].as_str().unwrap();
+    before.set_secrets(&[w["secret"].as_str().unwrap()]);
+    after.set_secrets(&[w["secret"].as_str().unwrap()]);
+    s.publish("upd", "first").await;
+    before.wait_delivered(1, WAIT).await;
+    let patch = |body: Value| {
+        s.client
+            .patch(s.url(&format!("/v1/webhooks/{id}")))
+            .body(body.to_string())
+            .send()
+    };
+    let updated = expect_json(
+        patch(json!({"topic": "upd2", "url": after.url, "description": "moved"}))
+            .await
+            .unwrap(),
+        200,
+    )
+    .await;
+    assert_eq!(updated["topic"], "upd2");
+    assert_eq!(updated["description"], "moved");
+    // The secret changes only by rotation.
+    expect_error(
+        patch(json!({"secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}))
+            .await
+            .unwrap(),
+        400,
+        40000,
+    )
+    .await;
+    s.publish("upd", "old topic").await;
+    s.publish("upd2", "second").await;
+    after.wait_delivered(1, WAIT).await;
+    let got = after.received();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].body["data"]["message"], "second");
+    assert!(got[0].verified);
+    assert_eq!(before.received().len(), 1);
 }
 
 #[tokio::test]
