@@ -44,6 +44,16 @@ async fn register_fails(s: &TestServer, body: Value, http: u16, code: u64) -> Va
     expect_error(post_json(s, "/v1/webhooks", body).await, http, code).await
 }
 
+/// Publishes `prefix0`, `prefix1`, ... to `topic`; their IDs in order.
+async fn publish_many(s: &TestServer, topic: &str, prefix: &str, n: usize) -> Vec<String> {
+    let mut ids = Vec::with_capacity(n);
+    for i in 0..n {
+        let m = s.publish(topic, &format!("{prefix}{i}")).await;
+        ids.push(m["id"].as_str().unwrap().to_string());
+    }
+    ids
+}
+
 /// Registers `receiver` for `topic` and tells it the secret to verify with.
 async fn hook(s: &TestServer, topic: &str, receiver: &Receiver) -> String {
     let w = register(s, json!({"topic": topic, "url": receiver.url})).await;
@@ -433,15 +443,7 @@ async fn ordered_endpoints_get_messages_in_order_despite_failures() {
     .await;
     let w = register(&s, json!({"topic": "ord", "url": r.url, "ordered": true})).await;
     r.set_secrets(&[w["secret"].as_str().unwrap()]);
-    let mut ids = Vec::new();
-    for i in 0..10 {
-        ids.push(
-            s.publish("ord", &format!("m{i}")).await["id"]
-                .as_str()
-                .unwrap()
-                .to_string(),
-        );
-    }
+    let ids = publish_many(&s, "ord", "m", 10).await;
     r.wait_delivered(10, WAIT).await;
     let delivered: Vec<String> = r
         .received()
@@ -462,27 +464,15 @@ async fn kill_9_with_pending_deliveries_loses_nothing() {
     let b = Receiver::start(always(503)).await;
     hook(&s, "crash", &a).await;
     hook(&s, "crash", &b).await;
-    let mut ids = BTreeSet::new();
-    for i in 0..30 {
-        ids.insert(
-            s.publish("crash", &format!("m{i}")).await["id"]
-                .as_str()
-                .unwrap()
-                .to_string(),
-        );
-    }
+    let mut ids: BTreeSet<String> = publish_many(&s, "crash", "m", 30)
+        .await
+        .into_iter()
+        .collect();
     // Some attempts have failed, so deliveries are queued and pending.
     a.wait_requests(5, WAIT).await;
     b.wait_requests(5, WAIT).await;
     // A burst, then kill -9 at once.
-    for i in 0..100 {
-        ids.insert(
-            s.publish("crash", &format!("burst{i}")).await["id"]
-                .as_str()
-                .unwrap()
-                .to_string(),
-        );
-    }
+    ids.extend(publish_many(&s, "crash", "burst", 100).await);
     s.kill9();
     a.answer_with(always_ok());
     b.answer_with(always_ok());
