@@ -13,6 +13,8 @@
 //!   in the same transaction of the webhook store. A crash anywhere loses nothing: the
 //!   messages are in the message store and the cursor has not moved past them.
 //!   Publishes only wake the dispatcher.
+//! - **Workers** ([`worker`]): one per enabled endpoint, with retries on Svix's
+//!   schedule.
 //! - **Claims with leases** ([`store::WebhookStore::claim`]): an attempt runs under a
 //!   lease, so a second node (Redis store) can share the queue and take over a dead
 //!   node's work when its leases expire.
@@ -31,6 +33,7 @@ pub mod metrics;
 pub mod sign;
 pub mod sqlite;
 pub mod store;
+pub mod worker;
 
 use std::time::Duration;
 
