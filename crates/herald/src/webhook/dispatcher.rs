@@ -142,6 +142,9 @@ pub struct Webhooks {
     pub(super) node: String,
     pub(super) feed_wake: Arc<Notify>,
     pub(super) workers: Mutex<HashMap<String, Worker>>,
+    /// Serialises reconciliations, so an older snapshot of the endpoints never
+    /// overwrites a newer one.
+    pub(super) reconciling: tokio::sync::Mutex<()>,
     pub(super) tracker: TaskTracker,
     pub(super) shutdown: CancellationToken,
 }
@@ -181,6 +184,7 @@ impl Webhooks {
             node: random_id("node_"),
             feed_wake,
             workers: Mutex::new(HashMap::new()),
+            reconciling: tokio::sync::Mutex::new(()),
             tracker: TaskTracker::new(),
             shutdown: CancellationToken::new(),
         }))

@@ -78,6 +78,7 @@ impl Webhooks {
     /// Makes the running workers match the stored endpoints: one per enabled
     /// endpoint, with its current settings.
     pub(super) async fn reconcile(self: &Arc<Self>) {
+        let _turn = self.reconciling.lock().await;
         let webhooks = match self.store.webhooks().await {
             Ok(w) => w,
             Err(e) => {
