@@ -476,13 +476,17 @@ impl WebhookStore for SqliteWebhookStore {
                 Settlement::RetryAt(t) => (0, Some(t)),
                 Settlement::Exhausted => (2, None),
             };
-            tx.execute(
+            let updated = tx.execute(
                 "UPDATE deliveries SET state = ?2, attempts = attempts + 1,
                      next_ms = COALESCE(?3, next_ms), settled_ms = CASE WHEN ?2 = 0 THEN NULL ELSE ?4 END,
                      lease_owner = NULL, lease_until = NULL
                  WHERE pk = ?1",
                 params![record.delivery, state, next, a.time_ms + a.latency_ms],
             )?;
+            if updated == 0 {
+                // The endpoint was deleted meanwhile: nothing to record.
+                return Ok(None);
+            }
             tx.execute(
                 "INSERT INTO attempts (webhook_id, message_id, attempt, time_ms, status, latency_ms,
                      error, response, next_ms)
