@@ -202,6 +202,52 @@ const OPTIONS: &[OptionSpec] = &[
         default: "16k",
         help: "Longest request URL (path and query); longer ones are answered 414",
     },
+    // Outgoing webhooks (docs/WEBHOOKS.md).
+    OptionSpec {
+        key: "webhook-file",
+        default: "",
+        help: "Path of the SQLite webhook store (endpoints, delivery queue, attempts); default `<data-dir>/webhooks.db`",
+    },
+    OptionSpec {
+        key: "webhook-retry-schedule",
+        default: crate::webhook::DEFAULT_RETRY_SCHEDULE,
+        help: "Delay before each webhook delivery attempt, comma-separated (first: normally `0s`); ±20 % jitter on retries",
+    },
+    OptionSpec {
+        key: "webhook-timeout",
+        default: "15s",
+        help: "A webhook endpoint must answer 2xx within this time",
+    },
+    OptionSpec {
+        key: "webhook-disable-after",
+        default: "5d",
+        help: "Disable a webhook endpoint that has been failing (no success) for longer than this",
+    },
+    OptionSpec {
+        key: "webhook-allow-private",
+        default: "false",
+        help: "Allow webhook destinations on loopback, private, link-local and other non-public addresses",
+    },
+    OptionSpec {
+        key: "webhook-allow-cidrs",
+        default: "",
+        help: "Non-public networks webhooks may reach anyway, comma-separated CIDRs (e.g. `10.1.0.0/16`)",
+    },
+    OptionSpec {
+        key: "webhook-concurrency",
+        default: "4",
+        help: "Delivery attempts in flight per webhook endpoint (1 for endpoints registered as ordered)",
+    },
+    OptionSpec {
+        key: "webhook-visitor-limit",
+        default: "20",
+        help: "Webhooks one visitor (client IP) may register; 0: no limit",
+    },
+    OptionSpec {
+        key: "webhook-secret-grace",
+        default: "24h",
+        help: "How long a rotated-out webhook secret keeps signing next to the new one",
+    },
 ];
 
 /// Where a value came from, for error messages.
@@ -273,6 +319,8 @@ pub struct Config {
     /// Rate limits and hardening (`visitor-request-limit-*`, `behind-proxy`,
     /// `connection-limit`, ...).
     pub limits: crate::limits::LimitsConfig,
+    /// Outgoing webhooks (`webhook-*` keys).
+    pub webhooks: crate::webhook::WebhookConfig,
 }
 
 impl Config {
@@ -434,7 +482,6 @@ impl RawValues {
                 }
             })?,
             base_url: self.parse("base-url", |s| Ok(s.trim_end_matches('/').to_string()))?,
-            data_dir,
             cache_file,
             cache_duration: self.parse("cache-duration", duration)?,
             keepalive_interval: self.parse("keepalive-interval", positive_duration)?,
@@ -473,6 +520,8 @@ impl RawValues {
             otlp_endpoint: self.parse("otlp-endpoint", otlp_endpoint)?,
             otlp_service_name: self.parse("otlp-service-name", non_empty)?,
             limits: self.limits()?,
+            webhooks: self.webhook_config(&data_dir)?,
+            data_dir,
         })
     }
 
@@ -537,6 +586,43 @@ impl RawValues {
             max_header_size: self.parse("max-header-size", at_least(1024))?,
             max_url_length: self.parse("max-url-length", at_least(64))?,
         })
+    }
+
+    fn webhook_config(
+        &self,
+        data_dir: &Path,
+    ) -> Result<crate::webhook::WebhookConfig, ConfigError> {
+        let defaults = crate::webhook::WebhookConfig::defaults(data_dir);
+        let file = self.parse("webhook-file", |s| Ok(s.to_string()))?;
+        Ok(crate::webhook::WebhookConfig {
+            file: if file.is_empty() {
+                defaults.file
+            } else {
+                PathBuf::from(file)
+            },
+            retry_schedule: self.parse("webhook-retry-schedule", crate::webhook::parse_schedule)?,
+            timeout: self.parse("webhook-timeout", positive_duration)?,
+            disable_after: self.parse("webhook-disable-after", positive_duration)?,
+            allow_private: self.parse("webhook-allow-private", boolean)?,
+            allow_cidrs: self.parse("webhook-allow-cidrs", crate::webhook::parse_cidrs)?,
+            concurrency: self.parse("webhook-concurrency", |s| {
+                let n = count(s)?;
+                if n == 0 || n > 1000 {
+                    return Err("must be 1 to 1000".into());
+                }
+                Ok(n)
+            })?,
+            visitor_limit: self.parse("webhook-visitor-limit", count)?,
+            secret_grace: self.parse("webhook-secret-grace", duration)?,
+        })
+    }
+}
+
+fn boolean(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "true" | "yes" | "1" | "on" => Ok(true),
+        "false" | "no" | "0" | "off" | "" => Ok(false),
+        _ => Err("expected true or false".into()),
     }
 }
 
@@ -736,6 +822,38 @@ mod tests {
         ] {
             let err = load(&matches(&[key, bad])).unwrap_err().to_string();
             assert!(err.contains(key.trim_start_matches("--")), "{err}");
+        }
+    }
+
+    #[test]
+    fn webhook_options_default_and_validate() {
+        let c = load(&matches(&[])).unwrap().webhooks;
+        assert_eq!(c.retry_schedule.len(), 8);
+        assert_eq!(c.timeout, Duration::from_secs(15));
+        assert_eq!(c.disable_after, Duration::from_secs(5 * 86400));
+        assert!(!c.allow_private && c.allow_cidrs.is_empty());
+        assert_eq!(c.file, PathBuf::from("./herald-data/webhooks.db"));
+        let c = load(&matches(&[
+            "--webhook-retry-schedule",
+            "0s,1s",
+            "--webhook-allow-private",
+            "true",
+            "--webhook-allow-cidrs",
+            "10.0.0.0/8,fd00::/8",
+        ]))
+        .unwrap()
+        .webhooks;
+        assert_eq!(c.retry_schedule, [Duration::ZERO, Duration::from_secs(1)]);
+        assert!(c.allow_private);
+        assert_eq!(c.allow_cidrs.len(), 2);
+        for (key, value) in [
+            ("--webhook-allow-cidrs", "nope"),
+            ("--webhook-retry-schedule", "1s,later"),
+            ("--webhook-allow-private", "maybe"),
+            ("--webhook-concurrency", "0"),
+        ] {
+            let err = load(&matches(&[key, value])).unwrap_err().to_string();
+            assert!(err.contains(&key[2..]), "{err}");
         }
     }
 

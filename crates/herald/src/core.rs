@@ -75,7 +75,12 @@ impl Herald {
     /// Returns after the event is durable (if cached) and handed to the broker.
     pub async fn publish(self: &Arc<Self>, mut message: Message) -> Result<Message, ApiError> {
         let scheduled = message.time > now_unix();
-        let ticket = (message.expires.is_some() && !scheduled)
+        // Scheduled messages take a ticket too (they skip the hand-off wait): their IDs
+        // then follow commit order like every stored message, which the webhook feed
+        // (`committed_after`) relies on.
+        let ticket = message
+            .expires
+            .is_some()
             .then(|| Ticket::take(self.clone(), &mut message));
         let this = self.clone();
         // Spawned, so that a client going away mid-request cannot stop a publish
@@ -157,6 +162,30 @@ impl Herald {
             messages.retain(|m| m.id < bound);
         }
         Ok(messages)
+    }
+
+    /// Stored messages of every topic (scheduled ones included) with an ID greater
+    /// than `after`, in ID order, at most `limit`, and never past a message whose commit
+    /// may still be under way: every message with a smaller ID than the last one
+    /// returned is already committed, so a reader that remembers the last ID it got
+    /// (the webhook dispatcher's cursor) never skips one. The bound is taken before
+    /// the read: a ticket done before it is committed before the read starts.
+    pub async fn committed_after(
+        &self,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<Message>, crate::store::StoreError> {
+        let bound = self.sequencer.visible_bound();
+        let mut messages = self.store.after_id(after, limit).await?;
+        messages.retain(|m| m.id < bound);
+        Ok(messages)
+    }
+
+    /// An ID below which every message is committed (see [`Self::committed_after`]);
+    /// the start of the webhook feed when it has no cursor yet. A publish under way
+    /// at this moment may fall on either side of it.
+    pub fn feed_start(&self) -> String {
+        self.sequencer.visible_bound()
     }
 
     /// Registers a live subscriber on `topics`, counted under `transport`.
@@ -380,6 +409,17 @@ impl Sequencer {
         self.turn.notify_waiters();
     }
 
+    /// An ID such that every message with a smaller one has its commit behind it:
+    /// the smallest in flight, or (none in flight) a fresh ID taken under the same
+    /// lock as tickets, so every later ticket's ID is greater.
+    fn visible_bound(&self) -> String {
+        let st = self.lock();
+        match st.in_flight.values().next() {
+            Some(id) => id.clone(),
+            None => crate::model::MessageId::generate().into_string(),
+        }
+    }
+
     /// The smallest ID still in flight: history shows only what is below it.
     fn first_in_flight(&self) -> Option<String> {
         self.lock().in_flight.values().next().cloned()
@@ -484,6 +524,118 @@ mod tests {
             .unwrap();
         let ids: Vec<String> = history.into_iter().map(|m| m.id).collect();
         assert_eq!(ids, live);
+        herald.store.close().await;
+    }
+
+    /// A store whose appends of messages ending in "slow" take a while, so commits
+    /// finish out of ID order.
+    struct SlowAppends(SqliteStore);
+
+    #[async_trait::async_trait]
+    impl Store for SlowAppends {
+        async fn append(&self, message: Message) -> Result<(), crate::store::StoreError> {
+            if message.message.ends_with("slow") {
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+            self.0.append(message).await
+        }
+        async fn query(&self, q: Query) -> Result<Vec<Message>, crate::store::StoreError> {
+            self.0.query(q).await
+        }
+        async fn after_id(
+            &self,
+            after: &str,
+            limit: usize,
+        ) -> Result<Vec<Message>, crate::store::StoreError> {
+            self.0.after_id(after, limit).await
+        }
+        async fn take_due(&self, now: i64) -> Result<Vec<Message>, crate::store::StoreError> {
+            self.0.take_due(now).await
+        }
+        async fn next_due(&self) -> Result<Option<i64>, crate::store::StoreError> {
+            self.0.next_due().await
+        }
+        async fn cancel_scheduled(
+            &self,
+            topic: &str,
+            sequence_id: &str,
+        ) -> Result<u64, crate::store::StoreError> {
+            self.0.cancel_scheduled(topic, sequence_id).await
+        }
+        async fn prune_expired(&self, now: i64) -> Result<u64, crate::store::StoreError> {
+            self.0.prune_expired(now).await
+        }
+        async fn stats(&self) -> Result<crate::store::StoreStats, crate::store::StoreError> {
+            self.0.stats().await
+        }
+        async fn check_writable(&self) -> Result<(), crate::store::StoreError> {
+            self.0.check_writable().await
+        }
+        async fn close(&self) {
+            self.0.close().await
+        }
+    }
+
+    /// The webhook feed's contract: a reader that resumes after the last ID it got
+    /// sees every stored message exactly once, in ID order, although commits finish
+    /// out of ID order (slow appends), scheduled messages included.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn committed_after_never_skips_a_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Arc::new(Config::with_data_dir(dir.path()));
+        let store = SqliteStore::open(&dir.path().join("m.db"), SqliteOptions::default()).unwrap();
+        let hub = Hub::new(100_000);
+        let broker = Arc::new(LocalBroker::new(hub.clone()));
+        let herald = Herald::new(config, Arc::new(SlowAppends(store)), broker, hub);
+        let done = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let (herald, done) = (herald.clone(), done.clone());
+            let mut cursor = herald.feed_start();
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                loop {
+                    let finished = done.load(Ordering::SeqCst);
+                    let batch = herald.committed_after(&cursor, 7).await.unwrap();
+                    if let Some(last) = batch.last() {
+                        cursor = last.id.clone();
+                    }
+                    let empty = batch.is_empty();
+                    seen.extend(batch.into_iter().map(|m| m.id));
+                    if finished && empty {
+                        return seen;
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            })
+        };
+        let mut tasks = Vec::new();
+        for p in 0..8 {
+            let herald = herald.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut acked = Vec::new();
+                for i in 0..12 {
+                    let slow = if (p + i) % 4 == 0 { " slow" } else { "" };
+                    let mut m =
+                        cached(if p % 2 == 0 { "a" } else { "b" }, format!("{p}-{i}{slow}"));
+                    if i % 3 == 0 {
+                        m.time += 3600; // scheduled
+                    }
+                    acked.push(herald.publish(m).await.unwrap().id);
+                }
+                acked
+            }));
+        }
+        let mut acked = Vec::new();
+        for t in tasks {
+            acked.extend(t.await.unwrap());
+        }
+        done.store(true, Ordering::SeqCst);
+        let seen = reader.await.unwrap();
+        let mut sorted = seen.clone();
+        sorted.sort();
+        assert_eq!(seen, sorted, "feed out of ID order");
+        acked.sort();
+        assert_eq!(seen, acked, "every stored message exactly once");
         herald.store.close().await;
     }
 }

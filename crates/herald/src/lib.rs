@@ -13,6 +13,7 @@
 //! - [`server`]: binds listeners, runs everything, drains on shutdown.
 //! - [`telemetry`]: Prometheus metrics and the access log.
 //! - [`otel`]: OpenTelemetry trace export (`otel` cargo feature, `otlp-endpoint`).
+//! - [`webhook`]: outgoing webhooks (Standard Webhooks, at-least-once, SSRF guard).
 //!
 //! `ARCHITECTURE.md` at the repository root describes how a message flows and the
 //! invariants each module keeps.
@@ -31,3 +32,4 @@ pub mod otel;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod webhook;

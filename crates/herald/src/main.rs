@@ -26,9 +26,12 @@ fn cli() -> Command {
                 ),
         )
         .subcommand(herald::loadgen::add_args(Command::new("bench")))
+        .subcommand(herald::webhook::cli::add_args(Command::new("webhook")))
 }
 
 fn main() -> std::process::ExitCode {
+    // reqwest (webhooks, the otel exporter) finds its TLS provider here: ring.
+    herald::webhook::client::install_tls_provider();
     let matches = cli().get_matches();
     let result = match matches.subcommand() {
         Some(("serve", m)) => config::load(m)
@@ -36,6 +39,7 @@ fn main() -> std::process::ExitCode {
             .and_then(serve),
         Some(("healthcheck", m)) => healthcheck(m.get_one::<String>("url").map(String::as_str)),
         Some(("bench", m)) => herald::loadgen::run(m),
+        Some(("webhook", m)) => herald::webhook::cli::run(m),
         _ => Ok(()),
     };
     match result {

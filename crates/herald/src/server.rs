@@ -19,6 +19,10 @@ use crate::listener::Listener;
 use crate::store::Store;
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
 use crate::telemetry::{Metrics, RequestInfo, StoreMetrics};
+use crate::webhook::Webhooks;
+use crate::webhook::dispatcher::WakingBroker;
+use crate::webhook::metrics::WebhookMetrics;
+use crate::webhook::sqlite::SqliteWebhookStore;
 
 /// Binds `config.listen_http`. A `0.0.0.0:port` address (ntfy's `:port`) is tried as
 /// `[::]:port` first so IPv6 clients are served too.
@@ -67,15 +71,39 @@ pub async fn run(
     .with_context(|| format!("cannot open message store {}", config.cache_file.display()))?;
     let store: Arc<dyn Store> = Arc::new(store);
     let hub = Hub::new(config.subscriber_queue_size);
-    let broker = Arc::new(LocalBroker::new(hub.clone()));
+    // Publishes wake the webhook feed (see crate::webhook).
+    let feed_wake = Arc::new(tokio::sync::Notify::new());
+    let broker = Arc::new(WakingBroker::new(
+        Arc::new(LocalBroker::new(hub.clone())),
+        feed_wake.clone(),
+    ));
     let herald = Herald::new(config.clone(), store.clone(), broker, hub.clone());
+    let webhook_store = SqliteWebhookStore::open(&config.webhooks.file).with_context(|| {
+        format!(
+            "cannot open webhook store {}",
+            config.webhooks.file.display()
+        )
+    })?;
+    let webhook_metrics = WebhookMetrics::default();
+    let webhooks = Webhooks::new(
+        config.webhooks.clone(),
+        Arc::new(webhook_store),
+        herald.clone(),
+        webhook_metrics.clone(),
+        feed_wake,
+    )?;
 
     let tracker = TaskTracker::new();
     let background = CancellationToken::new();
     herald.spawn_background(&tracker, background.clone());
 
-    let metrics = Arc::new(Metrics::new(&herald, &store_metrics));
-    let state = AppState::with_metrics(herald.clone(), metrics, metrics_listener.is_none());
+    webhooks.start().await;
+
+    let mut metrics = Metrics::new(&herald, &store_metrics);
+    metrics.register_webhooks(&webhook_metrics);
+    let metrics = Arc::new(metrics);
+    let mut state = AppState::with_metrics(herald.clone(), metrics, metrics_listener.is_none());
+    state.webhooks = Some(webhooks.clone());
     // The metrics listener runs until the very end, so a drain can be watched.
     let metrics_stop = CancellationToken::new();
     let metrics_server = metrics_listener.map(|listener| {
@@ -118,6 +146,7 @@ pub async fn run(
     background.cancel();
     tracker.close();
     tracker.wait().await;
+    webhooks.stop().await;
     store.close().await;
     metrics_stop.cancel();
     if let Some(task) = metrics_server {

@@ -194,6 +194,11 @@ impl Metrics {
         }
     }
 
+    /// Adds the webhook metrics (`herald_webhook_*`) to this registry.
+    pub fn register_webhooks(&mut self, webhooks: &crate::webhook::metrics::WebhookMetrics) {
+        webhooks.register(&mut self.registry);
+    }
+
     /// Counts one answered request.
     pub fn observe_http(&self, route: Route, method: &Method, status: u16, elapsed: Duration) {
         let route = route.as_str();

@@ -44,6 +44,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Whether `GET /metrics` is served here (not when `metrics-listen-http` is set).
     pub metrics_on_main: bool,
+    /// Outgoing webhooks (`/v1/webhooks`); `None` answers 404 there.
+    pub webhooks: Option<Arc<crate::webhook::Webhooks>>,
 }
 
 impl AppState {
@@ -67,6 +69,7 @@ impl AppState {
             limits,
             metrics,
             metrics_on_main,
+            webhooks: None,
         }
     }
 }
@@ -126,6 +129,11 @@ async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
         (&Method::GET, ["v1", "config"]) => Ok(info::config(&state)),
         (&Method::GET, ["v1", "account"]) => Ok(info::account(&state, &visitor)),
         (&Method::GET, ["metrics"]) if state.metrics_on_main => Ok(info::metrics(&state).await),
+        (_, ["v1", "webhooks", rest @ ..]) => {
+            let rest: Vec<String> = rest.iter().map(|s| s.to_string()).collect();
+            let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
+            crate::webhook::api::handle(&state, req, &rest, peer).await
+        }
         (&Method::PUT | &Method::POST, [""]) => publish::publish_json(&state, req).await,
         (&Method::PUT | &Method::POST, [topic]) if topic::is_valid_name(topic) => {
             let topic = topic.to_string();

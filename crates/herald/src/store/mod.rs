@@ -102,6 +102,16 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes messages whose `expires` is before `now`. Returns how many.
     async fn prune_expired(&self, now: i64) -> Result<u64, StoreError>;
 
+    /// Every stored message, published or scheduled, of any topic, whose ID is greater
+    /// than `after`, in ID order, at most `limit`: the feed the webhook dispatcher reads
+    /// (`crate::webhook`). A store that cannot serve it yet reports a backend error.
+    async fn after_id(&self, after: &str, limit: usize) -> Result<Vec<Message>, StoreError> {
+        let _ = (after, limit);
+        Err(StoreError::Backend(
+            "this store does not serve the webhook feed".into(),
+        ))
+    }
+
     /// Current counts.
     async fn stats(&self) -> Result<StoreStats, StoreError>;
 

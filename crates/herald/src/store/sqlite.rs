@@ -309,6 +309,18 @@ impl Store for SqliteStore {
         self.read(move |conn| run_query(conn, &query)).await
     }
 
+    async fn after_id(&self, after: &str, limit: usize) -> Result<Vec<Message>, StoreError> {
+        let (after, limit) = (after.to_string(), limit.min(i64::MAX as usize) as i64);
+        self.read(move |conn| {
+            // The UNIQUE index on `id` serves both the range and the order.
+            let mut stmt = conn
+                .prepare_cached("SELECT id, json FROM messages WHERE id > ?1 ORDER BY id LIMIT ?2")
+                .map_err(backend)?;
+            decode_rows(&mut stmt, rusqlite::params![after, limit], None)
+        })
+        .await
+    }
+
     async fn take_due(&self, now: i64) -> Result<Vec<Message>, StoreError> {
         self.submit(|reply| Op::TakeDue { now, reply }).await
     }

@@ -68,6 +68,7 @@ impl TestServer {
             args.extend(["--listen-http".to_string(), "127.0.0.1:0".to_string()]);
         }
         args.extend(launch.args);
+        herald::webhook::client::install_tls_provider();
         let client = reqwest::Client::builder()
             .no_proxy()
             .build()

@@ -17,3 +17,5 @@ mod scheduled;
 mod sequence;
 mod shutdown;
 mod subscribe;
+mod webhook_receiver;
+mod webhooks;

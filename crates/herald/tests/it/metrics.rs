@@ -31,6 +31,7 @@ fn must(text: &str, name: &str, labels: &str) -> f64 {
 }
 
 async fn scrape(url: &str) -> String {
+    herald::webhook::client::install_tls_provider();
     let resp = reqwest::Client::builder()
         .no_proxy()
         .build()

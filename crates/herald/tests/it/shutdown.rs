@@ -39,6 +39,7 @@ const TOPIC: &str = "drain";
 const PUBLISHERS: usize = 6;
 
 fn s_client() -> reqwest::Client {
+    herald::webhook::client::install_tls_provider();
     reqwest::Client::builder()
         .no_proxy()
         .build()

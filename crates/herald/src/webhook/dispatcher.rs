@@ -1,0 +1,552 @@
+//! The webhook service: the feed (committed messages → delivery rows), the
+//! operations the API calls, and housekeeping; the endpoint workers are in
+//! [`super::worker`].
+//!
+//! **Feed.** One task reads committed messages after the durable cursor
+//! ([`Herald::committed_after`]), turns each into one delivery per matching endpoint,
+//! and stores them together with the new cursor in one transaction. A publish wakes
+//! it ([`WakingBroker`]); a 1 s poll covers scheduled messages and anything missed.
+//! Scheduled messages are queued when stored and due at their delivery time.
+//!
+//! Times in the queue are unix milliseconds from [`Clock`]: the wall clock at start
+//! plus tokio's monotonic time since, so a wall-clock step does not bunch retries.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::client::{self, DeliveryClient};
+use super::metrics::WebhookMetrics;
+use super::sign::Secret;
+use super::store::{Attempt, NewDelivery, WebhookStore, WebhookStoreError};
+use super::worker::{RetryPolicy, Worker};
+use super::{Filter, Webhook, WebhookConfig, is_valid_topic_pattern, random_id, topic_matches};
+use crate::broker::{Broker, BrokerError};
+use crate::core::Herald;
+use crate::hub::SharedEvent;
+use crate::model::{Message, MessageId};
+
+/// Messages read from the feed per batch.
+const FEED_BATCH: usize = 512;
+/// The feed also looks for work this often without a wake-up (scheduled messages).
+pub(super) const FEED_POLL: Duration = Duration::from_secs(1);
+/// Settled deliveries and attempts are kept this long (the attempts API).
+const RETENTION: Duration = Duration::from_secs(7 * 86400);
+/// Queue metrics and pruning run this often.
+const HOUSEKEEPING: Duration = Duration::from_secs(1);
+/// Most attempts listed by the API.
+pub const MAX_ATTEMPTS_LISTED: usize = 1000;
+/// Most messages one replay queues.
+const MAX_REPLAY: usize = 100_000;
+
+/// Why a webhook operation failed (the API maps these to ntfy-shaped errors).
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    #[error("no such webhook")]
+    NotFound,
+    #[error("{0}")]
+    Invalid(String),
+    #[error("limit reached: too many webhooks for this visitor")]
+    LimitReached,
+    #[error(transparent)]
+    Store(#[from] WebhookStoreError),
+    #[error("message store: {0}")]
+    Messages(#[from] crate::store::StoreError),
+}
+
+/// A monotonic clock in unix milliseconds (see the module docs).
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    wall_ms: i64,
+    start: tokio::time::Instant,
+}
+
+impl Clock {
+    /// Anchored at the current wall clock.
+    pub fn start() -> Clock {
+        Clock {
+            wall_ms: crate::model::now_unix_ms(),
+            start: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Now, in unix milliseconds.
+    pub fn now_ms(&self) -> i64 {
+        self.wall_ms + self.start.elapsed().as_millis() as i64
+    }
+}
+
+/// A broker that wakes the webhook feed after handing each event on, so webhooks
+/// see new messages at once instead of at the next poll.
+pub struct WakingBroker {
+    inner: Arc<dyn Broker>,
+    wake: Arc<Notify>,
+}
+
+impl WakingBroker {
+    /// Wraps `inner`; `wake` is [`Webhooks::feed_waker`].
+    pub fn new(inner: Arc<dyn Broker>, wake: Arc<Notify>) -> WakingBroker {
+        WakingBroker { inner, wake }
+    }
+}
+
+#[async_trait]
+impl Broker for WakingBroker {
+    async fn publish(&self, event: Arc<SharedEvent>) -> Result<(), BrokerError> {
+        let result = self.inner.publish(event).await;
+        self.wake.notify_one();
+        result
+    }
+
+    fn is_connected(&self) -> bool {
+        self.inner.is_connected()
+    }
+}
+
+/// What `POST /v1/webhooks` asks for.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSpec {
+    pub topic: Option<String>,
+    pub url: Option<String>,
+    pub secret: Option<String>,
+    pub filter: Option<Filter>,
+    pub description: Option<String>,
+    pub ordered: Option<bool>,
+}
+
+/// Where a replay starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplayFrom {
+    /// After this message ID.
+    AfterId(String),
+    /// Messages from this unix time (seconds) on.
+    Time(i64),
+}
+
+/// The webhook service. See the module docs.
+pub struct Webhooks {
+    pub config: WebhookConfig,
+    pub(super) store: Arc<dyn WebhookStore>,
+    pub(super) herald: Arc<Herald>,
+    pub(super) client: DeliveryClient,
+    pub(super) metrics: WebhookMetrics,
+    pub(super) retry: RetryPolicy,
+    pub(super) clock: Clock,
+    /// This process's name on claims.
+    pub(super) node: String,
+    pub(super) feed_wake: Arc<Notify>,
+    pub(super) workers: Mutex<HashMap<String, Worker>>,
+    /// Serialises reconciliations, so an older snapshot of the endpoints never
+    /// overwrites a newer one.
+    pub(super) reconciling: tokio::sync::Mutex<()>,
+    pub(super) tracker: TaskTracker,
+    pub(super) shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for Webhooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhooks").finish_non_exhaustive()
+    }
+}
+
+impl Webhooks {
+    /// Builds the service; nothing runs until [`Self::start`].
+    pub fn new(
+        config: WebhookConfig,
+        store: Arc<dyn WebhookStore>,
+        herald: Arc<Herald>,
+        metrics: WebhookMetrics,
+        feed_wake: Arc<Notify>,
+    ) -> Result<Arc<Webhooks>, client::ClientError> {
+        let client = DeliveryClient::new(
+            config.timeout,
+            client::AddressPolicy {
+                allow_private: config.allow_private,
+                allow: config.allow_cidrs.clone(),
+            },
+        )?;
+        Ok(Arc::new(Webhooks {
+            retry: RetryPolicy {
+                schedule: config.retry_schedule.clone(),
+            },
+            config,
+            store,
+            herald,
+            client,
+            metrics,
+            clock: Clock::start(),
+            node: random_id("node_"),
+            feed_wake,
+            workers: Mutex::new(HashMap::new()),
+            reconciling: tokio::sync::Mutex::new(()),
+            tracker: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+        }))
+    }
+
+    /// Starts the feed, housekeeping and one worker per enabled endpoint.
+    pub async fn start(self: &Arc<Self>) {
+        let this = self.clone();
+        self.tracker.spawn(async move { this.run_feed().await });
+        let this = self.clone();
+        self.tracker
+            .spawn(async move { this.run_housekeeping().await });
+        self.reconcile().await;
+    }
+
+    /// Stops every task; attempts in flight are abandoned (their claims lapse, and
+    /// they are retried with the same `webhook-id`).
+    pub async fn stop(&self) {
+        self.shutdown.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+
+    // -----------------------------------------------------------------------------
+    // Operations (the API)
+
+    /// Registers an endpoint for `owner`.
+    pub async fn create(
+        self: &Arc<Self>,
+        spec: WebhookSpec,
+        owner: &str,
+    ) -> Result<Webhook, WebhookError> {
+        let topic = spec
+            .topic
+            .ok_or_else(|| WebhookError::Invalid("\"topic\" is required".into()))?;
+        let url = spec
+            .url
+            .ok_or_else(|| WebhookError::Invalid("\"url\" is required".into()))?;
+        let secret = match spec.secret {
+            Some(s) => Secret::parse(&s).map_err(|e| WebhookError::Invalid(e.to_string()))?,
+            None => Secret::generate(),
+        };
+        let limit = self.config.visitor_limit;
+        if limit > 0 && self.store.count_owned(owner).await? >= limit {
+            return Err(WebhookError::LimitReached);
+        }
+        let webhook = Webhook {
+            id: random_id("wh_"),
+            topic,
+            url,
+            secret: secret.as_str().to_string(),
+            previous_secret: None,
+            filter: spec.filter.unwrap_or_default(),
+            description: spec.description.unwrap_or_default(),
+            ordered: spec.ordered.unwrap_or(false),
+            owner: owner.to_string(),
+            created: crate::model::now_unix(),
+            // Every message published after this call returns has a greater ID.
+            start_after: MessageId::generate().into_string(),
+            disabled: None,
+            failing_since: None,
+        };
+        self.validate(&webhook)?;
+        self.store.insert_webhook(&webhook).await?;
+        self.reconcile().await;
+        Ok(webhook)
+    }
+
+    fn validate(&self, w: &Webhook) -> Result<(), WebhookError> {
+        if !is_valid_topic_pattern(&w.topic) {
+            return Err(WebhookError::Invalid(
+                "\"topic\" must be a topic name or a pattern with *".into(),
+            ));
+        }
+        self.client
+            .check_url(&w.url)
+            .map_err(|e| WebhookError::Invalid(format!("\"url\": {e}")))?;
+        if w.url.len() > 2048 || w.description.len() > 1024 {
+            return Err(WebhookError::Invalid(
+                "\"url\" or \"description\" too long".into(),
+            ));
+        }
+        if w.filter.priority.iter().any(|p| !(1..=5).contains(p)) || w.filter.tags.len() > 32 {
+            return Err(WebhookError::Invalid(
+                "\"filter\": priorities are 1 to 5, at most 32 tags".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Every endpoint.
+    pub async fn list(&self) -> Result<Vec<Webhook>, WebhookError> {
+        Ok(self.store.webhooks().await?)
+    }
+
+    /// One endpoint.
+    pub async fn get(&self, id: &str) -> Result<Webhook, WebhookError> {
+        self.store.webhook(id).await?.ok_or(WebhookError::NotFound)
+    }
+
+    /// Changes the fields `spec` sets (not the secret: see [`Self::rotate`]).
+    pub async fn update(
+        self: &Arc<Self>,
+        id: &str,
+        spec: WebhookSpec,
+    ) -> Result<Webhook, WebhookError> {
+        let mut w = self.get(id).await?;
+        if spec.secret.is_some() {
+            return Err(WebhookError::Invalid(
+                "the secret changes only by rotation (POST /v1/webhooks/<id>/rotate)".into(),
+            ));
+        }
+        if let Some(topic) = spec.topic {
+            w.topic = topic;
+        }
+        if let Some(url) = spec.url {
+            w.url = url;
+        }
+        if let Some(filter) = spec.filter {
+            w.filter = filter;
+        }
+        if let Some(description) = spec.description {
+            w.description = description;
+        }
+        if let Some(ordered) = spec.ordered {
+            w.ordered = ordered;
+        }
+        self.validate(&w)?;
+        self.save(&w).await?;
+        Ok(w)
+    }
+
+    async fn save(self: &Arc<Self>, w: &Webhook) -> Result<(), WebhookError> {
+        if !self.store.update_webhook(w).await? {
+            return Err(WebhookError::NotFound);
+        }
+        self.reconcile().await;
+        Ok(())
+    }
+
+    /// Removes an endpoint with its queue and attempts.
+    pub async fn delete(self: &Arc<Self>, id: &str) -> Result<(), WebhookError> {
+        if !self.store.delete_webhook(id).await? {
+            return Err(WebhookError::NotFound);
+        }
+        self.reconcile().await;
+        Ok(())
+    }
+
+    /// Replaces the secret (with `secret`, or a new random one); the old one keeps
+    /// signing next to it for `webhook-secret-grace`.
+    pub async fn rotate(
+        self: &Arc<Self>,
+        id: &str,
+        secret: Option<String>,
+    ) -> Result<Webhook, WebhookError> {
+        let secret = match secret {
+            Some(s) => Secret::parse(&s).map_err(|e| WebhookError::Invalid(e.to_string()))?,
+            None => Secret::generate(),
+        };
+        let mut w = self.get(id).await?;
+        let until = crate::model::now_unix() + self.config.secret_grace.as_secs() as i64;
+        let old = std::mem::replace(&mut w.secret, secret.as_str().to_string());
+        w.previous_secret = Some((old, until));
+        self.save(&w).await?;
+        Ok(w)
+    }
+
+    /// Enables a disabled endpoint; its pending deliveries resume.
+    pub async fn enable(self: &Arc<Self>, id: &str) -> Result<Webhook, WebhookError> {
+        let mut w = self.get(id).await?;
+        w.disabled = None;
+        w.failing_since = None;
+        self.save(&w).await?;
+        Ok(w)
+    }
+
+    /// The endpoint's latest attempts, newest first.
+    pub async fn attempts(&self, id: &str, limit: usize) -> Result<Vec<Attempt>, WebhookError> {
+        self.get(id).await?;
+        Ok(self
+            .store
+            .attempts(id, limit.clamp(1, MAX_ATTEMPTS_LISTED))
+            .await?)
+    }
+
+    /// Queues the endpoint's messages since `from` again (those still in the message
+    /// store); returns how many.
+    pub async fn replay(&self, id: &str, from: ReplayFrom) -> Result<usize, WebhookError> {
+        let w = self.get(id).await?;
+        let (mut after, min_time) = match from {
+            ReplayFrom::AfterId(id) => (id, None),
+            // IDs carry their publish time, but a scheduled message's `time` is later
+            // than its ID's: start one `message-delay-limit` earlier and check `time`.
+            ReplayFrom::Time(t) => {
+                let earliest =
+                    t.saturating_sub(self.herald.config.message_delay_limit.as_secs() as i64);
+                let floor = MessageId::floor_at((earliest.max(0) as u64).saturating_mul(1000));
+                (floor, Some(t))
+            }
+        };
+        let now_ms = self.clock.now_ms();
+        let mut queued = 0;
+        let mut seen = 0;
+        loop {
+            let batch = self.herald.committed_after(&after, FEED_BATCH).await?;
+            let Some(last) = batch.last() else { break };
+            after = last.id.clone();
+            seen += batch.len();
+            let deliveries: Vec<NewDelivery> = batch
+                .iter()
+                .filter(|m| min_time.is_none_or(|t| m.time >= t))
+                .filter(|m| topic_matches(&w.topic, &m.topic) && w.filter.matches(m))
+                .map(|m| new_delivery(&w.id, m, now_ms + self.first_delay_ms()))
+                .collect();
+            queued += self.store.requeue(deliveries).await?;
+            if seen >= MAX_REPLAY {
+                break;
+            }
+        }
+        self.wake_worker(&w.id);
+        Ok(queued)
+    }
+
+    /// The schedule's delay before the first attempt (normally 0).
+    fn first_delay_ms(&self) -> i64 {
+        self.retry
+            .schedule
+            .first()
+            .map_or(0, |d| d.as_millis() as i64)
+    }
+
+    /// The notifier [`WakingBroker`] pokes.
+    pub fn feed_waker(&self) -> Arc<Notify> {
+        self.feed_wake.clone()
+    }
+
+    // -----------------------------------------------------------------------------
+    // The feed
+
+    async fn run_feed(self: Arc<Self>) {
+        let mut cursor = loop {
+            match self.initial_cursor().await {
+                Ok(c) => break c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "webhooks: cannot read the feed cursor");
+                    if self.pause(Duration::from_secs(1)).await {
+                        return;
+                    }
+                }
+            }
+        };
+        loop {
+            match self.feed_once(&cursor).await {
+                Ok(Some(next)) => cursor = next,
+                Ok(None) => {
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => return,
+                        _ = self.feed_wake.notified() => {}
+                        _ = tokio::time::sleep(FEED_POLL) => {}
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "webhooks: feed failed; retrying");
+                    if self.pause(Duration::from_secs(1)).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sleeps; true if shutdown came first.
+    async fn pause(&self, d: Duration) -> bool {
+        tokio::select! {
+            _ = self.shutdown.cancelled() => true,
+            _ = tokio::time::sleep(d) => false,
+        }
+    }
+
+    async fn initial_cursor(&self) -> Result<String, WebhookError> {
+        if let Some(c) = self.store.cursor().await? {
+            return Ok(c);
+        }
+        // First start: webhooks see what is published from now on.
+        let start = self.herald.feed_start();
+        self.store.enqueue(Vec::new(), &start).await?;
+        Ok(start)
+    }
+
+    /// Moves one batch from the message store into the queue; the new cursor, or
+    /// `None` when there was nothing new.
+    async fn feed_once(&self, cursor: &str) -> Result<Option<String>, WebhookError> {
+        let batch = self.herald.committed_after(cursor, FEED_BATCH).await?;
+        let Some(last) = batch.last() else {
+            return Ok(None);
+        };
+        let webhooks = self.store.webhooks().await?;
+        let now_ms = self.clock.now_ms();
+        let mut woken = Vec::new();
+        let mut deliveries = Vec::new();
+        for m in &batch {
+            for w in webhooks.iter().filter(|w| w.wants(m)) {
+                deliveries.push(new_delivery(&w.id, m, now_ms + self.first_delay_ms()));
+                if !woken.contains(&w.id) {
+                    woken.push(w.id.clone());
+                }
+            }
+        }
+        self.store.enqueue(deliveries, &last.id).await?;
+        for id in woken {
+            self.wake_worker(&id);
+        }
+        Ok(Some(last.id.clone()))
+    }
+
+    // -----------------------------------------------------------------------------
+    // Housekeeping
+
+    async fn run_housekeeping(self: Arc<Self>) {
+        let mut last_prune = tokio::time::Instant::now();
+        loop {
+            match self.store.queue_stats().await {
+                Ok(s) => {
+                    let age = s
+                        .oldest_due_ms
+                        .map(|due| (self.clock.now_ms() - due) as f64 / 1000.0)
+                        .unwrap_or(0.0);
+                    self.metrics.set_queue(s.pending, age, s.disabled);
+                }
+                Err(e) => tracing::debug!(error = %e, "webhooks: queue stats failed"),
+            }
+            if last_prune.elapsed() > Duration::from_secs(600) {
+                last_prune = tokio::time::Instant::now();
+                let before = self.clock.now_ms() - RETENTION.as_millis() as i64;
+                if let Err(e) = self.store.prune(before).await {
+                    tracing::warn!(error = %e, "webhooks: prune failed");
+                }
+            }
+            if self.pause(HOUSEKEEPING).await {
+                return;
+            }
+        }
+    }
+}
+
+/// The delivery of `m` to `webhook_id`, first due at `first_ms` or, for a scheduled
+/// message, when it is due.
+fn new_delivery(webhook_id: &str, m: &Message, first_ms: i64) -> NewDelivery {
+    NewDelivery {
+        webhook_id: webhook_id.to_string(),
+        message_id: m.id.clone(),
+        event: m.event.as_str().to_string(),
+        payload: serde_json::to_string(&m.for_json()).unwrap_or_else(|_| "{}".into()),
+        event_time: m.time,
+        due_ms: first_ms.max(m.time.saturating_mul(1000)),
+    }
+}
+
+/// Unix seconds as RFC 3339 (UTC).
+pub fn rfc3339(unix: i64) -> String {
+    chrono::DateTime::from_timestamp(unix, 0)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
