@@ -122,6 +122,16 @@ const OPTIONS: &[OptionSpec] = &[
         default: "herald",
         help: "`service.name` of the exported traces",
     },
+    OptionSpec {
+        key: "auth-file",
+        default: "",
+        help: "SQLite file of users, tokens and access control entries; setting it (or `auth-default-access`) turns access control on. Default when on: `<data-dir>/auth.db`",
+    },
+    OptionSpec {
+        key: "auth-default-access",
+        default: "",
+        help: "Access for topics no ACL entry matches: `read-write`, `read-only`, `write-only` or `deny-all`; setting it (or `auth-file`) turns access control on [default when on: read-write]",
+    },
 ];
 
 /// Where a value came from, for error messages.
@@ -190,6 +200,9 @@ pub struct Config {
     /// Where OpenTelemetry traces go (the full `/v1/traces` URL); `None`: no tracing.
     pub otlp_endpoint: Option<String>,
     pub otlp_service_name: String,
+    /// Access control (`auth-file`, `auth-default-access`); `None`: off, everyone
+    /// may read and write every topic (as ntfy without an auth file).
+    pub auth: Option<crate::auth::AuthSettings>,
 }
 
 impl Config {
@@ -341,6 +354,7 @@ impl RawValues {
         } else {
             PathBuf::from(cache_file)
         };
+        let data_dir_for_auth = data_dir.clone();
         Ok(Config {
             listen_http: self.parse("listen-http", parse_listen)?,
             metrics_listen_http: self.parse("metrics-listen-http", |s| {
@@ -389,7 +403,37 @@ impl RawValues {
             })?,
             otlp_endpoint: self.parse("otlp-endpoint", otlp_endpoint)?,
             otlp_service_name: self.parse("otlp-service-name", non_empty)?,
+            auth: self.auth_settings(&data_dir_for_auth)?,
         })
+    }
+}
+
+impl RawValues {
+    /// `auth-file` and `auth-default-access`: on if either is set.
+    fn auth_settings(
+        &self,
+        data_dir: &Path,
+    ) -> Result<Option<crate::auth::AuthSettings>, ConfigError> {
+        let file = self.parse("auth-file", |s| Ok(s.to_string()))?;
+        let access = self.parse("auth-default-access", |s| {
+            if s.is_empty() {
+                return Ok(None);
+            }
+            crate::auth::Access::parse(s).map(Some).ok_or_else(|| {
+                "expected one of: read-write, read-only, write-only, deny-all".to_string()
+            })
+        })?;
+        if file.is_empty() && access.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(crate::auth::AuthSettings {
+            auth_file: if file.is_empty() {
+                data_dir.join("auth.db")
+            } else {
+                PathBuf::from(file)
+            },
+            default_access: access.unwrap_or(crate::auth::Access::READ_WRITE),
+        }))
     }
 }
 

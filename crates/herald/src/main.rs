@@ -7,7 +7,7 @@ use tokio_util::sync::CancellationToken;
 use herald::config::{self, Config, LogFormat};
 
 fn cli() -> Command {
-    Command::new("herald")
+    let cli = Command::new("herald")
         .about("A lean, ntfy-compatible notification server")
         .version(env!("CARGO_PKG_VERSION"))
         .subcommand_required(true)
@@ -25,7 +25,8 @@ fn cli() -> Command {
                         .help("Health URL to probe (plain HTTP)"),
                 ),
         )
-        .subcommand(herald::loadgen::add_args(Command::new("bench")))
+        .subcommand(herald::loadgen::add_args(Command::new("bench")));
+    herald::auth::cli::add_commands(cli)
 }
 
 fn main() -> std::process::ExitCode {
@@ -36,6 +37,7 @@ fn main() -> std::process::ExitCode {
             .and_then(serve),
         Some(("healthcheck", m)) => healthcheck(m.get_one::<String>("url").map(String::as_str)),
         Some(("bench", m)) => herald::loadgen::run(m),
+        Some((name @ ("user" | "access" | "token"), m)) => herald::auth::cli::run(name, m),
         _ => Ok(()),
     };
     match result {

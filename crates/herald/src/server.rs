@@ -75,7 +75,22 @@ pub async fn run(
     herald.spawn_background(&tracker, background.clone());
 
     let metrics = Arc::new(Metrics::new(&herald, &store_metrics));
-    let state = AppState::with_metrics(herald.clone(), metrics, metrics_listener.is_none());
+    let auth = match &config.auth {
+        Some(settings) => {
+            let auth = crate::auth::Authorizer::open(settings).with_context(|| {
+                format!("cannot open auth file {}", settings.auth_file.display())
+            })?;
+            tracing::info!(
+                auth_file = %settings.auth_file.display(),
+                default_access = settings.default_access.as_str(),
+                "access control on"
+            );
+            auth
+        }
+        None => crate::auth::Authorizer::disabled(),
+    };
+    let state = AppState::with_metrics(herald.clone(), metrics, metrics_listener.is_none())
+        .with_auth(Arc::new(auth));
     // The metrics listener runs until the very end, so a drain can be watched.
     let metrics_stop = CancellationToken::new();
     let metrics_server = metrics_listener.map(|listener| {

@@ -66,6 +66,11 @@ pub async fn metrics(state: &AppState) -> Response {
 /// `GET /v1/account` for an anonymous visitor, as ntfy answers it (herald has no
 /// accounts yet): username `*`, the visitor's limits and usage.
 pub fn account(state: &AppState) -> Response {
+    json_response(StatusCode::OK, account_body(state).to_string())
+}
+
+/// The JSON of [`account`], for the logged-in variant to extend.
+pub fn account_body(state: &AppState) -> serde_json::Value {
     let config = &state.herald.config;
     // ntfy's default daily message quota when none is configured: one per request
     // refill interval (5 s) per day.
@@ -98,7 +103,7 @@ pub fn account(state: &AppState) -> Response {
             "attachment_total_size_remaining": 0,
         },
     });
-    json_response(StatusCode::OK, body.to_string())
+    body
 }
 
 /// `GET /v1/stats`: messages published and the recent rate.
@@ -135,9 +140,16 @@ pub fn config(state: &AppState) -> Response {
     resp
 }
 
-/// `GET /<topics>/auth`: whether the caller may read every topic (always, without auth).
-pub fn topic_auth(state: &AppState, topics: &str) -> Result<Response, ApiError> {
-    parse_topics(state, topics)?;
+/// `GET /<topics>/auth`: whether the caller may read every topic.
+pub fn topic_auth(
+    state: &AppState,
+    principal: &crate::auth::Principal,
+    topics: &str,
+) -> Result<Response, ApiError> {
+    let topics = parse_topics(state, topics)?;
+    state
+        .auth
+        .authorize_all(principal, &topics, crate::auth::Permission::Read)?;
     Ok(json_response(
         StatusCode::OK,
         br#"{"success":true}"#.to_vec(),

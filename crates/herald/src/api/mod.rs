@@ -11,6 +11,7 @@
 //! Only this module knows ntfy's parameter names and HTTP framing; it turns requests
 //! into calls on [`crate::core::Herald`].
 
+pub mod account;
 pub mod actions;
 pub mod info;
 pub mod params;
@@ -42,6 +43,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Whether `GET /metrics` is served here (not when `metrics-listen-http` is set).
     pub metrics_on_main: bool,
+    /// Access control (disabled unless configured).
+    pub auth: Arc<crate::auth::Authorizer>,
 }
 
 impl AppState {
@@ -60,7 +63,14 @@ impl AppState {
             slots: Arc::new(subscribe::SubscriptionSlots::new(limit)),
             metrics,
             metrics_on_main,
+            auth: Arc::new(crate::auth::Authorizer::disabled()),
         }
+    }
+
+    /// The same state with access control by `auth`.
+    pub fn with_auth(mut self, auth: Arc<crate::auth::Authorizer>) -> Self {
+        self.auth = auth;
+        self
     }
 }
 
@@ -100,6 +110,18 @@ async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
         .map(|c| c.0.ip())
         .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
     let segments: Vec<&str> = path.strip_prefix('/').unwrap_or(&path).split('/').collect();
+    // ntfy authenticates every request before routing (wrong credentials are a 401
+    // anywhere); herald's own probes and metrics stay open.
+    let principal = if account::needs_authentication(&segments) {
+        match account::authenticate(&state, req.headers(), req.uri().query(), peer).await {
+            Ok(p) => p,
+            Err(e) => return with_cors(e.into_response()),
+        }
+    } else {
+        crate::auth::Principal::anonymous()
+    };
+    let mut req = req;
+    req.extensions_mut().insert(principal.clone());
 
     let result = match (&method, segments.as_slice()) {
         (&Method::OPTIONS, _) => Ok(info::options()),
@@ -108,7 +130,10 @@ async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
         (&Method::GET, ["readyz"]) => Ok(info::readyz(&state).await),
         (&Method::GET, ["v1", "stats"]) => info::stats(&state).await,
         (&Method::GET, ["v1", "config"]) => Ok(info::config(&state)),
-        (&Method::GET, ["v1", "account"]) => Ok(info::account(&state)),
+        (&Method::GET, ["v1", "account"]) => account::get(&state, &principal).await,
+        (_, ["v1", "account", "token"]) => account::token(&state, &principal, req).await,
+        (_, ["v1", "users"]) => account::users(&state, &principal, req).await,
+        (_, ["v1", "users", "access"]) => account::access(&state, &principal, req).await,
         (&Method::GET, ["metrics"]) if state.metrics_on_main => Ok(info::metrics(&state).await),
         (&Method::PUT | &Method::POST, [""]) => publish::publish_json(&state, req).await,
         (&Method::PUT | &Method::POST, [topic]) if topic::is_valid_name(topic) => {
@@ -124,20 +149,38 @@ async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
         (&Method::DELETE, [topic, sid])
             if topic::is_valid_name(topic) && topic::is_valid_name(sid) =>
         {
-            publish::sequence_action(&state, topic, sid, crate::model::EventKind::MessageDelete)
-                .await
+            publish::sequence_action(
+                &state,
+                &principal,
+                topic,
+                sid,
+                crate::model::EventKind::MessageDelete,
+            )
+            .await
         }
         (&Method::GET, [topic, sid, "delete"])
             if topic::is_valid_name(topic) && topic::is_valid_name(sid) =>
         {
-            publish::sequence_action(&state, topic, sid, crate::model::EventKind::MessageDelete)
-                .await
+            publish::sequence_action(
+                &state,
+                &principal,
+                topic,
+                sid,
+                crate::model::EventKind::MessageDelete,
+            )
+            .await
         }
         (&Method::GET | &Method::PUT, [topic, sid, "clear" | "read"])
             if topic::is_valid_name(topic) && topic::is_valid_name(sid) =>
         {
-            publish::sequence_action(&state, topic, sid, crate::model::EventKind::MessageClear)
-                .await
+            publish::sequence_action(
+                &state,
+                &principal,
+                topic,
+                sid,
+                crate::model::EventKind::MessageClear,
+            )
+            .await
         }
         (&Method::GET, [topic, "publish" | "send" | "trigger"]) if topic::is_valid_name(topic) => {
             let topic = topic.to_string();
@@ -154,14 +197,17 @@ async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
                 "sse" => subscribe::subscribe(&state, req, &topics, StreamFormat::Sse, peer).await,
                 "raw" => subscribe::subscribe(&state, req, &topics, StreamFormat::Raw, peer).await,
                 "ws" => ws::subscribe(&state, req, &topics, peer).await,
-                _ => info::topic_auth(&state, &topics),
+                _ => info::topic_auth(&state, &principal, &topics),
             }
         }
         (&Method::GET, [topic]) if topic::is_valid_name(topic) => info::topic_page(&state, req),
         (&Method::GET | &Method::HEAD, [""]) => Ok(info::index()),
         _ => Err(ApiError::NOT_FOUND),
     };
-    let mut resp = result.unwrap_or_else(IntoResponse::into_response);
+    with_cors(result.unwrap_or_else(IntoResponse::into_response))
+}
+
+fn with_cors(mut resp: Response) -> Response {
     resp.headers_mut()
         .entry(header::ACCESS_CONTROL_ALLOW_ORIGIN)
         .or_insert(HeaderValue::from_static("*"));

@@ -125,7 +125,7 @@ impl Listener {
             return None;
         }
         let target = req.path?;
-        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        let (path, raw_query) = target.split_once('?').unwrap_or((target, ""));
         let (topics, kind) = path.strip_prefix('/')?.split_once('/')?;
         let format = match kind {
             "json" => StreamFormat::Json,
@@ -148,10 +148,16 @@ impl Listener {
         {
             return None;
         }
-        let query: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+        let query: Vec<(String, String)> = form_urlencoded::parse(raw_query.as_bytes())
             .into_owned()
             .collect();
-        let request = parse_parts(&self.state, &map, &query, topics).ok()?;
+        // Credentials that need a password hashed, wrong ones and refusals go to
+        // hyper, which answers them exactly (401, 403, 429).
+        let principal = self
+            .state
+            .auth
+            .authenticate_cached(&map, Some(raw_query), peer.ip())?;
+        let request = parse_parts(&self.state, &map, &query, topics, &principal).ok()?;
         if request.params.poll {
             return None;
         }
