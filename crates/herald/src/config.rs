@@ -598,6 +598,21 @@ mod tests {
     }
 
     #[test]
+    fn access_control_is_off_unless_configured() {
+        assert!(load(&matches(&[])).unwrap().auth.is_none());
+        let c = load(&matches(&["--auth-default-access", "deny-all"])).unwrap();
+        let auth = c.auth.unwrap();
+        assert_eq!(auth.auth_file, PathBuf::from("./herald-data/auth.db"));
+        assert_eq!(auth.default_access, crate::auth::Access::DENY_ALL);
+        let c = load(&matches(&["--auth-file", "/tmp/u.db"])).unwrap();
+        let auth = c.auth.unwrap();
+        assert_eq!(auth.auth_file, PathBuf::from("/tmp/u.db"));
+        assert_eq!(auth.default_access, crate::auth::Access::READ_WRITE);
+        let err = load(&matches(&["--auth-default-access", "everything"])).unwrap_err();
+        assert!(err.to_string().contains("auth-default-access"), "{err}");
+    }
+
+    #[test]
     fn sizes() {
         assert_eq!(parse_size("4096"), Ok(4096));
         assert_eq!(parse_size("4k"), Ok(4096));

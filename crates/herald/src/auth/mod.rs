@@ -316,6 +316,8 @@ impl Authorizer {
     /// Auth on, with the SQLite store at `settings.auth_file`.
     pub fn open(settings: &AuthSettings) -> Result<Authorizer, AuthStoreError> {
         let store = sqlite::SqliteAuthStore::open(&settings.auth_file)?;
+        // Expired tokens are refused anyway; this keeps the file from growing.
+        store.remove_expired_tokens(crate::model::now_unix())?;
         Ok(Authorizer::with_store(
             Arc::new(store),
             settings.default_access,

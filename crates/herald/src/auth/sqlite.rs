@@ -212,8 +212,10 @@ fn select_token(
 impl AuthStore for SqliteAuthStore {
     fn generation(&self) -> Result<u64, AuthStoreError> {
         let watch = self.watch.lock().unwrap_or_else(|p| p.into_inner());
-        watch
-            .query_row("PRAGMA data_version", [], |row| row.get::<_, i64>(0))
+        let mut stmt = watch
+            .prepare_cached("PRAGMA data_version")
+            .map_err(backend)?;
+        stmt.query_row([], |row| row.get::<_, i64>(0))
             .map(|v| v as u64)
             .map_err(backend)
     }
