@@ -176,30 +176,20 @@ fn select_token(
     user: &str,
     selector: &TokenSelector,
 ) -> Result<TokenRecord, AuthStoreError> {
-    let mut found = match selector {
-        TokenSelector::Full(digest) => {
-            let mut stmt = conn
-                .prepare_cached(&format!(
-                    "SELECT {TOKEN_COLUMNS} FROM user_token WHERE user = ?1 AND digest = ?2"
-                ))
-                .map_err(backend)?;
-            stmt.query_map(params![user, digest.as_slice()], token_from_row)
-                .map_err(backend)?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(backend)?
-        }
-        TokenSelector::Shown(shown) => {
-            let mut stmt = conn
-                .prepare_cached(&format!(
-                    "SELECT {TOKEN_COLUMNS} FROM user_token WHERE user = ?1 AND shown = ?2"
-                ))
-                .map_err(backend)?;
-            stmt.query_map(params![user, shown], token_from_row)
-                .map_err(backend)?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(backend)?
-        }
+    let (column, key): (&str, &dyn rusqlite::ToSql) = match selector {
+        TokenSelector::Full(digest) => ("digest", digest),
+        TokenSelector::Shown(shown) => ("shown", shown),
     };
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT {TOKEN_COLUMNS} FROM user_token WHERE user = ?1 AND {column} = ?2"
+        ))
+        .map_err(backend)?;
+    let mut found = stmt
+        .query_map(params![user, key], token_from_row)
+        .map_err(backend)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(backend)?;
     match found.len() {
         0 => Err(AuthStoreError::TokenNotFound),
         1 => Ok(found.remove(0)),
