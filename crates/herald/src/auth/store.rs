@@ -9,6 +9,11 @@
 //! The server does not query the store per request: it keeps a snapshot
 //! ([`AuthData`]) and reloads it when [`AuthStore::generation`] changes, which is
 //! how changes made by the CLI (another process) reach a running server.
+//!
+//! Methods block. The server calls the changing ones and `load` from blocking
+//! threads (`spawn_blocking`); `generation` is called on the request path and must be
+//! cheap (SQLite: one `PRAGMA data_version`; a networked store would keep a counter
+//! that its change notifications bump, rather than ask the network per request).
 
 use super::acl::Grant;
 use super::token::{TokenDigest, TokenSelector};
