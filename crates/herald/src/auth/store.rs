@@ -10,10 +10,12 @@
 //! ([`AuthData`]) and reloads it when [`AuthStore::generation`] changes, which is
 //! how changes made by the CLI (another process) reach a running server.
 //!
-//! Methods block. The server calls the changing ones and `load` from blocking
-//! threads (`spawn_blocking`); `generation` is called on the request path and must be
-//! cheap (SQLite: one `PRAGMA data_version`; a networked store would keep a counter
-//! that its change notifications bump, rather than ask the network per request).
+//! Methods block. The server calls the changing ones from blocking threads
+//! (`spawn_blocking`); `generation` (every authenticated request) and `load` (after
+//! the generation moved) run on the request path and must be quick: SQLite answers
+//! both from the local file; a networked store would keep a local replica and a
+//! counter that its change notifications bump, rather than ask the network per
+//! request.
 
 use super::acl::Grant;
 use super::token::{TokenDigest, TokenSelector};
