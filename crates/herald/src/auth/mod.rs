@@ -292,6 +292,11 @@ struct Enabled {
     /// Process-random key of those digests.
     verified_key: [u8; 32],
     throttle: throttle::LoginThrottle,
+    /// Password checks running at once. Each argon2 verification takes ~19 MiB and
+    /// tens of milliseconds; without a bound, a flood of logins with made-up names
+    /// from many addresses would fill the blocking pool (hundreds of threads) and
+    /// memory. Waiting checks queue here, as cheap futures.
+    hash_slots: tokio::sync::Semaphore,
     /// When each token's use was last written back.
     touched: Mutex<HashMap<TokenDigest, i64>>,
 }
@@ -340,6 +345,7 @@ impl Authorizer {
                 verified: Mutex::new(HashMap::new()),
                 verified_key,
                 throttle: throttle::LoginThrottle::default(),
+                hash_slots: tokio::sync::Semaphore::new(hash_parallelism()),
                 touched: Mutex::new(HashMap::new()),
             }),
         }
@@ -408,13 +414,7 @@ impl Authorizer {
                 let Credentials::Password { user, password } = creds.clone() else {
                     return Err(ApiError::UNAUTHORIZED);
                 };
-                let hash_for_check = hash.clone();
-                let password_for_check = password.clone();
-                let ok = tokio::task::spawn_blocking(move || {
-                    password::verify(&password_for_check, &hash_for_check)
-                })
-                .await
-                .unwrap_or(false);
+                let ok = Self::verify_bounded(en, password.clone(), hash.clone()).await;
                 match known_user {
                     Some(role) if ok => {
                         Self::remember_password(en, &user, &hash, &password);
@@ -626,11 +626,23 @@ impl Authorizer {
             .get(user)
             .map(|u| u.hash.clone())
             .unwrap_or_else(|| password::dummy_hash().to_string());
-        let password = password.to_string();
+        Self::verify_bounded(en, password.to_string(), hash).await
+    }
+
+    /// Verifies a password on a blocking thread, at most [`hash_parallelism`] at once.
+    async fn verify_bounded(en: &Enabled, password: String, hash: String) -> bool {
+        let Ok(_slot) = en.hash_slots.acquire().await else {
+            return false;
+        };
         tokio::task::spawn_blocking(move || password::verify(&password, &hash))
             .await
             .unwrap_or(false)
     }
+}
+
+/// How many password checks may run at once: the number of cores (at least 2).
+fn hash_parallelism() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().max(2))
 }
 
 /// SHA-256 over the process key, user, hash and password; `None` when no random
