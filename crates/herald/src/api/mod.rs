@@ -32,7 +32,7 @@ use axum::response::{IntoResponse, Response};
 use crate::core::Herald;
 use crate::error::ApiError;
 use crate::hub::Transport;
-use crate::model::topic;
+use crate::model::{EventKind, topic};
 use crate::telemetry::{Metrics, StoreMetrics};
 
 /// State shared by all handlers.
@@ -149,38 +149,17 @@ async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
         (&Method::DELETE, [topic, sid])
             if topic::is_valid_name(topic) && topic::is_valid_name(sid) =>
         {
-            publish::sequence_action(
-                &state,
-                &principal,
-                topic,
-                sid,
-                crate::model::EventKind::MessageDelete,
-            )
-            .await
+            publish::sequence_action(&state, &principal, topic, sid, EventKind::MessageDelete).await
         }
         (&Method::GET, [topic, sid, "delete"])
             if topic::is_valid_name(topic) && topic::is_valid_name(sid) =>
         {
-            publish::sequence_action(
-                &state,
-                &principal,
-                topic,
-                sid,
-                crate::model::EventKind::MessageDelete,
-            )
-            .await
+            publish::sequence_action(&state, &principal, topic, sid, EventKind::MessageDelete).await
         }
         (&Method::GET | &Method::PUT, [topic, sid, "clear" | "read"])
             if topic::is_valid_name(topic) && topic::is_valid_name(sid) =>
         {
-            publish::sequence_action(
-                &state,
-                &principal,
-                topic,
-                sid,
-                crate::model::EventKind::MessageClear,
-            )
-            .await
+            publish::sequence_action(&state, &principal, topic, sid, EventKind::MessageClear).await
         }
         (&Method::GET, [topic, "publish" | "send" | "trigger"]) if topic::is_valid_name(topic) => {
             let topic = topic.to_string();
