@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 pub const BURST: f64 = 30.0;
 /// One more attempt per this interval.
 pub const REFILL: Duration = Duration::from_secs(60);
-/// Most keys tracked; beyond that, full buckets are dropped first.
+/// Most keys tracked; beyond that, full buckets are dropped first, then all.
 const MAX_KEYS: usize = 100_000;
 
 #[derive(Debug, Clone, Copy)]
@@ -72,6 +72,11 @@ impl LoginThrottle {
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         if buckets.len() >= MAX_KEYS {
             buckets.retain(|_, b| b.level(now) < BURST);
+            // Still full (a spray of made-up user names): forget everything rather
+            // than grow without bound or rescan on every failure.
+            if buckets.len() >= MAX_KEYS {
+                buckets.clear();
+            }
         }
         let keys = std::iter::once(addr_key(ip)).chain(user.map(|u| Key::User(u.to_string())));
         for key in keys {
