@@ -90,6 +90,8 @@ impl SqliteAuthStore {
                 AuthStoreError::Backend(format!("cannot create {}: {e}", parent.display()))
             })?;
         }
+        // Checked before any pragma changes the file.
+        check_schema(&Connection::open(path).map_err(backend)?, path)?;
         let conn = open_connection(path)?;
         conn.execute_batch(SCHEMA).map_err(backend)?;
         let watch = open_connection(path)?;
@@ -115,6 +117,32 @@ impl SqliteAuthStore {
         let value = f(&tx)?;
         tx.commit().map_err(backend)?;
         Ok(value)
+    }
+}
+
+/// Refuses files herald did not make (an ntfy `user.db` has tables of the same names
+/// and other columns) or made by a newer herald, before anything is written.
+fn check_schema(conn: &Connection, path: &Path) -> Result<(), AuthStoreError> {
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .map_err(backend)?;
+    let tables: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'",
+            [],
+            |row| row.get(0),
+        )
+        .map_err(backend)?;
+    match version {
+        0 if tables > 0 => Err(AuthStoreError::Backend(format!(
+            "{} is not a herald auth file (an ntfy user.db cannot be used; make users with `herald user add`)",
+            path.display()
+        ))),
+        0 | 1 => Ok(()),
+        v => Err(AuthStoreError::Backend(format!(
+            "{} has schema version {v}, newer than this herald understands",
+            path.display()
+        ))),
     }
 }
 
@@ -565,6 +593,27 @@ mod tests {
         let data = store.load().unwrap();
         assert!(data.users.is_empty() && data.tokens.is_empty());
         assert_eq!(data.grants.len(), 1, "everyone's entry stays");
+    }
+
+    #[test]
+    fn foreign_files_are_refused_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("user.db");
+        let ntfy = Connection::open(&path).unwrap();
+        ntfy.execute_batch("CREATE TABLE user (id TEXT, user TEXT, pass TEXT);")
+            .unwrap();
+        drop(ntfy);
+        let err = SqliteAuthStore::open(&path).unwrap_err();
+        assert!(err.to_string().contains("not a herald auth file"), "{err}");
+        let conn = Connection::open(&path).unwrap();
+        let tables: i64 = conn
+            .query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(tables, 1, "nothing was created");
+        // A herald file opens again.
+        let ok = dir.path().join("auth.db");
+        drop(SqliteAuthStore::open(&ok).unwrap());
+        SqliteAuthStore::open(&ok).unwrap();
     }
 
     #[test]
