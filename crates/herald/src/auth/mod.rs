@@ -147,12 +147,22 @@ pub struct Principal {
     user: Option<Arc<AuthenticatedUser>>,
 }
 
-#[derive(Debug)]
 struct AuthenticatedUser {
     name: String,
     role: Role,
     /// The digest of the token the request used, if it used one.
     token: Option<TokenDigest>,
+}
+
+// Not even the token's digest in debug output.
+impl std::fmt::Debug for AuthenticatedUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthenticatedUser")
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .field("by_token", &self.token.is_some())
+            .finish()
+    }
 }
 
 impl Principal {
@@ -198,14 +208,12 @@ pub struct AuthSettings {
 }
 
 /// A user as the snapshot holds them.
-#[derive(Debug)]
 struct SnapshotUser {
     role: Role,
     hash: String,
     grants: Vec<Grant>,
 }
 
-#[derive(Debug)]
 struct SnapshotToken {
     digest: TokenDigest,
     user: String,
@@ -214,7 +222,7 @@ struct SnapshotToken {
 }
 
 /// The store's content, indexed for requests.
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Snapshot {
     users: HashMap<String, SnapshotUser>,
     everyone: Vec<Grant>,
@@ -279,7 +287,6 @@ pub struct Authorizer {
     enabled: Option<Enabled>,
 }
 
-#[derive(Debug)]
 struct Enabled {
     store: Arc<dyn AuthStore>,
     default_access: Access,
@@ -299,6 +306,16 @@ struct Enabled {
     hash_slots: tokio::sync::Semaphore,
     /// When each token's use was last written back.
     touched: Mutex<HashMap<TokenDigest, i64>>,
+}
+
+// Only what is not secret (no hashes, digests or the cache key).
+impl std::fmt::Debug for Enabled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Enabled")
+            .field("store", &self.store)
+            .field("default_access", &self.default_access)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The result of checking credentials without hashing a password.
@@ -879,6 +896,23 @@ mod tests {
         );
         let other: IpAddr = "192.0.2.8".parse().unwrap();
         assert!(auth.authenticate(&bearer(&tok), None, other).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn debug_output_holds_no_secrets() {
+        let (_dir, auth, tok) = setup(Access::DENY_ALL);
+        let p = auth.authenticate(&bearer(&tok), None, IP).await.unwrap();
+        auth.authenticate(&basic("phil", "secret"), None, IP)
+            .await
+            .unwrap();
+        let store = auth.store().unwrap();
+        let data = store.load().unwrap();
+        let creds = credentials::read(&basic("phil", "secret"), None);
+        let text = format!("{auth:?} {p:?} {data:?} {creds:?}");
+        for secret in ["secret", "$argon2", tok.as_str(), &tok[3..]] {
+            assert!(!text.contains(secret), "{secret:?} in {text}");
+        }
+        assert!(text.contains("phil"));
     }
 
     #[test]

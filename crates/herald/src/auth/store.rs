@@ -25,7 +25,7 @@ use super::{Access, Role};
 pub const EVERYONE: &str = "*";
 
 /// A user as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct UserRecord {
     pub name: String,
     /// argon2 PHC string.
@@ -33,8 +33,18 @@ pub struct UserRecord {
     pub role: Role,
 }
 
+// The hash stays out of debug output.
+impl std::fmt::Debug for UserRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserRecord")
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
+}
+
 /// An access token as stored (never the token itself).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct TokenRecord {
     pub digest: TokenDigest,
     pub user: String,
@@ -48,6 +58,18 @@ pub struct TokenRecord {
     /// IP address of the last use ("" = unknown).
     pub last_origin: String,
     pub created: i64,
+}
+
+// The digest stays out of debug output; the shown prefix identifies the token.
+impl std::fmt::Debug for TokenRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenRecord")
+            .field("user", &self.user)
+            .field("shown", &self.shown)
+            .field("label", &self.label)
+            .field("expires", &self.expires)
+            .finish_non_exhaustive()
+    }
 }
 
 impl TokenRecord {
