@@ -153,7 +153,9 @@ pub fn add_commands(cmd: Command) -> Command {
 /// Where the auth file is, and the configured default access.
 struct Location {
     auth_file: PathBuf,
-    default_access: Access,
+    /// `None` when this command's configuration does not turn access control on
+    /// (the server may have been given `auth-default-access` as a flag).
+    default_access: Option<Access>,
 }
 
 /// Resolves `data-dir`/`auth-file` exactly as `herald serve` does, by running the
@@ -174,11 +176,11 @@ fn locate(m: &ArgMatches) -> anyhow::Result<Location> {
     Ok(match cfg.auth {
         Some(a) => Location {
             auth_file: a.auth_file,
-            default_access: a.default_access,
+            default_access: Some(a.default_access),
         },
         None => Location {
             auth_file: cfg.data_dir.join("auth.db"),
-            default_access: Access::READ_WRITE,
+            default_access: None,
         },
     })
 }
@@ -380,11 +382,17 @@ fn show_access(
         for g in entries(EVERYONE) {
             writeln!(out, "- {} to topic {}", describe(g.access), g.pattern)?;
         }
-        writeln!(
-            out,
-            "- {} to all (other) topics (auth-default-access)",
-            describe(loc.default_access)
-        )?;
+        match loc.default_access {
+            Some(a) => writeln!(
+                out,
+                "- {} to all (other) topics (auth-default-access)",
+                describe(a)
+            )?,
+            None => writeln!(
+                out,
+                "- the server's auth-default-access to all (other) topics (not set for this command)"
+            )?,
+        }
     }
     Ok(())
 }
