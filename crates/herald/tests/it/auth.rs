@@ -895,3 +895,56 @@ async fn secrets_stay_out_of_the_log() {
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("Bearer {token}"));
     assert!(!log.contains(&encoded));
 }
+
+/// An ntfy-style `server.yml` with `auth-file` and `auth-default-access: deny-all`;
+/// the CLI reads the same file with `--config`.
+#[tokio::test]
+async fn configured_by_a_server_yml() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("server.yml");
+    let auth_file = dir.path().join("users.db");
+    std::fs::write(
+        &config,
+        format!(
+            "auth-file: {}\nauth-default-access: deny-all\n",
+            auth_file.display()
+        ),
+    )
+    .unwrap();
+    let config_arg = config.display().to_string();
+    let server = TestServer::start(&["--config", &config_arg]);
+    let run = |args: &[&str], password: Option<&str>| {
+        let mut cmd = herald_command();
+        cmd.args(args)
+            .args(["--config", &config_arg])
+            .stdin(Stdio::null());
+        if let Some(p) = password {
+            cmd.env("HERALD_PASSWORD", p);
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    run(&["user", "add", USER.0], Some(USER.1));
+    run(&["access", USER.0, "t*", "rw"], None);
+    assert!(auth_file.exists(), "the configured auth-file is used");
+    assert!(!server.data_path().join("auth.db").exists());
+    let listed = run(&["access"], None);
+    assert!(
+        listed.contains("no access to all (other) topics"),
+        "{listed}"
+    );
+    let phil = Who::Password(USER.0.into(), USER.1.into());
+    expect_json(publish_as(&server, &phil, "t1", "x").await, 200).await;
+    expect_error(
+        publish_as(&server, &Who::Anonymous, "t1", "x").await,
+        403,
+        40301,
+    )
+    .await;
+    expect_error(publish_as(&server, &phil, "u1", "x").await, 403, 40301).await;
+}
