@@ -292,6 +292,8 @@ struct Enabled {
     default_access: Access,
     /// The store generation the snapshot was loaded at, and the snapshot.
     snapshot: Mutex<(Option<u64>, Arc<Snapshot>)>,
+    /// Held by the one request reloading the snapshot.
+    loading: Mutex<()>,
     /// Per user, a keyed digest of (hash, password) of the last successful password
     /// login: repeated Basic auth (every publish of a script) skips argon2. A new
     /// password hash changes the digest, so a changed password never matches.
@@ -354,18 +356,24 @@ impl Authorizer {
             // can match instead of caching (see `password_cache_digest`).
             verified_key = [0; 32];
         }
-        Authorizer {
+        let authorizer = Authorizer {
             enabled: Some(Enabled {
                 store,
                 default_access,
                 snapshot: Mutex::new((None, Arc::new(Snapshot::default()))),
+                loading: Mutex::new(()),
                 verified: Mutex::new(HashMap::new()),
                 verified_key,
                 throttle: throttle::LoginThrottle::default(),
                 hash_slots: tokio::sync::Semaphore::new(hash_parallelism()),
                 touched: Mutex::new(HashMap::new()),
             }),
+        };
+        // Loaded now, so the first requests find users and tokens at once.
+        if let Some(en) = &authorizer.enabled {
+            Self::snapshot(en);
         }
+        authorizer
     }
 
     pub fn is_enabled(&self) -> bool {
@@ -381,21 +389,53 @@ impl Authorizer {
     /// read keeps the last snapshot (logged), so a locked file does not lock
     /// everyone out.
     fn snapshot(en: &Enabled) -> Arc<Snapshot> {
-        let mut guard = en.snapshot.lock().unwrap_or_else(|p| p.into_inner());
+        let lock = || en.snapshot.lock().unwrap_or_else(|p| p.into_inner());
         let generation = match en.store.generation() {
             Ok(g) => g,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot check the auth store for changes");
-                return guard.1.clone();
+                return lock().1.clone();
             }
         };
-        if guard.0 != Some(generation) {
-            match en.store.load() {
-                Ok(data) => *guard = (Some(generation), Arc::new(Snapshot::build(data))),
-                Err(e) => tracing::warn!(error = %e, "cannot load the auth store"),
+        {
+            let current = lock();
+            if current.0 == Some(generation) {
+                return current.1.clone();
             }
         }
-        guard.1.clone()
+        // One request loads, without holding the snapshot lock; requests that
+        // arrive meanwhile use the old snapshot instead of waiting or loading too.
+        // Generations only grow, so a slower load never replaces a newer snapshot.
+        // Before the first load there is no old snapshot to use: wait for it.
+        let never_loaded = lock().0.is_none();
+        let _loading = match en.loading.try_lock() {
+            Ok(guard) => guard,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) if never_loaded => {
+                en.loading.lock().unwrap_or_else(|p| p.into_inner())
+            }
+            Err(std::sync::TryLockError::WouldBlock) => return lock().1.clone(),
+        };
+        {
+            let current = lock();
+            if current.0 >= Some(generation) {
+                return current.1.clone();
+            }
+        }
+        match en.store.load() {
+            Ok(data) => {
+                let fresh = Arc::new(Snapshot::build(data));
+                let mut current = lock();
+                if current.0 < Some(generation) {
+                    *current = (Some(generation), fresh);
+                }
+                current.1.clone()
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot load the auth store");
+                lock().1.clone()
+            }
+        }
     }
 
     /// Turns the request's credentials into a principal: anonymous without
