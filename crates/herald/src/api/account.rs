@@ -267,9 +267,11 @@ fn selector(named: Option<&str>, principal: &Principal) -> Result<TokenSelector,
     }
 }
 
-fn require_admin(principal: &Principal) -> Result<(), ApiError> {
+/// The store, for admins only (`401` for everyone else, `404` with auth off).
+fn admin_store(state: &AppState, principal: &Principal) -> Result<Arc<dyn AuthStore>, ApiError> {
+    let store = store(state)?.clone();
     if principal.is_admin() {
-        Ok(())
+        Ok(store)
     } else {
         Err(ApiError::UNAUTHORIZED)
     }
@@ -290,8 +292,7 @@ pub async fn users(
     principal: &Principal,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let store = store(state)?.clone();
-    require_admin(principal)?;
+    let store = admin_store(state, principal)?;
     let method = req.method().clone();
     match method {
         Method::GET => {
@@ -392,8 +393,7 @@ pub async fn access(
     principal: &Principal,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let store = store(state)?.clone();
-    require_admin(principal)?;
+    let store = admin_store(state, principal)?;
     let method = req.method().clone();
     if !matches!(method, Method::PUT | Method::POST | Method::DELETE) {
         return Err(ApiError::NOT_FOUND);
