@@ -122,7 +122,7 @@ pub fn add_commands(cmd: Command) -> Command {
                         .long("expires")
                         .short('e')
                         .value_name("DURATION")
-                        .help("Lifetime, e.g. `30d`, `12h`; default: never expires"),
+                        .help("When it expires: a duration (`30d`, `12h`), a unix time or a time such as `tomorrow 3pm`; default: never"),
                 )
                 .arg(
                     Arg::new("label")
@@ -405,18 +405,15 @@ fn token_cmd(store: &SqliteAuthStore, m: &ArgMatches, out: &mut impl Write) -> a
                 bail!("user {name} does not exist");
             }
             let now = crate::model::now_unix();
-            let expires = match m.get_one::<String>("expires") {
-                None => 0,
-                Some(s) => {
-                    let d = crate::api::timeparse::parse_config_duration(s).with_context(|| {
-                        format!("invalid --expires {s:?}: expected a duration such as 30d or 12h")
-                    })?;
-                    if d.is_zero() {
-                        0
-                    } else {
-                        now + d.as_secs() as i64
-                    }
-                }
+            // As ntfy's `--expires`: a duration, a unix time or a phrase such as
+            // `tomorrow 3pm` (ntfy's ParseFutureTime); none (or `never`): no expiry.
+            let expires = match m.get_one::<String>("expires").map(|s| s.trim()) {
+                None | Some("" | "never" | "0") => 0,
+                Some(s) => crate::api::timeparse::parse_future_time(s, now).map_err(|_| {
+                    anyhow::anyhow!(
+                        "invalid --expires {s:?}: expected a duration (30d, 12h), a unix time or a time such as \"tomorrow 3pm\""
+                    )
+                })?,
             };
             let value = token::generate().context("no randomness for the token")?;
             store.add_token(
