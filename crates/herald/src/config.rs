@@ -248,6 +248,16 @@ const OPTIONS: &[OptionSpec] = &[
         default: "24h",
         help: "How long a rotated-out webhook secret keeps signing next to the new one",
     },
+    OptionSpec {
+        key: "auth-file",
+        default: "",
+        help: "SQLite file of users, tokens and access control entries; setting it (or `auth-default-access`) turns access control on. Default when on: `<data-dir>/auth.db`",
+    },
+    OptionSpec {
+        key: "auth-default-access",
+        default: "",
+        help: "Access for topics no ACL entry matches: `read-write`, `read-only`, `write-only` or `deny-all`; setting it (or `auth-file`) turns access control on [default when on: read-write]",
+    },
 ];
 
 /// Where a value came from, for error messages.
@@ -321,6 +331,9 @@ pub struct Config {
     pub limits: crate::limits::LimitsConfig,
     /// Outgoing webhooks (`webhook-*` keys).
     pub webhooks: crate::webhook::WebhookConfig,
+    /// Access control (`auth-file`, `auth-default-access`); `None`: off, everyone
+    /// may read and write every topic (as ntfy without an auth file).
+    pub auth: Option<crate::auth::AuthSettings>,
 }
 
 impl Config {
@@ -521,6 +534,7 @@ impl RawValues {
             otlp_service_name: self.parse("otlp-service-name", non_empty)?,
             limits: self.limits()?,
             webhooks: self.webhook_config(&data_dir)?,
+            auth: self.auth_settings(&data_dir)?,
             data_dir,
         })
     }
@@ -623,6 +637,35 @@ fn boolean(s: &str) -> Result<bool, String> {
         "true" | "yes" | "1" | "on" => Ok(true),
         "false" | "no" | "0" | "off" | "" => Ok(false),
         _ => Err("expected true or false".into()),
+    }
+}
+
+impl RawValues {
+    /// `auth-file` and `auth-default-access`: on if either is set.
+    fn auth_settings(
+        &self,
+        data_dir: &Path,
+    ) -> Result<Option<crate::auth::AuthSettings>, ConfigError> {
+        let file = self.parse("auth-file", |s| Ok(s.to_string()))?;
+        let access = self.parse("auth-default-access", |s| {
+            if s.is_empty() {
+                return Ok(None);
+            }
+            crate::auth::Access::parse(s).map(Some).ok_or_else(|| {
+                "expected one of: read-write, read-only, write-only, deny-all".to_string()
+            })
+        })?;
+        if file.is_empty() && access.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(crate::auth::AuthSettings {
+            auth_file: if file.is_empty() {
+                data_dir.join("auth.db")
+            } else {
+                PathBuf::from(file)
+            },
+            default_access: access.unwrap_or(crate::auth::Access::READ_WRITE),
+        }))
     }
 }
 
@@ -855,6 +898,21 @@ mod tests {
             let err = load(&matches(&[key, value])).unwrap_err().to_string();
             assert!(err.contains(&key[2..]), "{err}");
         }
+    }
+
+    #[test]
+    fn access_control_is_off_unless_configured() {
+        assert!(load(&matches(&[])).unwrap().auth.is_none());
+        let c = load(&matches(&["--auth-default-access", "deny-all"])).unwrap();
+        let auth = c.auth.unwrap();
+        assert_eq!(auth.auth_file, PathBuf::from("./herald-data/auth.db"));
+        assert_eq!(auth.default_access, crate::auth::Access::DENY_ALL);
+        let c = load(&matches(&["--auth-file", "/tmp/u.db"])).unwrap();
+        let auth = c.auth.unwrap();
+        assert_eq!(auth.auth_file, PathBuf::from("/tmp/u.db"));
+        assert_eq!(auth.default_access, crate::auth::Access::READ_WRITE);
+        let err = load(&matches(&["--auth-default-access", "everything"])).unwrap_err();
+        assert!(err.to_string().contains("auth-default-access"), "{err}");
     }
 
     #[test]

@@ -93,6 +93,13 @@ api_errors! {
     TOO_MANY_CONNECTIONS = (503, 50302, "service unavailable: too many connections");
     INTERNAL = (500, 50001, "internal server error");
     UNAVAILABLE = (503, 50301, "service unavailable: shutting down or storage unavailable");
+    // Access control (src/auth): ntfy's codes for users, tokens and the ACL.
+    NO_TOKEN_PROVIDED = (400, 40023, "invalid request: no token provided");
+    PERMISSION_INVALID = (400, 40025, "invalid request: incorrect permission string");
+    USER_NOT_FOUND = (400, 40031, "invalid request: user does not exist");
+    USERNAME_INVALID = (400, 40046, "invalid username");
+    USER_EXISTS = (409, 40901, "conflict: user already exists");
+    TOO_MANY_AUTH_FAILURES = (429, 42909, "limit reached: too many auth failures", LINK_LIMITS);
 }
 
 impl ApiError {

@@ -10,6 +10,7 @@
 //!   plus the scheduler and the expiry sweep.
 //! - [`api`]: the ntfy-compatible HTTP surface (publish, JSON/SSE/raw/WebSocket streams).
 //! - [`error`]: ntfy's JSON error shape and codes.
+//! - [`auth`]: access control as ntfy has it: users, tokens, ACLs, credentials.
 //! - [`server`]: binds listeners, runs everything, drains on shutdown.
 //! - [`telemetry`]: Prometheus metrics and the access log.
 //! - [`otel`]: OpenTelemetry trace export (`otel` cargo feature, `otlp-endpoint`).
@@ -19,6 +20,7 @@
 //! invariants each module keeps.
 
 pub mod api;
+pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod core;

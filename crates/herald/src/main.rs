@@ -7,7 +7,7 @@ use tokio_util::sync::CancellationToken;
 use herald::config::{self, Config, LogFormat};
 
 fn cli() -> Command {
-    Command::new("herald")
+    let cli = Command::new("herald")
         .about("A lean, ntfy-compatible notification server")
         .version(env!("CARGO_PKG_VERSION"))
         .subcommand_required(true)
@@ -26,7 +26,8 @@ fn cli() -> Command {
                 ),
         )
         .subcommand(herald::loadgen::add_args(Command::new("bench")))
-        .subcommand(herald::webhook::cli::add_args(Command::new("webhook")))
+        .subcommand(herald::webhook::cli::add_args(Command::new("webhook")));
+    herald::auth::cli::add_commands(cli)
 }
 
 fn main() -> std::process::ExitCode {
@@ -40,6 +41,7 @@ fn main() -> std::process::ExitCode {
         Some(("healthcheck", m)) => healthcheck(m.get_one::<String>("url").map(String::as_str)),
         Some(("bench", m)) => herald::loadgen::run(m),
         Some(("webhook", m)) => herald::webhook::cli::run(m),
+        Some((name @ ("user" | "access" | "token"), m)) => herald::auth::cli::run(name, m),
         _ => Ok(()),
     };
     match result {

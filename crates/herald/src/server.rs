@@ -102,7 +102,22 @@ pub async fn run(
     let mut metrics = Metrics::new(&herald, &store_metrics);
     metrics.register_webhooks(&webhook_metrics);
     let metrics = Arc::new(metrics);
-    let mut state = AppState::with_metrics(herald.clone(), metrics, metrics_listener.is_none());
+    let auth = match &config.auth {
+        Some(settings) => {
+            let auth = crate::auth::Authorizer::open(settings).with_context(|| {
+                format!("cannot open auth file {}", settings.auth_file.display())
+            })?;
+            tracing::info!(
+                auth_file = %settings.auth_file.display(),
+                default_access = settings.default_access.as_str(),
+                "access control on"
+            );
+            auth
+        }
+        None => crate::auth::Authorizer::disabled(),
+    };
+    let mut state = AppState::with_metrics(herald.clone(), metrics, metrics_listener.is_none())
+        .with_auth(Arc::new(auth));
     state.webhooks = Some(webhooks.clone());
     // The metrics listener runs until the very end, so a drain can be watched.
     let metrics_stop = CancellationToken::new();

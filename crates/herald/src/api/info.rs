@@ -66,6 +66,11 @@ pub async fn metrics(state: &AppState) -> Response {
 /// `GET /v1/account` for an anonymous visitor, as ntfy answers it (herald has no
 /// accounts yet): username `*`, the visitor's limits and usage.
 pub fn account(state: &AppState, visitor: &crate::limits::Visitor) -> Response {
+    json_response(StatusCode::OK, account_body(state, visitor).to_string())
+}
+
+/// The JSON of [`account`], for the logged-in variant to extend.
+pub fn account_body(state: &AppState, visitor: &crate::limits::Visitor) -> serde_json::Value {
     let config = &state.herald.config;
     let daily_messages = config.limits.effective_message_daily_limit();
     let used = state.limits.messages_today(visitor);
@@ -97,7 +102,7 @@ pub fn account(state: &AppState, visitor: &crate::limits::Visitor) -> Response {
             "attachment_total_size_remaining": 0,
         },
     });
-    json_response(StatusCode::OK, body.to_string())
+    body
 }
 
 /// `GET /v1/stats`: messages published and the recent rate.
@@ -134,9 +139,16 @@ pub fn config(state: &AppState) -> Response {
     resp
 }
 
-/// `GET /<topics>/auth`: whether the caller may read every topic (always, without auth).
-pub fn topic_auth(state: &AppState, topics: &str) -> Result<Response, ApiError> {
-    parse_topics(state, topics)?;
+/// `GET /<topics>/auth`: whether the caller may read every topic.
+pub fn topic_auth(
+    state: &AppState,
+    principal: &crate::auth::Principal,
+    topics: &str,
+) -> Result<Response, ApiError> {
+    let topics = parse_topics(state, topics)?;
+    state
+        .auth
+        .authorize_all(principal, &topics, crate::auth::Permission::Read)?;
     Ok(json_response(
         StatusCode::OK,
         br#"{"success":true}"#.to_vec(),

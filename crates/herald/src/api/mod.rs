@@ -11,6 +11,7 @@
 //! Only this module knows ntfy's parameter names and HTTP framing; it turns requests
 //! into calls on [`crate::core::Herald`].
 
+pub mod account;
 pub mod actions;
 pub mod info;
 pub mod params;
@@ -32,7 +33,7 @@ use crate::core::Herald;
 use crate::error::ApiError;
 use crate::hub::Transport;
 use crate::limits::{Charge, Limits};
-use crate::model::topic;
+use crate::model::{EventKind, topic};
 use crate::telemetry::{Metrics, StoreMetrics};
 
 /// State shared by all handlers.
@@ -46,6 +47,8 @@ pub struct AppState {
     pub metrics_on_main: bool,
     /// Outgoing webhooks (`/v1/webhooks`); `None` answers 404 there.
     pub webhooks: Option<Arc<crate::webhook::Webhooks>>,
+    /// Access control (disabled unless configured).
+    pub auth: Arc<crate::auth::Authorizer>,
 }
 
 impl AppState {
@@ -70,7 +73,14 @@ impl AppState {
             metrics,
             metrics_on_main,
             webhooks: None,
+            auth: Arc::new(crate::auth::Authorizer::disabled()),
         }
+    }
+
+    /// The same state with access control by `auth`.
+    pub fn with_auth(mut self, auth: Arc<crate::auth::Authorizer>) -> Self {
+        self.auth = auth;
+        self
     }
 }
 
@@ -111,9 +121,23 @@ async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
         .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
     let segments: Vec<&str> = path.strip_prefix('/').unwrap_or(&path).split('/').collect();
     let client_ip = state.limits.client_ip(peer, req.headers());
-    // Authentication hook: once requests are authenticated, pass the principal's
-    // `user_name()` here so an authenticated user is its own visitor (`user:<name>`).
-    let visitor = state.limits.visitor(client_ip, None);
+    // ntfy authenticates every request before routing (wrong credentials are a 401
+    // anywhere), then charges the visitor: an authenticated user is its own visitor
+    // (`user:<name>`). herald's own probes and metrics stay open.
+    let principal = if account::needs_authentication(&segments) {
+        match account::authenticate(&state, req.headers(), req.uri().query(), client_ip).await {
+            Ok(p) => p,
+            Err(e) => {
+                let visitor = state.limits.visitor(client_ip, None);
+                return with_cors(state.limits.error_response(e, &visitor));
+            }
+        }
+    } else {
+        crate::auth::Principal::anonymous()
+    };
+    let mut req = req;
+    req.extensions_mut().insert(principal.clone());
+    let visitor = state.limits.visitor(client_ip, principal.user_name());
     let charge = Charge::of(&method, &segments);
     // Like ntfy's `limitRequests` middleware: charged before the request is parsed.
     let admitted = state.limits.admit(&visitor, charge);
@@ -127,12 +151,15 @@ async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
         (&Method::GET, ["readyz"]) => Ok(info::readyz(&state).await),
         (&Method::GET, ["v1", "stats"]) => info::stats(&state).await,
         (&Method::GET, ["v1", "config"]) => Ok(info::config(&state)),
-        (&Method::GET, ["v1", "account"]) => Ok(info::account(&state, &visitor)),
+        (&Method::GET, ["v1", "account"]) => account::get(&state, &principal, &visitor).await,
+        (_, ["v1", "account", "token"]) => account::token(&state, &principal, req).await,
+        (_, ["v1", "users"]) => account::users(&state, &principal, req).await,
+        (_, ["v1", "users", "access"]) => account::access(&state, &principal, req).await,
         (&Method::GET, ["metrics"]) if state.metrics_on_main => Ok(info::metrics(&state).await),
         (_, ["v1", "webhooks", rest @ ..]) => {
             let rest: Vec<String> = rest.iter().map(|s| s.to_string()).collect();
             let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
-            crate::webhook::api::handle(&state, req, &rest, peer).await
+            crate::webhook::api::handle(&state, req, &rest, client_ip).await
         }
         (&Method::PUT | &Method::POST, [""]) => publish::publish_json(&state, req).await,
         (&Method::PUT | &Method::POST, [topic]) if topic::is_valid_name(topic) => {
@@ -148,20 +175,17 @@ async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
         (&Method::DELETE, [topic, sid])
             if topic::is_valid_name(topic) && topic::is_valid_name(sid) =>
         {
-            publish::sequence_action(&state, topic, sid, crate::model::EventKind::MessageDelete)
-                .await
+            publish::sequence_action(&state, &principal, topic, sid, EventKind::MessageDelete).await
         }
         (&Method::GET, [topic, sid, "delete"])
             if topic::is_valid_name(topic) && topic::is_valid_name(sid) =>
         {
-            publish::sequence_action(&state, topic, sid, crate::model::EventKind::MessageDelete)
-                .await
+            publish::sequence_action(&state, &principal, topic, sid, EventKind::MessageDelete).await
         }
         (&Method::GET | &Method::PUT, [topic, sid, "clear" | "read"])
             if topic::is_valid_name(topic) && topic::is_valid_name(sid) =>
         {
-            publish::sequence_action(&state, topic, sid, crate::model::EventKind::MessageClear)
-                .await
+            publish::sequence_action(&state, &principal, topic, sid, EventKind::MessageClear).await
         }
         (&Method::GET, [topic, "publish" | "send" | "trigger"]) if topic::is_valid_name(topic) => {
             let topic = topic.to_string();
@@ -182,7 +206,7 @@ async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
                     subscribe::subscribe(&state, req, &topics, StreamFormat::Raw, &visitor).await
                 }
                 "ws" => ws::subscribe(&state, req, &topics, &visitor).await,
-                _ => info::topic_auth(&state, &topics),
+                _ => info::topic_auth(&state, &principal, &topics),
             }
         }
         (&Method::GET, [topic]) if topic::is_valid_name(topic) => info::topic_page(&state, req),
@@ -192,7 +216,10 @@ async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
     if charge == Charge::Publish && result.as_ref().is_ok_and(|r| r.status().is_success()) {
         state.limits.count_message(&visitor);
     }
-    let mut resp = result.unwrap_or_else(|e| state.limits.error_response(e, &visitor));
+    with_cors(result.unwrap_or_else(|e| state.limits.error_response(e, &visitor)))
+}
+
+fn with_cors(mut resp: Response) -> Response {
     resp.headers_mut()
         .entry(header::ACCESS_CONTROL_ALLOW_ORIGIN)
         .or_insert(HeaderValue::from_static("*"));

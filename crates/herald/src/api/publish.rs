@@ -14,6 +14,7 @@ use base64::Engine;
 
 use super::params::{ParamSource, PublishLimits, parse_json_publish, parse_publish};
 use super::{AppState, json_response, parse_topics, query_pairs};
+use crate::auth::{Permission, Principal};
 use crate::error::ApiError;
 use crate::hub::encode_json_line;
 use crate::model::{Attachment, EventKind, Message, now_unix};
@@ -29,6 +30,7 @@ pub async fn publish(
     path_sequence_id: Option<String>,
 ) -> Result<Response, ApiError> {
     let topic = single_topic(state, topic)?;
+    authorize_write(state, &req, &topic)?;
     let query = query_pairs(&req);
     let (parts, body) = req.into_parts();
     let body = read_body(body, state.herald.config.message_size_limit).await?;
@@ -52,6 +54,14 @@ pub async fn publish_json(state: &AppState, req: Request) -> Result<Response, Ap
         headers.insert(name.clone(), value.clone());
     }
     let topic = single_topic(state, &json.topic)?;
+    let principal = parts
+        .extensions
+        .get::<Principal>()
+        .cloned()
+        .unwrap_or_default();
+    state
+        .auth
+        .authorize(&principal, &topic, Permission::Write)?;
     let message = json.message.unwrap_or_default();
     let body = BodyBytes {
         complete: message.len() < state.herald.config.message_size_limit,
@@ -106,6 +116,14 @@ async fn drain(body: &mut Body, limit: usize) {
             _ => return,
         }
     }
+}
+
+/// Whether the request's principal (set by the dispatcher) may publish to `topic`.
+/// A request without one is anonymous.
+fn authorize_write(state: &AppState, req: &Request, topic: &str) -> Result<(), ApiError> {
+    let anonymous = Principal::anonymous();
+    let principal = req.extensions().get::<Principal>().unwrap_or(&anonymous);
+    state.auth.authorize(principal, topic, Permission::Write)
 }
 
 fn single_topic(state: &AppState, topic: &str) -> Result<String, ApiError> {
@@ -246,11 +264,13 @@ fn attachment_name_from_url(url: &str) -> String {
 /// `DELETE /<topic>/<sid>`, `GET /<topic>/<sid>/delete`, `PUT|GET /<topic>/<sid>/clear|read`.
 pub async fn sequence_action(
     state: &AppState,
+    principal: &Principal,
     topic: &str,
     sequence_id: &str,
     kind: EventKind,
 ) -> Result<Response, ApiError> {
     let topic = single_topic(state, topic)?;
+    state.auth.authorize(principal, &topic, Permission::Write)?;
     let mut m = Message::new(kind, topic);
     m.sequence_id = Some(sequence_id.to_string());
     let cache_secs = state.herald.config.cache_duration.as_secs() as i64;

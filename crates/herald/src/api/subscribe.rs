@@ -17,6 +17,7 @@ use futures_util::stream;
 
 use super::params::{Filters, ParamSource, SinceParam, SubscribeParams, parse_subscribe};
 use super::{AppState, StreamFormat, parse_topics, query_pairs};
+use crate::auth::{Permission, Principal};
 use crate::error::ApiError;
 use crate::hub::{Delivery, SharedEvent, Subscription};
 use crate::limits::{Visitor, VisitorKey};
@@ -111,7 +112,9 @@ pub fn parse_request(
     req: &Request,
     topics: &str,
 ) -> Result<SubscribeRequest, ApiError> {
-    parse_parts(state, req.headers(), &query_pairs(req), topics)
+    let anonymous = Principal::anonymous();
+    let principal = req.extensions().get::<Principal>().unwrap_or(&anonymous);
+    parse_parts(state, req.headers(), &query_pairs(req), topics, principal)
 }
 
 /// [`parse_request`] for a request already taken apart (the direct listener path).
@@ -120,11 +123,16 @@ pub fn parse_parts(
     headers: &axum::http::HeaderMap,
     query: &[(String, String)],
     topics: &str,
+    principal: &Principal,
 ) -> Result<SubscribeRequest, ApiError> {
     if state.herald.is_draining() {
         return Err(ApiError::UNAVAILABLE);
     }
     let topic_list = parse_topics(state, topics)?;
+    // Every topic of a multi-topic subscription must be readable.
+    state
+        .auth
+        .authorize_all(principal, &topic_list, Permission::Read)?;
     let hub = &state.herald.hub;
     let new_topics = new_topic_count(state, &topic_list);
     if new_topics > 0 && hub.topic_count() + new_topics > state.herald.config.global_topic_limit {

@@ -36,8 +36,21 @@ pub async fn subscribe(
     topics: &str,
     visitor: &Visitor,
 ) -> Result<Response, ApiError> {
+    // ntfy authorizes the topics before looking at the upgrade.
+    if state.auth.is_enabled() {
+        let anonymous = crate::auth::Principal::anonymous();
+        let principal = req
+            .extensions()
+            .get::<crate::auth::Principal>()
+            .unwrap_or(&anonymous);
+        let list = super::parse_topics(state, topics)?;
+        state
+            .auth
+            .authorize_all(principal, &list, crate::auth::Permission::Read)?;
+    }
     let (mut parts, body) = req.into_parts();
-    // Like ntfy, a request that is not a WebSocket upgrade is refused first.
+    // Like ntfy, a request that is not a WebSocket upgrade is refused before the
+    // subscription's parameters are looked at.
     let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, &())
         .await
         .map_err(|_| ApiError::WEBSOCKET_REQUIRED)?;

@@ -167,7 +167,7 @@ impl Listener {
         if target.len() > self.state.limits.config().max_url_length {
             return None;
         }
-        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        let (path, raw_query) = target.split_once('?').unwrap_or((target, ""));
         let (topics, kind) = path.strip_prefix('/')?.split_once('/')?;
         let format = match kind {
             "json" => StreamFormat::Json,
@@ -190,10 +190,18 @@ impl Listener {
         {
             return None;
         }
-        let query: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+        let query: Vec<(String, String)> = form_urlencoded::parse(raw_query.as_bytes())
             .into_owned()
             .collect();
-        let request = parse_parts(&self.state, &map, &query, topics).ok()?;
+        let limits = &self.state.limits;
+        let client_ip = limits.client_ip(peer.ip(), &map);
+        // Credentials that need a password hashed, wrong ones and refusals go to
+        // hyper, which answers them exactly (401, 403, 429).
+        let principal = self
+            .state
+            .auth
+            .authenticate_cached(&map, Some(raw_query), client_ip)?;
+        let request = parse_parts(&self.state, &map, &query, topics, &principal).ok()?;
         if request.params.poll {
             return None;
         }
@@ -204,10 +212,8 @@ impl Listener {
         };
         // Limits come last and refuse without charging anything, so a refused
         // request handed to the API is charged (and answered) once, there.
-        let limits = &self.state.limits;
-        let client_ip = limits.client_ip(peer.ip(), &map);
-        // Authentication hook: pass the authenticated user's name here too.
-        let visitor = limits.visitor(client_ip, None);
+        // An authenticated user is its own visitor (`user:<name>`), as in `api::dispatch`.
+        let visitor = limits.visitor(client_ip, principal.user_name());
         let slot = self.state.slots.acquire(&visitor).ok()?;
         limits
             .admit_subscription(&visitor, new_topic_count(&self.state, &request.topics))

@@ -5,10 +5,11 @@
 //!
 //! **Who may do what** goes through [`WebhookCaller`], the seam to authentication:
 //! without auth ([`Anonymous`]) everyone may register for any topic and sees every
-//! webhook. With auth, [`caller`] returns the principal's view: registering needs
-//! read permission on the topic, and only admins see webhooks they did not create.
+//! webhook. With auth ([`Authorized`]), registering needs read permission on the
+//! topic (patterns: admins only), and only admins see webhooks they did not create.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use axum::body::to_bytes;
 use axum::extract::Request;
@@ -20,6 +21,7 @@ use serde_json::{Value, json};
 use super::Webhook;
 use super::dispatcher::{ReplayFrom, WebhookError, WebhookSpec, rfc3339};
 use crate::api::{AppState, json_response, query_pairs};
+use crate::auth::{Authorizer, Permission, Principal};
 use crate::error::ApiError;
 
 /// Largest request body accepted here.
@@ -64,15 +66,60 @@ impl WebhookCaller for Anonymous {
     }
 }
 
-/// Who is calling. The place where authentication plugs in: with auth on, resolve
-/// the request's principal here (401 for bad credentials) and answer with its
-/// permissions (`Permission::Read` on the topic, `is_admin`).
+/// The caller when access control is on: the request's principal (authenticated by
+/// `api::dispatch`), keyed as its visitor is (`user:<name>`, else the client IP).
+pub struct Authorized {
+    principal: Principal,
+    auth: Arc<Authorizer>,
+    ip: IpAddr,
+}
+
+impl WebhookCaller for Authorized {
+    fn visitor_key(&self) -> String {
+        match self.principal.user_name() {
+            Some(name) => format!("user:{name}"),
+            None => self.ip.to_string(),
+        }
+    }
+
+    /// Read permission on the topic. A `*` pattern spans topics whose entries may
+    /// differ (`alerts*` read-write but `alerts-payroll` denied), and deliveries are
+    /// not re-checked per message, so only admins may register patterns.
+    fn may_read(&self, topic: &str) -> bool {
+        if topic.contains('*') {
+            return self.principal.is_admin();
+        }
+        self.auth
+            .authorize(&self.principal, topic, Permission::Read)
+            .is_ok()
+    }
+
+    fn is_admin(&self) -> bool {
+        self.principal.is_admin()
+    }
+}
+
+/// Who is calling: everyone may do everything while access control is off;
+/// otherwise the principal `api::dispatch` authenticated (wrong credentials never
+/// get here: they are answered 401 there).
 pub fn caller(
-    _state: &AppState,
-    _req: &Request,
-    peer: IpAddr,
+    state: &AppState,
+    req: &Request,
+    client_ip: IpAddr,
 ) -> Result<Box<dyn WebhookCaller>, ApiError> {
-    Ok(Box::new(Anonymous(peer)))
+    if !state.auth.is_enabled() {
+        return Ok(Box::new(Anonymous(client_ip)));
+    }
+    let principal = req
+        .extensions()
+        .get::<Principal>()
+        .cloned()
+        .unwrap_or_else(Principal::anonymous);
+    Ok(Box::new(Authorized {
+        principal,
+        auth: state.auth.clone(),
+        ip: client_ip,
+    }))
 }
 
 /// Serves `rest` = the path segments after `/v1/webhooks`.

@@ -148,6 +148,11 @@ impl TestServer {
         format!("ws://{}{path}", self.base.trim_start_matches("http://"))
     }
 
+    /// The server's data directory (for `herald user|access|token --data-dir`).
+    pub fn data_path(&self) -> &std::path::Path {
+        self.data_dir.path()
+    }
+
     /// The server's stderr so far.
     pub fn log_text(&self) -> String {
         self.log.lock().unwrap().join("\n")
@@ -403,7 +408,7 @@ pub struct EventStream {
 }
 
 impl EventStream {
-    fn new(resp: reqwest::Response) -> Self {
+    pub fn new(resp: reqwest::Response) -> Self {
         let content_type = header(&resp, "content-type");
         EventStream {
             body: Box::pin(resp.bytes_stream()),

@@ -1,0 +1,978 @@
+//! Access control as ntfy has it: users with roles, access tokens, per-topic ACL
+//! entries, `auth-default-access` (reference §4).
+//!
+//! - [`Authorizer`] is what the transports call: [`Authorizer::authenticate`] turns
+//!   a request's credentials into a [`Principal`], [`Authorizer::authorize`] checks
+//!   a principal against a topic for reading or writing. With auth off (no
+//!   `auth-file`, no `auth-default-access`) both answer at once and everyone may do
+//!   everything, as in ntfy.
+//! - [`store::AuthStore`] holds users, tokens and grants durably ([`sqlite`] in the
+//!   data dir); the authorizer keeps an in-memory snapshot and reloads it when the
+//!   store's generation moves (the CLI writes while the server runs), so a request
+//!   costs one cheap generation check and hash-map lookups, no SQL.
+//! - [`acl`] is pattern matching and ntfy's precedence; [`credentials`] reads
+//!   `Authorization` and `?auth=` as ntfy does; [`password`] (argon2id, run off the
+//!   runtime threads) and [`token`] (`tk_...`, stored as SHA-256 digests, compared in
+//!   constant time); [`throttle`] limits failed logins per address and per user name.
+//! - [`cli`]: `herald user`, `herald access`, `herald token`.
+//!
+//! Secrets (passwords, tokens, hashes) never appear in logs, errors or `Debug`
+//! output.
+
+pub mod acl;
+pub mod cli;
+pub mod credentials;
+pub mod password;
+pub mod sqlite;
+pub mod store;
+pub mod throttle;
+pub mod token;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::http::HeaderMap;
+use sha2::{Digest as _, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::error::ApiError;
+use acl::Grant;
+use credentials::{Credentials, Presented};
+use store::{AuthStore, AuthStoreError, EVERYONE};
+use token::TokenDigest;
+
+/// Whether `name` is a valid user name: letters, digits and `-_.+@`, 1-64 long
+/// (ntfy's `AllowedUsername`).
+pub fn is_valid_user_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'+' | b'@'))
+}
+
+/// What an operation needs: publishing needs write, subscribing read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permission {
+    Read,
+    Write,
+}
+
+/// What an ACL entry (or `auth-default-access`) allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Access {
+    pub read: bool,
+    pub write: bool,
+}
+
+impl Access {
+    pub const READ_WRITE: Access = Access {
+        read: true,
+        write: true,
+    };
+    pub const READ_ONLY: Access = Access {
+        read: true,
+        write: false,
+    };
+    pub const WRITE_ONLY: Access = Access {
+        read: false,
+        write: true,
+    };
+    pub const DENY_ALL: Access = Access {
+        read: false,
+        write: false,
+    };
+
+    /// ntfy's `ParsePermission`: `read-write`/`rw`, `read-only`/`read`/`ro`,
+    /// `write-only`/`write`/`wo`, `deny-all`/`deny`/`none` (any case).
+    pub fn parse(s: &str) -> Option<Access> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "read-write" | "rw" => Some(Access::READ_WRITE),
+            "read-only" | "read" | "ro" => Some(Access::READ_ONLY),
+            "write-only" | "write" | "wo" => Some(Access::WRITE_ONLY),
+            "deny-all" | "deny" | "none" => Some(Access::DENY_ALL),
+            _ => None,
+        }
+    }
+
+    /// The canonical name (`read-write`, ...), as ntfy prints it.
+    pub fn as_str(self) -> &'static str {
+        match (self.read, self.write) {
+            (true, true) => "read-write",
+            (true, false) => "read-only",
+            (false, true) => "write-only",
+            (false, false) => "deny-all",
+        }
+    }
+
+    /// Whether this allows `permission`.
+    pub fn allows(self, permission: Permission) -> bool {
+        match permission {
+            Permission::Read => self.read,
+            Permission::Write => self.write,
+        }
+    }
+}
+
+/// A user's role: admins may do everything; users what the ACL allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Admin,
+    User,
+}
+
+impl Role {
+    pub fn parse(s: &str) -> Option<Role> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "admin" => Some(Role::Admin),
+            "user" => Some(Role::User),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::User => "user",
+        }
+    }
+}
+
+/// Who is making a request: anonymous, or an authenticated user.
+#[derive(Debug, Clone, Default)]
+pub struct Principal {
+    user: Option<Arc<AuthenticatedUser>>,
+}
+
+struct AuthenticatedUser {
+    name: String,
+    role: Role,
+    /// The digest of the token the request used, if it used one.
+    token: Option<TokenDigest>,
+}
+
+// Not even the token's digest in debug output.
+impl std::fmt::Debug for AuthenticatedUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthenticatedUser")
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .field("by_token", &self.token.is_some())
+            .finish()
+    }
+}
+
+impl Principal {
+    /// Nobody in particular (user `*` in ACL terms).
+    pub fn anonymous() -> Principal {
+        Principal { user: None }
+    }
+
+    fn user(name: &str, role: Role, token: Option<TokenDigest>) -> Principal {
+        Principal {
+            user: Some(Arc::new(AuthenticatedUser {
+                name: name.to_string(),
+                role,
+                token,
+            })),
+        }
+    }
+
+    /// The user name when authenticated.
+    pub fn user_name(&self) -> Option<&str> {
+        self.user.as_deref().map(|u| u.name.as_str())
+    }
+
+    pub fn is_admin(&self) -> bool {
+        self.role() == Some(Role::Admin)
+    }
+
+    pub fn role(&self) -> Option<Role> {
+        self.user.as_deref().map(|u| u.role)
+    }
+
+    /// The digest of the token this request authenticated with, if any.
+    pub fn token(&self) -> Option<&TokenDigest> {
+        self.user.as_deref().and_then(|u| u.token.as_ref())
+    }
+}
+
+/// Where auth lives and what anonymous users may do when no entry says otherwise.
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    pub auth_file: PathBuf,
+    pub default_access: Access,
+}
+
+/// A user as the snapshot holds them.
+struct SnapshotUser {
+    role: Role,
+    hash: String,
+    grants: Vec<Grant>,
+}
+
+struct SnapshotToken {
+    digest: TokenDigest,
+    user: String,
+    expires: i64,
+    last_access: i64,
+}
+
+/// The store's content, indexed for requests.
+#[derive(Default)]
+struct Snapshot {
+    users: HashMap<String, SnapshotUser>,
+    everyone: Vec<Grant>,
+    tokens: HashMap<TokenDigest, SnapshotToken>,
+}
+
+impl Snapshot {
+    fn build(data: store::AuthData) -> Snapshot {
+        let mut users: HashMap<String, SnapshotUser> = data
+            .users
+            .into_iter()
+            .map(|u| {
+                (
+                    u.name,
+                    SnapshotUser {
+                        role: u.role,
+                        hash: u.hash,
+                        grants: Vec::new(),
+                    },
+                )
+            })
+            .collect();
+        let mut everyone = Vec::new();
+        for g in data.grants {
+            if g.user == EVERYONE {
+                everyone.push(g.grant);
+            } else if let Some(u) = users.get_mut(&g.user) {
+                u.grants.push(g.grant);
+            }
+        }
+        let tokens = data
+            .tokens
+            .into_iter()
+            .map(|t| {
+                (
+                    t.digest,
+                    SnapshotToken {
+                        digest: t.digest,
+                        user: t.user,
+                        expires: t.expires,
+                        last_access: t.last_access,
+                    },
+                )
+            })
+            .collect();
+        Snapshot {
+            users,
+            everyone,
+            tokens,
+        }
+    }
+}
+
+/// How often a token's last use is written back (at most).
+const TOUCH_INTERVAL_SECS: i64 = 300;
+/// Most remembered password verifications (one per user).
+const MAX_VERIFIED: usize = 10_000;
+
+/// Authentication and authorization for every transport.
+#[derive(Debug, Default)]
+pub struct Authorizer {
+    enabled: Option<Enabled>,
+}
+
+struct Enabled {
+    store: Arc<dyn AuthStore>,
+    default_access: Access,
+    /// The store generation the snapshot was loaded at, and the snapshot.
+    snapshot: Mutex<(Option<u64>, Arc<Snapshot>)>,
+    /// Held by the one request reloading the snapshot.
+    loading: Mutex<()>,
+    /// Per user, a keyed digest of (hash, password) of the last successful password
+    /// login: repeated Basic auth (every publish of a script) skips argon2. A new
+    /// password hash changes the digest, so a changed password never matches.
+    verified: Mutex<HashMap<String, [u8; 32]>>,
+    /// Process-random key of those digests.
+    verified_key: [u8; 32],
+    throttle: throttle::LoginThrottle,
+    /// Password checks running at once. Each argon2 verification takes ~19 MiB and
+    /// tens of milliseconds; without a bound, a flood of logins with made-up names
+    /// from many addresses would fill the blocking pool (hundreds of threads) and
+    /// memory. Waiting checks queue here, as cheap futures.
+    hash_slots: tokio::sync::Semaphore,
+    /// When each token's use was last written back.
+    touched: Mutex<HashMap<TokenDigest, i64>>,
+}
+
+// Only what is not secret (no hashes, digests or the cache key).
+impl std::fmt::Debug for Enabled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Enabled")
+            .field("store", &self.store)
+            .field("default_access", &self.default_access)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The result of checking credentials without hashing a password.
+enum Check {
+    Ok(Principal),
+    Fail,
+    /// A password that must be verified with argon2 against `hash`.
+    NeedsHash {
+        known_user: Option<Role>,
+        hash: String,
+    },
+}
+
+impl Authorizer {
+    /// Auth off: everyone may do everything.
+    pub fn disabled() -> Authorizer {
+        Authorizer { enabled: None }
+    }
+
+    /// Auth on, with the SQLite store at `settings.auth_file`.
+    pub fn open(settings: &AuthSettings) -> Result<Authorizer, AuthStoreError> {
+        let store = sqlite::SqliteAuthStore::open(&settings.auth_file)?;
+        // Expired tokens are refused anyway; this keeps the file from growing.
+        store.remove_expired_tokens(crate::model::now_unix())?;
+        Ok(Authorizer::with_store(
+            Arc::new(store),
+            settings.default_access,
+        ))
+    }
+
+    /// Auth on, with `store`.
+    pub fn with_store(store: Arc<dyn AuthStore>, default_access: Access) -> Authorizer {
+        let mut verified_key = [0u8; 32];
+        if getrandom::fill(&mut verified_key).is_err() {
+            // Without randomness the cache key would be guessable: use a key nobody
+            // can match instead of caching (see `password_cache_digest`).
+            verified_key = [0; 32];
+        }
+        let authorizer = Authorizer {
+            enabled: Some(Enabled {
+                store,
+                default_access,
+                snapshot: Mutex::new((None, Arc::new(Snapshot::default()))),
+                loading: Mutex::new(()),
+                verified: Mutex::new(HashMap::new()),
+                verified_key,
+                throttle: throttle::LoginThrottle::default(),
+                hash_slots: tokio::sync::Semaphore::new(hash_parallelism()),
+                touched: Mutex::new(HashMap::new()),
+            }),
+        };
+        // Loaded now, so the first requests find users and tokens at once.
+        if let Some(en) = &authorizer.enabled {
+            Self::snapshot(en);
+        }
+        authorizer
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        self.enabled.is_some()
+    }
+
+    /// The store (auth on only), for the account and admin endpoints.
+    pub fn store(&self) -> Option<&Arc<dyn AuthStore>> {
+        self.enabled.as_ref().map(|e| &e.store)
+    }
+
+    /// The current snapshot, reloaded if the store changed. A store that cannot be
+    /// read keeps the last snapshot (logged), so a locked file does not lock
+    /// everyone out.
+    fn snapshot(en: &Enabled) -> Arc<Snapshot> {
+        let lock = || en.snapshot.lock().unwrap_or_else(|p| p.into_inner());
+        let generation = match en.store.generation() {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot check the auth store for changes");
+                return lock().1.clone();
+            }
+        };
+        {
+            let current = lock();
+            if current.0 == Some(generation) {
+                return current.1.clone();
+            }
+        }
+        // One request loads, without holding the snapshot lock; requests that
+        // arrive meanwhile use the old snapshot instead of waiting or loading too.
+        // Generations only grow, so a slower load never replaces a newer snapshot.
+        // Before the first load there is no old snapshot to use: wait for it.
+        let never_loaded = lock().0.is_none();
+        let _loading = match en.loading.try_lock() {
+            Ok(guard) => guard,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) if never_loaded => {
+                en.loading.lock().unwrap_or_else(|p| p.into_inner())
+            }
+            Err(std::sync::TryLockError::WouldBlock) => return lock().1.clone(),
+        };
+        {
+            let current = lock();
+            if current.0 >= Some(generation) {
+                return current.1.clone();
+            }
+        }
+        match en.store.load() {
+            Ok(data) => {
+                let fresh = Arc::new(Snapshot::build(data));
+                let mut current = lock();
+                if current.0 < Some(generation) {
+                    *current = (Some(generation), fresh);
+                }
+                current.1.clone()
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot load the auth store");
+                lock().1.clone()
+            }
+        }
+    }
+
+    /// Turns the request's credentials into a principal: anonymous without
+    /// credentials, `401 40101` for wrong ones, `429 42909` after too many failures
+    /// from this address or for this user name.
+    pub async fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        query: Option<&str>,
+        peer: IpAddr,
+    ) -> Result<Principal, ApiError> {
+        let Some(en) = &self.enabled else {
+            return Ok(Principal::anonymous());
+        };
+        let creds = match credentials::read(headers, query) {
+            Presented::None => return Ok(Principal::anonymous()),
+            Presented::Malformed => {
+                if !en.throttle.allowed(peer, None, Instant::now()) {
+                    return Err(ApiError::TOO_MANY_AUTH_FAILURES);
+                }
+                en.throttle.failed(peer, None, Instant::now());
+                return Err(ApiError::UNAUTHORIZED);
+            }
+            Presented::Credentials(c) => c,
+        };
+        if !en.throttle.allowed(peer, creds.user_name(), Instant::now()) {
+            return Err(ApiError::TOO_MANY_AUTH_FAILURES);
+        }
+        let outcome = match Self::check_fast(en, &creds) {
+            Check::Ok(p) => Some(p),
+            Check::Fail => None,
+            Check::NeedsHash { known_user, hash } => {
+                let Credentials::Password { user, password } = creds.clone() else {
+                    return Err(ApiError::UNAUTHORIZED);
+                };
+                let ok = Self::verify_bounded(en, password.clone(), hash.clone()).await;
+                match known_user {
+                    Some(role) if ok => {
+                        Self::remember_password(en, &user, &hash, &password);
+                        Some(Principal::user(&user, role, None))
+                    }
+                    _ => None,
+                }
+            }
+        };
+        match outcome {
+            Some(p) => {
+                self.touch_token(&p, peer);
+                Ok(p)
+            }
+            None => {
+                en.throttle.failed(peer, creds.user_name(), Instant::now());
+                tracing::debug!(peer = %peer, user = creds.user_name().unwrap_or(""), "authentication failed");
+                Err(ApiError::UNAUTHORIZED)
+            }
+        }
+    }
+
+    /// [`Authorizer::authenticate`] without waiting: the principal if it is known
+    /// at once (anonymous, a valid token, a recently verified password); `None` if
+    /// the request needs the full path (a password to hash, wrong credentials,
+    /// throttling), which answers it exactly. For the listener's direct path.
+    pub fn authenticate_cached(
+        &self,
+        headers: &HeaderMap,
+        query: Option<&str>,
+        peer: IpAddr,
+    ) -> Option<Principal> {
+        let Some(en) = &self.enabled else {
+            return Some(Principal::anonymous());
+        };
+        let creds = match credentials::read(headers, query) {
+            Presented::None => return Some(Principal::anonymous()),
+            Presented::Malformed => return None,
+            Presented::Credentials(c) => c,
+        };
+        if !en.throttle.allowed(peer, creds.user_name(), Instant::now()) {
+            return None;
+        }
+        match Self::check_fast(en, &creds) {
+            Check::Ok(p) => {
+                self.touch_token(&p, peer);
+                Some(p)
+            }
+            _ => None,
+        }
+    }
+
+    fn check_fast(en: &Enabled, creds: &Credentials) -> Check {
+        let snap = Self::snapshot(en);
+        match creds {
+            Credentials::Token(t) => {
+                let digest = token::digest(t);
+                let now = crate::model::now_unix();
+                let found = snap.tokens.get(&digest).filter(|tok| {
+                    token::digests_equal(&tok.digest, &digest)
+                        && !(tok.expires > 0 && tok.expires <= now)
+                });
+                match found.and_then(|tok| snap.users.get(&tok.user).map(|u| (tok, u))) {
+                    Some((tok, u)) => Check::Ok(Principal::user(&tok.user, u.role, Some(digest))),
+                    None => Check::Fail,
+                }
+            }
+            Credentials::Password { user, password } => match snap.users.get(user) {
+                Some(u) => {
+                    let remembered = en
+                        .verified
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get(user)
+                        .copied();
+                    let current = password_cache_digest(en, user, &u.hash, password);
+                    if let (Some(a), Some(b)) = (remembered, current)
+                        && bool::from(a.ct_eq(&b))
+                    {
+                        return Check::Ok(Principal::user(user, u.role, None));
+                    }
+                    Check::NeedsHash {
+                        known_user: Some(u.role),
+                        hash: u.hash.clone(),
+                    }
+                }
+                // Verify against a dummy hash anyway: "no such user" must not be
+                // faster than "wrong password".
+                None => Check::NeedsHash {
+                    known_user: None,
+                    hash: password::dummy_hash().to_string(),
+                },
+            },
+        }
+    }
+
+    fn remember_password(en: &Enabled, user: &str, hash: &str, password: &str) {
+        let Some(digest) = password_cache_digest(en, user, hash, password) else {
+            return;
+        };
+        let mut verified = en.verified.lock().unwrap_or_else(|p| p.into_inner());
+        if verified.len() >= MAX_VERIFIED && !verified.contains_key(user) {
+            verified.clear();
+        }
+        verified.insert(user.to_string(), digest);
+    }
+
+    /// Writes a token's last use back to the store, at most every few minutes per
+    /// token, off the runtime threads.
+    fn touch_token(&self, principal: &Principal, peer: IpAddr) {
+        let (Some(en), Some(digest)) = (&self.enabled, principal.token()) else {
+            return;
+        };
+        let now = crate::model::now_unix();
+        {
+            let mut touched = en.touched.lock().unwrap_or_else(|p| p.into_inner());
+            let last = match touched.get(digest) {
+                Some(t) => *t,
+                None => Self::snapshot(en)
+                    .tokens
+                    .get(digest)
+                    .map_or(0, |t| t.last_access),
+            };
+            if now - last < TOUCH_INTERVAL_SECS {
+                touched.insert(*digest, last);
+                return;
+            }
+            if touched.len() >= MAX_VERIFIED {
+                touched.clear();
+            }
+            touched.insert(*digest, now);
+        }
+        let store = en.store.clone();
+        let digest = *digest;
+        let origin = peer.to_string();
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn_blocking(move || {
+                if let Err(e) = store.touch_token(&digest, now, &origin) {
+                    tracing::debug!(error = %e, "cannot record token use");
+                }
+            });
+        }
+    }
+
+    /// Whether `principal` may `permission` `topic`: `403 40301` if not. Admins may
+    /// do everything; otherwise ntfy's ACL precedence decides.
+    pub fn authorize(
+        &self,
+        principal: &Principal,
+        topic: &str,
+        permission: Permission,
+    ) -> Result<(), ApiError> {
+        let Some(en) = &self.enabled else {
+            return Ok(());
+        };
+        if self.allowed(en, &Self::snapshot(en), principal, topic, permission) {
+            Ok(())
+        } else {
+            Err(ApiError::FORBIDDEN)
+        }
+    }
+
+    /// [`Authorizer::authorize`] for every topic of a multi-topic request.
+    pub fn authorize_all(
+        &self,
+        principal: &Principal,
+        topics: &[String],
+        permission: Permission,
+    ) -> Result<(), ApiError> {
+        let Some(en) = &self.enabled else {
+            return Ok(());
+        };
+        let snap = Self::snapshot(en);
+        if topics
+            .iter()
+            .all(|t| self.allowed(en, &snap, principal, t, permission))
+        {
+            Ok(())
+        } else {
+            Err(ApiError::FORBIDDEN)
+        }
+    }
+
+    fn allowed(
+        &self,
+        en: &Enabled,
+        snap: &Snapshot,
+        principal: &Principal,
+        topic: &str,
+        permission: Permission,
+    ) -> bool {
+        if principal.is_admin() {
+            return true;
+        }
+        let own = principal
+            .user_name()
+            .and_then(|n| snap.users.get(n))
+            .map(|u| u.grants.as_slice());
+        acl::resolve(own, &snap.everyone, topic, en.default_access).allows(permission)
+    }
+
+    /// Checks `user`'s password (argon2, off the runtime threads).
+    pub async fn verify_password(&self, user: &str, password: &str) -> bool {
+        let Some(en) = &self.enabled else {
+            return false;
+        };
+        let hash = Self::snapshot(en)
+            .users
+            .get(user)
+            .map(|u| u.hash.clone())
+            .unwrap_or_else(|| password::dummy_hash().to_string());
+        Self::verify_bounded(en, password.to_string(), hash).await
+    }
+
+    /// Verifies a password on a blocking thread, at most [`hash_parallelism`] at once.
+    async fn verify_bounded(en: &Enabled, password: String, hash: String) -> bool {
+        let Ok(_slot) = en.hash_slots.acquire().await else {
+            return false;
+        };
+        tokio::task::spawn_blocking(move || password::verify(&password, &hash))
+            .await
+            .unwrap_or(false)
+    }
+}
+
+/// How many password checks may run at once: the number of cores (at least 2).
+fn hash_parallelism() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().max(2))
+}
+
+/// SHA-256 over the process key, user, hash and password; `None` when no random
+/// key could be made (then nothing is cached).
+fn password_cache_digest(en: &Enabled, user: &str, hash: &str, password: &str) -> Option<[u8; 32]> {
+    if en.verified_key == [0; 32] {
+        return None;
+    }
+    let mut h = Sha256::new();
+    h.update(en.verified_key);
+    for part in [user, hash, password] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part.as_bytes());
+    }
+    Some(h.finalize().into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::{HeaderValue, header};
+    use base64::Engine;
+
+    fn basic(user: &str, pw: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        let v = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pw}"))
+        );
+        h.insert(header::AUTHORIZATION, HeaderValue::from_str(&v).unwrap());
+        h
+    }
+
+    fn bearer(t: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_str(&format!("Bearer {t}")).unwrap(),
+        );
+        h
+    }
+
+    fn setup(default_access: Access) -> (tempfile::TempDir, Authorizer, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let auth = Authorizer::open(&AuthSettings {
+            auth_file: dir.path().join("auth.db"),
+            default_access,
+        })
+        .unwrap();
+        let store = auth.store().unwrap().clone();
+        store
+            .add_user(&store::UserRecord {
+                name: "phil".into(),
+                hash: password::hash("secret").unwrap(),
+                role: Role::User,
+            })
+            .unwrap();
+        store
+            .add_user(&store::UserRecord {
+                name: "ben".into(),
+                hash: password::hash("boss").unwrap(),
+                role: Role::Admin,
+            })
+            .unwrap();
+        store
+            .set_access("phil", "alerts*", Access::READ_WRITE)
+            .unwrap();
+        store
+            .set_access(EVERYONE, "public", Access::READ_ONLY)
+            .unwrap();
+        let t = token::generate().unwrap();
+        store
+            .add_token(
+                &store::TokenRecord {
+                    digest: token::digest(&t),
+                    user: "phil".into(),
+                    shown: token::shown_part(&t).into(),
+                    label: String::new(),
+                    expires: 0,
+                    last_access: 0,
+                    last_origin: String::new(),
+                    created: 1,
+                },
+                token::MAX_PER_USER,
+            )
+            .unwrap();
+        (dir, auth, t)
+    }
+
+    const IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 7));
+
+    #[tokio::test]
+    async fn disabled_allows_everything_and_ignores_credentials() {
+        let auth = Authorizer::disabled();
+        let p = auth.authenticate(&basic("x", "y"), None, IP).await.unwrap();
+        assert_eq!(p.user_name(), None);
+        assert!(auth.authorize(&p, "any", Permission::Write).is_ok());
+    }
+
+    #[tokio::test]
+    async fn passwords_tokens_and_the_acl() {
+        let (_dir, auth, tok) = setup(Access::DENY_ALL);
+        let anon = auth
+            .authenticate(&HeaderMap::new(), None, IP)
+            .await
+            .unwrap();
+        assert_eq!(
+            auth.authorize(&anon, "alerts", Permission::Read),
+            Err(ApiError::FORBIDDEN)
+        );
+        assert!(auth.authorize(&anon, "public", Permission::Read).is_ok());
+        assert!(auth.authorize(&anon, "public", Permission::Write).is_err());
+
+        let phil = auth
+            .authenticate(&basic("phil", "secret"), None, IP)
+            .await
+            .unwrap();
+        assert_eq!(phil.user_name(), Some("phil"));
+        assert!(!phil.is_admin());
+        assert!(auth.authorize(&phil, "alerts-1", Permission::Write).is_ok());
+        assert!(auth.authorize(&phil, "other", Permission::Read).is_err());
+        assert!(
+            auth.authorize(&phil, "public", Permission::Read).is_ok(),
+            "everyone's entry"
+        );
+        // Now remembered: the direct path can use it.
+        assert!(
+            auth.authenticate_cached(&basic("phil", "secret"), None, IP)
+                .is_some()
+        );
+        assert!(
+            auth.authenticate_cached(&basic("phil", "wrong"), None, IP)
+                .is_none()
+        );
+
+        let by_token = auth.authenticate(&bearer(&tok), None, IP).await.unwrap();
+        assert_eq!(by_token.user_name(), Some("phil"));
+        assert!(by_token.token().is_some());
+        assert!(auth.authenticate_cached(&bearer(&tok), None, IP).is_some());
+        let token_as_password = auth.authenticate(&basic("", &tok), None, IP).await.unwrap();
+        assert_eq!(token_as_password.user_name(), Some("phil"));
+
+        let ben = auth
+            .authenticate(&basic("ben", "boss"), None, IP)
+            .await
+            .unwrap();
+        assert!(ben.is_admin());
+        assert!(auth.authorize(&ben, "anything", Permission::Write).is_ok());
+
+        assert_eq!(
+            auth.authenticate(&basic("phil", "nope"), None, IP)
+                .await
+                .unwrap_err(),
+            ApiError::UNAUTHORIZED
+        );
+        assert_eq!(
+            auth.authenticate(&basic("nobody", "nope"), None, IP)
+                .await
+                .unwrap_err(),
+            ApiError::UNAUTHORIZED
+        );
+        assert_eq!(
+            auth.authenticate(&bearer("tk_wrongwrongwrongwrongwrongwrong1"), None, IP)
+                .await
+                .unwrap_err(),
+            ApiError::UNAUTHORIZED
+        );
+    }
+
+    #[tokio::test]
+    async fn changes_in_the_store_apply_at_once() {
+        let (dir, auth, tok) = setup(Access::DENY_ALL);
+        let phil = auth.authenticate(&bearer(&tok), None, IP).await.unwrap();
+        assert!(auth.authorize(&phil, "news", Permission::Read).is_err());
+        // Another process (the CLI) changes the file.
+        let cli = sqlite::SqliteAuthStore::open(&dir.path().join("auth.db")).unwrap();
+        cli.set_access("phil", "news", Access::READ_ONLY).unwrap();
+        assert!(auth.authorize(&phil, "news", Permission::Read).is_ok());
+        cli.remove_user("phil").unwrap();
+        assert_eq!(
+            auth.authenticate(&bearer(&tok), None, IP)
+                .await
+                .unwrap_err(),
+            ApiError::UNAUTHORIZED
+        );
+    }
+
+    #[tokio::test]
+    async fn a_changed_password_is_not_remembered() {
+        let (_dir, auth, _) = setup(Access::DENY_ALL);
+        auth.authenticate(&basic("phil", "secret"), None, IP)
+            .await
+            .unwrap();
+        let store = auth.store().unwrap();
+        store
+            .set_password_hash("phil", &password::hash("new").unwrap())
+            .unwrap();
+        assert!(
+            auth.authenticate_cached(&basic("phil", "secret"), None, IP)
+                .is_none()
+        );
+        assert!(
+            auth.authenticate(&basic("phil", "secret"), None, IP)
+                .await
+                .is_err()
+        );
+        assert!(
+            auth.authenticate(&basic("phil", "new"), None, IP)
+                .await
+                .is_ok()
+        );
+    }
+
+    #[tokio::test]
+    async fn failures_are_throttled() {
+        let (_dir, auth, tok) = setup(Access::DENY_ALL);
+        let bad = bearer("tk_wrongwrongwrongwrongwrongwrong1");
+        for _ in 0..30 {
+            assert_eq!(
+                auth.authenticate(&bad, None, IP).await.unwrap_err(),
+                ApiError::UNAUTHORIZED
+            );
+        }
+        assert_eq!(
+            auth.authenticate(&bad, None, IP).await.unwrap_err(),
+            ApiError::TOO_MANY_AUTH_FAILURES
+        );
+        // Even the right token waits, as in ntfy (the limiter is checked first).
+        assert_eq!(
+            auth.authenticate(&bearer(&tok), None, IP)
+                .await
+                .unwrap_err(),
+            ApiError::TOO_MANY_AUTH_FAILURES
+        );
+        let other: IpAddr = "192.0.2.8".parse().unwrap();
+        assert!(auth.authenticate(&bearer(&tok), None, other).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn debug_output_holds_no_secrets() {
+        let (_dir, auth, tok) = setup(Access::DENY_ALL);
+        let p = auth.authenticate(&bearer(&tok), None, IP).await.unwrap();
+        auth.authenticate(&basic("phil", "secret"), None, IP)
+            .await
+            .unwrap();
+        let store = auth.store().unwrap();
+        let data = store.load().unwrap();
+        let creds = credentials::read(&basic("phil", "secret"), None);
+        let text = format!("{auth:?} {p:?} {data:?} {creds:?}");
+        for secret in ["secret", "$argon2", tok.as_str(), &tok[3..]] {
+            assert!(!text.contains(secret), "{secret:?} in {text}");
+        }
+        assert!(text.contains("phil"));
+    }
+
+    #[test]
+    fn access_names_are_ntfys() {
+        for (s, a) in [
+            ("read-write", Access::READ_WRITE),
+            ("rw", Access::READ_WRITE),
+            ("read-only", Access::READ_ONLY),
+            ("read", Access::READ_ONLY),
+            ("ro", Access::READ_ONLY),
+            ("write-only", Access::WRITE_ONLY),
+            ("write", Access::WRITE_ONLY),
+            ("wo", Access::WRITE_ONLY),
+            ("deny-all", Access::DENY_ALL),
+            ("deny", Access::DENY_ALL),
+            ("none", Access::DENY_ALL),
+        ] {
+            assert_eq!(Access::parse(s), Some(a), "{s}");
+            assert_eq!(Access::parse(a.as_str()), Some(a));
+        }
+        assert_eq!(Access::parse("all"), None);
+    }
+}

@@ -1,0 +1,139 @@
+//! Access tokens: `tk_` + 29 characters of `[a-z0-9]` (ntfy's format; lowercase so a
+//! token fits an e-mail local part), about 150 bits of randomness.
+//!
+//! Only the SHA-256 digest of a token is stored: tokens are high-entropy secrets, so
+//! a fast hash is enough (a slow one on every request would be a CPU-exhaustion
+//! vector and buy nothing), and a leaked database does not leak usable tokens. The
+//! stored digest is compared with the presented token's digest in constant time.
+//! For listing, a token is shown by its first characters ([`display`]), which also
+//! select it for the extend/delete endpoints and `herald token remove`.
+
+use sha2::{Digest as _, Sha256};
+use subtle::ConstantTimeEq;
+
+/// ntfy's token prefix.
+pub const PREFIX: &str = "tk_";
+/// Total token length (prefix included), as in ntfy.
+pub const LENGTH: usize = 32;
+/// Characters of a token shown in listings (prefix included): `tk_` + 8.
+pub const SHOWN: usize = 11;
+/// Most tokens per user (ntfy's `tokenMaxCount`); creating more removes the oldest.
+pub const MAX_PER_USER: usize = 60;
+
+const ALPHABET: &[u8; 36] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+
+/// The SHA-256 digest a token is stored and looked up by.
+pub type TokenDigest = [u8; 32];
+
+/// A new random token.
+pub fn generate() -> Result<String, getrandom::Error> {
+    let mut token = String::with_capacity(LENGTH);
+    token.push_str(PREFIX);
+    // Rejection sampling keeps every character uniform (256 = 7 * 36 + 4).
+    let mut buf = [0u8; 64];
+    while token.len() < LENGTH {
+        getrandom::fill(&mut buf)?;
+        for &b in &buf {
+            if token.len() == LENGTH {
+                break;
+            }
+            if (b as usize) < 252 {
+                token.push(ALPHABET[b as usize % 36] as char);
+            }
+        }
+    }
+    Ok(token)
+}
+
+/// Whether `s` has the shape of a token.
+pub fn is_well_formed(s: &str) -> bool {
+    s.len() == LENGTH
+        && s.starts_with(PREFIX)
+        && s[PREFIX.len()..]
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+}
+
+/// The digest of a token.
+pub fn digest(token: &str) -> TokenDigest {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// Constant-time equality of two digests.
+pub fn digests_equal(a: &TokenDigest, b: &TokenDigest) -> bool {
+    a.ct_eq(b).into()
+}
+
+/// How a token is shown once created: `tk_abcdefgh...`.
+pub fn display(token: &str) -> String {
+    format!("{}...", &token[..SHOWN.min(token.len())])
+}
+
+/// The shown part of a token (`tk_abcdefgh`), stored next to its digest.
+pub fn shown_part(token: &str) -> &str {
+    &token[..SHOWN.min(token.len())]
+}
+
+/// What a client wrote to pick one of its tokens: the whole token, or its shown
+/// part (with or without the trailing `...`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSelector {
+    Full(TokenDigest),
+    Shown(String),
+}
+
+impl TokenSelector {
+    /// Parses a selector; `None` if it cannot name a token.
+    pub fn parse(s: &str) -> Option<TokenSelector> {
+        let s = s.trim();
+        if is_well_formed(s) {
+            return Some(TokenSelector::Full(digest(s)));
+        }
+        let shown = s.strip_suffix("...").unwrap_or(s);
+        if shown.len() == SHOWN
+            && shown.starts_with(PREFIX)
+            && shown[PREFIX.len()..]
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        {
+            return Some(TokenSelector::Shown(shown.to_string()));
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_have_ntfys_shape() {
+        let t = generate().unwrap();
+        assert_eq!(t.len(), 32);
+        assert!(is_well_formed(&t), "{t}");
+        assert_ne!(generate().unwrap(), t);
+        assert!(!is_well_formed("tk_ABC"));
+        assert!(digests_equal(&digest(&t), &digest(&t)));
+        assert!(!digests_equal(&digest(&t), &digest("tk_other")));
+        assert_eq!(display(&t).len(), SHOWN + 3);
+    }
+
+    #[test]
+    fn selectors() {
+        let t = generate().unwrap();
+        assert_eq!(
+            TokenSelector::parse(&t),
+            Some(TokenSelector::Full(digest(&t)))
+        );
+        assert_eq!(
+            TokenSelector::parse(&display(&t)),
+            Some(TokenSelector::Shown(shown_part(&t).to_string()))
+        );
+        assert_eq!(
+            TokenSelector::parse(shown_part(&t)),
+            Some(TokenSelector::Shown(shown_part(&t).to_string()))
+        );
+        assert_eq!(TokenSelector::parse("tk_"), None);
+        assert_eq!(TokenSelector::parse("nonsense"), None);
+    }
+}
