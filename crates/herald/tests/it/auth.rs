@@ -993,3 +993,36 @@ async fn webhook_registration_follows_read_permission() {
     let none = expect_json(get_as(&server, &Who::Anonymous, "/v1/webhooks").await, 200).await;
     assert_eq!(none, serde_json::json!([]));
 }
+
+/// An authenticated user is its own visitor (`user:<name>`): users sharing one
+/// address have a request bucket each, apart from the address's anonymous one.
+#[tokio::test]
+async fn each_user_is_its_own_visitor() {
+    let server = TestServer::launch(crate::fixture::Launch {
+        args: [
+            "--auth-default-access",
+            "read-write",
+            "--visitor-request-limit-burst",
+            "3",
+            "--visitor-request-limit-replenish",
+            "1h",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
+        envs: vec![(crate::fixture::EXEMPT_HOSTS_ENV.to_string(), String::new())],
+        ..crate::fixture::Launch::default()
+    });
+    cli(&server, &["user", "add", USER.0], Some(USER.1));
+    cli(&server, &["user", "add", "carl"], Some("carl-secret"));
+    let phil = Who::Password(USER.0.into(), USER.1.into());
+    let carl = Who::Password("carl".into(), "carl-secret".into());
+    for who in [&Who::Anonymous, &phil, &carl] {
+        for i in 0..3 {
+            let resp = publish_as(&server, who, "mytopic", "hi").await;
+            assert_eq!(resp.status(), 200, "{who:?} request {i}");
+        }
+        let resp = publish_as(&server, who, "mytopic", "hi").await;
+        expect_error(resp, 429, 42901).await;
+    }
+}
