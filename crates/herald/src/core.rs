@@ -75,7 +75,9 @@ impl Herald {
     /// Returns after the event is durable (if cached) and handed to the broker.
     pub async fn publish(self: &Arc<Self>, mut message: Message) -> Result<Message, ApiError> {
         let scheduled = message.time > now_unix();
-        let ticket = (message.expires.is_some() && !scheduled)
+        // A store whose commit is the delivery (Redis) orders publishes cluster-wide
+        // itself; this node's sequencer must then stay out of the way.
+        let ticket = (message.expires.is_some() && !scheduled && !self.store.commit_delivers())
             .then(|| Ticket::take(self.clone(), &mut message));
         let this = self.clone();
         // Spawned, so that a client going away mid-request cannot stop a publish
@@ -118,12 +120,19 @@ impl Herald {
     ) -> Result<Message, ApiError> {
         // Publishes are accepted while draining: hyper only lets requests that
         // were already on a connection through, and the store closes after them.
-        if message.expires.is_some() || scheduled {
-            self.store.append(message.clone()).await?;
-        }
+        let cached = message.expires.is_some();
+        let message = if cached || scheduled {
+            self.store.append(message).await?
+        } else {
+            message
+        };
         self.published.fetch_add(1, Ordering::Relaxed);
         if scheduled {
             self.scheduler_wakeup.notify_one();
+            return Ok(message);
+        }
+        if cached && self.store.commit_delivers() {
+            // The commit already put it, in order, on the log every node reads.
             return Ok(message);
         }
         if let Some(ticket) = &ticket {
@@ -252,6 +261,12 @@ impl Herald {
                 }
             }
             match self.store.take_due(now_unix()).await {
+                Ok(due) if self.store.commit_delivers() => {
+                    // Taken and put on the shared log in one step (store::redis).
+                    if !due.is_empty() {
+                        tracing::debug!(count = due.len(), "scheduled messages delivered");
+                    }
+                }
                 Ok(due) => {
                     for message in due {
                         if let Err(e) = self.broker.publish(SharedEvent::new(message)).await {

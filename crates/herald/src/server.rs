@@ -11,12 +11,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::api::{AppState, router};
-use crate::broker::LocalBroker;
+use crate::broker::redis::RedisBroker;
+use crate::broker::{Broker, LocalBroker};
 use crate::config::Config;
 use crate::core::Herald;
 use crate::hub::{CloseReason, Hub};
 use crate::listener::Listener;
 use crate::store::Store;
+use crate::store::redis::RedisStore;
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
 use crate::telemetry::{Metrics, RequestInfo, StoreMetrics};
 
@@ -56,22 +58,27 @@ pub async fn run(
         None => None,
     };
     let store_metrics = Arc::new(StoreMetrics::default());
-    let store = SqliteStore::open_observed(
-        &config.cache_file,
-        SqliteOptions {
-            sync: config.store_sync,
-            ..SqliteOptions::default()
-        },
-        Some(store_metrics.clone()),
-    )
-    .with_context(|| format!("cannot open message store {}", config.cache_file.display()))?;
-    let store: Arc<dyn Store> = Arc::new(store);
     let hub = Hub::new(config.subscriber_queue_size);
-    let broker = Arc::new(LocalBroker::new(hub.clone()));
-    let herald = Herald::new(config.clone(), store.clone(), broker, hub.clone());
-
     let tracker = TaskTracker::new();
     let background = CancellationToken::new();
+    let (store, broker): (Arc<dyn Store>, Arc<dyn Broker>) = match &config.redis_url {
+        Some(url) => cluster_backends(&config, url, &hub, &tracker, &background)?,
+        None => {
+            let store = SqliteStore::open_observed(
+                &config.cache_file,
+                SqliteOptions {
+                    sync: config.store_sync,
+                    ..SqliteOptions::default()
+                },
+                Some(store_metrics.clone()),
+            )
+            .with_context(|| {
+                format!("cannot open message store {}", config.cache_file.display())
+            })?;
+            (Arc::new(store), Arc::new(LocalBroker::new(hub.clone())))
+        }
+    };
+    let herald = Herald::new(config.clone(), store.clone(), broker, hub.clone());
     herald.spawn_background(&tracker, background.clone());
 
     let metrics = Arc::new(Metrics::new(&herald, &store_metrics));
@@ -125,6 +132,24 @@ pub async fn run(
     }
     tracing::info!("herald stopped");
     Ok(())
+}
+
+/// The Redis store and broker of a cluster node (`redis-url`, docs/SCALING.md); the
+/// broker's log reader runs on `tracker` until `stop`.
+fn cluster_backends(
+    config: &Config,
+    url: &str,
+    hub: &Arc<Hub>,
+    tracker: &TaskTracker,
+    stop: &CancellationToken,
+) -> anyhow::Result<(Arc<dyn Store>, Arc<dyn Broker>)> {
+    let prefix = &config.redis_key_prefix;
+    let store = RedisStore::open(url, prefix, config.cache_duration)
+        .context("cannot set up the Redis store")?;
+    let broker = RedisBroker::new(url, prefix).context("cannot set up the Redis broker")?;
+    broker.spawn_reader(hub.clone(), tracker, stop.clone());
+    tracing::info!(prefix = %prefix, "cluster mode: store and fan-out on Redis");
+    Ok((Arc::new(store), Arc::new(broker)))
 }
 
 /// The `metrics-listen-http` server: `GET /metrics` and nothing else (404), with
