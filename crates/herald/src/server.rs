@@ -18,7 +18,7 @@ use crate::core::Herald;
 use crate::hub::{CloseReason, Hub};
 use crate::listener::Listener;
 use crate::store::Store;
-use crate::store::redis::RedisStore;
+use crate::store::redis::{Delivered, RedisStore};
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
 use crate::telemetry::{Metrics, RequestInfo, StoreMetrics};
 
@@ -144,9 +144,11 @@ fn cluster_backends(
     stop: &CancellationToken,
 ) -> anyhow::Result<(Arc<dyn Store>, Arc<dyn Broker>)> {
     let prefix = &config.redis_key_prefix;
-    let store = RedisStore::open(url, prefix, config.cache_duration)
+    let delivered = Arc::new(Delivered::default());
+    let store = RedisStore::open(url, prefix, config.cache_duration, delivered.clone())
         .context("cannot set up the Redis store")?;
-    let broker = RedisBroker::new(url, prefix).context("cannot set up the Redis broker")?;
+    let broker =
+        RedisBroker::new(url, prefix, delivered).context("cannot set up the Redis broker")?;
     broker.spawn_reader(hub.clone(), tracker, stop.clone());
     tracing::info!(prefix = %prefix, "cluster mode: store and fan-out on Redis");
     Ok((Arc::new(store), Arc::new(broker)))

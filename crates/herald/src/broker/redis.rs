@@ -21,7 +21,9 @@ use tokio_util::task::TaskTracker;
 
 use super::{Broker, BrokerError};
 use crate::hub::{CloseReason, Hub, SharedEvent};
-use crate::store::redis::{Keys, LogWriter, connect, decode, encode, entry_parts, timed};
+use crate::store::redis::{
+    Delivered, Keys, LogWriter, connect, decode, encode, entry_parts, timed,
+};
 
 /// How long one `XREAD` blocks waiting for new entries.
 const READ_BLOCK: Duration = Duration::from_secs(2);
@@ -38,6 +40,7 @@ pub struct RedisBroker {
     reader: ConnectionManager,
     /// Whether the last log read succeeded (readiness).
     connected: Arc<AtomicBool>,
+    delivered: Arc<Delivered>,
 }
 
 impl std::fmt::Debug for RedisBroker {
@@ -50,8 +53,8 @@ impl std::fmt::Debug for RedisBroker {
 
 impl RedisBroker {
     /// A broker on the Redis at `url` under `prefix`. Nothing is read until
-    /// [`Self::spawn_reader`].
-    pub fn new(url: &str, prefix: &str) -> Result<Self, BrokerError> {
+    /// [`Self::spawn_reader`]. `delivered` is shared with this node's `RedisStore`.
+    pub fn new(url: &str, prefix: &str, delivered: Arc<Delivered>) -> Result<Self, BrokerError> {
         let keys = Keys::new(prefix);
         let writer = connect(url, Duration::from_secs(3)).map_err(BrokerError::Unavailable)?;
         // The reader blocks in XREAD: its own connection, so it never delays commands.
@@ -62,6 +65,7 @@ impl RedisBroker {
             keys,
             reader,
             connected: Arc::new(AtomicBool::new(false)),
+            delivered,
         })
     }
 
@@ -72,6 +76,7 @@ impl RedisBroker {
             log: self.keys.log(),
             hub,
             connected: self.connected.clone(),
+            delivered: self.delivered.clone(),
         };
         tracker.spawn(reader.run(shutdown));
     }
@@ -101,6 +106,7 @@ struct LogReader {
     log: String,
     hub: Arc<Hub>,
     connected: Arc<AtomicBool>,
+    delivered: Arc<Delivered>,
 }
 
 impl LogReader {
@@ -217,8 +223,10 @@ impl LogReader {
         }
     }
 
-    /// Hands the entries to the hub in log order; returns the new last position.
+    /// Hands the entries to the hub in log order and advances [`Delivered`]; returns
+    /// the new last position.
     async fn deliver(&self, reply: StreamReadReply, mut last: String) -> String {
+        let _dispatching = self.delivered.dispatching().await;
         for key in reply.keys {
             for entry in key.ids {
                 let topic: Option<String> = entry.get("t");
@@ -235,6 +243,7 @@ impl LogReader {
                 last = entry.id;
             }
         }
+        self.delivered.advance(&last);
         last
     }
 }

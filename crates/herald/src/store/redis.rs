@@ -22,6 +22,7 @@
 //! `P s:<topic>` (set: a topic's scheduled IDs).
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -41,8 +42,63 @@ pub const LOG_MAX_LEN: u64 = 100_000;
 /// Longest wait for one Redis operation before the caller is told "unavailable".
 const OP_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Longest a publish waits for this node's reader to deliver it before it is
+/// acknowledged anyway (it is committed; only read-your-writes on this node is late).
+const DELIVERY_WAIT: Duration = Duration::from_secs(2);
+
 /// Most scheduled messages one `take_due` moves (the scheduler calls again at once).
 const TAKE_DUE_BATCH: u32 = 1000;
+
+/// How far this node's log reader has handed events to the hub: shared by the store
+/// (history shows only what live delivery has passed, and a publish is acknowledged
+/// once this node has delivered it) and `broker::redis`'s reader (which advances it).
+///
+/// This is the cluster form of the core's sequencer rule, "history hides what live
+/// delivery has not reached": a subscriber registers, then reads history up to the
+/// reader's position; everything after that position reaches it live. The reader
+/// dispatches a batch and advances the position under the write lock, so a history
+/// read never sees a position whose events are still being dispatched.
+#[derive(Debug)]
+pub struct Delivered {
+    lock: tokio::sync::RwLock<()>,
+    position: tokio::sync::watch::Sender<Option<(u64, u64)>>,
+}
+
+impl Default for Delivered {
+    fn default() -> Self {
+        Delivered {
+            lock: tokio::sync::RwLock::new(()),
+            position: tokio::sync::watch::Sender::new(None),
+        }
+    }
+}
+
+impl Delivered {
+    /// The reader's position, once no dispatch is under way; `None` before its first
+    /// successful read.
+    async fn position(&self) -> Option<(u64, u64)> {
+        let _no_dispatch = self.lock.read().await;
+        *self.position.borrow()
+    }
+
+    /// Waits (at most `limit`) until the reader has delivered `position`.
+    async fn reached(&self, position: (u64, u64), limit: Duration) {
+        let mut rx = self.position.subscribe();
+        let _ = tokio::time::timeout(limit, rx.wait_for(|p| p.is_none_or(|p| p >= position))).await;
+    }
+
+    /// Held by the reader while it dispatches a batch.
+    pub(crate) async fn dispatching(&self) -> tokio::sync::RwLockWriteGuard<'_, ()> {
+        self.lock.write().await
+    }
+
+    /// Sets the reader's position (call while holding [`Self::dispatching`]).
+    pub(crate) fn advance(&self, entry: &str) {
+        if let Some(p) = entry_parts(entry) {
+            self.position.send_replace(Some(p));
+        }
+    }
+}
 
 /// Checks that `url` is a Redis URL the client understands (`redis-url`).
 pub fn check_url(url: &str) -> Result<(), String> {
@@ -307,6 +363,7 @@ impl LogWriter {
 /// The Redis-backed [`Store`]. See the module docs.
 pub struct RedisStore {
     conn: ConnectionManager,
+    delivered: Arc<Delivered>,
     keys: Keys,
     log: LogWriter,
     cache_ms: u64,
@@ -327,13 +384,20 @@ impl std::fmt::Debug for RedisStore {
 impl RedisStore {
     /// A store on the Redis at `url`, under `prefix`, keeping history for
     /// `cache_duration`. Connects lazily: an unreachable Redis makes operations fail
-    /// (503, `/readyz` down) until it is back, never start-up.
-    pub fn open(url: &str, prefix: &str, cache_duration: Duration) -> Result<Self, StoreError> {
+    /// (503, `/readyz` down) until it is back, never start-up. `delivered` is shared
+    /// with this node's `broker::redis::RedisBroker`.
+    pub fn open(
+        url: &str,
+        prefix: &str,
+        cache_duration: Duration,
+        delivered: Arc<Delivered>,
+    ) -> Result<Self, StoreError> {
         let conn = connect(url, OP_TIMEOUT).map_err(StoreError::Backend)?;
         let keys = Keys::new(prefix);
         Ok(RedisStore {
             log: LogWriter::new(conn.clone(), keys.clone(), cache_duration),
             conn,
+            delivered,
             keys,
             cache_ms: cache_duration.as_millis() as u64,
             take_due: Script::new(TAKE_DUE_LUA),
@@ -432,8 +496,14 @@ impl Store for RedisStore {
         }
         let json = encode_positioned(&message)?;
         let entry = self.log.append(&message.topic, &json, true).await?;
-        let id = message_id(&entry)
-            .ok_or_else(|| StoreError::Backend(format!("unexpected stream position {entry:?}")))?;
+        let (Some(id), Some(position)) = (message_id(&entry), entry_parts(&entry)) else {
+            return Err(StoreError::Backend(format!(
+                "unexpected stream position {entry:?}"
+            )));
+        };
+        // Acknowledged once this node delivers it too: a poll here right after the
+        // acknowledgement sees it, as on a single node.
+        self.delivered.reached(position, DELIVERY_WAIT).await;
         if message.sequence_id.as_deref() == Some(message.id.as_str()) {
             message.sequence_id = Some(id.clone());
         }
@@ -455,6 +525,8 @@ impl Store for RedisStore {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
+        // Read before the history: what is past it reaches a subscriber live.
+        let delivered = self.delivered.position().await;
         let mut pipe = redis::pipe();
         for topic in &topics {
             let key = self.keys.topic(topic);
@@ -474,6 +546,9 @@ impl Store for RedisStore {
         let mut found = Vec::new();
         for reply in replies {
             decode_entries(reply.ids, &mut found);
+        }
+        if let Some(delivered) = delivered {
+            found.retain(|(position, _)| *position <= delivered);
         }
         // Several topics merge by position, which is commit order cluster-wide.
         found.sort_by_key(|(position, _)| *position);

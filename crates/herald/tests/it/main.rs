@@ -6,6 +6,7 @@
 
 mod bench;
 mod cli_config;
+mod cluster;
 mod durability;
 mod fixture;
 mod info;
