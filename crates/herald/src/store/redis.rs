@@ -688,6 +688,135 @@ mod tests {
     use super::*;
     use crate::model::{EventKind, MessageId};
 
+    /// A store on the machine's Redis under a fresh prefix (the tests below need the
+    /// real Redis at 127.0.0.1:6379, as the integration tests do).
+    fn store(test: &str) -> (RedisStore, String) {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let prefix = format!("herald-test:unit:{test}:{}:{nanos}:", std::process::id());
+        let store = RedisStore::open(
+            "redis://127.0.0.1:6379",
+            &prefix,
+            Duration::from_secs(3600),
+            Arc::new(Delivered::default()),
+        )
+        .unwrap();
+        (store, prefix)
+    }
+
+    async fn clean(store: &RedisStore, prefix: &str) {
+        let script =
+            "for _, k in ipairs(redis.call('KEYS', ARGV[1] .. '*')) do redis.call('DEL', k) end";
+        let mut conn = store.conn();
+        let _: Result<(), _> = redis::cmd("EVAL")
+            .arg(script)
+            .arg(0)
+            .arg(prefix)
+            .query_async(&mut conn)
+            .await;
+    }
+
+    fn message(topic: &str, time: i64, text: &str) -> Message {
+        let mut m = Message::new(EventKind::Message, topic);
+        m.sequence_id = Some(m.id.clone());
+        m.time = time;
+        m.expires = Some(time + 3600);
+        m.message = text.into();
+        m
+    }
+
+    fn all(topic: &str) -> Query {
+        Query {
+            topics: vec![topic.into()],
+            since: Since::All,
+            include_scheduled: false,
+        }
+    }
+
+    /// Several nodes race for the due messages: each is handed out exactly once, and
+    /// is in the history afterwards with the ID it was scheduled under.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn due_messages_are_taken_once_by_racing_nodes() {
+        let (a, prefix) = store("due");
+        let b = RedisStore::open(
+            "redis://127.0.0.1:6379",
+            &prefix,
+            Duration::from_secs(3600),
+            Arc::new(Delivered::default()),
+        )
+        .unwrap();
+        let later = now_unix() + 1;
+        let mut scheduled = Vec::new();
+        for i in 0..50 {
+            scheduled.push(
+                a.append(message("d", later, &format!("s{i}")))
+                    .await
+                    .unwrap()
+                    .id,
+            );
+        }
+        assert_eq!(a.next_due().await.unwrap(), Some(later));
+        assert_eq!(a.stats().await.unwrap().scheduled, 50);
+        let (x, y) = tokio::join!(a.take_due(later), b.take_due(later));
+        let mut taken: Vec<String> = x
+            .unwrap()
+            .into_iter()
+            .chain(y.unwrap())
+            .map(|m| m.id)
+            .collect();
+        taken.sort();
+        scheduled.sort();
+        assert_eq!(taken, scheduled);
+        assert!(a.take_due(later).await.unwrap().is_empty());
+        let mut history: Vec<String> = a
+            .query(all("d"))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.id)
+            .collect();
+        history.sort();
+        assert_eq!(history, scheduled);
+        clean(&a, &prefix).await;
+    }
+
+    #[tokio::test]
+    async fn cancel_prune_and_stats() {
+        let (s, prefix) = store("prune");
+        let now = now_unix();
+        let kept = s.append(message("p", now, "kept")).await.unwrap();
+        assert_ne!(kept.id, "", "the position is the ID");
+        assert_eq!(kept.sequence_id.as_deref(), Some(kept.id.as_str()));
+        let mut seq = message("p", now + 600, "cancel me");
+        seq.sequence_id = Some("seq".into());
+        s.append(seq).await.unwrap();
+        assert_eq!(
+            s.stats().await.unwrap(),
+            StoreStats {
+                messages: 2,
+                scheduled: 1
+            }
+        );
+        assert_eq!(s.cancel_scheduled("p", "other").await.unwrap(), 0);
+        assert_eq!(s.cancel_scheduled("p", "seq").await.unwrap(), 1);
+        assert_eq!(s.next_due().await.unwrap(), None);
+        // Nothing is older than the cache duration yet; an hour later everything is.
+        assert_eq!(s.prune_expired(now).await.unwrap(), 0);
+        assert_eq!(s.query(all("p")).await.unwrap().len(), 1);
+        assert_eq!(s.prune_expired(now + 3601).await.unwrap(), 1);
+        assert!(s.query(all("p")).await.unwrap().is_empty());
+        assert_eq!(s.stats().await.unwrap(), StoreStats::default());
+        s.check_writable().await.unwrap();
+        s.close().await;
+        assert!(matches!(
+            s.append(message("p", now, "late")).await,
+            Err(StoreError::Closed)
+        ));
+        clean(&s, &prefix).await;
+    }
+
     #[test]
     fn stream_positions_map_to_ordered_ids_and_back() {
         let a = message_id("1700000000000-0").unwrap();
