@@ -158,41 +158,39 @@ impl LogReader {
 
     /// The position of the log's newest entry (`0-0` if it is empty or missing).
     async fn end_of_log(&mut self) -> Result<String, crate::store::StoreError> {
-        let newest: Vec<(String, redis::Value)> = timed(
-            redis::cmd("XREVRANGE")
+        Ok(self
+            .edge_of_log("XREVRANGE", "+", "-")
+            .await?
+            .unwrap_or_else(|| "0-0".into()))
+    }
+
+    /// The position of the log's first entry in the direction of `range` (`XRANGE`:
+    /// the oldest, `XREVRANGE`: the newest), if it has any.
+    async fn edge_of_log(
+        &mut self,
+        range: &str,
+        from: &str,
+        to: &str,
+    ) -> Result<Option<String>, crate::store::StoreError> {
+        let first: Vec<(String, redis::Value)> = timed(
+            redis::cmd(range)
                 .arg(&self.log)
-                .arg("+")
-                .arg("-")
+                .arg(from)
+                .arg(to)
                 .arg("COUNT")
                 .arg(1)
                 .query_async(&mut self.conn),
         )
         .await?;
-        Ok(newest
-            .into_iter()
-            .next()
-            .map(|(id, _)| id)
-            .unwrap_or_else(|| "0-0".into()))
+        Ok(first.into_iter().next().map(|(id, _)| id))
     }
 
     /// After an outage: if the log was trimmed past where this node stopped, events
     /// were lost to this node's subscribers, so they are closed and resume from
     /// history with `since=` (which has every cached message).
     async fn check_gap(&mut self, from: &str) -> Result<(), crate::store::StoreError> {
-        let oldest: Vec<(String, redis::Value)> = timed(
-            redis::cmd("XRANGE")
-                .arg(&self.log)
-                .arg("-")
-                .arg("+")
-                .arg("COUNT")
-                .arg(1)
-                .query_async(&mut self.conn),
-        )
-        .await?;
-        let gap = match oldest.first() {
-            Some((oldest, _)) => entry_parts(oldest) > entry_parts(from),
-            None => false,
-        };
+        let oldest = self.edge_of_log("XRANGE", "-", "+").await?;
+        let gap = oldest.is_some_and(|oldest| entry_parts(&oldest) > entry_parts(from));
         if gap {
             tracing::warn!(
                 "redis: the cluster log moved past this node during the outage; \

@@ -423,6 +423,16 @@ impl RedisStore {
         now_ms.saturating_sub(self.cache_ms)
     }
 
+    /// Every topic that has a history stream.
+    async fn topic_names(&self, conn: &mut ConnectionManager) -> Result<Vec<String>, StoreError> {
+        timed(
+            redis::cmd("SMEMBERS")
+                .arg(self.keys.topics())
+                .query_async(conn),
+        )
+        .await
+    }
+
     async fn schedule(&self, message: &Message) -> Result<(), StoreError> {
         let value = format!("{}\n{}", message.topic, encode(message)?);
         let mut pipe = redis::pipe();
@@ -628,12 +638,7 @@ impl Store for RedisStore {
         self.check_open()?;
         let min_id = self.min_id(now.max(0) as u64 * 1000);
         let mut conn = self.conn();
-        let topics: Vec<String> = timed(
-            redis::cmd("SMEMBERS")
-                .arg(self.keys.topics())
-                .query_async(&mut conn),
-        )
-        .await?;
+        let topics = self.topic_names(&mut conn).await?;
         let mut pruned = 0;
         for topic in topics {
             let mut invocation = self.prune.prepare_invoke();
@@ -650,12 +655,7 @@ impl Store for RedisStore {
 
     async fn stats(&self) -> Result<StoreStats, StoreError> {
         let mut conn = self.conn();
-        let topics: Vec<String> = timed(
-            redis::cmd("SMEMBERS")
-                .arg(self.keys.topics())
-                .query_async(&mut conn),
-        )
-        .await?;
+        let topics = self.topic_names(&mut conn).await?;
         let mut pipe = redis::pipe();
         pipe.zcard(self.keys.sched());
         for topic in &topics {
