@@ -62,7 +62,7 @@ pub async fn run(
     let tracker = TaskTracker::new();
     let background = CancellationToken::new();
     let (store, broker): (Arc<dyn Store>, Arc<dyn Broker>) = match &config.redis_url {
-        Some(url) => cluster_backends(&config, url, &hub, &tracker, &background)?,
+        Some(url) => cluster_backends(&config, url, &hub, &tracker, &background).await?,
         None => {
             let store = SqliteStore::open_observed(
                 &config.cache_file,
@@ -136,7 +136,7 @@ pub async fn run(
 
 /// The Redis store and broker of a cluster node (`redis-url`, docs/SCALING.md); the
 /// broker's log reader runs on `tracker` until `stop`.
-fn cluster_backends(
+async fn cluster_backends(
     config: &Config,
     url: &str,
     hub: &Arc<Hub>,
@@ -149,7 +149,9 @@ fn cluster_backends(
         .context("cannot set up the Redis store")?;
     let broker =
         RedisBroker::new(url, prefix, delivered).context("cannot set up the Redis broker")?;
-    broker.spawn_reader(hub.clone(), tracker, stop.clone());
+    broker
+        .start_reader(hub.clone(), tracker, stop.clone())
+        .await;
     tracing::info!(prefix = %prefix, "cluster mode: store and fan-out on Redis");
     Ok((Arc::new(store), Arc::new(broker)))
 }

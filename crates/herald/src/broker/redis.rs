@@ -69,16 +69,35 @@ impl RedisBroker {
         })
     }
 
-    /// Starts the loop that reads the log into `hub` until `shutdown`.
-    pub fn spawn_reader(&self, hub: Arc<Hub>, tracker: &TaskTracker, shutdown: CancellationToken) {
-        let reader = LogReader {
+    /// Starts the loop that reads the log into `hub` until `shutdown`. Call before the
+    /// node serves anything: the reader starts at the log's end as of now, and that
+    /// position is also where this node's history stops and live delivery begins, so
+    /// a subscriber that connects right after start-up misses nothing published after
+    /// it registered. If Redis cannot be reached now, "now" is this node's clock
+    /// (a skew between it and Redis's clock can then cost or repeat that many
+    /// milliseconds of messages for subscribers of the first moments).
+    pub async fn start_reader(
+        &self,
+        hub: Arc<Hub>,
+        tracker: &TaskTracker,
+        shutdown: CancellationToken,
+    ) {
+        let mut reader = LogReader {
             conn: self.reader.clone(),
             log: self.keys.log(),
             hub,
             connected: self.connected.clone(),
             delivered: self.delivered.clone(),
         };
-        tracker.spawn(reader.run(shutdown));
+        let start = match reader.edge_of_log("XREVRANGE", "+", "-").await {
+            Ok(newest) => newest.unwrap_or_else(|| "0-0".into()),
+            Err(e) => {
+                tracing::warn!(error = %e, "redis: unreachable at start-up; will keep trying");
+                format!("{}-0", crate::model::now_unix_ms().max(0))
+            }
+        };
+        reader.delivered.advance(&start);
+        tracker.spawn(reader.run(start, shutdown));
     }
 }
 
@@ -110,18 +129,13 @@ struct LogReader {
 }
 
 impl LogReader {
-    async fn run(mut self, shutdown: CancellationToken) {
-        // The last position read; `None` until the first successful contact, which
-        // starts at the log's end (nobody here has subscribed to anything older).
-        let mut last: Option<String> = None;
+    /// Reads from after position `last` until `shutdown`.
+    async fn run(mut self, mut last: String, shutdown: CancellationToken) {
         let mut backoff = BACKOFF_MIN;
         let mut recovering = false;
         loop {
             let step = async {
-                let from = match &last {
-                    Some(from) => from.clone(),
-                    None => self.end_of_log().await?,
-                };
+                let from = last.clone();
                 if recovering {
                     self.check_gap(&from).await?;
                 }
@@ -139,13 +153,13 @@ impl LogReader {
                     }
                     recovering = false;
                     backoff = BACKOFF_MIN;
-                    last = Some(self.deliver(reply, from).await);
+                    last = self.deliver(reply, from).await;
                 }
                 Err(e) => {
-                    if self.connected.swap(false, Ordering::Relaxed) || last.is_none() {
+                    if self.connected.swap(false, Ordering::Relaxed) {
                         tracing::warn!(error = %e, "redis: cannot read the cluster log; retrying");
                     }
-                    recovering = last.is_some();
+                    recovering = true;
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
                         _ = tokio::time::sleep(backoff) => {}
@@ -154,14 +168,6 @@ impl LogReader {
                 }
             }
         }
-    }
-
-    /// The position of the log's newest entry (`0-0` if it is empty or missing).
-    async fn end_of_log(&mut self) -> Result<String, crate::store::StoreError> {
-        Ok(self
-            .edge_of_log("XREVRANGE", "+", "-")
-            .await?
-            .unwrap_or_else(|| "0-0".into()))
     }
 
     /// The position of the log's first entry in the direction of `range` (`XRANGE`:

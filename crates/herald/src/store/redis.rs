@@ -74,8 +74,8 @@ impl Default for Delivered {
 }
 
 impl Delivered {
-    /// The reader's position, once no dispatch is under way; `None` before its first
-    /// successful read.
+    /// The reader's position, once no dispatch is under way; `None` before the
+    /// reader is started.
     async fn position(&self) -> Option<(u64, u64)> {
         let _no_dispatch = self.lock.read().await;
         *self.position.borrow()

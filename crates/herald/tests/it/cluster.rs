@@ -462,3 +462,17 @@ async fn redis_restart_is_survived() {
         "{history:?}"
     );
 }
+
+/// A node that has just printed its listening line already delivers: a subscriber
+/// that connects at once gets the next message (the log reader's start position is
+/// fixed before the node serves, not at its first read).
+#[tokio::test]
+async fn a_node_delivers_from_the_moment_it_listens() {
+    let cluster = Cluster::start_on("startup", 0, SHARED_REDIS_PORT).await;
+    for round in 0..3 {
+        let node = cluster.launch_node();
+        let mut sub = subscribe(&node, "su", "").await;
+        let published = node.publish("su", &format!("round {round}")).await;
+        assert_eq!(sub.next_non_keepalive().await["id"], published["id"]);
+    }
+}
