@@ -53,7 +53,7 @@ impl std::fmt::Debug for RedisBroker {
 
 impl RedisBroker {
     /// A broker on the Redis at `url` under `prefix`. Nothing is read until
-    /// [`Self::spawn_reader`]. `delivered` is shared with this node's `RedisStore`.
+    /// [`Self::start_reader`]. `delivered` is shared with this node's `RedisStore`.
     pub fn new(url: &str, prefix: &str, delivered: Arc<Delivered>) -> Result<Self, BrokerError> {
         let keys = Keys::new(prefix);
         let writer = connect(url, Duration::from_secs(3)).map_err(BrokerError::Unavailable)?;
