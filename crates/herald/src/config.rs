@@ -258,6 +258,16 @@ const OPTIONS: &[OptionSpec] = &[
         default: "",
         help: "Access for topics no ACL entry matches: `read-write`, `read-only`, `write-only` or `deny-all`; setting it (or `auth-file`) turns access control on [default when on: read-write]",
     },
+    OptionSpec {
+        key: "redis-url",
+        default: "",
+        help: "Run as one node of a cluster on this Redis, e.g. `redis://127.0.0.1:6379/0`: history, scheduled messages and fan-out live in Redis (docs/SCALING.md); empty: embedded store, single node",
+    },
+    OptionSpec {
+        key: "redis-key-prefix",
+        default: "herald:",
+        help: "Prefix of every Redis key herald uses; nodes of one cluster share it, different clusters on one Redis need different ones",
+    },
 ];
 
 /// Where a value came from, for error messages.
@@ -334,6 +344,10 @@ pub struct Config {
     /// Access control (`auth-file`, `auth-default-access`); `None`: off, everyone
     /// may read and write every topic (as ntfy without an auth file).
     pub auth: Option<crate::auth::AuthSettings>,
+    /// The cluster's Redis (`redis-url`); `None`: embedded store, single node.
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis key (`redis-key-prefix`).
+    pub redis_key_prefix: String,
 }
 
 impl Config {
@@ -532,6 +546,8 @@ impl RawValues {
             })?,
             otlp_endpoint: self.parse("otlp-endpoint", otlp_endpoint)?,
             otlp_service_name: self.parse("otlp-service-name", non_empty)?,
+            redis_url: self.parse("redis-url", redis_url)?,
+            redis_key_prefix: self.parse("redis-key-prefix", non_empty)?,
             limits: self.limits()?,
             webhooks: self.webhook_config(&data_dir)?,
             auth: self.auth_settings(&data_dir)?,
@@ -690,6 +706,15 @@ fn otlp_endpoint(s: &str) -> Result<Option<String>, String> {
         );
     }
     crate::otel::traces_url(s).map(Some)
+}
+
+/// `redis-url`: empty is off; otherwise a `redis://` (or `unix://`) URL the client accepts.
+fn redis_url(s: &str) -> Result<Option<String>, String> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    crate::store::redis::check_url(s)?;
+    Ok(Some(s.to_string()))
 }
 
 fn duration(s: &str) -> Result<Duration, String> {

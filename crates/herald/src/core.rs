@@ -77,10 +77,10 @@ impl Herald {
         let scheduled = message.time > now_unix();
         // Scheduled messages take a ticket too (they skip the hand-off wait): their IDs
         // then follow commit order like every stored message, which the webhook feed
-        // (`committed_after`) relies on.
-        let ticket = message
-            .expires
-            .is_some()
+        // (`committed_after`) relies on. A store whose commit is the delivery (Redis)
+        // orders publishes cluster-wide itself; this node's sequencer must then stay
+        // out of the way.
+        let ticket = (message.expires.is_some() && !self.store.commit_delivers())
             .then(|| Ticket::take(self.clone(), &mut message));
         let this = self.clone();
         // Spawned, so that a client going away mid-request cannot stop a publish
@@ -123,12 +123,19 @@ impl Herald {
     ) -> Result<Message, ApiError> {
         // Publishes are accepted while draining: hyper only lets requests that
         // were already on a connection through, and the store closes after them.
-        if message.expires.is_some() || scheduled {
-            self.store.append(message.clone()).await?;
-        }
+        let cached = message.expires.is_some();
+        let message = if cached || scheduled {
+            self.store.append(message).await?
+        } else {
+            message
+        };
         self.published.fetch_add(1, Ordering::Relaxed);
         if scheduled {
             self.scheduler_wakeup.notify_one();
+            return Ok(message);
+        }
+        if cached && self.store.commit_delivers() {
+            // The commit already put it, in order, on the log every node reads.
             return Ok(message);
         }
         if let Some(ticket) = &ticket {
@@ -281,6 +288,12 @@ impl Herald {
                 }
             }
             match self.store.take_due(now_unix()).await {
+                Ok(due) if self.store.commit_delivers() => {
+                    // Taken and put on the shared log in one step (store::redis).
+                    if !due.is_empty() {
+                        tracing::debug!(count = due.len(), "scheduled messages delivered");
+                    }
+                }
                 Ok(due) => {
                     for message in due {
                         if let Err(e) = self.broker.publish(SharedEvent::new(message)).await {
@@ -533,7 +546,7 @@ mod tests {
 
     #[async_trait::async_trait]
     impl Store for SlowAppends {
-        async fn append(&self, message: Message) -> Result<(), crate::store::StoreError> {
+        async fn append(&self, message: Message) -> Result<Message, crate::store::StoreError> {
             if message.message.ends_with("slow") {
                 tokio::time::sleep(Duration::from_millis(30)).await;
             }

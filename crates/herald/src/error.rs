@@ -144,7 +144,9 @@ impl From<crate::store::StoreError> for ApiError {
     fn from(err: crate::store::StoreError) -> Self {
         tracing::error!(error = %err, "store failure");
         match err {
-            crate::store::StoreError::Closed => ApiError::UNAVAILABLE,
+            crate::store::StoreError::Closed | crate::store::StoreError::Unavailable(_) => {
+                ApiError::UNAVAILABLE
+            }
             _ => ApiError::INTERNAL,
         }
     }

@@ -11,12 +11,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::api::{AppState, router};
-use crate::broker::LocalBroker;
+use crate::broker::redis::RedisBroker;
+use crate::broker::{Broker, LocalBroker};
 use crate::config::Config;
 use crate::core::Herald;
 use crate::hub::{CloseReason, Hub};
 use crate::listener::Listener;
 use crate::store::Store;
+use crate::store::redis::{Delivered, RedisStore};
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
 use crate::telemetry::{Metrics, RequestInfo, StoreMetrics};
 use crate::webhook::Webhooks;
@@ -60,44 +62,56 @@ pub async fn run(
         None => None,
     };
     let store_metrics = Arc::new(StoreMetrics::default());
-    let store = SqliteStore::open_observed(
-        &config.cache_file,
-        SqliteOptions {
-            sync: config.store_sync,
-            ..SqliteOptions::default()
-        },
-        Some(store_metrics.clone()),
-    )
-    .with_context(|| format!("cannot open message store {}", config.cache_file.display()))?;
-    let store: Arc<dyn Store> = Arc::new(store);
     let hub = Hub::new(config.subscriber_queue_size);
-    // Publishes wake the webhook feed (see crate::webhook).
-    let feed_wake = Arc::new(tokio::sync::Notify::new());
-    let broker = Arc::new(WakingBroker::new(
-        Arc::new(LocalBroker::new(hub.clone())),
-        feed_wake.clone(),
-    ));
-    let herald = Herald::new(config.clone(), store.clone(), broker, hub.clone());
-    let webhook_store = SqliteWebhookStore::open(&config.webhooks.file).with_context(|| {
-        format!(
-            "cannot open webhook store {}",
-            config.webhooks.file.display()
-        )
-    })?;
-    let webhook_metrics = WebhookMetrics::default();
-    let webhooks = Webhooks::new(
-        config.webhooks.clone(),
-        Arc::new(webhook_store),
-        herald.clone(),
-        webhook_metrics.clone(),
-        feed_wake,
-    )?;
-
     let tracker = TaskTracker::new();
     let background = CancellationToken::new();
+    let (store, broker): (Arc<dyn Store>, Arc<dyn Broker>) = match &config.redis_url {
+        Some(url) => cluster_backends(&config, url, &hub, &tracker, &background).await?,
+        None => {
+            let store = SqliteStore::open_observed(
+                &config.cache_file,
+                SqliteOptions {
+                    sync: config.store_sync,
+                    ..SqliteOptions::default()
+                },
+                Some(store_metrics.clone()),
+            )
+            .with_context(|| {
+                format!("cannot open message store {}", config.cache_file.display())
+            })?;
+            (Arc::new(store), Arc::new(LocalBroker::new(hub.clone())))
+        }
+    };
+    // Publishes wake the webhook feed (see crate::webhook).
+    let feed_wake = Arc::new(tokio::sync::Notify::new());
+    let broker = Arc::new(WakingBroker::new(broker, feed_wake.clone()));
+    let herald = Herald::new(config.clone(), store.clone(), broker, hub.clone());
     herald.spawn_background(&tracker, background.clone());
 
-    webhooks.start().await;
+    let webhook_metrics = WebhookMetrics::default();
+    let webhooks = if config.redis_url.is_some() {
+        // The webhook store is this node's SQLite file and its feed follows this
+        // node's commit order: on a cluster every node would deliver every message.
+        // Until webhooks have a Redis store, cluster nodes serve none.
+        tracing::warn!("webhooks are not available with redis-url yet: /v1/webhooks answers 404");
+        None
+    } else {
+        let webhook_store = SqliteWebhookStore::open(&config.webhooks.file).with_context(|| {
+            format!(
+                "cannot open webhook store {}",
+                config.webhooks.file.display()
+            )
+        })?;
+        let webhooks = Webhooks::new(
+            config.webhooks.clone(),
+            Arc::new(webhook_store),
+            herald.clone(),
+            webhook_metrics.clone(),
+            feed_wake,
+        )?;
+        webhooks.start().await;
+        Some(webhooks)
+    };
 
     let mut metrics = Metrics::new(&herald, &store_metrics);
     metrics.register_webhooks(&webhook_metrics);
@@ -118,7 +132,7 @@ pub async fn run(
     };
     let mut state = AppState::with_metrics(herald.clone(), metrics, metrics_listener.is_none())
         .with_auth(Arc::new(auth));
-    state.webhooks = Some(webhooks.clone());
+    state.webhooks = webhooks.clone();
     // The metrics listener runs until the very end, so a drain can be watched.
     let metrics_stop = CancellationToken::new();
     let metrics_server = metrics_listener.map(|listener| {
@@ -161,7 +175,9 @@ pub async fn run(
     background.cancel();
     tracker.close();
     tracker.wait().await;
-    webhooks.stop().await;
+    if let Some(webhooks) = &webhooks {
+        webhooks.stop().await;
+    }
     store.close().await;
     metrics_stop.cancel();
     if let Some(task) = metrics_server {
@@ -169,6 +185,28 @@ pub async fn run(
     }
     tracing::info!("herald stopped");
     Ok(())
+}
+
+/// The Redis store and broker of a cluster node (`redis-url`, docs/SCALING.md); the
+/// broker's log reader runs on `tracker` until `stop`.
+async fn cluster_backends(
+    config: &Config,
+    url: &str,
+    hub: &Arc<Hub>,
+    tracker: &TaskTracker,
+    stop: &CancellationToken,
+) -> anyhow::Result<(Arc<dyn Store>, Arc<dyn Broker>)> {
+    let prefix = &config.redis_key_prefix;
+    let delivered = Arc::new(Delivered::default());
+    let store = RedisStore::open(url, prefix, config.cache_duration, delivered.clone())
+        .context("cannot set up the Redis store")?;
+    let broker =
+        RedisBroker::new(url, prefix, delivered).context("cannot set up the Redis broker")?;
+    broker
+        .start_reader(hub.clone(), tracker, stop.clone())
+        .await;
+    tracing::info!(prefix = %prefix, "cluster mode: store and fan-out on Redis");
+    Ok((Arc::new(store), Arc::new(broker)))
 }
 
 /// The `metrics-listen-http` server: `GET /metrics` and nothing else (404), with

@@ -4,7 +4,10 @@
 //! ([`LocalBroker`]). A multi-node deployment replaces it with an implementation that
 //! sends the event through a shared system (Redis, NATS) and feeds every node's hub
 //! from there; the transports and the core do not change, they only ever talk to a
-//! `Broker` for publishing and to the `Hub` for subscribing.
+//! `Broker` for publishing and to the `Hub` for subscribing. [`redis::RedisBroker`] is
+//! the cluster implementation (docs/SCALING.md).
+
+pub mod redis;
 
 use std::sync::Arc;
 

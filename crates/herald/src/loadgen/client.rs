@@ -14,7 +14,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use super::http::{Conn, HttpError, LineReader};
-use super::options::{Options, Transport};
+use super::options::{Options, Target, Transport};
 use super::stamp::{Arrival, SeqTracker, Stamp, find};
 use super::stats::{Clock, Shared};
 
@@ -40,12 +40,8 @@ impl Ctx {
         format!("{}{topic}", self.opts.topic_prefix)
     }
 
-    fn path(&self, topic: usize, suffix: &str) -> String {
-        format!(
-            "{}/{}{suffix}",
-            self.opts.target.base_path,
-            self.topic_name(topic)
-        )
+    fn path(&self, target: &Target, topic: usize, suffix: &str) -> String {
+        format!("{}/{}{suffix}", target.base_path, self.topic_name(topic))
     }
 }
 
@@ -86,15 +82,20 @@ impl Session {
         ctx: &Ctx,
         transport: Transport,
         topic: usize,
-        source: Option<IpAddr>,
+        index: usize,
     ) -> Result<(Session, bool), String> {
-        let target = &ctx.opts.target;
+        let target = ctx.opts.target_for(index);
+        let source = ctx.opts.source(index);
         let stream = connect(target.addr, source)
             .await
             .map_err(|e| format!("connect: {e}"))?;
         let mut session = match transport {
             Transport::Ws => {
-                let url = format!("ws://{}{}", target.authority, ctx.path(topic, "/ws"));
+                let url = format!(
+                    "ws://{}{}",
+                    target.authority,
+                    ctx.path(target, topic, "/ws")
+                );
                 let (ws, _) = tokio_tungstenite::client_async(url, stream)
                     .await
                     .map_err(|e| format!("websocket handshake: {e}"))?;
@@ -105,6 +106,7 @@ impl Session {
             }
             Transport::Sse | Transport::Json => {
                 let path = ctx.path(
+                    target,
                     topic,
                     if transport == Transport::Sse {
                         "/sse"
@@ -211,11 +213,8 @@ pub async fn subscriber(ctx: Rc<Ctx>, index: usize, permit: OwnedSemaphorePermit
     let opts = &ctx.opts;
     let topic = index % opts.topics;
     let transport = opts.transports[index % opts.transports.len()];
-    let opened = tokio::time::timeout(
-        OPEN_TIMEOUT,
-        Session::open(&ctx, transport, topic, opts.source(index)),
-    )
-    .await;
+    let opened =
+        tokio::time::timeout(OPEN_TIMEOUT, Session::open(&ctx, transport, topic, index)).await;
     let mut session = match opened {
         Ok(Ok((session, is_open))) => {
             let mut s = ctx.stats.borrow_mut();
@@ -341,8 +340,9 @@ impl Publisher {
             Some(conn) => conn,
             None => {
                 let opts = &self.ctx.opts;
-                let source = opts.source(opts.subscribers + self.id);
-                Conn::new(connect(opts.target.addr, source).await?)
+                let index = opts.subscribers + self.id;
+                let source = opts.source(index);
+                Conn::new(connect(opts.target_for(index).addr, source).await?)
             }
         };
         Ok(self.conn.insert(conn))
@@ -395,8 +395,8 @@ impl Publisher {
         self.request.extend_from_slice(
             format!(
                 "POST {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: herald-bench\r\nContent-Length: {}\r\n\r\n",
-                ctx.path(topic, ""),
-                ctx.opts.target.authority,
+                ctx.path(ctx.opts.target_for(ctx.opts.subscribers + self.id), topic, ""),
+                ctx.opts.target_for(ctx.opts.subscribers + self.id).authority,
                 body.len()
             )
             .as_bytes(),

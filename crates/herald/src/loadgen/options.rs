@@ -97,6 +97,9 @@ impl Target {
 pub struct Options {
     pub url: String,
     pub target: Target,
+    /// Every server of `--url` (a comma list: several nodes of one cluster);
+    /// connections go to them round robin. The first is `target`.
+    pub targets: Vec<Target>,
     pub subscribers: usize,
     pub transports: Vec<Transport>,
     pub publishers: usize,
@@ -120,12 +123,21 @@ impl Options {
         (!self.sources.is_empty()).then(|| self.sources[i % self.sources.len()])
     }
 
+    /// The server connection number `i` goes to (subscribers first, then publishers).
+    pub fn target_for(&self, i: usize) -> &Target {
+        &self.targets[i % self.targets.len()]
+    }
+
     pub fn from_matches(m: &ArgMatches) -> anyhow::Result<Options> {
         let url = m
             .get_one::<String>("url")
             .cloned()
             .unwrap_or_else(|| "http://127.0.0.1:8080".to_string());
-        let target = Target::parse(&url)?;
+        let targets = url
+            .split(',')
+            .map(|u| Target::parse(u.trim()))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let target = targets[0].clone();
         let transports = Transport::parse_list(
             m.get_one::<String>("transport")
                 .map_or("ws", String::as_str),
@@ -148,6 +160,7 @@ impl Options {
         };
         let options = Options {
             target,
+            targets,
             subscribers: m.get_one::<usize>("subscribers").copied().unwrap_or(0),
             transports,
             publishers: count("publishers"),
@@ -257,7 +270,7 @@ pub fn add_args(cmd: Command) -> Command {
                 .long("url")
                 .value_name("URL")
                 .default_value("http://127.0.0.1:8080")
-                .help("Base URL of the server (plain http://; a path prefix is kept)"),
+                .help("Base URL of the server (plain http://; a path prefix is kept); a comma list for several nodes of one cluster: subscribers and publishers are spread over them round robin"),
         )
         .arg(
             Arg::new("subscribers")
@@ -397,6 +410,9 @@ mod tests {
         assert_eq!(o.target.addr.port(), 80);
         assert!(parse(&["--url", "https://127.0.0.1"]).is_err());
         assert!(parse(&["--url", "127.0.0.1:80"]).is_err());
+        let o = parse(&["--url", "http://127.0.0.1:9000,http://127.0.0.1:9001"]).expect("valid");
+        assert_eq!(o.targets.len(), 2);
+        assert_eq!(o.target_for(3).authority, "127.0.0.1:9001");
     }
 
     #[test]

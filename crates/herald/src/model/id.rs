@@ -88,6 +88,29 @@ pub fn timestamp_ms(id: &str) -> Option<u64> {
         .try_fold(0u64, |acc, &b| Some(acc * 62 + digit_value(b)?))
 }
 
+/// The ID for creation time `ms` and per-millisecond position `counter`, for IDs
+/// assigned elsewhere (a Redis stream entry's `<ms>-<seq>`, see `store::redis`).
+/// `None` if either part does not fit (time past the year 8000, or 62^4 entries in one
+/// millisecond), so that order is never silently broken.
+pub fn from_parts(ms: u64, counter: u64) -> Option<String> {
+    if ms >= 62u64.pow(TIME_DIGITS as u32) || counter >= COUNTER_SPACE {
+        return None;
+    }
+    let mut buf = [0u8; ID_LEN];
+    encode(ms, &mut buf[..TIME_DIGITS]);
+    encode(counter, &mut buf[TIME_DIGITS..]);
+    Some(buf.iter().map(|&b| b as char).collect())
+}
+
+/// The `(ms, counter)` an ID encodes: the inverse of [`from_parts`].
+pub fn parts(id: &str) -> Option<(u64, u64)> {
+    let ms = timestamp_ms(id)?;
+    let counter = id.as_bytes()[TIME_DIGITS..]
+        .iter()
+        .try_fold(0u64, |acc, &b| Some(acc * 62 + digit_value(b)?))?;
+    Some((ms, counter))
+}
+
 fn digit_value(b: u8) -> Option<u64> {
     match b {
         b'0'..=b'9' => Some((b - b'0') as u64),
@@ -133,6 +156,17 @@ mod tests {
         fn timestamp_round_trips(ms in 0u64..62u64.pow(8)) {
             let floor = MessageId::floor_at(ms);
             prop_assert_eq!(timestamp_ms(&floor), Some(ms));
+        }
+
+        #[test]
+        fn parts_round_trip_and_keep_order(
+            a in (0u64..62u64.pow(8), 0u64..COUNTER_SPACE),
+            b in (0u64..62u64.pow(8), 0u64..COUNTER_SPACE),
+        ) {
+            let ia = from_parts(a.0, a.1).unwrap();
+            let ib = from_parts(b.0, b.1).unwrap();
+            prop_assert_eq!(parts(&ia), Some(a));
+            prop_assert_eq!(ia.cmp(&ib), a.cmp(&b));
         }
 
         #[test]

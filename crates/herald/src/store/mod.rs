@@ -1,9 +1,9 @@
 //! The message cache: durable history behind `since=`, `poll=1` and scheduled delivery.
 //!
 //! [`Store`] is the seam between herald's core and where messages live. The embedded
-//! implementation ([`sqlite::SqliteStore`]) is the default; a Redis implementation is
-//! planned for multi-node deployments, so the trait speaks only in messages and
-//! topics, never in SQL, rows or transactions.
+//! implementation ([`sqlite::SqliteStore`]) is the default; [`redis::RedisStore`] holds
+//! the history of a multi-node cluster (docs/SCALING.md), so the trait speaks only in
+//! messages and topics, never in SQL, rows, streams or transactions.
 //!
 //! Contract every implementation keeps:
 //! - [`Store::append`] returns only after the message is committed (an acknowledged
@@ -12,7 +12,11 @@
 //!   (see `model::id`), so `id > marker` means "published after the marker".
 //! - Scheduled messages (`time` in the future at publish) are stored as not yet
 //!   published; [`Store::take_due`] hands each one out exactly once.
+//! - A store whose commit is also the delivery ([`Store::commit_delivers`], Redis: one
+//!   shared, ordered log feeds history and every node's hub) assigns the ID of an
+//!   immediately published message itself and returns it from [`Store::append`].
 
+pub mod redis;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -57,6 +61,10 @@ pub enum StoreError {
     /// The store is shutting down or its writer has stopped.
     #[error("store is closed")]
     Closed,
+    /// A shared backend (Redis) is unreachable right now; nothing was committed that
+    /// the caller can rely on, and the caller may retry later.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// Counters for `/v1/stats` and metrics.
@@ -82,8 +90,19 @@ pub trait CommitObserver: Send + Sync + 'static {
 pub trait Store: Send + Sync + 'static {
     /// Commits `message` (a `message`, `message_delete` or `message_clear` event whose
     /// `expires` is set). A message whose `time` is later than now is stored as
-    /// scheduled. Returns after the commit is durable per the configured sync mode.
-    async fn append(&self, message: Message) -> Result<(), StoreError>;
+    /// scheduled. Returns after the commit is durable per the configured sync mode,
+    /// with the message as stored: a store that [`Self::commit_delivers`] gives an
+    /// immediately published message its ID (and a `sequence_id` that was the
+    /// message's own ID follows it); others return it unchanged.
+    async fn append(&self, message: Message) -> Result<Message, StoreError>;
+
+    /// Whether committing a message also delivers it to every node's subscribers, in
+    /// commit order (the Redis store: one shared log is history and fan-out). Then the
+    /// core neither orders cached publishes itself nor hands them (or due scheduled
+    /// messages) to the broker. `false` (the embedded store): the core does both.
+    fn commit_delivers(&self) -> bool {
+        false
+    }
 
     /// The messages matching `query`, ordered by `(time, id)`.
     async fn query(&self, query: Query) -> Result<Vec<Message>, StoreError>;

@@ -285,21 +285,22 @@ impl SqliteStore {
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn append(&self, message: Message) -> Result<(), StoreError> {
+    async fn append(&self, message: Message) -> Result<Message, StoreError> {
         // Serialise here, on the caller's task, to keep the single writer thread lean.
         let json = serde_json::to_string(&message)
             .map_err(|e| StoreError::Backend(format!("encoding message: {e}")))?;
         let row = NewRow {
             published: message.time <= now_unix(),
             event: message.event.as_str(),
-            id: message.id,
-            topic: message.topic,
+            id: message.id.clone(),
+            topic: message.topic.clone(),
             time: message.time,
             expires: message.expires,
-            sequence_id: message.sequence_id,
+            sequence_id: message.sequence_id.clone(),
             json,
         };
-        self.submit(|reply| Op::Append { row, reply }).await
+        self.submit(|reply| Op::Append { row, reply }).await?;
+        Ok(message)
     }
 
     async fn query(&self, query: Query) -> Result<Vec<Message>, StoreError> {
@@ -1293,7 +1294,7 @@ mod tests {
             store.append(msg("t", now)),
             store.check_writable()
         );
-        for result in [a, b, ping] {
+        for result in [a.map(|_| ()), b.map(|_| ()), ping] {
             assert!(matches!(result, Err(StoreError::Backend(_))), "{result:?}");
         }
         other.execute_batch("ROLLBACK").unwrap();

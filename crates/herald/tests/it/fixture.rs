@@ -69,6 +69,7 @@ impl TestServer {
         }
         args.extend(launch.args);
         herald::webhook::client::install_tls_provider();
+        args.extend(redis_backend_args(&args));
         let client = reqwest::Client::builder()
             .no_proxy()
             .build()
@@ -554,4 +555,28 @@ where
         assert!(Instant::now() < deadline, "timed out waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// With `HERALD_TEST_REDIS_URL` set (`.ci/run` does for a subset of the suite), every
+/// server that does not choose its backend runs in cluster mode on that Redis, under
+/// a key prefix of its own: the same tests, the Redis store and broker.
+fn redis_backend_args(args: &[String]) -> Vec<String> {
+    static SERVERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let Ok(url) = std::env::var("HERALD_TEST_REDIS_URL") else {
+        return Vec::new();
+    };
+    if url.is_empty() || args.iter().any(|a| a == "--redis-url") {
+        return Vec::new();
+    }
+    let n = SERVERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    vec![
+        "--redis-url".into(),
+        url,
+        "--redis-key-prefix".into(),
+        format!("herald-test:suite:{}:{nanos}:{n}:", std::process::id()),
+    ]
 }

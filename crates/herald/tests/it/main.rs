@@ -7,6 +7,7 @@
 mod auth;
 mod bench;
 mod cli_config;
+mod cluster;
 mod durability;
 mod fixture;
 mod info;

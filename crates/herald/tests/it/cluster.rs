@@ -1,0 +1,478 @@
+//! Cluster mode (docs/SCALING.md): several real `herald` nodes on one real Redis.
+//!
+//! Each test uses the machine's Redis (127.0.0.1:6379, `.ci/run` starts it) under its
+//! own key prefix, so tests run in parallel and never see each other's keys; the
+//! keys are deleted when the test's `Cluster` is dropped. The Redis-restart test runs
+//! its own private `redis-server` on an ephemeral port instead, so that the shared
+//! one is never restarted.
+
+use std::collections::HashSet;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::Mutex;
+
+use crate::fixture::{EventStream, Launch, TestServer, eventually, expect_json, texts};
+
+const SHARED_REDIS_PORT: u16 = 6379;
+/// Waits that cover a node start, a Redis reconnect or a scheduled message's delay.
+const LONG: Duration = Duration::from_secs(30);
+
+/// Nodes on one Redis under a key prefix unique to this test.
+struct Cluster {
+    nodes: Vec<TestServer>,
+    prefix: String,
+    redis_port: u16,
+}
+
+impl Cluster {
+    /// `n` nodes on the machine's Redis.
+    async fn start(test: &str, n: usize) -> Cluster {
+        Cluster::start_on(test, n, SHARED_REDIS_PORT).await
+    }
+
+    /// `n` nodes on the Redis at `127.0.0.1:<port>`, each ready (reached Redis).
+    async fn start_on(test: &str, n: usize, port: u16) -> Cluster {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let prefix = format!("herald-test:{test}:{}:{nanos}:", std::process::id());
+        let mut cluster = Cluster {
+            nodes: Vec::new(),
+            prefix,
+            redis_port: port,
+        };
+        for _ in 0..n {
+            let node = cluster.launch_node();
+            cluster.nodes.push(node);
+        }
+        for node in &cluster.nodes {
+            wait_ready(node).await;
+        }
+        cluster
+    }
+
+    fn launch_node(&self) -> TestServer {
+        TestServer::launch(Launch {
+            args: vec![
+                "--redis-url".into(),
+                format!("redis://127.0.0.1:{}", self.redis_port),
+                "--redis-key-prefix".into(),
+                self.prefix.clone(),
+            ],
+            ..Launch::default()
+        })
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            node.kill9();
+        }
+        // This test's keys only (its prefix), best effort.
+        let script =
+            "for _, k in ipairs(redis.call('KEYS', ARGV[1] .. '*')) do redis.call('DEL', k) end";
+        let _ = Command::new("redis-cli")
+            .args(["-p", &self.redis_port.to_string()])
+            .args(["EVAL", script, "0", &self.prefix])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+async fn readyz(node: &TestServer) -> Option<u16> {
+    let resp = node
+        .client
+        .get(node.url("/readyz"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .ok()?;
+    Some(resp.status().as_u16())
+}
+
+async fn wait_ready(node: &TestServer) {
+    eventually(LONG, "node ready", || async {
+        (readyz(node).await == Some(200)).then_some(())
+    })
+    .await;
+}
+
+/// Opens `/<topic>/json<query>` and reads the `open` event.
+async fn subscribe(node: &TestServer, topic: &str, query: &str) -> EventStream {
+    let mut sub = node.stream(&format!("/{topic}/json{query}")).await;
+    assert_eq!(sub.next_json().await["event"], "open");
+    sub
+}
+
+/// The next `n` messages of a stream.
+async fn next_messages(sub: &mut EventStream, n: usize) -> Vec<Value> {
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        out.push(sub.next_non_keepalive().await);
+    }
+    out
+}
+
+fn ids(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn assert_increasing(ids: &[String]) {
+    for pair in ids.windows(2) {
+        assert!(
+            pair[0] < pair[1],
+            "IDs out of order: {} then {}",
+            pair[0],
+            pair[1]
+        );
+    }
+}
+
+/// A message published to any node reaches the subscribers of every node, all in the
+/// same order, which is ID order; concurrent publishers on different nodes included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_node_delivers_every_message_in_one_order() {
+    const PER_NODE: usize = 40;
+    let cluster = Cluster::start("order", 3).await;
+    let mut subs = Vec::new();
+    for node in &cluster.nodes {
+        subs.push(subscribe(node, "co", "").await);
+    }
+    let mut publishers = Vec::new();
+    for (n, node) in cluster.nodes.iter().enumerate() {
+        let (client, url) = (node.client.clone(), node.url("/co"));
+        publishers.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for i in 0..PER_NODE {
+                let resp = client
+                    .put(&url)
+                    .body(format!("n{n}-{i}"))
+                    .send()
+                    .await
+                    .unwrap();
+                acked.push(
+                    expect_json(resp, 200).await["id"]
+                        .as_str()
+                        .unwrap()
+                        .to_string(),
+                );
+            }
+            acked
+        }));
+    }
+    let mut acked = Vec::new();
+    for p in publishers {
+        let from_node = p.await.unwrap();
+        // One publisher's messages are acknowledged one after another: in order.
+        assert_increasing(&from_node);
+        acked.extend(from_node);
+    }
+    acked.sort();
+    let mut first: Option<Vec<String>> = None;
+    for sub in &mut subs {
+        let got = ids(&next_messages(sub, 3 * PER_NODE).await);
+        assert_increasing(&got);
+        assert_eq!(got, acked, "a node delivered a different set");
+        match &first {
+            None => first = Some(got),
+            Some(f) => assert_eq!(&got, f, "two nodes delivered different orders"),
+        }
+    }
+    // History agrees with live delivery on every node.
+    for node in &cluster.nodes {
+        assert_eq!(ids(&node.poll("co", "since=all").await), acked);
+    }
+}
+
+/// `since=`/`poll=1` give the same answer on every node: all, after an ID, latest,
+/// several topics merged, and scheduled messages with `scheduled=1`.
+#[tokio::test]
+async fn history_is_the_same_on_every_node() {
+    let cluster = Cluster::start("history", 3).await;
+    let [a, b, c] = &cluster.nodes[..] else {
+        unreachable!()
+    };
+    let a1 = a.publish("ha", "a1").await;
+    let b1 = b.publish("hb", "b1").await;
+    let a2 = c.publish("ha", "a2").await;
+    let b2 = a.publish("hb", "b2").await;
+    let scheduled = expect_json(
+        b.client
+            .put(b.url("/ha"))
+            .header("X-Delay", "1h")
+            .body("later")
+            .send()
+            .await
+            .unwrap(),
+        200,
+    )
+    .await;
+    let marker = b1["id"].as_str().unwrap();
+    for node in &cluster.nodes {
+        // A node answers up to what its log reader has delivered live (within
+        // milliseconds of the commit on another node).
+        eventually(LONG, "the last publish visible on every node", || async {
+            (node.poll("ha,hb", "since=all").await.len() == 4).then_some(())
+        })
+        .await;
+        assert_eq!(
+            texts(&node.poll("ha,hb", "since=all").await),
+            ["a1", "b1", "a2", "b2"]
+        );
+        assert_eq!(
+            texts(&node.poll("ha,hb", &format!("since={marker}")).await),
+            ["a2", "b2"]
+        );
+        assert_eq!(
+            texts(&node.poll("ha,hb", "since=latest").await),
+            ["a2", "b2"]
+        );
+        assert_eq!(texts(&node.poll("hb", "").await), ["b1", "b2"]);
+        assert_eq!(
+            texts(&node.poll("ha", "scheduled=1").await),
+            ["a1", "a2", "later"]
+        );
+        let all = node.poll("ha,hb", "since=all").await;
+        assert_eq!(
+            ids(&all),
+            [&a1, &b1, &a2, &b2].map(|m| m["id"].as_str().unwrap().to_string())
+        );
+    }
+    // Cancelling the scheduled message on one node cancels it for the cluster.
+    let seq = scheduled["id"].as_str().unwrap();
+    let resp = c
+        .client
+        .delete(c.url(&format!("/ha/{seq}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    for node in &cluster.nodes {
+        assert!(!texts(&node.poll("ha", "scheduled=1").await).contains(&"later".to_string()));
+    }
+}
+
+/// Every node runs a scheduler; each scheduled message still fires exactly once, and
+/// reaches the subscribers of every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_messages_fire_exactly_once_cluster_wide() {
+    const N: usize = 6;
+    let cluster = Cluster::start("sched", 3).await;
+    let mut subs = Vec::new();
+    for node in &cluster.nodes {
+        subs.push(subscribe(node, "cs", "").await);
+    }
+    let mut want = Vec::new();
+    for i in 0..N {
+        let node = &cluster.nodes[i % 3];
+        let m = expect_json(
+            node.client
+                .put(node.url("/cs"))
+                .header("X-Delay", "10s")
+                .body(format!("s{i}"))
+                .send()
+                .await
+                .unwrap(),
+            200,
+        )
+        .await;
+        want.push(m["id"].as_str().unwrap().to_string());
+    }
+    want.sort();
+    for sub in &mut subs {
+        let got = tokio::time::timeout(LONG, next_messages(sub, N))
+            .await
+            .expect("scheduled messages did not fire");
+        let mut got = ids(&got);
+        got.sort();
+        assert_eq!(got, want);
+    }
+    // Fired once: once in history, and nothing more arrives on any stream (a second
+    // firing would be delivered, it is not deduplicated).
+    let history = cluster.nodes[0].poll("cs", "since=all").await;
+    let mut hist = ids(&history);
+    hist.sort();
+    assert_eq!(hist, want);
+    let extra = cluster.nodes[1].publish("cs", "after").await;
+    for sub in &mut subs {
+        assert_eq!(sub.next_non_keepalive().await["id"], extra["id"]);
+    }
+}
+
+/// `kill -9` one of three nodes while messages are published: its subscriber
+/// reconnects to another node with `since=<last id>` and misses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn subscribers_of_a_killed_node_resume_on_another() {
+    let mut cluster = Cluster::start("kill", 3).await;
+    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut sub = subscribe(&cluster.nodes[2], "ck", "").await;
+    let mut publishers = Vec::new();
+    for node in &cluster.nodes[..2] {
+        let (client, url) = (node.client.clone(), node.url("/ck"));
+        let (acked, stop) = (acked.clone(), stop.clone());
+        publishers.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let resp = client.put(&url).body(format!("m{i}")).send().await.unwrap();
+                let id = expect_json(resp, 200).await["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string();
+                acked.lock().await.push(id);
+                i += 1;
+            }
+        }));
+    }
+    let mut seen = ids(&next_messages(&mut sub, 30).await);
+    cluster.nodes[2].kill9();
+    // Whatever was still in flight on the dead node's socket is read, then it ends.
+    while let Some(line) = sub.next_frame(b"\n", Duration::from_secs(10)).await {
+        if let Ok(v) = serde_json::from_str::<Value>(&line)
+            && v["event"] == "message"
+        {
+            seen.push(v["id"].as_str().unwrap().to_string());
+        }
+    }
+    let last = seen.last().unwrap().clone();
+    let mut resumed = subscribe(&cluster.nodes[0], "ck", &format!("?since={last}")).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for p in publishers {
+        p.await.unwrap();
+    }
+    let mut acked = acked.lock().await.clone();
+    acked.sort();
+    let missing = acked.iter().filter(|id| **id > last).count();
+    seen.extend(ids(&next_messages(&mut resumed, missing).await));
+    assert_increasing(&seen);
+    let seen_set: HashSet<&String> = seen.iter().collect();
+    assert_eq!(seen_set.len(), seen.len(), "a message was delivered twice");
+    assert_eq!(seen, acked, "the resumed subscriber missed a message");
+}
+
+/// A private `redis-server` that can be killed and started again on the same port.
+struct PrivateRedis {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl PrivateRedis {
+    fn start() -> PrivateRedis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut redis = PrivateRedis { port, child: None };
+        redis.start_again();
+        redis
+    }
+
+    fn start_again(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH");
+        self.child = Some(child);
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("private redis-server did not start on port {}", self.port);
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Redis goes away: `/readyz` is 503 and publishes are answered 503 (never
+/// acknowledged); when it is back, every node recovers by itself and live delivery
+/// continues on the streams that stayed open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_is_survived() {
+    let mut redis = PrivateRedis::start();
+    let cluster = Cluster::start_on("restart", 2, redis.port).await;
+    let [a, b] = &cluster.nodes[..] else {
+        unreachable!()
+    };
+    let mut sub = subscribe(b, "cr", "").await;
+    a.publish("cr", "before").await;
+    assert_eq!(sub.next_non_keepalive().await["message"], "before");
+
+    redis.kill();
+    for node in &cluster.nodes {
+        eventually(LONG, "readyz 503 without Redis", || async {
+            (readyz(node).await == Some(503)).then_some(())
+        })
+        .await;
+    }
+    let resp = a
+        .client
+        .put(a.url("/cr"))
+        .body("lost?")
+        .timeout(LONG)
+        .send()
+        .await
+        .unwrap();
+    let err = expect_json(resp, 503).await;
+    assert_eq!(err["code"], 50301);
+
+    redis.start_again();
+    for node in &cluster.nodes {
+        wait_ready(node).await;
+    }
+    eventually(LONG, "publish accepted again", || async {
+        let resp = a.client.put(a.url("/cr")).body("after").send().await.ok()?;
+        (resp.status() == 200).then_some(())
+    })
+    .await;
+    let ev = sub.next_non_keepalive().await;
+    assert_eq!(ev["message"], "after", "the open stream missed the message");
+    // This Redis keeps nothing across a restart: history starts again, and the
+    // refused publish is not in it.
+    let history = texts(&b.poll("cr", "since=all").await);
+    assert!(
+        !history.is_empty() && history.iter().all(|t| t == "after"),
+        "{history:?}"
+    );
+}
+
+/// A node that has just printed its listening line already delivers: a subscriber
+/// that connects at once gets the next message (the log reader's start position is
+/// fixed before the node serves, not at its first read).
+#[tokio::test]
+async fn a_node_delivers_from_the_moment_it_listens() {
+    let cluster = Cluster::start_on("startup", 0, SHARED_REDIS_PORT).await;
+    for round in 0..3 {
+        let node = cluster.launch_node();
+        let mut sub = subscribe(&node, "su", "").await;
+        let published = node.publish("su", &format!("round {round}")).await;
+        assert_eq!(sub.next_non_keepalive().await["id"], published["id"]);
+    }
+}
