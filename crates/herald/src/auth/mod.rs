@@ -23,6 +23,7 @@ pub mod acl;
 pub mod cli;
 pub mod credentials;
 pub mod password;
+pub mod redis;
 pub mod sqlite;
 pub mod store;
 pub mod throttle;

@@ -169,3 +169,284 @@ pub trait AuthStore: Send + Sync + std::fmt::Debug {
     /// Deletes tokens that expired before `now`; returns how many.
     fn remove_expired_tokens(&self, now: i64) -> Result<usize, AuthStoreError>;
 }
+
+/// The behaviour every [`AuthStore`] shares, run against each implementation by its
+/// own tests (`sqlite`, `redis`).
+#[cfg(test)]
+pub(crate) mod contract {
+    use super::*;
+    use crate::auth::token;
+
+    /// Opens an empty store; each name gives a store of its own.
+    pub type Open<'a> = &'a dyn Fn(&str) -> Box<dyn AuthStore>;
+
+    pub fn user(name: &str, role: Role) -> UserRecord {
+        UserRecord {
+            name: name.into(),
+            hash: "$argon2id$fake".into(),
+            role,
+        }
+    }
+
+    /// A new token of `user` and its record.
+    pub fn token_for(user: &str, created: i64) -> (String, TokenRecord) {
+        let t = token::generate().unwrap();
+        let rec = TokenRecord {
+            digest: token::digest(&t),
+            user: user.into(),
+            shown: token::shown_part(&t).into(),
+            label: String::new(),
+            expires: 0,
+            last_access: 0,
+            last_origin: String::new(),
+            created,
+        };
+        (t, rec)
+    }
+
+    /// Every contract test, each on a store of its own.
+    pub fn run_all(open: Open<'_>) {
+        users_grants_tokens_round_trip(&*open("round-trip"));
+        oldest_tokens_beyond_the_limit_go(&*open("limit"));
+        roles_passwords_and_resets(&*open("roles"));
+        token_changes_uses_and_expiry(&*open("tokens"));
+        own_changes_move_the_generation(&*open("generation"));
+    }
+
+    fn users_grants_tokens_round_trip(store: &dyn AuthStore) {
+        store.add_user(&user("phil", Role::User)).unwrap();
+        assert!(matches!(
+            store.add_user(&user("phil", Role::User)),
+            Err(AuthStoreError::UserExists(_))
+        ));
+        store
+            .set_access("phil", "alerts*", Access::READ_ONLY)
+            .unwrap();
+        store
+            .set_access("phil", "alerts*", Access::READ_WRITE)
+            .unwrap();
+        store
+            .set_access(EVERYONE, "public", Access::READ_ONLY)
+            .unwrap();
+        assert!(matches!(
+            store.set_access("nobody", "x", Access::READ_ONLY),
+            Err(AuthStoreError::UserNotFound(_))
+        ));
+        let (t, rec) = token_for("phil", 1);
+        store.add_token(&rec, 60).unwrap();
+        assert!(matches!(
+            store.add_token(&token_for("nobody", 1).1, 60),
+            Err(AuthStoreError::UserNotFound(_))
+        ));
+        let data = store.load().unwrap();
+        assert_eq!(data.users.len(), 1);
+        assert_eq!(data.users[0].hash, "$argon2id$fake");
+        assert_eq!(data.grants.len(), 2);
+        assert!(
+            data.grants
+                .iter()
+                .any(|g| g.user == "phil" && g.grant.access == Access::READ_WRITE)
+        );
+        assert_eq!(data.tokens, vec![rec.clone()]);
+        assert_eq!(store.user("phil").unwrap().unwrap().role, Role::User);
+        assert!(store.user("nobody").unwrap().is_none());
+
+        let sel = TokenSelector::parse(&token::display(&t)).unwrap();
+        let changed = store
+            .change_token(
+                "phil",
+                &sel,
+                &TokenChange {
+                    label: Some("laptop".into()),
+                    expires: None,
+                },
+            )
+            .unwrap();
+        assert_eq!(changed.label, "laptop");
+        assert_eq!(changed.expires, 0);
+        assert!(matches!(
+            store.find_token("other", &sel),
+            Err(AuthStoreError::TokenNotFound)
+        ));
+        let full = TokenSelector::parse(&t).unwrap();
+        assert_eq!(store.find_token("phil", &full).unwrap().label, "laptop");
+
+        // Removing the user removes their tokens and grants in one go.
+        store.remove_user("phil").unwrap();
+        assert!(matches!(
+            store.remove_user("phil"),
+            Err(AuthStoreError::UserNotFound(_))
+        ));
+        let data = store.load().unwrap();
+        assert!(data.users.is_empty() && data.tokens.is_empty());
+        assert_eq!(data.grants.len(), 1, "everyone's entry stays");
+        // A new user of the same name starts afresh.
+        store.add_user(&user("phil", Role::User)).unwrap();
+        assert!(store.tokens("phil").unwrap().is_empty());
+    }
+
+    fn oldest_tokens_beyond_the_limit_go(store: &dyn AuthStore) {
+        store.add_user(&user("phil", Role::User)).unwrap();
+        let mut all = Vec::new();
+        for i in 0..4 {
+            let (_, rec) = token_for("phil", 100 + i);
+            store.add_token(&rec, 3).unwrap();
+            all.push(rec);
+        }
+        let left = store.tokens("phil").unwrap();
+        assert_eq!(left.len(), 3);
+        assert!(!left.iter().any(|t| t.digest == all[0].digest));
+        assert_eq!(left[0].digest, all[3].digest, "newest first");
+        // Made in the same second: the newest is kept, the oldest goes.
+        let mut same = Vec::new();
+        for _ in 0..4 {
+            let (_, rec) = token_for("phil", 500);
+            store.add_token(&rec, 3).unwrap();
+            same.push(rec);
+        }
+        let left: Vec<_> = store
+            .tokens("phil")
+            .unwrap()
+            .into_iter()
+            .map(|t| t.digest)
+            .collect();
+        assert_eq!(
+            left,
+            vec![same[3].digest, same[2].digest, same[1].digest],
+            "newest first, the oldest gone"
+        );
+        assert_eq!(store.load().unwrap().tokens.len(), 3);
+    }
+
+    fn roles_passwords_and_resets(store: &dyn AuthStore) {
+        store.add_user(&user("phil", Role::User)).unwrap();
+        store.add_user(&user("ben", Role::User)).unwrap();
+        store.set_access("phil", "a", Access::READ_ONLY).unwrap();
+        store.set_access("phil", "b", Access::WRITE_ONLY).unwrap();
+        store.set_access("ben", "a", Access::DENY_ALL).unwrap();
+        store.set_access("ben", "b", Access::READ_ONLY).unwrap();
+        store.set_access(EVERYONE, "a", Access::READ_ONLY).unwrap();
+        let grants = |s: &dyn AuthStore| {
+            let mut g: Vec<_> = s
+                .load()
+                .unwrap()
+                .grants
+                .into_iter()
+                .map(|g| (g.user, g.grant.pattern, g.grant.access))
+                .collect();
+            g.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+            g
+        };
+        assert_eq!(grants(store).len(), 5);
+
+        store.set_password_hash("phil", "$argon2id$new").unwrap();
+        assert_eq!(store.user("phil").unwrap().unwrap().hash, "$argon2id$new");
+        assert!(matches!(
+            store.set_password_hash("nobody", "x"),
+            Err(AuthStoreError::UserNotFound(_))
+        ));
+        assert!(matches!(
+            store.set_role("nobody", Role::Admin),
+            Err(AuthStoreError::UserNotFound(_))
+        ));
+
+        // Becoming admin drops the user's grants (admins need none).
+        store.set_role("phil", Role::Admin).unwrap();
+        assert_eq!(store.user("phil").unwrap().unwrap().role, Role::Admin);
+        assert!(!grants(store).iter().any(|g| g.0 == "phil"));
+        store.set_role("phil", Role::User).unwrap();
+        assert_eq!(store.user("phil").unwrap().unwrap().role, Role::User);
+
+        store.reset_access(Some("ben"), Some("a")).unwrap();
+        assert_eq!(
+            grants(store),
+            vec![
+                ("*".into(), "a".into(), Access::READ_ONLY),
+                ("ben".into(), "b".into(), Access::READ_ONLY),
+            ]
+        );
+        store.reset_access(Some("ben"), None).unwrap();
+        assert_eq!(grants(store).len(), 1);
+        store.reset_access(None, None).unwrap();
+        assert!(grants(store).is_empty());
+    }
+
+    fn token_changes_uses_and_expiry(store: &dyn AuthStore) {
+        let now = crate::model::now_unix();
+        store.add_user(&user("phil", Role::User)).unwrap();
+        let (never_t, never) = token_for("phil", now - 3);
+        let (_, mut past) = token_for("phil", now - 2);
+        past.expires = now - 10;
+        let (future_t, mut future) = token_for("phil", now - 1);
+        future.expires = now + 3600;
+        for t in [&never, &past, &future] {
+            store.add_token(t, 60).unwrap();
+        }
+
+        store.touch_token(&never.digest, now, "192.0.2.1").unwrap();
+        let found = store
+            .find_token("phil", &TokenSelector::parse(&never_t).unwrap())
+            .unwrap();
+        assert_eq!(
+            (found.last_access, found.last_origin.as_str()),
+            (now, "192.0.2.1")
+        );
+        // Touching a token that does not exist is no error and creates nothing.
+        store
+            .touch_token(&token_for("phil", 0).1.digest, now, "x")
+            .unwrap();
+
+        // An expiry set to never, then to the future.
+        let sel = TokenSelector::parse(&token::display(&future_t)).unwrap();
+        let changed = store
+            .change_token(
+                "phil",
+                &sel,
+                &TokenChange {
+                    label: None,
+                    expires: Some(0),
+                },
+            )
+            .unwrap();
+        assert_eq!(changed.expires, 0);
+        let changed = store
+            .change_token(
+                "phil",
+                &sel,
+                &TokenChange {
+                    label: None,
+                    expires: Some(now + 7200),
+                },
+            )
+            .unwrap();
+        assert_eq!(changed.expires, now + 7200);
+
+        assert_eq!(store.remove_expired_tokens(now).unwrap(), 1);
+        let left: Vec<_> = store
+            .tokens("phil")
+            .unwrap()
+            .into_iter()
+            .map(|t| t.digest)
+            .collect();
+        assert_eq!(left, vec![future.digest, never.digest]);
+
+        store.remove_token("phil", &sel).unwrap();
+        assert!(matches!(
+            store.remove_token("phil", &sel),
+            Err(AuthStoreError::TokenNotFound)
+        ));
+        assert_eq!(store.load().unwrap().tokens.len(), 1);
+    }
+
+    fn own_changes_move_the_generation(store: &dyn AuthStore) {
+        let g0 = store.generation().unwrap();
+        assert_eq!(store.generation().unwrap(), g0, "stable without changes");
+        store.add_user(&user("ben", Role::Admin)).unwrap();
+        let g1 = store.generation().unwrap();
+        assert_ne!(g1, g0);
+        assert_eq!(store.load().unwrap().users.len(), 1);
+        store.set_role("ben", Role::User).unwrap();
+        assert_ne!(store.generation().unwrap(), g1);
+        assert_eq!(store.load().unwrap().users[0].role, Role::User);
+    }
+}
