@@ -116,8 +116,24 @@ pub async fn run(
     let mut metrics = Metrics::new(&herald, &store_metrics);
     metrics.register_webhooks(&webhook_metrics);
     let metrics = Arc::new(metrics);
-    let auth = match &config.auth {
-        Some(settings) => {
+    let auth = match (&config.auth, &config.redis_url) {
+        // Cluster mode: the users, tokens and ACL every node shares (auth-file unused).
+        (Some(settings), Some(url)) => {
+            let (url, prefix) = (url.clone(), config.redis_key_prefix.clone());
+            let access = settings.default_access;
+            let auth = tokio::task::spawn_blocking(move || {
+                crate::auth::redis::cluster_authorizer(&url, &prefix, access)
+            })
+            .await
+            .context("opening the auth store")?
+            .context("cannot open the auth store in Redis")?;
+            tracing::info!(
+                default_access = access.as_str(),
+                "access control on, users in Redis"
+            );
+            auth
+        }
+        (Some(settings), None) => {
             let auth = crate::auth::Authorizer::open(settings).with_context(|| {
                 format!("cannot open auth file {}", settings.auth_file.display())
             })?;
@@ -128,7 +144,7 @@ pub async fn run(
             );
             auth
         }
-        None => crate::auth::Authorizer::disabled(),
+        (None, _) => crate::auth::Authorizer::disabled(),
     };
     let mut state = AppState::with_metrics(herald.clone(), metrics, metrics_listener.is_none())
         .with_auth(Arc::new(auth));

@@ -4,7 +4,10 @@
 //!
 //! The file is the server's: `auth-file`, else `<data-dir>/auth.db`, with `data-dir`
 //! and `auth-file` resolved as `herald serve` resolves them (flag, `HERALD_*`
-//! environment, `--config` file, default). Passwords come from `HERALD_PASSWORD`
+//! environment, `--config` file, default). With `redis-url` (and `redis-key-prefix`)
+//! configured the same way, the commands work on the cluster's users in Redis
+//! instead ([`super::redis`]), from any machine that reaches it; every node applies
+//! the change within [`super::redis::POLL_INTERVAL`]. Passwords come from `HERALD_PASSWORD`
 //! (or ntfy's `NTFY_PASSWORD`, which ntfy documents for the same commands), else a
 //! prompt on a terminal, else one line of standard input.
 
@@ -14,6 +17,7 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use clap::{Arg, ArgAction, ArgMatches, Command};
 
+use super::redis::RedisAuthStore;
 use super::sqlite::SqliteAuthStore;
 use super::store::{AuthStore, EVERYONE, TokenRecord, UserRecord};
 use super::token::{self, TokenSelector};
@@ -45,6 +49,20 @@ fn location_args(cmd: Command) -> Command {
             .value_name("FILE")
             .global(true)
             .help("The auth file itself (overrides `<data-dir>/auth.db`) [env: HERALD_AUTH_FILE]"),
+    )
+    .arg(
+        Arg::new("redis-url")
+            .long("redis-url")
+            .value_name("URL")
+            .global(true)
+            .help("The cluster's Redis: manage its users, tokens and access instead of an auth file [env: HERALD_REDIS_URL]"),
+    )
+    .arg(
+        Arg::new("redis-key-prefix")
+            .long("redis-key-prefix")
+            .value_name("PREFIX")
+            .global(true)
+            .help("The cluster's key prefix in Redis [env: HERALD_REDIS_KEY_PREFIX]"),
     )
 }
 
@@ -150,9 +168,11 @@ pub fn add_commands(cmd: Command) -> Command {
         .subcommand(location_args(token))
 }
 
-/// Where the auth file is, and the configured default access.
+/// Where the auth file is (or the cluster's Redis), and the configured default access.
 struct Location {
     auth_file: PathBuf,
+    /// `redis-url` and `redis-key-prefix` when configured: the store is Redis.
+    redis: Option<(String, String)>,
     /// `None` when this command's configuration does not turn access control on
     /// (the server may have been given `auth-default-access` as a flag).
     default_access: Option<Access>,
@@ -163,7 +183,13 @@ struct Location {
 /// environment).
 fn locate(m: &ArgMatches) -> anyhow::Result<Location> {
     let mut argv = vec!["herald".to_string()];
-    for key in ["config", "data-dir", "auth-file"] {
+    for key in [
+        "config",
+        "data-dir",
+        "auth-file",
+        "redis-url",
+        "redis-key-prefix",
+    ] {
         if let Some(v) = m.get_one::<String>(key) {
             argv.push(format!("--{key}"));
             argv.push(v.clone());
@@ -173,21 +199,33 @@ fn locate(m: &ArgMatches) -> anyhow::Result<Location> {
         .try_get_matches_from(argv)
         .context("invalid arguments")?;
     let cfg = config::load(&matches).context("invalid configuration")?;
+    let redis = cfg.redis_url.map(|url| (url, cfg.redis_key_prefix.clone()));
     Ok(match cfg.auth {
         Some(a) => Location {
             auth_file: a.auth_file,
+            redis,
             default_access: Some(a.default_access),
         },
         None => Location {
             auth_file: cfg.data_dir.join("auth.db"),
+            redis,
             default_access: None,
         },
     })
 }
 
-fn open(loc: &Location) -> anyhow::Result<SqliteAuthStore> {
-    SqliteAuthStore::open(&loc.auth_file)
-        .with_context(|| format!("cannot open auth file {}", loc.auth_file.display()))
+/// The cluster's Redis with `redis-url` (as the server uses it), else the auth file.
+fn open(loc: &Location) -> anyhow::Result<Box<dyn AuthStore>> {
+    match &loc.redis {
+        Some((url, prefix)) => Ok(Box::new(
+            RedisAuthStore::open(url, prefix)
+                .with_context(|| format!("cannot reach the auth store in Redis at {url}"))?,
+        )),
+        None => Ok(Box::new(
+            SqliteAuthStore::open(&loc.auth_file)
+                .with_context(|| format!("cannot open auth file {}", loc.auth_file.display()))?,
+        )),
+    }
 }
 
 /// Runs `herald user|access|token`.
@@ -196,9 +234,9 @@ pub fn run(command: &str, m: &ArgMatches) -> anyhow::Result<()> {
     let store = open(&loc)?;
     let mut out = std::io::stdout().lock();
     match command {
-        "user" => user(&store, &loc, m, &mut out),
-        "access" => access(&store, &loc, m, &mut out),
-        "token" => token_cmd(&store, m, &mut out),
+        "user" => user(&*store, &loc, m, &mut out),
+        "access" => access(&*store, &loc, m, &mut out),
+        "token" => token_cmd(&*store, m, &mut out),
         other => bail!("unknown command {other}"),
     }
 }
@@ -212,7 +250,7 @@ fn parse_role(s: &str) -> anyhow::Result<Role> {
 }
 
 fn user(
-    store: &SqliteAuthStore,
+    store: &dyn AuthStore,
     loc: &Location,
     m: &ArgMatches,
     out: &mut impl Write,
@@ -262,7 +300,7 @@ fn user(
 }
 
 fn access(
-    store: &SqliteAuthStore,
+    store: &dyn AuthStore,
     loc: &Location,
     m: &ArgMatches,
     out: &mut impl Write,
@@ -331,7 +369,7 @@ fn access(
 
 /// Lists users (or one) with role and entries, ntfy's `ntfy access` format.
 fn show_access(
-    store: &SqliteAuthStore,
+    store: &dyn AuthStore,
     loc: &Location,
     only: Option<&str>,
     out: &mut impl Write,
@@ -397,7 +435,7 @@ fn show_access(
     Ok(())
 }
 
-fn token_cmd(store: &SqliteAuthStore, m: &ArgMatches, out: &mut impl Write) -> anyhow::Result<()> {
+fn token_cmd(store: &dyn AuthStore, m: &ArgMatches, out: &mut impl Write) -> anyhow::Result<()> {
     match m.subcommand() {
         Some(("add", m)) => {
             let name = username(m);

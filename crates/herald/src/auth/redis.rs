@@ -566,6 +566,22 @@ impl RedisAuthStore {
     }
 }
 
+/// Access control for a cluster node: the Redis store under `prefix`, following
+/// changes. Blocks (connects and loads): call it off the runtime threads.
+pub fn cluster_authorizer(
+    url: &str,
+    prefix: &str,
+    default_access: Access,
+) -> Result<super::Authorizer, AuthStoreError> {
+    let store = RedisAuthStore::open_following(url, prefix)?;
+    // Redis drops expired tokens by itself; this sweeps their index entries.
+    store.remove_expired_tokens(crate::model::now_unix())?;
+    Ok(super::Authorizer::with_store(
+        Arc::new(store),
+        default_access,
+    ))
+}
+
 fn expect_user(done: i64, name: &str) -> Result<(), AuthStoreError> {
     if done == 1 {
         Ok(())

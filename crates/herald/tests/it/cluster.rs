@@ -26,6 +26,8 @@ struct Cluster {
     nodes: Vec<TestServer>,
     prefix: String,
     redis_port: u16,
+    /// Given to every node besides the Redis flags.
+    extra_args: Vec<String>,
 }
 
 impl Cluster {
@@ -36,6 +38,11 @@ impl Cluster {
 
     /// `n` nodes on the Redis at `127.0.0.1:<port>`, each ready (reached Redis).
     async fn start_on(test: &str, n: usize, port: u16) -> Cluster {
+        Cluster::start_with(test, n, port, &[]).await
+    }
+
+    /// `n` nodes on the Redis at `127.0.0.1:<port>`, each also given `extra_args`.
+    async fn start_with(test: &str, n: usize, port: u16, extra_args: &[&str]) -> Cluster {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
@@ -45,6 +52,7 @@ impl Cluster {
             nodes: Vec::new(),
             prefix,
             redis_port: port,
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
         };
         for _ in 0..n {
             let node = cluster.launch_node();
@@ -57,13 +65,15 @@ impl Cluster {
     }
 
     fn launch_node(&self) -> TestServer {
+        let mut args = vec![
+            "--redis-url".into(),
+            format!("redis://127.0.0.1:{}", self.redis_port),
+            "--redis-key-prefix".into(),
+            self.prefix.clone(),
+        ];
+        args.extend(self.extra_args.iter().cloned());
         TestServer::launch(Launch {
-            args: vec![
-                "--redis-url".into(),
-                format!("redis://127.0.0.1:{}", self.redis_port),
-                "--redis-key-prefix".into(),
-                self.prefix.clone(),
-            ],
+            args,
             ..Launch::default()
         })
     }
@@ -475,4 +485,231 @@ async fn a_node_delivers_from_the_moment_it_listens() {
         let published = node.publish("su", &format!("round {round}")).await;
         assert_eq!(sub.next_non_keepalive().await["id"], published["id"]);
     }
+}
+
+// Access control shared through Redis (auth::redis): users, tokens and ACL entries
+// made anywhere apply on every node.
+
+/// Nodes with access control on (`auth-default-access` alone turns it on; the store
+/// is the cluster's Redis).
+async fn deny_all_cluster(test: &str, n: usize) -> Cluster {
+    Cluster::start_with(
+        test,
+        n,
+        SHARED_REDIS_PORT,
+        &["--auth-default-access", "deny-all"],
+    )
+    .await
+}
+
+impl Cluster {
+    /// Runs `herald <args>` as an operator on another machine would: only the Redis
+    /// URL (a flag) and the prefix (the environment), with an empty data dir of its
+    /// own that must stay empty. Asserts success; returns stdout.
+    fn cli(&self, args: &[&str], password: Option<&str>) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = crate::fixture::herald_command();
+        cmd.args(args)
+            .arg("--redis-url")
+            .arg(format!("redis://127.0.0.1:{}", self.redis_port))
+            .arg("--data-dir")
+            .arg(dir.path())
+            .env("HERALD_REDIS_KEY_PREFIX", &self.prefix)
+            .stdin(Stdio::null());
+        if let Some(p) = password {
+            cmd.env("HERALD_PASSWORD", p);
+        }
+        let out = cmd.output().expect("run herald");
+        assert!(
+            out.status.success(),
+            "herald {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+            "the CLI wrote a local file with redis-url set"
+        );
+        String::from_utf8(out.stdout).expect("UTF-8 output")
+    }
+}
+
+fn basic(user: &str, password: &str) -> String {
+    use base64::Engine;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
+}
+
+/// ntfy's `?auth=` query carrying `authorization`.
+fn auth_query(authorization: &str) -> String {
+    use base64::Engine;
+    let v = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(authorization);
+    format!("?auth={v}")
+}
+
+/// The status of publishing `body` to `topic` on `node` as `authorization`.
+async fn publish_status(node: &TestServer, topic: &str, body: &str, authorization: &str) -> u16 {
+    let mut req = node
+        .client
+        .put(node.url(&format!("/{topic}")))
+        .body(body.to_string());
+    if !authorization.is_empty() {
+        req = req.header("Authorization", authorization);
+    }
+    req.timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .map_or(0, |r| r.status().as_u16())
+}
+
+/// The status of polling `topic` on `node` as `authorization`.
+async fn poll_status(node: &TestServer, topic: &str, authorization: &str) -> u16 {
+    node.client
+        .get(node.url(&format!("/{topic}/json?poll=1")))
+        .header("Authorization", authorization)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .map_or(0, |r| r.status().as_u16())
+}
+
+/// Waits until every node answers `want` to polling `topic` as `authorization`.
+async fn every_node_polls(cluster: &Cluster, topic: &str, authorization: &str, want: u16) {
+    for (n, node) in cluster.nodes.iter().enumerate() {
+        eventually(LONG, &format!("node {n} answers {want}"), || async {
+            (poll_status(node, topic, authorization).await == want).then_some(())
+        })
+        .await;
+    }
+}
+
+/// A user made with the CLI against Redis publishes on node 1 and subscribes on
+/// node 2; anonymous requests stay refused (deny-all) on every node.
+#[tokio::test]
+async fn a_user_made_with_the_cli_works_on_every_node() {
+    let cluster = deny_all_cluster("auth-cli", 2).await;
+    let out = cluster.cli(&["user", "add", "phil"], Some("phil-secret"));
+    assert!(out.contains("user phil added"), "{out}");
+    cluster.cli(&["access", "phil", "alerts*", "rw"], None);
+    let phil = basic("phil", "phil-secret");
+    every_node_polls(&cluster, "alerts", &phil, 200).await;
+
+    let (one, two) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let mut sub = subscribe(two, "alerts", &auth_query(&phil)).await;
+    assert_eq!(
+        publish_status(one, "alerts", "from node 1", &phil).await,
+        200
+    );
+    assert_eq!(texts(&next_messages(&mut sub, 1).await), ["from node 1"]);
+
+    for node in &cluster.nodes {
+        assert_eq!(publish_status(node, "alerts", "anon", "").await, 403);
+        assert_eq!(publish_status(node, "other", "x", &phil).await, 403);
+        assert_eq!(
+            publish_status(node, "alerts", "x", &basic("phil", "wrong")).await,
+            401
+        );
+    }
+    let listed = cluster.cli(&["user", "list"], None);
+    assert!(
+        listed.contains("phil") && listed.contains("alerts*"),
+        "{listed}"
+    );
+}
+
+/// A token made through `/v1/account/token` on node 1 authenticates on node 3, and
+/// is listed on node 2.
+#[tokio::test]
+async fn a_token_made_on_one_node_works_on_another() {
+    let cluster = deny_all_cluster("auth-token", 3).await;
+    cluster.cli(&["user", "add", "phil"], Some("phil-secret"));
+    cluster.cli(&["access", "phil", "news", "rw"], None);
+    let phil = basic("phil", "phil-secret");
+    every_node_polls(&cluster, "news", &phil, 200).await;
+
+    let resp = cluster.nodes[0]
+        .client
+        .post(cluster.nodes[0].url("/v1/account/token"))
+        .header("Authorization", &phil)
+        .json(&serde_json::json!({"label": "ci"}))
+        .send()
+        .await
+        .unwrap();
+    let made = expect_json(resp, 200).await;
+    let token = made["token"].as_str().unwrap().to_string();
+    assert!(token.starts_with("tk_"), "{made}");
+
+    let bearer = format!("Bearer {token}");
+    let three = &cluster.nodes[2];
+    eventually(LONG, "the token works on node 3", || async {
+        (publish_status(three, "news", "by token", &bearer).await == 200).then_some(())
+    })
+    .await;
+    let resp = cluster.nodes[1]
+        .client
+        .get(cluster.nodes[1].url("/v1/account/token"))
+        .header("Authorization", &phil)
+        .send()
+        .await
+        .unwrap();
+    let listed = expect_json(resp, 200).await;
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    assert_eq!(listed[0]["label"], "ci");
+    // The CLI sees it too.
+    let out = cluster.cli(&["token", "list", "phil"], None);
+    assert!(out.contains(&token[..11]), "{out}");
+}
+
+/// An ACL change made on one node's API applies on every node; deleting the user
+/// with the CLI locks them out everywhere, password and token alike.
+#[tokio::test]
+async fn acl_changes_and_removals_reach_every_node() {
+    let cluster = deny_all_cluster("auth-acl", 3).await;
+    cluster.cli(
+        &["user", "add", "--role", "admin", "ben"],
+        Some("ben-secret"),
+    );
+    cluster.cli(&["user", "add", "phil"], Some("phil-secret"));
+    let out = cluster.cli(&["token", "add", "phil"], None);
+    let token = out
+        .split_whitespace()
+        .find(|w| w.starts_with("tk_"))
+        .unwrap_or_else(|| panic!("no token in {out:?}"))
+        .to_string();
+    let (phil, bearer) = (basic("phil", "phil-secret"), format!("Bearer {token}"));
+    every_node_polls(&cluster, "ops", &phil, 403).await;
+
+    // ben (admin) grants phil read on node 2's admin API.
+    let resp = cluster.nodes[1]
+        .client
+        .put(cluster.nodes[1].url("/v1/users/access"))
+        .header("Authorization", basic("ben", "ben-secret"))
+        .json(&serde_json::json!({"username": "phil", "topic": "ops", "permission": "read-only"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    every_node_polls(&cluster, "ops", &phil, 200).await;
+    every_node_polls(&cluster, "ops", &bearer, 200).await;
+    for node in &cluster.nodes {
+        assert_eq!(
+            publish_status(node, "ops", "x", &phil).await,
+            403,
+            "read only"
+        );
+    }
+
+    // Changed back with the CLI: refused everywhere.
+    cluster.cli(&["access", "phil", "ops", "deny"], None);
+    every_node_polls(&cluster, "ops", &bearer, 403).await;
+    cluster.cli(&["access", "phil", "ops", "read"], None);
+    every_node_polls(&cluster, "ops", &bearer, 200).await;
+
+    cluster.cli(&["user", "del", "phil"], None);
+    every_node_polls(&cluster, "ops", &phil, 401).await;
+    every_node_polls(&cluster, "ops", &bearer, 401).await;
+    // Gone from Redis, not only from the nodes' views.
+    let out = cluster.cli(&["user", "list"], None);
+    assert!(!out.contains("phil"), "{out}");
 }
