@@ -251,7 +251,7 @@ const OPTIONS: &[OptionSpec] = &[
     OptionSpec {
         key: "auth-file",
         default: "",
-        help: "SQLite file of users, tokens and access control entries; setting it (or `auth-default-access`) turns access control on. Default when on: `<data-dir>/auth.db`",
+        help: "SQLite file of users, tokens and access control entries; setting it (or `auth-default-access`) turns access control on. Default when on: `<data-dir>/auth.db`. Not used with `redis-url`: users live in Redis",
     },
     OptionSpec {
         key: "auth-default-access",

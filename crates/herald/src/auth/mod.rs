@@ -7,7 +7,7 @@
 //!   `auth-file`, no `auth-default-access`) both answer at once and everyone may do
 //!   everything, as in ntfy.
 //! - [`store::AuthStore`] holds users, tokens and grants durably ([`sqlite`] in the
-//!   data dir); the authorizer keeps an in-memory snapshot and reloads it when the
+//!   data dir; [`redis`] in cluster mode, shared by every node); the authorizer keeps an in-memory snapshot and reloads it when the
 //!   store's generation moves (the CLI writes while the server runs), so a request
 //!   costs one cheap generation check and hash-map lookups, no SQL.
 //! - [`acl`] is pattern matching and ntfy's precedence; [`credentials`] reads

@@ -37,6 +37,7 @@ use redis::{Connection, Script};
 use super::acl::Grant;
 use super::store::{
     AuthData, AuthStore, AuthStoreError, TokenChange, TokenRecord, UserGrant, UserRecord,
+    exactly_one,
 };
 use super::token::{TokenDigest, TokenSelector};
 use super::{Access, Role};
@@ -454,8 +455,12 @@ impl Inner {
             }
             invocation.invoke::<i64>(conn)
         })?;
-        if self.replica.is_some() {
-            self.refresh()?;
+        // The change is made; if the replica cannot be refreshed now, the follower
+        // thread catches up.
+        if self.replica.is_some()
+            && let Err(e) = self.refresh()
+        {
+            tracing::warn!(error = %e, "auth store: cannot refresh after a change");
         }
         Ok(result)
     }
@@ -731,7 +736,7 @@ impl AuthStore for RedisAuthStore {
         user: &str,
         selector: &TokenSelector,
     ) -> Result<TokenRecord, AuthStoreError> {
-        let mut found: Vec<TokenRecord> = match selector {
+        let found: Vec<TokenRecord> = match selector {
             TokenSelector::Full(digest) => {
                 let d = hex(digest);
                 let h: HashMap<String, String> = self.inner.with_conn(|conn, keys, _| {
@@ -748,11 +753,7 @@ impl AuthStore for RedisAuthStore {
                 .filter(|t| &t.shown == shown)
                 .collect(),
         };
-        match found.len() {
-            0 => Err(AuthStoreError::TokenNotFound),
-            1 => Ok(found.remove(0)),
-            _ => Err(AuthStoreError::TokenAmbiguous(found.remove(0).shown)),
-        }
+        exactly_one(found)
     }
 
     fn change_token(

@@ -213,18 +213,12 @@ fn select_token(
             "SELECT {TOKEN_COLUMNS} FROM user_token WHERE user = ?1 AND {column} = ?2"
         ))
         .map_err(backend)?;
-    let mut found = stmt
+    let found = stmt
         .query_map(params![user, key], token_from_row)
         .map_err(backend)?
         .collect::<Result<Vec<_>, _>>()
         .map_err(backend)?;
-    match found.len() {
-        0 => Err(AuthStoreError::TokenNotFound),
-        1 => Ok(found.remove(0)),
-        _ => Err(AuthStoreError::TokenAmbiguous(
-            found.remove(0).shown.to_string(),
-        )),
-    }
+    super::store::exactly_one(found)
 }
 
 impl AuthStore for SqliteAuthStore {

@@ -13,9 +13,9 @@
 //! Methods block. The server calls the changing ones from blocking threads
 //! (`spawn_blocking`); `generation` (every authenticated request) and `load` (after
 //! the generation moved) run on the request path and must be quick: SQLite answers
-//! both from the local file; a networked store would keep a local replica and a
-//! counter that its change notifications bump, rather than ask the network per
-//! request.
+//! both from the local file; the Redis store ([`super::redis`], cluster mode)
+//! answers both from a local replica that a thread keeps current, rather than ask
+//! the network per request.
 
 use super::acl::Grant;
 use super::token::{TokenDigest, TokenSelector};
@@ -114,6 +114,16 @@ pub enum AuthStoreError {
     TokenAmbiguous(String),
     #[error("auth database: {0}")]
     Backend(String),
+}
+
+/// The one token a selector found: [`AuthStoreError::TokenNotFound`] for none,
+/// [`AuthStoreError::TokenAmbiguous`] for several (a listed prefix shared by two).
+pub fn exactly_one(mut found: Vec<TokenRecord>) -> Result<TokenRecord, AuthStoreError> {
+    match found.len() {
+        0 => Err(AuthStoreError::TokenNotFound),
+        1 => Ok(found.remove(0)),
+        _ => Err(AuthStoreError::TokenAmbiguous(found.remove(0).shown)),
+    }
 }
 
 /// Durable users, tokens and ACL entries.
