@@ -219,7 +219,7 @@ fn open(loc: &Location) -> anyhow::Result<Box<dyn AuthStore>> {
     match &loc.redis {
         Some((url, prefix)) => Ok(Box::new(
             RedisAuthStore::open(url, prefix)
-                .with_context(|| format!("cannot reach the auth store in Redis at {url}"))?,
+                .context("cannot reach the auth store in Redis (redis-url)")?,
         )),
         None => Ok(Box::new(
             SqliteAuthStore::open(&loc.auth_file)

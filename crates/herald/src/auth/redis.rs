@@ -914,6 +914,62 @@ mod tests {
         assert_eq!(cli.tokens("ben").unwrap()[0].last_access, 1234);
     }
 
+    /// Two nodes' authorizers on one prefix: a token made through one node works on
+    /// the other once it followed, an ACL entry too, and removing the user locks
+    /// them out of both.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn nodes_share_users_tokens_and_acl() {
+        use crate::auth::{Permission, Principal};
+        use axum::http::{HeaderMap, HeaderValue, header};
+        let p = Prefix::new("nodes");
+        let open = || {
+            let prefix = p.0.clone();
+            tokio::task::spawn_blocking(move || {
+                cluster_authorizer(URL, &prefix, Access::DENY_ALL).unwrap()
+            })
+        };
+        let (a, b) = (open().await.unwrap(), open().await.unwrap());
+        let ip: std::net::IpAddr = "192.0.2.9".parse().unwrap();
+        let store = a.store().unwrap().clone();
+        store.add_user(&contract::user("phil", Role::User)).unwrap();
+        let (t, rec) = contract::token_for("phil", 1);
+        store.add_token(&rec, 60).unwrap();
+        store.set_access("phil", "ops", Access::READ_ONLY).unwrap();
+        let mut bearer = HeaderMap::new();
+        bearer.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_str(&format!("Bearer {t}")).unwrap(),
+        );
+        // Node A made the change: it applies there at once.
+        let on_a = a.authenticate(&bearer, None, ip).await.unwrap();
+        assert!(a.authorize(&on_a, "ops", Permission::Read).is_ok());
+
+        async fn until<T>(mut f: impl FnMut() -> Option<T>) -> T {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Some(v) = f() {
+                    return v;
+                }
+                assert!(std::time::Instant::now() < deadline, "never happened");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        let on_b: Principal = until(|| b.authenticate_cached(&bearer, None, ip)).await;
+        assert_eq!(on_b.user_name(), Some("phil"));
+        assert!(b.authorize(&on_b, "ops", Permission::Read).is_ok());
+        assert!(b.authorize(&on_b, "ops", Permission::Write).is_err());
+
+        store.remove_user("phil").unwrap();
+        until(|| {
+            b.authenticate_cached(&bearer, None, ip)
+                .is_none()
+                .then_some(())
+        })
+        .await;
+        assert!(b.authenticate(&bearer, None, ip).await.is_err());
+        assert!(a.authenticate(&bearer, None, ip).await.is_err());
+    }
+
     /// Redis drops a token's hash when it expires; the index forgets it too.
     #[test]
     fn tokens_expire_in_redis() {

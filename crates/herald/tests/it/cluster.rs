@@ -616,6 +616,32 @@ async fn a_user_made_with_the_cli_works_on_every_node() {
         listed.contains("phil") && listed.contains("alerts*"),
         "{listed}"
     );
+
+    // The same through a config file naming the Redis and the prefix.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("server.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "redis-url: redis://127.0.0.1:{}\nredis-key-prefix: \"{}\"\n",
+            cluster.redis_port, cluster.prefix
+        ),
+    )
+    .unwrap();
+    let out = crate::fixture::herald_command()
+        .args(["user", "list", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && listed.contains("alerts*"),
+        "{listed}"
+    );
+    assert!(!dir.path().join("data").exists(), "no local auth file");
 }
 
 /// A token made through `/v1/account/token` on node 1 authenticates on node 3, and
