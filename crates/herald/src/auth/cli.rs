@@ -70,7 +70,7 @@ fn location_args(cmd: Command) -> Command {
 pub fn add_commands(cmd: Command) -> Command {
     let user_arg = || Arg::new("username").required(true).value_name("USERNAME");
     let user = Command::new("user")
-        .about("Manage users (add, remove, list, change password or role) in the auth file")
+        .about("Manage users (add, remove, list, change password or role) in the auth file, or the cluster's Redis with --redis-url")
         .subcommand_required(true)
         .subcommand(
             Command::new("add")
