@@ -130,6 +130,28 @@ impl Listener {
             }
         };
         if let Some(mut plan) = self.plan_direct(&head[..head_len], peer) {
+            if let Some((visitor, new_topics)) = plan.shared_admission.take() {
+                match self
+                    .state
+                    .limits
+                    .open_stream_shared(&visitor, true, new_topics)
+                    .await
+                {
+                    Some(Ok(slot)) => plan.slot = self.state.slots.shared_guard(slot),
+                    // Refused (nothing was taken) or the shared limits cannot answer:
+                    // the API charges and answers it.
+                    _ => {
+                        drop(plan);
+                        return Box::pin(self.hand_to_hyper(
+                            stream,
+                            peer,
+                            Bytes::from(head),
+                            permit,
+                        ))
+                        .await;
+                    }
+                }
+            }
             plan.connection = Some(permit);
             let leftover = Bytes::copy_from_slice(&head[head_len..]);
             drop(head);
@@ -214,16 +236,29 @@ impl Listener {
         // request handed to the API is charged (and answered) once, there.
         // An authenticated user is its own visitor (`user:<name>`), as in `api::dispatch`.
         let visitor = limits.visitor(client_ip, principal.user_name());
+        let new_topics = new_topic_count(&self.state, &request.topics);
+        // Cluster mode: charged in the connection's task (a Redis round trip), not here.
+        if limits.is_shared() && !visitor.exempt {
+            return Some(direct::Plan {
+                format,
+                request,
+                ws_accept,
+                http10: req.version == Some(0),
+                slot: self.state.slots.shared_pending(),
+                shared_admission: Some((visitor, new_topics)),
+                connection: None,
+                started,
+            });
+        }
         let slot = self.state.slots.acquire(&visitor).ok()?;
-        limits
-            .admit_subscription(&visitor, new_topic_count(&self.state, &request.topics))
-            .ok()?;
+        limits.admit_subscription(&visitor, new_topics).ok()?;
         Some(direct::Plan {
             format,
             request,
             ws_accept,
             http10: req.version == Some(0),
             slot,
+            shared_admission: None,
             connection: None,
             started,
         })
