@@ -163,7 +163,10 @@ async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
         (&Method::GET, ["readyz"]) => Ok(info::readyz(&state).await),
         (&Method::GET, ["v1", "stats"]) => info::stats(&state).await,
         (&Method::GET, ["v1", "config"]) => Ok(info::config(&state)),
-        (&Method::GET, ["v1", "account"]) => account::get(&state, &principal, &visitor).await,
+        (&Method::GET, ["v1", "account"]) => {
+            state.limits.refresh_shared_usage(&visitor).await;
+            account::get(&state, &principal, &visitor).await
+        }
         (_, ["v1", "account", "token"]) => account::token(&state, &principal, req).await,
         (_, ["v1", "users"]) => account::users(&state, &principal, req).await,
         (_, ["v1", "users", "access"]) => account::access(&state, &principal, req).await,

@@ -596,6 +596,18 @@ impl Limits {
         self.with_state(visitor, |state, _| state.messages.increment(today));
     }
 
+    /// Cluster mode: brings this node's count of the visitor's messages today up to
+    /// the cluster's, for [`Limits::messages_today`] (`/v1/account`).
+    pub async fn refresh_shared_usage(&self, visitor: &Visitor) {
+        let Some(shared) = self.shared.as_ref().filter(|_| !visitor.exempt) else {
+            return;
+        };
+        if let Ok(n) = shared.messages_today(&visitor_name(&visitor.key)).await {
+            let today = self.clock.day(Instant::now());
+            self.with_state(visitor, |state, _| state.messages.set(today, n));
+        }
+    }
+
     /// Messages `visitor` published today (for `/v1/account`).
     pub fn messages_today(&self, visitor: &Visitor) -> u32 {
         let today = self.clock.day(Instant::now());

@@ -138,8 +138,11 @@ impl Listener {
                     .await
                 {
                     Some(Ok(slot)) => plan.slot = self.state.slots.shared_guard(slot),
-                    // Refused (nothing was taken) or the shared limits cannot answer:
-                    // the API charges and answers it.
+                    // The shared limits cannot answer: this node's limits decide.
+                    None if let Some(slot) = self.admit_locally(&visitor, new_topics) => {
+                        plan.slot = slot;
+                    }
+                    // Refused (nothing was taken): the API charges and answers it.
                     _ => {
                         drop(plan);
                         return Box::pin(self.hand_to_hyper(
@@ -250,8 +253,7 @@ impl Listener {
                 started,
             });
         }
-        let slot = self.state.slots.acquire(&visitor).ok()?;
-        limits.admit_subscription(&visitor, new_topics).ok()?;
+        let slot = self.admit_locally(&visitor, new_topics)?;
         Some(direct::Plan {
             format,
             request,
@@ -262,6 +264,21 @@ impl Listener {
             connection: None,
             started,
         })
+    }
+
+    /// A slot and the subscription's request and topic tokens from this node's
+    /// limits, or `None` (nothing charged) if they refuse.
+    fn admit_locally(
+        &self,
+        visitor: &crate::limits::Visitor,
+        new_topics: usize,
+    ) -> Option<crate::api::subscribe::SlotGuard> {
+        let slot = self.state.slots.acquire(visitor).ok()?;
+        self.state
+            .limits
+            .admit_subscription(visitor, new_topics)
+            .ok()?;
+        Some(slot)
     }
 
     /// Serves the connection with hyper and the API router, replaying `prefix`.

@@ -16,9 +16,9 @@ use serde_json::Value;
 use tokio::sync::Mutex;
 
 use crate::fixture::{
-    EXEMPT_HOSTS_ENV, EventStream, Launch, TestServer, eventually, expect_error, expect_json,
-    header, texts,
+    EXEMPT_HOSTS_ENV, EventStream, Launch, TestServer, eventually, expect_json, texts,
 };
+use crate::limits::expect_429;
 
 const SHARED_REDIS_PORT: u16 = 6379;
 /// Waits that cover a node start, a Redis reconnect or a scheduled message's delay.
@@ -501,17 +501,6 @@ async fn a_node_delivers_from_the_moment_it_listens() {
     }
 }
 
-/// A 429 with ntfy's `code` and a whole-seconds `Retry-After` of at least 1; returns it.
-async fn expect_429(resp: reqwest::Response, code: u64) -> u64 {
-    let retry = header(&resp, "retry-after");
-    let secs: u64 = retry
-        .parse()
-        .unwrap_or_else(|_| panic!("Retry-After {retry:?}"));
-    assert!(secs >= 1, "Retry-After {secs}");
-    expect_error(resp, 429, code).await;
-    secs
-}
-
 async fn put(node: &TestServer, topic: &str) -> reqwest::Response {
     node.client
         .put(node.url(&format!("/{topic}")))
@@ -557,6 +546,10 @@ async fn a_burst_over_three_nodes_is_limited_once() {
     for node in &daily.nodes {
         let secs = expect_429(put(node, "daily").await, 42908).await;
         assert!(secs <= 86_400, "Retry-After {secs}");
+        // `/v1/account` reports the cluster's count on every node.
+        let account: Value = node.get("/v1/account").await.json().await.unwrap();
+        assert_eq!(account["stats"]["messages"], 4, "{account}");
+        assert_eq!(account["stats"]["messages_remaining"], 0, "{account}");
     }
 }
 

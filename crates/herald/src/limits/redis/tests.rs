@@ -303,3 +303,34 @@ async fn an_unreachable_redis_is_reported_quickly() {
     assert!(l.charge("ip:1.1.1.1", request()).await.is_err());
     assert_eq!(unavailable.get(), 2);
 }
+
+/// With the shared limits unreachable, a node limits on its own (fails open to its
+/// registry, not to no limits at all).
+#[tokio::test]
+async fn unreachable_shared_limits_fall_back_to_the_nodes_own() {
+    let mut config = LimitsConfig::defaults();
+    config.request_burst = 2;
+    config.message_daily_limit = 1;
+    let shared = RedisLimits::new(
+        "redis://127.0.0.1:1",
+        "herald-test:limits:fallback:",
+        &config,
+        30,
+        Counter::default(),
+    )
+    .unwrap();
+    let limits =
+        super::super::Limits::new(config, Default::default()).with_shared(Arc::new(shared));
+    let v = limits.visitor("192.0.2.9".parse().unwrap(), None);
+    use super::super::{Admission, Charge};
+    assert_eq!(
+        limits.admit_any(&v, Charge::Publish).await,
+        Ok(Admission::Local)
+    );
+    limits.settle_message(&v, Admission::Local, true).await;
+    let refused = limits.admit_any(&v, Charge::Publish).await.unwrap_err();
+    assert_eq!(refused.error, crate::error::ApiError::TOO_MANY_MESSAGES);
+    let refused = limits.admit_any(&v, Charge::Request).await.unwrap_err();
+    assert_eq!(refused.error, crate::error::ApiError::TOO_MANY_REQUESTS);
+    assert!(limits.open_stream_shared(&v, true, 1).await.is_none());
+}
