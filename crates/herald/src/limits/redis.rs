@@ -60,7 +60,7 @@ const RESYNC: Duration = Duration::from_secs(600);
 /// ARGV: now ms ('' = Redis's clock), request replenish ms (0: no request token),
 /// request burst, daily message limit (0: not a publish), stream limit (-1: no
 /// stream), node ID, heartbeat key prefix, stream-count TTL ms, new topics,
-/// topic replenish ms, topic burst.
+/// topic replenish ms, topic burst, heartbeat TTL ms.
 pub const CHARGE_LUA: &str = r"
 local now = tonumber(ARGV[1])
 if not now then
@@ -114,6 +114,9 @@ if daily > 0 then
   redis.call('PEXPIRE', KEYS[3], until_midnight)
 end
 if stream_limit >= 0 then
+  -- This node is alive (it is serving): a count never outlives its heartbeat's
+  -- absence, e.g. when the first heartbeat could not be written.
+  redis.call('SET', ARGV[7] .. ARGV[6], 1, 'PX', ARGV[12])
   redis.call('HINCRBY', KEYS[4], ARGV[6], 1)
   redis.call('PEXPIRE', KEYS[4], ARGV[8])
 end
@@ -360,7 +363,8 @@ impl RedisLimits {
             .arg(CONN_TTL.as_millis() as u64)
             .arg(topics)
             .arg(s.topic_replenish_ms)
-            .arg(s.topic_burst);
+            .arg(s.topic_burst)
+            .arg(NODE_TTL.as_millis() as u64);
         let mut conn = self.conn.clone();
         let (code, retry_ms): (u8, u64) = self.timed(invocation.invoke_async(&mut conn)).await?;
         let limit = match code {

@@ -334,3 +334,23 @@ async fn unreachable_shared_limits_fall_back_to_the_nodes_own() {
     assert_eq!(refused.error, crate::error::ApiError::TOO_MANY_REQUESTS);
     assert!(limits.open_stream_shared(&v, true, 1).await.is_none());
 }
+
+/// A node whose heartbeat could not be written yet (Redis was away at start-up) still
+/// has its streams counted: opening one renews its heartbeat.
+#[tokio::test]
+async fn opening_a_stream_renews_the_nodes_heartbeat() {
+    let prefix = Prefix::new("beat");
+    let (a, b) = (node(&prefix, |_| {}, 1), node(&prefix, |_| {}, 1));
+    let stream = SharedCharge {
+        open_stream: true,
+        ..SharedCharge::default()
+    };
+    assert_eq!(
+        a.charge("ip:1.2.3.4", stream).await.unwrap(),
+        Verdict::Admitted
+    );
+    assert_eq!(
+        b.charge("ip:1.2.3.4", stream).await.unwrap(),
+        refused(Limit::Subscriptions, 0)
+    );
+}
