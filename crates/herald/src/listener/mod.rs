@@ -19,7 +19,8 @@
 //! head over `max-header-size` or with too many headers with `431`, and leaves long
 //! URLs to the API's `414`. On the direct path, visitor limits are checked last and
 //! without charging anything when they refuse, so the API charges and answers a
-//! refused subscription exactly once.
+//! refused subscription exactly once. In cluster mode that check is a Redis call
+//! (shared limits), made by the connection's task after the synchronous planning.
 
 pub mod direct;
 pub mod rewind;
@@ -130,30 +131,13 @@ impl Listener {
             }
         };
         if let Some(mut plan) = self.plan_direct(&head[..head_len], peer) {
-            if let Some((visitor, new_topics)) = plan.shared_admission.take() {
-                match self
-                    .state
-                    .limits
-                    .open_stream_shared(&visitor, true, new_topics)
-                    .await
-                {
-                    Some(Ok(slot)) => plan.slot = self.state.slots.shared_guard(slot),
-                    // The shared limits cannot answer: this node's limits decide.
-                    None if let Some(slot) = self.admit_locally(&visitor, new_topics) => {
-                        plan.slot = slot;
-                    }
-                    // Refused (nothing was taken): the API charges and answers it.
-                    _ => {
-                        drop(plan);
-                        return Box::pin(self.hand_to_hyper(
-                            stream,
-                            peer,
-                            Bytes::from(head),
-                            permit,
-                        ))
-                        .await;
-                    }
-                }
+            // Cluster mode: boxed, so that single-node connections carry nothing of it.
+            if let Some(admission) = plan.shared_admission.take()
+                && !Box::pin(self.admit_shared(&mut plan, admission)).await
+            {
+                // Refused (nothing was taken): the API charges and answers it.
+                drop(plan);
+                return Box::pin(self.hand_to_hyper(stream, peer, Bytes::from(head), permit)).await;
             }
             plan.connection = Some(permit);
             let leftover = Bytes::copy_from_slice(&head[head_len..]);
@@ -264,6 +248,26 @@ impl Listener {
             connection: None,
             started,
         })
+    }
+
+    /// Cluster mode: charges a direct subscription's request, slot and new topics to
+    /// the shared limits (this node's if they cannot answer) and puts the slot in
+    /// `plan`; `false` if refused.
+    async fn admit_shared(
+        &self,
+        plan: &mut direct::Plan,
+        (visitor, new_topics): (crate::limits::Visitor, usize),
+    ) -> bool {
+        let limits = &self.state.limits;
+        plan.slot = match limits.open_stream_shared(&visitor, true, new_topics).await {
+            Some(Ok(slot)) => self.state.slots.shared_guard(slot),
+            Some(Err(_)) => return false,
+            None => match self.admit_locally(&visitor, new_topics) {
+                Some(slot) => slot,
+                None => return false,
+            },
+        };
+        true
     }
 
     /// A slot and the subscription's request and topic tokens from this node's
