@@ -16,6 +16,11 @@
 //! periodic sweep, and a full shard first drops those and then its least recently
 //! seen visitors (losing at worst their counts, never refusing anyone).
 //!
+//! In cluster mode (`redis-url`) the visitor limits are charged to counters every
+//! node shares ([`shared::SharedLimits`], in Redis: [`redis::RedisLimits`]), and this
+//! registry is the fallback while Redis does not answer; without it, nothing here
+//! goes through that trait.
+//!
 //! The buckets are hand-written ([`bucket`]) rather than `governor`'s: a visitor
 //! holds several limits that are checked together under one lock (a subscription
 //! takes a request token and a new-topic token or neither), the registry needs to
@@ -470,9 +475,6 @@ impl Limits {
         let Some(retry) = refusal.retry_after else {
             return self.error_response(refusal.error, visitor);
         };
-        if let Some(limit) = Limit::of_error(&refusal.error) {
-            self.refused(limit);
-        }
         // A slot frees up when another stream ends: as on one node, one request
         // replenish interval.
         let retry = if retry.is_zero() {
@@ -480,10 +482,7 @@ impl Limits {
         } else {
             retry
         };
-        let mut resp = refusal.error.into_response();
-        resp.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(retry_secs(retry)));
-        resp
+        self.answer(refusal.error, Some(retry))
     }
 
     /// The options in force.
@@ -618,10 +617,15 @@ impl Limits {
     /// The answer for an error: a `429` (or another limit's error) is counted by
     /// limit, and a `429` gets `Retry-After` (whole seconds, at least 1).
     pub fn error_response(&self, error: ApiError, visitor: &Visitor) -> Response {
+        let retry = (error.http == 429).then(|| self.retry_after(&error, visitor));
+        self.answer(error, retry)
+    }
+
+    /// `error`, counted by limit, with `Retry-After: retry` if `Some`.
+    fn answer(&self, error: ApiError, retry: Option<Duration>) -> Response {
         if let Some(limit) = Limit::of_error(&error) {
             self.refused(limit);
         }
-        let retry = (error.http == 429).then(|| self.retry_after(&error, visitor));
         let mut resp = error.into_response();
         if let Some(retry) = retry {
             resp.headers_mut()
