@@ -34,7 +34,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-COMMON=(--visitor-subscription-limit 1000000 --global-topic-limit 1000000 --log-level warn)
+COMMON=(--visitor-subscription-limit 1000000 --global-topic-limit 1000000 --log-level warn
+    --visitor-request-limit-burst 1000000000 --visitor-message-daily-limit 4000000000
+    --visitor-topic-creation-limit-burst 0)
 
 # start_node NAME PORT [extra args...]: starts a node and waits for /readyz.
 start_node() {

@@ -12,7 +12,9 @@ trap 'pkill -INT -f "callgrind.*$work" 2>/dev/null || true; rm -rf "$work"' EXIT
 port=18555
 valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" \
     "$herald" serve --listen-http 127.0.0.1:$port --data-dir "$work/data" \
-    --log-level warn --visitor-subscription-limit 1000 >"$work/server.log" 2>&1 &
+    --log-level warn --visitor-subscription-limit 1000 \
+    --visitor-request-limit-burst 1000000000 --visitor-message-daily-limit 4000000000 \
+    --visitor-topic-creation-limit-burst 0 >"$work/server.log" 2>&1 &
 server=$!
 for _ in $(seq 100); do
     curl -fs "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break

@@ -149,6 +149,9 @@ pub async fn run(
     let mut state = AppState::with_metrics(herald.clone(), metrics, metrics_listener.is_none())
         .with_auth(Arc::new(auth));
     state.webhooks = webhooks.clone();
+    if let Some(url) = &config.redis_url {
+        state.limits = cluster_limits(&config, url, &state.metrics, &tracker, &background).await?;
+    }
     // The metrics listener runs until the very end, so a drain can be watched.
     let metrics_stop = CancellationToken::new();
     let metrics_server = metrics_listener.map(|listener| {
@@ -223,6 +226,30 @@ async fn cluster_backends(
         .await;
     tracing::info!(prefix = %prefix, "cluster mode: store and fan-out on Redis");
     Ok((Arc::new(store), Arc::new(broker)))
+}
+
+/// Visitor limits shared by the cluster's nodes (docs/SCALING.md, "Rate limits"),
+/// with this node's heartbeat kept on `tracker` until `stop`.
+async fn cluster_limits(
+    config: &Config,
+    url: &str,
+    metrics: &Metrics,
+    tracker: &TaskTracker,
+    stop: &CancellationToken,
+) -> anyhow::Result<Arc<crate::limits::Limits>> {
+    let shared = crate::limits::redis::RedisLimits::new(
+        url,
+        &config.redis_key_prefix,
+        &config.limits,
+        config.visitor_subscription_limit,
+        metrics.limits_shared_unavailable.clone(),
+    )
+    .map_err(anyhow::Error::msg)
+    .context("cannot set up the shared rate limits")?;
+    let shared = Arc::new(shared);
+    shared.start(tracker, stop.clone()).await;
+    let limits = crate::limits::Limits::new(config.limits.clone(), metrics.limit_refusals.clone());
+    Ok(Arc::new(limits.with_shared(shared)))
 }
 
 /// The `metrics-listen-http` server: `GET /metrics` and nothing else (404), with

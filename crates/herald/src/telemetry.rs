@@ -131,6 +131,9 @@ pub struct Metrics {
     scheduled: Gauge,
     /// Refusals by limit (`crate::limits`); one label value per limit.
     pub limit_refusals: Family<crate::limits::LimitLabels, Counter>,
+    /// Cluster mode: limit checks the shared limits could not answer (this node's
+    /// own limits applied instead).
+    pub limits_shared_unavailable: Counter,
 }
 
 impl Metrics {
@@ -184,6 +187,12 @@ impl Metrics {
             "Requests and connections refused by a rate limit or a hardening bound, by limit",
             limit_refusals.clone(),
         );
+        let limits_shared_unavailable = Counter::default();
+        registry.register(
+            "herald_limits_shared_unavailable",
+            "Cluster mode: limit checks that Redis did not answer in time, so this node's own limits applied",
+            limits_shared_unavailable.clone(),
+        );
         Metrics {
             registry,
             http_requests,
@@ -191,6 +200,7 @@ impl Metrics {
             store_messages,
             scheduled,
             limit_refusals,
+            limits_shared_unavailable,
         }
     }
 

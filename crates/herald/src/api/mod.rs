@@ -32,7 +32,7 @@ use axum::response::Response;
 use crate::core::Herald;
 use crate::error::ApiError;
 use crate::hub::Transport;
-use crate::limits::{Charge, Limits};
+use crate::limits::{self, Charge, Limits};
 use crate::model::{EventKind, topic};
 use crate::telemetry::{Metrics, StoreMetrics};
 
@@ -140,18 +140,33 @@ async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
     let visitor = state.limits.visitor(client_ip, principal.user_name());
     let charge = Charge::of(&method, &segments);
     // Like ntfy's `limitRequests` middleware: charged before the request is parsed.
-    let admitted = state.limits.admit(&visitor, charge);
+    // In cluster mode the charge is one round trip to the shared limits.
+    let admission = if state.limits.is_shared() {
+        state.limits.admit_any(&visitor, charge).await
+    } else {
+        state
+            .limits
+            .admit(&visitor, charge)
+            .map(|()| limits::Admission::Local)
+            .map_err(limits::Refusal::from)
+    };
+    // Refused by a visitor limit: no route runs.
+    let admission = match admission {
+        Ok(admission) => admission,
+        Err(refusal) => return with_cors(state.limits.refusal_response(refusal, &visitor)),
+    };
 
     let result = match (&method, segments.as_slice()) {
-        // Refused by a visitor limit: no route runs (the `map` never does).
-        _ if admitted.is_err() => admitted.clone().map(|()| Response::default()),
         (&Method::OPTIONS, _) => Ok(info::options()),
         (&Method::GET, ["v1", "health"]) => Ok(info::health(&state)),
         (&Method::GET, ["healthz"]) => Ok(info::healthz()),
         (&Method::GET, ["readyz"]) => Ok(info::readyz(&state).await),
         (&Method::GET, ["v1", "stats"]) => info::stats(&state).await,
         (&Method::GET, ["v1", "config"]) => Ok(info::config(&state)),
-        (&Method::GET, ["v1", "account"]) => account::get(&state, &principal, &visitor).await,
+        (&Method::GET, ["v1", "account"]) => {
+            state.limits.refresh_shared_usage(&visitor).await;
+            account::get(&state, &principal, &visitor).await
+        }
         (_, ["v1", "account", "token"]) => account::token(&state, &principal, req).await,
         (_, ["v1", "users"]) => account::users(&state, &principal, req).await,
         (_, ["v1", "users", "access"]) => account::access(&state, &principal, req).await,
@@ -213,8 +228,12 @@ async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
         (&Method::GET | &Method::HEAD, [""]) => Ok(info::index()),
         _ => Err(ApiError::NOT_FOUND),
     };
-    if charge == Charge::Publish && result.as_ref().is_ok_and(|r| r.status().is_success()) {
-        state.limits.count_message(&visitor);
+    if charge == Charge::Publish {
+        let success = result.as_ref().is_ok_and(|r| r.status().is_success());
+        state
+            .limits
+            .settle_message(&visitor, admission, success)
+            .await;
     }
     with_cors(result.unwrap_or_else(|e| state.limits.error_response(e, &visitor)))
 }

@@ -20,7 +20,8 @@ use super::{AppState, StreamFormat, parse_topics, query_pairs};
 use crate::auth::{Permission, Principal};
 use crate::error::ApiError;
 use crate::hub::{Delivery, SharedEvent, Subscription};
-use crate::limits::{Visitor, VisitorKey};
+use crate::limits::shared::SharedSlot;
+use crate::limits::{Refusal, Visitor, VisitorKey};
 use crate::model::{EventKind, Message, id as message_id, now_unix};
 use crate::store::{Query, Since};
 
@@ -47,6 +48,7 @@ impl SubscriptionSlots {
             return Ok(SlotGuard {
                 slots: self.clone(),
                 visitor: None,
+                _shared: None,
             });
         }
         let mut map = self.per_visitor.lock().unwrap_or_else(|p| p.into_inner());
@@ -61,16 +63,59 @@ impl SubscriptionSlots {
         Ok(SlotGuard {
             slots: self.clone(),
             visitor: Some(visitor.key.clone()),
+            _shared: None,
         })
     }
+
+    /// A guard that holds nothing yet: the direct path's placeholder until the
+    /// shared limits give the slot.
+    pub fn shared_pending(self: &Arc<Self>) -> SlotGuard {
+        SlotGuard {
+            slots: self.clone(),
+            visitor: None,
+            _shared: None,
+        }
+    }
+
+    /// A guard for a slot the cluster's shared limits gave (nothing counted here).
+    pub fn shared_guard(self: &Arc<Self>, slot: SharedSlot) -> SlotGuard {
+        SlotGuard {
+            slots: self.clone(),
+            visitor: None,
+            _shared: Some(slot),
+        }
+    }
+}
+
+/// A stream's slot and its new topics' tokens, on the cluster's shared limits (one
+/// round trip) or this node's; refused with the limit's `Retry-After`.
+pub async fn admit_stream(
+    state: &AppState,
+    visitor: &Visitor,
+    topics: &[String],
+) -> Result<SlotGuard, Refusal> {
+    let new_topics = new_topic_count(state, topics);
+    if state.limits.is_shared()
+        && let Some(admitted) = state
+            .limits
+            .open_stream_shared(visitor, false, new_topics)
+            .await
+    {
+        return admitted.map(|slot| state.slots.shared_guard(slot));
+    }
+    let slot = state.slots.acquire(visitor)?;
+    state.limits.admit_new_topics(visitor, new_topics)?;
+    Ok(slot)
 }
 
 /// Releases its visitor's slot when the stream ends.
 #[derive(Debug)]
 pub struct SlotGuard {
     slots: Arc<SubscriptionSlots>,
-    /// `None` for an exempt visitor (nothing was counted).
+    /// `None` for an exempt visitor (nothing was counted) or a shared slot.
     visitor: Option<VisitorKey>,
+    /// Cluster mode: the slot in the shared limits, released when dropped.
+    _shared: Option<SharedSlot>,
 }
 
 impl Drop for SlotGuard {
@@ -229,10 +274,10 @@ pub async fn subscribe(
         return Ok(stream_response(format, Body::from(body)));
     }
 
-    let slot = state.slots.acquire(visitor)?;
-    state
-        .limits
-        .admit_new_topics(visitor, new_topic_count(state, &sub_req.topics))?;
+    let slot = match admit_stream(state, visitor, &sub_req.topics).await {
+        Ok(slot) => slot,
+        Err(refusal) => return Ok(state.limits.refusal_response(refusal, visitor)),
+    };
     let subscription = state.herald.subscribe(&sub_req.topics, format.transport());
     let history = backlog(state, &sub_req, false).await?;
 

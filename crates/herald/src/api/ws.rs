@@ -16,7 +16,7 @@ use futures_util::{SinkExt, StreamExt};
 
 use super::AppState;
 use super::params::Filters;
-use super::subscribe::{SlotGuard, backlog, new_topic_count, parse_request};
+use super::subscribe::{SlotGuard, backlog, parse_request};
 use crate::error::ApiError;
 use crate::hub::{CloseReason, Delivery, SharedEvent, Subscription};
 use crate::limits::Visitor;
@@ -61,10 +61,10 @@ pub async fn subscribe(
         .cloned();
     let req = Request::from_parts(parts, body);
     let sub_req = parse_request(state, &req, topics)?;
-    let slot = state.slots.acquire(visitor)?;
-    state
-        .limits
-        .admit_new_topics(visitor, new_topic_count(state, &sub_req.topics))?;
+    let slot = match super::subscribe::admit_stream(state, visitor, &sub_req.topics).await {
+        Ok(slot) => slot,
+        Err(refusal) => return Ok(state.limits.refusal_response(refusal, visitor)),
+    };
     let subscription = state
         .herald
         .subscribe(&sub_req.topics, crate::hub::Transport::Ws);

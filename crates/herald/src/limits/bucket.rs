@@ -117,6 +117,11 @@ impl DailyCount {
         if self.day == day { self.count } else { 0 }
     }
 
+    /// The count on `day` is `count` (as another source, the cluster's, says).
+    pub fn set(&mut self, day: u32, count: u32) {
+        *self = DailyCount { day, count };
+    }
+
     /// Adds one on `day`, starting over if the day changed.
     pub fn increment(&mut self, day: u32) {
         if self.day != day {

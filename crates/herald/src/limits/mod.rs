@@ -16,6 +16,11 @@
 //! periodic sweep, and a full shard first drops those and then its least recently
 //! seen visitors (losing at worst their counts, never refusing anyone).
 //!
+//! In cluster mode (`redis-url`) the visitor limits are charged to counters every
+//! node shares ([`shared::SharedLimits`], in Redis: [`redis::RedisLimits`]), and this
+//! registry is the fallback while Redis does not answer; without it, nothing here
+//! goes through that trait.
+//!
 //! The buckets are hand-written ([`bucket`]) rather than `governor`'s: a visitor
 //! holds several limits that are checked together under one lock (a subscription
 //! takes a request token and a new-topic token or neither), the registry needs to
@@ -24,6 +29,8 @@
 
 pub mod bucket;
 pub mod net;
+pub mod redis;
+pub mod shared;
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -42,6 +49,7 @@ use tokio::time::Instant;
 use crate::error::ApiError;
 use bucket::{Bucket, Clock, DailyCount, Rate};
 pub use net::{HostSpec, IpNet};
+use shared::{SharedCharge, SharedLimits, SharedSlot, Verdict, visitor_name};
 
 /// Shards of the visitor registry (lock contention stays low on many cores).
 const SHARDS: usize = 16;
@@ -305,6 +313,34 @@ pub struct Limits {
     shard_capacity: usize,
     open_connections: Arc<AtomicUsize>,
     refusals: Family<LimitLabels, Counter>,
+    /// Cluster mode: the visitor limits every node shares (`None`: this node's own).
+    shared: Option<Arc<dyn SharedLimits>>,
+}
+
+/// A refused request: its error, and when the shared limits said it may be tried
+/// again (`None`: this node's registry knows, see [`Limits::retry_after`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub error: ApiError,
+    pub retry_after: Option<Duration>,
+}
+
+impl From<ApiError> for Refusal {
+    fn from(error: ApiError) -> Self {
+        Refusal {
+            error,
+            retry_after: None,
+        }
+    }
+}
+
+/// Who counted an admitted publish's message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// This node's registry: count the message if the publish succeeds.
+    Local,
+    /// The shared limits, up front: give it back if the publish fails.
+    Shared,
 }
 
 impl std::fmt::Debug for Limits {
@@ -358,8 +394,95 @@ impl Limits {
             shard_capacity: config.visitor_table_size.div_ceil(SHARDS).max(1),
             open_connections: Arc::new(AtomicUsize::new(0)),
             refusals,
+            shared: None,
             config,
         }
+    }
+
+    /// The same limits, shared with the other nodes through `shared` (cluster mode);
+    /// this node's registry stays the fallback while `shared` cannot answer.
+    pub fn with_shared(mut self, shared: Arc<dyn SharedLimits>) -> Self {
+        self.shared = Some(shared);
+        self
+    }
+
+    /// Whether visitor limits are shared with other nodes (cluster mode).
+    pub fn is_shared(&self) -> bool {
+        self.shared.is_some()
+    }
+
+    /// [`Limits::admit`] for either mode: on the shared limits in cluster mode (one
+    /// round trip, the message counted up front), else, or when they cannot answer,
+    /// on this node's registry.
+    pub async fn admit_any(&self, visitor: &Visitor, charge: Charge) -> Result<Admission, Refusal> {
+        if let Some(shared) = &self.shared
+            && !visitor.exempt
+            && charge != Charge::Free
+        {
+            let ask = SharedCharge {
+                request: true,
+                message: charge == Charge::Publish,
+                ..SharedCharge::default()
+            };
+            if let Ok(verdict) = shared.charge(&visitor_name(&visitor.key), ask).await {
+                return shared_verdict(verdict).map(|()| Admission::Shared);
+            }
+        }
+        self.admit(visitor, charge)?;
+        Ok(Admission::Local)
+    }
+
+    /// Cluster mode: an open-subscription slot and `new_topics` topic-creation
+    /// tokens (and a request token if `request`) on the shared limits, all or none.
+    /// `None`: not in cluster mode, an exempt visitor, or the shared limits cannot
+    /// answer; the caller uses this node's limits.
+    pub async fn open_stream_shared(
+        &self,
+        visitor: &Visitor,
+        request: bool,
+        new_topics: usize,
+    ) -> Option<Result<SharedSlot, Refusal>> {
+        let shared = self.shared.as_ref().filter(|_| !visitor.exempt)?;
+        let name = visitor_name(&visitor.key);
+        let ask = SharedCharge {
+            request,
+            message: false,
+            new_topics: u32::try_from(new_topics).unwrap_or(u32::MAX),
+            open_stream: true,
+        };
+        let verdict = shared.charge(&name, ask).await.ok()?;
+        Some(shared_verdict(verdict).map(|()| SharedSlot::new(shared.clone(), name)))
+    }
+
+    /// Settles a publish's message after the fact: counted here if this node's
+    /// registry admitted it and it succeeded, given back to the shared limits if
+    /// they counted it and it failed.
+    pub async fn settle_message(&self, visitor: &Visitor, admission: Admission, success: bool) {
+        match (admission, success) {
+            (Admission::Local, true) => self.count_message(visitor),
+            (Admission::Shared, false) => {
+                if let Some(shared) = &self.shared {
+                    let _ = shared.refund_message(&visitor_name(&visitor.key)).await;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// [`Limits::error_response`] for a refusal, with the shared limits' `Retry-After`
+    /// when they refused.
+    pub fn refusal_response(&self, refusal: Refusal, visitor: &Visitor) -> Response {
+        let Some(retry) = refusal.retry_after else {
+            return self.error_response(refusal.error, visitor);
+        };
+        // A slot frees up when another stream ends: as on one node, one request
+        // replenish interval.
+        let retry = if retry.is_zero() {
+            self.requests.replenish
+        } else {
+            retry
+        };
+        self.answer(refusal.error, Some(retry))
     }
 
     /// The options in force.
@@ -472,6 +595,18 @@ impl Limits {
         self.with_state(visitor, |state, _| state.messages.increment(today));
     }
 
+    /// Cluster mode: brings this node's count of the visitor's messages today up to
+    /// the cluster's, for [`Limits::messages_today`] (`/v1/account`).
+    pub async fn refresh_shared_usage(&self, visitor: &Visitor) {
+        let Some(shared) = self.shared.as_ref().filter(|_| !visitor.exempt) else {
+            return;
+        };
+        if let Ok(n) = shared.messages_today(&visitor_name(&visitor.key)).await {
+            let today = self.clock.day(Instant::now());
+            self.with_state(visitor, |state, _| state.messages.set(today, n));
+        }
+    }
+
     /// Messages `visitor` published today (for `/v1/account`).
     pub fn messages_today(&self, visitor: &Visitor) -> u32 {
         let today = self.clock.day(Instant::now());
@@ -482,10 +617,15 @@ impl Limits {
     /// The answer for an error: a `429` (or another limit's error) is counted by
     /// limit, and a `429` gets `Retry-After` (whole seconds, at least 1).
     pub fn error_response(&self, error: ApiError, visitor: &Visitor) -> Response {
+        let retry = (error.http == 429).then(|| self.retry_after(&error, visitor));
+        self.answer(error, retry)
+    }
+
+    /// `error`, counted by limit, with `Retry-After: retry` if `Some`.
+    fn answer(&self, error: ApiError, retry: Option<Duration>) -> Response {
         if let Some(limit) = Limit::of_error(&error) {
             self.refused(limit);
         }
-        let retry = (error.http == 429).then(|| self.retry_after(&error, visitor));
         let mut resp = error.into_response();
         if let Some(retry) = retry {
             resp.headers_mut()
@@ -628,6 +768,24 @@ impl Drop for ConnectionPermit {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// A shared limit's verdict as a refusal with its error and `Retry-After`.
+fn shared_verdict(verdict: Verdict) -> Result<(), Refusal> {
+    let (limit, retry_after) = match verdict {
+        Verdict::Admitted => return Ok(()),
+        Verdict::Refused { limit, retry_after } => (limit, retry_after),
+    };
+    let error = match limit {
+        Limit::Requests => ApiError::TOO_MANY_REQUESTS,
+        Limit::Messages => ApiError::TOO_MANY_MESSAGES,
+        Limit::Subscriptions => ApiError::TOO_MANY_SUBSCRIPTIONS,
+        _ => ApiError::TOO_MANY_NEW_TOPICS,
+    };
+    Err(Refusal {
+        error,
+        retry_after: Some(retry_after),
+    })
 }
 
 /// `Retry-After` in whole seconds, rounded up, at least 1.

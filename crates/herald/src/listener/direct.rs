@@ -53,6 +53,9 @@ pub struct Plan {
     /// HTTP/1.0 client: no chunked encoding; the stream ends when the connection does.
     pub http10: bool,
     pub slot: SlotGuard,
+    /// Cluster mode: the visitor and its new topics, to be charged to the shared
+    /// limits (asynchronously, before serving) instead of this node's.
+    pub shared_admission: Option<(crate::limits::Visitor, usize)>,
     /// The connection's place under `connection-limit`, held while it is open.
     pub connection: Option<ConnectionPermit>,
     /// When the request head was complete (request latency for metrics and the log).
@@ -332,6 +335,7 @@ pub async fn serve(
         slot,
         connection,
         started,
+        shared_admission: _,
     } = plan;
     let slot = (slot, connection);
     let transport = format.transport();

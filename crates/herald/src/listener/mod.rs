@@ -19,7 +19,8 @@
 //! head over `max-header-size` or with too many headers with `431`, and leaves long
 //! URLs to the API's `414`. On the direct path, visitor limits are checked last and
 //! without charging anything when they refuse, so the API charges and answers a
-//! refused subscription exactly once.
+//! refused subscription exactly once. In cluster mode that check is a Redis call
+//! (shared limits), made by the connection's task after the synchronous planning.
 
 pub mod direct;
 pub mod rewind;
@@ -130,6 +131,14 @@ impl Listener {
             }
         };
         if let Some(mut plan) = self.plan_direct(&head[..head_len], peer) {
+            // Cluster mode: boxed, so that single-node connections carry nothing of it.
+            if let Some(admission) = plan.shared_admission.take()
+                && !Box::pin(self.admit_shared(&mut plan, admission)).await
+            {
+                // Refused (nothing was taken): the API charges and answers it.
+                drop(plan);
+                return Box::pin(self.hand_to_hyper(stream, peer, Bytes::from(head), permit)).await;
+            }
             plan.connection = Some(permit);
             let leftover = Bytes::copy_from_slice(&head[head_len..]);
             drop(head);
@@ -214,19 +223,66 @@ impl Listener {
         // request handed to the API is charged (and answered) once, there.
         // An authenticated user is its own visitor (`user:<name>`), as in `api::dispatch`.
         let visitor = limits.visitor(client_ip, principal.user_name());
-        let slot = self.state.slots.acquire(&visitor).ok()?;
-        limits
-            .admit_subscription(&visitor, new_topic_count(&self.state, &request.topics))
-            .ok()?;
+        let new_topics = new_topic_count(&self.state, &request.topics);
+        // Cluster mode: charged in the connection's task (a Redis round trip), not here.
+        if limits.is_shared() && !visitor.exempt {
+            return Some(direct::Plan {
+                format,
+                request,
+                ws_accept,
+                http10: req.version == Some(0),
+                slot: self.state.slots.shared_pending(),
+                shared_admission: Some((visitor, new_topics)),
+                connection: None,
+                started,
+            });
+        }
+        let slot = self.admit_locally(&visitor, new_topics)?;
         Some(direct::Plan {
             format,
             request,
             ws_accept,
             http10: req.version == Some(0),
             slot,
+            shared_admission: None,
             connection: None,
             started,
         })
+    }
+
+    /// Cluster mode: charges a direct subscription's request, slot and new topics to
+    /// the shared limits (this node's if they cannot answer) and puts the slot in
+    /// `plan`; `false` if refused.
+    async fn admit_shared(
+        &self,
+        plan: &mut direct::Plan,
+        (visitor, new_topics): (crate::limits::Visitor, usize),
+    ) -> bool {
+        let limits = &self.state.limits;
+        plan.slot = match limits.open_stream_shared(&visitor, true, new_topics).await {
+            Some(Ok(slot)) => self.state.slots.shared_guard(slot),
+            Some(Err(_)) => return false,
+            None => match self.admit_locally(&visitor, new_topics) {
+                Some(slot) => slot,
+                None => return false,
+            },
+        };
+        true
+    }
+
+    /// A slot and the subscription's request and topic tokens from this node's
+    /// limits, or `None` (nothing charged) if they refuse.
+    fn admit_locally(
+        &self,
+        visitor: &crate::limits::Visitor,
+        new_topics: usize,
+    ) -> Option<crate::api::subscribe::SlotGuard> {
+        let slot = self.state.slots.acquire(visitor).ok()?;
+        self.state
+            .limits
+            .admit_subscription(visitor, new_topics)
+            .ok()?;
+        Some(slot)
     }
 
     /// Serves the connection with hyper and the API router, replaying `prefix`.

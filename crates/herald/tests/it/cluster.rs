@@ -15,7 +15,10 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::sync::Mutex;
 
-use crate::fixture::{EventStream, Launch, TestServer, eventually, expect_json, texts};
+use crate::fixture::{
+    EXEMPT_HOSTS_ENV, EventStream, Launch, TestServer, eventually, expect_json, texts,
+};
+use crate::limits::expect_429;
 
 const SHARED_REDIS_PORT: u16 = 6379;
 /// Waits that cover a node start, a Redis reconnect or a scheduled message's delay.
@@ -26,8 +29,8 @@ struct Cluster {
     nodes: Vec<TestServer>,
     prefix: String,
     redis_port: u16,
-    /// Given to every node besides the Redis flags.
-    extra_args: Vec<String>,
+    /// More arguments and environment for every node.
+    extra: Launch,
 }
 
 impl Cluster {
@@ -38,11 +41,21 @@ impl Cluster {
 
     /// `n` nodes on the Redis at `127.0.0.1:<port>`, each ready (reached Redis).
     async fn start_on(test: &str, n: usize, port: u16) -> Cluster {
-        Cluster::start_with(test, n, port, &[]).await
+        Cluster::start_with(test, n, port, Launch::default()).await
     }
 
-    /// `n` nodes on the Redis at `127.0.0.1:<port>`, each also given `extra_args`.
-    async fn start_with(test: &str, n: usize, port: u16, extra_args: &[&str]) -> Cluster {
+    /// `n` nodes on the machine's Redis with `args` and loopback *not* exempt from
+    /// the visitor limits (as `tests/it/limits.rs` does).
+    async fn start_limited(test: &str, n: usize, args: &[&str]) -> Cluster {
+        let extra = Launch {
+            args: args.iter().map(|s| s.to_string()).collect(),
+            envs: vec![(EXEMPT_HOSTS_ENV.to_string(), String::new())],
+            ..Launch::default()
+        };
+        Cluster::start_with(test, n, SHARED_REDIS_PORT, extra).await
+    }
+
+    async fn start_with(test: &str, n: usize, port: u16, extra: Launch) -> Cluster {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
@@ -52,7 +65,7 @@ impl Cluster {
             nodes: Vec::new(),
             prefix,
             redis_port: port,
-            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+            extra,
         };
         for _ in 0..n {
             let node = cluster.launch_node();
@@ -71,9 +84,10 @@ impl Cluster {
             "--redis-key-prefix".into(),
             self.prefix.clone(),
         ];
-        args.extend(self.extra_args.iter().cloned());
+        args.extend(self.extra.args.iter().cloned());
         TestServer::launch(Launch {
             args,
+            envs: self.extra.envs.clone(),
             ..Launch::default()
         })
     }
@@ -493,13 +507,11 @@ async fn a_node_delivers_from_the_moment_it_listens() {
 /// Nodes with access control on (`auth-default-access` alone turns it on; the store
 /// is the cluster's Redis).
 async fn deny_all_cluster(test: &str, n: usize) -> Cluster {
-    Cluster::start_with(
-        test,
-        n,
-        SHARED_REDIS_PORT,
-        &["--auth-default-access", "deny-all"],
-    )
-    .await
+    let extra = Launch {
+        args: vec!["--auth-default-access".into(), "deny-all".into()],
+        ..Launch::default()
+    };
+    Cluster::start_with(test, n, SHARED_REDIS_PORT, extra).await
 }
 
 impl Cluster {
@@ -738,4 +750,97 @@ async fn acl_changes_and_removals_reach_every_node() {
     // Gone from Redis, not only from the nodes' views.
     let out = cluster.cli(&["user", "list"], None);
     assert!(!out.contains("phil"), "{out}");
+}
+
+async fn put(node: &TestServer, topic: &str) -> reqwest::Response {
+    node.client
+        .put(node.url(&format!("/{topic}")))
+        .body("hi")
+        .timeout(LONG)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Rate limits hold cluster-wide (#7): a burst spread over three nodes is refused
+/// after the burst, on every node, with `Retry-After`; so is the daily message count.
+#[tokio::test]
+async fn a_burst_over_three_nodes_is_limited_once() {
+    let cluster = Cluster::start_limited(
+        "rl-burst",
+        3,
+        &[
+            "--visitor-request-limit-burst",
+            "6",
+            "--visitor-request-limit-replenish",
+            "1h",
+        ],
+    )
+    .await;
+    for i in 0..6 {
+        let resp = put(&cluster.nodes[i % 3], "burst").await;
+        assert_eq!(resp.status(), 200, "publish {i}");
+    }
+    for node in &cluster.nodes {
+        let secs = expect_429(put(node, "burst").await, 42901).await;
+        assert!(secs <= 3600, "Retry-After {secs}");
+        // Subscriptions are requests too, on the direct path and through the API.
+        expect_429(node.get("/burst/json").await, 42901).await;
+        expect_429(node.get("/burst/json?poll=1").await, 42901).await;
+    }
+
+    let daily =
+        Cluster::start_limited("rl-daily", 3, &["--visitor-message-daily-limit", "4"]).await;
+    for i in 0..4 {
+        assert_eq!(put(&daily.nodes[i % 3], "daily").await.status(), 200);
+    }
+    for node in &daily.nodes {
+        let secs = expect_429(put(node, "daily").await, 42908).await;
+        assert!(secs <= 86_400, "Retry-After {secs}");
+        // `/v1/account` reports the cluster's count on every node.
+        let account: Value = node.get("/v1/account").await.json().await.unwrap();
+        assert_eq!(account["stats"]["messages"], 4, "{account}");
+        assert_eq!(account["stats"]["messages_remaining"], 0, "{account}");
+    }
+}
+
+/// `visitor-subscription-limit` counts the visitor's streams on every node, whichever
+/// path (direct, API, WebSocket) serves them; an ended stream frees its slot.
+#[tokio::test]
+async fn the_subscription_limit_counts_streams_on_every_node() {
+    let cluster =
+        Cluster::start_limited("rl-subs", 3, &["--visitor-subscription-limit", "3"]).await;
+    let first = cluster.nodes[0].stream("/s1/json").await;
+    let _second = cluster.nodes[1].stream("/s2/sse").await;
+    let _third = cluster.nodes[2].ws("/s3/ws").await;
+    for node in &cluster.nodes {
+        expect_429(node.get("/s4/json").await, 42903).await;
+        expect_429(node.get("/s4/raw?since=all").await, 42903).await;
+        // Polls hold no subscription.
+        assert_eq!(node.get("/s4/json?poll=1").await.status(), 200);
+    }
+    drop(first);
+    eventually(LONG, "the ended stream's slot is free", || async {
+        let resp = cluster.nodes[1].get("/s4/json").await;
+        (resp.status() == 200).then_some(resp)
+    })
+    .await;
+}
+
+/// The streams of a killed node stop counting within the heartbeat bound, so its
+/// clients are not refused when they reconnect to another node.
+#[tokio::test]
+async fn a_killed_nodes_streams_stop_counting() {
+    let mut cluster =
+        Cluster::start_limited("rl-kill", 2, &["--visitor-subscription-limit", "2"]).await;
+    let a = cluster.nodes[1].stream("/k1/json").await;
+    let b = cluster.nodes[1].stream("/k2/json").await;
+    expect_429(cluster.nodes[0].get("/k3/json").await, 42903).await;
+    cluster.nodes[1].kill9();
+    drop((a, b));
+    eventually(LONG, "the killed node's slots are free", || async {
+        let resp = cluster.nodes[0].get("/k3/json").await;
+        (resp.status() == 200).then_some(resp)
+    })
+    .await;
 }

@@ -30,7 +30,7 @@ async fn put(s: &TestServer, topic: &str, headers: &[(&str, &str)]) -> reqwest::
 }
 
 /// A 429 with ntfy's `code` and a whole-seconds `Retry-After` of at least 1.
-async fn expect_429(resp: reqwest::Response, code: u64) -> u64 {
+pub(crate) async fn expect_429(resp: reqwest::Response, code: u64) -> u64 {
     let retry = header(&resp, "retry-after");
     let secs: u64 = retry
         .parse()

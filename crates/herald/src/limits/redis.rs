@@ -1,0 +1,459 @@
+//! The cluster's visitor limits in Redis ([`SharedLimits`]): every node charges the
+//! same counters, so N nodes allow what one node would, not N times that.
+//!
+//! One Lua script ([`CHARGE_LUA`]) checks and takes everything a request needs in one
+//! round trip and atomically: the request bucket and the new-topic bucket (GCRA, a
+//! "theoretical arrival time" in milliseconds per bucket, as in [`super::bucket`]),
+//! the daily message count, and an open-subscription slot. Time is Redis's clock
+//! (`TIME`), so nodes with skewed clocks still agree; tests pass their own `now`.
+//!
+//! Open subscriptions are counted per node (`P conn:<visitor>`: node ID → streams),
+//! and each node keeps a heartbeat key (`P node:<id>`, expiring after
+//! [`NODE_TTL`]). The script ignores and removes the counts of nodes whose heartbeat
+//! is gone, so the streams of a killed node stop counting within [`NODE_TTL`], while
+//! its clients reconnect elsewhere.
+//!
+//! Key layout (`P` is `redis-key-prefix`): `P rl:requests:<visitor>` and
+//! `P rl:topics:<visitor>` (string: TAT in ms, expiring when the bucket is full
+//! again), `P rl:messages:<visitor>` (string: messages today, expiring at midnight
+//! UTC), `P conn:<visitor>` (hash: node ID → open streams), `P node:<id>` (string:
+//! heartbeat). A visitor is `ip:<masked address>` or `user:<name>`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use prometheus_client::metrics::counter::Counter;
+use redis::Script;
+use redis::aio::ConnectionManager;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::shared::{SharedCharge, SharedLimits, SharedLimitsError, Verdict};
+use super::{Limit, LimitsConfig};
+
+/// Longest a limit check waits for Redis: a request is then admitted by this node's
+/// own limits rather than held up.
+const OP_TIMEOUT: Duration = Duration::from_millis(250);
+/// After Redis failed to answer, how long charges go straight to the node's own
+/// limits (no request waits for a Redis that is known to be away).
+const BACKOFF: Duration = Duration::from_secs(1);
+/// How long a node's heartbeat key lives: the bound within which the open streams
+/// of a dead node stop counting.
+pub const NODE_TTL: Duration = Duration::from_secs(15);
+/// How often a node renews its heartbeat.
+const HEARTBEAT: Duration = Duration::from_secs(5);
+/// How long a visitor's open-stream counts live without being touched; each node
+/// re-asserts its counts every [`RESYNC`], so long-lived streams keep counting.
+const CONN_TTL: Duration = Duration::from_secs(3600);
+/// How often a node writes all its open-stream counts again (also repairs counts
+/// lost while Redis was away).
+const RESYNC: Duration = Duration::from_secs(600);
+
+/// Checks and takes a request's limits, all or none. Returns `{0, 0}` when admitted,
+/// else `{limit, retry_ms}` with limit 1 requests, 2 messages, 3 subscriptions,
+/// 4 new topics (the order in which they are checked, as on one node).
+///
+/// KEYS: requests TAT, topics TAT, messages today, open streams (hash).
+/// ARGV: now ms ('' = Redis's clock), request replenish ms (0: no request token),
+/// request burst, daily message limit (0: not a publish), stream limit (-1: no
+/// stream), node ID, heartbeat key prefix, stream-count TTL ms, new topics,
+/// topic replenish ms, topic burst, heartbeat TTL ms.
+pub const CHARGE_LUA: &str = r"
+local now = tonumber(ARGV[1])
+if not now then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function gcra(key, replenish, burst, n)
+  local tat = tonumber(redis.call('GET', key)) or now
+  if tat < now then tat = now end
+  local new_tat = tat + replenish * n
+  local ahead = new_tat - now
+  local capacity = replenish * burst
+  if ahead > capacity then return nil, ahead - capacity end
+  return new_tat, 0
+end
+local request_tat, topic_tat, retry
+local request_replenish = tonumber(ARGV[2])
+if request_replenish > 0 then
+  request_tat, retry = gcra(KEYS[1], request_replenish, tonumber(ARGV[3]), 1)
+  if not request_tat then return {1, retry} end
+end
+local day = 86400000
+local until_midnight = (math.floor(now / day) + 1) * day - now
+local daily = tonumber(ARGV[4])
+if daily > 0 then
+  local used = tonumber(redis.call('GET', KEYS[3])) or 0
+  if used >= daily then return {2, until_midnight} end
+end
+local stream_limit = tonumber(ARGV[5])
+if stream_limit >= 0 then
+  local open = 0
+  local counts = redis.call('HGETALL', KEYS[4])
+  for i = 1, #counts, 2 do
+    if redis.call('EXISTS', ARGV[7] .. counts[i]) == 1 then
+      open = open + tonumber(counts[i + 1])
+    else
+      redis.call('HDEL', KEYS[4], counts[i])
+    end
+  end
+  if open >= stream_limit then return {3, 0} end
+end
+local new_topics = tonumber(ARGV[9])
+if new_topics > 0 then
+  topic_tat, retry = gcra(KEYS[2], tonumber(ARGV[10]), tonumber(ARGV[11]), new_topics)
+  if not topic_tat then return {4, retry} end
+end
+if request_tat then redis.call('SET', KEYS[1], request_tat, 'PX', request_tat - now) end
+if topic_tat then redis.call('SET', KEYS[2], topic_tat, 'PX', topic_tat - now) end
+if daily > 0 then
+  redis.call('INCR', KEYS[3])
+  redis.call('PEXPIRE', KEYS[3], until_midnight)
+end
+if stream_limit >= 0 then
+  -- This node is alive (it is serving): a count never outlives its heartbeat's
+  -- absence, e.g. when the first heartbeat could not be written.
+  redis.call('SET', ARGV[7] .. ARGV[6], 1, 'PX', ARGV[12])
+  redis.call('HINCRBY', KEYS[4], ARGV[6], 1)
+  redis.call('PEXPIRE', KEYS[4], ARGV[8])
+end
+return {0, 0}
+";
+
+/// Gives back one message of today's count (a publish that failed).
+const REFUND_LUA: &str = r"
+local n = redis.call('DECR', KEYS[1])
+if n <= 0 then redis.call('DEL', KEYS[1]) end
+return n
+";
+
+/// Releases one open stream of this node (ARGV[1]).
+const CLOSE_LUA: &str = r"
+local n = redis.call('HINCRBY', KEYS[1], ARGV[1], -1)
+if n <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end
+return n
+";
+
+/// The shapes of the shared limits (the same options as on one node).
+#[derive(Debug, Clone, Copy)]
+struct Shapes {
+    request_replenish_ms: u64,
+    request_burst: u32,
+    daily_messages: u32,
+    topic_replenish_ms: u64,
+    /// 0: no topic-creation limit.
+    topic_burst: u32,
+    stream_limit: usize,
+}
+
+/// Visitor limits in Redis, shared by every node on the same key prefix.
+pub struct RedisLimits {
+    conn: ConnectionManager,
+    prefix: String,
+    node_id: String,
+    shapes: Shapes,
+    charge: Script,
+    refund: Script,
+    close: Script,
+    /// This node's open streams by visitor, written again every [`RESYNC`].
+    open_streams: Mutex<HashMap<String, u32>>,
+    /// When (ms since `epoch`) charges may try Redis again after a failure.
+    retry_at_ms: AtomicU64,
+    epoch: Instant,
+    /// Whether the last attempt failed (so an outage is logged once, not per request).
+    degraded: AtomicBool,
+    /// `herald_limits_shared_unavailable_total`.
+    unavailable: Counter,
+}
+
+impl std::fmt::Debug for RedisLimits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisLimits")
+            .field("prefix", &self.prefix)
+            .field("node_id", &self.node_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisLimits {
+    /// Limits as `config` says (and `stream_limit`, `visitor-subscription-limit`) on
+    /// the Redis at `url` under `prefix`; failures to answer are counted in
+    /// `unavailable`. Connects lazily.
+    pub fn new(
+        url: &str,
+        prefix: &str,
+        config: &LimitsConfig,
+        stream_limit: usize,
+        unavailable: Counter,
+    ) -> Result<Self, String> {
+        let conn = crate::store::redis::connect(url, OP_TIMEOUT)?;
+        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1);
+        Ok(RedisLimits {
+            conn,
+            prefix: prefix.to_string(),
+            node_id: format!("{:016x}", fastrand::u64(..)),
+            shapes: Shapes {
+                request_replenish_ms: millis(config.request_replenish),
+                request_burst: config.request_burst.max(1),
+                daily_messages: config.effective_message_daily_limit(),
+                topic_replenish_ms: millis(config.topic_creation_replenish),
+                topic_burst: config.topic_creation_burst,
+                stream_limit,
+            },
+            charge: Script::new(CHARGE_LUA),
+            refund: Script::new(REFUND_LUA),
+            close: Script::new(CLOSE_LUA),
+            open_streams: Mutex::new(HashMap::new()),
+            retry_at_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+            degraded: AtomicBool::new(false),
+            unavailable,
+        })
+    }
+
+    /// This node's ID in `P conn:<visitor>` and `P node:<id>`.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// Writes the heartbeat now, then keeps it alive on `tracker` until `stop`, when
+    /// it is deleted (a cleanly stopped node's streams stop counting at once).
+    pub async fn start(self: &Arc<Self>, tracker: &TaskTracker, stop: CancellationToken) {
+        let _ = self.heartbeat(false).await;
+        let this = self.clone();
+        tracker.spawn(async move {
+            let mut beats: u64 = 0;
+            let resync_every = (RESYNC.as_secs() / HEARTBEAT.as_secs()).max(1);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(HEARTBEAT) => {}
+                }
+                beats += 1;
+                if let Err(e) = this.heartbeat(beats.is_multiple_of(resync_every)).await {
+                    tracing::debug!(error = %e, "limits heartbeat failed");
+                }
+            }
+            let mut conn = this.conn.clone();
+            let _ = tokio::time::timeout(
+                OP_TIMEOUT,
+                redis::cmd("DEL")
+                    .arg(this.node_key())
+                    .query_async::<()>(&mut conn),
+            )
+            .await;
+        });
+    }
+
+    /// Renews the heartbeat; with `resync`, writes this node's open-stream counts too.
+    async fn heartbeat(&self, resync: bool) -> Result<(), SharedLimitsError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(self.node_key())
+            .arg(1)
+            .arg("PX")
+            .arg(NODE_TTL.as_millis() as u64)
+            .ignore();
+        if resync {
+            let open = self
+                .open_streams
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
+            for (visitor, n) in open {
+                let key = self.key("conn:", &visitor);
+                pipe.cmd("HSET")
+                    .arg(&key)
+                    .arg(&self.node_id)
+                    .arg(n)
+                    .ignore();
+                pipe.cmd("PEXPIRE")
+                    .arg(&key)
+                    .arg(CONN_TTL.as_millis() as u64)
+                    .ignore();
+            }
+        }
+        let mut conn = self.conn.clone();
+        self.timed(pipe.query_async::<()>(&mut conn)).await
+    }
+
+    fn key(&self, kind: &str, visitor: &str) -> String {
+        format!("{}{kind}{visitor}", self.prefix)
+    }
+
+    fn node_key(&self) -> String {
+        format!("{}node:{}", self.prefix, self.node_id)
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Runs `op` with [`OP_TIMEOUT`], unless Redis failed within the last
+    /// [`BACKOFF`]; failures are counted and logged once per outage.
+    async fn timed<T>(
+        &self,
+        op: impl Future<Output = Result<T, redis::RedisError>>,
+    ) -> Result<T, SharedLimitsError> {
+        if self.now_ms() < self.retry_at_ms.load(Ordering::Relaxed) {
+            self.unavailable.inc();
+            return Err(SharedLimitsError("backing off after a failure".into()));
+        }
+        let result = match tokio::time::timeout(OP_TIMEOUT, op).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(SharedLimitsError(e.to_string())),
+            Err(_) => Err(SharedLimitsError("Redis did not answer in time".into())),
+        };
+        match &result {
+            Ok(_) => {
+                if self.degraded.swap(false, Ordering::Relaxed) {
+                    tracing::info!("shared rate limits: Redis answers again");
+                }
+            }
+            Err(e) => {
+                self.unavailable.inc();
+                let backoff = u64::try_from(BACKOFF.as_millis()).unwrap_or(u64::MAX);
+                self.retry_at_ms
+                    .store(self.now_ms().saturating_add(backoff), Ordering::Relaxed);
+                if !self.degraded.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(error = %e, "shared rate limits unavailable: this node limits on its own until Redis answers");
+                }
+            }
+        }
+        result
+    }
+
+    /// [`SharedLimits::charge`] at `now_ms` of the caller's clock (`None`: Redis's).
+    pub async fn charge_at(
+        &self,
+        visitor: &str,
+        charge: SharedCharge,
+        now_ms: Option<u64>,
+    ) -> Result<Verdict, SharedLimitsError> {
+        let s = self.shapes;
+        let topics = if s.topic_burst == 0 {
+            0
+        } else {
+            charge.new_topics
+        };
+        let mut invocation = self.charge.prepare_invoke();
+        invocation
+            .key(self.key("rl:requests:", visitor))
+            .key(self.key("rl:topics:", visitor))
+            .key(self.key("rl:messages:", visitor))
+            .key(self.key("conn:", visitor))
+            .arg(now_ms.map(|n| n.to_string()).unwrap_or_default())
+            .arg(if charge.request {
+                s.request_replenish_ms
+            } else {
+                0
+            })
+            .arg(s.request_burst)
+            .arg(if charge.message { s.daily_messages } else { 0 })
+            .arg(if charge.open_stream {
+                i64::try_from(s.stream_limit).unwrap_or(i64::MAX)
+            } else {
+                -1
+            })
+            .arg(&self.node_id)
+            .arg(format!("{}node:", self.prefix))
+            .arg(CONN_TTL.as_millis() as u64)
+            .arg(topics)
+            .arg(s.topic_replenish_ms)
+            .arg(s.topic_burst)
+            .arg(NODE_TTL.as_millis() as u64);
+        let mut conn = self.conn.clone();
+        let (code, retry_ms): (u8, u64) = self.timed(invocation.invoke_async(&mut conn)).await?;
+        let limit = match code {
+            0 => {
+                if charge.open_stream {
+                    *self
+                        .open_streams
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .entry(visitor.to_string())
+                        .or_insert(0) += 1;
+                }
+                return Ok(Verdict::Admitted);
+            }
+            1 => Limit::Requests,
+            2 => Limit::Messages,
+            3 => Limit::Subscriptions,
+            _ => Limit::TopicCreation,
+        };
+        Ok(Verdict::Refused {
+            limit,
+            retry_after: Duration::from_millis(retry_ms),
+        })
+    }
+}
+
+#[async_trait]
+impl SharedLimits for RedisLimits {
+    async fn charge(
+        &self,
+        visitor: &str,
+        charge: SharedCharge,
+    ) -> Result<Verdict, SharedLimitsError> {
+        self.charge_at(visitor, charge, None).await
+    }
+
+    async fn refund_message(&self, visitor: &str) -> Result<(), SharedLimitsError> {
+        let mut invocation = self.refund.prepare_invoke();
+        invocation.key(self.key("rl:messages:", visitor));
+        let mut conn = self.conn.clone();
+        self.timed(invocation.invoke_async::<i64>(&mut conn))
+            .await
+            .map(drop)
+    }
+
+    async fn messages_today(&self, visitor: &str) -> Result<u32, SharedLimitsError> {
+        let mut conn = self.conn.clone();
+        let n: Option<u32> = self
+            .timed(
+                redis::cmd("GET")
+                    .arg(self.key("rl:messages:", visitor))
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(n.unwrap_or(0))
+    }
+
+    fn close_stream(&self, visitor: &str) {
+        {
+            let mut open = self
+                .open_streams
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if let Some(n) = open.get_mut(visitor) {
+                *n -= 1;
+                if *n == 0 {
+                    open.remove(visitor);
+                }
+            }
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (script, key, node) = (
+            self.close.clone(),
+            self.key("conn:", visitor),
+            self.node_id.clone(),
+        );
+        let mut conn = self.conn.clone();
+        // Not `timed`: a release is not a request, and a lost one is repaired by the
+        // next resync (or the node's heartbeat expiring).
+        runtime.spawn(async move {
+            let mut invocation = script.prepare_invoke();
+            invocation.key(key).arg(node);
+            let _ =
+                tokio::time::timeout(OP_TIMEOUT, invocation.invoke_async::<i64>(&mut conn)).await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests;
