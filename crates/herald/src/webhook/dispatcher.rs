@@ -141,6 +141,9 @@ pub struct Webhooks {
     /// This process's name on claims.
     pub(super) node: String,
     pub(super) feed_wake: Arc<Notify>,
+    /// Whether any endpoint is registered (kept by `reconcile`). Without one the feed
+    /// only follows the visible bound in memory: no store reads or writes per publish.
+    pub(super) any_webhooks: std::sync::atomic::AtomicBool,
     pub(super) workers: Mutex<HashMap<String, Worker>>,
     /// Serialises reconciliations, so an older snapshot of the endpoints never
     /// overwrites a newer one.
@@ -183,6 +186,8 @@ impl Webhooks {
             clock: Clock::start(),
             node: random_id("node_"),
             feed_wake,
+            // Until the first reconcile knows better.
+            any_webhooks: std::sync::atomic::AtomicBool::new(true),
             workers: Mutex::new(HashMap::new()),
             reconciling: tokio::sync::Mutex::new(()),
             tracker: TaskTracker::new(),
@@ -231,6 +236,11 @@ impl Webhooks {
         if limit > 0 && self.store.count_owned(owner).await? >= limit {
             return Err(WebhookError::LimitReached);
         }
+        // Under the reconcile lock, so a reconcile that read the endpoints before this
+        // insert cannot lower the flag after it was raised here (see `run_feed`).
+        let turn = self.reconciling.lock().await;
+        self.any_webhooks
+            .store(true, std::sync::atomic::Ordering::Release);
         let webhook = Webhook {
             id: random_id("wh_"),
             topic,
@@ -249,6 +259,7 @@ impl Webhooks {
         };
         self.validate(&webhook)?;
         self.store.insert_webhook(&webhook).await?;
+        drop(turn);
         self.reconcile().await;
         Ok(webhook)
     }
@@ -438,6 +449,21 @@ impl Webhooks {
             }
         };
         loop {
+            // The bound first, then the flag: `create` raises the flag before it
+            // takes the new endpoint's `start_after`, so when the flag is still down
+            // every endpoint registered later wants only messages above this bound,
+            // and skipping to it loses nothing. The cursor is written again with the
+            // first deliveries.
+            let bound = self.herald.feed_start();
+            if !self.any_webhooks.load(std::sync::atomic::Ordering::Acquire) {
+                cursor = bound;
+                tokio::select! {
+                    _ = self.shutdown.cancelled() => return,
+                    _ = self.feed_wake.notified() => {}
+                    _ = tokio::time::sleep(FEED_POLL) => {}
+                }
+                continue;
+            }
             match self.feed_once(&cursor).await {
                 Ok(Some(next)) => cursor = next,
                 Ok(None) => {

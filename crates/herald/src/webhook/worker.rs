@@ -86,6 +86,9 @@ impl Webhooks {
                 return;
             }
         };
+        let any_enabled = webhooks.iter().any(|w| w.disabled.is_none());
+        self.any_webhooks
+            .store(any_enabled, std::sync::atomic::Ordering::Release);
         let mut workers = self.lock_workers();
         workers.retain(|id, worker| {
             match webhooks
