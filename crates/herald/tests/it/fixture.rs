@@ -452,14 +452,20 @@ impl EventStream {
             .expect("stream ended")
     }
 
-    /// Next JSON event that is not a keepalive.
+    /// Next JSON event that is not a keepalive, within one deadline (keepalives must
+    /// not keep a test waiting forever).
     pub async fn next_non_keepalive(&mut self) -> Value {
-        loop {
-            let v = self.next_json().await;
-            if v["event"] != "keepalive" {
-                return v;
+        let wait = async {
+            loop {
+                let v = self.next_json().await;
+                if v["event"] != "keepalive" {
+                    return v;
+                }
             }
-        }
+        };
+        tokio::time::timeout(EVENT_TIMEOUT, wait)
+            .await
+            .expect("no event other than keepalives in time")
     }
 
     /// Next SSE frame (`/sse` stream), raw text without the blank line.
@@ -522,17 +528,23 @@ impl WsClient {
             .expect("websocket error")
     }
 
-    /// Next text frame parsed as JSON (control frames skipped).
+    /// Next text frame parsed as JSON (control frames skipped). One deadline for the
+    /// whole wait: keepalive pings must not keep a test waiting for a message forever.
     pub async fn next_json(&mut self) -> Value {
-        loop {
-            match self.next_frame().await {
-                WsMessage::Text(t) => {
-                    return serde_json::from_str(t.as_str()).expect("frame is JSON");
+        let wait = async {
+            loop {
+                match self.next_frame().await {
+                    WsMessage::Text(t) => {
+                        return serde_json::from_str(t.as_str()).expect("frame is JSON");
+                    }
+                    WsMessage::Ping(_) | WsMessage::Pong(_) => continue,
+                    other => panic!("unexpected websocket frame {other:?}"),
                 }
-                WsMessage::Ping(_) | WsMessage::Pong(_) => continue,
-                other => panic!("unexpected websocket frame {other:?}"),
             }
-        }
+        };
+        tokio::time::timeout(EVENT_TIMEOUT, wait)
+            .await
+            .expect("no websocket text frame in time")
     }
 
     /// Closes the connection politely.
