@@ -24,6 +24,7 @@ use crate::telemetry::{Metrics, RequestInfo, StoreMetrics};
 use crate::webhook::Webhooks;
 use crate::webhook::dispatcher::WakingBroker;
 use crate::webhook::metrics::WebhookMetrics;
+use crate::webhook::redis::{LogFeed, RedisWebhookStore};
 use crate::webhook::sqlite::SqliteWebhookStore;
 
 /// Binds `config.listen_http`. A `0.0.0.0:port` address (ntfy's `:port`) is tried as
@@ -89,29 +90,41 @@ pub async fn run(
     herald.spawn_background(&tracker, background.clone());
 
     let webhook_metrics = WebhookMetrics::default();
-    let webhooks = if config.redis_url.is_some() {
-        // The webhook store is this node's SQLite file and its feed follows this
-        // node's commit order: on a cluster every node would deliver every message.
-        // Until webhooks have a Redis store, cluster nodes serve none.
-        tracing::warn!("webhooks are not available with redis-url yet: /v1/webhooks answers 404");
-        None
-    } else {
-        let webhook_store = SqliteWebhookStore::open(&config.webhooks.file).with_context(|| {
-            format!(
-                "cannot open webhook store {}",
-                config.webhooks.file.display()
-            )
-        })?;
-        let webhooks = Webhooks::new(
-            config.webhooks.clone(),
-            Arc::new(webhook_store),
-            herald.clone(),
-            webhook_metrics.clone(),
-            feed_wake,
-        )?;
-        webhooks.start().await;
-        Some(webhooks)
+    let webhooks = match &config.redis_url {
+        Some(url) => {
+            // Shared queue, and a feed over the cluster log (crate::webhook::redis).
+            let prefix = &config.redis_key_prefix;
+            let store = RedisWebhookStore::open(url, prefix, config.webhooks.concurrency)
+                .context("cannot set up the Redis webhook store")?;
+            let feed = LogFeed::open(url, prefix).context("cannot set up the webhook feed")?;
+            Webhooks::with_feed(
+                config.webhooks.clone(),
+                Arc::new(store),
+                herald.clone(),
+                webhook_metrics.clone(),
+                feed_wake,
+                Arc::new(feed),
+            )?
+        }
+        None => {
+            let webhook_store =
+                SqliteWebhookStore::open(&config.webhooks.file).with_context(|| {
+                    format!(
+                        "cannot open webhook store {}",
+                        config.webhooks.file.display()
+                    )
+                })?;
+            Webhooks::new(
+                config.webhooks.clone(),
+                Arc::new(webhook_store),
+                herald.clone(),
+                webhook_metrics.clone(),
+                feed_wake,
+            )?
+        }
     };
+    webhooks.start().await;
+    let webhooks = Some(webhooks);
 
     let mut metrics = Metrics::new(&herald, &store_metrics);
     metrics.register_webhooks(&webhook_metrics);

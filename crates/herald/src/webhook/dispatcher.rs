@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::client::{self, DeliveryClient};
+use super::feed::{CommittedFeed, FeedSource};
 use super::metrics::WebhookMetrics;
 use super::sign::Secret;
 use super::store::{Attempt, NewDelivery, WebhookStore, WebhookStoreError};
@@ -141,6 +142,8 @@ pub struct Webhooks {
     /// This process's name on claims.
     pub(super) node: String,
     pub(super) feed_wake: Arc<Notify>,
+    /// Where committed messages come from (this node's store, or the cluster log).
+    pub(super) source: Arc<dyn FeedSource>,
     pub(super) workers: Mutex<HashMap<String, Worker>>,
     /// Serialises reconciliations, so an older snapshot of the endpoints never
     /// overwrites a newer one.
@@ -164,6 +167,20 @@ impl Webhooks {
         metrics: WebhookMetrics,
         feed_wake: Arc<Notify>,
     ) -> Result<Arc<Webhooks>, client::ClientError> {
+        let source = Arc::new(CommittedFeed(herald.clone()));
+        Webhooks::with_feed(config, store, herald, metrics, feed_wake, source)
+    }
+
+    /// Like [`Self::new`], reading committed messages from `source` (cluster mode:
+    /// the shared log, `super::redis::LogFeed`).
+    pub fn with_feed(
+        config: WebhookConfig,
+        store: Arc<dyn WebhookStore>,
+        herald: Arc<Herald>,
+        metrics: WebhookMetrics,
+        feed_wake: Arc<Notify>,
+        source: Arc<dyn FeedSource>,
+    ) -> Result<Arc<Webhooks>, client::ClientError> {
         let client = DeliveryClient::new(
             config.timeout,
             client::AddressPolicy {
@@ -183,6 +200,7 @@ impl Webhooks {
             clock: Clock::start(),
             node: random_id("node_"),
             feed_wake,
+            source,
             workers: Mutex::new(HashMap::new()),
             reconciling: tokio::sync::Mutex::new(()),
             tracker: TaskTracker::new(),
@@ -466,27 +484,37 @@ impl Webhooks {
     }
 
     async fn initial_cursor(&self) -> Result<String, WebhookError> {
-        if let Some(c) = self.store.cursor().await? {
-            return Ok(c);
+        loop {
+            if let Some(c) = self.store.cursor().await? {
+                return Ok(c);
+            }
+            // First start: webhooks see what is published from now on. Another node
+            // may set it first (cluster); then its cursor counts.
+            let start = self.source.start().await?;
+            if self
+                .store
+                .enqueue_from(Vec::new(), None, &start)
+                .await?
+                .is_some()
+            {
+                return Ok(start);
+            }
         }
-        // First start: webhooks see what is published from now on.
-        let start = self.herald.feed_start();
-        self.store.enqueue(Vec::new(), &start).await?;
-        Ok(start)
     }
 
     /// Moves one batch from the message store into the queue; the new cursor, or
-    /// `None` when there was nothing new.
+    /// `None` when there was nothing new. When another node moved the cursor first
+    /// (cluster), this batch is dropped and the feed goes on from that node's cursor.
     async fn feed_once(&self, cursor: &str) -> Result<Option<String>, WebhookError> {
-        let batch = self.herald.committed_after(cursor, FEED_BATCH).await?;
-        let Some(last) = batch.last() else {
+        let batch = self.source.after(cursor, FEED_BATCH).await?;
+        let Some(next) = batch.next else {
             return Ok(None);
         };
         let webhooks = self.store.webhooks().await?;
         let now_ms = self.clock.now_ms();
         let mut woken = Vec::new();
         let mut deliveries = Vec::new();
-        for m in &batch {
+        for m in &batch.messages {
             for w in webhooks.iter().filter(|w| w.wants(m)) {
                 deliveries.push(new_delivery(&w.id, m, now_ms + self.first_delay_ms()));
                 if !woken.contains(&w.id) {
@@ -494,11 +522,18 @@ impl Webhooks {
                 }
             }
         }
-        self.store.enqueue(deliveries, &last.id).await?;
+        if self
+            .store
+            .enqueue_from(deliveries, Some(cursor), &next)
+            .await?
+            .is_none()
+        {
+            return Ok(self.store.cursor().await?);
+        }
         for id in woken {
             self.wake_worker(&id);
         }
-        Ok(Some(last.id.clone()))
+        Ok(Some(next))
     }
 
     // -----------------------------------------------------------------------------
@@ -506,7 +541,20 @@ impl Webhooks {
 
     async fn run_housekeeping(self: Arc<Self>) {
         let mut last_prune = tokio::time::Instant::now();
+        let mut version = None;
         loop {
+            // Endpoint changes made on another node (cluster) reach this node's
+            // workers within one housekeeping period.
+            match self.store.version().await {
+                Ok(Some(v)) if version != Some(v) => {
+                    if version.is_some() {
+                        self.reconcile().await;
+                    }
+                    version = Some(v);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "webhooks: endpoint version failed"),
+            }
             match self.store.queue_stats().await {
                 Ok(s) => {
                     let age = s

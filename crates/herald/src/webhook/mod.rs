@@ -28,8 +28,12 @@
 pub mod api;
 pub mod cli;
 pub mod client;
+#[cfg(test)]
+mod contract;
 pub mod dispatcher;
+pub mod feed;
 pub mod metrics;
+pub mod redis;
 pub mod sign;
 pub mod sqlite;
 pub mod store;

@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::Webhook;
 
@@ -66,7 +66,7 @@ pub enum Settlement {
 }
 
 /// One attempt, as the API lists it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attempt {
     pub message_id: String,
     /// 1 for the first attempt.
@@ -126,6 +126,24 @@ pub trait WebhookStore: Send + Sync + 'static {
         deliveries: Vec<NewDelivery>,
         cursor: &str,
     ) -> Result<usize, WebhookStoreError>;
+    /// [`Self::enqueue`] only if the cursor is still `from` (`None`: no cursor yet),
+    /// for stores that several nodes feed (each message becomes deliveries once);
+    /// `None` if the cursor had moved and nothing was done. A store with one feeder
+    /// need not check.
+    async fn enqueue_from(
+        &self,
+        deliveries: Vec<NewDelivery>,
+        from: Option<&str>,
+        cursor: &str,
+    ) -> Result<Option<usize>, WebhookStoreError> {
+        let _ = from;
+        self.enqueue(deliveries, cursor).await.map(Some)
+    }
+    /// A number that changes with every endpoint change, for stores several nodes
+    /// share (each node reloads its workers when it moves); `None`: not shared.
+    async fn version(&self) -> Result<Option<u64>, WebhookStoreError> {
+        Ok(None)
+    }
     /// Queues `deliveries` again (replay): pairs already queued become pending and
     /// due now, with their attempts count reset.
     async fn requeue(&self, deliveries: Vec<NewDelivery>) -> Result<usize, WebhookStoreError>;
