@@ -26,6 +26,8 @@ struct Cluster {
     nodes: Vec<TestServer>,
     prefix: String,
     redis_port: u16,
+    /// More arguments for every node.
+    extra: Vec<String>,
 }
 
 impl Cluster {
@@ -36,6 +38,11 @@ impl Cluster {
 
     /// `n` nodes on the Redis at `127.0.0.1:<port>`, each ready (reached Redis).
     async fn start_on(test: &str, n: usize, port: u16) -> Cluster {
+        Cluster::start_with(test, n, port, &[]).await
+    }
+
+    /// `n` nodes with `extra` arguments each.
+    async fn start_with(test: &str, n: usize, port: u16, extra: &[&str]) -> Cluster {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
@@ -45,6 +52,7 @@ impl Cluster {
             nodes: Vec::new(),
             prefix,
             redis_port: port,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         for _ in 0..n {
             let node = cluster.launch_node();
@@ -63,7 +71,10 @@ impl Cluster {
                 format!("redis://127.0.0.1:{}", self.redis_port),
                 "--redis-key-prefix".into(),
                 self.prefix.clone(),
-            ],
+            ]
+            .into_iter()
+            .chain(self.extra.iter().cloned())
+            .collect(),
             ..Launch::default()
         })
     }
@@ -474,5 +485,181 @@ async fn a_node_delivers_from_the_moment_it_listens() {
         let mut sub = subscribe(&node, "su", "").await;
         let published = node.publish("su", &format!("round {round}")).await;
         assert_eq!(sub.next_non_keepalive().await["id"], published["id"]);
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Webhooks in cluster mode (crate::webhook::redis)
+
+/// Cluster nodes that may deliver to the test's receivers, retrying fast.
+const WEBHOOK_ARGS: [&str; 4] = [
+    "--webhook-allow-private",
+    "true",
+    "--webhook-retry-schedule",
+    "0s,200ms,200ms,200ms,200ms,200ms,200ms,200ms",
+];
+
+/// Registers `receiver` for `topic` on `node`; the webhook's ID.
+async fn register_webhook(
+    node: &TestServer,
+    topic: &str,
+    receiver: &crate::webhook_receiver::Receiver,
+) -> String {
+    let resp = node
+        .client
+        .post(node.url("/v1/webhooks"))
+        .body(serde_json::json!({"topic": topic, "url": receiver.url}).to_string())
+        .send()
+        .await
+        .unwrap();
+    let w = expect_json(resp, 201).await;
+    receiver.set_secrets(&[w["secret"].as_str().unwrap()]);
+    w["id"].as_str().unwrap().to_string()
+}
+
+/// How many requests answered 2xx each `webhook-id` got.
+fn successes_per_id(
+    receiver: &crate::webhook_receiver::Receiver,
+) -> std::collections::BTreeMap<String, usize> {
+    let mut out = std::collections::BTreeMap::new();
+    for r in receiver.received() {
+        if (200..300).contains(&r.answered) {
+            *out.entry(r.id).or_default() += 1;
+        }
+    }
+    out
+}
+
+/// A webhook registered on node 1 is listed by node 2, and messages published on any
+/// of three nodes (a scheduled one, a deletion) reach it exactly once: no
+/// `webhook-id` twice, although every node runs a feed and a worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_deliver_each_message_once_cluster_wide() {
+    use crate::webhook_receiver::{Receiver, always_ok};
+    let cluster = Cluster::start_with("whonce", 3, SHARED_REDIS_PORT, &WEBHOOK_ARGS).await;
+    let receiver = Receiver::start(always_ok()).await;
+    let id = register_webhook(&cluster.nodes[0], "wh", &receiver).await;
+    let listed = expect_json(cluster.nodes[1].get("/v1/webhooks").await, 200).await;
+    assert!(
+        listed.to_string().contains(&id),
+        "node 2 does not list {id}: {listed}"
+    );
+    // Other nodes pick up the new endpoint within a housekeeping period; until then
+    // their feed still queues for it (the endpoint is in Redis), only their workers
+    // are not running yet.
+    let mut want = std::collections::BTreeSet::new();
+    let scheduled = expect_json(
+        cluster.nodes[2]
+            .client
+            .put(cluster.nodes[2].url("/wh"))
+            .header("X-Delay", "10s")
+            .body("later")
+            .send()
+            .await
+            .unwrap(),
+        200,
+    )
+    .await;
+    want.insert(scheduled["id"].as_str().unwrap().to_string());
+    for i in 0..30 {
+        let m = cluster.nodes[i % 3].publish("wh", &format!("m{i}")).await;
+        want.insert(m["id"].as_str().unwrap().to_string());
+    }
+    let first = cluster.nodes[0].publish("wh", "to delete").await;
+    let first_id = first["id"].as_str().unwrap().to_string();
+    want.insert(first_id.clone());
+    let deleted = cluster.nodes[1]
+        .client
+        .delete(cluster.nodes[1].url(&format!("/wh/{first_id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 200);
+    let delete_event = expect_json(deleted, 200).await;
+    want.insert(delete_event["id"].as_str().unwrap().to_string());
+    receiver.wait_delivered(want.len(), LONG).await;
+    // A moment for any duplicate to show up.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let got = successes_per_id(&receiver);
+    assert_eq!(
+        got.keys()
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>(),
+        want
+    );
+    assert!(
+        got.values().all(|n| *n == 1),
+        "some webhook-id was delivered twice: {got:?}"
+    );
+    assert_eq!(receiver.received().len(), want.len());
+    assert!(receiver.received().iter().all(|r| r.verified));
+    let types: Vec<String> = receiver
+        .received()
+        .iter()
+        .map(|r| r.body["type"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(types.contains(&"message_delete".to_string()), "{types:?}");
+    // The attempts are shared too: node 3 lists node 1's and node 2's.
+    let attempts = expect_json(
+        cluster.nodes[2]
+            .get(&format!("/v1/webhooks/{id}/attempts"))
+            .await,
+        200,
+    )
+    .await;
+    assert!(attempts.to_string().contains(&first_id), "{attempts}");
+}
+
+/// Webhook takeover: node 1 holds claims (its attempts are in flight to a slow,
+/// failing endpoint) and a burst it may not have fed yet, then is `kill -9`ed. The
+/// two nodes started after it feed the rest and, when node 1's leases end, retry
+/// its deliveries with the same `webhook-id`: every message arrives, each 2xx once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_takeover_after_kill_9() {
+    use crate::webhook_receiver::{Receiver, always, always_ok};
+    let mut args = WEBHOOK_ARGS.to_vec();
+    // Leases last the timeout plus 30 s.
+    args.extend(["--webhook-timeout", "3s"]);
+    let mut cluster = Cluster::start_with("whtakeover", 1, SHARED_REDIS_PORT, &args).await;
+    let receiver = Receiver::start(always(503)).await;
+    receiver.set_delay(Duration::from_secs(120));
+    register_webhook(&cluster.nodes[0], "tk", &receiver).await;
+    let mut want = std::collections::BTreeSet::new();
+    for i in 0..3 {
+        let m = cluster.nodes[0].publish("tk", &format!("m{i}")).await;
+        want.insert(m["id"].as_str().unwrap().to_string());
+    }
+    let held = receiver.wait_requests(3, LONG).await;
+    for i in 0..20 {
+        let m = cluster.nodes[0].publish("tk", &format!("burst{i}")).await;
+        want.insert(m["id"].as_str().unwrap().to_string());
+    }
+    cluster.nodes[0].kill9();
+    receiver.set_delay(Duration::ZERO);
+    receiver.answer_with(always_ok());
+    for _ in 0..2 {
+        let node = cluster.launch_node();
+        cluster.nodes.push(node);
+    }
+    for node in &cluster.nodes[1..] {
+        wait_ready(node).await;
+    }
+    let after = cluster.nodes[1].publish("tk", "after").await;
+    want.insert(after["id"].as_str().unwrap().to_string());
+    receiver
+        .wait_delivered(want.len(), Duration::from_secs(90))
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let got = successes_per_id(&receiver);
+    assert_eq!(
+        got.keys()
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>(),
+        want
+    );
+    assert!(got.values().all(|n| *n == 1), "{got:?}");
+    // The deliveries node 1 held were retried under their webhook-id.
+    for r in held.iter().take(3) {
+        assert_eq!(got.get(&r.id), Some(&1), "{} not retried", r.id);
     }
 }
