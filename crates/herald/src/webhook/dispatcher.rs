@@ -393,7 +393,7 @@ impl Webhooks {
     /// store); returns how many.
     pub async fn replay(&self, id: &str, from: ReplayFrom) -> Result<usize, WebhookError> {
         let w = self.get(id).await?;
-        let (mut after, min_time) = match from {
+        let (after, min_time) = match from {
             ReplayFrom::AfterId(id) => (id, None),
             // IDs carry their publish time, but a scheduled message's `time` is later
             // than its ID's: start one `message-delay-limit` earlier and check `time`.
@@ -407,13 +407,16 @@ impl Webhooks {
         let now_ms = self.clock.now_ms();
         let mut queued = 0;
         let mut seen = 0;
+        let mut cursor = self.source.cursor_for(&after);
         loop {
-            let batch = self.herald.committed_after(&after, FEED_BATCH).await?;
-            let Some(last) = batch.last() else { break };
-            after = last.id.clone();
-            seen += batch.len();
+            let batch = self.source.after(&cursor, FEED_BATCH).await?;
+            let Some(next) = batch.next else { break };
+            cursor = next;
+            seen += batch.messages.len().max(1);
             let deliveries: Vec<NewDelivery> = batch
+                .messages
                 .iter()
+                .filter(|m| m.id > after)
                 .filter(|m| min_time.is_none_or(|t| m.time >= t))
                 .filter(|m| topic_matches(&w.topic, &m.topic) && w.filter.matches(m))
                 .map(|m| new_delivery(&w.id, m, now_ms + self.first_delay_ms()))

@@ -27,6 +27,11 @@ pub struct FeedBatch {
 pub trait FeedSource: Send + Sync + 'static {
     /// The cursor of a feed that has none yet: webhooks see what comes after it.
     async fn start(&self) -> Result<String, WebhookError>;
+    /// A cursor from which [`Self::after`] reads messages with IDs above `message_id`
+    /// (and possibly a few below, which the caller skips); for replays.
+    fn cursor_for(&self, message_id: &str) -> String {
+        message_id.to_string()
+    }
     /// Up to `limit` committed messages after `cursor`.
     async fn after(&self, cursor: &str, limit: usize) -> Result<FeedBatch, WebhookError>;
 }

@@ -45,7 +45,7 @@ use super::store::{
     WebhookStoreError,
 };
 use super::{Filter, Webhook};
-use crate::store::redis::{Keys, LOG_MAX_LEN, connect, decode, entry_parts};
+use crate::store::redis::{Keys, LOG_MAX_LEN, connect, decode, entry_id, entry_parts};
 
 /// Longest wait for one Redis operation.
 const OP_TIMEOUT: Duration = Duration::from_secs(3);
@@ -681,6 +681,12 @@ impl FeedSource for LogFeed {
             .ids
             .first()
             .map_or_else(|| "0-0".to_string(), |e| e.id.clone()))
+    }
+
+    /// The log position of the message's creation time: cached messages are at
+    /// their own position; scheduled ones went on the log later, when due.
+    fn cursor_for(&self, message_id: &str) -> String {
+        entry_id(message_id).unwrap_or_else(|| "0-0".into())
     }
 
     async fn after(&self, cursor: &str, limit: usize) -> Result<FeedBatch, WebhookError> {

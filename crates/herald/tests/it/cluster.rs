@@ -608,6 +608,22 @@ async fn webhooks_deliver_each_message_once_cluster_wide() {
     )
     .await;
     assert!(attempts.to_string().contains(&first_id), "{attempts}");
+    // Replay reads the cluster log: from the deleted message on, it and the delete
+    // event go again (the scheduled message fired after them is in the log too).
+    let before = receiver.received().len();
+    let replay = cluster.nodes[1]
+        .client
+        .post(cluster.nodes[1].url(&format!("/v1/webhooks/{id}/replay")))
+        .body(serde_json::json!({ "since": first_id }).to_string())
+        .send()
+        .await
+        .unwrap();
+    let queued = expect_json(replay, 202).await["queued"].as_u64().unwrap();
+    assert!(queued >= 1, "{queued}");
+    eventually(LONG, "replayed deliveries", || async {
+        (receiver.received().len() >= before + queued as usize).then_some(())
+    })
+    .await;
 }
 
 /// Webhook takeover: node 1 holds claims (its attempts are in flight to a slow,
