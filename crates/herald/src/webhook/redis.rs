@@ -47,18 +47,16 @@ use super::store::{
 use super::{Filter, Webhook};
 use crate::store::redis::{Keys, LOG_MAX_LEN, connect, decode, entry_id, entry_parts};
 
-/// Longest wait for one Redis operation.
+/// Longest a reply may take (as the message store's).
 const OP_TIMEOUT: Duration = Duration::from_secs(3);
 
 fn backend(e: impl std::fmt::Display) -> WebhookStoreError {
     WebhookStoreError::Backend(e.to_string())
 }
 
+/// [`crate::store::redis::timed`], with this store's error.
 async fn timed<T>(op: impl Future<Output = Result<T, RedisError>>) -> Result<T, WebhookStoreError> {
-    match tokio::time::timeout(OP_TIMEOUT, op).await {
-        Ok(result) => result.map_err(backend),
-        Err(_) => Err(backend("Redis did not answer in time")),
-    }
+    crate::store::redis::timed(op).await.map_err(backend)
 }
 
 /// Shared Lua: `insert(P, w, m, e, p, t, due, replay)` queues one delivery unless
