@@ -35,9 +35,11 @@ pub fn delivery(webhook: &str, message: &str, due_ms: i64) -> NewDelivery {
     }
 }
 
-pub fn record(d: &Delivery, time_ms: i64, settlement: Settlement) -> AttemptRecord {
+/// The record of an attempt on `d` by claimant `owner`.
+pub fn record(d: &Delivery, owner: &str, time_ms: i64, settlement: Settlement) -> AttemptRecord {
     AttemptRecord {
         delivery: d.key,
+        owner: owner.into(),
         webhook_id: d.webhook_id.clone(),
         attempt: Attempt {
             message_id: d.message_id.clone(),
@@ -115,7 +117,7 @@ pub async fn settlements_and_ordered_claims(store: &dyn WebhookStore) {
             .is_empty()
     );
     let failing = store
-        .finish_attempt(record(&head[0], 10_000, Settlement::RetryAt(20_000)))
+        .finish_attempt(record(&head[0], "n", 10_000, Settlement::RetryAt(20_000)))
         .await
         .unwrap();
     assert_eq!(failing, Some(10));
@@ -135,7 +137,7 @@ pub async fn settlements_and_ordered_claims(store: &dyn WebhookStore) {
     assert_eq!(head[0].message_id, "m1");
     assert_eq!(head[0].attempts, 1);
     let failing = store
-        .finish_attempt(record(&head[0], 20_000, Settlement::Delivered))
+        .finish_attempt(record(&head[0], "n", 20_000, Settlement::Delivered))
         .await
         .unwrap();
     assert_eq!(failing, None);

@@ -153,8 +153,9 @@ return first[2] or false
 ";
 
 /// ARGV: P, key, endpoint, state (0 pending, 1 delivered, 2 exhausted), next (ms),
-/// settled (ms), attempt JSON, now (s). Returns `{recorded, failing_since or ''}`.
-/// A delivery already settled (a lapsed claim finished twice) stays settled.
+/// settled (ms), attempt JSON, now (s), attempts kept, claimant. Returns
+/// `{recorded, failing_since or ''}`. A settled delivery stays settled; a claimant
+/// whose lease lapsed and was claimed again can only settle it as delivered.
 const FINISH_LUA: &str = r"
 local P, key, w = ARGV[1], ARGV[2], ARGV[3]
 local d = P .. 'd:' .. key
@@ -162,9 +163,12 @@ if redis.call('EXISTS', d) == 0 or redis.call('HEXISTS', P .. 'hooks', w) == 0 t
   return {0, ''}
 end
 redis.call('HINCRBY', d, 'att', 1)
-redis.call('HDEL', d, 'owner')
-redis.call('ZREM', P .. 'lease:' .. w, key)
-if redis.call('HGET', d, 'st') == '0' then
+local mine = redis.call('HGET', d, 'owner') == ARGV[10]
+if mine then
+  redis.call('HDEL', d, 'owner')
+  redis.call('ZREM', P .. 'lease:' .. w, key)
+end
+if redis.call('HGET', d, 'st') == '0' and (mine or ARGV[4] == '1') then
   if ARGV[4] == '0' then
     redis.call('ZADD', P .. 'due:' .. w, ARGV[5], key)
   else
@@ -582,7 +586,8 @@ impl WebhookStore for RedisWebhookStore {
             .arg(a.time_ms + a.latency_ms)
             .arg(json)
             .arg(a.time_ms.div_euclid(1000))
-            .arg(MAX_ATTEMPTS_LISTED);
+            .arg(MAX_ATTEMPTS_LISTED)
+            .arg(&record.owner);
         let mut conn = self.conn();
         let (_recorded, failing): (i64, String) = timed(invocation.invoke_async(&mut conn)).await?;
         Ok(failing.parse().ok())
@@ -826,7 +831,7 @@ mod tests {
                 .is_empty()
         );
         // b finishes one: one slot frees up.
-        b.finish_attempt(record(&on_b[0], 20, Settlement::Delivered))
+        b.finish_attempt(record(&on_b[0], "b", 20, Settlement::Delivered))
             .await
             .unwrap();
         assert_eq!(
@@ -845,6 +850,93 @@ mod tests {
         clean(&a, &p).await;
     }
 
+    /// A node whose lease lapsed (stalled, or presumed dead) finishes late: its
+    /// failure does not reopen the delivery under the new claimant, its success
+    /// settles it.
+    #[tokio::test]
+    async fn a_lapsed_claim_does_not_undo_the_next_claim() {
+        let p = prefix("lapsed");
+        let store = RedisWebhookStore::open(URL, &p, 0).unwrap();
+        store.insert_webhook(&webhook("w")).await.unwrap();
+        store
+            .enqueue(vec![delivery("w", "m1", 0)], "1-0")
+            .await
+            .unwrap();
+        let old = store.claim("w", true, 1, 10, LEASE, "old").await.unwrap();
+        let later = 11 + LEASE.as_millis() as i64;
+        let new = store
+            .claim("w", true, 1, later, LEASE, "new")
+            .await
+            .unwrap();
+        assert_eq!(new.len(), 1);
+        store
+            .finish_attempt(record(&old[0], "old", later, Settlement::RetryAt(later)))
+            .await
+            .unwrap();
+        assert!(
+            store
+                .claim("w", true, 1, later + 1, LEASE, "third")
+                .await
+                .unwrap()
+                .is_empty(),
+            "the new claim still holds"
+        );
+        store
+            .finish_attempt(record(&old[0], "old", later + 2, Settlement::Delivered))
+            .await
+            .unwrap();
+        assert_eq!(store.queue_stats().await.unwrap().pending, 0);
+        // The new claimant's failure comes last: the delivery stays delivered.
+        store
+            .finish_attempt(record(&new[0], "new", later + 3, Settlement::RetryAt(0)))
+            .await
+            .unwrap();
+        assert_eq!(store.queue_stats().await.unwrap().pending, 0);
+        assert_eq!(store.attempts("w", 10).await.unwrap().len(), 3);
+        clean(&store, &p).await;
+    }
+
+    /// The feed reads the log after its cursor: cached events (with the position as
+    /// their ID), not uncached ones, and the cursor moves past both.
+    #[tokio::test]
+    async fn the_log_feed_reads_cached_events_after_the_cursor() {
+        use crate::model::{EventKind, Message};
+        use crate::store::redis::{encode, encode_positioned, message_id};
+        let p = prefix("feed");
+        let store = RedisWebhookStore::open(URL, &p, 0).unwrap();
+        let feed = LogFeed::open(URL, &p).unwrap();
+        assert_eq!(feed.start().await.unwrap(), "0-0");
+        let mut conn = store.conn();
+        let mut append = async |json: String| -> String {
+            redis::cmd("XADD")
+                .arg(format!("{p}log"))
+                .arg("*")
+                .arg("t")
+                .arg("t")
+                .arg("m")
+                .arg(json)
+                .query_async(&mut conn)
+                .await
+                .unwrap()
+        };
+        let mut cached = Message::new(EventKind::Message, "t");
+        cached.expires = Some(cached.time + 60);
+        let first = append(encode_positioned(&cached).unwrap()).await;
+        let uncached = Message::new(EventKind::Message, "t");
+        let second = append(encode(&uncached).unwrap()).await;
+        assert_eq!(feed.start().await.unwrap(), second);
+        let batch = feed.after("0-0", 10).await.unwrap();
+        assert_eq!(batch.next.as_deref(), Some(second.as_str()));
+        assert_eq!(batch.messages.len(), 1);
+        assert_eq!(Some(batch.messages[0].id.clone()), message_id(&first));
+        assert!(feed.after(&second, 10).await.unwrap().next.is_none());
+        // Replays start at the position of an ID: the message itself is after it.
+        let id = message_id(&first).unwrap();
+        let from = feed.cursor_for(&id);
+        assert!(entry_parts(&from) <= entry_parts(&first), "{from} {first}");
+        clean(&store, &p).await;
+    }
+
     #[tokio::test]
     async fn settled_deliveries_and_old_attempts_are_pruned() {
         let p = prefix("prune");
@@ -856,11 +948,11 @@ mod tests {
             .unwrap();
         let claimed = store.claim("w", false, 5, 10, LEASE, "n").await.unwrap();
         store
-            .finish_attempt(record(&claimed[0], 1_000, Settlement::Delivered))
+            .finish_attempt(record(&claimed[0], "n", 1_000, Settlement::Delivered))
             .await
             .unwrap();
         store
-            .finish_attempt(record(&claimed[1], 5_000, Settlement::Exhausted))
+            .finish_attempt(record(&claimed[1], "n", 5_000, Settlement::Exhausted))
             .await
             .unwrap();
         assert_eq!(

@@ -88,6 +88,10 @@ pub struct Attempt {
 #[derive(Debug, Clone)]
 pub struct AttemptRecord {
     pub delivery: i64,
+    /// Who made the attempt (the `owner` it was claimed for). A store shared by
+    /// several nodes lets the record of a claim that lapsed and was claimed again
+    /// settle the delivery only as delivered, never undo the new claim.
+    pub owner: String,
     pub webhook_id: String,
     pub attempt: Attempt,
     pub settlement: Settlement,

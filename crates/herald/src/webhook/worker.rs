@@ -274,6 +274,7 @@ impl Webhooks {
         }
         let record = AttemptRecord {
             delivery: delivery.key,
+            owner: self.node.clone(),
             webhook_id: webhook.id.clone(),
             attempt: Attempt {
                 message_id: delivery.message_id.clone(),

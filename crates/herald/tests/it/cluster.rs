@@ -660,6 +660,20 @@ async fn webhook_takeover_after_kill_9() {
     for node in &cluster.nodes[1..] {
         wait_ready(node).await;
     }
+    // Until node 1's leases end, its deliveries are pending in Redis, and the queue
+    // metrics of the new nodes (which created none of them) count them.
+    eventually(
+        LONG,
+        "node 1's deliveries in node 2's queue depth",
+        || async {
+            let text = cluster.nodes[1].get("/metrics").await.text().await.ok()?;
+            text.lines()
+                .filter_map(|l| l.strip_prefix("herald_webhook_queue_depth "))
+                .any(|v| v.parse::<f64>().is_ok_and(|v| v >= 3.0))
+                .then_some(())
+        },
+    )
+    .await;
     let after = cluster.nodes[1].publish("tk", "after").await;
     want.insert(after["id"].as_str().unwrap().to_string());
     receiver
@@ -678,4 +692,59 @@ async fn webhook_takeover_after_kill_9() {
     for r in held.iter().take(3) {
         assert_eq!(got.get(&r.id), Some(&1), "{} not retried", r.id);
     }
+}
+
+/// An `ordered` endpoint gets one request at a time, in publish order, from three
+/// nodes that all run a worker for it, although every third request fails; the
+/// queue metrics on any node come from Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ordered_webhooks_stay_in_order_across_nodes() {
+    use crate::webhook_receiver::Receiver;
+    let cluster = Cluster::start_with("whordered", 3, SHARED_REDIS_PORT, &WEBHOOK_ARGS).await;
+    let receiver = Receiver::start(Arc::new(|n| {
+        if n % 3 == 0 {
+            (503, vec![])
+        } else {
+            (200, vec![])
+        }
+    }))
+    .await;
+    let resp = cluster.nodes[0]
+        .client
+        .post(cluster.nodes[0].url("/v1/webhooks"))
+        .body(serde_json::json!({"topic": "ord", "url": receiver.url, "ordered": true}).to_string())
+        .send()
+        .await
+        .unwrap();
+    let w = expect_json(resp, 201).await;
+    receiver.set_secrets(&[w["secret"].as_str().unwrap()]);
+    // Every node's worker runs before the first message.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut want = Vec::new();
+    for i in 0..12 {
+        let m = cluster.nodes[i % 3].publish("ord", &format!("m{i}")).await;
+        want.push(m["id"].as_str().unwrap().to_string());
+    }
+    receiver.wait_delivered(want.len(), LONG).await;
+    // In order, and nothing overtook a failed attempt: the requests are each message's
+    // failures then its success, message after message.
+    let requests: Vec<String> = receiver.received().into_iter().map(|r| r.id).collect();
+    let mut deduped = requests.clone();
+    deduped.dedup();
+    assert_eq!(deduped, want, "requests: {requests:?}");
+    let delivered: Vec<String> = receiver
+        .received()
+        .into_iter()
+        .filter(|r| r.answered == 200)
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(delivered, want);
+    // Node 3 reports the cluster's queue (it drains to 0 within a metrics period).
+    eventually(LONG, "queue depth 0 on node 3", || async {
+        let text = cluster.nodes[2].get("/metrics").await.text().await.ok()?;
+        text.lines()
+            .any(|l| l == "herald_webhook_queue_depth 0")
+            .then_some(())
+    })
+    .await;
 }
