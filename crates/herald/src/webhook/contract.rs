@@ -158,3 +158,35 @@ pub async fn settlements_and_ordered_claims(store: &dyn WebhookStore) {
     assert!(store.delete_webhook("a").await.unwrap());
     assert_eq!(store.queue_stats().await.unwrap().pending, 0);
 }
+
+/// Endpoints come back as written, every field; updates need the endpoint.
+pub async fn endpoints_round_trip(store: &dyn WebhookStore) {
+    let mut w = webhook("b");
+    w.previous_secret = Some((super::sign::Secret::generate().as_str().into(), 5));
+    w.filter = Filter {
+        priority: vec![4, 5],
+        tags: vec!["db".into()],
+    };
+    w.description = "désc \"quoted\" / slash".into();
+    w.ordered = true;
+    w.disabled = Some(("410 Gone".into(), 6));
+    w.failing_since = Some(7);
+    store.insert_webhook(&w).await.unwrap();
+    store.insert_webhook(&webhook("c")).await.unwrap();
+    assert_eq!(store.webhook("b").await.unwrap(), Some(w.clone()));
+    assert_eq!(store.webhooks().await.unwrap().len(), 2);
+    assert_eq!(store.count_owned("1.2.3.4").await.unwrap(), 2);
+    assert_eq!(store.count_owned("5.6.7.8").await.unwrap(), 0);
+    w.disabled = None;
+    w.failing_since = None;
+    assert!(store.update_webhook(&w).await.unwrap());
+    assert_eq!(store.webhook("b").await.unwrap(), Some(w.clone()));
+    assert_eq!(store.queue_stats().await.unwrap().disabled, 0);
+    assert!(store.delete_webhook("b").await.unwrap());
+    assert!(!store.delete_webhook("b").await.unwrap());
+    assert!(
+        !store.update_webhook(&w).await.unwrap(),
+        "deleted stays deleted"
+    );
+    assert_eq!(store.webhook("b").await.unwrap(), None);
+}

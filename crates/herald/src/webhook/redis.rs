@@ -190,6 +190,21 @@ end
 return {1, redis.call('HGET', P .. 'failing', w) or ''}
 ";
 
+/// ARGV: P, endpoint ID, JSON, failing since ('' for none), must exist ('1').
+/// Returns 1 if written.
+const WRITE_LUA: &str = r"
+local P, w = ARGV[1], ARGV[2]
+if ARGV[5] == '1' and redis.call('HEXISTS', P .. 'hooks', w) == 0 then return 0 end
+redis.call('HSET', P .. 'hooks', w, ARGV[3])
+if ARGV[4] == '' then
+  redis.call('HDEL', P .. 'failing', w)
+else
+  redis.call('HSET', P .. 'failing', w, ARGV[4])
+end
+redis.call('INCR', P .. 'version')
+return 1
+";
+
 /// ARGV: P, endpoint. Deletes it with its deliveries and attempts; 1 if it existed.
 const DELETE_LUA: &str = r"
 local P, w = ARGV[1], ARGV[2]
@@ -299,6 +314,7 @@ pub struct RedisWebhookStore {
     /// Attempts in flight per endpoint, cluster-wide (`webhook-concurrency`).
     concurrency: usize,
     queue: Script,
+    write: Script,
     claim: Script,
     next_due: Script,
     finish: Script,
@@ -328,6 +344,7 @@ impl RedisWebhookStore {
             prefix: format!("{prefix}wh:"),
             concurrency,
             queue: Script::new(&format!("{INSERT_LUA}{QUEUE_LUA}")),
+            write: Script::new(WRITE_LUA),
             claim: Script::new(CLAIM_LUA),
             next_due: Script::new(NEXT_DUE_LUA),
             finish: Script::new(FINISH_LUA),
@@ -366,18 +383,21 @@ impl RedisWebhookStore {
         timed(invocation.invoke_async(&mut conn)).await
     }
 
-    /// Writes an endpoint (`HSET`) and its failure streak, and bumps the version.
-    async fn write(&self, w: &Webhook) -> Result<(), WebhookStoreError> {
+    /// Writes an endpoint and its failure streak and bumps the version, in one
+    /// step; `must_exist`: only if the endpoint is there (an update racing a delete
+    /// does not bring it back). Whether it was written.
+    async fn write(&self, w: &Webhook, must_exist: bool) -> Result<bool, WebhookStoreError> {
         let json = serde_json::to_string(&StoredWebhook::from(w)).map_err(backend)?;
-        let mut pipe = redis::pipe();
-        pipe.atomic().hset(self.key("hooks"), &w.id, json).ignore();
-        match w.failing_since {
-            Some(since) => pipe.hset(self.key("failing"), &w.id, since).ignore(),
-            None => pipe.hdel(self.key("failing"), &w.id).ignore(),
-        };
-        pipe.incr(self.key("version"), 1).ignore();
+        let mut invocation = self.write.prepare_invoke();
+        invocation
+            .arg(&self.prefix)
+            .arg(&w.id)
+            .arg(json)
+            .arg(w.failing_since.map(|f| f.to_string()).unwrap_or_default())
+            .arg(if must_exist { "1" } else { "0" });
         let mut conn = self.conn();
-        timed(pipe.query_async::<()>(&mut conn)).await
+        let written: i64 = timed(invocation.invoke_async(&mut conn)).await?;
+        Ok(written == 1)
     }
 }
 
@@ -390,7 +410,7 @@ fn parse_webhook(json: &str, failing: Option<i64>) -> Result<Webhook, WebhookSto
 #[async_trait]
 impl WebhookStore for RedisWebhookStore {
     async fn insert_webhook(&self, webhook: &Webhook) -> Result<(), WebhookStoreError> {
-        self.write(webhook).await
+        self.write(webhook, false).await.map(drop)
     }
 
     async fn webhooks(&self) -> Result<Vec<Webhook>, WebhookStoreError> {
@@ -424,20 +444,7 @@ impl WebhookStore for RedisWebhookStore {
     }
 
     async fn update_webhook(&self, webhook: &Webhook) -> Result<bool, WebhookStoreError> {
-        let mut conn = self.conn();
-        let exists: bool = timed(
-            redis::cmd("HEXISTS")
-                .arg(self.key("hooks"))
-                .arg(&webhook.id)
-                .query_async(&mut conn),
-        )
-        .await?;
-        // A delete racing this update may lose: the endpoint comes back. Deletes are
-        // rare and answered; an update after one answers 404 on every later call.
-        if exists {
-            self.write(webhook).await?;
-        }
-        Ok(exists)
+        self.write(webhook, true).await
     }
 
     async fn delete_webhook(&self, id: &str) -> Result<bool, WebhookStoreError> {
@@ -776,6 +783,14 @@ mod tests {
         let store = RedisWebhookStore::open(URL, &p, 0).unwrap();
         contract::settlements_and_ordered_claims(&store).await;
         assert_eq!(store.version().await.unwrap(), Some(2), "insert, delete");
+        clean(&store, &p).await;
+    }
+
+    #[tokio::test]
+    async fn redis_store_keeps_the_endpoint_contract() {
+        let p = prefix("endpoints");
+        let store = RedisWebhookStore::open(URL, &p, 0).unwrap();
+        contract::endpoints_round_trip(&store).await;
         clean(&store, &p).await;
     }
 

@@ -622,4 +622,11 @@ mod tests {
         let store = SqliteWebhookStore::open(&dir.path().join("w.db")).unwrap();
         contract::settlements_and_ordered_claims(&store).await;
     }
+
+    #[tokio::test]
+    async fn endpoints_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteWebhookStore::open(&dir.path().join("w.db")).unwrap();
+        contract::endpoints_round_trip(&store).await;
+    }
 }
