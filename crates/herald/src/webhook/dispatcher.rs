@@ -261,7 +261,7 @@ impl Webhooks {
             owner: owner.to_string(),
             created: crate::model::now_unix(),
             // Every message published after this call returns has a greater ID.
-            start_after: MessageId::generate().into_string(),
+            start_after: self.source.newest_id().await?,
             disabled: None,
             failing_since: None,
         };

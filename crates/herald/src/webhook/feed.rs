@@ -32,6 +32,11 @@ pub trait FeedSource: Send + Sync + 'static {
     fn cursor_for(&self, message_id: &str) -> String {
         message_id.to_string()
     }
+    /// An ID that every message committed from now on exceeds (a new endpoint's
+    /// `start_after`).
+    async fn newest_id(&self) -> Result<String, WebhookError> {
+        Ok(crate::model::MessageId::generate().into_string())
+    }
     /// Up to `limit` committed messages after `cursor`.
     async fn after(&self, cursor: &str, limit: usize) -> Result<FeedBatch, WebhookError>;
 }

@@ -45,7 +45,7 @@ use super::store::{
     WebhookStoreError,
 };
 use super::{Filter, Webhook};
-use crate::store::redis::{Keys, LOG_MAX_LEN, connect, decode, entry_id, entry_parts};
+use crate::store::redis::{Keys, LOG_MAX_LEN, connect, decode, entry_id, entry_parts, message_id};
 
 /// Longest a reply may take (as the message store's).
 const OP_TIMEOUT: Duration = Duration::from_secs(3);
@@ -691,6 +691,16 @@ impl FeedSource for LogFeed {
             .ids
             .first()
             .map_or_else(|| "0-0".to_string(), |e| e.id.clone()))
+    }
+
+    /// The ID of the log's newest entry: the log orders the cluster's commits, so
+    /// this needs no agreement between the nodes' clocks.
+    async fn newest_id(&self) -> Result<String, WebhookError> {
+        let newest = self.start().await?;
+        Ok(match message_id(&newest) {
+            Some(id) if newest != "0-0" => id,
+            _ => crate::model::MessageId::generate().into_string(),
+        })
     }
 
     /// The log position of the message's creation time: cached messages are at
