@@ -465,6 +465,7 @@ impl Webhooks {
                     tokio::select! {
                         _ = self.shutdown.cancelled() => return,
                         _ = self.feed_wake.notified() => {}
+                        _ = self.source.wait_after(&cursor, FEED_POLL) => {}
                         _ = tokio::time::sleep(FEED_POLL) => {}
                     }
                 }

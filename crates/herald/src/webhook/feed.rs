@@ -37,6 +37,12 @@ pub trait FeedSource: Send + Sync + 'static {
     async fn newest_id(&self) -> Result<String, WebhookError> {
         Ok(crate::model::MessageId::generate().into_string())
     }
+    /// Resolves when something may have been committed after `cursor` (at most
+    /// `max` later); never, for a source whose commits wake the feed themselves.
+    async fn wait_after(&self, cursor: &str, max: std::time::Duration) {
+        let _ = (cursor, max);
+        std::future::pending::<()>().await
+    }
     /// Up to `limit` committed messages after `cursor`.
     async fn after(&self, cursor: &str, limit: usize) -> Result<FeedBatch, WebhookError>;
 }

@@ -1,5 +1,6 @@
 //! The cluster webhook store and feed: every node of a cluster (`redis-url`) shares
-//! one webhook queue in Redis (docs/SCALING.md, "Webhooks").
+//! one webhook queue in Redis (docs/WEBHOOKS.md, "Cluster mode"; docs/SCALING.md,
+//! "Key layout").
 //!
 //! - **Feed, exactly once.** The feed cursor is a position in the cluster's log
 //!   stream (`P log`), which has every committed event in one order. Any node may
@@ -8,7 +9,8 @@
 //!   where the node read from** (compare and set). Two nodes racing for a batch: one
 //!   wins, the other drops its work. A node dying mid-batch has changed nothing.
 //!   So there are no feed claims to take over, and deliveries are created in log
-//!   order (what `ordered` endpoints need).
+//!   order (what `ordered` endpoints need). An idle feed waits in a blocking `XREAD`
+//!   on the log, so a commit on any node wakes every node's feed.
 //! - **Claims with leases.** Each endpoint's pending deliveries are a sorted set by
 //!   the time they can next be claimed: due time, or, while claimed, the end of the
 //!   lease. A claim (one script) takes members whose time has come and sets their
@@ -49,6 +51,8 @@ use crate::store::redis::{Keys, LOG_MAX_LEN, connect, decode, entry_id, entry_pa
 
 /// Longest a reply may take (as the message store's).
 const OP_TIMEOUT: Duration = Duration::from_secs(3);
+/// Longest the feed blocks waiting for new log entries.
+const WAIT_MAX: Duration = Duration::from_secs(2);
 
 fn backend(e: impl std::fmt::Display) -> WebhookStoreError {
     WebhookStoreError::Backend(e.to_string())
@@ -73,7 +77,7 @@ local function insert(P, w, m, e, p, t, due, replay)
     redis.call('HDEL', P .. 'd:' .. key, 'settled')
     redis.call('ZREM', P .. 'settled', key)
   else
-    key = tostring(redis.call('INCR', P .. 'seq'))
+    key = string.format('%016d', redis.call('INCR', P .. 'seq'))
     redis.call('HSET', P .. 'pair', pair, key)
     redis.call('HSET', P .. 'd:' .. key, 'w', w, 'm', m, 'e', e, 'p', p, 't', t,
       'due', due, 'att', '0', 'st', '0')
@@ -251,6 +255,12 @@ for _, w in ipairs(redis.call('HKEYS', P .. 'hooks')) do
 end
 return n
 ";
+
+/// A delivery's key as stored: zero-padded, so members with equal due times sort
+/// (lexicographically) in queue order, as SQLite's claims do by row ID.
+fn delivery_key(key: i64) -> String {
+    format!("{key:016}")
+}
 
 /// An endpoint as stored (`failing_since` lives in its own hash, updated by scripts).
 #[derive(Serialize, Deserialize)]
@@ -586,7 +596,7 @@ impl WebhookStore for RedisWebhookStore {
         let mut invocation = self.finish.prepare_invoke();
         invocation
             .arg(&self.prefix)
-            .arg(record.delivery)
+            .arg(delivery_key(record.delivery))
             .arg(&record.webhook_id)
             .arg(state)
             .arg(next)
@@ -660,6 +670,9 @@ impl WebhookStore for RedisWebhookStore {
 /// in cluster order; the cursor is a log position. See the module docs.
 pub struct LogFeed {
     conn: ConnectionManager,
+    /// For the blocking `XREAD` of [`FeedSource::wait_after`]: its own connection,
+    /// so it never holds up the feed's other commands.
+    waiter: ConnectionManager,
     log: String,
 }
 
@@ -668,6 +681,7 @@ impl LogFeed {
     pub fn open(url: &str, prefix: &str) -> Result<LogFeed, WebhookStoreError> {
         Ok(LogFeed {
             conn: connect(url, OP_TIMEOUT).map_err(WebhookStoreError::Backend)?,
+            waiter: connect(url, OP_TIMEOUT + WAIT_MAX).map_err(WebhookStoreError::Backend)?,
             log: Keys::new(prefix).log(),
         })
     }
@@ -701,6 +715,28 @@ impl FeedSource for LogFeed {
             Some(id) if newest != "0-0" => id,
             _ => crate::model::MessageId::generate().into_string(),
         })
+    }
+
+    /// Blocks (`XREAD BLOCK`) until the log has an entry after `cursor`: any node's
+    /// commit wakes every node's feed at once (the Redis store's publishes do not
+    /// pass the broker, so nothing else would wake it before its next poll).
+    async fn wait_after(&self, cursor: &str, max: Duration) {
+        let mut conn = self.waiter.clone();
+        let block = max.min(WAIT_MAX).as_millis() as u64;
+        let mut cmd = redis::cmd("XREAD");
+        cmd.arg("COUNT")
+            .arg(1)
+            .arg("BLOCK")
+            .arg(block.max(1))
+            .arg("STREAMS")
+            .arg(&self.log)
+            .arg(cursor);
+        let read = cmd.query_async::<redis::Value>(&mut conn);
+        match tokio::time::timeout(max + OP_TIMEOUT, read).await {
+            Ok(Ok(_)) | Err(_) => {}
+            // Not a reason to poll faster: the feed's own reads report the error.
+            Ok(Err(_)) => tokio::time::sleep(max).await,
+        }
     }
 
     /// The log position of the message's creation time: cached messages are at

@@ -1,11 +1,12 @@
 //! Where webhook state lives: endpoints, the delivery queue, attempts, the feed cursor.
 //!
-//! Behind a trait because a second implementation is planned: with several herald
+//! Behind a trait because there are two implementations: with several herald
 //! nodes (Redis), "webhook deliveries are claimed once per message and endpoint, and
 //! a dead node's claims are taken over". So the queue speaks in claims with leases:
 //! [`WebhookStore::claim`] hands a due delivery to one claimant until its lease
 //! expires; [`WebhookStore::finish_attempt`] settles it. The embedded implementation
-//! is [`super::sqlite::SqliteWebhookStore`].
+//! is [`super::sqlite::SqliteWebhookStore`], the cluster one
+//! [`super::redis::RedisWebhookStore`].
 
 use std::time::Duration;
 
