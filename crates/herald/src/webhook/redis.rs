@@ -142,6 +142,23 @@ end
 return out
 ";
 
+/// ARGV: P, endpoint, owner, now, keys... Releases the owner's claims on them.
+const RELEASE_LUA: &str = r"
+local P, w = ARGV[1], ARGV[2]
+for i = 5, #ARGV do
+  local key = ARGV[i]
+  local d = P .. 'd:' .. key
+  if redis.call('HGET', d, 'owner') == ARGV[3] then
+    redis.call('HDEL', d, 'owner')
+    redis.call('ZREM', P .. 'lease:' .. w, key)
+    if redis.call('HGET', d, 'st') == '0' then
+      redis.call('ZADD', P .. 'due:' .. w, ARGV[4], key)
+    end
+  end
+end
+return 0
+";
+
 /// ARGV: P, endpoint, ordered. The time the next delivery can be claimed (the head's
 /// for `ordered`), or nothing.
 const NEXT_DUE_LUA: &str = r"
@@ -326,6 +343,7 @@ pub struct RedisWebhookStore {
     queue: Script,
     write: Script,
     claim: Script,
+    release: Script,
     next_due: Script,
     finish: Script,
     delete: Script,
@@ -356,6 +374,7 @@ impl RedisWebhookStore {
             queue: Script::new(&format!("{INSERT_LUA}{QUEUE_LUA}")),
             write: Script::new(WRITE_LUA),
             claim: Script::new(CLAIM_LUA),
+            release: Script::new(RELEASE_LUA),
             next_due: Script::new(NEXT_DUE_LUA),
             finish: Script::new(FINISH_LUA),
             delete: Script::new(DELETE_LUA),
@@ -564,6 +583,28 @@ impl WebhookStore for RedisWebhookStore {
                 })
             })
             .collect()
+    }
+
+    async fn release(
+        &self,
+        webhook_id: &str,
+        keys: &[i64],
+        owner: &str,
+        now_ms: i64,
+    ) -> Result<(), WebhookStoreError> {
+        let mut invocation = self.release.prepare_invoke();
+        invocation
+            .arg(&self.prefix)
+            .arg(webhook_id)
+            .arg(owner)
+            .arg(now_ms);
+        for key in keys {
+            invocation.arg(delivery_key(*key));
+        }
+        let mut conn = self.conn();
+        timed(invocation.invoke_async::<i64>(&mut conn))
+            .await
+            .map(drop)
     }
 
     async fn next_due(
@@ -954,6 +995,33 @@ mod tests {
             .unwrap();
         assert_eq!(store.queue_stats().await.unwrap().pending, 0);
         assert_eq!(store.attempts("w", 10).await.unwrap().len(), 3);
+        clean(&store, &p).await;
+    }
+
+    /// Claims given up at shutdown are claimable at once; only the owner's are.
+    #[tokio::test]
+    async fn released_claims_are_claimable_at_once() {
+        let p = prefix("release");
+        let store = RedisWebhookStore::open(URL, &p, 0).unwrap();
+        store.insert_webhook(&webhook("w")).await.unwrap();
+        store
+            .enqueue(vec![delivery("w", "m1", 0), delivery("w", "m2", 0)], "1-0")
+            .await
+            .unwrap();
+        let held = store.claim("w", false, 5, 10, LEASE, "a").await.unwrap();
+        let keys: Vec<i64> = held.iter().map(|d| d.key).collect();
+        store.release("w", &keys, "not a", 20).await.unwrap();
+        assert!(
+            store
+                .claim("w", false, 5, 20, LEASE, "b")
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        store.release("w", &keys, "a", 20).await.unwrap();
+        let taken = store.claim("w", false, 5, 20, LEASE, "b").await.unwrap();
+        assert_eq!(taken.len(), 2);
+        assert_eq!(taken[0].attempts, 0);
         clean(&store, &p).await;
     }
 

@@ -165,6 +165,20 @@ pub trait WebhookStore: Send + Sync + 'static {
         lease: Duration,
         owner: &str,
     ) -> Result<Vec<Delivery>, WebhookStoreError>;
+    /// Gives up `owner`'s claims on the deliveries `keys` of `webhook_id` (attempts
+    /// abandoned at shutdown): claimable again from `now_ms`. A claim that is no
+    /// longer `owner`'s is left alone. The embedded store, with one process, needs
+    /// nothing (opening it releases every claim).
+    async fn release(
+        &self,
+        webhook_id: &str,
+        keys: &[i64],
+        owner: &str,
+        now_ms: i64,
+    ) -> Result<(), WebhookStoreError> {
+        let _ = (webhook_id, keys, owner, now_ms);
+        Ok(())
+    }
     /// When the next claimable delivery of `webhook_id` is due (unix ms).
     async fn next_due(
         &self,

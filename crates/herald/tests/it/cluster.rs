@@ -748,3 +748,32 @@ async fn ordered_webhooks_stay_in_order_across_nodes() {
     })
     .await;
 }
+
+/// A node stopped gracefully (a rolling update) while its attempts are in flight to
+/// a slow endpoint gives up its claims: another node delivers them at once, not when
+/// the leases (here over 5 minutes) end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_node_hands_its_webhook_claims_over() {
+    use crate::webhook_receiver::{Receiver, always, always_ok};
+    let mut args = WEBHOOK_ARGS.to_vec();
+    args.extend(["--webhook-timeout", "300s"]);
+    let mut cluster = Cluster::start_with("whhandover", 1, SHARED_REDIS_PORT, &args).await;
+    let receiver = Receiver::start(always(503)).await;
+    receiver.set_delay(Duration::from_secs(120));
+    register_webhook(&cluster.nodes[0], "ho", &receiver).await;
+    let mut want = std::collections::BTreeSet::new();
+    for i in 0..3 {
+        let m = cluster.nodes[0].publish("ho", &format!("m{i}")).await;
+        want.insert(m["id"].as_str().unwrap().to_string());
+    }
+    receiver.wait_requests(3, LONG).await;
+    let node = cluster.launch_node();
+    cluster.nodes.push(node);
+    wait_ready(&cluster.nodes[1]).await;
+    receiver.set_delay(Duration::ZERO);
+    receiver.answer_with(always_ok());
+    let status = cluster.nodes[0].stop();
+    assert!(status.success(), "{status}");
+    receiver.wait_delivered(want.len(), LONG).await;
+    assert_eq!(receiver.delivered_ids(), want);
+}
