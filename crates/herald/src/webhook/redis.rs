@@ -856,6 +856,18 @@ mod tests {
             .await;
     }
 
+    /// A store with endpoint `w` and deliveries of `m1` and `m2` queued.
+    async fn two_queued(test: &str) -> (RedisWebhookStore, String) {
+        let p = prefix(test);
+        let store = RedisWebhookStore::open(URL, &p, 0).unwrap();
+        store.insert_webhook(&webhook("w")).await.unwrap();
+        store
+            .enqueue(vec![delivery("w", "m1", 0), delivery("w", "m2", 0)], "1-0")
+            .await
+            .unwrap();
+        (store, p)
+    }
+
     #[tokio::test]
     async fn redis_store_keeps_the_claims_contract() {
         let p = prefix("claims");
@@ -1001,13 +1013,7 @@ mod tests {
     /// Claims given up at shutdown are claimable at once; only the owner's are.
     #[tokio::test]
     async fn released_claims_are_claimable_at_once() {
-        let p = prefix("release");
-        let store = RedisWebhookStore::open(URL, &p, 0).unwrap();
-        store.insert_webhook(&webhook("w")).await.unwrap();
-        store
-            .enqueue(vec![delivery("w", "m1", 0), delivery("w", "m2", 0)], "1-0")
-            .await
-            .unwrap();
+        let (store, p) = two_queued("release").await;
         let held = store.claim("w", false, 5, 10, LEASE, "a").await.unwrap();
         let keys: Vec<i64> = held.iter().map(|d| d.key).collect();
         store.release("w", &keys, "not a", 20).await.unwrap();
@@ -1068,13 +1074,7 @@ mod tests {
 
     #[tokio::test]
     async fn settled_deliveries_and_old_attempts_are_pruned() {
-        let p = prefix("prune");
-        let store = RedisWebhookStore::open(URL, &p, 0).unwrap();
-        store.insert_webhook(&webhook("w")).await.unwrap();
-        store
-            .enqueue(vec![delivery("w", "m1", 0), delivery("w", "m2", 0)], "1-0")
-            .await
-            .unwrap();
+        let (store, p) = two_queued("prune").await;
         let claimed = store.claim("w", false, 5, 10, LEASE, "n").await.unwrap();
         store
             .finish_attempt(record(&claimed[0], "n", 1_000, Settlement::Delivered))

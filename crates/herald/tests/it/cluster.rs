@@ -626,28 +626,47 @@ async fn webhooks_deliver_each_message_once_cluster_wide() {
     .await;
 }
 
+/// One node (with `--webhook-timeout <timeout>`) holding the claims of 3 messages:
+/// their first attempts hang on a slow, failing endpoint. The cluster, the receiver,
+/// the message IDs and the held requests.
+async fn node_holding_claims(
+    test: &str,
+    timeout: &str,
+) -> (
+    Cluster,
+    crate::webhook_receiver::Receiver,
+    std::collections::BTreeSet<String>,
+    Vec<crate::webhook_receiver::Received>,
+) {
+    use crate::webhook_receiver::{Receiver, always};
+    let mut args = WEBHOOK_ARGS.to_vec();
+    args.extend(["--webhook-timeout", timeout]);
+    let cluster = Cluster::start_with(test, 1, SHARED_REDIS_PORT, &args).await;
+    let receiver = Receiver::start(always(503)).await;
+    receiver.set_delay(Duration::from_secs(120));
+    register_webhook(&cluster.nodes[0], test, &receiver).await;
+    let mut want = std::collections::BTreeSet::new();
+    for i in 0..3 {
+        let m = cluster.nodes[0].publish(test, &format!("m{i}")).await;
+        want.insert(m["id"].as_str().unwrap().to_string());
+    }
+    let held = receiver.wait_requests(3, LONG).await;
+    (cluster, receiver, want, held)
+}
+
 /// Webhook takeover: node 1 holds claims (its attempts are in flight to a slow,
 /// failing endpoint) and a burst it may not have fed yet, then is `kill -9`ed. The
 /// two nodes started after it feed the rest and, when node 1's leases end, retry
 /// its deliveries with the same `webhook-id`: every message arrives, each 2xx once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_takeover_after_kill_9() {
-    use crate::webhook_receiver::{Receiver, always, always_ok};
-    let mut args = WEBHOOK_ARGS.to_vec();
+    use crate::webhook_receiver::always_ok;
     // Leases last the timeout plus 30 s.
-    args.extend(["--webhook-timeout", "3s"]);
-    let mut cluster = Cluster::start_with("whtakeover", 1, SHARED_REDIS_PORT, &args).await;
-    let receiver = Receiver::start(always(503)).await;
-    receiver.set_delay(Duration::from_secs(120));
-    register_webhook(&cluster.nodes[0], "tk", &receiver).await;
-    let mut want = std::collections::BTreeSet::new();
-    for i in 0..3 {
-        let m = cluster.nodes[0].publish("tk", &format!("m{i}")).await;
-        want.insert(m["id"].as_str().unwrap().to_string());
-    }
-    let held = receiver.wait_requests(3, LONG).await;
+    let (mut cluster, receiver, mut want, held) = node_holding_claims("whtakeover", "3s").await;
     for i in 0..20 {
-        let m = cluster.nodes[0].publish("tk", &format!("burst{i}")).await;
+        let m = cluster.nodes[0]
+            .publish("whtakeover", &format!("burst{i}"))
+            .await;
         want.insert(m["id"].as_str().unwrap().to_string());
     }
     cluster.nodes[0].kill9();
@@ -674,7 +693,7 @@ async fn webhook_takeover_after_kill_9() {
         },
     )
     .await;
-    let after = cluster.nodes[1].publish("tk", "after").await;
+    let after = cluster.nodes[1].publish("whtakeover", "after").await;
     want.insert(after["id"].as_str().unwrap().to_string());
     receiver
         .wait_delivered(want.len(), Duration::from_secs(90))
@@ -754,19 +773,8 @@ async fn ordered_webhooks_stay_in_order_across_nodes() {
 /// the leases (here over 5 minutes) end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopping_node_hands_its_webhook_claims_over() {
-    use crate::webhook_receiver::{Receiver, always, always_ok};
-    let mut args = WEBHOOK_ARGS.to_vec();
-    args.extend(["--webhook-timeout", "300s"]);
-    let mut cluster = Cluster::start_with("whhandover", 1, SHARED_REDIS_PORT, &args).await;
-    let receiver = Receiver::start(always(503)).await;
-    receiver.set_delay(Duration::from_secs(120));
-    register_webhook(&cluster.nodes[0], "ho", &receiver).await;
-    let mut want = std::collections::BTreeSet::new();
-    for i in 0..3 {
-        let m = cluster.nodes[0].publish("ho", &format!("m{i}")).await;
-        want.insert(m["id"].as_str().unwrap().to_string());
-    }
-    receiver.wait_requests(3, LONG).await;
+    use crate::webhook_receiver::always_ok;
+    let (mut cluster, receiver, want, _) = node_holding_claims("whhandover", "300s").await;
     let node = cluster.launch_node();
     cluster.nodes.push(node);
     wait_ready(&cluster.nodes[1]).await;
