@@ -90,41 +90,27 @@ pub async fn run(
     herald.spawn_background(&tracker, background.clone());
 
     let webhook_metrics = WebhookMetrics::default();
-    let webhooks = match &config.redis_url {
-        Some(url) => {
-            // Shared queue, and a feed over the cluster log (crate::webhook::redis).
-            let prefix = &config.redis_key_prefix;
-            let store = RedisWebhookStore::open(url, prefix, config.webhooks.concurrency)
-                .context("cannot set up the Redis webhook store")?;
-            let feed = LogFeed::open(url, prefix).context("cannot set up the webhook feed")?;
-            Webhooks::with_feed(
-                config.webhooks.clone(),
-                Arc::new(store),
-                herald.clone(),
-                webhook_metrics.clone(),
-                feed_wake,
-                Arc::new(feed),
-            )?
-        }
-        None => {
-            let webhook_store =
-                SqliteWebhookStore::open(&config.webhooks.file).with_context(|| {
-                    format!(
-                        "cannot open webhook store {}",
-                        config.webhooks.file.display()
-                    )
-                })?;
-            Webhooks::new(
-                config.webhooks.clone(),
-                Arc::new(webhook_store),
-                herald.clone(),
-                webhook_metrics.clone(),
-                feed_wake,
-            )?
-        }
+    let webhooks = if let Some(url) = &config.redis_url {
+        let webhooks = cluster_webhooks(&config, url, &herald, &webhook_metrics, feed_wake)?;
+        webhooks.start().await;
+        Some(webhooks)
+    } else {
+        let webhook_store = SqliteWebhookStore::open(&config.webhooks.file).with_context(|| {
+            format!(
+                "cannot open webhook store {}",
+                config.webhooks.file.display()
+            )
+        })?;
+        let webhooks = Webhooks::new(
+            config.webhooks.clone(),
+            Arc::new(webhook_store),
+            herald.clone(),
+            webhook_metrics.clone(),
+            feed_wake,
+        )?;
+        webhooks.start().await;
+        Some(webhooks)
     };
-    webhooks.start().await;
-    let webhooks = Some(webhooks);
 
     let mut metrics = Metrics::new(&herald, &store_metrics);
     metrics.register_webhooks(&webhook_metrics);
@@ -220,6 +206,29 @@ async fn cluster_backends(
         .await;
     tracing::info!(prefix = %prefix, "cluster mode: store and fan-out on Redis");
     Ok((Arc::new(store), Arc::new(broker)))
+}
+
+/// The webhook service of a cluster node: the shared queue in Redis and the feed over
+/// the cluster log (`crate::webhook::redis`, docs/WEBHOOKS.md "Cluster mode").
+fn cluster_webhooks(
+    config: &Config,
+    url: &str,
+    herald: &Arc<Herald>,
+    metrics: &WebhookMetrics,
+    feed_wake: Arc<tokio::sync::Notify>,
+) -> anyhow::Result<Arc<Webhooks>> {
+    let prefix = &config.redis_key_prefix;
+    let store = RedisWebhookStore::open(url, prefix, config.webhooks.concurrency)
+        .context("cannot set up the Redis webhook store")?;
+    let feed = LogFeed::open(url, prefix).context("cannot set up the webhook feed")?;
+    Ok(Webhooks::with_feed(
+        config.webhooks.clone(),
+        Arc::new(store),
+        herald.clone(),
+        metrics.clone(),
+        feed_wake,
+        Arc::new(feed),
+    )?)
 }
 
 /// The `metrics-listen-http` server: `GET /metrics` and nothing else (404), with
