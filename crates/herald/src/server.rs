@@ -24,6 +24,7 @@ use crate::telemetry::{Metrics, RequestInfo, StoreMetrics};
 use crate::webhook::Webhooks;
 use crate::webhook::dispatcher::WakingBroker;
 use crate::webhook::metrics::WebhookMetrics;
+use crate::webhook::redis::{LogFeed, RedisWebhookStore};
 use crate::webhook::sqlite::SqliteWebhookStore;
 
 /// Binds `config.listen_http`. A `0.0.0.0:port` address (ntfy's `:port`) is tried as
@@ -89,12 +90,10 @@ pub async fn run(
     herald.spawn_background(&tracker, background.clone());
 
     let webhook_metrics = WebhookMetrics::default();
-    let webhooks = if config.redis_url.is_some() {
-        // The webhook store is this node's SQLite file and its feed follows this
-        // node's commit order: on a cluster every node would deliver every message.
-        // Until webhooks have a Redis store, cluster nodes serve none.
-        tracing::warn!("webhooks are not available with redis-url yet: /v1/webhooks answers 404");
-        None
+    let webhooks = if let Some(url) = &config.redis_url {
+        let webhooks = cluster_webhooks(&config, url, &herald, &webhook_metrics, feed_wake)?;
+        webhooks.start().await;
+        Some(webhooks)
     } else {
         let webhook_store = SqliteWebhookStore::open(&config.webhooks.file).with_context(|| {
             format!(
@@ -250,6 +249,29 @@ async fn cluster_limits(
     shared.start(tracker, stop.clone()).await;
     let limits = crate::limits::Limits::new(config.limits.clone(), metrics.limit_refusals.clone());
     Ok(Arc::new(limits.with_shared(shared)))
+}
+
+/// The webhook service of a cluster node: the shared queue in Redis and the feed over
+/// the cluster log (`crate::webhook::redis`, docs/WEBHOOKS.md "Cluster mode").
+fn cluster_webhooks(
+    config: &Config,
+    url: &str,
+    herald: &Arc<Herald>,
+    metrics: &WebhookMetrics,
+    feed_wake: Arc<tokio::sync::Notify>,
+) -> anyhow::Result<Arc<Webhooks>> {
+    let prefix = &config.redis_key_prefix;
+    let store = RedisWebhookStore::open(url, prefix, config.webhooks.concurrency)
+        .context("cannot set up the Redis webhook store")?;
+    let feed = LogFeed::open(url, prefix).context("cannot set up the webhook feed")?;
+    Ok(Webhooks::with_feed(
+        config.webhooks.clone(),
+        Arc::new(store),
+        herald.clone(),
+        metrics.clone(),
+        feed_wake,
+        Arc::new(feed),
+    )?)
 }
 
 /// The `metrics-listen-http` server: `GET /metrics` and nothing else (404), with

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::client::{self, DeliveryClient};
+use super::feed::{CommittedFeed, FeedSource};
 use super::metrics::WebhookMetrics;
 use super::sign::Secret;
 use super::store::{Attempt, NewDelivery, WebhookStore, WebhookStoreError};
@@ -144,6 +145,8 @@ pub struct Webhooks {
     /// Whether any endpoint is registered (kept by `reconcile`). Without one the feed
     /// only follows the visible bound in memory: no store reads or writes per publish.
     pub(super) any_webhooks: std::sync::atomic::AtomicBool,
+    /// Where committed messages come from (this node's store, or the cluster log).
+    pub(super) source: Arc<dyn FeedSource>,
     pub(super) workers: Mutex<HashMap<String, Worker>>,
     /// Serialises reconciliations, so an older snapshot of the endpoints never
     /// overwrites a newer one.
@@ -167,6 +170,20 @@ impl Webhooks {
         metrics: WebhookMetrics,
         feed_wake: Arc<Notify>,
     ) -> Result<Arc<Webhooks>, client::ClientError> {
+        let source = Arc::new(CommittedFeed(herald.clone()));
+        Webhooks::with_feed(config, store, herald, metrics, feed_wake, source)
+    }
+
+    /// Like [`Self::new`], reading committed messages from `source` (cluster mode:
+    /// the shared log, `super::redis::LogFeed`).
+    pub fn with_feed(
+        config: WebhookConfig,
+        store: Arc<dyn WebhookStore>,
+        herald: Arc<Herald>,
+        metrics: WebhookMetrics,
+        feed_wake: Arc<Notify>,
+        source: Arc<dyn FeedSource>,
+    ) -> Result<Arc<Webhooks>, client::ClientError> {
         let client = DeliveryClient::new(
             config.timeout,
             client::AddressPolicy {
@@ -188,6 +205,7 @@ impl Webhooks {
             feed_wake,
             // Until the first reconcile knows better.
             any_webhooks: std::sync::atomic::AtomicBool::new(true),
+            source,
             workers: Mutex::new(HashMap::new()),
             reconciling: tokio::sync::Mutex::new(()),
             tracker: TaskTracker::new(),
@@ -253,7 +271,7 @@ impl Webhooks {
             owner: owner.to_string(),
             created: crate::model::now_unix(),
             // Every message published after this call returns has a greater ID.
-            start_after: MessageId::generate().into_string(),
+            start_after: self.source.newest_id().await?,
             disabled: None,
             failing_since: None,
         };
@@ -386,7 +404,7 @@ impl Webhooks {
     /// store); returns how many.
     pub async fn replay(&self, id: &str, from: ReplayFrom) -> Result<usize, WebhookError> {
         let w = self.get(id).await?;
-        let (mut after, min_time) = match from {
+        let (after, min_time) = match from {
             ReplayFrom::AfterId(id) => (id, None),
             // IDs carry their publish time, but a scheduled message's `time` is later
             // than its ID's: start one `message-delay-limit` earlier and check `time`.
@@ -400,13 +418,16 @@ impl Webhooks {
         let now_ms = self.clock.now_ms();
         let mut queued = 0;
         let mut seen = 0;
+        let mut cursor = self.source.cursor_for(&after);
         loop {
-            let batch = self.herald.committed_after(&after, FEED_BATCH).await?;
-            let Some(last) = batch.last() else { break };
-            after = last.id.clone();
-            seen += batch.len();
+            let batch = self.source.after(&cursor, FEED_BATCH).await?;
+            let Some(next) = batch.next else { break };
+            cursor = next;
+            seen += batch.messages.len().max(1);
             let deliveries: Vec<NewDelivery> = batch
+                .messages
                 .iter()
+                .filter(|m| m.id > after)
                 .filter(|m| min_time.is_none_or(|t| m.time >= t))
                 .filter(|m| topic_matches(&w.topic, &m.topic) && w.filter.matches(m))
                 .map(|m| new_delivery(&w.id, m, now_ms + self.first_delay_ms()))
@@ -454,8 +475,10 @@ impl Webhooks {
             // every endpoint registered later wants only messages above this bound,
             // and skipping to it loses nothing. The cursor is written again with the
             // first deliveries.
-            let bound = self.herald.feed_start();
-            if !self.any_webhooks.load(std::sync::atomic::Ordering::Acquire) {
+            let bound = self.source.skippable_bound();
+            if let Some(bound) = bound
+                && !self.any_webhooks.load(std::sync::atomic::Ordering::Acquire)
+            {
                 cursor = bound;
                 tokio::select! {
                     _ = self.shutdown.cancelled() => return,
@@ -470,6 +493,7 @@ impl Webhooks {
                     tokio::select! {
                         _ = self.shutdown.cancelled() => return,
                         _ = self.feed_wake.notified() => {}
+                        _ = self.source.wait_after(&cursor, FEED_POLL) => {}
                         _ = tokio::time::sleep(FEED_POLL) => {}
                     }
                 }
@@ -492,27 +516,37 @@ impl Webhooks {
     }
 
     async fn initial_cursor(&self) -> Result<String, WebhookError> {
-        if let Some(c) = self.store.cursor().await? {
-            return Ok(c);
+        loop {
+            if let Some(c) = self.store.cursor().await? {
+                return Ok(c);
+            }
+            // First start: webhooks see what is published from now on. Another node
+            // may set it first (cluster); then its cursor counts.
+            let start = self.source.start().await?;
+            if self
+                .store
+                .enqueue_from(Vec::new(), None, &start)
+                .await?
+                .is_some()
+            {
+                return Ok(start);
+            }
         }
-        // First start: webhooks see what is published from now on.
-        let start = self.herald.feed_start();
-        self.store.enqueue(Vec::new(), &start).await?;
-        Ok(start)
     }
 
     /// Moves one batch from the message store into the queue; the new cursor, or
-    /// `None` when there was nothing new.
+    /// `None` when there was nothing new. When another node moved the cursor first
+    /// (cluster), this batch is dropped and the feed goes on from that node's cursor.
     async fn feed_once(&self, cursor: &str) -> Result<Option<String>, WebhookError> {
-        let batch = self.herald.committed_after(cursor, FEED_BATCH).await?;
-        let Some(last) = batch.last() else {
+        let batch = self.source.after(cursor, FEED_BATCH).await?;
+        let Some(next) = batch.next else {
             return Ok(None);
         };
         let webhooks = self.store.webhooks().await?;
         let now_ms = self.clock.now_ms();
         let mut woken = Vec::new();
         let mut deliveries = Vec::new();
-        for m in &batch {
+        for m in &batch.messages {
             for w in webhooks.iter().filter(|w| w.wants(m)) {
                 deliveries.push(new_delivery(&w.id, m, now_ms + self.first_delay_ms()));
                 if !woken.contains(&w.id) {
@@ -520,11 +554,18 @@ impl Webhooks {
                 }
             }
         }
-        self.store.enqueue(deliveries, &last.id).await?;
+        if self
+            .store
+            .enqueue_from(deliveries, Some(cursor), &next)
+            .await?
+            .is_none()
+        {
+            return Ok(self.store.cursor().await?);
+        }
         for id in woken {
             self.wake_worker(&id);
         }
-        Ok(Some(last.id.clone()))
+        Ok(Some(next))
     }
 
     // -----------------------------------------------------------------------------
@@ -532,7 +573,20 @@ impl Webhooks {
 
     async fn run_housekeeping(self: Arc<Self>) {
         let mut last_prune = tokio::time::Instant::now();
+        let mut version = None;
         loop {
+            // Endpoint changes made on another node (cluster) reach this node's
+            // workers within one housekeeping period.
+            match self.store.version().await {
+                Ok(Some(v)) if version != Some(v) => {
+                    if version.is_some() {
+                        self.reconcile().await;
+                    }
+                    version = Some(v);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "webhooks: endpoint version failed"),
+            }
             match self.store.queue_stats().await {
                 Ok(s) => {
                     let age = s

@@ -16,8 +16,8 @@
 //! - **Workers** ([`worker`]): one per enabled endpoint, with retries on Svix's
 //!   schedule.
 //! - **Claims with leases** ([`store::WebhookStore::claim`]): an attempt runs under a
-//!   lease, so a second node (Redis store) can share the queue and take over a dead
-//!   node's work when its leases expire.
+//!   lease, so the nodes of a cluster ([`redis`]) share the queue and take over a
+//!   dead node's work when its leases expire.
 //! - **Isolation.** Each enabled endpoint has its own worker task with its own
 //!   concurrency limit; a slow or dead endpoint only ever holds its own slots.
 //! - **Safety** ([`client`]): destinations are checked on the address actually
@@ -28,8 +28,12 @@
 pub mod api;
 pub mod cli;
 pub mod client;
+#[cfg(test)]
+mod contract;
 pub mod dispatcher;
+pub mod feed;
 pub mod metrics;
+pub mod redis;
 pub mod sign;
 pub mod sqlite;
 pub mod store;

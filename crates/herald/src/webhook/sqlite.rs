@@ -595,99 +595,15 @@ impl WebhookStore for SqliteWebhookStore {
 
 #[cfg(test)]
 mod tests {
+    use super::super::contract::{self, LEASE};
     use super::*;
-
-    fn webhook(id: &str) -> Webhook {
-        Webhook {
-            id: id.into(),
-            topic: "t".into(),
-            url: "http://x".into(),
-            secret: super::super::sign::Secret::generate().as_str().into(),
-            previous_secret: None,
-            filter: Filter::default(),
-            description: String::new(),
-            ordered: false,
-            owner: "1.2.3.4".into(),
-            created: 1,
-            start_after: String::new(),
-            disabled: None,
-            failing_since: None,
-        }
-    }
-
-    fn delivery(webhook: &str, message: &str, due_ms: i64) -> NewDelivery {
-        NewDelivery {
-            webhook_id: webhook.into(),
-            message_id: message.into(),
-            event: "message".into(),
-            payload: "{}".into(),
-            event_time: 1,
-            due_ms,
-        }
-    }
-
-    fn record(d: &Delivery, time_ms: i64, settlement: Settlement) -> AttemptRecord {
-        AttemptRecord {
-            delivery: d.key,
-            webhook_id: d.webhook_id.clone(),
-            attempt: Attempt {
-                message_id: d.message_id.clone(),
-                attempt: d.attempts + 1,
-                time_ms,
-                status: Some(500),
-                latency_ms: 3,
-                error: None,
-                response: None,
-                next_attempt_ms: None,
-            },
-            settlement,
-        }
-    }
-
-    const LEASE: Duration = Duration::from_secs(30);
 
     #[tokio::test]
     async fn claims_are_exclusive_until_the_lease_ends_and_reopening_releases_them() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("w.db");
         let store = SqliteWebhookStore::open(&path).unwrap();
-        store.insert_webhook(&webhook("a")).await.unwrap();
-        let n = store
-            .enqueue(vec![delivery("a", "m1", 0), delivery("a", "m2", 0)], "m2")
-            .await
-            .unwrap();
-        assert_eq!(n, 2);
-        // A pair already queued is left alone.
-        assert_eq!(
-            store
-                .enqueue(vec![delivery("a", "m1", 0)], "m2")
-                .await
-                .unwrap(),
-            0
-        );
-        assert_eq!(store.cursor().await.unwrap().as_deref(), Some("m2"));
-        let first = store.claim("a", false, 1, 10, LEASE, "n1").await.unwrap();
-        assert_eq!(first.len(), 1);
-        let second = store.claim("a", false, 5, 10, LEASE, "n2").await.unwrap();
-        assert_eq!(second.len(), 1);
-        assert_ne!(first[0].message_id, second[0].message_id);
-        assert!(
-            store
-                .claim("a", false, 5, 10, LEASE, "n2")
-                .await
-                .unwrap()
-                .is_empty()
-        );
-        // An expired lease is taken over.
-        let later = 10 + LEASE.as_millis() as i64 + 1;
-        assert_eq!(
-            store
-                .claim("a", false, 5, later, LEASE, "n3")
-                .await
-                .unwrap()
-                .len(),
-            2
-        );
+        contract::claims_are_exclusive_until_the_lease_ends(&store).await;
         drop(store);
         let store = SqliteWebhookStore::open(&path).unwrap();
         assert_eq!(
@@ -704,62 +620,13 @@ mod tests {
     async fn settlements_and_ordered_claims() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteWebhookStore::open(&dir.path().join("w.db")).unwrap();
-        store.insert_webhook(&webhook("a")).await.unwrap();
-        store
-            .enqueue(vec![delivery("a", "m1", 0), delivery("a", "m2", 0)], "m2")
-            .await
-            .unwrap();
-        let head = store.claim("a", true, 5, 10, LEASE, "n").await.unwrap();
-        assert_eq!(head.len(), 1);
-        assert_eq!(head[0].message_id, "m1");
-        // The head is claimed: nothing else goes while it is out.
-        assert!(
-            store
-                .claim("a", true, 5, 10, LEASE, "n")
-                .await
-                .unwrap()
-                .is_empty()
-        );
-        let failing = store
-            .finish_attempt(record(&head[0], 10_000, Settlement::RetryAt(20_000)))
-            .await
-            .unwrap();
-        assert_eq!(failing, Some(10));
-        // Not due yet; and in order, m2 waits behind it.
-        assert!(
-            store
-                .claim("a", true, 5, 15_000, LEASE, "n")
-                .await
-                .unwrap()
-                .is_empty()
-        );
-        assert_eq!(
-            store.next_due("a", true, 15_000).await.unwrap(),
-            Some(20_000)
-        );
-        let head = store.claim("a", true, 5, 20_000, LEASE, "n").await.unwrap();
-        assert_eq!(head[0].message_id, "m1");
-        assert_eq!(head[0].attempts, 1);
-        let failing = store
-            .finish_attempt(record(&head[0], 20_000, Settlement::Delivered))
-            .await
-            .unwrap();
-        assert_eq!(failing, None);
-        let stats = store.queue_stats().await.unwrap();
-        assert_eq!(stats.pending, 1);
-        let attempts = store.attempts("a", 10).await.unwrap();
-        assert_eq!(attempts.len(), 2);
-        assert_eq!(attempts[0].attempt, 2);
-        // Replay makes a delivered pair pending again.
-        assert_eq!(
-            store
-                .requeue(vec![delivery("a", "m1", 30_000)])
-                .await
-                .unwrap(),
-            1
-        );
-        assert_eq!(store.queue_stats().await.unwrap().pending, 2);
-        assert!(store.delete_webhook("a").await.unwrap());
-        assert_eq!(store.queue_stats().await.unwrap().pending, 0);
+        contract::settlements_and_ordered_claims(&store).await;
+    }
+
+    #[tokio::test]
+    async fn endpoints_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteWebhookStore::open(&dir.path().join("w.db")).unwrap();
+        contract::endpoints_round_trip(&store).await;
     }
 }

@@ -1,16 +1,17 @@
 //! Where webhook state lives: endpoints, the delivery queue, attempts, the feed cursor.
 //!
-//! Behind a trait because a second implementation is planned: with several herald
+//! Behind a trait because there are two implementations: with several herald
 //! nodes (Redis), "webhook deliveries are claimed once per message and endpoint, and
 //! a dead node's claims are taken over". So the queue speaks in claims with leases:
 //! [`WebhookStore::claim`] hands a due delivery to one claimant until its lease
 //! expires; [`WebhookStore::finish_attempt`] settles it. The embedded implementation
-//! is [`super::sqlite::SqliteWebhookStore`].
+//! is [`super::sqlite::SqliteWebhookStore`], the cluster one
+//! [`super::redis::RedisWebhookStore`].
 
 use std::time::Duration;
 
 use async_trait::async_trait;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::Webhook;
 
@@ -66,7 +67,7 @@ pub enum Settlement {
 }
 
 /// One attempt, as the API lists it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attempt {
     pub message_id: String,
     /// 1 for the first attempt.
@@ -88,6 +89,10 @@ pub struct Attempt {
 #[derive(Debug, Clone)]
 pub struct AttemptRecord {
     pub delivery: i64,
+    /// Who made the attempt (the `owner` it was claimed for). A store shared by
+    /// several nodes lets the record of a claim that lapsed and was claimed again
+    /// settle the delivery only as delivered, never undo the new claim.
+    pub owner: String,
     pub webhook_id: String,
     pub attempt: Attempt,
     pub settlement: Settlement,
@@ -126,6 +131,24 @@ pub trait WebhookStore: Send + Sync + 'static {
         deliveries: Vec<NewDelivery>,
         cursor: &str,
     ) -> Result<usize, WebhookStoreError>;
+    /// [`Self::enqueue`] only if the cursor is still `from` (`None`: no cursor yet),
+    /// for stores that several nodes feed (each message becomes deliveries once);
+    /// `None` if the cursor had moved and nothing was done. A store with one feeder
+    /// need not check.
+    async fn enqueue_from(
+        &self,
+        deliveries: Vec<NewDelivery>,
+        from: Option<&str>,
+        cursor: &str,
+    ) -> Result<Option<usize>, WebhookStoreError> {
+        let _ = from;
+        self.enqueue(deliveries, cursor).await.map(Some)
+    }
+    /// A number that changes with every endpoint change, for stores several nodes
+    /// share (each node reloads its workers when it moves); `None`: not shared.
+    async fn version(&self) -> Result<Option<u64>, WebhookStoreError> {
+        Ok(None)
+    }
     /// Queues `deliveries` again (replay): pairs already queued become pending and
     /// due now, with their attempts count reset.
     async fn requeue(&self, deliveries: Vec<NewDelivery>) -> Result<usize, WebhookStoreError>;
@@ -142,6 +165,20 @@ pub trait WebhookStore: Send + Sync + 'static {
         lease: Duration,
         owner: &str,
     ) -> Result<Vec<Delivery>, WebhookStoreError>;
+    /// Gives up `owner`'s claims on the deliveries `keys` of `webhook_id` (attempts
+    /// abandoned at shutdown): claimable again from `now_ms`. A claim that is no
+    /// longer `owner`'s is left alone. The embedded store, with one process, needs
+    /// nothing (opening it releases every claim).
+    async fn release(
+        &self,
+        webhook_id: &str,
+        keys: &[i64],
+        owner: &str,
+        now_ms: i64,
+    ) -> Result<(), WebhookStoreError> {
+        let _ = (webhook_id, keys, owner, now_ms);
+        Ok(())
+    }
     /// When the next claimable delivery of `webhook_id` is due (unix ms).
     async fn next_due(
         &self,

@@ -54,6 +54,10 @@ impl RetryPolicy {
     }
 }
 
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// A running endpoint worker, as the service tracks it.
 pub(super) struct Worker {
     pub(super) webhook: watch::Sender<Webhook>,
@@ -142,6 +146,8 @@ impl Webhooks {
     ) {
         let lease = self.config.timeout + LEASE_MARGIN;
         let mut in_flight = JoinSet::new();
+        // Claims whose attempt has not settled yet, released if the worker stops.
+        let held: Arc<std::sync::Mutex<Vec<i64>>> = Arc::default();
         loop {
             let current = webhook.borrow().clone();
             let slots = if current.ordered {
@@ -168,7 +174,13 @@ impl Webhooks {
                         for delivery in claimed {
                             let this = self.clone();
                             let w = current.clone();
-                            in_flight.spawn(async move { this.attempt(w, delivery).await });
+                            let key = delivery.key;
+                            lock(&held).push(key);
+                            let held = held.clone();
+                            in_flight.spawn(async move {
+                                this.attempt(w, delivery).await;
+                                lock(&held).retain(|k| *k != key);
+                            });
                         }
                     }
                     Err(e) => tracing::warn!(error = %e, "webhooks: claim failed"),
@@ -186,6 +198,16 @@ impl Webhooks {
             tokio::select! {
                 _ = stop.cancelled() => {
                     in_flight.abort_all();
+                    // Abandoned attempts: claimable again at once (another node,
+                    // cluster) rather than when their lease ends.
+                    let keys = std::mem::take(&mut *lock(&held));
+                    if !keys.is_empty() {
+                        let id = webhook.borrow().id.clone();
+                        let now = self.clock.now_ms();
+                        if let Err(e) = self.store.release(&id, &keys, &self.node, now).await {
+                            tracing::debug!(error = %e, "webhooks: cannot release claims");
+                        }
+                    }
                     return;
                 }
                 Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
@@ -277,6 +299,7 @@ impl Webhooks {
         }
         let record = AttemptRecord {
             delivery: delivery.key,
+            owner: self.node.clone(),
             webhook_id: webhook.id.clone(),
             attempt: Attempt {
                 message_id: delivery.message_id.clone(),

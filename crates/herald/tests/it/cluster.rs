@@ -514,6 +514,14 @@ async fn deny_all_cluster(test: &str, n: usize) -> Cluster {
     Cluster::start_with(test, n, SHARED_REDIS_PORT, extra).await
 }
 
+/// `args` for every node of a cluster.
+fn with_args(args: &[&str]) -> Launch {
+    Launch {
+        args: args.iter().map(|s| s.to_string()).collect(),
+        ..Launch::default()
+    }
+}
+
 impl Cluster {
     /// Runs `herald <args>` as an operator on another machine would: only the Redis
     /// URL (a flag) and the prefix (the environment), with an empty data dir of its
@@ -827,6 +835,288 @@ async fn the_subscription_limit_counts_streams_on_every_node() {
     .await;
 }
 
+// ---------------------------------------------------------------------------------
+// Webhooks in cluster mode (crate::webhook::redis)
+
+/// Cluster nodes that may deliver to the test's receivers, retrying fast.
+const WEBHOOK_ARGS: [&str; 4] = [
+    "--webhook-allow-private",
+    "true",
+    "--webhook-retry-schedule",
+    "0s,200ms,200ms,200ms,200ms,200ms,200ms,200ms",
+];
+
+/// Registers `receiver` for `topic` on `node`; the webhook's ID.
+async fn register_webhook(
+    node: &TestServer,
+    topic: &str,
+    receiver: &crate::webhook_receiver::Receiver,
+) -> String {
+    let resp = node
+        .client
+        .post(node.url("/v1/webhooks"))
+        .body(serde_json::json!({"topic": topic, "url": receiver.url}).to_string())
+        .send()
+        .await
+        .unwrap();
+    let w = expect_json(resp, 201).await;
+    receiver.set_secrets(&[w["secret"].as_str().unwrap()]);
+    w["id"].as_str().unwrap().to_string()
+}
+
+/// How many requests answered 2xx each `webhook-id` got.
+fn successes_per_id(
+    receiver: &crate::webhook_receiver::Receiver,
+) -> std::collections::BTreeMap<String, usize> {
+    let mut out = std::collections::BTreeMap::new();
+    for r in receiver.received() {
+        if (200..300).contains(&r.answered) {
+            *out.entry(r.id).or_default() += 1;
+        }
+    }
+    out
+}
+
+/// A webhook registered on node 1 is listed by node 2, and messages published on any
+/// of three nodes (a scheduled one, a deletion) reach it exactly once: no
+/// `webhook-id` twice, although every node runs a feed and a worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_deliver_each_message_once_cluster_wide() {
+    use crate::webhook_receiver::{Receiver, always_ok};
+    let cluster =
+        Cluster::start_with("whonce", 3, SHARED_REDIS_PORT, with_args(&WEBHOOK_ARGS)).await;
+    let receiver = Receiver::start(always_ok()).await;
+    let id = register_webhook(&cluster.nodes[0], "wh", &receiver).await;
+    let listed = expect_json(cluster.nodes[1].get("/v1/webhooks").await, 200).await;
+    assert!(
+        listed.to_string().contains(&id),
+        "node 2 does not list {id}: {listed}"
+    );
+    // Other nodes pick up the new endpoint within a housekeeping period; until then
+    // their feed still queues for it (the endpoint is in Redis), only their workers
+    // are not running yet.
+    let mut want = std::collections::BTreeSet::new();
+    let scheduled = expect_json(
+        cluster.nodes[2]
+            .client
+            .put(cluster.nodes[2].url("/wh"))
+            .header("X-Delay", "10s")
+            .body("later")
+            .send()
+            .await
+            .unwrap(),
+        200,
+    )
+    .await;
+    want.insert(scheduled["id"].as_str().unwrap().to_string());
+    for i in 0..30 {
+        let m = cluster.nodes[i % 3].publish("wh", &format!("m{i}")).await;
+        want.insert(m["id"].as_str().unwrap().to_string());
+    }
+    let first = cluster.nodes[0].publish("wh", "to delete").await;
+    let first_id = first["id"].as_str().unwrap().to_string();
+    want.insert(first_id.clone());
+    let deleted = cluster.nodes[1]
+        .client
+        .delete(cluster.nodes[1].url(&format!("/wh/{first_id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 200);
+    let delete_event = expect_json(deleted, 200).await;
+    want.insert(delete_event["id"].as_str().unwrap().to_string());
+    receiver.wait_delivered(want.len(), LONG).await;
+    // A moment for any duplicate to show up.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let got = successes_per_id(&receiver);
+    assert_eq!(
+        got.keys()
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>(),
+        want
+    );
+    assert!(
+        got.values().all(|n| *n == 1),
+        "some webhook-id was delivered twice: {got:?}"
+    );
+    assert_eq!(receiver.received().len(), want.len());
+    assert!(receiver.received().iter().all(|r| r.verified));
+    let types: Vec<String> = receiver
+        .received()
+        .iter()
+        .map(|r| r.body["type"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(types.contains(&"message_delete".to_string()), "{types:?}");
+    // The attempts are shared too: node 3 lists node 1's and node 2's.
+    let attempts = expect_json(
+        cluster.nodes[2]
+            .get(&format!("/v1/webhooks/{id}/attempts"))
+            .await,
+        200,
+    )
+    .await;
+    assert!(attempts.to_string().contains(&first_id), "{attempts}");
+    // Replay reads the cluster log: from the deleted message on, it and the delete
+    // event go again (the scheduled message fired after them is in the log too).
+    let before = receiver.received().len();
+    let replay = cluster.nodes[1]
+        .client
+        .post(cluster.nodes[1].url(&format!("/v1/webhooks/{id}/replay")))
+        .body(serde_json::json!({ "since": first_id }).to_string())
+        .send()
+        .await
+        .unwrap();
+    let queued = expect_json(replay, 202).await["queued"].as_u64().unwrap();
+    assert!(queued >= 1, "{queued}");
+    eventually(LONG, "replayed deliveries", || async {
+        (receiver.received().len() >= before + queued as usize).then_some(())
+    })
+    .await;
+}
+
+/// One node (with `--webhook-timeout <timeout>`) holding the claims of 3 messages:
+/// their first attempts hang on a slow, failing endpoint. The cluster, the receiver,
+/// the message IDs and the held requests.
+async fn node_holding_claims(
+    test: &str,
+    timeout: &str,
+) -> (
+    Cluster,
+    crate::webhook_receiver::Receiver,
+    std::collections::BTreeSet<String>,
+    Vec<crate::webhook_receiver::Received>,
+) {
+    use crate::webhook_receiver::{Receiver, always};
+    let mut args = WEBHOOK_ARGS.to_vec();
+    args.extend(["--webhook-timeout", timeout]);
+    let cluster = Cluster::start_with(test, 1, SHARED_REDIS_PORT, with_args(&args)).await;
+    let receiver = Receiver::start(always(503)).await;
+    receiver.set_delay(Duration::from_secs(120));
+    register_webhook(&cluster.nodes[0], test, &receiver).await;
+    let mut want = std::collections::BTreeSet::new();
+    for i in 0..3 {
+        let m = cluster.nodes[0].publish(test, &format!("m{i}")).await;
+        want.insert(m["id"].as_str().unwrap().to_string());
+    }
+    let held = receiver.wait_requests(3, LONG).await;
+    (cluster, receiver, want, held)
+}
+
+/// Webhook takeover: node 1 holds claims (its attempts are in flight to a slow,
+/// failing endpoint) and a burst it may not have fed yet, then is `kill -9`ed. The
+/// two nodes started after it feed the rest and, when node 1's leases end, retry
+/// its deliveries with the same `webhook-id`: every message arrives, each 2xx once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_takeover_after_kill_9() {
+    use crate::webhook_receiver::always_ok;
+    // Leases last the timeout plus 30 s.
+    let (mut cluster, receiver, mut want, held) = node_holding_claims("whtakeover", "3s").await;
+    for i in 0..20 {
+        let m = cluster.nodes[0]
+            .publish("whtakeover", &format!("burst{i}"))
+            .await;
+        want.insert(m["id"].as_str().unwrap().to_string());
+    }
+    cluster.nodes[0].kill9();
+    receiver.set_delay(Duration::ZERO);
+    receiver.answer_with(always_ok());
+    for _ in 0..2 {
+        let node = cluster.launch_node();
+        cluster.nodes.push(node);
+    }
+    for node in &cluster.nodes[1..] {
+        wait_ready(node).await;
+    }
+    // Until node 1's leases end, its deliveries are pending in Redis, and the queue
+    // metrics of the new nodes (which created none of them) count them.
+    eventually(
+        LONG,
+        "node 1's deliveries in node 2's queue depth",
+        || async {
+            let text = cluster.nodes[1].get("/metrics").await.text().await.ok()?;
+            text.lines()
+                .filter_map(|l| l.strip_prefix("herald_webhook_queue_depth "))
+                .any(|v| v.parse::<f64>().is_ok_and(|v| v >= 3.0))
+                .then_some(())
+        },
+    )
+    .await;
+    let after = cluster.nodes[1].publish("whtakeover", "after").await;
+    want.insert(after["id"].as_str().unwrap().to_string());
+    receiver
+        .wait_delivered(want.len(), Duration::from_secs(90))
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let got = successes_per_id(&receiver);
+    assert_eq!(
+        got.keys()
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>(),
+        want
+    );
+    assert!(got.values().all(|n| *n == 1), "{got:?}");
+    // The deliveries node 1 held were retried under their webhook-id.
+    for r in held.iter().take(3) {
+        assert_eq!(got.get(&r.id), Some(&1), "{} not retried", r.id);
+    }
+}
+
+/// An `ordered` endpoint gets one request at a time, in publish order, from three
+/// nodes that all run a worker for it, although every third request fails; the
+/// queue metrics on any node come from Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ordered_webhooks_stay_in_order_across_nodes() {
+    use crate::webhook_receiver::Receiver;
+    let cluster =
+        Cluster::start_with("whordered", 3, SHARED_REDIS_PORT, with_args(&WEBHOOK_ARGS)).await;
+    let receiver = Receiver::start(Arc::new(|n| {
+        if n % 3 == 0 {
+            (503, vec![])
+        } else {
+            (200, vec![])
+        }
+    }))
+    .await;
+    let resp = cluster.nodes[0]
+        .client
+        .post(cluster.nodes[0].url("/v1/webhooks"))
+        .body(serde_json::json!({"topic": "ord", "url": receiver.url, "ordered": true}).to_string())
+        .send()
+        .await
+        .unwrap();
+    let w = expect_json(resp, 201).await;
+    receiver.set_secrets(&[w["secret"].as_str().unwrap()]);
+    // Every node's worker runs before the first message.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut want = Vec::new();
+    for i in 0..12 {
+        let m = cluster.nodes[i % 3].publish("ord", &format!("m{i}")).await;
+        want.push(m["id"].as_str().unwrap().to_string());
+    }
+    receiver.wait_delivered(want.len(), LONG).await;
+    // In order, and nothing overtook a failed attempt: the requests are each message's
+    // failures then its success, message after message.
+    let requests: Vec<String> = receiver.received().into_iter().map(|r| r.id).collect();
+    let mut deduped = requests.clone();
+    deduped.dedup();
+    assert_eq!(deduped, want, "requests: {requests:?}");
+    let delivered: Vec<String> = receiver
+        .received()
+        .into_iter()
+        .filter(|r| r.answered == 200)
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(delivered, want);
+    // Node 3 reports the cluster's queue (it drains to 0 within a metrics period).
+    eventually(LONG, "queue depth 0 on node 3", || async {
+        let text = cluster.nodes[2].get("/metrics").await.text().await.ok()?;
+        text.lines()
+            .any(|l| l == "herald_webhook_queue_depth 0")
+            .then_some(())
+    })
+    .await;
+}
+
 /// The streams of a killed node stop counting within the heartbeat bound, so its
 /// clients are not refused when they reconnect to another node.
 #[tokio::test]
@@ -843,4 +1133,22 @@ async fn a_killed_nodes_streams_stop_counting() {
         (resp.status() == 200).then_some(resp)
     })
     .await;
+}
+
+/// A node stopped gracefully (a rolling update) while its attempts are in flight to
+/// a slow endpoint gives up its claims: another node delivers them at once, not when
+/// the leases (here over 5 minutes) end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_node_hands_its_webhook_claims_over() {
+    use crate::webhook_receiver::always_ok;
+    let (mut cluster, receiver, want, _) = node_holding_claims("whhandover", "300s").await;
+    let node = cluster.launch_node();
+    cluster.nodes.push(node);
+    wait_ready(&cluster.nodes[1]).await;
+    receiver.set_delay(Duration::ZERO);
+    receiver.answer_with(always_ok());
+    let status = cluster.nodes[0].stop();
+    assert!(status.success(), "{status}");
+    receiver.wait_delivered(want.len(), LONG).await;
+    assert_eq!(receiver.delivered_ids(), want);
 }

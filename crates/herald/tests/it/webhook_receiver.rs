@@ -35,6 +35,8 @@ struct Shared {
     received: Mutex<Vec<Received>>,
     answer: Mutex<Answer>,
     count: AtomicUsize,
+    /// How long each answer is held back (a slow endpoint).
+    delay: Mutex<Duration>,
 }
 
 /// A running receiver.
@@ -68,6 +70,7 @@ impl Receiver {
             received: Mutex::new(Vec::new()),
             answer: Mutex::new(answer),
             count: AtomicUsize::new(0),
+            delay: Mutex::new(Duration::ZERO),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -92,6 +95,12 @@ impl Receiver {
     /// Changes how the receiver answers from now on.
     pub fn answer_with(&self, answer: Answer) {
         *self.shared.answer.lock().unwrap() = answer;
+    }
+
+    /// Holds back every answer from now on by `delay` (a slow endpoint); the
+    /// request is recorded when it arrives.
+    pub fn set_delay(&self, delay: Duration) {
+        *self.shared.delay.lock().unwrap() = delay;
     }
 
     /// Every request so far.
@@ -158,6 +167,10 @@ async fn handle(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byt
         verified,
         answered: status,
     });
+    let delay = *shared.delay.lock().unwrap();
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     let mut response = (
         StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         "ok",

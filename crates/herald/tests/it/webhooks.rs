@@ -143,20 +143,23 @@ async fn delivers_signed_standard_webhooks_to_matching_endpoints() {
 
     all.wait_delivered(3, WAIT).await;
     urgent.wait_delivered(2, WAIT).await;
-    let got = all.received();
+    // Without `ordered`, attempts run concurrently: arrival order is not promised.
+    let expected = [
+        m1["id"].as_str().unwrap(),
+        m2["id"].as_str().unwrap(),
+        deleted["id"].as_str().unwrap(),
+    ];
+    let in_publish_order = |mut got: Vec<crate::webhook_receiver::Received>| {
+        got.sort_by_key(|r| expected.iter().position(|e| *e == r.id));
+        got
+    };
+    let got = in_publish_order(all.received());
     assert!(
         got.iter().all(|r| r.verified),
         "signature check failed: {got:?}"
     );
     let ids: Vec<&str> = got.iter().map(|r| r.id.as_str()).collect();
-    assert_eq!(
-        ids,
-        [
-            m1["id"].as_str().unwrap(),
-            m2["id"].as_str().unwrap(),
-            deleted["id"].as_str().unwrap()
-        ]
-    );
+    assert_eq!(ids, expected);
     let first = &got[0];
     assert_eq!(first.body["type"], "message");
     assert_eq!(first.body["data"]["message"], "disk full");
@@ -168,7 +171,7 @@ async fn delivers_signed_standard_webhooks_to_matching_endpoints() {
     assert!(first.signature.starts_with("v1,"));
     assert!(first.timestamp.parse::<i64>().is_ok());
     assert_eq!(got[2].body["type"], "message_delete");
-    let urgent_got = urgent.received();
+    let urgent_got = in_publish_order(urgent.received());
     assert!(urgent_got.iter().all(|r| r.verified));
     assert_eq!(urgent_got[0].body["data"]["message"], "on fire");
     assert_eq!(urgent_got[0].body["data"]["tags"], json!(["fire"]));
