@@ -174,7 +174,12 @@ pub async fn run(
     };
     let accept_loop = tokio::spawn(accept.run(listener));
     // Tests and scripts wait for this exact line to learn the bound port.
-    tracing::info!(store = %config.cache_file.display(), "herald listening on http://{addr}");
+    let store_name = match &config.redis_url {
+        // The URL may carry a password: name only where the cluster lives.
+        Some(_) => format!("redis (prefix {})", config.redis_key_prefix),
+        None => config.cache_file.display().to_string(),
+    };
+    tracing::info!(store = %store_name, "herald listening on http://{addr}");
 
     shutdown.cancelled().await;
     tracing::info!("shutting down: draining connections");
