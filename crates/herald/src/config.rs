@@ -591,13 +591,7 @@ impl RawValues {
                 0 => Err("must be at least 1".into()),
                 n => Ok(n),
             })?,
-            behind_proxy: self.parse("behind-proxy", |s| {
-                match s.to_ascii_lowercase().as_str() {
-                    "true" | "1" | "yes" | "on" => Ok(true),
-                    "false" | "0" | "no" | "off" | "" => Ok(false),
-                    _ => Err("expected true or false".into()),
-                }
-            })?,
+            behind_proxy: self.parse("behind-proxy", boolean)?,
             proxy_forwarded_header: self.parse("proxy-forwarded-header", |s| {
                 axum::http::HeaderName::from_bytes(s.to_ascii_lowercase().as_bytes())
                     .map_err(|_| "expected a header name such as X-Forwarded-For".to_string())
