@@ -13,6 +13,7 @@
 //! - [`auth`]: access control as ntfy has it: users, tokens, ACLs, credentials.
 //! - [`server`]: binds listeners, runs everything, drains on shutdown.
 //! - [`telemetry`]: Prometheus metrics and the access log.
+//! - [`logging`]: the log's stderr writer, which counts failed writes instead of panicking.
 //! - [`otel`]: OpenTelemetry trace export (`otel` cargo feature, `otlp-endpoint`).
 //! - [`webhook`]: outgoing webhooks (Standard Webhooks, at-least-once, SSRF guard).
 //!
@@ -29,6 +30,7 @@ pub mod hub;
 pub mod limits;
 pub mod listener;
 pub mod loadgen;
+pub mod logging;
 pub mod model;
 pub mod otel;
 pub mod server;

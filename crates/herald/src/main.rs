@@ -47,13 +47,15 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("herald: {e:#}");
+            // Not `eprintln!`: it panics (exit 101) when stderr is gone.
+            herald::logging::write_line(&format!("herald: {e:#}"));
             std::process::ExitCode::FAILURE
         }
     }
 }
 
-/// Installs the log (stderr) and, with `otlp-endpoint` (`--features otel` builds),
+/// Installs the log (stderr, through `herald::logging`, so a failing stderr is
+/// counted and never panics) and, with `otlp-endpoint` (`--features otel` builds),
 /// the OpenTelemetry trace export; returns the exporter to flush on exit.
 fn init_logging(config: &Config) -> anyhow::Result<herald::otel::Exporter> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
@@ -69,7 +71,7 @@ fn init_logging(config: &Config) -> anyhow::Result<herald::otel::Exporter> {
         // sees the trace spans; the trace layer has its own filter (herald::otel).
         let filter = filter.and(filter_fn(|meta| meta.target() != herald::otel::TARGET));
         let (otel, exporter) = herald::otel::layer(endpoint, &config.otlp_service_name)?;
-        let log = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+        let log = tracing_subscriber::fmt::layer().with_writer(herald::logging::StderrLog);
         let registry = tracing_subscriber::registry().with(otel);
         match config.log_format {
             LogFormat::Json => registry.with(log.json().with_filter(filter)).init(),
@@ -81,7 +83,7 @@ fn init_logging(config: &Config) -> anyhow::Result<herald::otel::Exporter> {
     }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(herald::logging::StderrLog);
     match config.log_format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),

@@ -363,6 +363,13 @@ impl Collector for CoreCollector {
             )?,
         )?;
 
+        ConstCounter::new(crate::logging::write_errors()).encode(encoder.encode_descriptor(
+            "herald_log_write_errors",
+            "Log lines that could not be written to stderr (dropped; the server carries on).",
+            None,
+            MetricType::Counter,
+        )?)?;
+
         let version = [("version", env!("CARGO_PKG_VERSION"))];
         let mut info = encoder.encode_descriptor(
             "herald_build_info",

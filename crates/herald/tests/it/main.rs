@@ -15,6 +15,7 @@ mod limits;
 mod metrics;
 mod otel;
 mod publish;
+mod resilience;
 mod scheduled;
 mod sequence;
 mod shutdown;
