@@ -93,6 +93,9 @@ api_errors! {
     TOO_MANY_CONNECTIONS = (503, 50302, "service unavailable: too many connections");
     INTERNAL = (500, 50001, "internal server error");
     UNAVAILABLE = (503, 50301, "service unavailable: shutting down or storage unavailable");
+    // ntfy's only 507 is 50701 (UnifiedPush without a subscriber), so a full disk
+    // takes the next code in that pattern rather than reuse one with another meaning.
+    INSUFFICIENT_STORAGE = (507, 50702, "insufficient storage: the server's disk is full, message not stored");
     // Access control (src/auth): ntfy's codes for users, tokens and the ACL.
     NO_TOKEN_PROVIDED = (400, 40023, "invalid request: no token provided");
     PERMISSION_INVALID = (400, 40025, "invalid request: incorrect permission string");
@@ -142,12 +145,19 @@ impl IntoResponse for ApiError {
 
 impl From<crate::store::StoreError> for ApiError {
     fn from(err: crate::store::StoreError) -> Self {
-        tracing::error!(error = %err, "store failure");
+        use crate::store::StoreError;
         match err {
-            crate::store::StoreError::Closed | crate::store::StoreError::Unavailable(_) => {
+            // The store logs when the disk fills and when writes succeed again; a
+            // line per refused publish would only fill the disk (or the log) faster.
+            StoreError::Full(_) => ApiError::INSUFFICIENT_STORAGE,
+            StoreError::Closed | StoreError::Unavailable(_) => {
+                tracing::error!(error = %err, "store failure");
                 ApiError::UNAVAILABLE
             }
-            _ => ApiError::INTERNAL,
+            StoreError::Backend(_) | StoreError::Corrupt(_) => {
+                tracing::error!(error = %err, "store failure");
+                ApiError::INTERNAL
+            }
         }
     }
 }
@@ -165,5 +175,16 @@ mod tests {
         let e = ApiError::ACTIONS_INVALID.with_detail("too many");
         assert!(e.to_json_line().contains("actions invalid; too many"));
         assert!(e.to_json_line().contains("\"link\":"));
+    }
+
+    #[test]
+    fn storage_failures_are_not_internal_errors() {
+        use crate::store::StoreError;
+        let full = ApiError::from(StoreError::Full("disk full".into()));
+        assert_eq!((full.http, full.code), (507, 50702));
+        let down = ApiError::from(StoreError::Unavailable("I/O error".into()));
+        assert_eq!((down.http, down.code), (503, 50301));
+        let bug = ApiError::from(StoreError::Backend("constraint".into()));
+        assert_eq!((bug.http, bug.code), (500, 50001));
     }
 }

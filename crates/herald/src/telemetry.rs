@@ -370,6 +370,15 @@ impl Collector for CoreCollector {
             MetricType::Counter,
         )?)?;
 
+        ConstGauge::new(i64::from(self.herald.store.writes_failing())).encode(
+            encoder.encode_descriptor(
+                "herald_store_writes_failing",
+                "1 while the store's last commit failed and none has succeeded since (readiness fails), else 0.",
+                None,
+                MetricType::Gauge,
+            )?,
+        )?;
+
         let version = [("version", env!("CARGO_PKG_VERSION"))];
         let mut info = encoder.encode_descriptor(
             "herald_build_info",

@@ -15,9 +15,19 @@ pub fn health(_state: &AppState) -> Response {
     json_response(StatusCode::OK, br#"{"healthy":true}"#.to_vec())
 }
 
-/// `GET /healthz`: liveness. Answering at all shows the process and runtime work.
-pub fn healthz() -> Response {
-    json_response(StatusCode::OK, br#"{"status":"ok"}"#.to_vec())
+/// `GET /healthz`: liveness. Answering at all shows the process and runtime work;
+/// it fails (`503`) only when the server cannot serve again without a restart (the
+/// store's writer is gone). Passing trouble (a full disk, Redis down, draining) is
+/// readiness's business, so a restart loop never makes it worse.
+pub fn healthz(state: &AppState) -> Response {
+    if state.herald.store.is_alive() {
+        json_response(StatusCode::OK, br#"{"status":"ok"}"#.to_vec())
+    } else {
+        json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            br#"{"status":"unavailable","checks":{"store":"fail"}}"#.to_vec(),
+        )
+    }
 }
 
 /// `GET /readyz`: readiness. The store must accept writes, the broker must be

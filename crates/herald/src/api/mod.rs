@@ -159,7 +159,7 @@ async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
     let result = match (&method, segments.as_slice()) {
         (&Method::OPTIONS, _) => Ok(info::options()),
         (&Method::GET, ["v1", "health"]) => Ok(info::health(&state)),
-        (&Method::GET, ["healthz"]) => Ok(info::healthz()),
+        (&Method::GET, ["healthz"]) => Ok(info::healthz(&state)),
         (&Method::GET, ["readyz"]) => Ok(info::readyz(&state).await),
         (&Method::GET, ["v1", "stats"]) => info::stats(&state).await,
         (&Method::GET, ["v1", "config"]) => Ok(info::config(&state)),

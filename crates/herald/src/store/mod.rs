@@ -61,10 +61,15 @@ pub enum StoreError {
     /// The store is shutting down or its writer has stopped.
     #[error("store is closed")]
     Closed,
-    /// A shared backend (Redis) is unreachable right now; nothing was committed that
-    /// the caller can rely on, and the caller may retry later.
+    /// The backend cannot write right now (Redis unreachable; SQLite could not
+    /// commit: an I/O error, a lock held elsewhere); nothing was committed that the
+    /// caller can rely on, and the caller may retry later.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The disk holding the store is full; nothing was committed. Writes succeed
+    /// again by themselves once space is freed.
+    #[error("store disk full: {0}")]
+    Full(String),
 }
 
 /// Counters for `/v1/stats` and metrics.
@@ -134,8 +139,23 @@ pub trait Store: Send + Sync + 'static {
     /// Current counts.
     async fn stats(&self) -> Result<StoreStats, StoreError>;
 
-    /// Checks that the store can still commit (readiness probe).
+    /// Checks that the store can commit now (readiness probe). Fails while
+    /// [`Self::writes_failing`]; a store whose writes are failing tries a real write
+    /// here, so readiness comes back without waiting for traffic.
     async fn check_writable(&self) -> Result<(), StoreError>;
+
+    /// Whether the last commit failed and none has succeeded since (a full disk, an
+    /// I/O error). Cheap (an atomic load): read by metrics.
+    fn writes_failing(&self) -> bool {
+        false
+    }
+
+    /// Whether the store can still serve at all (liveness, `/healthz`): `false` once
+    /// its writer is gone for good, which only a restart repairs. Cheap, no I/O. A
+    /// backend that is down but may come back (Redis) is still alive.
+    fn is_alive(&self) -> bool {
+        true
+    }
 
     /// Commits whatever is pending and stops accepting writes.
     async fn close(&self);

@@ -24,6 +24,12 @@
 //!   (the sub-journal), a tenth of a publish's instructions under callgrind.
 //! - A large expiry prune deletes in chunks, one chunk per batch, so it never holds
 //!   the writer (and the publishes queued behind it) for long.
+//! - A failed batch does not stop the writer: it rolls back, answers its operations
+//!   with [`StoreError::Full`] (disk full) or [`StoreError::Unavailable`], and marks
+//!   writes as failing until a later commit succeeds ([`Store::writes_failing`],
+//!   readiness). Meanwhile every batch also rewrites a header field, because on a
+//!   full disk an empty commit (the readiness ping) would still succeed; so the
+//!   probe itself finds out when space is back.
 //!
 //! Reads (`query`, `next_due`, `stats`) use a small pool of read-only connections on
 //! the blocking thread pool. WAL lets them read the last committed state while the
@@ -36,7 +42,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -177,7 +183,30 @@ pub struct SqliteStore {
     readers: Arc<ReadPool>,
     /// Successful commits by the writer; fewer than write operations under load.
     commits: Arc<AtomicU64>,
+    health: Arc<WriterHealth>,
     path: PathBuf,
+}
+
+/// Whether writes work, as the writer thread last saw it: read by the probes and
+/// metrics without asking the writer (an atomic load on their side, a store per
+/// batch on the writer's).
+#[derive(Debug)]
+struct WriterHealth {
+    /// Set when a batch fails as a whole (disk full, I/O error, lock timeout),
+    /// cleared when a later one commits. While set, every batch also rewrites a
+    /// header field, so that its commit proves a page can be written again.
+    failing: AtomicBool,
+    /// Cleared when the writer thread ends, however it ends.
+    alive: AtomicBool,
+}
+
+/// Clears [`WriterHealth::alive`] when the writer thread ends, panic included.
+struct AliveGuard(Arc<WriterHealth>);
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.0.alive.store(false, Ordering::Relaxed);
+    }
 }
 
 impl fmt::Debug for SqliteStore {
@@ -223,11 +252,25 @@ impl SqliteStore {
         let max_batch = options.max_batch.max(1);
         let (tx, rx) = mpsc::channel(max_batch.saturating_mul(QUEUE_BATCHES));
         let commits = Arc::new(AtomicU64::new(0));
+        let health = Arc::new(WriterHealth {
+            failing: AtomicBool::new(false),
+            alive: AtomicBool::new(true),
+        });
         let thread = std::thread::Builder::new()
             .name("herald-store-writer".into())
             .spawn({
                 let commits = Arc::clone(&commits);
-                move || writer_loop(conn, rx, max_batch, &commits, observer.as_deref())
+                let health = Arc::clone(&health);
+                move || {
+                    let _alive = AliveGuard(Arc::clone(&health));
+                    let writer = Writer {
+                        conn,
+                        commits: &commits,
+                        observer: observer.as_deref(),
+                        health: &health,
+                    };
+                    writer.run(rx, max_batch);
+                }
             })
             .map_err(|e| StoreError::Backend(format!("starting the store writer: {e}")))?;
 
@@ -245,6 +288,7 @@ impl SqliteStore {
             checkpointer: Mutex::new(Some((stop_checkpoints, checkpointer))),
             readers: Arc::new(ReadPool::new(readers)),
             commits,
+            health,
             path: path.to_path_buf(),
         })
     }
@@ -375,8 +419,18 @@ impl Store for SqliteStore {
 
     async fn check_writable(&self) -> Result<(), StoreError> {
         // An empty transaction still takes the write lock, so this proves the writer
-        // thread is alive and the database is lockable, without writing anything.
+        // thread is alive and the database is lockable. While writes are failing the
+        // writer also writes a page in it (`Writer::run_batch`): an empty commit
+        // succeeds on a full disk.
         self.submit(|reply| Op::Ping { reply }).await
+    }
+
+    fn writes_failing(&self) -> bool {
+        self.health.failing.load(Ordering::Relaxed)
+    }
+
+    fn is_alive(&self) -> bool {
+        self.health.alive.load(Ordering::Relaxed)
     }
 
     async fn close(&self) {
@@ -405,7 +459,16 @@ impl Store for SqliteStore {
 // Connections and schema
 
 fn backend(e: rusqlite::Error) -> StoreError {
-    StoreError::Backend(e.to_string())
+    if is_disk_full(&e) {
+        StoreError::Full(e.to_string())
+    } else {
+        StoreError::Backend(e.to_string())
+    }
+}
+
+/// `SQLITE_FULL`: a write found no space (`ENOSPC`), or the file hit its size limit.
+fn is_disk_full(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DiskFull)
 }
 
 /// Locks `m`, recovering from poisoning: the guarded values (a sender, a handle, a
@@ -458,12 +521,24 @@ fn open_checkpointer(path: &Path) -> Result<Connection, StoreError> {
 
 /// Runs passive checkpoints (which never block the writer or readers) until the
 /// store closes (the sender of `stop` is dropped).
+/// A failing checkpoint (a full disk) is logged when it starts and stops failing,
+/// not twice a second; it is retried every interval and needs no repair.
 fn checkpointer_loop(conn: Connection, stop: std::sync::mpsc::Receiver<()>) {
+    let mut failing = false;
     while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
         stop.recv_timeout(CHECKPOINT_INTERVAL)
     {
-        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            tracing::warn!(error = %e, "store checkpoint failed");
+        match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(error = %e, "store checkpoints failing; retrying");
+            }
+            Err(e) => tracing::debug!(error = %e, "store checkpoint failed"),
+            Ok(()) if failing => {
+                failing = false;
+                tracing::info!("store checkpoints succeed again");
+            }
+            Ok(()) => {}
         }
     }
 }
@@ -708,8 +783,8 @@ enum Op {
 
 impl Op {
     /// Answers the operation with a failure of its whole batch.
-    fn fail(self, error: &str) {
-        self.unapplied().fail(error);
+    fn fail(self, failure: &BatchFailure) {
+        self.unapplied().fail(failure);
     }
 
     /// The operation as if it had run without effect, to be answered with the
@@ -789,20 +864,54 @@ impl Done {
     /// After a failed commit (or when the batch could not run): the operation's
     /// effects are gone, so it failed. A send fails only if the caller stopped
     /// waiting; nothing to do then.
-    fn fail(self, error: &str) {
+    fn fail(self, failure: &BatchFailure) {
         match self {
-            Done::Unit(reply, _) => drop(reply.send(Err(batch_error(error)))),
+            Done::Unit(reply, _) => drop(reply.send(Err(failure.error()))),
             Done::Count(reply, _) | Done::MorePrune { reply, .. } => {
-                drop(reply.send(Err(batch_error(error))))
+                drop(reply.send(Err(failure.error())))
             }
-            Done::Messages(reply, _) => drop(reply.send(Err(batch_error(error)))),
+            Done::Messages(reply, _) => drop(reply.send(Err(failure.error()))),
         }
+    }
+
+    /// Whether the operation failed because the disk is full.
+    fn failed_disk_full(&self) -> bool {
+        let error = match self {
+            Done::Unit(_, r) => r.as_ref().err(),
+            Done::Count(_, r) => r.as_ref().err(),
+            Done::Messages(_, r) => r.as_ref().err(),
+            Done::MorePrune { .. } => None,
+        };
+        matches!(error, Some(StoreError::Full(_)))
     }
 }
 
-/// The error every operation of a failed batch gets.
-fn batch_error(error: &str) -> StoreError {
-    StoreError::Backend(error.to_string())
+/// Why a whole batch failed: nothing of it was committed.
+#[derive(Debug, Clone)]
+struct BatchFailure {
+    /// SQLite found no space to write (`507` to publishers); otherwise the storage
+    /// failed in another way (`503`). Either way the caller may retry later.
+    disk_full: bool,
+    text: String,
+}
+
+impl BatchFailure {
+    fn new(disk_full: bool, text: String) -> Self {
+        BatchFailure { disk_full, text }
+    }
+
+    fn from_sqlite(context: &str, e: &rusqlite::Error) -> Self {
+        BatchFailure::new(is_disk_full(e), format!("{context}: {e}"))
+    }
+
+    /// The error every operation of the batch gets.
+    fn error(&self) -> StoreError {
+        if self.disk_full {
+            StoreError::Full(self.text.clone())
+        } else {
+            StoreError::Unavailable(self.text.clone())
+        }
+    }
 }
 
 fn insert(conn: &Connection, row: &NewRow) -> Result<(), StoreError> {
@@ -865,104 +974,147 @@ fn prune_chunk(conn: &Connection, now: i64) -> Result<u64, StoreError> {
     Ok(n as u64)
 }
 
-/// The writer thread: batches queued operations into transactions until every
-/// sender is gone and the queue is empty.
-fn writer_loop(
+/// The writer thread's state: the only read-write connection and what it reports.
+struct Writer<'a> {
     conn: Connection,
-    mut queue: mpsc::Receiver<Op>,
-    max_batch: usize,
-    commits: &AtomicU64,
-    observer: Option<&dyn CommitObserver>,
-) {
-    let mut carry: Vec<Op> = Vec::new();
-    loop {
-        let mut batch = std::mem::take(&mut carry);
-        if batch.is_empty() {
-            match queue.blocking_recv() {
-                Some(op) => batch.push(op),
-                None => break,
-            }
-            // The first operation wakes this thread at once, usually before the
-            // publishers that are about to send theirs have run (on one core, always).
-            // Giving up the CPU once lets them queue theirs, so they share this
-            // commit instead of each paying for its own: group commit that adapts to
-            // load, costing a yield (not a timed wait) when there is none.
-            std::thread::yield_now();
-        }
-        while batch.len() < max_batch {
-            match queue.try_recv() {
-                Ok(op) => batch.push(op),
-                Err(_) => break,
-            }
-        }
-        carry = run_batch(&conn, batch, commits, observer);
-    }
-    tracing::debug!("store writer stopped");
+    commits: &'a AtomicU64,
+    observer: Option<&'a dyn CommitObserver>,
+    health: &'a WriterHealth,
 }
 
-/// Runs `batch` in one transaction and answers every operation after the commit.
-/// Returns the operations that continue in the next batch (chunked prunes).
-fn run_batch(
-    conn: &Connection,
-    batch: Vec<Op>,
-    commits: &AtomicU64,
-    observer: Option<&dyn CommitObserver>,
-) -> Vec<Op> {
-    let size = batch.len();
-    let started = Instant::now();
-    if let Err(e) = exec_cached(conn, "BEGIN IMMEDIATE") {
-        let error = format!("starting a transaction: {e}");
-        tracing::error!(%error, size, "store batch failed");
-        batch.into_iter().for_each(|op| op.fail(&error));
-        return Vec::new();
+impl Writer<'_> {
+    /// Batches queued operations into transactions until every sender is gone and
+    /// the queue is empty.
+    fn run(&self, mut queue: mpsc::Receiver<Op>, max_batch: usize) {
+        let mut carry: Vec<Op> = Vec::new();
+        loop {
+            let mut batch = std::mem::take(&mut carry);
+            if batch.is_empty() {
+                match queue.blocking_recv() {
+                    Some(op) => batch.push(op),
+                    None => break,
+                }
+                // The first operation wakes this thread at once, usually before the
+                // publishers that are about to send theirs have run (on one core,
+                // always). Giving up the CPU once lets them queue theirs, so they share
+                // this commit instead of each paying for its own: group commit that
+                // adapts to load, costing a yield (not a timed wait) when there is none.
+                std::thread::yield_now();
+            }
+            while batch.len() < max_batch {
+                match queue.try_recv() {
+                    Ok(op) => batch.push(op),
+                    Err(_) => break,
+                }
+            }
+            // A panic in one batch (a bug, not I/O: I/O errors are results) must not
+            // end the thread, or every later write would fail until a restart. The
+            // batch's callers see their replies dropped (`Closed`, `503`).
+            let ran =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_batch(batch)));
+            carry = ran.unwrap_or_else(|_| {
+                rollback(&self.conn);
+                self.failed(&BatchFailure::new(false, "store batch panicked".into()), 0);
+                Vec::new()
+            });
+        }
+        tracing::debug!("store writer stopped");
     }
 
-    let mut done = Vec::with_capacity(size);
-    let mut ops = batch.into_iter();
-    while let Some(op) = ops.next() {
-        match apply_in_batch(conn, op) {
-            Ok(d) => done.push(d),
-            Err((d, error)) => {
-                // The transaction itself is broken: nothing of this batch may commit.
-                tracing::error!(%error, size, "store batch aborted");
-                rollback(conn);
-                d.fail(&error);
-                done.into_iter().for_each(|d| d.fail(&error));
-                ops.for_each(|op| op.fail(&error));
-                return Vec::new();
-            }
+    /// Runs `batch` in one transaction and answers every operation after the commit.
+    /// Returns the operations that continue in the next batch (chunked prunes).
+    fn run_batch(&self, batch: Vec<Op>) -> Vec<Op> {
+        let conn = &self.conn;
+        let size = batch.len();
+        let started = Instant::now();
+        if let Err(e) = exec_cached(conn, "BEGIN IMMEDIATE") {
+            let failure = BatchFailure::from_sqlite("starting a transaction", &e);
+            self.failed(&failure, size);
+            batch.into_iter().for_each(|op| op.fail(&failure));
+            return Vec::new();
         }
-    }
-
-    match exec_cached(conn, "COMMIT") {
-        Ok(()) => {
-            commits.fetch_add(1, Ordering::Relaxed);
-            if let Some(observer) = observer {
-                observer.committed(size, started.elapsed());
-            }
-            tracing::trace!(size, "store batch committed");
-            done.into_iter().filter_map(Done::finish).collect()
-        }
-        Err(e) => {
-            let error = format!("commit failed: {e}");
-            tracing::error!(%error, size, "store batch failed");
+        if self.health.failing.load(Ordering::Relaxed)
+            && let Err(e) = exec_cached(conn, PROBE_WRITE)
+        {
+            let failure = BatchFailure::from_sqlite("writing to the store", &e);
             rollback(conn);
-            done.into_iter().for_each(|d| d.fail(&error));
-            Vec::new()
+            self.failed(&failure, size);
+            batch.into_iter().for_each(|op| op.fail(&failure));
+            return Vec::new();
+        }
+
+        let mut done = Vec::with_capacity(size);
+        let mut ops = batch.into_iter();
+        while let Some(op) = ops.next() {
+            match apply_in_batch(conn, op) {
+                Ok(d) => done.push(d),
+                Err(d) => {
+                    // The transaction itself is broken: nothing of this batch may commit.
+                    let failure = BatchFailure::new(
+                        d.failed_disk_full(),
+                        "the transaction was rolled back by SQLite".into(),
+                    );
+                    rollback(conn);
+                    self.failed(&failure, size);
+                    d.fail(&failure);
+                    done.into_iter().for_each(|d| d.fail(&failure));
+                    ops.for_each(|op| op.fail(&failure));
+                    return Vec::new();
+                }
+            }
+        }
+
+        match exec_cached(conn, "COMMIT") {
+            Ok(()) => {
+                self.commits.fetch_add(1, Ordering::Relaxed);
+                if let Some(observer) = self.observer {
+                    observer.committed(size, started.elapsed());
+                }
+                if self.health.failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!("store writes succeed again");
+                }
+                tracing::trace!(size, "store batch committed");
+                done.into_iter().filter_map(Done::finish).collect()
+            }
+            Err(e) => {
+                let failure = BatchFailure::from_sqlite("commit failed", &e);
+                rollback(conn);
+                self.failed(&failure, size);
+                done.into_iter().for_each(|d| d.fail(&failure));
+                Vec::new()
+            }
+        }
+    }
+
+    /// Marks writes as failing. Logged when they start failing: under load every
+    /// batch fails, and a line per batch would flood the log (or fill the same disk).
+    fn failed(&self, failure: &BatchFailure, size: usize) {
+        let error = &failure.text;
+        if self.health.failing.swap(true, Ordering::Relaxed) {
+            tracing::debug!(%error, size, "store batch failed");
+        } else if failure.disk_full {
+            tracing::error!(%error, size, "store disk full: publishes are refused (507) until space is freed");
+        } else {
+            tracing::error!(%error, size, "store writes failing: publishes are refused (503) until a commit succeeds");
         }
     }
 }
+
+/// The write a batch makes while writes are failing, to prove that pages can be
+/// written again: rewriting the schema version (unchanged) dirties the database
+/// header page, which the commit must then write out (to the WAL).
+const PROBE_WRITE: &str = "PRAGMA user_version = 1";
 
 /// Applies one operation within the batch's transaction. An operation that fails
 /// alone was undone by SQLite alone (`Ok` carrying its error: each operation writes
 /// with one statement, and a failed statement is rolled back by itself); `Err` means
 /// SQLite abandoned the enclosing transaction.
-fn apply_in_batch(conn: &Connection, op: Op) -> Result<Done, (Done, String)> {
+fn apply_in_batch(conn: &Connection, op: Op) -> Result<Done, Done> {
     let done = op.apply(conn);
     // Some errors (I/O, disk full) make SQLite roll back the whole transaction; later
     // statements would then run in autocommit mode, outside the batch.
     if conn.is_autocommit() {
-        return Err((done, "the transaction was rolled back by SQLite".into()));
+        return Err(done);
     }
     Ok(done)
 }
@@ -1295,10 +1447,18 @@ mod tests {
             store.check_writable()
         );
         for result in [a.map(|_| ()), b.map(|_| ()), ping] {
-            assert!(matches!(result, Err(StoreError::Backend(_))), "{result:?}");
+            assert!(
+                matches!(result, Err(StoreError::Unavailable(_))),
+                "{result:?}"
+            );
         }
+        assert!(store.writes_failing());
         other.execute_batch("ROLLBACK").unwrap();
         store.check_writable().await.unwrap();
+        assert!(
+            !store.writes_failing(),
+            "a probe that commits clears the state"
+        );
         let kept = msg("t", now);
         store.append(kept.clone()).await.unwrap();
         let all = store.query(q(&["t"], Since::All, false)).await.unwrap();
@@ -1338,7 +1498,9 @@ mod tests {
         let store = open(&dir);
         store.check_writable().await.unwrap();
         store.append(msg("t", now_unix())).await.unwrap();
+        assert!(store.is_alive());
         store.close().await;
+        assert!(!store.is_alive(), "no writer after close");
         store.close().await; // idempotent
         assert!(matches!(
             store.append(msg("t", now_unix())).await,
@@ -1381,6 +1543,14 @@ mod tests {
             store.append(msg("t", now_unix())).await.unwrap();
             store.close().await;
         }
+    }
+
+    #[test]
+    fn the_probe_write_keeps_the_schema_version() {
+        assert_eq!(
+            PROBE_WRITE,
+            format!("PRAGMA user_version = {SCHEMA_VERSION}")
+        );
     }
 
     #[test]

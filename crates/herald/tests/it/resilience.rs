@@ -1,13 +1,19 @@
 //! Resilience to a failing environment (issue #11, finding 2): a log destination
-//! that cannot be written (a dead log shipper's pipe, a full disk) must not take the
-//! server down or leave the probes lying.
+//! that cannot be written (a dead log shipper's pipe, a full disk) and a full disk
+//! under the store must not take the server down, lose an acknowledged publish or
+//! leave the probes lying.
+//!
+//! The full-disk test mounts a small tmpfs (the suite runs as root). Where `mount`
+//! is not permitted it fails with a message saying so, rather than skip silently.
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::fixture::{expect_json, herald_command};
+use serde_json::Value;
+
+use crate::fixture::{TestServer, eventually, expect_error, expect_json, herald_command};
 
 /// How long a server may take to start answering, or to stop.
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -171,4 +177,129 @@ async fn a_log_unwritable_from_the_start_does_not_stop_the_server() {
         eprintln!("stderr is {what}");
         serves_despite_the_log(&mut child, &base).await;
     }
+}
+
+/// A tmpfs of `size` mounted on a temporary directory, unmounted on drop (declare
+/// it before the server, so the server is stopped first).
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Tmpfs {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "this test needs to mount a tmpfs (run as root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Fills the file system with one file; returns its path.
+    fn fill(&self) -> PathBuf {
+        let path = self.path().join("filler");
+        let mut file = std::fs::File::create(&path).expect("create filler");
+        let chunk = vec![0u8; 4096];
+        while file.write_all(&chunk).is_ok() {}
+        // The last partial page too, so not one byte is left.
+        while file.write_all(&chunk[..64]).is_ok() {}
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let unmounted = Command::new("umount")
+            .arg(self.dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !unmounted {
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(self.dir.path())
+                .status();
+        }
+    }
+}
+
+async fn readyz(s: &TestServer) -> (u16, Value) {
+    let resp = s.get("/readyz").await;
+    let status = resp.status().as_u16();
+    (status, resp.json().await.expect("readyz JSON"))
+}
+
+#[tokio::test]
+async fn a_full_disk_refuses_publishes_with_507_and_recovers_without_restart() {
+    let disk = Tmpfs::mount("8m");
+    let cache = disk.path().join("cache.db");
+    let mut s = TestServer::start(&["--cache-file", cache.to_str().unwrap()]);
+    let body = "x".repeat(2000);
+    let mut acked = Vec::new();
+    for _ in 0..3 {
+        acked.push(s.publish("full", &body).await["id"].clone());
+    }
+
+    let filler = disk.fill();
+    // Space the WAL already holds may take a few more; then every publish is refused
+    // with 507, never acknowledged.
+    let mut refused = None;
+    for _ in 0..5_000 {
+        let resp = s
+            .client
+            .put(s.url("/full"))
+            .body(body.clone())
+            .send()
+            .await
+            .expect("publish answered");
+        if resp.status() == 200 {
+            acked.push(resp.json::<Value>().await.unwrap()["id"].clone());
+        } else {
+            refused = Some(resp);
+            break;
+        }
+    }
+    let refused = refused.expect("publishes kept succeeding on a full disk");
+    expect_error(refused, 507, 50702).await;
+    let again = s.client.put(s.url("/full")).body("small").send().await;
+    expect_error(again.expect("publish answered"), 507, 50702).await;
+
+    let (status, ready) = readyz(&s).await;
+    assert_eq!(status, 503, "/readyz on a full disk: {ready}");
+    assert_eq!(ready["checks"]["store"], "fail", "{ready}");
+    assert_eq!(s.get("/healthz").await.status(), 200, "still alive");
+    let m = metrics(s.base()).await;
+    assert_eq!(sample(&m, "herald_store_writes_failing"), 1.0);
+
+    // Space returns: readiness comes back by itself (no publish needed), then
+    // publishes succeed, all without a restart.
+    std::fs::remove_file(filler).expect("remove filler");
+    eventually(DEADLINE, "/readyz back to 200", || async {
+        (readyz(&s).await.0 == 200).then_some(())
+    })
+    .await;
+    acked.push(s.publish("full", "after").await["id"].clone());
+    let m = metrics(s.base()).await;
+    assert_eq!(sample(&m, "herald_store_writes_failing"), 0.0);
+
+    // SIGTERM exits 0 (restart asserts it), and nothing acknowledged was lost.
+    s.restart();
+    let stored: Vec<Value> = s
+        .poll("full", "since=all")
+        .await
+        .iter()
+        .map(|m| m["id"].clone())
+        .collect();
+    assert_eq!(stored, acked, "exactly the acknowledged messages, in order");
+    drop(s);
+    drop(disk);
 }
