@@ -100,7 +100,7 @@ async fn read_json<T: for<'de> Deserialize<'de> + Default>(
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             return Err(ApiError::JSON_TOO_LARGE);
         }
-        Err(_) => return Err(ApiError::BAD_REQUEST),
+        Err(e) => return Err(ApiError::body_read_error(&*e, ApiError::BAD_REQUEST)),
     };
     if bytes.iter().all(u8::is_ascii_whitespace) && allow_empty {
         return Ok(T::default());

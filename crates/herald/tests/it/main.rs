@@ -11,6 +11,7 @@ mod cluster;
 mod durability;
 mod files;
 mod fixture;
+mod hardening;
 mod info;
 mod limits;
 mod metrics;
