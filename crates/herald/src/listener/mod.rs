@@ -526,6 +526,10 @@ fn websocket_accept(headers: &HeaderMap) -> Option<String> {
         return None;
     }
     let key = headers.get("sec-websocket-key")?;
+    // A malformed key is refused by the API (`400`), with the same answer as there.
+    if !wsframe::websocket_key_is_valid(key.as_bytes()) {
+        return None;
+    }
     Some(tungstenite::handshake::derive_accept_key(key.as_bytes()))
 }
 
@@ -561,6 +565,8 @@ mod tests {
             websocket_accept(&h).as_deref(),
             Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
         );
+        h.insert("sec-websocket-key", HeaderValue::from_static("short"));
+        assert_eq!(websocket_accept(&h), None);
         h.remove("upgrade");
         assert_eq!(websocket_accept(&h), None);
     }

@@ -1,11 +1,14 @@
-//! Hardening against misbehaving clients over raw sockets (issue #11, finding 5):
-//! request bodies that never arrive, request heads with bare-LF line endings.
+//! Hardening against misbehaving clients over raw sockets (issue #11, findings 5
+//! and 6): request bodies that never arrive, request heads with bare-LF line
+//! endings, and WebSocket peers that break RFC 6455.
 
+use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
-use crate::fixture::TestServer;
+use crate::fixture::{EVENT_TIMEOUT, TestServer, herald_command};
 use crate::limits::{connect, read_to_close};
 
 /// Writes `request` on a new connection; returns what the server sent
@@ -87,4 +90,165 @@ async fn request_heads_with_bare_lf_line_endings_are_served() {
         .unwrap();
     let seen = crate::limits::read_until(&mut stream, "\"message\":\"hello\"").await;
     assert!(seen.starts_with("HTTP/1.1 200 "), "{seen}");
+}
+
+// --- WebSocket (RFC 6455) ---
+
+/// Opens a WebSocket subscription on a raw socket and reads past the `open` event.
+async fn ws_connect(s: &TestServer, path: &str, authorization: Option<&str>) -> TcpStream {
+    let mut stream = connect(s).await;
+    let auth = authorization.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
+    let head = format!(
+        "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{auth}\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let mut byte = [0u8; 1];
+    while !answer.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(EVENT_TIMEOUT, stream.read(&mut byte))
+            .await
+            .expect("handshake answer in time")
+            .unwrap();
+        assert_eq!(n, 1, "closed during the handshake: {answer:?}");
+        answer.push(byte[0]);
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 101 "), "{answer}");
+    let (opcode, payload) = read_frame(&mut stream).await.expect("open event");
+    assert_eq!(opcode, 0x1);
+    assert!(String::from_utf8_lossy(&payload).contains("\"event\":\"open\""));
+    stream
+}
+
+/// One server frame (opcode, payload), or `None` if the connection closed or
+/// nothing came in time.
+async fn read_frame(stream: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        let mut h = [0u8; 2];
+        stream.read_exact(&mut h).await.ok()?;
+        let len = match h[1] & 0x7f {
+            126 => {
+                let mut b = [0u8; 2];
+                stream.read_exact(&mut b).await.ok()?;
+                u16::from_be_bytes(b) as usize
+            }
+            127 => {
+                let mut b = [0u8; 8];
+                stream.read_exact(&mut b).await.ok()?;
+                u64::from_be_bytes(b) as usize
+            }
+            n => n as usize,
+        };
+        let mut payload = vec![0u8; len];
+        stream.read_exact(&mut payload).await.ok()?;
+        Some((h[0] & 0x0f, payload))
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+/// A masked client frame.
+fn client_frame(first_byte: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [7u8, 1, 2, 9];
+    let mut f = vec![first_byte, 0x80 | payload.len() as u8];
+    f.extend_from_slice(&mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
+
+/// The close code of the server's close frame after the client sent `frame`.
+async fn close_code_after(mut stream: TcpStream, frame: &[u8]) -> Option<u16> {
+    stream.write_all(frame).await.unwrap();
+    loop {
+        let (opcode, payload) = read_frame(&mut stream).await?;
+        if opcode == 0x8 {
+            return Some(u16::from_be_bytes([*payload.first()?, *payload.get(1)?]));
+        }
+    }
+}
+
+/// Broken frames and what RFC 6455 asks the server to close with.
+fn broken_frames() -> Vec<(&'static str, Vec<u8>, u16)> {
+    vec![
+        (
+            "continuation without a start",
+            client_frame(0x80, b"x"),
+            1002,
+        ),
+        (
+            "text that is not UTF-8",
+            client_frame(0x81, &[b'a', 0xff, 0xfe]),
+            1007,
+        ),
+        (
+            "close code 999",
+            client_frame(0x88, &999u16.to_be_bytes()),
+            1002,
+        ),
+        (
+            "close code 1005",
+            client_frame(0x88, &1005u16.to_be_bytes()),
+            1002,
+        ),
+        ("1-byte close payload", client_frame(0x88, &[3]), 1002),
+        (
+            "a valid close is echoed",
+            client_frame(0x88, &1000u16.to_be_bytes()),
+            1000,
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn websocket_protocol_errors_get_rfc6455_close_codes() {
+    let s = TestServer::start(&[]);
+    for (case, frame, want) in broken_frames() {
+        let stream = ws_connect(&s, "/wsbad/ws", None).await;
+        assert_eq!(close_code_after(stream, &frame).await, Some(want), "{case}");
+    }
+}
+
+/// The same over the API's WebSocket (axum): a password not verified yet sends the
+/// subscription there, so each case logs in as a new user.
+#[tokio::test]
+async fn websocket_protocol_errors_get_rfc6455_close_codes_from_the_api_too() {
+    use base64::Engine as _;
+    let s = TestServer::start(&["--auth-default-access", "read-write"]);
+    for (i, (case, frame, want)) in broken_frames().into_iter().enumerate() {
+        let user = format!("u{i}");
+        let out = herald_command()
+            .args(["user", "add", &user, "--data-dir"])
+            .arg(s.data_path())
+            .env("HERALD_PASSWORD", "secret")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!("{user}:secret"));
+        let stream = ws_connect(&s, "/wsbad/ws", Some(&format!("Basic {basic}"))).await;
+        assert_eq!(close_code_after(stream, &frame).await, Some(want), "{case}");
+    }
+}
+
+#[tokio::test]
+async fn a_malformed_websocket_key_is_answered_400() {
+    let s = TestServer::start(&[]);
+    for key in ["not-base64!", "c2hvcnQ=", "dGhlIHNhbXBsZSBub25jZSE="] {
+        let head = format!(
+            "GET /wskey/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\nConnection: close\r\n\r\n"
+        );
+        let (answer, _) = exchange(&s, head.as_bytes(), EVENT_TIMEOUT).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 400 "),
+            "key {key:?}: {answer:?}"
+        );
+        assert!(answer.contains("\"code\":40016"), "key {key:?}: {answer}");
+    }
 }
