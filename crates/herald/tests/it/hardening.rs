@@ -204,10 +204,15 @@ fn broken_frames() -> Vec<(&'static str, Vec<u8>, u16)> {
 #[tokio::test]
 async fn websocket_protocol_errors_get_rfc6455_close_codes() {
     let s = TestServer::start(&[]);
+    let mut wrong = Vec::new();
     for (case, frame, want) in broken_frames() {
         let stream = ws_connect(&s, "/wsbad/ws", None).await;
-        assert_eq!(close_code_after(stream, &frame).await, Some(want), "{case}");
+        let got = close_code_after(stream, &frame).await;
+        if got != Some(want) {
+            wrong.push(format!("{case}: closed with {got:?}, want {want}"));
+        }
     }
+    assert!(wrong.is_empty(), "{wrong:#?}");
 }
 
 /// The same over the API's WebSocket (axum): a password not verified yet sends the
@@ -216,6 +221,7 @@ async fn websocket_protocol_errors_get_rfc6455_close_codes() {
 async fn websocket_protocol_errors_get_rfc6455_close_codes_from_the_api_too() {
     use base64::Engine as _;
     let s = TestServer::start(&["--auth-default-access", "read-write"]);
+    let mut wrong = Vec::new();
     for (i, (case, frame, want)) in broken_frames().into_iter().enumerate() {
         let user = format!("u{i}");
         let out = herald_command()
@@ -232,8 +238,12 @@ async fn websocket_protocol_errors_get_rfc6455_close_codes_from_the_api_too() {
         );
         let basic = base64::engine::general_purpose::STANDARD.encode(format!("{user}:secret"));
         let stream = ws_connect(&s, "/wsbad/ws", Some(&format!("Basic {basic}"))).await;
-        assert_eq!(close_code_after(stream, &frame).await, Some(want), "{case}");
+        let got = close_code_after(stream, &frame).await;
+        if got != Some(want) {
+            wrong.push(format!("{case}: closed with {got:?}, want {want}"));
+        }
     }
+    assert!(wrong.is_empty(), "{wrong:#?}");
 }
 
 #[tokio::test]
