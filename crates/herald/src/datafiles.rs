@@ -7,9 +7,9 @@
 //! created `0700` and every database `0600` before SQLite opens it; SQLite creates a
 //! database's `-wal` and `-shm` files with the database file's permissions, so they
 //! follow. Files and directories left readable by older versions are tightened at
-//! start (group and other bits removed, with a warning in the log); a directory
-//! herald did not create for itself (the parent of an `auth-file` elsewhere, say) is
-//! left alone.
+//! start (group and other bits removed, with a warning in the log; one herald may
+//! not change, say another user's, is only warned about); a directory herald did
+//! not create for itself (the parent of an `auth-file` elsewhere, say) is left alone.
 
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -73,18 +73,29 @@ pub(crate) fn prepare_database(path: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Removes from `path`'s mode whatever `allowed` does not allow (never adds a bit).
+/// Removes from `path`'s mode whatever `allowed` does not allow (never adds a bit);
+/// only a failure to read the mode is an error.
 fn tighten(path: &Path, allowed: u32) -> io::Result<()> {
     let mode = std::fs::metadata(path)?.permissions().mode() & 0o7777;
     let tight = mode & allowed;
-    if tight != mode {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(tight))?;
-        tracing::warn!(
+    if tight == mode {
+        return Ok(());
+    }
+    // A file herald may use but not change (another owner's, shared through its
+    // group) still works: say so rather than refuse to start.
+    match std::fs::set_permissions(path, std::fs::Permissions::from_mode(tight)) {
+        Ok(()) => tracing::warn!(
             path = %path.display(),
             from = format_args!("{mode:04o}"),
             to = format_args!("{tight:04o}"),
             "tightened the permissions of a data file or directory"
-        );
+        ),
+        Err(e) => tracing::warn!(
+            path = %path.display(),
+            mode = format_args!("{mode:04o}"),
+            error = %e,
+            "a data file or directory is readable by other users and cannot be made private"
+        ),
     }
     Ok(())
 }
