@@ -61,6 +61,39 @@ async fn a_request_body_that_does_not_arrive_is_answered_408() {
     assert_eq!(s.publish("t", "on time").await["message"], "on time");
 }
 
+/// The account API reads its JSON through its own path: `408` there too.
+#[tokio::test]
+async fn an_account_request_body_that_does_not_arrive_is_answered_408() {
+    use base64::Engine as _;
+    let s = TestServer::start(&[
+        "--auth-default-access",
+        "read-write",
+        "--body-read-timeout",
+        "1s",
+    ]);
+    let out = herald_command()
+        .args(["user", "add", "phil", "--data-dir"])
+        .arg(s.data_path())
+        .env("HERALD_PASSWORD", "phil-secret")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let basic = base64::engine::general_purpose::STANDARD.encode("phil:phil-secret");
+    let head = format!(
+        "POST /v1/account/token HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {basic}\r\n\
+         Content-Length: 100\r\n\r\n"
+    );
+    let (answer, closed) = exchange(&s, head.as_bytes(), Duration::from_secs(20)).await;
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer:?}");
+    assert!(answer.contains("\"code\":40801"), "{answer}");
+    assert!(closed);
+}
+
 #[tokio::test]
 async fn request_heads_with_bare_lf_line_endings_are_served() {
     // A long header timeout, so that waiting for a CRLF that never comes is a
