@@ -193,6 +193,11 @@ const OPTIONS: &[OptionSpec] = &[
         help: "A request head (request line and headers) must arrive within this time, or the connection is closed",
     },
     OptionSpec {
+        key: "body-read-timeout",
+        default: "30s",
+        help: "A request body must arrive within this time of its request, or the request is answered 408 and the connection closed",
+    },
+    OptionSpec {
         key: "max-header-size",
         default: "32k",
         help: "Largest request head; larger ones are answered 431",
@@ -607,6 +612,7 @@ impl RawValues {
                 }
             })?,
             header_read_timeout: self.parse("header-read-timeout", positive_duration)?,
+            body_read_timeout: self.parse("body-read-timeout", positive_duration)?,
             max_header_size: self.parse("max-header-size", at_least(1024))?,
             max_url_length: self.parse("max-url-length", at_least(64))?,
         })

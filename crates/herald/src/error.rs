@@ -90,6 +90,8 @@ api_errors! {
     // with codes in ntfy's pattern (status × 100 + n).
     URI_TOO_LONG = (414, 41401, "request URI too long");
     HEADERS_TOO_LARGE = (431, 43101, "request header fields too large");
+    // A herald addition (ntfy has no body deadline): `body-read-timeout` passed.
+    BODY_TIMEOUT = (408, 40801, "request timeout: request body not received in time");
     TOO_MANY_CONNECTIONS = (503, 50302, "service unavailable: too many connections");
     INTERNAL = (500, 50001, "internal server error");
     UNAVAILABLE = (503, 50301, "service unavailable: shutting down or storage unavailable");
@@ -110,6 +112,19 @@ impl ApiError {
     pub fn with_detail(mut self, detail: impl std::fmt::Display) -> Self {
         self.error = Cow::Owned(format!("{}; {}", self.error, detail));
         self
+    }
+
+    /// The answer to a request body that could not be read: `408` when
+    /// `body-read-timeout` passed (the client is too slow, not wrong), else `other`.
+    pub(crate) fn body_read_error(
+        error: &(dyn std::error::Error + 'static),
+        other: ApiError,
+    ) -> ApiError {
+        if crate::listener::timed_body::is_body_timeout(error) {
+            ApiError::BODY_TIMEOUT
+        } else {
+            other
+        }
     }
 
     /// The HTTP status of this error.

@@ -25,6 +25,7 @@ pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod core;
+pub(crate) mod datafiles;
 pub mod error;
 pub mod hub;
 pub mod limits;

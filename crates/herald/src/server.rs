@@ -53,10 +53,14 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let config = Arc::new(config);
-    if let Some(parent) = config.cache_file.parent() {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("cannot create data directory {}", parent.display()))?;
-    }
+    // Private (0700): it holds the message cache, and by default the auth and
+    // webhook databases (see `datafiles`).
+    crate::datafiles::private_dir(&config.data_dir).with_context(|| {
+        format!(
+            "cannot create (or make private) data directory {}",
+            config.data_dir.display()
+        )
+    })?;
     // Bound before anything else starts, so a taken port fails start-up cleanly.
     let metrics_listener = match &config.metrics_listen_http {
         Some(addr) => Some(bind_addr(addr).await?),

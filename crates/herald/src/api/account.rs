@@ -100,12 +100,22 @@ async fn read_json<T: for<'de> Deserialize<'de> + Default>(
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             return Err(ApiError::JSON_TOO_LARGE);
         }
-        Err(_) => return Err(ApiError::BAD_REQUEST),
+        Err(e) => return Err(ApiError::body_read_error(&*e, ApiError::BAD_REQUEST)),
     };
     if bytes.iter().all(u8::is_ascii_whitespace) && allow_empty {
         return Ok(T::default());
     }
     serde_json::from_slice(&bytes).map_err(|_| ApiError::JSON_INVALID)
+}
+
+/// A token's requested `expires`: `0` (never) or a unix time, see
+/// [`token::expiry_is_valid`].
+fn check_expiry(expires: Option<i64>) -> Result<(), ApiError> {
+    match expires {
+        Some(e) if !token::expiry_is_valid(e) => Err(ApiError::BAD_REQUEST
+            .with_detail("expires must be 0 (never) or a unix time no later than the year 9999")),
+        _ => Ok(()),
+    }
 }
 
 fn peer_of(req: &Request) -> String {
@@ -184,6 +194,7 @@ pub async fn token(
         Method::POST => {
             let origin = peer_of(&req);
             let body: TokenRequest = read_json(req, true).await?;
+            check_expiry(body.expires)?;
             let now = now_unix();
             let value = token::generate().map_err(|_| ApiError::INTERNAL)?;
             let record = TokenRecord {
@@ -205,6 +216,7 @@ pub async fn token(
         }
         Method::PATCH => {
             let body: TokenRequest = read_json(req, true).await?;
+            check_expiry(body.expires)?;
             let selector = selector(body.token.as_deref(), principal)?;
             let change = TokenChange {
                 expires: match (body.expires, &body.label) {

@@ -82,7 +82,7 @@ async fn read_body(body: Body, limit: usize) -> Result<BodyBytes, ApiError> {
     let mut body = body;
     let mut buf = Vec::new();
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|_| ApiError::BAD_REQUEST)?;
+        let frame = frame.map_err(|e| ApiError::body_read_error(&e, ApiError::BAD_REQUEST))?;
         if let Some(data) = frame.data_ref() {
             buf.extend_from_slice(data);
             if buf.len() >= limit {

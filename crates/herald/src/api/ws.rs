@@ -54,6 +54,15 @@ pub async fn subscribe(
     let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, &())
         .await
         .map_err(|_| ApiError::WEBSOCKET_REQUIRED)?;
+    // axum takes any key; RFC 6455 §4.2.1 asks for the base64 of 16 bytes.
+    let key_is_valid = parts
+        .headers
+        .get(axum::http::header::SEC_WEBSOCKET_KEY)
+        .is_some_and(|k| crate::listener::wsframe::websocket_key_is_valid(k.as_bytes()));
+    if !key_is_valid {
+        return Err(ApiError::WEBSOCKET_REQUIRED
+            .with_detail("Sec-WebSocket-Key must be the base64 encoding of 16 bytes"));
+    }
     // The listener's `connection-limit` place, held for the life of the socket.
     let connection = parts
         .extensions
@@ -86,6 +95,18 @@ pub async fn subscribe(
         .max_message_size(MAX_INCOMING)
         .max_frame_size(MAX_INCOMING)
         .on_upgrade(move |socket| session.run(socket)))
+}
+
+/// The close code RFC 6455 names for a peer's broken frames (as the direct path
+/// answers them, `listener::wsframe`), or `None` when the connection itself failed.
+fn failure_close_code(error: axum::Error) -> Option<u16> {
+    use tungstenite::Error;
+    match error.into_inner().downcast::<Error>().ok().as_deref()? {
+        Error::Protocol(_) => Some(1002),
+        Error::Utf8(_) => Some(1007),
+        Error::Capacity(_) => Some(1009),
+        _ => None,
+    }
 }
 
 struct Session {
@@ -171,7 +192,20 @@ impl Session {
                     }
                 }
                 incoming = rx.next() => match incoming {
-                    None | Some(Err(_)) | Some(Ok(WsMessage::Close(_))) => return,
+                    None => return,
+                    // tungstenite has queued its answer (the peer's code echoed, or
+                    // 1002 for an invalid one); flushing sends it.
+                    Some(Ok(WsMessage::Close(_))) => {
+                        let _ = tx.flush().await;
+                        return;
+                    }
+                    Some(Err(e)) => {
+                        if let Some(code) = failure_close_code(e) {
+                            let frame = CloseFrame { code, reason: "".into() };
+                            let _ = tx.send(WsMessage::Close(Some(frame))).await;
+                        }
+                        return;
+                    }
                     Some(Ok(_)) => last_heard = Instant::now(),
                 },
             }

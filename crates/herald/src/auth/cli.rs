@@ -453,6 +453,11 @@ fn token_cmd(store: &dyn AuthStore, m: &ArgMatches, out: &mut impl Write) -> any
                     )
                 })?,
             };
+            if !token::expiry_is_valid(expires) {
+                bail!(
+                    "invalid --expires: the token would expire before 1970 or after the year 9999"
+                );
+            }
             let value = token::generate().context("no randomness for the token")?;
             store.add_token(
                 &TokenRecord {

@@ -83,13 +83,9 @@ fn open_connection(path: &Path) -> Result<Connection, AuthStoreError> {
 impl SqliteAuthStore {
     /// Opens (creating if needed) the auth database at `path`.
     pub fn open(path: &Path) -> Result<SqliteAuthStore, AuthStoreError> {
-        if let Some(parent) = path.parent()
-            && !parent.as_os_str().is_empty()
-        {
-            std::fs::create_dir_all(parent).map_err(|e| {
-                AuthStoreError::Backend(format!("cannot create {}: {e}", parent.display()))
-            })?;
-        }
+        crate::datafiles::prepare_database(path).map_err(|e| {
+            AuthStoreError::Backend(format!("cannot prepare {}: {e}", path.display()))
+        })?;
         // Checked before any pragma changes the file.
         check_schema(&Connection::open(path).map_err(backend)?, path)?;
         let conn = open_connection(path)?;

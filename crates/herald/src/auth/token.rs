@@ -19,6 +19,17 @@ pub const LENGTH: usize = 32;
 pub const SHOWN: usize = 11;
 /// Most tokens per user (ntfy's `tokenMaxCount`); creating more removes the oldest.
 pub const MAX_PER_USER: usize = 60;
+/// Latest expiry accepted, 9999-12-31T23:59:59Z: later ones are typing mistakes,
+/// and past what Redis's `EXPIREAT` (milliseconds) can hold in cluster mode.
+pub const MAX_EXPIRES: i64 = 253_402_300_799;
+
+/// Whether `expires` is an expiry a token may have: `0` (never) or a unix time up to
+/// [`MAX_EXPIRES`]. A negative one would be read as "never" (only positive expiries
+/// are enforced), so a client asking for an already-expired token would get an
+/// eternal one.
+pub fn expiry_is_valid(expires: i64) -> bool {
+    (0..=MAX_EXPIRES).contains(&expires)
+}
 
 const ALPHABET: &[u8; 36] = b"abcdefghijklmnopqrstuvwxyz0123456789";
 
@@ -105,6 +116,17 @@ impl TokenSelector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn expiries_are_never_or_a_plausible_unix_time() {
+        assert!(expiry_is_valid(0));
+        assert!(expiry_is_valid(1_700_000_000));
+        assert!(expiry_is_valid(MAX_EXPIRES));
+        assert!(!expiry_is_valid(-5));
+        assert!(!expiry_is_valid(i64::MIN));
+        assert!(!expiry_is_valid(MAX_EXPIRES + 1));
+        assert!(!expiry_is_valid(i64::MAX));
+    }
 
     #[test]
     fn tokens_have_ntfys_shape() {

@@ -87,6 +87,8 @@ pub struct LimitsConfig {
     pub connection_limit: usize,
     /// `header-read-timeout`: a request head must arrive within this time.
     pub header_read_timeout: Duration,
+    /// `body-read-timeout`: a request body must arrive within this time of its head.
+    pub body_read_timeout: Duration,
     /// `max-header-size`: longest request head (request line and headers).
     pub max_header_size: usize,
     /// `max-url-length`: longest request target.
@@ -122,6 +124,7 @@ impl LimitsConfig {
             visitor_table_size: 100_000,
             connection_limit: 10_000,
             header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
             max_header_size: 32 * 1024,
             max_url_length: 16 * 1024,
         }

@@ -484,7 +484,11 @@ async fn run(
 
 async fn serve_stream(sink: &DirectSink, leftover: Bytes, chunked: Option<bool>) {
     let mut inbuf: Vec<u8> = leftover.to_vec();
-    if sink.ws && !inbuf.is_empty() && handle_client_bytes(sink, &mut inbuf) == ClientAction::End {
+    let mut messages = wsframe::Messages::default();
+    if sink.ws
+        && !inbuf.is_empty()
+        && handle_client_bytes(sink, &mut inbuf, &mut messages) == ClientAction::End
+    {
         Box::pin(final_flush(sink)).await;
         return;
     }
@@ -523,7 +527,9 @@ async fn serve_stream(sink: &DirectSink, leftover: Bytes, chunked: Option<bool>)
                         // peers' bytes are parsed.
                         if sink.ws {
                             inbuf.extend_from_slice(&read_buf[..n]);
-                            if handle_client_bytes(sink, &mut inbuf) == ClientAction::End {
+                            if handle_client_bytes(sink, &mut inbuf, &mut messages)
+                                == ClientAction::End
+                            {
                                 Box::pin(final_flush(sink)).await;
                                 return;
                             }
@@ -545,9 +551,24 @@ enum ClientAction {
 }
 
 /// Processes complete client frames in `inbuf`.
-fn handle_client_bytes(sink: &DirectSink, inbuf: &mut Vec<u8>) -> ClientAction {
+fn handle_client_bytes(
+    sink: &DirectSink,
+    inbuf: &mut Vec<u8>,
+    messages: &mut wsframe::Messages,
+) -> ClientAction {
     loop {
-        match wsframe::parse(inbuf) {
+        let parsed = wsframe::parse(inbuf).and_then(|frame| match &frame {
+            Some((
+                ClientFrame::Data {
+                    opcode,
+                    fin,
+                    payload,
+                },
+                _,
+            )) => messages.check(*opcode, *fin, payload).map(|()| frame),
+            _ => Ok(frame),
+        });
+        match parsed {
             Ok(None) => return ClientAction::Continue,
             Ok(Some((frame, used))) => {
                 inbuf.drain(..used);
@@ -555,7 +576,7 @@ fn handle_client_bytes(sink: &DirectSink, inbuf: &mut Vec<u8>) -> ClientAction {
                     *t = Instant::now();
                 }
                 match frame {
-                    ClientFrame::Data | ClientFrame::Pong => {}
+                    ClientFrame::Data { .. } | ClientFrame::Pong => {}
                     ClientFrame::Ping(payload) => {
                         let mut st = sink.lock();
                         if st.held.is_none() {

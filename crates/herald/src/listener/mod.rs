@@ -17,13 +17,15 @@
 //! connections over `connection-limit` (a static `503`, no task), cuts off a client
 //! whose request head takes longer than `header-read-timeout` (slowloris), answers a
 //! head over `max-header-size` or with too many headers with `431`, and leaves long
-//! URLs to the API's `414`. On the direct path, visitor limits are checked last and
+//! URLs to the API's `414`. Request bodies, which only the API reads, get a deadline
+//! of their own (`body-read-timeout`, [`timed_body`]). On the direct path, visitor limits are checked last and
 //! without charging anything when they refuse, so the API charges and answers a
 //! refused subscription exactly once. In cluster mode that check is a Redis call
 //! (shared limits), made by the connection's task after the synchronous planning.
 
 pub mod direct;
 pub mod rewind;
+pub(crate) mod timed_body;
 pub mod wsframe;
 
 use std::net::SocketAddr;
@@ -299,8 +301,11 @@ impl Listener {
         let metrics = self.state.metrics.clone();
         let limits = self.state.limits.clone();
         let config = limits.config();
-        let (header_read_timeout, max_header_size) =
-            (config.header_read_timeout, config.max_header_size);
+        let (header_read_timeout, max_header_size, body_read_timeout) = (
+            config.header_read_timeout,
+            config.max_header_size,
+            config.body_read_timeout,
+        );
         let service = hyper::service::service_fn({
             let permit = permit.clone();
             move |req: hyper::Request<hyper::body::Incoming>| {
@@ -331,7 +336,9 @@ impl Listener {
                 } else {
                     None
                 };
-                let mut req = req.map(axum::body::Body::new);
+                let mut req = req.map(|body| {
+                    axum::body::Body::new(timed_body::TimedBody::new(body, body_read_timeout))
+                });
                 req.extensions_mut().insert(ConnectInfo(peer));
                 // A WebSocket upgraded by the API outlives this connection's hyper
                 // state; it keeps the connection's place by holding a clone.
@@ -344,6 +351,15 @@ impl Listener {
                     } else {
                         response.await?
                     };
+                    let mut response = response;
+                    // The rest of a body that timed out may never come: the
+                    // connection cannot be reused.
+                    if response.status() == axum::http::StatusCode::REQUEST_TIMEOUT {
+                        response.headers_mut().insert(
+                            axum::http::header::CONNECTION,
+                            HeaderValue::from_static("close"),
+                        );
+                    }
                     info.finish(&metrics, response.status().as_u16());
                     Ok::<_, std::convert::Infallible>(response)
                 }
@@ -465,9 +481,10 @@ async fn read_head(
         if n == 0 {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
-        // Only re-parse once the end-of-head marker may have arrived.
-        let scan_from = before.saturating_sub(3);
-        if !buf[scan_from..].windows(4).any(|w| w == b"\r\n\r\n") {
+        // Only re-parse once the end-of-head marker may have arrived: an empty
+        // line, ended by CRLF or (as hyper and Go accept) a bare LF.
+        let scan_from = before.saturating_sub(2);
+        if !ends_a_head(&buf[scan_from..]) {
             continue;
         }
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -480,6 +497,17 @@ async fn read_head(
             Err(_) => Head::Malformed,
         });
     }
+}
+
+/// Whether `bytes` hold an empty line after a line end: `\n\n` or `\n\r\n`, so a
+/// head with bare-LF line endings is parsed as soon as it is complete rather than
+/// left waiting for a `\r\n\r\n` that never comes.
+fn ends_a_head(bytes: &[u8]) -> bool {
+    bytes
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b'\n')
+        .any(|(i, _)| matches!(&bytes[i + 1..], [b'\n', ..] | [b'\r', b'\n', ..]))
 }
 
 /// The `Sec-WebSocket-Accept` value for a valid RFC 6455 upgrade request.
@@ -498,12 +526,26 @@ fn websocket_accept(headers: &HeaderMap) -> Option<String> {
         return None;
     }
     let key = headers.get("sec-websocket-key")?;
+    // A malformed key is refused by the API (`400`), with the same answer as there.
+    if !wsframe::websocket_key_is_valid(key.as_bytes()) {
+        return None;
+    }
     Some(tungstenite::handshake::derive_accept_key(key.as_bytes()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_head_ends_at_an_empty_line_with_either_line_ending() {
+        assert!(ends_a_head(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"));
+        assert!(ends_a_head(b"GET / HTTP/1.1\nHost: x\n\n"));
+        assert!(ends_a_head(b"GET / HTTP/1.1\nHost: x\n\r\n"));
+        assert!(!ends_a_head(b"GET / HTTP/1.1\r\nHost: x\r\n"));
+        assert!(!ends_a_head(b"GET / HTTP/1.1\nHost: x\n"));
+        assert!(!ends_a_head(b"\n\r"));
+    }
 
     #[test]
     fn websocket_accept_key_follows_rfc6455() {
@@ -523,6 +565,8 @@ mod tests {
             websocket_accept(&h).as_deref(),
             Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
         );
+        h.insert("sec-websocket-key", HeaderValue::from_static("short"));
+        assert_eq!(websocket_accept(&h), None);
         h.remove("upgrade");
         assert_eq!(websocket_accept(&h), None);
     }

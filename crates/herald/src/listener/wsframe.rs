@@ -1,5 +1,8 @@
 //! The few WebSocket frames a subscriber sends us (RFC 6455 §5): pings, pongs and
-//! close. ntfy's clients send nothing else; data frames are read and ignored.
+//! close. ntfy's clients send nothing else; data frames are read and ignored, but
+//! still checked as RFC 6455 requires (a continuation needs a message to continue,
+//! text must be UTF-8, [`Messages`]), as are close frames (§5.5.1, §7.4), so a
+//! broken peer is closed with the code the RFC names rather than served on.
 //! Server-to-client frames are built in `hub` ([`crate::hub::ws_frame`]).
 
 /// Largest client frame payload accepted (ntfy reads at most 64 bytes).
@@ -8,8 +11,13 @@ pub const MAX_PAYLOAD: usize = 4096;
 /// A decoded client frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientFrame {
-    /// Text, binary or continuation data: ignored by the server.
-    Data,
+    /// Text, binary or continuation data (its opcode, FIN bit and payload): checked
+    /// by [`Messages`], otherwise ignored.
+    Data {
+        opcode: u8,
+        fin: bool,
+        payload: Vec<u8>,
+    },
     Ping(Vec<u8>),
     Pong,
     /// Close, with the status code if one was sent.
@@ -22,9 +30,14 @@ pub enum FrameError {
     /// Frame larger than [`MAX_PAYLOAD`] (close code 1009).
     #[error("frame too large")]
     TooLarge,
-    /// Unmasked client frame, reserved bits or opcode, or a fragmented control frame (1002).
+    /// Unmasked client frame, reserved bits or opcode, a fragmented control frame,
+    /// a continuation without a message or a new message inside one, a 1-byte or
+    /// invalid close code (1002).
     #[error("protocol error")]
     Protocol,
+    /// A text message or close reason that is not UTF-8 (1007).
+    #[error("invalid UTF-8")]
+    InvalidUtf8,
 }
 
 impl FrameError {
@@ -33,6 +46,7 @@ impl FrameError {
         match self {
             FrameError::TooLarge => 1009,
             FrameError::Protocol => 1002,
+            FrameError::InvalidUtf8 => 1007,
         }
     }
 }
@@ -88,15 +102,113 @@ pub fn parse(buf: &[u8]) -> Result<Option<(ClientFrame, usize)>, FrameError> {
         .map(|(i, b)| b ^ mask[i % 4])
         .collect();
     let frame = match opcode {
-        0x0..=0x2 => ClientFrame::Data,
-        0x8 => ClientFrame::Close(
-            (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]])),
-        ),
+        0x0..=0x2 => ClientFrame::Data {
+            opcode,
+            fin,
+            payload,
+        },
+        0x8 => ClientFrame::Close(close_code(&payload)?),
         0x9 => ClientFrame::Ping(payload),
         0xA => ClientFrame::Pong,
         _ => return Err(FrameError::Protocol),
     };
     Ok(Some((frame, pos + len)))
+}
+
+/// Whether a `Sec-WebSocket-Key` is what RFC 6455 §4.1 requires: the base64 of 16
+/// bytes (a server must refuse a handshake with any other, §4.2.1).
+pub fn websocket_key_is_valid(key: &[u8]) -> bool {
+    use base64::Engine as _;
+    key.len() == 24
+        && base64::engine::general_purpose::STANDARD
+            .decode(key)
+            .is_ok_and(|k| k.len() == 16)
+}
+
+/// The status code of a close frame's payload (RFC 6455 §5.5.1): none, or two bytes
+/// of code, valid per §7.4, then a UTF-8 reason.
+fn close_code(payload: &[u8]) -> Result<Option<u16>, FrameError> {
+    match payload {
+        [] => Ok(None),
+        [_] => Err(FrameError::Protocol),
+        [hi, lo, reason @ ..] => {
+            let code = u16::from_be_bytes([*hi, *lo]);
+            if !close_code_is_valid(code) {
+                return Err(FrameError::Protocol);
+            }
+            std::str::from_utf8(reason).map_err(|_| FrameError::InvalidUtf8)?;
+            Ok(Some(code))
+        }
+    }
+}
+
+/// Whether a peer may send `code` (RFC 6455 §7.4.1 and IANA's registry): the
+/// defined codes except those only for reporting (1005, 1006, 1015) and the
+/// reserved 1004, or a code for libraries or applications (3000–4999).
+fn close_code_is_valid(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
+
+/// Where the client's data messages stand: what RFC 6455 requires of fragments
+/// (§5.4) and text (§8.1), checked without keeping the data (a few bytes at most:
+/// the start of a UTF-8 character split between two frames).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Messages {
+    state: MessageState,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+enum MessageState {
+    /// Between messages.
+    #[default]
+    Idle,
+    /// Inside a fragmented binary message.
+    Binary,
+    /// Inside a fragmented text message, with the bytes of an incomplete character
+    /// at the end of the last fragment.
+    Text { pending: [u8; 3], len: u8 },
+}
+
+impl Messages {
+    /// Checks one data frame (as [`ClientFrame::Data`] has it).
+    pub fn check(&mut self, opcode: u8, fin: bool, payload: &[u8]) -> Result<(), FrameError> {
+        let pending = match (opcode, &self.state) {
+            (0x0, MessageState::Idle) => return Err(FrameError::Protocol),
+            (0x1 | 0x2, MessageState::Binary | MessageState::Text { .. }) => {
+                return Err(FrameError::Protocol);
+            }
+            (0x0, MessageState::Binary) | (0x2, MessageState::Idle) => None,
+            (0x0, MessageState::Text { pending, len }) => Some(pending[..*len as usize].to_vec()),
+            (0x1, MessageState::Idle) => Some(Vec::new()),
+            _ => return Err(FrameError::Protocol),
+        };
+        let Some(mut text) = pending else {
+            self.state = if fin {
+                MessageState::Idle
+            } else {
+                MessageState::Binary
+            };
+            return Ok(());
+        };
+        text.extend_from_slice(payload);
+        let incomplete = match std::str::from_utf8(&text) {
+            Ok(_) => &text[text.len()..],
+            // The last character may continue in the next fragment.
+            Err(e) if e.error_len().is_none() && !fin => &text[e.valid_up_to()..],
+            Err(_) => return Err(FrameError::InvalidUtf8),
+        };
+        self.state = if fin {
+            MessageState::Idle
+        } else {
+            let mut pending = [0u8; 3];
+            pending[..incomplete.len()].copy_from_slice(incomplete);
+            MessageState::Text {
+                pending,
+                len: incomplete.len() as u8,
+            }
+        };
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -143,6 +255,76 @@ mod tests {
             "reserved opcode"
         );
         assert_eq!(parse(&masked(0x1, &[0; 5000])), Err(FrameError::TooLarge));
+        assert_eq!(
+            parse(&masked(0x8, &[3])),
+            Err(FrameError::Protocol),
+            "1-byte close"
+        );
+        for code in [0u16, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000] {
+            assert_eq!(
+                parse(&masked(0x8, &code.to_be_bytes())),
+                Err(FrameError::Protocol),
+                "close code {code}"
+            );
+        }
+        for code in [1000u16, 1001, 1003, 1007, 1011, 1014, 3000, 4999] {
+            let f = masked(0x8, &code.to_be_bytes());
+            assert_eq!(
+                parse(&f),
+                Ok(Some((ClientFrame::Close(Some(code)), f.len())))
+            );
+        }
+        let mut bad_reason = 1000u16.to_be_bytes().to_vec();
+        bad_reason.push(0xff);
+        assert_eq!(
+            parse(&masked(0x8, &bad_reason)),
+            Err(FrameError::InvalidUtf8)
+        );
+    }
+
+    #[test]
+    fn websocket_keys_are_base64_of_16_bytes() {
+        assert!(websocket_key_is_valid(b"dGhlIHNhbXBsZSBub25jZQ=="));
+        assert!(!websocket_key_is_valid(b"not-a-key"));
+        assert!(!websocket_key_is_valid(b"dGhlIHNhbXBsZSBub25jZQ"));
+        // 24 characters, but 17 bytes' worth with different padding is refused.
+        assert!(!websocket_key_is_valid(b"dGhlIHNhbXBsZSBub25jZSE="));
+        assert!(!websocket_key_is_valid(b""));
+    }
+
+    #[test]
+    fn messages_follow_rfc6455() {
+        let mut m = Messages::default();
+        assert_eq!(
+            m.check(0x0, true, b"x"),
+            Err(FrameError::Protocol),
+            "continuation first"
+        );
+        let mut m = Messages::default();
+        assert_eq!(
+            m.check(0x1, true, &[0xc3, 0x28]),
+            Err(FrameError::InvalidUtf8)
+        );
+        // "é" (c3 a9) split between two fragments is fine; a new message inside
+        // one is not.
+        let mut m = Messages::default();
+        assert_eq!(m.check(0x1, false, &[b'a', 0xc3]), Ok(()));
+        assert_eq!(m.check(0x2, true, b""), Err(FrameError::Protocol));
+        assert_eq!(m.check(0x0, true, &[0xa9, b'b']), Ok(()));
+        assert_eq!(
+            m.check(0x0, true, b""),
+            Err(FrameError::Protocol),
+            "after the end"
+        );
+        // An incomplete character at the end of the message is invalid.
+        let mut m = Messages::default();
+        assert_eq!(m.check(0x1, false, b"ok"), Ok(()));
+        assert_eq!(m.check(0x0, true, &[0xc3]), Err(FrameError::InvalidUtf8));
+        // Binary data is not checked.
+        let mut m = Messages::default();
+        assert_eq!(m.check(0x2, false, &[0xff]), Ok(()));
+        assert_eq!(m.check(0x0, true, &[0xff]), Ok(()));
+        assert_eq!(m.check(0x1, true, "ü".as_bytes()), Ok(()));
     }
 
     proptest! {
@@ -154,7 +336,8 @@ mod tests {
         #[test]
         fn data_round_trips(payload in proptest::collection::vec(any::<u8>(), 0..2000)) {
             let f = masked(0x1, &payload);
-            prop_assert_eq!(parse(&f), Ok(Some((ClientFrame::Data, f.len()))));
+            let frame = ClientFrame::Data { opcode: 0x1, fin: true, payload };
+            prop_assert_eq!(parse(&f), Ok(Some((frame, f.len()))));
         }
     }
 }

@@ -235,10 +235,8 @@ impl SqliteStore {
         options: SqliteOptions,
         observer: Option<Arc<dyn CommitObserver>>,
     ) -> Result<SqliteStore, StoreError> {
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| StoreError::Backend(format!("creating {}: {e}", parent.display())))?;
-        }
+        crate::datafiles::prepare_database(path)
+            .map_err(|e| StoreError::Backend(format!("preparing {}: {e}", path.display())))?;
         let conn = open_writer(path, options.sync)?;
         migrate(&conn)?;
 

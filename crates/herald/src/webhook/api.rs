@@ -283,7 +283,7 @@ fn replay_from(since: &Value) -> Result<ReplayFrom, ApiError> {
 async fn read_json<T: serde::de::DeserializeOwned>(req: Request) -> Result<T, ApiError> {
     let bytes = to_bytes(req.into_body(), BODY_LIMIT)
         .await
-        .map_err(|_| ApiError::JSON_TOO_LARGE)?;
+        .map_err(|e| ApiError::body_read_error(&e, ApiError::JSON_TOO_LARGE))?;
     serde_json::from_slice(&bytes).map_err(|e| ApiError::JSON_INVALID.with_detail(e))
 }
 
@@ -292,7 +292,7 @@ async fn read_json_or_empty<T: serde::de::DeserializeOwned + Default>(
 ) -> Result<T, ApiError> {
     let bytes = to_bytes(req.into_body(), BODY_LIMIT)
         .await
-        .map_err(|_| ApiError::JSON_TOO_LARGE)?;
+        .map_err(|e| ApiError::body_read_error(&e, ApiError::JSON_TOO_LARGE))?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }

@@ -91,9 +91,7 @@ fn backend(e: impl std::fmt::Display) -> WebhookStoreError {
 impl SqliteWebhookStore {
     /// Opens (creating) the store at `path` and releases every claim of a previous run.
     pub fn open(path: &Path) -> Result<SqliteWebhookStore, WebhookStoreError> {
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(backend)?;
-        }
+        crate::datafiles::prepare_database(path).map_err(backend)?;
         let conn = Connection::open(path).map_err(backend)?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(backend)?;
         conn.pragma_update(None, "journal_mode", "WAL")

@@ -1026,3 +1026,65 @@ async fn each_user_is_its_own_visitor() {
         expect_error(resp, 429, 42901).await;
     }
 }
+
+/// A token's `expires` is 0 (never) or a unix time up to the year 9999: a negative
+/// one (once stored as a token that never expires) or an absurd one is `400`, on
+/// create and on change alike, and `herald token add --expires` refuses them too.
+#[tokio::test]
+async fn token_expiry_must_be_never_or_a_plausible_time() {
+    let server = deny_all_server();
+    let phil = Who::Password(USER.0.into(), USER.1.into());
+    let url = server.url("/v1/account/token");
+    let resp = phil
+        .apply(server.client.post(&url))
+        .body(r#"{"expires":0}"#)
+        .send()
+        .await
+        .unwrap();
+    let created = expect_json(resp, 200).await;
+    assert!(created.get("expires").is_none(), "0 = never: {created}");
+    let bearer = Who::Bearer(created["token"].as_str().unwrap().to_string());
+    for body in [
+        r#"{"expires":-5}"#,
+        r#"{"expires":-9223372036854775808}"#,
+        r#"{"expires":253402300800}"#,
+        r#"{"expires":9223372036854775807}"#,
+    ] {
+        let resp = phil
+            .apply(server.client.post(&url))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        expect_error(resp, 400, 40000).await;
+        // Changing the token in use.
+        let resp = bearer
+            .apply(server.client.patch(&url))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        expect_error(resp, 400, 40000).await;
+    }
+    // Nothing was created or changed.
+    let tokens = expect_json(get_as(&server, &phil, "/v1/account/token").await, 200).await;
+    assert_eq!(tokens.as_array().map(Vec::len), Some(1), "{tokens}");
+    assert!(tokens[0].get("expires").is_none(), "{tokens}");
+
+    // The CLI: a duration far enough in the past to be before 1970, a unix time in
+    // the year 3,170,843.
+    for expires in ["-100000d", "99999999999999"] {
+        let out = cli_output(
+            &server,
+            &["token", "add", "--expires", expires, USER.0],
+            None,
+        );
+        assert!(
+            !out.status.success(),
+            "--expires {expires} was accepted: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    let list = cli(&server, &["token", "list", USER.0], None);
+    assert_eq!(list.matches("tk_").count(), 1, "{list}");
+}

@@ -207,7 +207,7 @@ async fn forwarded_for_is_honoured_only_behind_a_proxy() {
 }
 
 /// Reads until what was received contains `needle`; returns all of it.
-async fn read_until(stream: &mut TcpStream, needle: &str) -> String {
+pub(crate) async fn read_until(stream: &mut TcpStream, needle: &str) -> String {
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
     tokio::time::timeout(EVENT_TIMEOUT, async {
@@ -227,7 +227,7 @@ async fn read_until(stream: &mut TcpStream, needle: &str) -> String {
 }
 
 /// A raw connection to the server.
-async fn connect(s: &TestServer) -> TcpStream {
+pub(crate) async fn connect(s: &TestServer) -> TcpStream {
     TcpStream::connect(s.base().trim_start_matches("http://"))
         .await
         .expect("connect")
@@ -235,7 +235,7 @@ async fn connect(s: &TestServer) -> TcpStream {
 
 /// Reads until the server closes the connection (or `limit` passes); returns what
 /// it sent and whether it closed.
-async fn read_to_close(stream: &mut TcpStream, limit: Duration) -> (String, bool) {
+pub(crate) async fn read_to_close(stream: &mut TcpStream, limit: Duration) -> (String, bool) {
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
     let closed = tokio::time::timeout(limit, async {
