@@ -93,7 +93,7 @@ impl Caller {
         let by_user = self
             .principal
             .user_name()
-            .is_some_and(|name| w.owner == format!("user:{name}"));
+            .is_some_and(|name| w.owner.strip_prefix("user:") == Some(name));
         by_token || by_user
     }
 }
@@ -124,12 +124,8 @@ fn caller(state: &AppState, req: &Request, client_ip: IpAddr) -> Caller {
         .cloned()
         .unwrap_or_else(Principal::anonymous);
     let token = super::token::presented(req.headers(), req.uri().query());
-    let admin_token = state
-        .webhooks
-        .as_ref()
-        .and_then(|w| w.config.admin_token.as_ref());
     let admin =
-        principal.is_admin() || matches!((admin_token, &token), (Some(a), Some(t)) if a.matches(t));
+        principal.is_admin() || presents_admin_token(state, req.headers(), req.uri().query());
     let visitor = match principal.user_name() {
         Some(name) => format!("user:{name}"),
         None => client_ip.to_string(),
