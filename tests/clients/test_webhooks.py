@@ -52,7 +52,11 @@ def test_python_standardwebhooks_verifies_herald_signatures(tmp_path, receiver):
             "POST", "/v1/webhooks", json.dumps({"topic": "py-hooks", "url": url})
         )
         assert status == 201, body
-        secret = json.loads(body)["secret"]
+        created = json.loads(body)
+        secret = created["secret"]
+        # The management token, shown once: the only way an anonymous client
+        # manages its webhook on an open server.
+        assert created["token"].startswith("whm_")
         status, _, body = server.request(
             "POST", "/py-hooks", "from python", headers={"Title": "Hello"}
         )

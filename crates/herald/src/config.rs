@@ -25,6 +25,9 @@ struct OptionSpec {
     help: &'static str,
 }
 
+/// Options whose values are secrets: never echoed (`--help`, errors, `Debug`).
+const SECRET_OPTIONS: &[&str] = &["webhook-admin-token"];
+
 /// Every option `herald serve` takes. `--help` is generated from this table.
 const OPTIONS: &[OptionSpec] = &[
     OptionSpec {
@@ -254,6 +257,11 @@ const OPTIONS: &[OptionSpec] = &[
         help: "How long a rotated-out webhook secret keeps signing next to the new one",
     },
     OptionSpec {
+        key: "webhook-admin-token",
+        default: "",
+        help: "Secret (at least 16 characters) whose bearer (`Authorization: Bearer <it>`) is a webhook admin in every mode: may register topic patterns, replay, and list and manage every webhook; empty: only admin users are. Prefer the environment or the config file to a flag (visible in `ps`)",
+    },
+    OptionSpec {
         key: "auth-file",
         default: "",
         help: "SQLite file of users, tokens and access control entries; setting it (or `auth-default-access`) turns access control on. Default when on: `<data-dir>/auth.db`. Not used with `redis-url`: users live in Redis",
@@ -390,6 +398,7 @@ pub fn add_args(mut cmd: Command) -> Command {
                 .long(opt.key)
                 .value_name("VALUE")
                 .env(env_name(opt.key))
+                .hide_env_values(SECRET_OPTIONS.contains(&opt.key))
                 .help(help),
         );
     }
@@ -491,6 +500,21 @@ impl RawValues {
         parse(value.trim()).map_err(|reason| ConfigError::Invalid {
             key,
             value: value.to_string(),
+            origin: source.clone(),
+            reason,
+        })
+    }
+
+    /// [`Self::parse`] for a secret: an error does not repeat the value.
+    fn parse_secret<T>(
+        &self,
+        key: &'static str,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Result<T, ConfigError> {
+        let (value, source) = self.get(key);
+        parse(value.trim()).map_err(|reason| ConfigError::Invalid {
+            key,
+            value: "(hidden)".into(),
             origin: source.clone(),
             reason,
         })
@@ -644,6 +668,17 @@ impl RawValues {
             })?,
             visitor_limit: self.parse("webhook-visitor-limit", count)?,
             secret_grace: self.parse("webhook-secret-grace", duration)?,
+            admin_token: self.parse_secret("webhook-admin-token", |s| {
+                if s.is_empty() {
+                    Ok(None)
+                } else if s.chars().count() < 16 || s.chars().any(char::is_whitespace) {
+                    Err("must be at least 16 characters without spaces".into())
+                } else if crate::webhook::token::is_management_token(s) {
+                    Err("must not start with `whm_` (the management tokens' prefix)".into())
+                } else {
+                    Ok(Some(crate::webhook::token::AdminToken::new(s)))
+                }
+            })?,
         })
     }
 }
@@ -922,6 +957,26 @@ mod tests {
         ] {
             let err = load(&matches(&[key, value])).unwrap_err().to_string();
             assert!(err.contains(&key[2..]), "{err}");
+        }
+    }
+
+    #[test]
+    fn webhook_admin_token_is_validated_and_never_echoed() {
+        assert!(load(&matches(&[])).unwrap().webhooks.admin_token.is_none());
+        let c = load(&matches(&["--webhook-admin-token", "adm-0123456789abcdef"])).unwrap();
+        let admin = c.webhooks.admin_token.clone().unwrap();
+        assert!(admin.matches("adm-0123456789abcdef"));
+        assert!(!format!("{c:?}").contains("adm-0123456789abcdef"));
+        for bad in [
+            "short-secret",
+            "whm_0123456789abcdef",
+            "with space 0123456789",
+        ] {
+            let err = load(&matches(&["--webhook-admin-token", bad]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("webhook-admin-token"), "{err}");
+            assert!(!err.contains(bad), "{err}");
         }
     }
 

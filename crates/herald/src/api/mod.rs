@@ -123,8 +123,11 @@ async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
     let client_ip = state.limits.client_ip(peer, req.headers());
     // ntfy authenticates every request before routing (wrong credentials are a 401
     // anywhere), then charges the visitor: an authenticated user is its own visitor
-    // (`user:<name>`). herald's own probes and metrics stay open.
-    let principal = if account::needs_authentication(&segments) {
+    // (`user:<name>`). herald's own probes and metrics stay open. The
+    // `webhook-admin-token` is no login: on `/v1/webhooks` the webhook API checks it.
+    let webhook_admin = matches!(segments.as_slice(), ["v1", "webhooks", ..])
+        && crate::webhook::api::presents_admin_token(&state, req.headers(), req.uri().query());
+    let principal = if account::needs_authentication(&segments) && !webhook_admin {
         match account::authenticate(&state, req.headers(), req.uri().query(), client_ip).await {
             Ok(p) => p,
             Err(e) => {

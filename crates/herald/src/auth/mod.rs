@@ -462,6 +462,9 @@ impl Authorizer {
             }
             Presented::Credentials(c) => c,
         };
+        if is_webhook_management_token(&creds) {
+            return Ok(Principal::anonymous());
+        }
         if !en.throttle.allowed(peer, creds.user_name(), Instant::now()) {
             return Err(ApiError::TOO_MANY_AUTH_FAILURES);
         }
@@ -513,6 +516,9 @@ impl Authorizer {
             Presented::Malformed => return None,
             Presented::Credentials(c) => c,
         };
+        if is_webhook_management_token(&creds) {
+            return Some(Principal::anonymous());
+        }
         if !en.throttle.allowed(peer, creds.user_name(), Instant::now()) {
             return None;
         }
@@ -699,6 +705,13 @@ impl Authorizer {
 }
 
 /// How many password checks may run at once: the number of cores (at least 2).
+/// A webhook management token (`whm_...`, `crate::webhook::token`) is not a user
+/// credential: the request is anonymous for access control (so the token grants
+/// nothing here, and is no failed login), and only the webhook API looks at it.
+fn is_webhook_management_token(creds: &Credentials) -> bool {
+    matches!(creds, Credentials::Token(t) if crate::webhook::token::is_management_token(t))
+}
+
 fn hash_parallelism() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get().max(2))
 }

@@ -310,23 +310,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 fn hex(digest: &TokenDigest) -> String {
-    use std::fmt::Write as _;
-    let mut s = String::with_capacity(64);
-    for b in digest {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
+    super::token::digest_hex(digest)
 }
 
 fn unhex(s: &str) -> Option<TokenDigest> {
-    if s.len() != 64 || !s.is_ascii() {
-        return None;
-    }
-    let mut d = [0u8; 32];
-    for (i, byte) in d.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(d)
+    super::token::digest_from_hex(s)
 }
 
 fn role_from(s: &str) -> Role {

@@ -38,14 +38,21 @@ pub type TokenDigest = [u8; 32];
 
 /// A new random token.
 pub fn generate() -> Result<String, getrandom::Error> {
-    let mut token = String::with_capacity(LENGTH);
-    token.push_str(PREFIX);
+    generate_with_prefix(PREFIX, LENGTH - PREFIX.len())
+}
+
+/// `prefix` + `random` characters of `[a-z0-9]` from the OS generator (also the
+/// shape of webhook management tokens, `whm_...`).
+pub fn generate_with_prefix(prefix: &str, random: usize) -> Result<String, getrandom::Error> {
+    let length = prefix.len() + random;
+    let mut token = String::with_capacity(length);
+    token.push_str(prefix);
     // Rejection sampling keeps every character uniform (256 = 7 * 36 + 4).
     let mut buf = [0u8; 64];
-    while token.len() < LENGTH {
+    while token.len() < length {
         getrandom::fill(&mut buf)?;
         for &b in &buf {
-            if token.len() == LENGTH {
+            if token.len() == length {
                 break;
             }
             if (b as usize) < 252 {
@@ -68,6 +75,28 @@ pub fn is_well_formed(s: &str) -> bool {
 /// The digest of a token.
 pub fn digest(token: &str) -> TokenDigest {
     Sha256::digest(token.as_bytes()).into()
+}
+
+/// A digest as 64 lowercase hex characters (how the Redis stores keep it).
+pub fn digest_hex(digest: &TokenDigest) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::with_capacity(64);
+    for b in digest {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// The digest [`digest_hex`] wrote; `None` if `s` is not one.
+pub fn digest_from_hex(s: &str) -> Option<TokenDigest> {
+    if s.len() != 64 || !s.is_ascii() {
+        return None;
+    }
+    let mut d = [0u8; 32];
+    for (i, byte) in d.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(d)
 }
 
 /// Constant-time equality of two digests.

@@ -3,17 +3,29 @@
 //! Called from the API dispatcher (`crate::api::dispatch`) for every path under
 //! `/v1/webhooks`. Errors use ntfy's JSON error shape.
 //!
-//! **Who may do what** goes through [`WebhookCaller`], the seam to authentication:
-//! without auth ([`Anonymous`]) everyone may register for any topic and sees every
-//! webhook. With auth ([`Authorized`]), registering needs read permission on the
-//! topic (patterns: admins only), and only admins see webhooks they did not create.
+//! **Who may do what.** On an ntfy-style server the topic name is the secret: ntfy
+//! has no way to list topics or read them by wildcard, and a webhook must not add
+//! one. So, in every mode (docs/WEBHOOKS.md, "Who may do what"):
+//!
+//! - registering an exact topic needs read permission on it (everyone, with access
+//!   control off); a pattern (`*`, `alerts-*`) needs a **webhook admin**: an admin
+//!   user, or the bearer of `webhook-admin-token`;
+//! - replaying needs a webhook admin (it reads messages published before the
+//!   webhook existed);
+//! - one webhook is managed by the bearer of its **management token** (`whm_...`,
+//!   answered once at registration, [`super::token`]), by the user who registered
+//!   it, or by a webhook admin; to anyone else it does not exist (`404`, as for an
+//!   unknown ID: IDs are not confirmed);
+//! - the list holds what the caller manages: everything for an admin, nothing for
+//!   an anonymous caller without a token. Client IPs own nothing (people behind one
+//!   NAT share one), they only count towards `webhook-visitor-limit`.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::body::to_bytes;
 use axum::extract::Request;
-use axum::http::{Method, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::Response;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -38,88 +50,93 @@ const TOO_MANY_WEBHOOKS: ApiError = ApiError {
     link: None,
 };
 
-/// What the webhook API needs to know about whoever calls it.
-pub trait WebhookCaller: Send + Sync {
-    /// The key webhooks are counted and owned under (`webhook-visitor-limit`).
-    fn visitor_key(&self) -> String;
-    /// Whether the caller may receive messages of `topic` (a name or a `*` pattern).
-    fn may_read(&self, topic: &str) -> bool;
-    /// Whether the caller sees and manages every webhook, not only its own.
-    fn is_admin(&self) -> bool;
-}
-
-/// The caller when auth is off: may do everything; keyed by client IP.
-#[derive(Debug, Clone, Copy)]
-pub struct Anonymous(pub IpAddr);
-
-impl WebhookCaller for Anonymous {
-    fn visitor_key(&self) -> String {
-        self.0.to_string()
-    }
-
-    fn may_read(&self, _topic: &str) -> bool {
-        true
-    }
-
-    fn is_admin(&self) -> bool {
-        true
-    }
-}
-
-/// The caller when access control is on: the request's principal (authenticated by
-/// `api::dispatch`), keyed as its visitor is (`user:<name>`, else the client IP).
-pub struct Authorized {
+/// Whoever calls the webhook API, as far as it cares. See the module docs.
+pub(crate) struct Caller {
+    /// Whom registrations are counted under (`webhook-visitor-limit`): `user:<name>`,
+    /// else the client IP.
+    visitor: String,
+    /// The principal `api::dispatch` authenticated (anonymous with access control
+    /// off, or when the request carries a webhook token instead of a login).
     principal: Principal,
+    /// An admin user, or the `webhook-admin-token` bearer.
+    admin: bool,
+    /// The token the request presents, compared with a webhook's management token.
+    token: Option<String>,
     auth: Arc<Authorizer>,
-    ip: IpAddr,
 }
 
-impl WebhookCaller for Authorized {
-    fn visitor_key(&self) -> String {
-        match self.principal.user_name() {
-            Some(name) => format!("user:{name}"),
-            None => self.ip.to_string(),
+impl Caller {
+    /// Whether the caller may register for `topic`: a name it may read; a pattern
+    /// only as a webhook admin (a pattern spans topics the caller never named, and
+    /// deliveries are not re-checked per message).
+    fn may_register(&self, topic: &str) -> Result<(), ApiError> {
+        if self.admin {
+            return Ok(());
         }
-    }
-
-    /// Read permission on the topic. A `*` pattern spans topics whose entries may
-    /// differ (`alerts*` read-write but `alerts-payroll` denied), and deliveries are
-    /// not re-checked per message, so only admins may register patterns.
-    fn may_read(&self, topic: &str) -> bool {
         if topic.contains('*') {
-            return self.principal.is_admin();
+            return Err(ApiError::FORBIDDEN
+                .with_detail("topic patterns need webhook admin rights (webhook-admin-token)"));
         }
         self.auth
             .authorize(&self.principal, topic, Permission::Read)
-            .is_ok()
     }
 
-    fn is_admin(&self) -> bool {
-        self.principal.is_admin()
+    /// Whether the caller manages `w` (and so may see that it exists).
+    fn manages(&self, w: &Webhook) -> bool {
+        if self.admin {
+            return true;
+        }
+        let by_token = match (&self.token, &w.token_digest) {
+            (Some(token), Some(digest)) => super::token::matches(digest, token),
+            _ => false,
+        };
+        let by_user = self
+            .principal
+            .user_name()
+            .is_some_and(|name| w.owner.strip_prefix("user:") == Some(name));
+        by_token || by_user
     }
 }
 
-/// Who is calling: everyone may do everything while access control is off;
-/// otherwise the principal `api::dispatch` authenticated (wrong credentials never
-/// get here: they are answered 401 there).
-pub fn caller(
+/// Whether a request to `/v1/webhooks` presents `webhook-admin-token`. Such a
+/// request is not authenticated as a user login (the token is not one).
+pub(crate) fn presents_admin_token(
     state: &AppState,
-    req: &Request,
-    client_ip: IpAddr,
-) -> Result<Box<dyn WebhookCaller>, ApiError> {
-    if !state.auth.is_enabled() {
-        return Ok(Box::new(Anonymous(client_ip)));
-    }
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> bool {
+    let Some(admin) = state
+        .webhooks
+        .as_ref()
+        .and_then(|w| w.config.admin_token.as_ref())
+    else {
+        return false;
+    };
+    super::token::presented(headers, query).is_some_and(|t| admin.matches(&t))
+}
+
+/// Who is calling: the principal `api::dispatch` authenticated (wrong credentials
+/// never get here: they are answered 401 there), and the token the request bears.
+fn caller(state: &AppState, req: &Request, client_ip: IpAddr) -> Caller {
     let principal = req
         .extensions()
         .get::<Principal>()
         .cloned()
         .unwrap_or_else(Principal::anonymous);
-    Ok(Box::new(Authorized {
+    let token = super::token::presented(req.headers(), req.uri().query());
+    let admin =
+        principal.is_admin() || presents_admin_token(state, req.headers(), req.uri().query());
+    let visitor = match principal.user_name() {
+        Some(name) => format!("user:{name}"),
+        None => client_ip.to_string(),
+    };
+    Caller {
+        visitor,
         principal,
+        admin,
+        token,
         auth: state.auth.clone(),
-        ip: client_ip,
-    }))
+    }
 }
 
 /// Serves `rest` = the path segments after `/v1/webhooks`.
@@ -132,34 +149,34 @@ pub async fn handle(
     let Some(webhooks) = state.webhooks.clone() else {
         return Err(ApiError::NOT_FOUND);
     };
-    let caller = caller(state, &req, peer)?;
+    let caller = caller(state, &req, peer);
     let method = req.method().clone();
     match (&method, rest) {
         (&Method::POST, [] | [""]) => {
             let spec: WebhookSpec = read_json(req).await?;
-            if let Some(topic) = &spec.topic
-                && !caller.may_read(topic)
-            {
-                return Err(ApiError::FORBIDDEN);
+            if let Some(topic) = &spec.topic {
+                caller.may_register(topic)?;
             }
-            let w = webhooks
-                .create(spec, &caller.visitor_key())
+            let (w, token) = webhooks
+                .create(spec, &caller.visitor)
                 .await
                 .map_err(api_error)?;
-            Ok(respond(StatusCode::CREATED, view(&w, true)))
+            let mut body = view(&w, true);
+            body["token"] = json!(token);
+            Ok(respond(StatusCode::CREATED, body))
         }
         (&Method::GET, [] | [""]) => {
             let all = webhooks.list().await.map_err(api_error)?;
             let visible: Vec<Value> = all
                 .iter()
-                .filter(|w| sees(caller.as_ref(), w))
+                .filter(|w| caller.manages(w))
                 .map(|w| view(w, false))
                 .collect();
             Ok(respond(StatusCode::OK, Value::Array(visible)))
         }
         (_, [id, tail @ ..]) => {
             let w = webhooks.get(id).await.map_err(api_error)?;
-            if !sees(caller.as_ref(), &w) {
+            if !caller.manages(&w) {
                 return Err(not_found());
             }
             match (&method, tail) {
@@ -167,10 +184,8 @@ pub async fn handle(
                 (&Method::GET, ["secret"]) => Ok(respond(StatusCode::OK, view(&w, true))),
                 (&Method::PATCH | &Method::PUT, []) => {
                     let spec: WebhookSpec = read_json(req).await?;
-                    if let Some(topic) = &spec.topic
-                        && !caller.may_read(topic)
-                    {
-                        return Err(ApiError::FORBIDDEN);
+                    if let Some(topic) = &spec.topic {
+                        caller.may_register(topic)?;
                     }
                     let w = webhooks.update(id, spec).await.map_err(api_error)?;
                     Ok(respond(StatusCode::OK, view(&w, false)))
@@ -204,6 +219,14 @@ pub async fn handle(
                     Ok(respond(StatusCode::OK, json!(attempts)))
                 }
                 (&Method::POST, ["replay"]) => {
+                    // Replay reads messages from before the webhook existed: what a
+                    // topic's subscribers could poll, but a token only proves the
+                    // registration, not that its holder could read them then.
+                    if !caller.admin {
+                        return Err(ApiError::FORBIDDEN.with_detail(
+                            "replay needs webhook admin rights (webhook-admin-token)",
+                        ));
+                    }
                     #[derive(Deserialize, Default)]
                     #[serde(deny_unknown_fields)]
                     struct Replay {
@@ -227,10 +250,6 @@ pub async fn handle(
         }
         _ => Err(ApiError::NOT_FOUND),
     }
-}
-
-fn sees(caller: &dyn WebhookCaller, w: &Webhook) -> bool {
-    caller.is_admin() || w.owner == caller.visitor_key()
 }
 
 fn not_found() -> ApiError {

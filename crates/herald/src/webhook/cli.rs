@@ -1,4 +1,6 @@
-//! `herald webhook add|list|remove`: a thin client of `/v1/webhooks`.
+//! `herald webhook add|list|remove`: a thin client of `/v1/webhooks`, as a webhook
+//! admin: it sends `webhook-admin-token` (`--token`, or the server's own environment
+//! variable `HERALD_WEBHOOK_ADMIN_TOKEN`) as a bearer token.
 
 use std::time::Duration;
 
@@ -13,6 +15,11 @@ pub fn add_args(cmd: Command) -> Command {
         .env("HERALD_SERVER")
         .default_value("http://127.0.0.1:8080")
         .help("herald server URL");
+    let token = Arg::new("token")
+        .long("token")
+        .env("HERALD_WEBHOOK_ADMIN_TOKEN")
+        .hide_env_values(true)
+        .help("The server's `webhook-admin-token` (or an admin user's access token)");
     cmd.about("Manage outgoing webhooks (docs/WEBHOOKS.md)")
         .subcommand_required(true)
         .arg_required_else_help(true)
@@ -20,6 +27,7 @@ pub fn add_args(cmd: Command) -> Command {
             Command::new("add")
                 .about("Register an endpoint; prints its ID and signing secret")
                 .arg(server.clone())
+                .arg(token.clone())
                 .arg(
                     Arg::new("topic")
                         .required(true)
@@ -62,12 +70,14 @@ pub fn add_args(cmd: Command) -> Command {
         .subcommand(
             Command::new("list")
                 .about("List endpoints (JSON, one per line)")
-                .arg(server.clone()),
+                .arg(server.clone())
+                .arg(token.clone()),
         )
         .subcommand(
             Command::new("remove")
                 .about("Delete an endpoint")
                 .arg(server)
+                .arg(token)
                 .arg(Arg::new("id").required(true).help("Webhook ID (`wh_...`)")),
         )
 }
@@ -93,6 +103,14 @@ async fn run_async(matches: &ArgMatches) -> anyhow::Result<()> {
         .map(|s| s.trim_end_matches('/').to_string())
         .unwrap_or_default();
     let base = format!("{server}/v1/webhooks");
+    let token = m.get_one::<String>("token").cloned();
+    let call = |request: reqwest::RequestBuilder, expect: u16| {
+        let request = match &token {
+            Some(t) => request.bearer_auth(t),
+            None => request,
+        };
+        call(request, expect)
+    };
     match name {
         "add" => {
             let strings = |key: &str| -> Vec<String> {

@@ -1,5 +1,6 @@
 //! The contract every [`WebhookStore`] keeps, as test functions the SQLite and the
-//! Redis store's tests both run.
+//! Redis store's tests both run (endpoints round-trip with and without a management
+//! token digest).
 
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ pub fn webhook(id: &str) -> Webhook {
         description: String::new(),
         ordered: false,
         owner: "1.2.3.4".into(),
+        token_digest: None,
         created: 1,
         start_after: String::new(),
         disabled: None,
@@ -171,12 +173,18 @@ pub async fn endpoints_round_trip(store: &dyn WebhookStore) {
     w.ordered = true;
     w.disabled = Some(("410 Gone".into(), 6));
     w.failing_since = Some(7);
+    w.token_digest = Some(crate::auth::token::digest("whm_round_trip"));
     store.insert_webhook(&w).await.unwrap();
     store.insert_webhook(&webhook("c")).await.unwrap();
     assert_eq!(store.webhook("b").await.unwrap(), Some(w.clone()));
     assert_eq!(store.webhooks().await.unwrap().len(), 2);
     assert_eq!(store.count_owned("1.2.3.4").await.unwrap(), 2);
     assert_eq!(store.count_owned("5.6.7.8").await.unwrap(), 0);
+    // A webhook without a management token (registered before they existed).
+    assert_eq!(
+        store.webhook("c").await.unwrap().unwrap().token_digest,
+        None
+    );
     w.disabled = None;
     w.failing_since = None;
     assert!(store.update_webhook(&w).await.unwrap());

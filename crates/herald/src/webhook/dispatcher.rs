@@ -234,12 +234,13 @@ impl Webhooks {
     // -----------------------------------------------------------------------------
     // Operations (the API)
 
-    /// Registers an endpoint for `owner`.
+    /// Registers an endpoint for `owner`; also answers its management token (shown
+    /// only now: the store keeps its digest).
     pub async fn create(
         self: &Arc<Self>,
         spec: WebhookSpec,
         owner: &str,
-    ) -> Result<Webhook, WebhookError> {
+    ) -> Result<(Webhook, String), WebhookError> {
         let topic = spec
             .topic
             .ok_or_else(|| WebhookError::Invalid("\"topic\" is required".into()))?;
@@ -250,6 +251,8 @@ impl Webhooks {
             Some(s) => Secret::parse(&s).map_err(|e| WebhookError::Invalid(e.to_string()))?,
             None => Secret::generate(),
         };
+        let (token, token_digest) = super::token::generate()
+            .map_err(|e| WebhookStoreError::Backend(format!("no randomness for a token: {e}")))?;
         let limit = self.config.visitor_limit;
         if limit > 0 && self.store.count_owned(owner).await? >= limit {
             return Err(WebhookError::LimitReached);
@@ -269,6 +272,7 @@ impl Webhooks {
             description: spec.description.unwrap_or_default(),
             ordered: spec.ordered.unwrap_or(false),
             owner: owner.to_string(),
+            token_digest: Some(token_digest),
             created: crate::model::now_unix(),
             // Every message published after this call returns has a greater ID.
             start_after: self.source.newest_id().await?,
@@ -279,7 +283,7 @@ impl Webhooks {
         self.store.insert_webhook(&webhook).await?;
         drop(turn);
         self.reconcile().await;
-        Ok(webhook)
+        Ok((webhook, token))
     }
 
     fn validate(&self, w: &Webhook) -> Result<(), WebhookError> {

@@ -37,6 +37,7 @@ pub mod redis;
 pub mod sign;
 pub mod sqlite;
 pub mod store;
+pub mod token;
 pub mod worker;
 
 use std::time::Duration;
@@ -71,6 +72,8 @@ pub struct WebhookConfig {
     pub visitor_limit: usize,
     /// How long a rotated-out secret keeps signing next to the new one.
     pub secret_grace: Duration,
+    /// `webhook-admin-token`: its bearer is a webhook admin in every mode.
+    pub admin_token: Option<token::AdminToken>,
 }
 
 impl WebhookConfig {
@@ -86,6 +89,7 @@ impl WebhookConfig {
             concurrency: 4,
             visitor_limit: 20,
             secret_grace: Duration::from_secs(86400),
+            admin_token: None,
         }
     }
 }
@@ -192,8 +196,12 @@ pub struct Webhook {
     pub description: String,
     /// Deliver one message at a time, in order.
     pub ordered: bool,
-    /// Who registered it (the visitor key; the client IP until auth provides more).
+    /// Who registered it: its visitor key (`user:<name>`, else the client IP). It
+    /// counts towards `webhook-visitor-limit`; only a `user:` owner also manages it.
     pub owner: String,
+    /// SHA-256 digest of its management token (`whm_...`, [`token`]); `None` for a
+    /// webhook registered before tokens existed (admins only, or its user).
+    pub token_digest: Option<crate::auth::token::TokenDigest>,
     /// Unix seconds.
     pub created: i64,
     /// Messages with IDs above this one are delivered (those published after it

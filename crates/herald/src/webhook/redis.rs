@@ -291,6 +291,10 @@ struct StoredWebhook {
     description: String,
     ordered: bool,
     owner: String,
+    /// Hex SHA-256 of the management token; absent in endpoints written before
+    /// tokens existed (they stay admin-only, `super::token`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    token_digest: Option<String>,
     created: i64,
     start_after: String,
     disabled: Option<(String, i64)>,
@@ -308,14 +312,22 @@ impl StoredWebhook {
             description: w.description.clone(),
             ordered: w.ordered,
             owner: w.owner.clone(),
+            token_digest: w.token_digest.as_ref().map(crate::auth::token::digest_hex),
             created: w.created,
             start_after: w.start_after.clone(),
             disabled: w.disabled.clone(),
         }
     }
 
-    fn into_webhook(self, failing_since: Option<i64>) -> Webhook {
-        Webhook {
+    fn into_webhook(self, failing_since: Option<i64>) -> Result<Webhook, String> {
+        let token_digest = match self.token_digest {
+            None => None,
+            Some(h) => Some(
+                crate::auth::token::digest_from_hex(&h)
+                    .ok_or("token digest is not 64 hex characters")?,
+            ),
+        };
+        Ok(Webhook {
             id: self.id,
             topic: self.topic,
             url: self.url,
@@ -325,11 +337,12 @@ impl StoredWebhook {
             description: self.description,
             ordered: self.ordered,
             owner: self.owner,
+            token_digest,
             created: self.created,
             start_after: self.start_after,
             disabled: self.disabled,
             failing_since,
-        }
+        })
     }
 }
 
@@ -432,8 +445,9 @@ impl RedisWebhookStore {
 
 fn parse_webhook(json: &str, failing: Option<i64>) -> Result<Webhook, WebhookStoreError> {
     serde_json::from_str::<StoredWebhook>(json)
-        .map(|s| s.into_webhook(failing))
-        .map_err(|e| WebhookStoreError::Corrupt(e.to_string()))
+        .map_err(|e| e.to_string())
+        .and_then(|s| s.into_webhook(failing))
+        .map_err(WebhookStoreError::Corrupt)
 }
 
 #[async_trait]
@@ -883,6 +897,21 @@ mod tests {
         contract::settlements_and_ordered_claims(&store).await;
         assert_eq!(store.version().await.unwrap(), Some(2), "insert, delete");
         clean(&store, &p).await;
+    }
+
+    /// An endpoint stored before management tokens (no `token_digest` key) reads
+    /// back without one: admins only.
+    #[test]
+    fn endpoints_stored_before_tokens_have_none() {
+        let old = r#"{"id":"wh_old","topic":"t","url":"http://x","secret":"whsec_x",
+            "previous_secret":null,"filter":{},"description":"","ordered":false,
+            "owner":"1.2.3.4","created":1,"start_after":"","disabled":null}"#;
+        let w = parse_webhook(old, None).unwrap();
+        assert_eq!(w.token_digest, None);
+        let mut with = webhook("n");
+        with.token_digest = Some([7; 32]);
+        let json = serde_json::to_string(&StoredWebhook::from(&with)).unwrap();
+        assert_eq!(parse_webhook(&json, None).unwrap(), with);
     }
 
     #[tokio::test]

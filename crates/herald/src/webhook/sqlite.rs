@@ -20,7 +20,7 @@ use super::store::{
 };
 use super::{Filter, Webhook};
 
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE webhooks (
@@ -78,6 +78,10 @@ CREATE TABLE cursor (
 );
 ";
 
+/// Version 2: each webhook's management token digest (`super::token`). Webhooks of
+/// version 1 have none: only admins (or their `user:` owner) manage them.
+const MIGRATE_V2: &str = "ALTER TABLE webhooks ADD COLUMN token_digest BLOB;";
+
 /// The SQLite [`WebhookStore`].
 #[derive(Debug)]
 pub struct SqliteWebhookStore {
@@ -104,7 +108,13 @@ impl SqliteWebhookStore {
         match version {
             0 => {
                 conn.execute_batch(&format!(
-                    "BEGIN; {SCHEMA_V1} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                    "BEGIN; {SCHEMA_V1} {MIGRATE_V2} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                ))
+                .map_err(backend)?;
+            }
+            1 => {
+                conn.execute_batch(&format!(
+                    "BEGIN; {MIGRATE_V2} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
                 ))
                 .map_err(backend)?;
             }
@@ -141,7 +151,8 @@ impl SqliteWebhookStore {
 }
 
 const WEBHOOK_COLUMNS: &str = "id, topic, url, secret, previous_secret, previous_until, filter, \
-     description, ordered, owner, created, start_after, disabled_reason, disabled_at, failing_since";
+     description, ordered, owner, created, start_after, disabled_reason, disabled_at, failing_since, \
+     token_digest";
 
 fn webhook_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Webhook, String>> {
     let filter: String = row.get(6)?;
@@ -153,6 +164,13 @@ fn webhook_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Webhook, String>> 
     let previous_until: Option<i64> = row.get(5)?;
     let reason: Option<String> = row.get(12)?;
     let disabled_at: Option<i64> = row.get(13)?;
+    let token_digest = match row.get::<_, Option<Vec<u8>>>(15)? {
+        None => None,
+        Some(bytes) => match <[u8; 32]>::try_from(bytes.as_slice()) {
+            Ok(d) => Some(d),
+            Err(_) => return Ok(Err("token digest is not 32 bytes".into())),
+        },
+    };
     Ok(Ok(Webhook {
         id: row.get(0)?,
         topic: row.get(1)?,
@@ -163,6 +181,7 @@ fn webhook_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Webhook, String>> 
         description: row.get(7)?,
         ordered: row.get::<_, i64>(8)? != 0,
         owner: row.get(9)?,
+        token_digest,
         created: row.get(10)?,
         start_after: row.get(11)?,
         disabled: reason.zip(disabled_at),
@@ -190,6 +209,7 @@ fn write_webhook(conn: &Connection, sql: &str, w: &Webhook) -> rusqlite::Result<
             w.disabled.as_ref().map(|d| &d.0),
             w.disabled.as_ref().map(|d| d.1),
             w.failing_since,
+            w.token_digest.as_ref().map(|d| d.as_slice()),
         ],
     )
 }
@@ -240,7 +260,7 @@ impl WebhookStore for SqliteWebhookStore {
                 c,
                 &format!(
                     "INSERT INTO webhooks ({WEBHOOK_COLUMNS}) VALUES \
-                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
+                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
                 ),
                 &w,
             )
@@ -285,7 +305,7 @@ impl WebhookStore for SqliteWebhookStore {
                 "UPDATE webhooks SET topic = ?2, url = ?3, secret = ?4, previous_secret = ?5,
                      previous_until = ?6, filter = ?7, description = ?8, ordered = ?9,
                      owner = ?10, created = ?11, start_after = ?12, disabled_reason = ?13,
-                     disabled_at = ?14, failing_since = ?15
+                     disabled_at = ?14, failing_since = ?15, token_digest = ?16
                  WHERE id = ?1",
                 &w,
             )
@@ -625,6 +645,32 @@ mod tests {
     async fn endpoints_round_trip() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteWebhookStore::open(&dir.path().join("w.db")).unwrap();
+        contract::endpoints_round_trip(&store).await;
+    }
+
+    /// A version-1 file (before management tokens) opens; its webhooks have no
+    /// token, so only admins manage them.
+    #[tokio::test]
+    async fn version_1_webhooks_migrate_without_a_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(&format!("{SCHEMA_V1} PRAGMA user_version = 1;"))
+                .unwrap();
+            conn.execute(
+                "INSERT INTO webhooks (id, topic, url, secret, filter, description, ordered, \
+                 owner, created, start_after) \
+                 VALUES ('wh_old', 't', 'http://x', 'whsec_x', '{}', '', 0, '1.2.3.4', 1, '')",
+                [],
+            )
+            .unwrap();
+        }
+        let store = SqliteWebhookStore::open(&path).unwrap();
+        let old = store.webhook("wh_old").await.unwrap().unwrap();
+        assert_eq!(old.token_digest, None);
+        assert_eq!(old.owner, "1.2.3.4");
+        assert!(store.delete_webhook("wh_old").await.unwrap());
         contract::endpoints_round_trip(&store).await;
     }
 }

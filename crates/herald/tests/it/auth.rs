@@ -950,7 +950,8 @@ async fn configured_by_a_server_yml() {
 }
 
 /// `/v1/webhooks` with access control on: registering needs read permission on the
-/// topic (patterns: admins only), users see only their own webhooks, admins all.
+/// topic (patterns: admins only), users see only their own webhooks, admins all,
+/// anonymous callers none.
 #[tokio::test]
 async fn webhook_registration_follows_read_permission() {
     let server = deny_all_server();
@@ -1087,4 +1088,100 @@ async fn token_expiry_must_be_never_or_a_plausible_time() {
     }
     let list = cli(&server, &["token", "list", USER.0], None);
     assert_eq!(list.matches("tk_").count(), 1, "{list}");
+}
+
+/// With access control on, a webhook's management token (`whm_...`) manages that
+/// webhook and nothing else: it is no login (never a `401` nor a failed login that
+/// throttles), grants nothing on topics, and other users do not see the webhook.
+/// `webhook-admin-token` and admin users are webhook admins (patterns, replay).
+#[tokio::test]
+async fn webhook_tokens_with_access_control() {
+    const WEBHOOK_ADMIN: &str = "auth-test-webhook-admin-0123";
+    let server = TestServer::start(&[
+        "--auth-default-access",
+        "deny-all",
+        "--webhook-admin-token",
+        WEBHOOK_ADMIN,
+    ]);
+    cli(
+        &server,
+        &["user", "add", "--role", "admin", ADMIN.0],
+        Some(ADMIN.1),
+    );
+    cli(&server, &["user", "add", USER.0], Some(USER.1));
+    cli(&server, &["user", "add", "carl"], Some("carl-secret"));
+    cli(&server, &["access", USER.0, "alerts", "ro"], None);
+    let phil = Who::Password(USER.0.into(), USER.1.into());
+    let carl = Who::Password("carl".into(), "carl-secret".into());
+    let send = |who: &Who, method: reqwest::Method, path: &str, body: serde_json::Value| {
+        who.apply(server.client.request(method, server.url(&who.path(path))))
+            .body(body.to_string())
+            .timeout(EVENT_TIMEOUT)
+            .send()
+    };
+    let hook = serde_json::json!({"topic": "alerts", "url": "https://hooks.example.com/in"});
+    let created = expect_json(
+        send(&phil, reqwest::Method::POST, "/v1/webhooks", hook.clone())
+            .await
+            .expect("register"),
+        201,
+    )
+    .await;
+    let id = created["id"].as_str().expect("id").to_string();
+    let token = created["token"].as_str().expect("token").to_string();
+    let holder = Who::Bearer(token.clone());
+    let one = format!("/v1/webhooks/{id}");
+    let replay = format!("/v1/webhooks/{id}/replay");
+    let since = serde_json::json!({"since": "1h"});
+
+    // The token holder manages it (as does phil); another user does not see it.
+    expect_json(get_as(&server, &holder, &one).await, 200).await;
+    expect_json(get_as(&server, &phil, &one).await, 200).await;
+    expect_error(get_as(&server, &carl, &one).await, 404, 40401).await;
+    let listed = expect_json(get_as(&server, &carl, "/v1/webhooks").await, 200).await;
+    assert_eq!(listed, serde_json::json!([]));
+    // Replay needs a webhook admin, even for its creator.
+    for who in [&holder, &phil] {
+        let resp = send(who, reqwest::Method::POST, &replay, since.clone()).await;
+        expect_error(resp.expect("replay"), 403, 40301).await;
+    }
+
+    // On topics the token is anonymous: refused as anonymous is (403, not 401), on
+    // every try, and never counted as a failed login (30 of those throttle).
+    for _ in 0..35 {
+        expect_error(
+            publish_as(&server, &holder, "alerts", "x").await,
+            403,
+            40301,
+        )
+        .await;
+    }
+    expect_error(
+        get_as(&server, &holder, "/alerts/json?poll=1").await,
+        403,
+        40301,
+    )
+    .await;
+    let resp = get_as(&server, &phil, "/alerts/json?poll=1").await;
+    assert_eq!(resp.status(), 200, "phil is not throttled");
+
+    // Webhook admins: the admin token and admin users; patterns and replay.
+    let webhook_admin = Who::Bearer(WEBHOOK_ADMIN.into());
+    let all = expect_json(get_as(&server, &webhook_admin, "/v1/webhooks").await, 200).await;
+    assert_eq!(all.as_array().map(Vec::len), Some(1), "{all}");
+    let pattern = serde_json::json!({"topic": "*", "url": "https://hooks.example.com/all"});
+    for who in [&webhook_admin, &admin()] {
+        let resp = send(who, reqwest::Method::POST, "/v1/webhooks", pattern.clone()).await;
+        expect_json(resp.expect("register a pattern"), 201).await;
+        let resp = send(who, reqwest::Method::POST, &replay, since.clone()).await;
+        expect_json(resp.expect("replay"), 202).await;
+    }
+    let resp = send(
+        &phil,
+        reqwest::Method::POST,
+        "/v1/webhooks",
+        pattern.clone(),
+    )
+    .await;
+    expect_error(resp.expect("register a pattern"), 403, 40301).await;
 }

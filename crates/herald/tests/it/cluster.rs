@@ -838,20 +838,25 @@ async fn the_subscription_limit_counts_streams_on_every_node() {
 // ---------------------------------------------------------------------------------
 // Webhooks in cluster mode (crate::webhook::redis)
 
+/// The cluster's `webhook-admin-token`.
+const WEBHOOK_ADMIN: &str = "cluster-webhook-admin-0123456789";
+
 /// Cluster nodes that may deliver to the test's receivers, retrying fast.
-const WEBHOOK_ARGS: [&str; 4] = [
+const WEBHOOK_ARGS: [&str; 6] = [
     "--webhook-allow-private",
     "true",
     "--webhook-retry-schedule",
     "0s,200ms,200ms,200ms,200ms,200ms,200ms,200ms",
+    "--webhook-admin-token",
+    WEBHOOK_ADMIN,
 ];
 
-/// Registers `receiver` for `topic` on `node`; the webhook's ID.
+/// Registers `receiver` for `topic` on `node`; the webhook's ID and management token.
 async fn register_webhook(
     node: &TestServer,
     topic: &str,
     receiver: &crate::webhook_receiver::Receiver,
-) -> String {
+) -> (String, String) {
     let resp = node
         .client
         .post(node.url("/v1/webhooks"))
@@ -861,7 +866,10 @@ async fn register_webhook(
         .unwrap();
     let w = expect_json(resp, 201).await;
     receiver.set_secrets(&[w["secret"].as_str().unwrap()]);
-    w["id"].as_str().unwrap().to_string()
+    (
+        w["id"].as_str().unwrap().to_string(),
+        w["token"].as_str().unwrap().to_string(),
+    )
 }
 
 /// How many requests answered 2xx each `webhook-id` got.
@@ -886,8 +894,16 @@ async fn webhooks_deliver_each_message_once_cluster_wide() {
     let cluster =
         Cluster::start_with("whonce", 3, SHARED_REDIS_PORT, with_args(&WEBHOOK_ARGS)).await;
     let receiver = Receiver::start(always_ok()).await;
-    let id = register_webhook(&cluster.nodes[0], "wh", &receiver).await;
-    let listed = expect_json(cluster.nodes[1].get("/v1/webhooks").await, 200).await;
+    let (id, token) = register_webhook(&cluster.nodes[0], "wh", &receiver).await;
+    // Node 2 lists it for the admin (and for the management token: see below).
+    let listed = cluster.nodes[1]
+        .client
+        .get(cluster.nodes[1].url("/v1/webhooks"))
+        .bearer_auth(WEBHOOK_ADMIN)
+        .send()
+        .await
+        .unwrap();
+    let listed = expect_json(listed, 200).await;
     assert!(
         listed.to_string().contains(&id),
         "node 2 does not list {id}: {listed}"
@@ -947,11 +963,16 @@ async fn webhooks_deliver_each_message_once_cluster_wide() {
         .map(|r| r.body["type"].as_str().unwrap_or_default().to_string())
         .collect();
     assert!(types.contains(&"message_delete".to_string()), "{types:?}");
-    // The attempts are shared too: node 3 lists node 1's and node 2's.
+    // The attempts are shared too: node 3 lists node 1's and node 2's, to the
+    // holder of the management token node 1 answered.
     let attempts = expect_json(
         cluster.nodes[2]
-            .get(&format!("/v1/webhooks/{id}/attempts"))
-            .await,
+            .client
+            .get(cluster.nodes[2].url(&format!("/v1/webhooks/{id}/attempts")))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap(),
         200,
     )
     .await;
@@ -962,6 +983,7 @@ async fn webhooks_deliver_each_message_once_cluster_wide() {
     let replay = cluster.nodes[1]
         .client
         .post(cluster.nodes[1].url(&format!("/v1/webhooks/{id}/replay")))
+        .bearer_auth(WEBHOOK_ADMIN)
         .body(serde_json::json!({ "since": first_id }).to_string())
         .send()
         .await

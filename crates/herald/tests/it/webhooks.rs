@@ -15,19 +15,26 @@ use crate::webhook_receiver::{Receiver, always, always_ok, black_hole};
 /// Generous waits: the suite runs on a busy 2-core machine.
 const WAIT: Duration = Duration::from_secs(30);
 
+/// The servers' `webhook-admin-token`.
+const ADMIN: &str = "test-webhook-admin-0123456789";
+
 /// Receivers listen on 127.0.0.1, so these servers allow private destinations, and
-/// retry fast.
+/// retry fast; the tests manage webhooks as admin ([`ADMIN`]) unless they test who
+/// may.
 fn start(extra: &[&str]) -> TestServer {
     let mut args = vec![
         "--webhook-allow-private",
         "true",
         "--webhook-retry-schedule",
         "0s,200ms,200ms,200ms,200ms,200ms,200ms,200ms",
+        "--webhook-admin-token",
+        ADMIN,
     ];
     args.extend_from_slice(extra);
     TestServer::start(&args)
 }
 
+/// Registers anonymously (exact topics: anyone may); the answer, with its `token`.
 async fn register(s: &TestServer, body: Value) -> Value {
     let resp = s
         .client
@@ -36,12 +43,47 @@ async fn register(s: &TestServer, body: Value) -> Value {
         .send()
         .await
         .unwrap();
+    let w = expect_json(resp, 201).await;
+    assert!(w["token"].as_str().unwrap().starts_with("whm_"), "{w}");
+    w
+}
+
+/// Registers as webhook admin (patterns need it).
+async fn register_as_admin(s: &TestServer, body: Value) -> Value {
+    let resp = s
+        .client
+        .post(s.url("/v1/webhooks"))
+        .bearer_auth(ADMIN)
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
     expect_json(resp, 201).await
 }
 
-/// A registration that must fail with `http` and ntfy-style `code`; the error JSON.
+/// A request to `path` with `Authorization: Bearer <token>` (none: anonymous).
+fn request(
+    s: &TestServer,
+    method: reqwest::Method,
+    path: &str,
+    token: Option<&str>,
+) -> reqwest::RequestBuilder {
+    let req = s.client.request(method, s.url(path));
+    match token {
+        Some(t) => req.bearer_auth(t),
+        None => req,
+    }
+}
+
+/// An anonymous registration that must fail with `http` and ntfy-style `code`; the
+/// error JSON.
 async fn register_fails(s: &TestServer, body: Value, http: u16, code: u64) -> Value {
-    expect_error(post_json(s, "/v1/webhooks", body).await, http, code).await
+    let resp = request(s, reqwest::Method::POST, "/v1/webhooks", None)
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    expect_error(resp, http, code).await
 }
 
 /// Publishes `prefix0`, `prefix1`, ... to `topic`; their IDs in order.
@@ -61,13 +103,18 @@ async fn hook(s: &TestServer, topic: &str, receiver: &Receiver) -> String {
     w["id"].as_str().unwrap().to_string()
 }
 
+/// `GET path` as webhook admin; the JSON of its 200.
 async fn get_json(s: &TestServer, path: &str) -> Value {
-    expect_json(s.get(path).await, 200).await
+    let resp = request(s, reqwest::Method::GET, path, Some(ADMIN))
+        .send()
+        .await
+        .unwrap();
+    expect_json(resp, 200).await
 }
 
+/// `POST path` with a JSON body as webhook admin.
 async fn post_json(s: &TestServer, path: &str, body: Value) -> reqwest::Response {
-    s.client
-        .post(s.url(path))
+    request(s, reqwest::Method::POST, path, Some(ADMIN))
         .body(body.to_string())
         .send()
         .await
@@ -98,7 +145,7 @@ async fn delivers_signed_standard_webhooks_to_matching_endpoints() {
     all.set_secrets(&[secret]);
     // A pattern with a priority filter, and a secret of our own.
     let own = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-    let w2 = register(
+    let w2 = register_as_admin(
         &s,
         json!({"topic": "al*", "url": urgent.url, "secret": own, "filter": {"priority": [5]}}),
     )
@@ -176,30 +223,46 @@ async fn delivers_signed_standard_webhooks_to_matching_endpoints() {
     assert_eq!(urgent_got[0].body["data"]["message"], "on fire");
     assert_eq!(urgent_got[0].body["data"]["tags"], json!(["fire"]));
 
-    // List, get (no secret), secret, attempts, delete.
+    // The admin lists both; with its management token: list, get (no secret),
+    // secret, attempts, delete.
     let list = get_json(&s, "/v1/webhooks").await;
     assert_eq!(list.as_array().unwrap().len(), 2);
     let id = created["id"].as_str().unwrap();
-    let one = get_json(&s, &format!("/v1/webhooks/{id}")).await;
+    let token = created["token"].as_str().unwrap();
+    let as_owner =
+        |method: reqwest::Method, path: String| request(&s, method, &path, Some(token)).send();
+    let get = |path: String| async {
+        expect_json(as_owner(reqwest::Method::GET, path).await.unwrap(), 200).await
+    };
+    let mine = get("/v1/webhooks".into()).await;
+    assert_eq!(mine.as_array().unwrap().len(), 1, "{mine}");
+    assert_eq!(mine[0]["id"], id);
+    let one = get(format!("/v1/webhooks/{id}")).await;
     assert_eq!(one["status"], "enabled");
     assert_eq!(one["description"], "ops");
-    assert!(one.get("secret").is_none());
+    assert!(one.get("secret").is_none() && one.get("token").is_none());
     assert_eq!(
-        get_json(&s, &format!("/v1/webhooks/{id}/secret")).await["secret"],
+        get(format!("/v1/webhooks/{id}/secret")).await["secret"],
         secret
     );
-    let attempts = get_json(&s, &format!("/v1/webhooks/{id}/attempts")).await;
+    let attempts = get(format!("/v1/webhooks/{id}/attempts")).await;
     let attempts = attempts.as_array().unwrap();
     assert_eq!(attempts.len(), 3);
     assert!(attempts.iter().all(|a| a["status"] == 200));
-    let resp = s
-        .client
-        .delete(s.url(&format!("/v1/webhooks/{id}")))
-        .send()
+    let resp = as_owner(reqwest::Method::DELETE, format!("/v1/webhooks/{id}"))
         .await
         .unwrap();
     expect_json(resp, 200).await;
-    expect_error(s.get(&format!("/v1/webhooks/{id}")).await, 404, 40401).await;
+    let gone = request(
+        &s,
+        reqwest::Method::GET,
+        &format!("/v1/webhooks/{id}"),
+        Some(ADMIN),
+    )
+    .send()
+    .await
+    .unwrap();
+    expect_error(gone, 404, 40401).await;
 }
 
 #[tokio::test]
@@ -286,10 +349,14 @@ async fn updates_take_effect_for_the_next_message() {
     s.publish("upd", "first").await;
     before.wait_delivered(1, WAIT).await;
     let patch = |body: Value| {
-        s.client
-            .patch(s.url(&format!("/v1/webhooks/{id}")))
-            .body(body.to_string())
-            .send()
+        request(
+            &s,
+            reqwest::Method::PATCH,
+            &format!("/v1/webhooks/{id}"),
+            Some(ADMIN),
+        )
+        .body(body.to_string())
+        .send()
     };
     let updated = expect_json(
         patch(json!({"topic": "upd2", "url": after.url, "description": "moved"}))
@@ -354,6 +421,8 @@ async fn gone_disables_the_endpoint_until_enabled() {
 async fn an_endpoint_failing_longer_than_disable_after_is_disabled() {
     // Attempts for about 5 s: well past `webhook-disable-after` (whole seconds).
     let s = TestServer::start(&[
+        "--webhook-admin-token",
+        ADMIN,
         "--webhook-allow-private",
         "true",
         "--webhook-disable-after",
@@ -540,7 +609,12 @@ async fn a_hung_endpoint_does_not_hold_up_the_other_nine() {
 /// to sneak past the check); an allow-list opens exactly the listed networks.
 #[tokio::test]
 async fn private_destinations_are_refused_unless_allowed() {
-    let s = TestServer::start(&["--webhook-retry-schedule", "0s,100ms"]);
+    let s = TestServer::start(&[
+        "--webhook-admin-token",
+        ADMIN,
+        "--webhook-retry-schedule",
+        "0s,100ms",
+    ]);
     let r = Receiver::start(always_ok()).await;
     for url in [
         r.url.clone(),
@@ -595,6 +669,8 @@ async fn private_destinations_are_refused_unless_allowed() {
 #[tokio::test]
 async fn redirects_are_not_followed() {
     let s = TestServer::start(&[
+        "--webhook-admin-token",
+        ADMIN,
         "--webhook-allow-private",
         "true",
         "--webhook-retry-schedule",
@@ -624,11 +700,13 @@ async fn redirects_are_not_followed() {
 #[tokio::test]
 async fn cli_adds_lists_and_removes_webhooks() {
     let s = start(&[]);
+    // As admin: the server's own environment variable names the token.
     let run = |args: &[&str]| {
         let out = herald_command()
             .arg("webhook")
             .args(args)
             .args(["--server", s.base()])
+            .env("HERALD_WEBHOOK_ADMIN_TOKEN", ADMIN)
             .output()
             .unwrap();
         assert!(
@@ -682,4 +760,209 @@ async fn scheduled_messages_are_delivered_when_due() {
     assert_eq!(got[0].id, m["id"].as_str().unwrap());
     assert_eq!(got[0].body["data"]["message"], "in ten seconds");
     assert!(got[0].verified);
+}
+
+/// Issue #11, finding 1: on an open server (access control off) an anonymous
+/// client registered `*` (or `vic*`) and replayed 12 h of every topic, and anyone
+/// could list, read the secret of, change and delete anyone's webhooks. Now patterns
+/// and replay need a webhook admin, a webhook is managed only with its management
+/// token (or as admin), and to anyone else it does not exist.
+#[tokio::test]
+async fn open_server_webhooks_do_not_read_every_topic() {
+    use reqwest::Method;
+    let s = start(&[]);
+    s.publish("victim-topic", "published before any webhook")
+        .await;
+    let url = "http://127.0.0.1:9/hook";
+    let send = |method: Method, path: String, token: Option<String>, body: Option<Value>| {
+        let req = request(&s, method, &path, token.as_deref());
+        let req = match body {
+            Some(b) => req.body(b.to_string()),
+            None => req,
+        };
+        req.send()
+    };
+
+    // The attack: patterns are refused to anonymous clients, whatever the pattern.
+    for topic in ["*", "vic*", "*topic", "a*b"] {
+        let err = register_fails(&s, json!({"topic": topic, "url": url}), 403, 40301).await;
+        assert!(!err["error"].as_str().unwrap().contains("victim"), "{err}");
+    }
+
+    // Two anonymous clients (same address, as behind one NAT) each register a topic.
+    let a = register(&s, json!({"topic": "mine-a", "url": url})).await;
+    let b = register(&s, json!({"topic": "mine-b", "url": url})).await;
+    assert_eq!(a["topic"], "mine-a");
+    let (a_id, a_token) = (a["id"].as_str().unwrap(), a["token"].as_str().unwrap());
+    let b_token = b["token"].as_str().unwrap().to_string();
+
+    // Replay is refused to the token holder (it reads history), and to others the
+    // webhook does not exist.
+    let replay = json!({"since": "12h"});
+    let resp = send(
+        Method::POST,
+        format!("/v1/webhooks/{a_id}/replay"),
+        Some(a_token.into()),
+        Some(replay.clone()),
+    );
+    expect_error(resp.await.unwrap(), 403, 40301).await;
+    let resp = send(
+        Method::POST,
+        format!("/v1/webhooks/{a_id}/replay"),
+        None,
+        Some(replay.clone()),
+    );
+    expect_error(resp.await.unwrap(), 404, 40401).await;
+
+    // Listing: nothing without a token, only one's own with one.
+    let list = |token: Option<String>| async {
+        expect_json(
+            send(Method::GET, "/v1/webhooks".into(), token, None)
+                .await
+                .unwrap(),
+            200,
+        )
+        .await
+    };
+    assert_eq!(list(None).await, json!([]));
+    let of_b = list(Some(b_token.clone())).await;
+    assert_eq!(of_b.as_array().unwrap().len(), 1, "{of_b}");
+    assert_eq!(of_b[0]["topic"], "mine-b");
+    assert_eq!(
+        list(Some("whm_aaaaaaaaaaaaaaaaaaaaaaaaaaaaa".into())).await,
+        json!([])
+    );
+
+    // Anyone else (no token, b's token, a made-up one): every operation on a's
+    // webhook answers exactly what an unknown ID answers.
+    let unknown = send(
+        Method::GET,
+        "/v1/webhooks/wh_doesnotexist".into(),
+        None,
+        None,
+    )
+    .await
+    .unwrap();
+    let unknown = expect_error(unknown, 404, 40401).await;
+    for token in [None, Some(b_token.clone()), Some(format!("{a_token}x"))] {
+        for (method, tail, body) in [
+            (Method::GET, "", None),
+            (Method::GET, "/secret", None),
+            (Method::GET, "/attempts", None),
+            (
+                Method::PATCH,
+                "",
+                Some(json!({"url": "http://127.0.0.1:9/stolen"})),
+            ),
+            (Method::PUT, "", Some(json!({"topic": "mine-b"}))),
+            (Method::POST, "/rotate", Some(json!({}))),
+            (Method::POST, "/enable", Some(json!({}))),
+            (Method::DELETE, "", None),
+        ] {
+            let resp = send(
+                method.clone(),
+                format!("/v1/webhooks/{a_id}{tail}"),
+                token.clone(),
+                body,
+            )
+            .await
+            .unwrap();
+            let err = expect_error(resp, 404, 40401).await;
+            assert_eq!(err, unknown, "{method} {tail} with {token:?}");
+        }
+    }
+
+    // The token holder manages it, but may not widen it to a pattern.
+    let mine = Some(a_token.to_string());
+    let resp = send(
+        Method::PATCH,
+        format!("/v1/webhooks/{a_id}"),
+        mine.clone(),
+        Some(json!({"topic": "vic*"})),
+    );
+    expect_error(resp.await.unwrap(), 403, 40301).await;
+    let resp = send(
+        Method::PATCH,
+        format!("/v1/webhooks/{a_id}"),
+        mine.clone(),
+        Some(json!({"description": "still mine"})),
+    );
+    let changed = expect_json(resp.await.unwrap(), 200).await;
+    assert_eq!(
+        (changed["topic"].as_str(), changed["description"].as_str()),
+        (Some("mine-a"), Some("still mine"))
+    );
+    let resp = send(
+        Method::GET,
+        format!("/v1/webhooks/{a_id}/secret"),
+        mine.clone(),
+        None,
+    );
+    assert_eq!(
+        expect_json(resp.await.unwrap(), 200).await["secret"],
+        a["secret"]
+    );
+
+    // The webhook admin sees and manages everything, and may replay and use patterns.
+    assert_eq!(
+        get_json(&s, "/v1/webhooks").await.as_array().unwrap().len(),
+        2
+    );
+    let resp = post_json(&s, &format!("/v1/webhooks/{a_id}/replay"), replay).await;
+    expect_json(resp, 202).await;
+    let all = register_as_admin(&s, json!({"topic": "*", "url": url})).await;
+    assert_eq!(all["topic"], "*");
+    let resp = send(Method::DELETE, format!("/v1/webhooks/{a_id}"), mine, None);
+    expect_json(resp.await.unwrap(), 200).await;
+}
+
+/// Without `webhook-admin-token` (and without access control) nobody is a webhook
+/// admin, whatever bearer they send; and a management token is no credential on
+/// topics: publishing and polling with it are what they are without it.
+#[tokio::test]
+async fn without_an_admin_token_nobody_is_a_webhook_admin() {
+    let s = TestServer::start(&["--webhook-allow-private", "true"]);
+    let url = "http://127.0.0.1:9/";
+    let w = register(&s, json!({"topic": "tok", "url": url})).await;
+    let (id, token) = (w["id"].as_str().unwrap(), w["token"].as_str().unwrap());
+    for bearer in [Some(ADMIN), Some(""), None] {
+        let resp = request(&s, reqwest::Method::POST, "/v1/webhooks", bearer)
+            .body(json!({"topic": "*", "url": url}).to_string())
+            .send()
+            .await
+            .unwrap();
+        expect_error(resp, 403, 40301).await;
+        let resp = request(&s, reqwest::Method::GET, "/v1/webhooks", bearer)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(expect_json(resp, 200).await, json!([]));
+        let resp = request(
+            &s,
+            reqwest::Method::POST,
+            &format!("/v1/webhooks/{id}/replay"),
+            bearer,
+        )
+        .body(json!({"since": "1h"}).to_string())
+        .send()
+        .await
+        .unwrap();
+        expect_error(resp, 404, 40401).await;
+    }
+    for bearer in [token, ADMIN] {
+        let resp = s
+            .client
+            .put(s.url("/tok"))
+            .bearer_auth(bearer)
+            .body("hi")
+            .send()
+            .await
+            .unwrap();
+        expect_json(resp, 200).await;
+        let resp = request(&s, reqwest::Method::GET, "/tok/json?poll=1", Some(bearer))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
 }
