@@ -10,6 +10,7 @@ mod cli_config;
 mod cluster;
 mod durability;
 mod fixture;
+mod history;
 mod info;
 mod limits;
 mod metrics;
