@@ -10,6 +10,10 @@
 //!   publish is never lost); concurrent appends may be committed together.
 //! - Queries return messages ordered by `(time, id)`; IDs are time-sortable
 //!   (see `model::id`), so `id > marker` means "published after the marker".
+//! - History is also served in pages ([`Store::history_page`]): the pages of a read,
+//!   in turn, are what one [`Store::query`] returns, and a page costs the store at
+//!   most its `limit` rows per topic, so a client's history answer never has to be
+//!   held whole (issue #11: unread `poll=1` answers held in memory).
 //! - Scheduled messages (`time` in the future at publish) are stored as not yet
 //!   published; [`Store::take_due`] hands each one out exactly once.
 //! - A store whose commit is also the delivery ([`Store::commit_delivers`], Redis: one
