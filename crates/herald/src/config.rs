@@ -101,6 +101,11 @@ const OPTIONS: &[OptionSpec] = &[
         help: "Undelivered events a subscriber may lag behind before it is disconnected",
     },
     OptionSpec {
+        key: "history-read-limit",
+        default: "64",
+        help: "Most history reads (`poll=1` answers, `since=` backlogs) in progress at once; more wait up to 3 s, then get `429` with `Retry-After`",
+    },
+    OptionSpec {
         key: "shutdown-timeout",
         default: "25s",
         help: "Longest time a graceful shutdown waits for streams and publishes to finish",
@@ -343,6 +348,8 @@ pub struct Config {
     pub global_topic_limit: usize,
     pub store_sync: SyncMode,
     pub subscriber_queue_size: usize,
+    /// Most history reads in progress at once (`history-read-limit`).
+    pub history_read_limit: usize,
     pub shutdown_timeout: Duration,
     pub log_level: String,
     pub log_format: LogFormat,
@@ -557,6 +564,13 @@ impl RawValues {
                     .map_err(|_| "expected one of: off, normal, full".to_string())
             })?,
             subscriber_queue_size: self.parse("subscriber-queue-size", |s| {
+                let n = count(s)?;
+                if n == 0 {
+                    return Err("must be at least 1".into());
+                }
+                Ok(n)
+            })?,
+            history_read_limit: self.parse("history-read-limit", |s| {
                 let n = count(s)?;
                 if n == 0 {
                     return Err("must be at least 1".into());

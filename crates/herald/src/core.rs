@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -20,7 +20,44 @@ use crate::config::Config;
 use crate::error::ApiError;
 use crate::hub::{Closable, Hub, SharedEvent, Subscription, Transport};
 use crate::model::{Message, now_unix};
-use crate::store::{Query, Store};
+use crate::store::{Cursor, Query, Store};
+
+/// About how many bytes of messages one history page holds: what a history reader
+/// keeps in memory at a time. Pages are sized by the messages seen so far (small
+/// messages: many per page, up to [`HISTORY_PAGE_MAX`]; large ones: few).
+pub const HISTORY_PAGE_BYTES: usize = 256 * 1024;
+
+/// Most messages in one history page.
+pub const HISTORY_PAGE_MAX: usize = 1024;
+
+/// Messages in a history read's first page: as many of the largest possible
+/// messages as fit [`HISTORY_PAGE_BYTES`], at most 64 (later pages adapt).
+fn first_page_size(message_size_limit: usize) -> usize {
+    (HISTORY_PAGE_BYTES / (message_size_limit + MESSAGE_OVERHEAD)).clamp(1, 64)
+}
+
+/// A rough size of a message's encoding besides its variable text fields.
+const MESSAGE_OVERHEAD: usize = 256;
+
+/// A rough size of `m` as the client receives it, for sizing history pages.
+fn approx_size(m: &Message) -> usize {
+    MESSAGE_OVERHEAD
+        + m.topic.len()
+        + m.title.len()
+        + m.message.len()
+        + m.click.len()
+        + m.icon.len()
+        + m.tags.iter().map(|t| t.len() + 3).sum::<usize>()
+        + m.actions.len() * MESSAGE_OVERHEAD
+        + m.attachment.as_ref().map_or(0, |_| MESSAGE_OVERHEAD * 2)
+}
+
+/// How long a history read waits for one of the `history-read-limit` places before
+/// it is refused (`429` with [`HISTORY_RETRY_AFTER`]).
+pub const HISTORY_READ_WAIT: Duration = Duration::from_secs(3);
+
+/// The `Retry-After` of a history read refused for want of a place.
+pub const HISTORY_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// The shared server state behind every transport.
 pub struct Herald {
@@ -38,6 +75,8 @@ pub struct Herald {
     draining: AtomicBool,
     /// Orders cached, immediately published messages: ID, history, hand-off.
     sequencer: Sequencer,
+    /// Places for history reads in progress (`history-read-limit`).
+    history_reads: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for Herald {
@@ -55,7 +94,6 @@ impl Herald {
         hub: Arc<Hub>,
     ) -> Arc<Self> {
         Arc::new(Herald {
-            config,
             store,
             broker,
             hub,
@@ -64,6 +102,8 @@ impl Herald {
             rate_samples: Mutex::new(vec![(Instant::now(), 0)]),
             draining: AtomicBool::new(false),
             sequencer: Sequencer::default(),
+            history_reads: Arc::new(Semaphore::new(config.history_read_limit)),
+            config,
         })
     }
 
@@ -157,18 +197,51 @@ impl Herald {
         Ok(self.store.cancel_scheduled(topic, sequence_id).await?)
     }
 
-    /// Reads history. Messages committed but not yet handed to the broker in their
-    /// turn are left out (see [`Sequencer`]), so history and live delivery never
-    /// disagree about what came before what.
+    /// Reads the whole history `query` selects at once. For tests and small reads:
+    /// answers to clients read it a page at a time ([`Self::history_pages`]).
     pub async fn history(&self, query: Query) -> Result<Vec<Message>, ApiError> {
-        if query.since == crate::store::Since::None {
-            return Ok(Vec::new());
-        }
-        let mut messages = self.store.query(query).await?;
-        if let Some(bound) = self.sequencer.first_in_flight() {
-            messages.retain(|m| m.id < bound);
+        let mut pages = self.history_pages(query).await?;
+        let mut messages = Vec::new();
+        while let Some(page) = pages.next_page().await? {
+            messages.extend(page);
         }
         Ok(messages)
+    }
+
+    /// Starts a history read, to be taken a page at a time ([`HistoryPages`]), so
+    /// that its memory is one page however long the history and however slowly the
+    /// client reads. It holds one of the `history-read-limit` places until it ends or
+    /// is dropped; when none is free within [`HISTORY_READ_WAIT`] the read is refused
+    /// with `429 42901`.
+    ///
+    /// Messages committed but not yet handed to the broker in their turn are left
+    /// out (see [`Sequencer`]), so history and live delivery never disagree about
+    /// what came before what. The bound is taken once, before the first page: every
+    /// message below it is committed by then, so later pages see all of them, and
+    /// everything above it reaches a registered subscriber live.
+    pub async fn history_pages(&self, query: Query) -> Result<HistoryPages, ApiError> {
+        if query.since == crate::store::Since::None || query.topics.is_empty() {
+            return Ok(HistoryPages::empty(self.store.clone(), query));
+        }
+        let page_size = first_page_size(self.config.message_size_limit);
+        let permit = tokio::time::timeout(
+            HISTORY_READ_WAIT,
+            self.history_reads.clone().acquire_owned(),
+        )
+        .await
+        .map_err(|_| ApiError::TOO_MANY_REQUESTS)?
+        .map_err(|_| ApiError::UNAVAILABLE)?;
+        // A store whose commit is the delivery (Redis) bounds its reads itself.
+        let bound = (!self.store.commit_delivers()).then(|| self.sequencer.visible_bound());
+        Ok(HistoryPages {
+            store: self.store.clone(),
+            query,
+            cursor: None,
+            finished: false,
+            bound,
+            page_size,
+            permit: Some(permit),
+        })
     }
 
     /// Stored messages of every topic (scheduled ones included) with an ID greater
@@ -432,10 +505,70 @@ impl Sequencer {
             None => crate::model::MessageId::generate().into_string(),
         }
     }
+}
 
-    /// The smallest ID still in flight: history shows only what is below it.
-    fn first_in_flight(&self) -> Option<String> {
-        self.lock().in_flight.values().next().cloned()
+/// A history read in progress, taken a page at a time ([`Herald::history_pages`]).
+/// The next page is read only when the caller asks for it, so a client that reads
+/// slowly holds one page, not its whole answer.
+pub struct HistoryPages {
+    store: Arc<dyn Store>,
+    query: Query,
+    /// Where the next page starts (`None` before the first).
+    cursor: Option<Cursor>,
+    finished: bool,
+    /// Messages with this ID or a greater one are not shown (the sequencer's bound).
+    bound: Option<String>,
+    /// Messages to ask for in the next page.
+    page_size: usize,
+    /// The read's `history-read-limit` place, given back when the last page is read.
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl HistoryPages {
+    fn empty(store: Arc<dyn Store>, query: Query) -> Self {
+        HistoryPages {
+            store,
+            query,
+            cursor: None,
+            finished: true,
+            bound: None,
+            page_size: 1,
+            permit: None,
+        }
+    }
+
+    /// Whether every page has been read.
+    pub fn is_finished(&self) -> bool {
+        self.finished
+    }
+
+    /// The next non-empty page (about [`HISTORY_PAGE_BYTES`] of messages), in
+    /// `(time, id)` order, or `None` when the history is complete.
+    pub async fn next_page(&mut self) -> Result<Option<Vec<Message>>, ApiError> {
+        while !self.finished {
+            let page = self
+                .store
+                .history_page(&self.query, self.cursor.as_ref(), self.page_size)
+                .await?;
+            if !page.messages.is_empty() {
+                let bytes: usize = page.messages.iter().map(approx_size).sum();
+                let average = bytes / page.messages.len();
+                self.page_size = (HISTORY_PAGE_BYTES / average.max(1)).clamp(1, HISTORY_PAGE_MAX);
+            }
+            self.cursor = page.next;
+            if self.cursor.is_none() {
+                self.finished = true;
+                self.permit = None;
+            }
+            let mut messages = page.messages;
+            if let Some(bound) = &self.bound {
+                messages.retain(|m| m.id < *bound);
+            }
+            if !messages.is_empty() {
+                return Ok(Some(messages));
+            }
+        }
+        Ok(None)
     }
 }
 
@@ -554,6 +687,14 @@ mod tests {
         }
         async fn query(&self, q: Query) -> Result<Vec<Message>, crate::store::StoreError> {
             self.0.query(q).await
+        }
+        async fn history_page(
+            &self,
+            q: &Query,
+            after: Option<&Cursor>,
+            limit: usize,
+        ) -> Result<crate::store::Page, crate::store::StoreError> {
+            self.0.history_page(q, after, limit).await
         }
         async fn after_id(
             &self,

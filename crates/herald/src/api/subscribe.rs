@@ -13,11 +13,12 @@ use axum::body::{Body, Bytes};
 use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
-use futures_util::stream;
+use futures_util::{StreamExt, stream};
 
 use super::params::{Filters, ParamSource, SinceParam, SubscribeParams, parse_subscribe};
 use super::{AppState, StreamFormat, parse_topics, query_pairs};
 use crate::auth::{Permission, Principal};
+use crate::core::{HISTORY_RETRY_AFTER, HistoryPages};
 use crate::error::ApiError;
 use crate::hub::{Delivery, SharedEvent, Subscription};
 use crate::limits::shared::SharedSlot;
@@ -217,26 +218,74 @@ pub fn resolve_since(since: &SinceParam, poll: bool, now: i64, cache_secs: i64) 
     }
 }
 
-/// Reads the backlog a subscriber asked for, filtered.
+/// Starts reading the backlog a subscriber asked for, a page at a time.
 pub async fn backlog(
     state: &AppState,
     req: &SubscribeRequest,
     poll: bool,
-) -> Result<Vec<Message>, ApiError> {
+) -> Result<Backlog, ApiError> {
     let cache_secs = state.herald.config.cache_duration.as_secs() as i64;
     let since = resolve_since(&req.params.since, poll, now_unix(), cache_secs);
-    let messages = state
+    let pages = state
         .herald
-        .history(Query {
+        .history_pages(Query {
             topics: req.topics.clone(),
             since,
             include_scheduled: req.params.scheduled,
         })
         .await?;
-    Ok(messages
-        .into_iter()
-        .filter(|m| req.params.filters.pass(m))
-        .collect())
+    Ok(Backlog {
+        pages,
+        filters: req.params.filters.clone(),
+    })
+}
+
+/// A subscriber's backlog being read: the history pages, filtered by its `Filters`.
+pub struct Backlog {
+    pages: HistoryPages,
+    filters: Filters,
+}
+
+impl Backlog {
+    /// The next non-empty page of messages that pass the filters, or `None` when
+    /// the backlog is complete.
+    pub async fn next_page(&mut self) -> Result<Option<Vec<Message>>, ApiError> {
+        while let Some(mut page) = self.pages.next_page().await? {
+            page.retain(|m| self.filters.pass(m));
+            if !page.is_empty() {
+                return Ok(Some(page));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Whether every page has been read.
+    pub fn is_finished(&self) -> bool {
+        self.pages.is_finished()
+    }
+}
+
+/// The answer to a failed backlog read: a read refused for want of a
+/// `history-read-limit` place says when to try again.
+pub fn backlog_error_response(error: ApiError) -> Response {
+    let busy = error == ApiError::TOO_MANY_REQUESTS;
+    let mut resp = axum::response::IntoResponse::into_response(error);
+    if busy {
+        resp.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(HISTORY_RETRY_AFTER.as_secs()),
+        );
+    }
+    resp
+}
+
+/// `messages` framed for `format`, in one buffer.
+fn frame_page(messages: Vec<Message>, format: StreamFormat) -> Vec<u8> {
+    let mut out = Vec::new();
+    for m in messages {
+        out.extend_from_slice(framed(&SharedEvent::new(m), format));
+    }
+    out
 }
 
 fn content_type(format: StreamFormat) -> &'static str {
@@ -266,12 +315,7 @@ pub async fn subscribe(
 ) -> Result<Response, ApiError> {
     let sub_req = parse_request(state, &req, topics)?;
     if sub_req.params.poll {
-        let messages = backlog(state, &sub_req, true).await?;
-        let mut body = Vec::new();
-        for m in messages {
-            body.extend_from_slice(framed(&SharedEvent::new(m), format));
-        }
-        return Ok(stream_response(format, Body::from(body)));
+        return poll(state, &sub_req, format).await;
     }
 
     let slot = match admit_stream(state, visitor, &sub_req.topics).await {
@@ -279,7 +323,13 @@ pub async fn subscribe(
         Err(refusal) => return Ok(state.limits.refusal_response(refusal, visitor)),
     };
     let subscription = state.herald.subscribe(&sub_req.topics, format.transport());
-    let history = backlog(state, &sub_req, false).await?;
+    let mut history = match backlog(state, &sub_req, false).await {
+        Ok(history) => history,
+        Err(e) => return Ok(backlog_error_response(e)),
+    };
+    // The first page before the answer's head, so a failing store is still a clean
+    // error answer.
+    let page = history.next_page().await?;
 
     let mut first = Vec::new();
     first.extend_from_slice(framed(
@@ -287,7 +337,7 @@ pub async fn subscribe(
         format,
     ));
     let mut seen = HashSet::new();
-    for m in history {
+    for m in page.into_iter().flatten() {
         seen.insert(m.id.clone());
         first.extend_from_slice(framed(&SharedEvent::new(m), format));
     }
@@ -299,6 +349,7 @@ pub async fn subscribe(
         topic_label: sub_req.topic_label,
         seen,
         first: Some(Bytes::from(first)),
+        backlog: (!history.is_finished()).then_some(history),
         batch: Vec::new(),
     };
     let body = Body::from_stream(stream::unfold(stream_state, |mut s| async move {
@@ -306,6 +357,41 @@ pub async fn subscribe(
         Some((Ok::<Bytes, std::convert::Infallible>(chunk), s))
     }));
     Ok(stream_response(format, body))
+}
+
+/// A `poll=1` answer: the backlog, then the end of the response. It is written a
+/// page at a time as the client takes it (hyper asks the body for the next chunk only
+/// when the previous one is on its way), so a client that reads slowly, or not at
+/// all, holds one page of server memory. A backlog of one page is answered with a
+/// `Content-Length`, as before paging; longer ones are chunked.
+async fn poll(
+    state: &AppState,
+    sub_req: &SubscribeRequest,
+    format: StreamFormat,
+) -> Result<Response, ApiError> {
+    let mut history = match backlog(state, sub_req, true).await {
+        Ok(history) => history,
+        Err(e) => return Ok(backlog_error_response(e)),
+    };
+    let first = history.next_page().await?.unwrap_or_default();
+    let first = frame_page(first, format);
+    if history.is_finished() {
+        return Ok(stream_response(format, Body::from(first)));
+    }
+    let rest = stream::try_unfold(history, move |mut history| async move {
+        Ok::<_, ApiError>(match history.next_page().await {
+            Ok(Some(page)) => Some((Bytes::from(frame_page(page, format)), history)),
+            Ok(None) => None,
+            Err(e) => {
+                // The head is sent: all that is left is to cut the answer short, so
+                // the client sees an incomplete response, not a complete one.
+                tracing::warn!(error = %e, "history read failed mid-answer");
+                return Err(e);
+            }
+        })
+    });
+    let body = stream::once(async move { Ok::<_, ApiError>(Bytes::from(first)) }).chain(rest);
+    Ok(stream_response(format, Body::from_stream(body)))
 }
 
 fn stream_response(format: StreamFormat, body: Body) -> Response {
@@ -333,8 +419,10 @@ struct LiveStream {
     topic_label: String,
     /// IDs already sent from the backlog; a live copy of one is skipped.
     seen: HashSet<String>,
-    /// `open` plus the backlog, sent as the first chunk.
+    /// `open` plus the backlog's first page, sent as the first chunk.
     first: Option<Bytes>,
+    /// The rest of the backlog, a page per chunk, before any live event.
+    backlog: Option<Backlog>,
     batch: Vec<Delivery>,
 }
 
@@ -344,6 +432,18 @@ impl LiveStream {
     async fn next_chunk(&mut self) -> Option<Bytes> {
         if let Some(first) = self.first.take() {
             return Some(first);
+        }
+        while let Some(backlog) = self.backlog.as_mut() {
+            // A failed read ends the stream: the client resumes with `since=`.
+            match backlog.next_page().await.ok()? {
+                Some(page) => {
+                    for m in &page {
+                        self.seen.insert(m.id.clone());
+                    }
+                    return Some(Bytes::from(frame_page(page, self.format)));
+                }
+                None => self.backlog = None,
+            }
         }
         loop {
             self.batch.clear();

@@ -16,7 +16,7 @@ use futures_util::{SinkExt, StreamExt};
 
 use super::AppState;
 use super::params::Filters;
-use super::subscribe::{SlotGuard, backlog, parse_request};
+use super::subscribe::{Backlog, SlotGuard, backlog, backlog_error_response, parse_request};
 use crate::error::ApiError;
 use crate::hub::{CloseReason, Delivery, SharedEvent, Subscription};
 use crate::limits::Visitor;
@@ -77,7 +77,10 @@ pub async fn subscribe(
     let subscription = state
         .herald
         .subscribe(&sub_req.topics, crate::hub::Transport::Ws);
-    let history = backlog(state, &sub_req, false).await?;
+    let history = match backlog(state, &sub_req, false).await {
+        Ok(history) => history,
+        Err(e) => return Ok(backlog_error_response(e)),
+    };
     let keepalive = state.herald.config.keepalive_interval;
     let session = Session {
         subscription,
@@ -115,7 +118,8 @@ struct Session {
     _connection: Option<std::sync::Arc<crate::limits::ConnectionPermit>>,
     filters: Filters,
     topic_label: String,
-    history: Vec<Message>,
+    /// Read a page at a time as the socket takes it.
+    history: Backlog,
     keepalive: Duration,
 }
 
@@ -130,14 +134,27 @@ impl Session {
         let (mut tx, mut rx) = socket.split();
         let open = SharedEvent::new(Message::new(EventKind::Open, self.topic_label.clone()));
         let mut seen = std::collections::HashSet::new();
-        let mut initial = Vec::with_capacity(self.history.len() + 1);
-        initial.extend(text_frame(&open));
-        for m in std::mem::take(&mut self.history) {
-            seen.insert(m.id.clone());
-            initial.extend(text_frame(&SharedEvent::new(m)));
+        if let Some(frame) = text_frame(&open)
+            && tx.feed(frame).await.is_err()
+        {
+            return;
         }
-        for frame in initial {
-            if tx.feed(frame).await.is_err() {
+        loop {
+            // A failed read ends the session: the client resumes with `since=`.
+            let page = match self.history.next_page().await {
+                Ok(Some(page)) => page,
+                Ok(None) => break,
+                Err(_) => return,
+            };
+            for m in page {
+                seen.insert(m.id.clone());
+                if let Some(frame) = text_frame(&SharedEvent::new(m))
+                    && tx.feed(frame).await.is_err()
+                {
+                    return;
+                }
+            }
+            if tx.flush().await.is_err() {
                 return;
             }
         }

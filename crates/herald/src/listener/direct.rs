@@ -28,8 +28,10 @@ use tokio_util::task::TaskTracker;
 
 use super::wsframe::{self, ClientFrame};
 use crate::api::params::Filters;
-use crate::api::subscribe::{SlotGuard, SubscribeRequest, backlog};
+use crate::api::subscribe::{Backlog, SlotGuard, SubscribeRequest, backlog};
 use crate::api::{AppState, StreamFormat};
+use crate::core::HISTORY_RETRY_AFTER;
+use crate::error::ApiError;
 use crate::hub::{
     CloseReason, DeliverOutcome, Framing, Registration, SharedEvent, Sink, Transport, ws_frame,
 };
@@ -371,32 +373,42 @@ pub async fn serve(
         .hub
         .register_as(&request.topics, sink.clone(), transport);
     state.herald.close_if_draining(&sink);
-    let history = match Box::pin(backlog(state, &request, false)).await {
-        Ok(h) => h,
+    // The backlog's first page is read before the response head, so a refused or
+    // failed read is still a clean error answer.
+    let started_backlog = Box::pin(async {
+        let mut history = backlog(state, &request, false).await?;
+        let page = history.next_page().await?;
+        Ok::<_, ApiError>((history, page))
+    })
+    .await;
+    let (history, page) = match started_backlog {
+        Ok(started) => started,
         Err(e) => {
             log_open(state, &sink, e.http, started);
-            let answer = super::error_response_bytes(&e);
+            let retry = (e == ApiError::TOO_MANY_REQUESTS).then_some(HISTORY_RETRY_AFTER);
+            let answer = super::error_response_bytes_retry(&e, retry);
             {
                 let mut st = sink.lock();
                 st.held = None;
                 st.pending.push_back(Bytes::from(answer));
                 st.closing = Some(CloseReason::Shutdown);
             }
-            tracker.spawn(run(sink, registration, leftover, None, slot));
+            tracker.spawn(run(sink, registration, leftover, None, slot, None));
             return;
         }
     };
+    let page = page.unwrap_or_default();
 
-    let mut initial: Vec<Bytes> = Vec::with_capacity(history.len() + 2);
+    let mut initial: Vec<Bytes> = Vec::with_capacity(page.len() + 2);
     initial.push(response_head(format, ws_accept.as_deref(), chunked));
     let open = SharedEvent::new(Message::new(EventKind::Open, request.topic_label.clone()));
     initial.push(open.encoded(framing).clone());
-    let mut seen = HashSet::with_capacity(history.len());
-    for m in history {
+    let mut seen = HashSet::with_capacity(page.len());
+    for m in page {
         seen.insert(m.id.clone());
         initial.push(SharedEvent::new(m).encoded(framing).clone());
     }
-    {
+    let rest = if history.is_finished() {
         let mut st = sink.lock();
         let held = st.held.take().unwrap_or_default();
         for event in held {
@@ -405,10 +417,87 @@ pub async fn serve(
             }
         }
         st.pending.extend(initial);
-    }
+        None
+    } else {
+        // Longer backlogs go out a page at a time from the connection's task, each
+        // read only once the socket took the one before; live events stay held.
+        sink.lock().pending.extend(initial);
+        Some(Box::new(RestOfBacklog { history, seen }))
+    };
     sink.wake.notify_one();
     log_open(state, &sink, if ws { 101 } else { 200 }, started);
-    tracker.spawn(run(sink, registration, leftover, Some(chunked), slot));
+    tracker.spawn(run(sink, registration, leftover, Some(chunked), slot, rest));
+}
+
+/// The part of a backlog not yet written, and the IDs written so far (a live copy of
+/// one of them is not written again).
+struct RestOfBacklog {
+    history: Backlog,
+    seen: HashSet<String>,
+}
+
+/// Writes the rest of the backlog, reading each page only once the socket has taken
+/// everything queued before it (so a client that does not read holds one page of
+/// memory), then the events held meanwhile, minus duplicates. Returns without
+/// finishing when the connection fails or the subscription is ending; the
+/// connection task then ends it as usual.
+async fn write_backlog(sink: &DirectSink, rest: RestOfBacklog) {
+    let RestOfBacklog {
+        mut history,
+        mut seen,
+    } = rest;
+    loop {
+        if !drain(sink).await {
+            return;
+        }
+        match history.next_page().await {
+            Ok(Some(page)) => {
+                let mut st = sink.lock();
+                for m in page {
+                    seen.insert(m.id.clone());
+                    st.pending
+                        .push_back(SharedEvent::new(m).encoded(sink.framing).clone());
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                // The head is sent: cut the stream short (no final chunk), so the
+                // client sees it end and resumes with `since=`.
+                tracing::warn!(error = %e, "history read failed mid-backlog");
+                sink.mark_failed();
+                return;
+            }
+        }
+    }
+    // Gives the history read's place back before the stream goes live.
+    drop(history);
+    let mut st = sink.lock();
+    let held = st.held.take().unwrap_or_default();
+    for event in held {
+        if !seen.contains(&event.message.id) {
+            st.pending.push_back(event.encoded(sink.framing).clone());
+        }
+    }
+}
+
+/// Waits until every queued byte is written. `false`: the connection failed or the
+/// subscription is ending.
+async fn drain(sink: &DirectSink) -> bool {
+    loop {
+        match sink.flush_ready() {
+            FlushResult::Failed => return false,
+            FlushResult::Done => return sink.lock().closing.is_none(),
+            FlushResult::Blocked => {
+                if sink.lock().closing.is_some() {
+                    return false;
+                }
+                tokio::select! {
+                    r = sink.stream.writable() => if r.is_err() { return false },
+                    _ = sink.wake.notified() => {}
+                }
+            }
+        }
+    }
 }
 
 /// Request metrics and the access-log line for a stream served here (hyper's
@@ -465,7 +554,11 @@ async fn run(
     leftover: Bytes,
     chunked: Option<bool>,
     slot: (SlotGuard, Option<ConnectionPermit>),
+    backlog: Option<Box<RestOfBacklog>>,
 ) {
+    if let Some(rest) = backlog {
+        Box::pin(write_backlog(&sink, *rest)).await;
+    }
     serve_stream(&sink, leftover, chunked).await;
     // Unregister before the socket closes, so no fan-out writes to a dead socket.
     drop(registration);

@@ -397,9 +397,20 @@ static TOO_MANY_CONNECTIONS: std::sync::LazyLock<Vec<u8>> =
 /// A complete `Connection: close` HTTP/1.1 response carrying `error`, for answers
 /// the listener writes itself (the API's JSON shape and CORS header).
 pub(crate) fn error_response_bytes(error: &ApiError) -> Vec<u8> {
+    error_response_bytes_retry(error, None)
+}
+
+/// [`error_response_bytes`] with a `Retry-After` header when `retry` is given.
+pub(crate) fn error_response_bytes_retry(
+    error: &ApiError,
+    retry: Option<std::time::Duration>,
+) -> Vec<u8> {
     let body = error.to_json_line();
+    let retry = retry
+        .map(|r| format!("Retry-After: {}\r\n", r.as_secs().max(1)))
+        .unwrap_or_default();
     format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nAccess-Control-Allow-Origin: *\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+        "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nAccess-Control-Allow-Origin: *\r\n{retry}Content-Length: {}\r\nConnection: close\r\n\r\n{}",
         error.http,
         error.status().canonical_reason().unwrap_or(""),
         body.len(),

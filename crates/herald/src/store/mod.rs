@@ -10,6 +10,10 @@
 //!   publish is never lost); concurrent appends may be committed together.
 //! - Queries return messages ordered by `(time, id)`; IDs are time-sortable
 //!   (see `model::id`), so `id > marker` means "published after the marker".
+//! - History is also served in pages ([`Store::history_page`]): the pages of a read,
+//!   in turn, are what one [`Store::query`] returns, and a page costs the store at
+//!   most its `limit` rows per topic, so a client's history answer never has to be
+//!   held whole (issue #11: unread `poll=1` answers held in memory).
 //! - Scheduled messages (`time` in the future at publish) are stored as not yet
 //!   published; [`Store::take_due`] hands each one out exactly once.
 //! - A store whose commit is also the delivery ([`Store::commit_delivers`], Redis: one
@@ -47,6 +51,31 @@ pub struct Query {
     pub since: Since,
     /// Also return scheduled messages that are not yet delivered (`scheduled=1`).
     pub include_scheduled: bool,
+}
+
+/// Where a paged history read continues ([`Store::history_page`]). Only the store
+/// that returned it understands it; the caller hands it back unchanged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cursor {
+    /// After this `(time, id)` (the embedded store's order).
+    TimeId(i64, String),
+    /// Redis: after stream position `after`, never past `upto`, the position this
+    /// node had delivered when the read began (`None`: the reader had not started).
+    Position {
+        after: (u64, u64),
+        upto: Option<(u64, u64)>,
+    },
+    /// Redis: the streams are done; the pending scheduled messages (`scheduled=1`)
+    /// follow from this index of their `(time, id)` order.
+    Scheduled(usize),
+}
+
+/// One page of a history read: up to the asked number of messages, in the query's
+/// order, and where the next page starts (`None`: the history is complete).
+#[derive(Debug, Default)]
+pub struct Page {
+    pub messages: Vec<Message>,
+    pub next: Option<Cursor>,
 }
 
 /// Why a store operation failed.
@@ -112,6 +141,20 @@ pub trait Store: Send + Sync + 'static {
     /// The messages matching `query`, ordered by `(time, id)`.
     async fn query(&self, query: Query) -> Result<Vec<Message>, StoreError>;
 
+    /// The messages matching `query`, a page at a time, in the order of
+    /// [`Self::query`]: at most `limit` messages after `after` (`None`: the first
+    /// page). Reading every page until `next` is `None` yields what one `query` would
+    /// have, so memory per reader is one page whatever the history's size. A page
+    /// may hold fewer than `limit` messages (rows that no longer match or do not
+    /// decode are skipped) without being the last. `Since::Latest` (one message per
+    /// topic) is always a single page.
+    async fn history_page(
+        &self,
+        query: &Query,
+        after: Option<&Cursor>,
+        limit: usize,
+    ) -> Result<Page, StoreError>;
+
     /// Scheduled messages due at or before `now` (unix seconds), marked published in
     /// the same commit, so each is returned once; ordered by `(time, id)`.
     async fn take_due(&self, now: i64) -> Result<Vec<Message>, StoreError>;
@@ -159,4 +202,56 @@ pub trait Store: Send + Sync + 'static {
 
     /// Commits whatever is pending and stops accepting writes.
     async fn close(&self);
+}
+
+/// Helpers for the stores' contract tests.
+#[cfg(test)]
+pub(crate) mod contract {
+    use super::{Message, Query, Store};
+
+    /// Reads `query` a page of `limit` at a time to the end, checking each page's
+    /// size; returns every message and the number of pages.
+    pub(crate) async fn read_pages(
+        store: &dyn Store,
+        query: &Query,
+        limit: usize,
+    ) -> (Vec<Message>, usize) {
+        let mut all = Vec::new();
+        let mut cursor = None;
+        let mut pages = 0;
+        loop {
+            let page = store
+                .history_page(query, cursor.as_ref(), limit)
+                .await
+                .unwrap();
+            pages += 1;
+            assert!(
+                page.messages.len() <= limit || query.since == super::Since::Latest,
+                "a page holds at most `limit`"
+            );
+            all.extend(page.messages);
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => return (all, pages),
+            }
+            assert!(pages < 10_000, "paging does not end");
+        }
+    }
+
+    /// Every way of paging through `query` returns what one `query` does.
+    pub(crate) async fn pages_match_query(store: &dyn Store, query: &Query) {
+        let whole = store.query(query.clone()).await.unwrap();
+        for limit in [1, 2, 3, 7, 1000] {
+            let (paged, pages) = read_pages(store, query, limit).await;
+            let ids = |v: &[Message]| v.iter().map(|m| m.id.clone()).collect::<Vec<_>>();
+            assert_eq!(
+                ids(&paged),
+                ids(&whole),
+                "{query:?} paged by {limit} differs from one query"
+            );
+            if limit == 1 && whole.len() > 3 && query.since != super::Since::Latest {
+                assert!(pages >= whole.len(), "one message per page");
+            }
+        }
+    }
 }

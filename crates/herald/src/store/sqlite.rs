@@ -51,7 +51,7 @@ use rusqlite::types::Value;
 use rusqlite::{Connection, OpenFlags, Params};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{CommitObserver, Query, Since, Store, StoreError, StoreStats};
+use super::{CommitObserver, Cursor, Page, Query, Since, Store, StoreError, StoreStats};
 use crate::model::{Message, now_unix};
 
 /// The schema this code reads and writes (`PRAGMA user_version`).
@@ -350,6 +350,41 @@ impl Store for SqliteStore {
             return Ok(Vec::new());
         }
         self.read(move |conn| run_query(conn, &query)).await
+    }
+
+    async fn history_page(
+        &self,
+        query: &Query,
+        after: Option<&Cursor>,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
+        if query.since == Since::None || query.topics.is_empty() {
+            return Ok(Page::default());
+        }
+        let after = match after {
+            None => None,
+            Some(Cursor::TimeId(time, id)) => Some((*time, id.clone())),
+            Some(other) => {
+                return Err(StoreError::Backend(format!(
+                    "not a cursor of this store: {other:?}"
+                )));
+            }
+        };
+        if query.since == Since::Latest {
+            // At most one message per topic: always a single page.
+            if after.is_some() {
+                return Ok(Page::default());
+            }
+            let query = query.clone();
+            let messages = self.read(move |conn| run_query(conn, &query)).await?;
+            return Ok(Page {
+                messages,
+                next: None,
+            });
+        }
+        let query = query.clone();
+        self.read(move |conn| run_page(conn, &query, after, limit.max(1)))
+            .await
     }
 
     async fn after_id(&self, after: &str, limit: usize) -> Result<Vec<Message>, StoreError> {
@@ -685,6 +720,98 @@ fn run_query(conn: &Connection, query: &Query) -> Result<Vec<Message>, StoreErro
     let params = topics.into_iter().map(Value::Text).chain(since_param);
     let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
     decode_rows(&mut stmt, rusqlite::params_from_iter(params), None)
+}
+
+/// One page of [`run_query`]'s answer (not for `Since::Latest`): up to `limit` rows
+/// after `after`. Each topic is read on its own, one range of the `(topic, time, id)`
+/// index of at most `limit` rows, and the topics merged here: a page costs at most
+/// `limit` rows per topic however long the history is (one query over several topics
+/// would sort everything after the cursor on every page).
+fn run_page(
+    conn: &Connection,
+    query: &Query,
+    after: Option<(i64, String)>,
+    limit: usize,
+) -> Result<Page, StoreError> {
+    let mut topics = query.topics.clone();
+    topics.sort_unstable();
+    topics.dedup();
+    let published_only = !query.include_scheduled;
+    let mut sql = String::from("SELECT id, json, time FROM messages WHERE topic = ?");
+    let mut since_param = None;
+    match &query.since {
+        Since::None | Since::Latest => return Ok(Page::default()),
+        Since::All => {}
+        Since::AfterId(marker) => {
+            sql.push_str(if published_only {
+                " AND id > ?"
+            } else {
+                " AND (id > ? OR published = 0)"
+            });
+            since_param = Some(Value::Text(marker.clone()));
+        }
+        Since::Time(t) => {
+            sql.push_str(" AND time >= ?");
+            since_param = Some(Value::Integer(*t));
+        }
+    }
+    if published_only {
+        sql.push_str(" AND published = 1");
+    }
+    if after.is_some() {
+        sql.push_str(" AND (time, id) > (?, ?)");
+    }
+    sql.push_str(" ORDER BY time, id LIMIT ?");
+    let limit_param = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
+    // Every row read, decodable or not, so the cursor moves past a malformed one.
+    let mut rows: Vec<(i64, String, Option<Message>)> = Vec::new();
+    let mut more = false;
+    for topic in topics {
+        let mut params = vec![Value::Text(topic)];
+        params.extend(since_param.clone());
+        if let Some((time, id)) = &after {
+            params.push(Value::Integer(*time));
+            params.push(Value::Text(id.clone()));
+        }
+        params.push(Value::Integer(limit_param));
+        let before = rows.len();
+        let mut found = stmt
+            .query(rusqlite::params_from_iter(params))
+            .map_err(backend)?;
+        while let Some(row) = found.next().map_err(backend)? {
+            let id: String = row.get(0).map_err(backend)?;
+            let time: i64 = row.get(2).map_err(backend)?;
+            let decoded = row
+                .get_ref(1)
+                .map_err(|e| e.to_string())
+                .and_then(|v| v.as_str().map_err(|e| e.to_string()))
+                .and_then(|json| serde_json::from_str::<Message>(json).map_err(|e| e.to_string()));
+            let message = match decoded {
+                Ok(message) => Some(message),
+                Err(error) => {
+                    tracing::warn!(id, %error, "skipping a malformed stored message");
+                    None
+                }
+            };
+            rows.push((time, id, message));
+        }
+        // A topic that filled the page may have more after it.
+        more |= rows.len() - before >= limit;
+    }
+    rows.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    if rows.len() > limit {
+        rows.truncate(limit);
+        more = true;
+    }
+    let next = match rows.last() {
+        Some((time, id, _)) if more => Some(Cursor::TimeId(*time, id.clone())),
+        _ => None,
+    };
+    Ok(Page {
+        messages: rows.into_iter().filter_map(|(_, _, m)| m).collect(),
+        next,
+    })
 }
 
 /// The most recent published message of each topic, ordered by `(time, id)`.
@@ -1461,6 +1588,64 @@ mod tests {
         store.append(kept.clone()).await.unwrap();
         let all = store.query(q(&["t"], Since::All, false)).await.unwrap();
         assert_eq!(all, vec![kept], "nothing of the failed batch was stored");
+    }
+
+    #[tokio::test]
+    async fn pages_read_what_one_query_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("messages.db");
+        let store = SqliteStore::open(&path, SqliteOptions::default()).unwrap();
+        let now = now_unix();
+        let mut stored = Vec::new();
+        // Several topics, several messages per second (ties broken by ID), and a
+        // scheduled message.
+        for i in 0..40i64 {
+            let topic = ["a", "b", "c"][(i % 3) as usize];
+            let m = msg(topic, now - 100 + i / 4);
+            stored.push(m.clone());
+            store.append(m).await.unwrap();
+        }
+        store.append(msg("b", now + 600)).await.unwrap();
+        // A row that does not decode, in the middle: skipped, and paging goes on.
+        Connection::open(&path)
+            .unwrap()
+            .execute(
+                "INSERT INTO messages (id, topic, time, expires, published, event, json)
+                 VALUES (?1, 'a', ?2, NULL, 1, 'message', '{not json')",
+                rusqlite::params![MessageId::generate().into_string(), now - 95],
+            )
+            .unwrap();
+        let marker = stored[13].id.clone();
+        let abc = ["a", "b", "c"];
+        for scheduled in [false, true] {
+            for since in [
+                Since::All,
+                Since::Latest,
+                Since::AfterId(marker.clone()),
+                Since::Time(now - 93),
+                Since::None,
+            ] {
+                for topics in [&abc[..], &["a"][..], &["c", "a", "c"][..], &["zzz"][..]] {
+                    let query = q(topics, since.clone(), scheduled);
+                    crate::store::contract::pages_match_query(&store, &query).await;
+                }
+            }
+        }
+        let (all, pages) =
+            crate::store::contract::read_pages(&store, &q(&abc, Since::All, false), 10).await;
+        assert_eq!(all.len(), 40);
+        assert_eq!(pages, 5, "41 rows (one malformed) by 10");
+        // A cursor from another store is refused, not misread.
+        let foreign = Cursor::Position {
+            after: (1, 0),
+            upto: None,
+        };
+        assert!(
+            store
+                .history_page(&q(&abc, Since::All, false), Some(&foreign), 10)
+                .await
+                .is_err()
+        );
     }
 
     #[tokio::test]

@@ -12,6 +12,7 @@ mod durability;
 mod files;
 mod fixture;
 mod hardening;
+mod history;
 mod info;
 mod limits;
 mod metrics;
