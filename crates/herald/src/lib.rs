@@ -28,7 +28,6 @@ pub mod error;
 pub mod hub;
 pub mod limits;
 pub mod listener;
-pub mod loadgen;
 pub mod model;
 pub mod otel;
 pub mod server;

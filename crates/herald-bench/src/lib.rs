@@ -57,6 +57,7 @@
 
 mod client;
 mod http;
+mod nats;
 mod options;
 mod progress;
 mod report;
@@ -64,7 +65,8 @@ mod run;
 mod stamp;
 mod stats;
 
-pub use options::{Options, add_args};
+use options::Options;
+pub use options::add_args;
 
 /// Runs `herald bench` with the parsed command-line arguments.
 pub fn run(matches: &clap::ArgMatches) -> anyhow::Result<()> {
