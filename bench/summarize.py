@@ -114,7 +114,7 @@ def main(paths):
         ]) + " |")
 
     print("\n### fanout (median of runs)\n")
-    print("| server | scenario | runs | subscribers | msg/s in | delivered | deliv/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | srv cpu% | µs srv CPU/delivery | lg cpu% | host busy% before | flags |")
+    print("| server | scenario | runs | subscribers | publishes/s | delivered | deliv/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | srv cpu% | µs srv CPU/delivery | lg cpu% | host busy% before | flags |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for g in fanout:
         lat = lambda q: m(g, lambda r: ms(get(r, "delivery", "lat_us", q)))
