@@ -4,31 +4,27 @@
 #   bench/idle-cpu.sh BINARY [CONNECTIONS] [HOLD_SECS] [extra herald serve args...]
 #
 # Starts herald pinned to CPU 0 (default keepalive-interval 45 s, as ntfy), opens
-# CONNECTIONS idle WebSocket subscribers with ../shared/bench's load generator on
-# CPU 1, lets them settle, then reads the server's utime+stime from /proc over
-# HOLD_SECS (default 90 s: two keepalive rounds) and prints
-# µs of server CPU per connection per second.
+# CONNECTIONS idle WebSocket subscribers with `herald bench --publishers 0` on CPU 1,
+# lets them settle, then reads the server's utime+stime from /proc over HOLD_SECS
+# (default 90 s: two keepalive rounds) and prints µs of server CPU per connection
+# per second.
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-SHARED="${SHARED_BENCH:-$ROOT/../shared/bench}"
 BIN=$1; CONNS=${2:-10000}; HOLD=${3:-90}; shift $(( $# < 3 ? $# : 3 ))
-LOADGEN="${LOADGEN:-${XDG_CACHE_HOME:-$HOME/.cache}/herald-bench/loadgen-target/release/loadgen}"
-[[ -x "$LOADGEN" ]] || cargo build --release --locked --manifest-path "$SHARED/loadgen/Cargo.toml" \
-    --target-dir "$(dirname "$(dirname "$LOADGEN")")" >&2
 DATA=$(mktemp -d)
 PORT=18097
 taskset -c 0 "$BIN" serve --listen-http 127.0.0.1:$PORT --data-dir "$DATA" \
     --visitor-subscription-limit 1000000 --visitor-request-limit-burst 1000000000 \
     --visitor-topic-creation-limit-burst 0 --log-level warn "$@" >"$DATA/server.log" 2>&1 &
 PID=$!
-trap 'kill $PID 2>/dev/null; wait $PID 2>/dev/null; rm -rf "$DATA"' EXIT
+trap 'kill ${LG:-} $PID 2>/dev/null; wait $PID 2>/dev/null; rm -rf "$DATA"' EXIT
 sleep 1
-# The loadgen holds the connections for settle + HOLD + margin seconds.
-taskset -c 1 "$LOADGEN" --adapter ntfy --url "http://127.0.0.1:$PORT" --scenario idle \
-    -n "$CONNS" --hold $((HOLD + 20)) >"$DATA/idle.json" 2>"$DATA/idle.err" &
+# The generator holds the connections for settle + HOLD + margin seconds; its
+# progress lines (stderr is a file: one every 5 s) say "publish" once all are open.
+taskset -c 1 "$BIN" bench --url "http://127.0.0.1:$PORT" --subscribers "$CONNS" --src-ips 16 \
+    --publishers 0 --duration $((HOLD + 20)) --json "$DATA/idle.json" 2>"$DATA/idle.err" &
 LG=$!
 # Wait until every connection is open (the loadgen says so on stderr), then settle.
-for _ in $(seq 1 240); do grep -q "established in" "$DATA/idle.err" 2>/dev/null && break; sleep 0.5; done
+for _ in $(seq 1 240); do grep -q "^publish" "$DATA/idle.err" 2>/dev/null && break; sleep 0.5; done
 sleep 5
 ticks() { awk '{print $14 + $15}' "/proc/$PID/stat"; }
 HZ=$(getconf CLK_TCK)

@@ -30,7 +30,6 @@ pub mod error;
 pub mod hub;
 pub mod limits;
 pub mod listener;
-pub mod loadgen;
 pub mod logging;
 pub mod model;
 pub mod otel;

@@ -25,7 +25,7 @@ fn cli() -> Command {
                         .help("Health URL to probe (plain HTTP)"),
                 ),
         )
-        .subcommand(herald::loadgen::add_args(Command::new("bench")))
+        .subcommand(herald_bench::add_args(Command::new("bench")))
         .subcommand(herald::webhook::cli::add_args(Command::new("webhook")));
     herald::auth::cli::add_commands(cli)
 }
@@ -39,7 +39,7 @@ fn main() -> std::process::ExitCode {
             .context("invalid configuration")
             .and_then(serve),
         Some(("healthcheck", m)) => healthcheck(m.get_one::<String>("url").map(String::as_str)),
-        Some(("bench", m)) => herald::loadgen::run(m),
+        Some(("bench", m)) => herald_bench::run(m),
         Some(("webhook", m)) => herald::webhook::cli::run(m),
         Some((name @ ("user" | "access" | "token"), m)) => herald::auth::cli::run(name, m),
         _ => Ok(()),

@@ -7,38 +7,68 @@ use std::time::Duration;
 use anyhow::{Context, bail, ensure};
 use clap::{Arg, ArgAction, ArgMatches, Command, value_parser};
 
+/// The protocol the server under test speaks, from `--url`'s scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Protocol {
+    /// ntfy's HTTP API (`http://`): herald, ntfy, any compatible server.
+    Ntfy,
+    /// The NATS client protocol (`nats://`): nats-server.
+    Nats,
+}
+
+impl Protocol {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Protocol::Ntfy => "ntfy",
+            Protocol::Nats => "nats",
+        }
+    }
+}
+
 /// How a subscriber receives events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
+pub(crate) enum Transport {
+    /// ntfy: `/<topic>/ws`; NATS: the protocol over nats-server's WebSocket listener.
     Ws,
     Sse,
     Json,
+    /// NATS only: the protocol over plain TCP (the client port).
+    Tcp,
 }
 
 impl Transport {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Transport::Ws => "ws",
             Transport::Sse => "sse",
             Transport::Json => "json",
+            Transport::Tcp => "tcp",
         }
     }
 
-    fn parse_list(list: &str) -> anyhow::Result<Vec<Transport>> {
+    fn parse_list(list: &str, protocol: Protocol) -> anyhow::Result<Vec<Transport>> {
+        let allowed = match protocol {
+            Protocol::Ntfy => "ws, sse or json",
+            Protocol::Nats => "ws or tcp",
+        };
         let transports = list
             .split(',')
             .map(str::trim)
             .filter(|s| !s.is_empty())
-            .map(|s| match s {
-                "ws" => Ok(Transport::Ws),
-                "sse" => Ok(Transport::Sse),
-                "json" => Ok(Transport::Json),
-                other => bail!("unknown transport {other:?} (ws, sse or json)"),
+            .map(|s| match (s, protocol) {
+                ("ws", _) => Ok(Transport::Ws),
+                ("sse", Protocol::Ntfy) => Ok(Transport::Sse),
+                ("json", Protocol::Ntfy) => Ok(Transport::Json),
+                ("tcp", Protocol::Nats) => Ok(Transport::Tcp),
+                (other, _) => bail!(
+                    "unknown transport {other:?} for a {} server ({allowed})",
+                    protocol.name()
+                ),
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         ensure!(
             !transports.is_empty(),
-            "--transport needs at least one of ws, sse, json"
+            "--transport needs at least one of {allowed}"
         );
         Ok(transports)
     }
@@ -46,26 +76,42 @@ impl Transport {
 
 /// The server under test, from `--url`.
 #[derive(Debug, Clone)]
-pub struct Target {
+pub(crate) struct Target {
+    pub(crate) protocol: Protocol,
     /// What goes into `Host:` (the URL's authority as written).
-    pub authority: String,
+    pub(crate) authority: String,
     /// Path prefix for a server mounted below `/` (no trailing slash; may be empty).
-    pub base_path: String,
-    pub addr: SocketAddr,
+    pub(crate) base_path: String,
+    pub(crate) addr: SocketAddr,
 }
 
 impl Target {
-    /// Splits `http://host[:port][/prefix]` and resolves the host.
+    /// Splits `http://host[:port][/prefix]` or `nats://host[:port]` and resolves
+    /// the host.
     fn parse(url: &str) -> anyhow::Result<Target> {
-        let rest = if let Some(rest) = url.strip_prefix("http://") {
-            rest
-        } else if url.starts_with("https://") {
+        let (protocol, rest, default_port) = if let Some(rest) = url.strip_prefix("http://") {
+            (Protocol::Ntfy, rest, 80)
+        } else if let Some(rest) = url.strip_prefix("nats://") {
+            (Protocol::Nats, rest, 4222)
+        } else if url.starts_with("https://") || url.starts_with("tls://") {
             bail!(
-                "https is not supported: point --url at a plain-HTTP listener (e.g. behind the TLS proxy)"
+                "TLS is not supported: point --url at a plain listener (e.g. behind the TLS proxy)"
             );
         } else {
-            bail!("--url must start with http://");
+            bail!("--url must start with http:// (ntfy) or nats:// (NATS)");
         };
+        Target::parse_rest(protocol, rest, default_port)
+    }
+
+    /// `--nats-ws-url`: `ws://host[:port][/path]`, nats-server's WebSocket listener.
+    fn parse_ws(url: &str) -> anyhow::Result<Target> {
+        let rest = url
+            .strip_prefix("ws://")
+            .context("--nats-ws-url must start with ws:// (wss is not supported)")?;
+        Target::parse_rest(Protocol::Nats, rest, 80)
+    }
+
+    fn parse_rest(protocol: Protocol, rest: &str, default_port: u16) -> anyhow::Result<Target> {
         let (authority, path) = match rest.find('/') {
             Some(i) => rest.split_at(i),
             None => (rest, ""),
@@ -76,7 +122,7 @@ impl Target {
             "--url must not have a query or fragment"
         );
         let with_port = if authority.ends_with(']') || !authority.contains(':') {
-            format!("{authority}:80")
+            format!("{authority}:{default_port}")
         } else {
             authority.to_string()
         };
@@ -85,6 +131,7 @@ impl Target {
             .next()
             .with_context(|| format!("no address for {authority}"))?;
         Ok(Target {
+            protocol,
             authority: authority.to_string(),
             base_path: path.trim_end_matches('/').to_string(),
             addr,
@@ -94,41 +141,47 @@ impl Target {
 
 /// Everything a run needs, validated.
 #[derive(Debug, Clone)]
-pub struct Options {
-    pub url: String,
-    pub target: Target,
+pub(crate) struct Options {
+    pub(crate) url: String,
+    pub(crate) target: Target,
     /// Every server of `--url` (a comma list: several nodes of one cluster);
     /// connections go to them round robin. The first is `target`.
-    pub targets: Vec<Target>,
-    pub subscribers: usize,
-    pub transports: Vec<Transport>,
-    pub publishers: usize,
+    pub(crate) targets: Vec<Target>,
+    /// NATS only: nats-server's WebSocket listener, for `ws` subscribers.
+    pub(crate) nats_ws: Option<Target>,
+    pub(crate) subscribers: usize,
+    pub(crate) transports: Vec<Transport>,
+    pub(crate) publishers: usize,
     /// Messages per second over all publishers; `None` = closed loop.
-    pub rate: Option<f64>,
-    pub duration: Duration,
-    pub topics: usize,
-    pub topic_prefix: String,
-    pub size: usize,
+    pub(crate) rate: Option<f64>,
+    pub(crate) duration: Duration,
+    pub(crate) topics: usize,
+    pub(crate) topic_prefix: String,
+    pub(crate) size: usize,
     /// Source addresses to spread connections over; empty = let the kernel pick.
-    pub sources: Vec<IpAddr>,
-    pub connect_concurrency: usize,
-    pub server_pid: Option<u32>,
-    pub json: Option<PathBuf>,
-    pub quiet: bool,
+    pub(crate) sources: Vec<IpAddr>,
+    pub(crate) connect_concurrency: usize,
+    pub(crate) server_pid: Option<u32>,
+    pub(crate) json: Option<PathBuf>,
+    pub(crate) quiet: bool,
 }
 
 impl Options {
     /// The source address of connection number `i` (subscribers first, then publishers).
-    pub fn source(&self, i: usize) -> Option<IpAddr> {
+    pub(crate) fn source(&self, i: usize) -> Option<IpAddr> {
         (!self.sources.is_empty()).then(|| self.sources[i % self.sources.len()])
     }
 
     /// The server connection number `i` goes to (subscribers first, then publishers).
-    pub fn target_for(&self, i: usize) -> &Target {
+    pub(crate) fn target_for(&self, i: usize) -> &Target {
         &self.targets[i % self.targets.len()]
     }
 
-    pub fn from_matches(m: &ArgMatches) -> anyhow::Result<Options> {
+    pub(crate) fn protocol(&self) -> Protocol {
+        self.target.protocol
+    }
+
+    pub(crate) fn from_matches(m: &ArgMatches) -> anyhow::Result<Options> {
         let url = m
             .get_one::<String>("url")
             .cloned()
@@ -138,10 +191,30 @@ impl Options {
             .map(|u| Target::parse(u.trim()))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let target = targets[0].clone();
+        ensure!(
+            targets.iter().all(|t| t.protocol == target.protocol),
+            "--url: every server of the list must speak the same protocol"
+        );
         let transports = Transport::parse_list(
             m.get_one::<String>("transport")
                 .map_or("ws", String::as_str),
+            target.protocol,
         )?;
+        let nats_ws = m
+            .get_one::<String>("nats-ws-url")
+            .map(|u| Target::parse_ws(u))
+            .transpose()?;
+        if target.protocol == Protocol::Nats {
+            ensure!(
+                nats_ws.is_some() || !transports.contains(&Transport::Ws),
+                "--transport ws against a NATS server needs --nats-ws-url (nats-server's websocket listener, e.g. ws://127.0.0.1:8080); or use --transport tcp"
+            );
+        } else {
+            ensure!(
+                nats_ws.is_none(),
+                "--nats-ws-url only applies to a nats:// --url"
+            );
+        }
         let count = |name: &str| m.get_one::<usize>(name).copied().unwrap_or(1);
         let rate = m.get_one::<f64>("rate").copied().unwrap_or(0.0);
         ensure!(rate.is_finite() && rate >= 0.0, "--rate must be >= 0");
@@ -161,9 +234,10 @@ impl Options {
         let options = Options {
             target,
             targets,
+            nats_ws,
             subscribers: m.get_one::<usize>("subscribers").copied().unwrap_or(0),
             transports,
-            publishers: count("publishers"),
+            publishers: m.get_one::<usize>("publishers").copied().unwrap_or(1),
             rate: (rate > 0.0).then_some(rate),
             duration: Duration::from_secs_f64(duration),
             topics: count("topics"),
@@ -179,7 +253,6 @@ impl Options {
             quiet: m.get_flag("quiet"),
             url,
         };
-        ensure!(options.publishers >= 1, "--publishers must be at least 1");
         ensure!(options.topics >= 1, "--topics must be at least 1");
         ensure!(
             options.connect_concurrency >= 1,
@@ -222,10 +295,10 @@ fn source_addresses(target: SocketAddr, k: usize) -> anyhow::Result<Vec<IpAddr>>
 }
 
 const ABOUT: &str =
-    "Load-test an ntfy-compatible server: subscribers, publishers, delivery latency";
+    "Load-test an ntfy-compatible server or nats-server: subscribers, publishers, delivery latency";
 
 const LONG_ABOUT: &str = "\
-Load-test an ntfy-compatible server (herald, ntfy, ...).
+Load-test an ntfy-compatible server (herald, ntfy, ...) or nats-server.
 
 Opens --subscribers streams spread over --topics topics (transports round robin),
 waits until every stream has sent its `open` event, publishes for --duration
@@ -239,6 +312,16 @@ on this process's monotonic clock. Counted per subscriber: deliveries,
 duplicates, and reorderings of one publisher's messages within a topic (a
 publisher sends its next message only after the previous one was acknowledged,
 so the server must keep that order).
+
+--publishers 0 publishes nothing: the subscribers are held idle for --duration
+seconds (with --server-pid, the report's RSS samples then measure idle streams).
+
+NATS (--url nats://HOST:4222): the same runs against nats-server, topics being
+subjects. Subscribers speak NATS over nats-server's WebSocket listener
+(--transport ws with --nats-ws-url ws://HOST:PORT) or over plain TCP (--transport
+tcp); a subscriber is established when the PONG after its SUB arrives.
+Publishers send PUB + PING on TCP and count a publish when the PONG arrives (the
+server has processed it): one request in flight per publisher, like an HTTP POST.
 
 Sizing tips:
   - Pin the server and the generator to different CPUs so they do not compete:
@@ -256,6 +339,8 @@ Sizing tips:
 Examples:
   herald bench --subscribers 1000 --transport ws,sse,json --rate 100 --duration 10
   herald bench --subscribers 64 --topics 64 --publishers 16 --rate 0 --duration 10
+  herald bench --url nats://127.0.0.1:4222 --nats-ws-url ws://127.0.0.1:8080 \\
+      --subscribers 1000 --rate 10 --duration 10
   # 10k subscribers from 16 addresses; the server allows 625+ streams per IP:
   #   herald serve --listen-http 127.0.0.1:18095 --visitor-subscription-limit 1000
   herald bench --url http://127.0.0.1:18095 --subscribers 10000 --src-ips 16 \\
@@ -270,7 +355,13 @@ pub fn add_args(cmd: Command) -> Command {
                 .long("url")
                 .value_name("URL")
                 .default_value("http://127.0.0.1:8080")
-                .help("Base URL of the server (plain http://; a path prefix is kept); a comma list for several nodes of one cluster: subscribers and publishers are spread over them round robin"),
+                .help("Base URL of the server: http://HOST[:PORT][/prefix] for an ntfy-compatible server, nats://HOST[:PORT] for nats-server; a comma list for several nodes of one cluster: subscribers and publishers are spread over them round robin"),
+        )
+        .arg(
+            Arg::new("nats-ws-url")
+                .long("nats-ws-url")
+                .value_name("URL")
+                .help("NATS only: nats-server's WebSocket listener (ws://HOST:PORT, no_tls) for --transport ws subscribers"),
         )
         .arg(
             Arg::new("subscribers")
@@ -286,7 +377,7 @@ pub fn add_args(cmd: Command) -> Command {
                 .long("transport")
                 .value_name("LIST")
                 .default_value("ws")
-                .help("Subscriber transports, comma list used round robin: ws, sse, json"),
+                .help("Subscriber transports, comma list used round robin: ws, sse, json (ntfy); ws, tcp (NATS)"),
         )
         .arg(
             Arg::new("publishers")
@@ -295,7 +386,7 @@ pub fn add_args(cmd: Command) -> Command {
                 .value_name("M")
                 .value_parser(value_parser!(usize))
                 .default_value("4")
-                .help("Publisher connections (HTTP/1.1 keep-alive, one request in flight each)"),
+                .help("Publisher connections (HTTP/1.1 keep-alive or NATS over TCP, one publish in flight each); 0: none, subscribers stay idle for --duration"),
         )
         .arg(
             Arg::new("rate")
@@ -438,6 +529,55 @@ mod tests {
             Some("127.0.0.3")
         );
         assert!(parse(&["--transport", "mqtt"]).is_err());
+        assert!(parse(&["--transport", "tcp"]).is_err(), "tcp is NATS only");
         assert!(parse(&["--url", "http://[::1]:80", "--src-ips", "2"]).is_err());
+    }
+}
+
+#[cfg(test)]
+mod nats_tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> anyhow::Result<Options> {
+        let m = add_args(Command::new("bench"))
+            .try_get_matches_from(std::iter::once("bench").chain(args.iter().copied()))?;
+        Options::from_matches(&m)
+    }
+
+    #[test]
+    fn nats_targets_and_transports() {
+        let o = parse(&["--url", "nats://127.0.0.1", "--transport", "tcp"]).expect("valid");
+        assert_eq!(o.protocol(), Protocol::Nats);
+        assert_eq!(o.target.addr.port(), 4222, "NATS's default port");
+        let o = parse(&[
+            "--url",
+            "nats://127.0.0.1:14222",
+            "--nats-ws-url",
+            "ws://127.0.0.1:18080",
+            "--transport",
+            "ws,tcp",
+        ])
+        .expect("valid");
+        assert_eq!(o.transports, [Transport::Ws, Transport::Tcp]);
+        assert_eq!(o.nats_ws.map(|t| t.addr.port()), Some(18080));
+        // ws subscribers to NATS need the WebSocket listener's address.
+        let e = parse(&["--url", "nats://127.0.0.1:4222"]).expect_err("no ws url");
+        assert!(e.to_string().contains("--nats-ws-url"), "{e}");
+        assert!(parse(&["--url", "nats://127.0.0.1:4222", "--transport", "sse"]).is_err());
+        assert!(
+            parse(&["--nats-ws-url", "ws://127.0.0.1:1"]).is_err(),
+            "ntfy target"
+        );
+        assert!(
+            parse(&["--url", "nats://127.0.0.1:4222,http://127.0.0.1:80"]).is_err(),
+            "one protocol per run"
+        );
+        assert!(parse(&["--url", "tls://127.0.0.1:4222"]).is_err());
+    }
+
+    #[test]
+    fn zero_publishers_is_an_idle_run() {
+        let o = parse(&["--publishers", "0"]).expect("valid");
+        assert_eq!(o.publishers, 0);
     }
 }

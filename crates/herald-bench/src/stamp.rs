@@ -22,17 +22,17 @@ const MARKER: &[u8] = b"~hb";
 
 /// What a subscriber reads back from a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Stamp {
-    pub nonce: u64,
-    pub publisher: u32,
-    pub seq: u64,
-    pub send_ns: u64,
+pub(crate) struct Stamp {
+    pub(crate) nonce: u64,
+    pub(crate) publisher: u32,
+    pub(crate) seq: u64,
+    pub(crate) send_ns: u64,
 }
 
 impl Stamp {
     /// The message body: the stamp, padded with `x` to `size` bytes (never cut
     /// short: a body smaller than the stamp is just the stamp).
-    pub fn body(&self, size: usize) -> String {
+    pub(crate) fn body(&self, size: usize) -> String {
         let mut body = String::with_capacity(size.max(64));
         // Writing to a String cannot fail.
         let _ = write!(
@@ -49,7 +49,7 @@ impl Stamp {
     /// Finds and parses the first stamp in `event` (a JSON line, an SSE `data:`
     /// payload or a WebSocket text frame). `None` when there is none or it is
     /// malformed: keepalives, `open` events and foreign messages end up here.
-    pub fn find(event: &[u8]) -> Option<Stamp> {
+    pub(crate) fn find(event: &[u8]) -> Option<Stamp> {
         let start = find(event, MARKER)? + MARKER.len();
         let rest = event.get(start..)?;
         let end = rest.iter().position(|&b| b == b'~')?;
@@ -70,7 +70,7 @@ impl Stamp {
 
 /// Position of `needle` in `haystack`. Events are a few hundred bytes, so a
 /// first-byte scan is as fast as anything smarter here.
-pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+pub(crate) fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     let (&first, tail) = needle.split_first()?;
     let mut from = 0;
     while let Some(pos) = haystack.get(from..)?.iter().position(|&b| b == first) {
@@ -85,7 +85,7 @@ pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 
 /// How a received `seq` relates to what the subscriber saw before.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Arrival {
+pub(crate) enum Arrival {
     /// Newer than everything seen (possibly skipping some, which may come later).
     InOrder,
     /// Older than something already seen, and not seen before: a reordering.
@@ -103,14 +103,14 @@ const MAX_GAPS: usize = 256;
 /// The `seq`s one subscriber has seen from one publisher: everything below `next`
 /// except the `gaps`. Constant memory while messages arrive in order.
 #[derive(Debug, Default, Clone)]
-pub struct SeqTracker {
+pub(crate) struct SeqTracker {
     next: u64,
     gaps: Vec<Range<u64>>,
 }
 
 impl SeqTracker {
     /// Records `seq` and says how it arrived.
-    pub fn observe(&mut self, seq: u64) -> Arrival {
+    pub(crate) fn observe(&mut self, seq: u64) -> Arrival {
         if seq >= self.next {
             if seq > self.next {
                 if self.gaps.len() == MAX_GAPS {

@@ -6,8 +6,8 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::client::Ctx;
-use super::stats::{ProcSample, Stats};
+use crate::client::Ctx;
+use crate::stats::{ProcSample, Stats};
 
 /// `loadgen.cpu_pct` at or above this means the generator, not the server, may
 /// have been the bottleneck.
@@ -17,14 +17,14 @@ const HIST_WIDTH: u64 = 40;
 
 /// `/proc` samples of one process at the phase boundaries.
 #[derive(Debug, Clone, Copy)]
-pub struct Samples {
-    pub before: ProcSample,
+pub(crate) struct Samples {
+    pub(crate) before: ProcSample,
     /// After all subscribers are open, just before publishing starts.
-    pub connected: ProcSample,
+    pub(crate) connected: ProcSample,
     /// When the last publisher finished.
-    pub published: ProcSample,
+    pub(crate) published: ProcSample,
     /// After the drain.
-    pub end: ProcSample,
+    pub(crate) end: ProcSample,
 }
 
 impl Samples {
@@ -38,25 +38,29 @@ impl Samples {
 }
 
 /// Everything measured in a run.
-pub struct Run<'a> {
-    pub ctx: &'a Ctx,
+pub(crate) struct Run<'a> {
+    pub(crate) ctx: &'a Ctx,
     /// From the first connect to the last `open` event.
-    pub connect_secs: f64,
+    pub(crate) connect_secs: f64,
     /// From the start of the publishing window to the last acknowledgement.
-    pub publish_secs: f64,
-    pub drain_secs: f64,
+    pub(crate) publish_secs: f64,
+    pub(crate) drain_secs: f64,
     /// Start of the publishing window on the run clock.
-    pub window_start_ns: u64,
-    pub loadgen: Samples,
-    pub server: Option<(u32, Samples)>,
-    pub server_peak_rss_kib: Option<u64>,
+    pub(crate) window_start_ns: u64,
+    pub(crate) loadgen: Samples,
+    pub(crate) server: Option<(u32, Samples)>,
+    pub(crate) server_peak_rss_kib: Option<u64>,
 }
 
 impl Run<'_> {
     /// Open loop only: the publishers reached less than 90% of `--rate` (each has
     /// one request in flight, so slow acks hold the schedule back).
     fn behind_schedule(&self, s: &Stats) -> Option<bool> {
-        let rate = self.ctx.opts.rate?;
+        let rate = self
+            .ctx
+            .opts
+            .rate
+            .filter(|_| self.ctx.opts.publishers > 0)?;
         let achieved = per_sec(s.published + s.publish_errors, self.publish_secs).unwrap_or(0.0);
         Some(achieved < 0.9 * rate)
     }
@@ -68,7 +72,7 @@ impl Run<'_> {
 
     /// The JSON report (latencies in microseconds, rates per second, CPU in % of
     /// one core, memory in KiB).
-    pub fn to_json(&self) -> Value {
+    pub(crate) fn to_json(&self) -> Value {
         let opts = &self.ctx.opts;
         let s = self.ctx.stats.borrow();
         let expected = s.expected();
@@ -102,12 +106,19 @@ impl Run<'_> {
             nonce: format!("{:016x}", self.ctx.nonce),
             config: ConfigFigures {
                 url: &opts.url,
+                protocol: opts.protocol().name(),
+                nats_ws_url: opts
+                    .nats_ws
+                    .as_ref()
+                    .map(|t| format!("ws://{}{}", t.authority, t.base_path)),
                 subscribers: opts.subscribers,
                 transports: opts.transports.iter().map(|t| t.name()).collect(),
                 topics: opts.topics,
                 topic_prefix: &opts.topic_prefix,
                 publishers: opts.publishers,
-                mode: if opts.rate.is_some() {
+                mode: if opts.publishers == 0 {
+                    "idle"
+                } else if opts.rate.is_some() {
                     "open-loop"
                 } else {
                     "closed-loop"
@@ -145,6 +156,7 @@ impl Run<'_> {
                 per_s: self.deliveries_per_sec(&s).map(round2),
                 offered_per_s: opts
                     .rate
+                    .filter(|_| opts.publishers > 0)
                     .map(|r| round2(r * s.established as f64 / opts.topics as f64)),
                 drain_s: round3(self.drain_secs),
                 lat_us: Latency::of(&s.delivery_lat),
@@ -165,12 +177,13 @@ impl Run<'_> {
     }
 
     /// The human-readable summary.
-    pub fn to_text(&self) -> String {
+    pub(crate) fn to_text(&self) -> String {
         let opts = &self.ctx.opts;
         let s = self.ctx.stats.borrow();
         let mut out = String::new();
         let transports: Vec<&str> = opts.transports.iter().map(|t| t.name()).collect();
         let load = match opts.rate {
+            _ if opts.publishers == 0 => "idle".to_string(),
             Some(r) => format!("{r} msg/s"),
             None => "closed loop".to_string(),
         };
@@ -303,7 +316,7 @@ fn percentile_line(h: &Histogram<u64>) -> String {
 }
 
 /// A latency in microseconds, in a readable unit.
-pub fn fmt_us(us: u64) -> String {
+pub(crate) fn fmt_us(us: u64) -> String {
     match us {
         0..1_000 => format!("{us}us"),
         1_000..1_000_000 => format!("{:.2}ms", us as f64 / 1e3),
@@ -361,6 +374,10 @@ struct JsonReport<'a> {
 #[derive(Serialize)]
 struct ConfigFigures<'a> {
     url: &'a str,
+    /// `ntfy` (an `http://` URL) or `nats`.
+    protocol: &'static str,
+    /// NATS only: the WebSocket listener `ws` subscribers used.
+    nats_ws_url: Option<String>,
     subscribers: usize,
     transports: Vec<&'static str>,
     topics: usize,
@@ -501,7 +518,7 @@ impl Latency {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::loadgen::stats::new_histogram;
+    use crate::stats::new_histogram;
 
     #[test]
     fn units() {

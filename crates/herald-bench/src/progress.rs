@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
 
-use super::client::Ctx;
-use super::stats::Stats;
+use crate::client::Ctx;
+use crate::stats::Stats;
 
 /// Redraw interval on a terminal.
 const TTY_INTERVAL: Duration = Duration::from_millis(200);
@@ -24,14 +24,14 @@ const BAR: usize = 24;
 
 /// What the run is doing now.
 #[derive(Debug, Clone, Copy)]
-pub enum Phase {
+pub(crate) enum Phase {
     Connect { start: Instant, total: usize },
     Publish { start: Instant, duration: Duration },
     Drain { start: Instant },
 }
 
 /// Handle on the redraw task; dropping it without `finish` leaves the line as is.
-pub struct Progress {
+pub(crate) struct Progress {
     phase: Rc<Cell<Phase>>,
     task: Option<JoinHandle<()>>,
     tty: bool,
@@ -39,7 +39,7 @@ pub struct Progress {
 
 impl Progress {
     /// Starts redrawing (unless `quiet`).
-    pub fn start(ctx: Rc<Ctx>, phase: Phase) -> Progress {
+    pub(crate) fn start(ctx: Rc<Ctx>, phase: Phase) -> Progress {
         let phase = Rc::new(Cell::new(phase));
         let tty = std::io::stderr().is_terminal();
         let task = (!ctx.opts.quiet).then(|| {
@@ -65,12 +65,12 @@ impl Progress {
         Progress { phase, task, tty }
     }
 
-    pub fn set(&self, phase: Phase) {
+    pub(crate) fn set(&self, phase: Phase) {
         self.phase.set(phase);
     }
 
     /// Stops redrawing and clears the line.
-    pub fn finish(mut self) {
+    pub(crate) fn finish(mut self) {
         if let Some(task) = self.task.take() {
             task.abort();
             if self.tty {
@@ -109,7 +109,7 @@ fn line(phase: Phase, s: &Stats, now: Instant) -> String {
                 s.published,
                 s.publish_errors,
                 ratio(s.delivered, s.expected()),
-                super::report::fmt_us(s.delivery_lat.value_at_quantile(0.99)),
+                crate::report::fmt_us(s.delivery_lat.value_at_quantile(0.99)),
             )
         }
         Phase::Drain { start } => {

@@ -1,5 +1,10 @@
 //! `herald bench`: a load generator for sizing a deployment of herald or any
-//! ntfy-compatible server.
+//! ntfy-compatible server, and for measuring nats-server with the same code.
+//!
+//! Why a crate of its own: nothing here is server code (it imports nothing from
+//! the server library), and the side-by-side figures of docs/BENCHMARKS.md need one
+//! client that speaks both ntfy and NATS. Only the `herald` binary depends on it
+//! (`herald bench`); the server library does not.
 //!
 //! # Usage
 //!
@@ -13,6 +18,9 @@
 //! taskset -c 0 herald serve --visitor-request-limit-exempt-hosts 127.0.0.0/8 & PID=$!
 //! taskset -c 1 herald bench --subscribers 10000 --src-ips 16 --rate 10 \
 //!     --server-pid $PID --json run.json
+//! # nats-server: NATS over its WebSocket listener for subscribers, TCP for publishers:
+//! herald bench --url nats://127.0.0.1:4222 --nats-ws-url ws://127.0.0.1:8081 \
+//!     --subscribers 1000 --rate 10
 //! ```
 //!
 //! A run has three phases. **Connect**: open `--subscribers` streams over
@@ -24,7 +32,13 @@
 //! or as fast as acknowledgements return (`--rate 0`, closed loop: measures
 //! publish throughput). **Drain**: wait until every expected delivery arrived or
 //! none arrived for 3 s. Then the summary goes to stderr and the JSON report to
-//! stdout or `--json FILE`.
+//! stdout or `--json FILE`. With `--publishers 0` the publish phase is an idle
+//! hold of `--duration` seconds.
+//!
+//! Against NATS (`nats.rs`) topics are subjects; a subscriber is established when
+//! the `PONG` after its `SUB` arrives (the subscription is registered), and a
+//! publish is `PUB` + `PING`, acknowledged by the `PONG`: one publish in flight
+//! per publisher, as with an HTTP POST, so the two servers are measured alike.
 //!
 //! # How it measures
 //!
@@ -50,13 +64,14 @@
 //!   instead of hyper's: one request in flight per connection, a keep-alive POST
 //!   and a streamed GET are all it needs, it works on the sockets above without
 //!   adapters, and its framing code is easy to test in isolation. WebSocket
-//!   streams use `tokio-tungstenite` (already in the graph through axum) over the
-//!   same sockets.
+//!   streams use `tokio-tungstenite` over the same sockets (ntfy's `/ws`, and
+//!   NATS over nats-server's WebSocket listener).
 //! - Events are not JSON-parsed: the stamp is found by a byte search, which
 //!   keeps the generator's CPU per delivery low.
 
 mod client;
 mod http;
+mod nats;
 mod options;
 mod progress;
 mod report;
@@ -64,7 +79,8 @@ mod run;
 mod stamp;
 mod stats;
 
-pub use options::{Options, add_args};
+use options::Options;
+pub use options::add_args;
 
 /// Runs `herald bench` with the parsed command-line arguments.
 pub fn run(matches: &clap::ArgMatches) -> anyhow::Result<()> {

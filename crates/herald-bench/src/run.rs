@@ -9,11 +9,11 @@ use anyhow::Context;
 use tokio::sync::Semaphore;
 use tokio::task::{JoinHandle, LocalSet, spawn_local};
 
-use super::client::{Ctx, Publisher, Window, subscriber};
-use super::options::Options;
-use super::progress::{Phase, Progress};
-use super::report::{Run, Samples};
-use super::stats::{Clock, ProcSample, Stats};
+use crate::client::{Ctx, Publisher, Window, subscriber};
+use crate::options::Options;
+use crate::progress::{Phase, Progress};
+use crate::report::{Run, Samples};
+use crate::stats::{Clock, ProcSample, Stats};
 
 /// The drain ends after this long without a new delivery...
 const DRAIN_IDLE: Duration = Duration::from_secs(3);
@@ -28,7 +28,7 @@ const RSS_INTERVAL: Duration = Duration::from_millis(250);
 /// Runs the benchmark and writes the reports. One thread: every client task is
 /// `!Send` and shares its counters without locks, and the whole generator can be
 /// pinned to one CPU with `taskset`.
-pub fn run(opts: Options) -> anyhow::Result<()> {
+pub(crate) fn run(opts: Options) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -130,6 +130,10 @@ async fn scenario(opts: Options) -> anyhow::Result<(serde_json::Value, String)> 
         .collect();
     for handle in handles {
         handle.await.context("a publisher task failed")?;
+    }
+    if opts.publishers == 0 {
+        // An idle run: the window is a hold with every subscriber open.
+        tokio::time::sleep(opts.duration).await;
     }
     let publish_secs = window_start.elapsed().as_secs_f64();
     let lg_published = ProcSample::take("self");

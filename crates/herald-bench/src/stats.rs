@@ -18,71 +18,71 @@ const MAX_LATENCY_US: u64 = 3_600_000_000;
 /// This process's monotonic clock as nanoseconds since the run started: the unit
 /// of message stamps.
 #[derive(Debug, Clone, Copy)]
-pub struct Clock {
+pub(crate) struct Clock {
     epoch: Instant,
 }
 
 impl Clock {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Clock {
             epoch: Instant::now(),
         }
     }
 
-    pub fn now_ns(&self) -> u64 {
+    pub(crate) fn now_ns(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
-    pub fn at(&self, ns: u64) -> Instant {
+    pub(crate) fn at(&self, ns: u64) -> Instant {
         self.epoch + Duration::from_nanos(ns)
     }
 }
 
 /// A latency histogram in microseconds with 3 significant digits.
-pub fn new_histogram() -> Histogram<u64> {
+pub(crate) fn new_histogram() -> Histogram<u64> {
     // Constant, valid bounds: this cannot fail at run time.
     Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("valid histogram bounds")
 }
 
 /// The run's counters.
 #[derive(Debug)]
-pub struct Stats {
-    pub established: u64,
+pub(crate) struct Stats {
+    pub(crate) established: u64,
     /// Established subscribers per topic: the fan-out of each publish.
-    pub established_per_topic: Vec<u64>,
+    pub(crate) established_per_topic: Vec<u64>,
     /// Subscribers that never got their `open` event.
-    pub failed: u64,
+    pub(crate) failed: u64,
     /// Subscribers whose stream ended or broke after it was established.
-    pub dropped: u64,
+    pub(crate) dropped: u64,
     /// When the last subscriber was established (ns on the run clock).
-    pub last_established_ns: u64,
+    pub(crate) last_established_ns: u64,
 
-    pub published: u64,
-    pub published_per_topic: Vec<u64>,
-    pub publish_errors: u64,
+    pub(crate) published: u64,
+    pub(crate) published_per_topic: Vec<u64>,
+    pub(crate) publish_errors: u64,
     /// Largest delay between a message's scheduled and actual send (open loop).
-    pub max_send_lag_ns: u64,
-    pub publish_lat: Histogram<u64>,
+    pub(crate) max_send_lag_ns: u64,
+    pub(crate) publish_lat: Histogram<u64>,
 
-    pub delivered: u64,
-    pub duplicates: u64,
-    pub out_of_order: u64,
+    pub(crate) delivered: u64,
+    pub(crate) duplicates: u64,
+    pub(crate) out_of_order: u64,
     /// Stamped messages from another run (other nonce) on our topics.
-    pub foreign: u64,
+    pub(crate) foreign: u64,
     /// Events that broke the protocol (first event not `open`, bad stamp fields).
-    pub protocol_errors: u64,
-    pub first_delivery_ns: Option<u64>,
-    pub last_delivery_ns: u64,
-    pub delivery_lat: Histogram<u64>,
+    pub(crate) protocol_errors: u64,
+    pub(crate) first_delivery_ns: Option<u64>,
+    pub(crate) last_delivery_ns: u64,
+    pub(crate) delivery_lat: Histogram<u64>,
 
-    pub error_count: u64,
-    pub errors: Vec<String>,
+    pub(crate) error_count: u64,
+    pub(crate) errors: Vec<String>,
 }
 
-pub type Shared = Rc<RefCell<Stats>>;
+pub(crate) type Shared = Rc<RefCell<Stats>>;
 
 impl Stats {
-    pub fn new(topics: usize) -> Shared {
+    pub(crate) fn new(topics: usize) -> Shared {
         Rc::new(RefCell::new(Stats {
             established: 0,
             established_per_topic: vec![0; topics],
@@ -108,7 +108,7 @@ impl Stats {
     }
 
     /// Counts an error and keeps the first few descriptions.
-    pub fn error(&mut self, what: String) {
+    pub(crate) fn error(&mut self, what: String) {
         self.error_count += 1;
         if self.errors.len() < MAX_ERROR_SAMPLES {
             self.errors.push(what);
@@ -117,7 +117,7 @@ impl Stats {
 
     /// Deliveries the publishes so far should cause: each publish reaches every
     /// subscriber established on its topic.
-    pub fn expected(&self) -> u64 {
+    pub(crate) fn expected(&self) -> u64 {
         self.published_per_topic
             .iter()
             .zip(&self.established_per_topic)
@@ -128,11 +128,11 @@ impl Stats {
 
 /// A point-in-time reading of a process from `/proc`.
 #[derive(Debug, Clone, Copy)]
-pub struct ProcSample {
-    pub at: Instant,
-    pub rss_kib: Option<u64>,
+pub(crate) struct ProcSample {
+    pub(crate) at: Instant,
+    pub(crate) rss_kib: Option<u64>,
     /// User + system CPU time in clock ticks.
-    pub cpu_ticks: Option<u64>,
+    pub(crate) cpu_ticks: Option<u64>,
 }
 
 /// Clock ticks per second of `/proc/*/stat` times. Linux exports these in
@@ -142,7 +142,7 @@ const TICKS_PER_SEC: f64 = 100.0;
 
 impl ProcSample {
     /// Samples `/proc/<pid>` (`"self"` for this process).
-    pub fn take(pid: &str) -> ProcSample {
+    pub(crate) fn take(pid: &str) -> ProcSample {
         ProcSample {
             at: Instant::now(),
             rss_kib: read_rss_kib(pid),
@@ -151,7 +151,7 @@ impl ProcSample {
     }
 
     /// CPU use between `self` and a later sample, in % of one core.
-    pub fn cpu_pct_until(&self, later: &ProcSample) -> Option<f64> {
+    pub(crate) fn cpu_pct_until(&self, later: &ProcSample) -> Option<f64> {
         let ticks = later.cpu_ticks?.checked_sub(self.cpu_ticks?)?;
         let wall = later.at.duration_since(self.at).as_secs_f64();
         (wall > 0.0).then(|| ticks as f64 / TICKS_PER_SEC / wall * 100.0)

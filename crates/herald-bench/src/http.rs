@@ -20,7 +20,7 @@ const MAX_LINE: usize = 4096;
 
 /// Why an HTTP exchange failed.
 #[derive(Debug, thiserror::Error)]
-pub enum HttpError {
+pub(crate) enum HttpError {
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error("connection closed by the server")]
@@ -31,7 +31,7 @@ pub enum HttpError {
 
 /// How the response body is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Framing {
+pub(crate) enum Framing {
     Chunked,
     Length(u64),
     /// Until the server closes the connection.
@@ -40,16 +40,16 @@ pub enum Framing {
 
 /// The parts of a response head the load generator uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Head {
-    pub status: u16,
-    pub framing: Framing,
+pub(crate) struct Head {
+    pub(crate) status: u16,
+    pub(crate) framing: Framing,
     /// Whether the connection may carry another request after this response.
-    pub keep_alive: bool,
+    pub(crate) keep_alive: bool,
 }
 
 /// Parses a response head at the start of `buf`. `Ok(None)`: incomplete, read more.
 /// On success also returns the head's length in bytes.
-pub fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, HttpError> {
+pub(crate) fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, HttpError> {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut response = httparse::Response::new(&mut headers);
     let len = match response.parse(buf) {
@@ -120,7 +120,7 @@ enum ChunkState {
 /// Incremental decoder of a `Transfer-Encoding: chunked` body. Feed it whatever
 /// arrived; it consumes what it can and keeps its place across calls.
 #[derive(Debug, Clone)]
-pub struct ChunkedDecoder {
+pub(crate) struct ChunkedDecoder {
     state: ChunkState,
 }
 
@@ -135,7 +135,11 @@ impl Default for ChunkedDecoder {
 impl ChunkedDecoder {
     /// Moves decoded body bytes from `input` to `out`. Returns `true` once the
     /// last chunk and trailers have been read (the body is complete).
-    pub fn decode(&mut self, input: &mut BytesMut, out: &mut Vec<u8>) -> Result<bool, HttpError> {
+    pub(crate) fn decode(
+        &mut self,
+        input: &mut BytesMut,
+        out: &mut Vec<u8>,
+    ) -> Result<bool, HttpError> {
         loop {
             match self.state {
                 ChunkState::Size => {
@@ -207,14 +211,14 @@ fn take_line(input: &mut BytesMut) -> Result<Option<BytesMut>, HttpError> {
 
 /// Decodes a response body of any framing.
 #[derive(Debug, Clone)]
-pub enum BodyDecoder {
+pub(crate) enum BodyDecoder {
     Chunked(ChunkedDecoder),
     Length(u64),
     Close,
 }
 
 impl BodyDecoder {
-    pub fn new(framing: Framing) -> Self {
+    pub(crate) fn new(framing: Framing) -> Self {
         match framing {
             Framing::Chunked => BodyDecoder::Chunked(ChunkedDecoder::default()),
             Framing::Length(n) => BodyDecoder::Length(n),
@@ -224,7 +228,11 @@ impl BodyDecoder {
 
     /// Like [`ChunkedDecoder::decode`]; `true` once the body is complete (never
     /// for a close-delimited body: that one ends at end of stream).
-    pub fn decode(&mut self, input: &mut BytesMut, out: &mut Vec<u8>) -> Result<bool, HttpError> {
+    pub(crate) fn decode(
+        &mut self,
+        input: &mut BytesMut,
+        out: &mut Vec<u8>,
+    ) -> Result<bool, HttpError> {
         match self {
             BodyDecoder::Chunked(d) => d.decode(input, out),
             BodyDecoder::Length(left) => {
@@ -247,13 +255,13 @@ impl BodyDecoder {
 
 /// One HTTP/1.1 connection with its read buffer.
 #[derive(Debug)]
-pub struct Conn {
+pub(crate) struct Conn {
     stream: TcpStream,
     buf: BytesMut,
 }
 
 impl Conn {
-    pub fn new(stream: TcpStream) -> Self {
+    pub(crate) fn new(stream: TcpStream) -> Self {
         Conn {
             stream,
             buf: BytesMut::with_capacity(16 * 1024),
@@ -261,7 +269,7 @@ impl Conn {
     }
 
     /// Sends raw request bytes.
-    pub async fn send(&mut self, request: &[u8]) -> Result<(), HttpError> {
+    pub(crate) async fn send(&mut self, request: &[u8]) -> Result<(), HttpError> {
         self.stream.write_all(request).await?;
         Ok(())
     }
@@ -275,7 +283,7 @@ impl Conn {
     }
 
     /// Reads a response head (skipping interim 1xx responses).
-    pub async fn read_head(&mut self) -> Result<Head, HttpError> {
+    pub(crate) async fn read_head(&mut self) -> Result<Head, HttpError> {
         loop {
             if let Some((head, len)) = parse_head(&self.buf)? {
                 self.buf.advance(len);
@@ -291,7 +299,7 @@ impl Conn {
     }
 
     /// Reads the whole body into `out` (for short responses: publish acks, errors).
-    pub async fn read_body(
+    pub(crate) async fn read_body(
         &mut self,
         framing: Framing,
         out: &mut Vec<u8>,
@@ -311,7 +319,7 @@ impl Conn {
     }
 
     /// Turns the connection into a line reader over a streaming body.
-    pub fn into_lines(self, framing: Framing) -> LineReader {
+    pub(crate) fn into_lines(self, framing: Framing) -> LineReader {
         LineReader {
             conn: self,
             decoder: BodyDecoder::new(framing),
@@ -325,7 +333,7 @@ impl Conn {
 /// Reads a streaming response body line by line (`/json` and `/sse` framing are
 /// both line based).
 #[derive(Debug)]
-pub struct LineReader {
+pub(crate) struct LineReader {
     conn: Conn,
     decoder: BodyDecoder,
     /// Decoded body bytes; `body[start..]` is not consumed yet.
@@ -338,7 +346,7 @@ impl LineReader {
     /// The next line without its `\n` (and `\r`), as a range for [`Self::line`];
     /// `None` at the end of the body. (A range rather than a slice, so callers can
     /// skip lines in a loop without fighting the borrow checker.)
-    pub async fn next_line(&mut self) -> Result<Option<Range<usize>>, HttpError> {
+    pub(crate) async fn next_line(&mut self) -> Result<Option<Range<usize>>, HttpError> {
         loop {
             if let Some(pos) = self.body[self.start..].iter().position(|&b| b == b'\n') {
                 let line_start = self.start;
@@ -376,7 +384,7 @@ impl LineReader {
     }
 
     /// The bytes of a line returned by [`Self::next_line`] (valid until the next call).
-    pub fn line(&self, range: Range<usize>) -> &[u8] {
+    pub(crate) fn line(&self, range: Range<usize>) -> &[u8] {
         self.body.get(range).unwrap_or(&[])
     }
 }

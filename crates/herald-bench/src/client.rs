@@ -1,6 +1,6 @@
-//! The load generator's clients: subscriber streams (WebSocket, SSE, JSON lines)
-//! and keep-alive publishers, all on sockets this module opens itself so it can
-//! choose their source address.
+//! The load generator's clients: subscriber streams (ntfy: WebSocket, SSE, JSON
+//! lines; NATS: the protocol over WebSocket or TCP) and keep-alive publishers, all
+//! on sockets this module opens itself so it can choose their source address.
 
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
@@ -13,10 +13,11 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
-use super::http::{Conn, HttpError, LineReader};
-use super::options::{Options, Target, Transport};
-use super::stamp::{Arrival, SeqTracker, Stamp, find};
-use super::stats::{Clock, Shared};
+use crate::http::{Conn, HttpError, LineReader};
+use crate::nats::{NatsConn, publish_with_ack};
+use crate::options::{Options, Protocol, Target, Transport};
+use crate::stamp::{Arrival, SeqTracker, Stamp, find};
+use crate::stats::{Clock, Shared};
 
 /// Longest a subscriber may take from `connect` to its `open` event.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -27,16 +28,16 @@ const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
 
 /// What every task of a run shares.
 #[derive(Debug)]
-pub struct Ctx {
-    pub opts: Options,
-    pub clock: Clock,
+pub(crate) struct Ctx {
+    pub(crate) opts: Options,
+    pub(crate) clock: Clock,
     /// Identifies this run's messages.
-    pub nonce: u64,
-    pub stats: Shared,
+    pub(crate) nonce: u64,
+    pub(crate) stats: Shared,
 }
 
 impl Ctx {
-    pub fn topic_name(&self, topic: usize) -> String {
+    pub(crate) fn topic_name(&self, topic: usize) -> String {
         format!("{}{topic}", self.opts.topic_prefix)
     }
 
@@ -47,7 +48,10 @@ impl Ctx {
 
 /// A TCP connection from `source` (if any) to `addr`, with Nagle off: every
 /// request and frame here is small and latency is what is measured.
-pub async fn connect(addr: SocketAddr, source: Option<IpAddr>) -> std::io::Result<TcpStream> {
+pub(crate) async fn connect(
+    addr: SocketAddr,
+    source: Option<IpAddr>,
+) -> std::io::Result<TcpStream> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
@@ -73,6 +77,11 @@ enum Session {
         /// The last event's line in `lines`.
         current: Range<usize>,
     },
+    Nats {
+        conn: Box<NatsConn>,
+        /// The last message's payload in `conn`'s buffer.
+        current: Range<usize>,
+    },
 }
 
 impl Session {
@@ -84,6 +93,9 @@ impl Session {
         topic: usize,
         index: usize,
     ) -> Result<(Session, bool), String> {
+        if ctx.opts.protocol() == Protocol::Nats {
+            return Session::open_nats(ctx, transport, topic, index).await;
+        }
         let target = ctx.opts.target_for(index);
         let source = ctx.opts.source(index);
         let stream = connect(target.addr, source)
@@ -104,6 +116,7 @@ impl Session {
                     text: Utf8Bytes::default(),
                 }
             }
+            Transport::Tcp => return Err("tcp is a NATS transport".to_string()),
             Transport::Sse | Transport::Json => {
                 let path = ctx.path(
                     target,
@@ -154,9 +167,59 @@ impl Session {
         Ok((session, is_open))
     }
 
+    /// A NATS subscription over WebSocket or TCP, established once the server
+    /// has answered the `PING` sent after `SUB` (NATS has no `open` event; the
+    /// `PONG` says the same: the subscription is registered).
+    async fn open_nats(
+        ctx: &Ctx,
+        transport: Transport,
+        topic: usize,
+        index: usize,
+    ) -> Result<(Session, bool), String> {
+        let target = match (transport, &ctx.opts.nats_ws) {
+            (Transport::Ws, Some(ws)) => ws,
+            (Transport::Ws, None) => return Err("no --nats-ws-url".to_string()),
+            _ => ctx.opts.target_for(index),
+        };
+        let stream = connect(target.addr, ctx.opts.source(index))
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let mut conn = if transport == Transport::Ws {
+            let path = if target.base_path.is_empty() {
+                "/"
+            } else {
+                &target.base_path
+            };
+            let url = format!("ws://{}{path}", target.authority);
+            let (ws, _) = tokio_tungstenite::client_async(url, stream)
+                .await
+                .map_err(|e| format!("websocket handshake: {e}"))?;
+            NatsConn::ws(ws).await
+        } else {
+            NatsConn::tcp(stream).await
+        }
+        .map_err(|e| format!("nats handshake: {e}"))?;
+        conn.subscribe(&ctx.topic_name(topic))
+            .await
+            .map_err(|e| format!("subscribe: {e}"))?;
+        let session = Session::Nats {
+            conn: Box::new(conn),
+            current: 0..0,
+        };
+        Ok((session, true))
+    }
+
     /// Waits for the next event; `false` when the stream ended.
     async fn next_event(&mut self) -> Result<bool, String> {
         match self {
+            Session::Nats { conn, current } => match conn.next_message().await {
+                Ok(Some(payload)) => {
+                    *current = payload;
+                    Ok(true)
+                }
+                Ok(None) => Ok(false),
+                Err(e) => Err(e.to_string()),
+            },
             Session::Ws { ws, text } => loop {
                 match ws.next().await {
                     Some(Ok(Message::Text(t))) => {
@@ -203,13 +266,14 @@ impl Session {
         match self {
             Session::Ws { text, .. } => text.as_bytes(),
             Session::Http { lines, current, .. } => lines.line(current.clone()),
+            Session::Nats { conn, current } => conn.bytes(current.clone()),
         }
     }
 }
 
 /// Subscriber number `index`: opens its stream (holding `permit` until then, to
 /// bound concurrent opens), then counts what arrives until the stream ends.
-pub async fn subscriber(ctx: Rc<Ctx>, index: usize, permit: OwnedSemaphorePermit) {
+pub(crate) async fn subscriber(ctx: Rc<Ctx>, index: usize, permit: OwnedSemaphorePermit) {
     let opts = &ctx.opts;
     let topic = index % opts.topics;
     let transport = opts.transports[index % opts.transports.len()];
@@ -299,17 +363,23 @@ fn on_event(ctx: &Ctx, event: &[u8], trackers: &mut [SeqTracker]) {
 
 /// When and for how long a publisher publishes.
 #[derive(Debug, Clone, Copy)]
-pub struct Window {
+pub(crate) struct Window {
     /// Start of the publishing window on the run clock.
-    pub start_ns: u64,
-    pub duration: Duration,
+    pub(crate) start_ns: u64,
+    pub(crate) duration: Duration,
+}
+
+/// A publisher's connection: HTTP/1.1 keep-alive, or NATS over TCP.
+enum PubConn {
+    Http(Conn),
+    Nats(Box<NatsConn>),
 }
 
 /// Publisher number `id` with its keep-alive connection.
-pub struct Publisher {
+pub(crate) struct Publisher {
     ctx: Rc<Ctx>,
     id: usize,
-    conn: Option<Conn>,
+    conn: Option<PubConn>,
     request: Vec<u8>,
     response: Vec<u8>,
 }
@@ -317,7 +387,7 @@ pub struct Publisher {
 impl Publisher {
     /// Connects publisher `id` (before the window opens, so the first publish
     /// does not pay for the handshake).
-    pub async fn connect(ctx: Rc<Ctx>, id: usize) -> Publisher {
+    pub(crate) async fn connect(ctx: Rc<Ctx>, id: usize) -> Publisher {
         let mut publisher = Publisher {
             ctx,
             id,
@@ -335,14 +405,24 @@ impl Publisher {
         publisher
     }
 
-    async fn ensure_conn(&mut self) -> std::io::Result<&mut Conn> {
+    async fn ensure_conn(&mut self) -> Result<&mut PubConn, String> {
         let conn = match self.conn.take() {
             Some(conn) => conn,
             None => {
                 let opts = &self.ctx.opts;
                 let index = opts.subscribers + self.id;
                 let source = opts.source(index);
-                Conn::new(connect(opts.target_for(index).addr, source).await?)
+                let stream = connect(opts.target_for(index).addr, source)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                match opts.protocol() {
+                    Protocol::Ntfy => PubConn::Http(Conn::new(stream)),
+                    Protocol::Nats => PubConn::Nats(Box::new(
+                        NatsConn::tcp(stream)
+                            .await
+                            .map_err(|e| format!("nats handshake: {e}"))?,
+                    )),
+                }
             }
         };
         Ok(self.conn.insert(conn))
@@ -350,7 +430,7 @@ impl Publisher {
 
     /// Publishes through the window: open loop (message `k` of all publishers is
     /// due at `k / rate`; this one sends `k = id, id + M, ...`) or closed loop.
-    pub async fn run(mut self, window: Window) {
+    pub(crate) async fn run(mut self, window: Window) {
         let ctx = self.ctx.clone();
         let opts = &ctx.opts;
         let mut seqs = vec![0u64; opts.topics];
@@ -392,16 +472,24 @@ impl Publisher {
         }
         .body(ctx.opts.size);
         self.request.clear();
-        self.request.extend_from_slice(
-            format!(
-                "POST {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: herald-bench\r\nContent-Length: {}\r\n\r\n",
-                ctx.path(ctx.opts.target_for(ctx.opts.subscribers + self.id), topic, ""),
-                ctx.opts.target_for(ctx.opts.subscribers + self.id).authority,
-                body.len()
-            )
-            .as_bytes(),
-        );
-        self.request.extend_from_slice(body.as_bytes());
+        match ctx.opts.protocol() {
+            Protocol::Ntfy => {
+                let target = ctx.opts.target_for(ctx.opts.subscribers + self.id);
+                self.request.extend_from_slice(
+                    format!(
+                        "POST {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: herald-bench\r\nContent-Length: {}\r\n\r\n",
+                        ctx.path(target, topic, ""),
+                        target.authority,
+                        body.len()
+                    )
+                    .as_bytes(),
+                );
+                self.request.extend_from_slice(body.as_bytes());
+            }
+            Protocol::Nats => {
+                publish_with_ack(&mut self.request, &ctx.topic_name(topic), body.as_bytes());
+            }
+        }
         let result = tokio::time::timeout(PUBLISH_TIMEOUT, self.exchange())
             .await
             .unwrap_or_else(|_| {
@@ -414,13 +502,14 @@ impl Publisher {
         }
     }
 
-    /// Counts one publish attempt; `true` if it was acknowledged with a 2xx.
+    /// Counts one publish attempt; `true` if it was acknowledged (a 2xx, or
+    /// NATS's `PONG`).
     fn account(
         &self,
         topic: usize,
         send_ns: u64,
         due_ns: Option<u64>,
-        result: Result<u16, String>,
+        result: Result<(), String>,
     ) -> bool {
         let done_ns = self.ctx.clock.now_ns();
         let mut s = self.ctx.stats.borrow_mut();
@@ -428,13 +517,12 @@ impl Publisher {
             s.max_send_lag_ns = s.max_send_lag_ns.max(send_ns.saturating_sub(due));
         }
         let failure = match result {
-            Ok(status) if (200..300).contains(&status) => {
+            Ok(()) => {
                 s.published += 1;
                 s.published_per_topic[topic] += 1;
                 s.publish_lat.saturating_record((done_ns - send_ns) / 1000);
                 return true;
             }
-            Ok(status) => format!("HTTP {status}: {}", snippet(&self.response)),
             Err(e) => e,
         };
         s.publish_errors += 1;
@@ -443,8 +531,9 @@ impl Publisher {
     }
 
     /// One request/response on the keep-alive connection (reconnecting if it was
-    /// closed). Returns the status; the body is left in `self.response`.
-    async fn exchange(&mut self) -> Result<u16, String> {
+    /// closed): `Ok` when acknowledged (a 2xx; for NATS the `PONG`). An HTTP
+    /// response body is left in `self.response`.
+    async fn exchange(&mut self) -> Result<(), String> {
         let request = std::mem::take(&mut self.request);
         let mut response = std::mem::take(&mut self.response);
         response.clear();
@@ -453,22 +542,35 @@ impl Publisher {
                 .ensure_conn()
                 .await
                 .map_err(|e| format!("connect: {e}"))?;
-            conn.send(&request).await.map_err(|e| e.to_string())?;
-            let head = conn.read_head().await.map_err(|e| e.to_string())?;
-            conn.read_body(head.framing, &mut response)
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok::<_, String>(head)
+            match conn {
+                PubConn::Http(conn) => {
+                    conn.send(&request).await.map_err(|e| e.to_string())?;
+                    let head = conn.read_head().await.map_err(|e| e.to_string())?;
+                    conn.read_body(head.framing, &mut response)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    Ok::<_, String>((head.status, head.keep_alive))
+                }
+                PubConn::Nats(conn) => {
+                    conn.send(&request).await.map_err(|e| e.to_string())?;
+                    conn.await_pong().await.map_err(|e| e.to_string())?;
+                    Ok((200, true))
+                }
+            }
         }
         .await;
         self.request = request;
         self.response = response;
         match result {
-            Ok(head) => {
-                if !head.keep_alive {
+            Ok((status, keep_alive)) => {
+                if !keep_alive {
                     self.conn = None;
                 }
-                Ok(head.status)
+                if (200..300).contains(&status) {
+                    Ok(())
+                } else {
+                    Err(format!("HTTP {status}: {}", snippet(&self.response)))
+                }
             }
             Err(e) => {
                 self.conn = None;
