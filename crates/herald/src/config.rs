@@ -15,8 +15,8 @@ use std::time::Duration;
 use clap::parser::ValueSource;
 use clap::{Arg, ArgMatches, Command};
 
-use crate::api::timeparse::parse_config_duration;
 use crate::store::sqlite::SyncMode;
+use crate::time::parse_config_duration;
 
 /// One configurable option.
 struct OptionSpec {

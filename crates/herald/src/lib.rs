@@ -3,6 +3,8 @@
 //! # Layout
 //! - [`config`]: options from flags, environment, YAML file and defaults.
 //! - [`model`]: what a notification is (ntfy's message JSON), IDs and topic names.
+//! - [`time`]: durations and delivery times in the notations ntfy accepts (API,
+//!   config, CLI).
 //! - [`store`]: durable history behind the [`store::Store`] trait (embedded SQLite).
 //! - [`hub`]: the in-process topic hub: subscribers, bounded queues, fan-out.
 //! - [`broker`]: how a committed message reaches every node's hub ([`broker::Broker`]).
@@ -34,4 +36,5 @@ pub mod otel;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod time;
 pub mod webhook;

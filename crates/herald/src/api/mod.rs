@@ -17,7 +17,6 @@ pub mod info;
 pub mod params;
 pub mod publish;
 pub mod subscribe;
-pub mod timeparse;
 pub mod ws;
 
 use std::net::SocketAddr;

@@ -14,9 +14,9 @@ use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STAN
 use serde_json::Value;
 
 use crate::api::actions::{action_from_json, parse_actions};
-use crate::api::timeparse::{parse_future_time, parse_go_duration_nanos};
 use crate::error::ApiError;
 use crate::model::{Action, Message, id as message_id, topic};
+use crate::time::{parse_future_time, parse_go_duration_nanos};
 
 /// The accepted names of each parameter, exactly ntfy's (reference §2.2 and §3.2).
 /// Headers are matched case-insensitively, query parameters only in this lowercase form.
