@@ -18,7 +18,8 @@ use crate::error::ApiError;
 use crate::model::{Action, Message, id as message_id, topic};
 use crate::time::{parse_future_time, parse_go_duration_nanos};
 
-/// The accepted names of each parameter, exactly ntfy's (reference §2.2 and §3.2).
+/// The accepted names of each parameter, exactly ntfy's (docs/COMPATIBILITY.md §2.2
+/// and §3.2).
 /// Headers are matched case-insensitively, query parameters only in this lowercase form.
 pub mod names {
     pub const MESSAGE: &[&str] = &["x-message", "message", "m"];
@@ -513,8 +514,8 @@ struct JsonFields {
     sequence_id: String,
 }
 
-/// Converts a JSON publish body (reference §2.6). Malformed JSON or a field of the wrong
-/// type (e.g. `"priority": "high"`, `"cache": false`) is `JSON_INVALID`; a missing or
+/// Converts a JSON publish body (docs/COMPATIBILITY.md §2.6). Malformed JSON or a
+/// field of the wrong type (e.g. `"priority": "high"`, `"cache": false`) is `JSON_INVALID`; a missing or
 /// invalid topic is `TOPIC_INVALID`. Field values are not validated here: they go
 /// through [`parse_publish`] like header values. The body size limit is the caller's.
 pub fn parse_json_publish(body: &[u8]) -> Result<JsonPublish, ApiError> {
@@ -651,7 +652,8 @@ fn json_actions(value: &Value) -> Result<Vec<Action>, ApiError> {
     }
 }
 
-/// Which cached messages a subscription wants first (`since=`, reference §3.3).
+/// Which cached messages a subscription wants first (`since=`, docs/COMPATIBILITY.md
+/// §3.3).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SinceParam {
     /// No `since`: all cached messages when polling, none when streaming.
