@@ -707,7 +707,7 @@ fn redis_url(s: &str) -> Result<Option<String>, String> {
     if s.is_empty() {
         return Ok(None);
     }
-    crate::store::redis::check_url(s)?;
+    crate::cluster::redis::check_url(s)?;
     Ok(Some(s.to_string()))
 }
 

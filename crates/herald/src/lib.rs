@@ -8,6 +8,7 @@
 //! - [`store`]: durable history behind the [`store::Store`] trait (embedded SQLite).
 //! - [`hub`]: the in-process topic hub: subscribers, bounded queues, fan-out.
 //! - [`broker`]: how a committed message reaches every node's hub ([`broker::Broker`]).
+//! - [`cluster`]: the Redis plumbing every cluster-mode (`redis-url`) part shares.
 //! - [`core`]: the `Herald` handle the transports call: publish, subscribe, poll,
 //!   plus the scheduler and the expiry sweep.
 //! - [`api`]: the ntfy-compatible HTTP surface (publish, JSON/SSE/raw/WebSocket streams).
@@ -24,6 +25,7 @@
 pub mod api;
 pub mod auth;
 pub mod broker;
+pub mod cluster;
 pub mod config;
 pub mod core;
 pub mod error;
