@@ -49,8 +49,9 @@ struct JsonFields {
 
 /// Converts a JSON publish body (docs/COMPATIBILITY.md §2.6). Malformed JSON or a
 /// field of the wrong type (e.g. `"priority": "high"`, `"cache": false`) is
-/// `JSON_INVALID`; a missing or invalid topic is `TOPIC_INVALID`. Field values are not validated here: they go
-/// through [`super::parse_publish`] like header values. The body size limit is the caller's.
+/// `JSON_INVALID`; a missing or invalid topic is `TOPIC_INVALID`. Field values are not
+/// validated here: they go through [`super::parse_publish`] like header values. The
+/// body size limit is the caller's.
 pub fn parse_json_publish(body: &[u8]) -> Result<JsonPublish, ApiError> {
     // Like Go's json.Decoder, read one value and ignore whatever follows it.
     let value = serde_json::Deserializer::from_slice(body)

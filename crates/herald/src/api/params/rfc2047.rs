@@ -153,7 +153,8 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-/// Encodes `value` as a single RFC 2047 `B` word, which [`super::ParamSource::get`] decodes.
+/// Encodes `value` as a single RFC 2047 `B` word, which [`super::ParamSource::get`]
+/// decodes.
 pub(super) fn encode_rfc2047(value: &str) -> String {
     format!("=?UTF-8?B?{}?=", STANDARD.encode(value))
 }
