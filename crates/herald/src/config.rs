@@ -15,8 +15,8 @@ use std::time::Duration;
 use clap::parser::ValueSource;
 use clap::{Arg, ArgMatches, Command};
 
-use crate::api::timeparse::parse_config_duration;
 use crate::store::sqlite::SyncMode;
+use crate::time::parse_config_duration;
 
 /// One configurable option.
 struct OptionSpec {
@@ -762,7 +762,7 @@ fn redis_url(s: &str) -> Result<Option<String>, String> {
     if s.is_empty() {
         return Ok(None);
     }
-    crate::store::redis::check_url(s)?;
+    crate::cluster::redis::check_url(s)?;
     Ok(Some(s.to_string()))
 }
 

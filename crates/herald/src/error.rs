@@ -1,7 +1,8 @@
 //! Errors as ntfy clients see them: `{"code":40007,"http":400,"error":"...","link":"..."}`.
 //!
 //! Every failure that reaches HTTP becomes an [`ApiError`] with ntfy's code and text
-//! (reference §5), so clients that switch on `code` behave the same against herald.
+//! (docs/COMPATIBILITY.md §5), so clients that switch on `code` behave the same
+//! against herald.
 //! Internal failures map to `50001` and are logged, never shown in detail.
 
 use std::borrow::Cow;

@@ -3,12 +3,20 @@
 //! # Layout
 //! - [`config`]: options from flags, environment, YAML file and defaults.
 //! - [`model`]: what a notification is (ntfy's message JSON), IDs and topic names.
-//! - [`store`]: durable history behind the [`store::Store`] trait (embedded SQLite).
+//! - [`time`]: durations and delivery times in the notations ntfy accepts (API,
+//!   config, CLI).
+//! - [`store`]: durable history behind the [`store::Store`] trait (embedded SQLite, or
+//!   Redis in cluster mode).
 //! - [`hub`]: the in-process topic hub: subscribers, bounded queues, fan-out.
 //! - [`broker`]: how a committed message reaches every node's hub ([`broker::Broker`]).
+//! - [`cluster`]: the Redis plumbing every cluster-mode (`redis-url`) part shares.
 //! - [`core`]: the `Herald` handle the transports call: publish, subscribe, poll,
 //!   plus the scheduler and the expiry sweep.
+//! - [`listener`]: the accept loop; serves streaming subscriptions on the socket
+//!   itself and hands every other request to the API.
 //! - [`api`]: the ntfy-compatible HTTP surface (publish, JSON/SSE/raw/WebSocket streams).
+//! - [`limits`]: ntfy's visitor rate limits and connection limits (shared through
+//!   Redis in cluster mode).
 //! - [`error`]: ntfy's JSON error shape and codes.
 //! - [`auth`]: access control as ntfy has it: users, tokens, ACLs, credentials.
 //! - [`server`]: binds listeners, runs everything, drains on shutdown.
@@ -16,6 +24,7 @@
 //! - [`logging`]: the log's stderr writer, which counts failed writes instead of panicking.
 //! - [`otel`]: OpenTelemetry trace export (`otel` cargo feature, `otlp-endpoint`).
 //! - [`webhook`]: outgoing webhooks (Standard Webhooks, at-least-once, SSRF guard).
+//! - [`loadgen`]: `herald bench`, the load generator for sizing a deployment.
 //!
 //! `ARCHITECTURE.md` at the repository root describes how a message flows and the
 //! invariants each module keeps.
@@ -23,6 +32,7 @@
 pub mod api;
 pub mod auth;
 pub mod broker;
+pub mod cluster;
 pub mod config;
 pub mod core;
 pub(crate) mod datafiles;
@@ -36,4 +46,5 @@ pub mod otel;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod time;
 pub mod webhook;

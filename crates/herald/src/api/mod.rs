@@ -1,7 +1,7 @@
 //! The ntfy-compatible HTTP API.
 //!
-//! Routing follows ntfy's `handleInternal` (reference §1): one dispatcher matches
-//! method and path in ntfy's order, because several routes share a shape
+//! Routing follows ntfy's `handleInternal` (docs/COMPATIBILITY.md §1): one dispatcher
+//! matches method and path in ntfy's order, because several routes share a shape
 //! (`POST /<topic>/<x>` publishes with sequence ID `x`, while `GET /<topic>/json`
 //! subscribes) and unknown paths must answer ntfy's `404 40401`, not a router's
 //! default. Handlers live in one file per concern: [`publish`], [`subscribe`]
@@ -17,7 +17,6 @@ pub mod info;
 pub mod params;
 pub mod publish;
 pub mod subscribe;
-pub mod timeparse;
 pub mod ws;
 
 use std::net::SocketAddr;

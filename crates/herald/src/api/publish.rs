@@ -1,7 +1,7 @@
 //! Publishing: `PUT`/`POST /<topic>[/<sequence_id>]`, `GET /<topic>/publish`, JSON
 //! publish to `/`, and the sequence actions (delete, clear).
 //!
-//! The body rules follow ntfy (reference §2.3): a body shorter than
+//! The body rules follow ntfy (docs/COMPATIBILITY.md §2.3): a body shorter than
 //! `message-size-limit` that is valid UTF-8 is the message; anything else would be an
 //! attachment upload, which herald does not store yet, so it gets ntfy's own
 //! "attachments not allowed" answer.
@@ -37,7 +37,7 @@ pub async fn publish(
     publish_with(state, &parts.headers, &query, body, topic, path_sequence_id).await
 }
 
-/// `PUT`/`POST /` with a JSON body naming the topic (reference §2.6).
+/// `PUT`/`POST /` with a JSON body naming the topic (docs/COMPATIBILITY.md §2.6).
 pub async fn publish_json(state: &AppState, req: Request) -> Result<Response, ApiError> {
     let query = query_pairs(&req);
     let limit = state.herald.config.message_size_limit.saturating_mul(2);
@@ -175,7 +175,7 @@ async fn publish_with(
         });
     }
 
-    // Body → message text (reference §2.3, in ntfy's order).
+    // Body → message text (docs/COMPATIBILITY.md §2.3, in ntfy's order).
     if let Some(poll_id) = params.poll_id {
         m.event = EventKind::PollRequest;
         m.poll_id = poll_id;

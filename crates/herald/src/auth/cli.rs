@@ -447,7 +447,7 @@ fn token_cmd(store: &dyn AuthStore, m: &ArgMatches, out: &mut impl Write) -> any
             // `tomorrow 3pm` (ntfy's ParseFutureTime); none (or `never`): no expiry.
             let expires = match m.get_one::<String>("expires").map(|s| s.trim()) {
                 None | Some("" | "never" | "0") => 0,
-                Some(s) => crate::api::timeparse::parse_future_time(s, now).map_err(|_| {
+                Some(s) => crate::time::parse_future_time(s, now).map_err(|_| {
                     anyhow::anyhow!(
                         "invalid --expires {s:?}: expected a duration (30d, 12h), a unix time or a time such as \"tomorrow 3pm\""
                     )

@@ -1,4 +1,4 @@
-//! Reading credentials from a request exactly as ntfy does (reference §4).
+//! Reading credentials from a request exactly as ntfy does (docs/COMPATIBILITY.md §4).
 //!
 //! The `Authorization` header, or the `auth`/`authorization` query parameter (which
 //! wins) holding the whole header value in raw URL-safe base64 (what browsers'

@@ -1,5 +1,5 @@
 //! Access control as ntfy has it: users with roles, access tokens, per-topic ACL
-//! entries, `auth-default-access` (reference §4).
+//! entries, `auth-default-access` (docs/COMPATIBILITY.md §4).
 //!
 //! - [`Authorizer`] is what the transports call: [`Authorizer::authenticate`] turns
 //!   a request's credentials into a [`Principal`], [`Authorizer::authorize`] checks

@@ -41,6 +41,7 @@ use super::store::{
 };
 use super::token::{TokenDigest, TokenSelector};
 use super::{Access, Role};
+use crate::cluster::redis::{KeyPrefix, connect_blocking, script};
 
 /// How often a following store checks `P auth:version`: the staleness bound of a
 /// node's view of changes made elsewhere (plus one reload).
@@ -56,181 +57,66 @@ fn backend(e: impl std::fmt::Display) -> AuthStoreError {
 /// in their prelude).
 #[derive(Debug, Clone)]
 struct Keys {
-    prefix: String,
+    prefix: KeyPrefix,
 }
 
 impl Keys {
     fn user(&self, name: &str) -> String {
-        format!("{}auth:user:{name}", self.prefix)
+        self.prefix.key(format_args!("auth:user:{name}"))
     }
     fn user_tokens(&self, name: &str) -> String {
-        format!("{}auth:user:{name}:tokens", self.prefix)
+        self.prefix.key(format_args!("auth:user:{name}:tokens"))
     }
     fn token(&self, hex: &str) -> String {
-        format!("{}auth:token:{hex}", self.prefix)
+        self.prefix.key(format_args!("auth:token:{hex}"))
     }
     fn version(&self) -> String {
-        format!("{}auth:version", self.prefix)
+        self.prefix.key("auth:version")
     }
 }
 
 /// The shared Lua helpers: key names from the prefix in `ARGV[1]`.
-const LUA_PRELUDE: &str = r#"
-local p = ARGV[1]
-local function k_users() return p .. 'auth:users' end
-local function k_user(n) return p .. 'auth:user:' .. n end
-local function k_tokens(n) return p .. 'auth:user:' .. n .. ':tokens' end
-local function k_token(d) return p .. 'auth:token:' .. d end
-local function k_acl() return p .. 'auth:acl' end
-local function bump() return redis.call('INCR', p .. 'auth:version') end
-local function drop_acl_of(n)
-  local pre = n .. ':'
-  for _, f in ipairs(redis.call('HKEYS', k_acl())) do
-    if string.sub(f, 1, #pre) == pre then redis.call('HDEL', k_acl(), f) end
-  end
-end
-"#;
+const LUA_PRELUDE: &str = include_str!("redis/prelude.lua");
 
 /// ARGV: p, name, hash, role, created. 0 if the name is taken.
-const ADD_USER: &str = r#"
-if redis.call('SADD', k_users(), ARGV[2]) == 0 then return 0 end
-redis.call('DEL', k_user(ARGV[2]), k_tokens(ARGV[2]))
-redis.call('HSET', k_user(ARGV[2]), 'hash', ARGV[3], 'role', ARGV[4], 'created', ARGV[5])
-bump()
-return 1
-"#;
+const ADD_USER: &str = include_str!("redis/add_user.lua");
 
 /// ARGV: p, name. Removes the user, their tokens and their ACL entries.
-const REMOVE_USER: &str = r#"
-local n = ARGV[2]
-if redis.call('SREM', k_users(), n) == 0 then return 0 end
-for _, d in ipairs(redis.call('ZRANGE', k_tokens(n), 0, -1)) do redis.call('DEL', k_token(d)) end
-redis.call('DEL', k_user(n), k_tokens(n))
-drop_acl_of(n)
-bump()
-return 1
-"#;
+const REMOVE_USER: &str = include_str!("redis/remove_user.lua");
 
 /// ARGV: p, name, field, value[, drop_acl]. 0 if no such user.
-const SET_USER_FIELD: &str = r#"
-local n = ARGV[2]
-if redis.call('SISMEMBER', k_users(), n) == 0 then return 0 end
-redis.call('HSET', k_user(n), ARGV[3], ARGV[4])
-if ARGV[5] == '1' then drop_acl_of(n) end
-bump()
-return 1
-"#;
+const SET_USER_FIELD: &str = include_str!("redis/set_user_field.lua");
 
 /// ARGV: p, user, pattern, access. 0 if no such user (`*` always exists).
-const SET_ACCESS: &str = r#"
-local n = ARGV[2]
-if n ~= '*' and redis.call('SISMEMBER', k_users(), n) == 0 then return 0 end
-redis.call('HSET', k_acl(), n .. ':' .. ARGV[3], ARGV[4])
-bump()
-return 1
-"#;
+const SET_ACCESS: &str = include_str!("redis/set_access.lua");
 
 /// ARGV: p, user ('' = everyone's entries of every user), pattern ('' = all of the user's).
-const RESET_ACCESS: &str = r#"
-if ARGV[2] == '' then redis.call('DEL', k_acl())
-elseif ARGV[3] == '' then drop_acl_of(ARGV[2])
-else redis.call('HDEL', k_acl(), ARGV[2] .. ':' .. ARGV[3]) end
-bump()
-return 1
-"#;
+const RESET_ACCESS: &str = include_str!("redis/reset_access.lua");
 
 /// ARGV: p, user, digest hex, shown, label, expires, last_access, last_origin,
 /// created, max per user. 0 if no such user. The score orders by creation, then by
 /// the version at insertion (tokens made in the same second keep their order), so
 /// the trim never drops the newest.
-const ADD_TOKEN: &str = r#"
-local n, d = ARGV[2], ARGV[3]
-if redis.call('SISMEMBER', k_users(), n) == 0 then return 0 end
-local v = bump()
-redis.call('HSET', k_token(d), 'user', n, 'shown', ARGV[4], 'label', ARGV[5],
-  'expires', ARGV[6], 'last_access', ARGV[7], 'last_origin', ARGV[8], 'created', ARGV[9])
-local expires = tonumber(ARGV[6])
-if expires > 0 then redis.call('EXPIREAT', k_token(d), expires) end
-redis.call('ZADD', k_tokens(n), tonumber(ARGV[9]) * 1048576 + (v % 1048576), d)
-local extra = redis.call('ZCARD', k_tokens(n)) - tonumber(ARGV[10])
-if extra > 0 then
-  for _, old in ipairs(redis.call('ZRANGE', k_tokens(n), 0, extra - 1)) do
-    redis.call('DEL', k_token(old))
-  end
-  redis.call('ZREMRANGEBYRANK', k_tokens(n), 0, extra - 1)
-end
-return 1
-"#;
+const ADD_TOKEN: &str = include_str!("redis/add_token.lua");
 
 /// ARGV: p, user, digest hex, label ('' with flag '0' = keep), label flag, expires
 /// ('' = keep). 0 if the token is not the user's.
-const CHANGE_TOKEN: &str = r#"
-local n, d = ARGV[2], ARGV[3]
-if redis.call('HGET', k_token(d), 'user') ~= n then return 0 end
-if ARGV[5] == '1' then redis.call('HSET', k_token(d), 'label', ARGV[4]) end
-if ARGV[6] ~= '' then
-  local expires = tonumber(ARGV[6])
-  redis.call('HSET', k_token(d), 'expires', ARGV[6])
-  if expires > 0 then redis.call('EXPIREAT', k_token(d), expires)
-  else redis.call('PERSIST', k_token(d)) end
-end
-bump()
-return 1
-"#;
+const CHANGE_TOKEN: &str = include_str!("redis/change_token.lua");
 
 /// ARGV: p, user, digest hex. 0 if the token is not the user's.
-const REMOVE_TOKEN: &str = r#"
-local n, d = ARGV[2], ARGV[3]
-if redis.call('HGET', k_token(d), 'user') ~= n then return 0 end
-redis.call('DEL', k_token(d))
-redis.call('ZREM', k_tokens(n), d)
-bump()
-return 1
-"#;
+const REMOVE_TOKEN: &str = include_str!("redis/remove_token.lua");
 
 /// ARGV: p, digest hex, at, origin. Not a change: no version bump.
-const TOUCH_TOKEN: &str = r#"
-if redis.call('EXISTS', k_token(ARGV[2])) == 0 then return 0 end
-redis.call('HSET', k_token(ARGV[2]), 'last_access', ARGV[3], 'last_origin', ARGV[4])
-return 1
-"#;
+const TOUCH_TOKEN: &str = include_str!("redis/touch_token.lua");
 
 /// ARGV: p, now. Drops expired tokens (and the index entries of tokens Redis
 /// already expired); returns how many.
-const REMOVE_EXPIRED: &str = r#"
-local now, removed = tonumber(ARGV[2]), 0
-for _, n in ipairs(redis.call('SMEMBERS', k_users())) do
-  for _, d in ipairs(redis.call('ZRANGE', k_tokens(n), 0, -1)) do
-    local e = redis.call('HGET', k_token(d), 'expires')
-    if not e or (tonumber(e) > 0 and tonumber(e) <= now) then
-      redis.call('DEL', k_token(d))
-      redis.call('ZREM', k_tokens(n), d)
-      removed = removed + 1
-    end
-  end
-end
-if removed > 0 then bump() end
-return removed
-"#;
+const REMOVE_EXPIRED: &str = include_str!("redis/remove_expired.lua");
 
 /// ARGV: p. Everything, as one consistent view: {version, users (name, hash, role
 /// triples), tokens (digest, user, shown, label, expires, last_access, last_origin,
 /// created), acl (field, value pairs)}.
-const LOAD: &str = r#"
-local users, tokens = {}, {}
-for _, n in ipairs(redis.call('SMEMBERS', k_users())) do
-  local u = redis.call('HMGET', k_user(n), 'hash', 'role')
-  table.insert(users, n); table.insert(users, u[1] or ''); table.insert(users, u[2] or 'user')
-  for _, d in ipairs(redis.call('ZRANGE', k_tokens(n), 0, -1)) do
-    local t = redis.call('HMGET', k_token(d), 'shown', 'label', 'expires', 'last_access', 'last_origin', 'created')
-    if t[1] then
-      table.insert(tokens, d); table.insert(tokens, n)
-      for i = 1, 6 do table.insert(tokens, t[i] or '') end
-    end
-  end
-end
-return {redis.call('GET', p .. 'auth:version') or '0', users, tokens, redis.call('HGETALL', k_acl())}
-"#;
+const LOAD: &str = include_str!("redis/load.lua");
 
 /// The compiled scripts (each with the prelude).
 struct Scripts {
@@ -249,7 +135,7 @@ struct Scripts {
 
 impl Scripts {
     fn new() -> Scripts {
-        let s = |body: &str| Script::new(&format!("{LUA_PRELUDE}{body}"));
+        let s = |body: &str| script(&[LUA_PRELUDE, body]);
         Scripts {
             add_user: s(ADD_USER),
             remove_user: s(REMOVE_USER),
@@ -401,12 +287,7 @@ fn parse_loaded((version, users, tokens, acl): Loaded) -> (String, AuthData) {
 }
 
 fn open_connection(client: &redis::Client) -> Result<Connection, AuthStoreError> {
-    let conn = client
-        .get_connection_with_timeout(IO_TIMEOUT)
-        .map_err(backend)?;
-    conn.set_read_timeout(Some(IO_TIMEOUT)).map_err(backend)?;
-    conn.set_write_timeout(Some(IO_TIMEOUT)).map_err(backend)?;
-    Ok(conn)
+    connect_blocking(client, IO_TIMEOUT).map_err(backend)
 }
 
 impl Inner {
@@ -543,7 +424,7 @@ impl RedisAuthStore {
             inner: Arc::new(Inner {
                 client,
                 keys: Keys {
-                    prefix: prefix.to_string(),
+                    prefix: KeyPrefix::new(prefix),
                 },
                 scripts: Scripts::new(),
                 conn: Mutex::new(Some(conn)),

@@ -20,10 +20,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{Broker, BrokerError};
+use crate::cluster::redis::{OP_TIMEOUT, RedisFailure, connect, timed};
 use crate::hub::{CloseReason, Hub, SharedEvent};
-use crate::store::redis::{
-    Delivered, Keys, LogWriter, connect, decode, encode, entry_parts, timed,
-};
+use crate::store::redis::{Delivered, Keys, LogWriter, decode, encode, entry_parts};
 
 /// How long one `XREAD` blocks waiting for new entries.
 const READ_BLOCK: Duration = Duration::from_secs(2);
@@ -56,10 +55,9 @@ impl RedisBroker {
     /// [`Self::start_reader`]. `delivered` is shared with this node's `RedisStore`.
     pub fn new(url: &str, prefix: &str, delivered: Arc<Delivered>) -> Result<Self, BrokerError> {
         let keys = Keys::new(prefix);
-        let writer = connect(url, Duration::from_secs(3)).map_err(BrokerError::Unavailable)?;
+        let writer = connect(url, OP_TIMEOUT).map_err(BrokerError::Unavailable)?;
         // The reader blocks in XREAD: its own connection, so it never delays commands.
-        let reader =
-            connect(url, READ_BLOCK + Duration::from_secs(3)).map_err(BrokerError::Unavailable)?;
+        let reader = connect(url, READ_BLOCK + OP_TIMEOUT).map_err(BrokerError::Unavailable)?;
         Ok(RedisBroker {
             log: LogWriter::new(writer, keys.clone(), Duration::ZERO),
             keys,
@@ -218,9 +216,9 @@ impl LogReader {
             .arg(from);
         let read = cmd.query_async::<Option<StreamReadReply>>(&mut self.conn);
         // The block itself is not a failure: allow for it on top of the usual limit.
-        match tokio::time::timeout(READ_BLOCK + Duration::from_secs(3), read).await {
+        match tokio::time::timeout(READ_BLOCK + OP_TIMEOUT, read).await {
             Ok(Ok(reply)) => Ok(reply.unwrap_or_default()),
-            Ok(Err(e)) => Err(crate::store::redis::store_error(e)),
+            Ok(Err(e)) => Err(RedisFailure::from(e).into()),
             Err(_) => Err(crate::store::StoreError::Unavailable(
                 "log read timed out".into(),
             )),

@@ -223,7 +223,7 @@ pub struct LimitLabels {
 }
 
 /// What a request costs, decided from its method and path as ntfy's route table
-/// applies `limitRequests` (reference §6).
+/// applies `limitRequests` (docs/COMPATIBILITY.md §6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Charge {
     /// Not rate limited: health, stats, config, metrics, the web app, unknown paths.

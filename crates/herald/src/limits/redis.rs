@@ -33,6 +33,7 @@ use tokio_util::task::TaskTracker;
 
 use super::shared::{SharedCharge, SharedLimits, SharedLimitsError, Verdict};
 use super::{Limit, LimitsConfig};
+use crate::cluster::redis::{KeyPrefix, connect, script};
 
 /// Longest a limit check waits for Redis: a request is then admitted by this node's
 /// own limits rather than held up.
@@ -61,81 +62,13 @@ const RESYNC: Duration = Duration::from_secs(600);
 /// request burst, daily message limit (0: not a publish), stream limit (-1: no
 /// stream), node ID, heartbeat key prefix, stream-count TTL ms, new topics,
 /// topic replenish ms, topic burst, heartbeat TTL ms.
-pub const CHARGE_LUA: &str = r"
-local now = tonumber(ARGV[1])
-if not now then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-local function gcra(key, replenish, burst, n)
-  local tat = tonumber(redis.call('GET', key)) or now
-  if tat < now then tat = now end
-  local new_tat = tat + replenish * n
-  local ahead = new_tat - now
-  local capacity = replenish * burst
-  if ahead > capacity then return nil, ahead - capacity end
-  return new_tat, 0
-end
-local request_tat, topic_tat, retry
-local request_replenish = tonumber(ARGV[2])
-if request_replenish > 0 then
-  request_tat, retry = gcra(KEYS[1], request_replenish, tonumber(ARGV[3]), 1)
-  if not request_tat then return {1, retry} end
-end
-local day = 86400000
-local until_midnight = (math.floor(now / day) + 1) * day - now
-local daily = tonumber(ARGV[4])
-if daily > 0 then
-  local used = tonumber(redis.call('GET', KEYS[3])) or 0
-  if used >= daily then return {2, until_midnight} end
-end
-local stream_limit = tonumber(ARGV[5])
-if stream_limit >= 0 then
-  local open = 0
-  local counts = redis.call('HGETALL', KEYS[4])
-  for i = 1, #counts, 2 do
-    if redis.call('EXISTS', ARGV[7] .. counts[i]) == 1 then
-      open = open + tonumber(counts[i + 1])
-    else
-      redis.call('HDEL', KEYS[4], counts[i])
-    end
-  end
-  if open >= stream_limit then return {3, 0} end
-end
-local new_topics = tonumber(ARGV[9])
-if new_topics > 0 then
-  topic_tat, retry = gcra(KEYS[2], tonumber(ARGV[10]), tonumber(ARGV[11]), new_topics)
-  if not topic_tat then return {4, retry} end
-end
-if request_tat then redis.call('SET', KEYS[1], request_tat, 'PX', request_tat - now) end
-if topic_tat then redis.call('SET', KEYS[2], topic_tat, 'PX', topic_tat - now) end
-if daily > 0 then
-  redis.call('INCR', KEYS[3])
-  redis.call('PEXPIRE', KEYS[3], until_midnight)
-end
-if stream_limit >= 0 then
-  -- This node is alive (it is serving): a count never outlives its heartbeat's
-  -- absence, e.g. when the first heartbeat could not be written.
-  redis.call('SET', ARGV[7] .. ARGV[6], 1, 'PX', ARGV[12])
-  redis.call('HINCRBY', KEYS[4], ARGV[6], 1)
-  redis.call('PEXPIRE', KEYS[4], ARGV[8])
-end
-return {0, 0}
-";
+pub const CHARGE_LUA: &str = include_str!("redis/charge.lua");
 
 /// Gives back one message of today's count (a publish that failed).
-const REFUND_LUA: &str = r"
-local n = redis.call('DECR', KEYS[1])
-if n <= 0 then redis.call('DEL', KEYS[1]) end
-return n
-";
+const REFUND_LUA: &str = include_str!("redis/refund.lua");
 
 /// Releases one open stream of this node (ARGV[1]).
-const CLOSE_LUA: &str = r"
-local n = redis.call('HINCRBY', KEYS[1], ARGV[1], -1)
-if n <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end
-return n
-";
+const CLOSE_LUA: &str = include_str!("redis/close.lua");
 
 /// The shapes of the shared limits (the same options as on one node).
 #[derive(Debug, Clone, Copy)]
@@ -152,7 +85,7 @@ struct Shapes {
 /// Visitor limits in Redis, shared by every node on the same key prefix.
 pub struct RedisLimits {
     conn: ConnectionManager,
-    prefix: String,
+    prefix: KeyPrefix,
     node_id: String,
     shapes: Shapes,
     charge: Script,
@@ -189,11 +122,11 @@ impl RedisLimits {
         stream_limit: usize,
         unavailable: Counter,
     ) -> Result<Self, String> {
-        let conn = crate::store::redis::connect(url, OP_TIMEOUT)?;
+        let conn = connect(url, OP_TIMEOUT)?;
         let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1);
         Ok(RedisLimits {
             conn,
-            prefix: prefix.to_string(),
+            prefix: KeyPrefix::new(prefix),
             node_id: format!("{:016x}", fastrand::u64(..)),
             shapes: Shapes {
                 request_replenish_ms: millis(config.request_replenish),
@@ -203,9 +136,9 @@ impl RedisLimits {
                 topic_burst: config.topic_creation_burst,
                 stream_limit,
             },
-            charge: Script::new(CHARGE_LUA),
-            refund: Script::new(REFUND_LUA),
-            close: Script::new(CLOSE_LUA),
+            charge: script(&[CHARGE_LUA]),
+            refund: script(&[REFUND_LUA]),
+            close: script(&[CLOSE_LUA]),
             open_streams: Mutex::new(HashMap::new()),
             retry_at_ms: AtomicU64::new(0),
             epoch: Instant::now(),
@@ -281,11 +214,11 @@ impl RedisLimits {
     }
 
     fn key(&self, kind: &str, visitor: &str) -> String {
-        format!("{}{kind}{visitor}", self.prefix)
+        self.prefix.key(format_args!("{kind}{visitor}"))
     }
 
     fn node_key(&self) -> String {
-        format!("{}node:{}", self.prefix, self.node_id)
+        self.prefix.key(format_args!("node:{}", self.node_id))
     }
 
     fn now_ms(&self) -> u64 {
@@ -359,7 +292,7 @@ impl RedisLimits {
                 -1
             })
             .arg(&self.node_id)
-            .arg(format!("{}node:", self.prefix))
+            .arg(self.prefix.key("node:"))
             .arg(CONN_TTL.as_millis() as u64)
             .arg(topics)
             .arg(s.topic_replenish_ms)

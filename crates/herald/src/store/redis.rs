@@ -27,20 +27,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use redis::streams::{StreamId, StreamRangeReply};
 use redis::{RedisError, Script};
 
 use super::{Cursor, Page, Query, Since, Store, StoreError, StoreStats};
+use crate::cluster;
+use crate::cluster::redis::{KeyPrefix, OP_TIMEOUT, RedisFailure, connect, script};
 use crate::model::{Message, id, now_unix, now_unix_ms};
 
 /// About how many events the log keeps (`XADD MAXLEN ~`). A node that loses Redis for
 /// longer than it takes the cluster to publish this many events cannot replay the gap
 /// from the log; it then closes its subscribers, who resume with `since=` from history.
 pub const LOG_MAX_LEN: u64 = 100_000;
-
-/// Longest wait for one Redis operation before the caller is told "unavailable".
-const OP_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Longest a publish waits for this node's reader to deliver it before it is
 /// acknowledged anyway (it is committed; only read-your-writes on this node is late).
@@ -100,95 +99,65 @@ impl Delivered {
     }
 }
 
-/// Checks that `url` is a Redis URL the client understands (`redis-url`).
-pub fn check_url(url: &str) -> Result<(), String> {
-    redis::Client::open(url)
-        .map(|_| ())
-        .map_err(|e| format!("not a Redis URL: {e}"))
-}
-
-/// A connection manager that reconnects by itself, with exponential backoff, and fails
-/// commands quickly while Redis is away (they are answered 503, not queued).
-pub(crate) fn connect(url: &str, response_timeout: Duration) -> Result<ConnectionManager, String> {
-    let client = redis::Client::open(url).map_err(|e| format!("not a Redis URL: {e}"))?;
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(1)))
-        .set_response_timeout(Some(response_timeout))
-        .set_number_of_retries(2)
-        .set_min_delay(Duration::from_millis(100))
-        .set_max_delay(Duration::from_secs(2));
-    client
-        .get_connection_manager_lazy(config)
-        .map_err(|e| format!("cannot set up the Redis connection: {e}"))
-}
-
-/// Redis failures as store errors: lost connections and timeouts are "unavailable"
-/// (503, retry later), anything else is a backend fault.
-pub(crate) fn store_error(e: RedisError) -> StoreError {
-    if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || e.is_connection_refusal() {
-        StoreError::Unavailable(e.to_string())
-    } else {
-        StoreError::Backend(e.to_string())
+impl From<RedisFailure> for StoreError {
+    fn from(e: RedisFailure) -> Self {
+        match e {
+            RedisFailure::Unavailable(e) => StoreError::Unavailable(e),
+            RedisFailure::Failed(e) => StoreError::Backend(e),
+        }
     }
 }
 
-/// Runs one Redis operation with [`OP_TIMEOUT`].
-pub(crate) async fn timed<T>(
-    op: impl Future<Output = Result<T, RedisError>>,
-) -> Result<T, StoreError> {
-    match tokio::time::timeout(OP_TIMEOUT, op).await {
-        Ok(result) => result.map_err(store_error),
-        Err(_) => Err(StoreError::Unavailable(
-            "Redis did not answer in time".into(),
-        )),
-    }
+/// Runs one Redis operation with the shared time limit, failing with a store error.
+async fn timed<T>(op: impl Future<Output = Result<T, RedisError>>) -> Result<T, StoreError> {
+    cluster::redis::timed(op).await.map_err(StoreError::from)
 }
 
 /// Every key herald uses, under one prefix (tests and separate clusters use their own).
 #[derive(Debug, Clone)]
 pub struct Keys {
-    prefix: String,
+    prefix: KeyPrefix,
 }
 
 impl Keys {
     pub fn new(prefix: &str) -> Keys {
         Keys {
-            prefix: prefix.to_string(),
+            prefix: KeyPrefix::new(prefix),
         }
     }
 
     /// The log stream: every event in cluster order; each node reads it for fan-out.
     pub fn log(&self) -> String {
-        format!("{}log", self.prefix)
+        self.prefix.key("log")
     }
 
     /// A topic's history stream.
     pub fn topic(&self, topic: &str) -> String {
-        format!("{}t:{topic}", self.prefix)
+        self.prefix.key(format_args!("t:{topic}"))
     }
 
     /// The set of topics that have a history stream (for the expiry sweep and stats).
     pub fn topics(&self) -> String {
-        format!("{}topics", self.prefix)
+        self.prefix.key("topics")
     }
 
     /// Scheduled message IDs by due time (unix seconds).
     pub fn sched(&self) -> String {
-        format!("{}sched", self.prefix)
+        self.prefix.key("sched")
     }
 
     /// Scheduled messages: ID → `topic\n<json>`.
     pub fn sched_messages(&self) -> String {
-        format!("{}sched:m", self.prefix)
+        self.prefix.key("sched:m")
     }
 
     /// A topic's scheduled message IDs (for `scheduled=1` and cancelling).
     pub fn sched_topic(&self, topic: &str) -> String {
-        format!("{}s:{topic}", self.prefix)
+        self.prefix.key(format_args!("s:{topic}"))
     }
 
     /// The prefix itself, for scripts that derive per-topic keys.
-    fn prefix(&self) -> &str {
+    fn prefix(&self) -> &KeyPrefix {
         &self.prefix
     }
 }
@@ -248,75 +217,17 @@ pub(crate) fn decode(entry: &str, json: &str) -> Result<Message, StoreError> {
 /// position; returns the position. The topic append can only fail if its stream is
 /// ahead of the log (the log was deleted and the clock went back): the log entry is
 /// then removed again in the same script, so nothing half-done is ever seen.
-const PUBLISH_LUA: &str = r"
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', 't', ARGV[1], 'm', ARGV[2])
-if ARGV[3] == '1' then
-  local r = redis.pcall('XADD', KEYS[2], 'MINID', '~', ARGV[5], id, 'm', ARGV[2])
-  if type(r) == 'table' and r.err then
-    redis.call('XDEL', KEYS[1], id)
-    return redis.error_reply('herald: topic stream ahead of the log: ' .. r.err)
-  end
-  redis.call('SADD', KEYS[3], ARGV[1])
-end
-return id
-";
+const PUBLISH_LUA: &str = include_str!("redis/publish.lua");
 
 /// Moves scheduled messages due at or before ARGV[1] to the log and their topics.
 /// Returns `[position, json, ...]`.
-const TAKE_DUE_LUA: &str = r"
-local ids = redis.call('ZRANGE', KEYS[1], '-inf', ARGV[1], 'BYSCORE', 'LIMIT', 0, ARGV[5])
-local out = {}
-for _, hid in ipairs(ids) do
-  local raw = redis.call('HGET', KEYS[2], hid)
-  redis.call('ZREM', KEYS[1], hid)
-  redis.call('HDEL', KEYS[2], hid)
-  if raw then
-    local sep = string.find(raw, '\n', 1, true)
-    local topic = string.sub(raw, 1, sep - 1)
-    local json = string.sub(raw, sep + 1)
-    redis.call('SREM', ARGV[4] .. 's:' .. topic, hid)
-    local id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], '*', 't', topic, 'm', json)
-    local r = redis.pcall('XADD', ARGV[4] .. 't:' .. topic, 'MINID', '~', ARGV[3], id, 'm', json)
-    if not (type(r) == 'table' and r.err) then
-      redis.call('SADD', KEYS[4], topic)
-    end
-    table.insert(out, id)
-    table.insert(out, json)
-  end
-end
-return out
-";
+const TAKE_DUE_LUA: &str = include_str!("redis/take_due.lua");
 
 /// Removes a topic's scheduled messages whose `sequence_id` is ARGV[1].
-const CANCEL_LUA: &str = r"
-local n = 0
-for _, hid in ipairs(redis.call('SMEMBERS', KEYS[3])) do
-  local raw = redis.call('HGET', KEYS[2], hid)
-  if not raw then
-    redis.call('SREM', KEYS[3], hid)
-  else
-    local sep = string.find(raw, '\n', 1, true)
-    local ok, m = pcall(cjson.decode, string.sub(raw, sep + 1))
-    if ok and m.sequence_id == ARGV[1] then
-      redis.call('ZREM', KEYS[1], hid)
-      redis.call('HDEL', KEYS[2], hid)
-      redis.call('SREM', KEYS[3], hid)
-      n = n + 1
-    end
-  end
-end
-return n
-";
+const CANCEL_LUA: &str = include_str!("redis/cancel.lua");
 
 /// Trims a topic's history to positions at or after ARGV[1]; forgets an emptied topic.
-const PRUNE_LUA: &str = r"
-local n = redis.call('XTRIM', KEYS[1], 'MINID', ARGV[1])
-if redis.call('XLEN', KEYS[1]) == 0 then
-  redis.call('DEL', KEYS[1])
-  redis.call('SREM', KEYS[2], ARGV[2])
-end
-return n
-";
+const PRUNE_LUA: &str = include_str!("redis/prune.lua");
 
 /// The shared log's publish step, also used by `broker::redis` for uncached events.
 pub(crate) struct LogWriter {
@@ -331,7 +242,7 @@ impl LogWriter {
         LogWriter {
             conn,
             keys,
-            script: Script::new(PUBLISH_LUA),
+            script: script(&[PUBLISH_LUA]),
             cache_ms: cache_duration.as_millis() as u64,
         }
     }
@@ -400,9 +311,9 @@ impl RedisStore {
             delivered,
             keys,
             cache_ms: cache_duration.as_millis() as u64,
-            take_due: Script::new(TAKE_DUE_LUA),
-            cancel: Script::new(CANCEL_LUA),
-            prune: Script::new(PRUNE_LUA),
+            take_due: script(&[TAKE_DUE_LUA]),
+            cancel: script(&[CANCEL_LUA]),
+            prune: script(&[PRUNE_LUA]),
             closed: AtomicBool::new(false),
         })
     }

@@ -286,7 +286,7 @@ fn replay_from(since: &Value) -> Result<ReplayFrom, ApiError> {
     if let Ok(unix) = text.parse::<i64>() {
         return Ok(ReplayFrom::Time(unix));
     }
-    if let Some(d) = crate::api::timeparse::parse_config_duration(&text) {
+    if let Some(d) = crate::time::parse_config_duration(&text) {
         return Ok(ReplayFrom::Time(
             crate::model::now_unix() - d.as_secs() as i64,
         ));

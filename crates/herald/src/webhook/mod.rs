@@ -99,7 +99,7 @@ pub fn parse_schedule(s: &str) -> Result<Vec<Duration>, String> {
     let delays = s
         .split(',')
         .map(|d| {
-            crate::api::timeparse::parse_config_duration(d.trim())
+            crate::time::parse_config_duration(d.trim())
                 .ok_or_else(|| format!("{:?} is not a duration such as 0s, 5s, 5m or 2h", d.trim()))
         })
         .collect::<Result<Vec<_>, _>>()?;

@@ -47,10 +47,9 @@ use super::store::{
     WebhookStoreError,
 };
 use super::{Filter, Webhook};
-use crate::store::redis::{Keys, LOG_MAX_LEN, connect, decode, entry_id, entry_parts, message_id};
+use crate::cluster::redis::{KeyPrefix, OP_TIMEOUT, connect, script};
+use crate::store::redis::{Keys, LOG_MAX_LEN, decode, entry_id, entry_parts, message_id};
 
-/// Longest a reply may take (as the message store's).
-const OP_TIMEOUT: Duration = Duration::from_secs(3);
 /// Longest the feed blocks waiting for new log entries.
 const WAIT_MAX: Duration = Duration::from_secs(2);
 
@@ -58,220 +57,47 @@ fn backend(e: impl std::fmt::Display) -> WebhookStoreError {
     WebhookStoreError::Backend(e.to_string())
 }
 
-/// [`crate::store::redis::timed`], with this store's error.
+/// [`crate::cluster::redis::timed`], with this store's error.
 async fn timed<T>(op: impl Future<Output = Result<T, RedisError>>) -> Result<T, WebhookStoreError> {
-    crate::store::redis::timed(op).await.map_err(backend)
+    crate::cluster::redis::timed(op).await.map_err(backend)
 }
 
 /// Shared Lua: `insert(P, w, m, e, p, t, due, replay)` queues one delivery unless
 /// the pair is queued already (replay: makes a settled pair pending again).
 /// Returns 1 if it queued something.
-const INSERT_LUA: &str = r"
-local function insert(P, w, m, e, p, t, due, replay)
-  if redis.call('HEXISTS', P .. 'hooks', w) == 0 then return 0 end
-  local pair = w .. '\n' .. m
-  local key = redis.call('HGET', P .. 'pair', pair)
-  if key then
-    if not replay or redis.call('HGET', P .. 'd:' .. key, 'st') == '0' then return 0 end
-    redis.call('HSET', P .. 'd:' .. key, 'st', '0', 'att', '0', 'due', due)
-    redis.call('HDEL', P .. 'd:' .. key, 'settled')
-    redis.call('ZREM', P .. 'settled', key)
-  else
-    key = string.format('%016d', redis.call('INCR', P .. 'seq'))
-    redis.call('HSET', P .. 'pair', pair, key)
-    redis.call('HSET', P .. 'd:' .. key, 'w', w, 'm', m, 'e', e, 'p', p, 't', t,
-      'due', due, 'att', '0', 'st', '0')
-    redis.call('SADD', P .. 'all:' .. w, key)
-  end
-  redis.call('ZADD', P .. 'due:' .. w, due, key)
-  redis.call('ZADD', P .. 'ord:' .. w, 0, m .. '\n' .. key)
-  redis.call('ZADD', P .. 'pending', due, key)
-  return 1
-end
-";
+const INSERT_LUA: &str = include_str!("redis/insert.lua");
 
 /// ARGV: P, mode (`feed`, `cas` or `replay`), expected cursor, new cursor, then
 /// 6 values per delivery. `cas` checks the cursor first (-1: it moved).
-const QUEUE_LUA: &str = r"
-local P = ARGV[1]
-local mode = ARGV[2]
-if mode == 'cas' then
-  local current = redis.call('GET', P .. 'cursor') or ''
-  if current ~= ARGV[3] then return -1 end
-end
-local n = 0
-for i = 5, #ARGV, 6 do
-  n = n + insert(P, ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5], mode == 'replay')
-end
-if mode ~= 'replay' then redis.call('SET', P .. 'cursor', ARGV[4]) end
-return n
-";
+const QUEUE_LUA: &str = include_str!("redis/queue.lua");
 
 /// ARGV: P, endpoint, ordered, max, now, lease end, owner, cluster-wide cap (0: none).
 /// Returns 7 values per claimed delivery: key, m, e, p, t, due, att.
-const CLAIM_LUA: &str = r"
-local P, w = ARGV[1], ARGV[2]
-local now = tonumber(ARGV[5])
-local max = tonumber(ARGV[4])
-local lease = P .. 'lease:' .. w
-redis.call('ZREMRANGEBYSCORE', lease, '-inf', now)
-local cap = tonumber(ARGV[8])
-if cap > 0 then max = math.min(max, cap - redis.call('ZCARD', lease)) end
-if max <= 0 then return {} end
-local keys = {}
-if ARGV[3] == '1' then
-  local head = redis.call('ZRANGE', P .. 'ord:' .. w, 0, 0)[1]
-  if head then
-    local key = string.sub(head, string.find(head, '\n', 1, true) + 1)
-    local at = redis.call('ZSCORE', P .. 'due:' .. w, key)
-    if at and tonumber(at) <= now then keys = {key} end
-  end
-else
-  keys = redis.call('ZRANGE', P .. 'due:' .. w, '-inf', now, 'BYSCORE', 'LIMIT', 0, max)
-end
-local out = {}
-for _, key in ipairs(keys) do
-  redis.call('ZADD', P .. 'due:' .. w, ARGV[6], key)
-  redis.call('ZADD', lease, ARGV[6], key)
-  redis.call('HSET', P .. 'd:' .. key, 'owner', ARGV[7])
-  table.insert(out, key)
-  for _, v in ipairs(redis.call('HMGET', P .. 'd:' .. key, 'm', 'e', 'p', 't', 'due', 'att')) do
-    table.insert(out, v or '')
-  end
-end
-return out
-";
+const CLAIM_LUA: &str = include_str!("redis/claim.lua");
 
 /// ARGV: P, endpoint, owner, now, keys... Releases the owner's claims on them.
-const RELEASE_LUA: &str = r"
-local P, w = ARGV[1], ARGV[2]
-for i = 5, #ARGV do
-  local key = ARGV[i]
-  local d = P .. 'd:' .. key
-  if redis.call('HGET', d, 'owner') == ARGV[3] then
-    redis.call('HDEL', d, 'owner')
-    redis.call('ZREM', P .. 'lease:' .. w, key)
-    if redis.call('HGET', d, 'st') == '0' then
-      redis.call('ZADD', P .. 'due:' .. w, ARGV[4], key)
-    end
-  end
-end
-return 0
-";
+const RELEASE_LUA: &str = include_str!("redis/release.lua");
 
 /// ARGV: P, endpoint, ordered. The time the next delivery can be claimed (the head's
 /// for `ordered`), or nothing.
-const NEXT_DUE_LUA: &str = r"
-local P, w = ARGV[1], ARGV[2]
-if ARGV[3] == '1' then
-  local head = redis.call('ZRANGE', P .. 'ord:' .. w, 0, 0)[1]
-  if not head then return false end
-  local key = string.sub(head, string.find(head, '\n', 1, true) + 1)
-  return redis.call('ZSCORE', P .. 'due:' .. w, key)
-end
-local first = redis.call('ZRANGE', P .. 'due:' .. w, 0, 0, 'WITHSCORES')
-return first[2] or false
-";
+const NEXT_DUE_LUA: &str = include_str!("redis/next_due.lua");
 
 /// ARGV: P, key, endpoint, state (0 pending, 1 delivered, 2 exhausted), next (ms),
 /// settled (ms), attempt JSON, now (s), attempts kept, claimant. Returns
 /// `{recorded, failing_since or ''}`. A settled delivery stays settled; a claimant
 /// whose lease lapsed and was claimed again can only settle it as delivered.
-const FINISH_LUA: &str = r"
-local P, key, w = ARGV[1], ARGV[2], ARGV[3]
-local d = P .. 'd:' .. key
-if redis.call('EXISTS', d) == 0 or redis.call('HEXISTS', P .. 'hooks', w) == 0 then
-  return {0, ''}
-end
-redis.call('HINCRBY', d, 'att', 1)
-local mine = redis.call('HGET', d, 'owner') == ARGV[10]
-if mine then
-  redis.call('HDEL', d, 'owner')
-  redis.call('ZREM', P .. 'lease:' .. w, key)
-end
-if redis.call('HGET', d, 'st') == '0' and (mine or ARGV[4] == '1') then
-  if ARGV[4] == '0' then
-    redis.call('ZADD', P .. 'due:' .. w, ARGV[5], key)
-  else
-    local m = redis.call('HGET', d, 'm')
-    redis.call('HSET', d, 'st', ARGV[4], 'settled', ARGV[6])
-    redis.call('ZREM', P .. 'due:' .. w, key)
-    redis.call('ZREM', P .. 'ord:' .. w, m .. '\n' .. key)
-    redis.call('ZREM', P .. 'pending', key)
-    redis.call('ZADD', P .. 'settled', ARGV[6], key)
-  end
-end
-redis.call('LPUSH', P .. 'at:' .. w, ARGV[7])
-redis.call('LTRIM', P .. 'at:' .. w, 0, tonumber(ARGV[9]) - 1)
-if ARGV[4] == '1' then
-  redis.call('HDEL', P .. 'failing', w)
-else
-  redis.call('HSETNX', P .. 'failing', w, ARGV[8])
-end
-return {1, redis.call('HGET', P .. 'failing', w) or ''}
-";
+const FINISH_LUA: &str = include_str!("redis/finish.lua");
 
 /// ARGV: P, endpoint ID, JSON, failing since ('' for none), must exist ('1').
 /// Returns 1 if written.
-const WRITE_LUA: &str = r"
-local P, w = ARGV[1], ARGV[2]
-if ARGV[5] == '1' and redis.call('HEXISTS', P .. 'hooks', w) == 0 then return 0 end
-redis.call('HSET', P .. 'hooks', w, ARGV[3])
-if ARGV[4] == '' then
-  redis.call('HDEL', P .. 'failing', w)
-else
-  redis.call('HSET', P .. 'failing', w, ARGV[4])
-end
-redis.call('INCR', P .. 'version')
-return 1
-";
+const WRITE_LUA: &str = include_str!("redis/write.lua");
 
 /// ARGV: P, endpoint. Deletes it with its deliveries and attempts; 1 if it existed.
-const DELETE_LUA: &str = r"
-local P, w = ARGV[1], ARGV[2]
-local existed = redis.call('HDEL', P .. 'hooks', w)
-redis.call('HDEL', P .. 'failing', w)
-for _, key in ipairs(redis.call('SMEMBERS', P .. 'all:' .. w)) do
-  local m = redis.call('HGET', P .. 'd:' .. key, 'm')
-  if m then redis.call('HDEL', P .. 'pair', w .. '\n' .. m) end
-  redis.call('DEL', P .. 'd:' .. key)
-  redis.call('ZREM', P .. 'pending', key)
-  redis.call('ZREM', P .. 'settled', key)
-end
-redis.call('DEL', P .. 'all:' .. w, P .. 'due:' .. w, P .. 'ord:' .. w, P .. 'lease:' .. w,
-  P .. 'at:' .. w)
-redis.call('INCR', P .. 'version')
-return existed
-";
+const DELETE_LUA: &str = include_str!("redis/delete.lua");
 
 /// ARGV: P, before (ms), batch. Forgets settled deliveries and attempts older than
 /// `before`; returns how many.
-const PRUNE_LUA: &str = r"
-local P, before = ARGV[1], tonumber(ARGV[2])
-local n = 0
-for _, key in ipairs(redis.call('ZRANGE', P .. 'settled', '-inf', '(' .. before, 'BYSCORE', 'LIMIT', 0, ARGV[3])) do
-  local d = redis.call('HMGET', P .. 'd:' .. key, 'w', 'm')
-  if d[1] and d[2] then
-    redis.call('HDEL', P .. 'pair', d[1] .. '\n' .. d[2])
-    redis.call('SREM', P .. 'all:' .. d[1], key)
-  end
-  redis.call('DEL', P .. 'd:' .. key)
-  redis.call('ZREM', P .. 'settled', key)
-  n = n + 1
-end
-for _, w in ipairs(redis.call('HKEYS', P .. 'hooks')) do
-  local list = P .. 'at:' .. w
-  while true do
-    local last = redis.call('LINDEX', list, -1)
-    if not last then break end
-    local ok, a = pcall(cjson.decode, last)
-    if ok and type(a.time_ms) == 'number' and a.time_ms >= before then break end
-    redis.call('RPOP', list)
-    n = n + 1
-  end
-end
-return n
-";
+const PRUNE_LUA: &str = include_str!("redis/prune.lua");
 
 /// A delivery's key as stored: zero-padded, so members with equal due times sort
 /// (lexicographically) in queue order, as SQLite's claims do by row ID.
@@ -350,7 +176,7 @@ impl StoredWebhook {
 pub struct RedisWebhookStore {
     conn: ConnectionManager,
     /// `P wh:`.
-    prefix: String,
+    prefix: KeyPrefix,
     /// Attempts in flight per endpoint, cluster-wide (`webhook-concurrency`).
     concurrency: usize,
     queue: Script,
@@ -382,21 +208,21 @@ impl RedisWebhookStore {
         let conn = connect(url, OP_TIMEOUT).map_err(WebhookStoreError::Backend)?;
         Ok(RedisWebhookStore {
             conn,
-            prefix: format!("{prefix}wh:"),
+            prefix: KeyPrefix::new(prefix).nested("wh:"),
             concurrency,
-            queue: Script::new(&format!("{INSERT_LUA}{QUEUE_LUA}")),
-            write: Script::new(WRITE_LUA),
-            claim: Script::new(CLAIM_LUA),
-            release: Script::new(RELEASE_LUA),
-            next_due: Script::new(NEXT_DUE_LUA),
-            finish: Script::new(FINISH_LUA),
-            delete: Script::new(DELETE_LUA),
-            prune: Script::new(PRUNE_LUA),
+            queue: script(&[INSERT_LUA, QUEUE_LUA]),
+            write: script(&[WRITE_LUA]),
+            claim: script(&[CLAIM_LUA]),
+            release: script(&[RELEASE_LUA]),
+            next_due: script(&[NEXT_DUE_LUA]),
+            finish: script(&[FINISH_LUA]),
+            delete: script(&[DELETE_LUA]),
+            prune: script(&[PRUNE_LUA]),
         })
     }
 
     fn key(&self, name: &str) -> String {
-        format!("{}{name}", self.prefix)
+        self.prefix.key(name)
     }
 
     fn conn(&self) -> ConnectionManager {

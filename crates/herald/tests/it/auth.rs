@@ -1,7 +1,7 @@
 //! Access control through the real binary: users, tokens and ACL entries made with
 //! the real `herald user|access|token` commands against a running server's data
 //! dir, checked on publish and on every subscribe transport (JSON, SSE, raw,
-//! WebSocket, poll) with real credentials (reference §4).
+//! WebSocket, poll) with real credentials (docs/COMPATIBILITY.md §4).
 
 use std::process::Stdio;
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! Informational endpoints, CORS and unknown paths (reference §1, §8).
+//! Informational endpoints, CORS and unknown paths (docs/COMPATIBILITY.md §1, §8).
 
 use crate::fixture::{TestServer, expect_error, expect_json, header, herald_command};
 

@@ -1,5 +1,5 @@
 //! Integration tests: the real `herald` binary over real sockets, checked against
-//! ntfy's wire formats (`/work/shared/reference/ntfy-api.md`).
+//! ntfy's wire formats (docs/COMPATIBILITY.md, https://docs.ntfy.sh/).
 //!
 //! One test binary (faster to link than one per file); each test starts its own
 //! server on `127.0.0.1:0` with its own data directory.

@@ -1,5 +1,5 @@
 //! Publishing: methods and paths, parameters and their aliases, the publish
-//! response, JSON publish, and publish errors (reference §2, §5).
+//! response, JSON publish, and publish errors (docs/COMPATIBILITY.md §2, §5).
 
 use serde_json::{Value, json};
 

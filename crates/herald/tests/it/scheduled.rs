@@ -1,6 +1,6 @@
-//! Scheduled delivery (reference §2.5): hidden until due unless `scheduled=1`,
-//! delivered to live subscribers when due, replaced or cancelled through its
-//! sequence ID. The minimum delay is 10 s, so this test waits about 11 s.
+//! Scheduled delivery (docs/COMPATIBILITY.md §2.5): hidden until due unless
+//! `scheduled=1`, delivered to live subscribers when due, replaced or cancelled
+//! through its sequence ID. The minimum delay is 10 s, so this test waits about 11 s.
 
 use std::time::Duration;
 

@@ -1,4 +1,5 @@
-//! Sequence IDs: updating, clearing and deleting notifications (reference §2.9).
+//! Sequence IDs: updating, clearing and deleting notifications
+//! (docs/COMPATIBILITY.md §2.9).
 
 use serde_json::Value;
 

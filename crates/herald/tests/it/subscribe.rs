@@ -1,5 +1,6 @@
 //! Subscribing: JSON/SSE/raw/WebSocket framing, keepalives, multiple topics,
-//! polling, `since=`, filters, ordering, slow subscribers and limits (reference §3).
+//! polling, `since=`, filters, ordering, slow subscribers and limits
+//! (docs/COMPATIBILITY.md §3).
 
 use std::time::Duration;
 
