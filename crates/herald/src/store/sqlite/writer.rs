@@ -1,0 +1,525 @@
+//! The writer thread: the only read-write connection, and group commit.
+//!
+//! - One dedicated writer OS thread owns the only read-write connection. Every write
+//!   operation (`append`, `take_due`, `cancel_scheduled`, `prune_expired`, the
+//!   readiness ping) is sent to it over a bounded channel together with a oneshot
+//!   reply sender.
+//! - The writer blocks for the first operation, drains whatever else is already
+//!   queued (up to [`SqliteOptions::max_batch`](super::SqliteOptions::max_batch)), runs all of them in ONE
+//!   transaction, commits, and only then answers each of them. Concurrent publishes
+//!   therefore share one commit, and a caller hears "ok" only once its row is
+//!   committed. If the commit fails, every operation of the batch gets an error:
+//!   never a false success.
+//! - One operation that fails on its own (say a duplicate message ID) is rolled back
+//!   alone and reported alone, while the rest of the batch still commits. Every
+//!   operation writes with a single statement, and SQLite undoes a failed statement
+//!   by itself, keeping the transaction; when it must abandon the whole transaction
+//!   instead (I/O error, disk full) the writer sees it and fails the whole batch. No
+//!   savepoint per operation: they cost a copy of every page an operation touches
+//!   (the sub-journal), a tenth of a publish's instructions under callgrind.
+//! - A large expiry prune deletes in chunks, one chunk per batch, so it never holds
+//!   the writer (and the publishes queued behind it) for long.
+//! - A failed batch does not stop the writer: it rolls back, answers its operations
+//!   with [`StoreError::Full`] (disk full) or [`StoreError::Unavailable`], and marks
+//!   writes as failing until a later commit succeeds ([`Store::writes_failing`](crate::store::Store::writes_failing),
+//!   readiness). Meanwhile every batch also rewrites a header field, because on a
+//!   full disk an empty commit (the readiness ping) would still succeed; so the
+//!   probe itself finds out when space is back.
+//!
+//! The checkpointer thread lives here too: it copies the WAL into the database so
+//! that the writer's commits never do it themselves.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::{mpsc, oneshot};
+
+use super::read::decode_rows;
+use super::{BUSY_TIMEOUT, SyncMode, backend, is_disk_full};
+use crate::model::Message;
+use crate::store::{CommitObserver, StoreError};
+
+/// Rows deleted per writer batch by `prune_expired`: large enough to keep up with any
+/// realistic publish rate, small enough that publishes queued behind it wait only a
+/// few milliseconds. (Tiny in tests so that chunking is exercised.)
+pub(super) const PRUNE_CHUNK: i64 = if cfg!(test) { 7 } else { 5_000 };
+
+#[derive(Debug)]
+pub(super) struct WriterHealth {
+    /// Set when a batch fails as a whole (disk full, I/O error, lock timeout),
+    /// cleared when a later one commits. While set, every batch also rewrites a
+    /// header field, so that its commit proves a page can be written again.
+    pub(super) failing: AtomicBool,
+    /// Cleared when the writer thread ends, however it ends.
+    pub(super) alive: AtomicBool,
+}
+
+/// Clears [`WriterHealth::alive`] when the writer thread ends, panic included.
+pub(super) struct AliveGuard(pub(super) Arc<WriterHealth>);
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.0.alive.store(false, Ordering::Relaxed);
+    }
+}
+
+pub(super) fn open_writer(path: &Path, sync: SyncMode) -> Result<Connection, StoreError> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags)
+        .map_err(|e| StoreError::Backend(format!("opening {}: {e}", path.display())))?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(backend)?;
+    let mode: String = conn
+        .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+        .map_err(backend)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Backend(format!(
+            "{} cannot use WAL (journal_mode is {mode})",
+            path.display()
+        )));
+    }
+    conn.pragma_update(None, "synchronous", sync.pragma_value())
+        .map_err(backend)?;
+    conn.pragma_update(None, "temp_store", "MEMORY")
+        .map_err(backend)?;
+    // Checkpoints (copying the WAL into the database, with an fsync) normally run
+    // inside a commit every 1,000 pages, stalling every publish of that batch. The
+    // checkpointer thread does them instead; this larger threshold is only a safety
+    // net should it fall behind.
+    conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)
+        .map_err(backend)?;
+    Ok(conn)
+}
+
+/// Writer-side checkpoint threshold, in pages (SQLite's default is 1,000).
+const WAL_AUTOCHECKPOINT_PAGES: i64 = 20_000;
+/// How often the checkpointer copies the WAL into the database.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
+
+pub(super) fn open_checkpointer(path: &Path) -> Result<Connection, StoreError> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags)
+        .map_err(|e| StoreError::Backend(format!("opening {}: {e}", path.display())))?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(backend)?;
+    Ok(conn)
+}
+
+/// Runs passive checkpoints (which never block the writer or readers) until the
+/// store closes (the sender of `stop` is dropped).
+/// A failing checkpoint (a full disk) is logged when it starts and stops failing,
+/// not twice a second; it is retried every interval and needs no repair.
+pub(super) fn checkpointer_loop(conn: Connection, stop: std::sync::mpsc::Receiver<()>) {
+    let mut failing = false;
+    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+        stop.recv_timeout(CHECKPOINT_INTERVAL)
+    {
+        match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(error = %e, "store checkpoints failing; retrying");
+            }
+            Err(e) => tracing::debug!(error = %e, "store checkpoint failed"),
+            Ok(()) if failing => {
+                failing = false;
+                tracing::info!("store checkpoints succeed again");
+            }
+            Ok(()) => {}
+        }
+    }
+}
+
+pub(super) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+/// The columns of a message about to be inserted, prepared off the writer thread.
+pub(super) struct NewRow {
+    pub(super) id: String,
+    pub(super) topic: String,
+    pub(super) time: i64,
+    pub(super) expires: Option<i64>,
+    pub(super) published: bool,
+    pub(super) sequence_id: Option<String>,
+    pub(super) event: &'static str,
+    pub(super) json: String,
+}
+
+/// A write operation queued for the writer thread.
+pub(super) enum Op {
+    Append {
+        row: NewRow,
+        reply: Reply<()>,
+    },
+    Cancel {
+        topic: String,
+        sequence_id: String,
+        reply: Reply<u64>,
+    },
+    TakeDue {
+        now: i64,
+        reply: Reply<Vec<Message>>,
+    },
+    /// `deleted` counts rows removed by earlier, already committed chunks.
+    Prune {
+        now: i64,
+        deleted: u64,
+        reply: Reply<u64>,
+    },
+    Ping {
+        reply: Reply<()>,
+    },
+}
+
+impl Op {
+    /// Answers the operation with a failure of its whole batch.
+    fn fail(self, failure: &BatchFailure) {
+        self.unapplied().fail(failure);
+    }
+
+    /// The operation as if it had run without effect, to be answered with the
+    /// failure of its batch.
+    fn unapplied(self) -> Done {
+        match self {
+            Op::Append { reply, .. } | Op::Ping { reply } => Done::Unit(reply, Ok(())),
+            Op::Cancel { reply, .. } | Op::Prune { reply, .. } => Done::Count(reply, Ok(0)),
+            Op::TakeDue { reply, .. } => Done::Messages(reply, Ok(Vec::new())),
+        }
+    }
+
+    /// Runs the operation's statements inside the open transaction. The answer is
+    /// held back until the commit.
+    fn apply(self, conn: &Connection) -> Done {
+        match self {
+            Op::Append { row, reply } => Done::Unit(reply, insert(conn, &row)),
+            Op::Cancel {
+                topic,
+                sequence_id,
+                reply,
+            } => Done::Count(reply, cancel(conn, &topic, &sequence_id)),
+            Op::TakeDue { now, reply } => Done::Messages(reply, take_due(conn, now)),
+            Op::Prune {
+                now,
+                deleted,
+                reply,
+            } => match prune_chunk(conn, now) {
+                Ok(n) if n >= PRUNE_CHUNK as u64 => Done::MorePrune {
+                    now,
+                    deleted: deleted + n,
+                    reply,
+                },
+                result => Done::Count(reply, result.map(|n| deleted + n)),
+            },
+            Op::Ping { reply } => Done::Unit(reply, Ok(())),
+        }
+    }
+}
+
+/// An operation whose statements ran, waiting for the batch's commit.
+enum Done {
+    Unit(Reply<()>, Result<(), StoreError>),
+    Count(Reply<u64>, Result<u64, StoreError>),
+    Messages(Reply<Vec<Message>>, Result<Vec<Message>, StoreError>),
+    /// A prune that deleted a full chunk: continues in the next batch once this one
+    /// has committed.
+    MorePrune {
+        now: i64,
+        deleted: u64,
+        reply: Reply<u64>,
+    },
+}
+
+impl Done {
+    /// After a successful commit: answers the caller, or returns the continuation.
+    fn finish(self) -> Option<Op> {
+        match self {
+            Done::Unit(reply, r) => drop(reply.send(r)),
+            Done::Count(reply, r) => drop(reply.send(r)),
+            Done::Messages(reply, r) => drop(reply.send(r)),
+            Done::MorePrune {
+                now,
+                deleted,
+                reply,
+            } => {
+                return Some(Op::Prune {
+                    now,
+                    deleted,
+                    reply,
+                });
+            }
+        }
+        None
+    }
+
+    /// After a failed commit (or when the batch could not run): the operation's
+    /// effects are gone, so it failed. A send fails only if the caller stopped
+    /// waiting; nothing to do then.
+    fn fail(self, failure: &BatchFailure) {
+        match self {
+            Done::Unit(reply, _) => drop(reply.send(Err(failure.error()))),
+            Done::Count(reply, _) | Done::MorePrune { reply, .. } => {
+                drop(reply.send(Err(failure.error())))
+            }
+            Done::Messages(reply, _) => drop(reply.send(Err(failure.error()))),
+        }
+    }
+
+    /// Whether the operation failed because the disk is full.
+    fn failed_disk_full(&self) -> bool {
+        let error = match self {
+            Done::Unit(_, r) => r.as_ref().err(),
+            Done::Count(_, r) => r.as_ref().err(),
+            Done::Messages(_, r) => r.as_ref().err(),
+            Done::MorePrune { .. } => None,
+        };
+        matches!(error, Some(StoreError::Full(_)))
+    }
+}
+
+/// Why a whole batch failed: nothing of it was committed.
+#[derive(Debug, Clone)]
+struct BatchFailure {
+    /// SQLite found no space to write (`507` to publishers); otherwise the storage
+    /// failed in another way (`503`). Either way the caller may retry later.
+    disk_full: bool,
+    text: String,
+}
+
+impl BatchFailure {
+    fn new(disk_full: bool, text: String) -> Self {
+        BatchFailure { disk_full, text }
+    }
+
+    fn from_sqlite(context: &str, e: &rusqlite::Error) -> Self {
+        BatchFailure::new(is_disk_full(e), format!("{context}: {e}"))
+    }
+
+    /// The error every operation of the batch gets.
+    fn error(&self) -> StoreError {
+        if self.disk_full {
+            StoreError::Full(self.text.clone())
+        } else {
+            StoreError::Unavailable(self.text.clone())
+        }
+    }
+}
+
+fn insert(conn: &Connection, row: &NewRow) -> Result<(), StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "INSERT INTO messages (id, topic, time, expires, published, sequence_id, event, json)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )
+        .map_err(backend)?;
+    stmt.execute(rusqlite::params![
+        row.id,
+        row.topic,
+        row.time,
+        row.expires,
+        row.published,
+        row.sequence_id,
+        row.event,
+        row.json,
+    ])
+    .map_err(backend)?;
+    Ok(())
+}
+
+fn cancel(conn: &Connection, topic: &str, sequence_id: &str) -> Result<u64, StoreError> {
+    // A message without `sequence_id` is its own sequence (its id).
+    let n = conn
+        .prepare_cached(
+            "DELETE FROM messages WHERE topic = ?1 AND published = 0
+             AND (sequence_id = ?2 OR (sequence_id IS NULL AND id = ?2))",
+        )
+        .and_then(|mut stmt| stmt.execute([topic, sequence_id]))
+        .map_err(backend)?;
+    Ok(n as u64)
+}
+
+fn take_due(conn: &Connection, now: i64) -> Result<Vec<Message>, StoreError> {
+    let mut select = conn
+        .prepare_cached(
+            "SELECT id, json FROM messages WHERE published = 0 AND time <= ?1 ORDER BY time, id",
+        )
+        .map_err(backend)?;
+    let due = decode_rows(&mut select, [now], None)?;
+    // Same predicate inside the same write transaction, and this thread is the only
+    // writer, so exactly the selected rows are marked (undecodable ones too, so they
+    // are not retried forever).
+    conn.prepare_cached("UPDATE messages SET published = 1 WHERE published = 0 AND time <= ?1")
+        .and_then(|mut stmt| stmt.execute([now]))
+        .map_err(backend)?;
+    Ok(due)
+}
+
+fn prune_chunk(conn: &Connection, now: i64) -> Result<u64, StoreError> {
+    let n = conn
+        .prepare_cached(
+            "DELETE FROM messages WHERE pk IN
+             (SELECT pk FROM messages WHERE expires < ?1 LIMIT ?2)",
+        )
+        .and_then(|mut stmt| stmt.execute([now, PRUNE_CHUNK]))
+        .map_err(backend)?;
+    Ok(n as u64)
+}
+
+/// The writer thread's state: the only read-write connection and what it reports.
+pub(super) struct Writer<'a> {
+    pub(super) conn: Connection,
+    pub(super) commits: &'a AtomicU64,
+    pub(super) observer: Option<&'a dyn CommitObserver>,
+    pub(super) health: &'a WriterHealth,
+}
+
+impl Writer<'_> {
+    /// Batches queued operations into transactions until every sender is gone and
+    /// the queue is empty.
+    pub(super) fn run(&self, mut queue: mpsc::Receiver<Op>, max_batch: usize) {
+        let mut carry: Vec<Op> = Vec::new();
+        loop {
+            let mut batch = std::mem::take(&mut carry);
+            if batch.is_empty() {
+                match queue.blocking_recv() {
+                    Some(op) => batch.push(op),
+                    None => break,
+                }
+                // The first operation wakes this thread at once, usually before the
+                // publishers that are about to send theirs have run (on one core,
+                // always). Giving up the CPU once lets them queue theirs, so they share
+                // this commit instead of each paying for its own: group commit that
+                // adapts to load, costing a yield (not a timed wait) when there is none.
+                std::thread::yield_now();
+            }
+            while batch.len() < max_batch {
+                match queue.try_recv() {
+                    Ok(op) => batch.push(op),
+                    Err(_) => break,
+                }
+            }
+            // A panic in one batch (a bug, not I/O: I/O errors are results) must not
+            // end the thread, or every later write would fail until a restart. The
+            // batch's callers see their replies dropped (`Closed`, `503`).
+            let ran =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_batch(batch)));
+            carry = ran.unwrap_or_else(|_| {
+                rollback(&self.conn);
+                self.failed(&BatchFailure::new(false, "store batch panicked".into()), 0);
+                Vec::new()
+            });
+        }
+        tracing::debug!("store writer stopped");
+    }
+
+    /// Runs `batch` in one transaction and answers every operation after the commit.
+    /// Returns the operations that continue in the next batch (chunked prunes).
+    fn run_batch(&self, batch: Vec<Op>) -> Vec<Op> {
+        let conn = &self.conn;
+        let size = batch.len();
+        let started = Instant::now();
+        if let Err(e) = exec_cached(conn, "BEGIN IMMEDIATE") {
+            let failure = BatchFailure::from_sqlite("starting a transaction", &e);
+            self.failed(&failure, size);
+            batch.into_iter().for_each(|op| op.fail(&failure));
+            return Vec::new();
+        }
+        if self.health.failing.load(Ordering::Relaxed)
+            && let Err(e) = exec_cached(conn, PROBE_WRITE)
+        {
+            let failure = BatchFailure::from_sqlite("writing to the store", &e);
+            rollback(conn);
+            self.failed(&failure, size);
+            batch.into_iter().for_each(|op| op.fail(&failure));
+            return Vec::new();
+        }
+
+        let mut done = Vec::with_capacity(size);
+        let mut ops = batch.into_iter();
+        while let Some(op) = ops.next() {
+            match apply_in_batch(conn, op) {
+                Ok(d) => done.push(d),
+                Err(d) => {
+                    // The transaction itself is broken: nothing of this batch may commit.
+                    let failure = BatchFailure::new(
+                        d.failed_disk_full(),
+                        "the transaction was rolled back by SQLite".into(),
+                    );
+                    rollback(conn);
+                    self.failed(&failure, size);
+                    d.fail(&failure);
+                    done.into_iter().for_each(|d| d.fail(&failure));
+                    ops.for_each(|op| op.fail(&failure));
+                    return Vec::new();
+                }
+            }
+        }
+
+        match exec_cached(conn, "COMMIT") {
+            Ok(()) => {
+                self.commits.fetch_add(1, Ordering::Relaxed);
+                if let Some(observer) = self.observer {
+                    observer.committed(size, started.elapsed());
+                }
+                if self.health.failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!("store writes succeed again");
+                }
+                tracing::trace!(size, "store batch committed");
+                done.into_iter().filter_map(Done::finish).collect()
+            }
+            Err(e) => {
+                let failure = BatchFailure::from_sqlite("commit failed", &e);
+                rollback(conn);
+                self.failed(&failure, size);
+                done.into_iter().for_each(|d| d.fail(&failure));
+                Vec::new()
+            }
+        }
+    }
+
+    /// Marks writes as failing. Logged when they start failing: under load every
+    /// batch fails, and a line per batch would flood the log (or fill the same disk).
+    fn failed(&self, failure: &BatchFailure, size: usize) {
+        let error = &failure.text;
+        if self.health.failing.swap(true, Ordering::Relaxed) {
+            tracing::debug!(%error, size, "store batch failed");
+        } else if failure.disk_full {
+            tracing::error!(%error, size, "store disk full: publishes are refused (507) until space is freed");
+        } else {
+            tracing::error!(%error, size, "store writes failing: publishes are refused (503) until a commit succeeds");
+        }
+    }
+}
+
+/// The write a batch makes while writes are failing, to prove that pages can be
+/// written again: rewriting the schema version (unchanged) dirties the database
+/// header page, which the commit must then write out (to the WAL).
+pub(super) const PROBE_WRITE: &str = "PRAGMA user_version = 1";
+
+/// Applies one operation within the batch's transaction. An operation that fails
+/// alone was undone by SQLite alone (`Ok` carrying its error: each operation writes
+/// with one statement, and a failed statement is rolled back by itself); `Err` means
+/// SQLite abandoned the enclosing transaction.
+fn apply_in_batch(conn: &Connection, op: Op) -> Result<Done, Done> {
+    let done = op.apply(conn);
+    // Some errors (I/O, disk full) make SQLite roll back the whole transaction; later
+    // statements would then run in autocommit mode, outside the batch.
+    if conn.is_autocommit() {
+        return Err(done);
+    }
+    Ok(done)
+}
+
+/// Runs a parameterless statement through the statement cache: `BEGIN` and `COMMIT`
+/// run thousands of times a second, and parsing them each time shows.
+fn exec_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
+}
+
+fn rollback(conn: &Connection) {
+    if !conn.is_autocommit()
+        && let Err(e) = conn.execute_batch("ROLLBACK")
+    {
+        tracing::error!(error = %e, "store rollback failed");
+    }
+}
