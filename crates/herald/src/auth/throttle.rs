@@ -45,18 +45,24 @@ pub struct LoginThrottle {
     buckets: Mutex<HashMap<Key, Bucket>>,
 }
 
-fn addr_key(ip: IpAddr) -> Key {
+/// The address a client is counted as: IPv4 as is, IPv6 by its /64 (one host
+/// usually holds a whole /64), IPv4-mapped IPv6 as IPv4.
+pub fn address_prefix(ip: IpAddr) -> IpAddr {
     match ip {
-        IpAddr::V4(_) => Key::Addr(ip),
+        IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => {
             if let Some(v4) = v6.to_ipv4_mapped() {
-                return Key::Addr(IpAddr::V4(v4));
+                return IpAddr::V4(v4);
             }
             let mut octets = v6.octets();
             octets[8..].fill(0);
-            Key::Addr(IpAddr::from(octets))
+            IpAddr::from(octets)
         }
     }
+}
+
+fn addr_key(ip: IpAddr) -> Key {
+    Key::Addr(address_prefix(ip))
 }
 
 impl LoginThrottle {
@@ -65,6 +71,15 @@ impl LoginThrottle {
         let buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         let ok = |key: &Key| buckets.get(key).is_none_or(|b| b.level(now) >= 1.0);
         ok(&addr_key(ip)) && user.is_none_or(|u| ok(&Key::User(u.to_string())))
+    }
+
+    /// Whether `ip` failed to log in within the last [`REFILL`] or so (its bucket is
+    /// not full): the password-check gate serves such addresses last.
+    pub fn failed_recently(&self, ip: IpAddr, now: Instant) -> bool {
+        let buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        buckets
+            .get(&addr_key(ip))
+            .is_some_and(|b| b.level(now) < BURST)
     }
 
     /// Records a failed attempt.
@@ -104,6 +119,8 @@ mod tests {
             t.failed(ip, None, now);
         }
         assert!(!t.allowed(ip, None, now));
+        assert!(t.failed_recently(ip, now));
+        assert!(!t.failed_recently("192.0.2.2".parse().unwrap(), now));
         assert!(
             t.allowed("192.0.2.2".parse().unwrap(), None, now),
             "per address"
