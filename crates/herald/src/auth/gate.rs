@@ -14,12 +14,14 @@
 //! - per visitor (client address, IPv6 /64), at most [`PER_VISITOR`] checks running
 //!   or waiting, and at most one waiting: a visitor already waiting is refused at once,
 //!   so no address takes more than its share of the queue;
-//! - a visitor with recent failed logins is a *suspect*: clean visitors are served
-//!   first, and a clean visitor that finds the queue full takes the place of the
-//!   suspect that queued last (which is refused). A flood of made-up user names turns
-//!   every flooding address into a suspect after its first failure, so a user who has
-//!   not failed gets through. Being a suspect depends only on the address's failures,
-//!   never on the user name, so the gate tells nobody whether a user exists.
+//! - every address has a *score*: its recent password-check requests (admitted or
+//!   refused), decaying with a half-life of [`HALF_LIFE`]. A freed slot goes to the
+//!   waiter with the lowest score, and a request that finds the queue full takes the
+//!   place of the waiter with the highest score if that is clearly higher than its
+//!   own (the displaced one is refused). A flooding address keeps asking, so its score
+//!   climbs with every refusal, while a user who logs in once has a score of 1 and
+//!   gets through. The score counts requests from an address, never looks at the
+//!   user name, so the gate tells nobody whether a user exists.
 //!
 //! The gate is a mutex over a small queue; a waiter is a oneshot channel, and a
 //! waiter that goes away (its client hung up) leaves the queue or hands its slot on.
@@ -27,11 +29,19 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 /// Most checks one visitor may have running or waiting.
 pub const PER_VISITOR: usize = 2;
+/// How fast an address's score decays: halved every 10 s.
+pub const HALF_LIFE: Duration = Duration::from_secs(10);
+/// How much higher a waiter's score must be for a newcomer to take its place.
+const DISPLACE_MARGIN: f64 = 1.0;
+/// Most addresses scored; beyond that, low scores are forgotten first, then all.
+const MAX_SCORED: usize = 100_000;
 
 /// The gate was full (or this visitor already waits): answer `429` now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -56,7 +66,23 @@ struct State {
     running: usize,
     waiting: VecDeque<Waiter>,
     visitors: HashMap<IpAddr, Share>,
+    scores: HashMap<IpAddr, Score>,
     next_id: u64,
+}
+
+/// An address's recent requests, decayed to `at`.
+#[derive(Debug, Clone, Copy)]
+struct Score {
+    value: f64,
+    at: Instant,
+}
+
+impl Score {
+    fn at(self, now: Instant) -> f64 {
+        let halvings =
+            now.saturating_duration_since(self.at).as_secs_f64() / HALF_LIFE.as_secs_f64();
+        self.value * 0.5f64.powf(halvings)
+    }
 }
 
 /// One visitor's checks in the gate.
@@ -71,7 +97,6 @@ struct Share {
 struct Waiter {
     id: u64,
     visitor: IpAddr,
-    suspect: bool,
     /// `Ok`: the waiter now holds a slot; `Err`: it was displaced.
     wake: oneshot::Sender<Result<(), Busy>>,
 }
@@ -122,6 +147,46 @@ impl Drop for WaitGuard {
 }
 
 impl State {
+    /// Counts a request from `visitor`; its new score.
+    fn bump(&mut self, visitor: IpAddr, now: Instant) -> f64 {
+        if self.scores.len() >= MAX_SCORED && !self.scores.contains_key(&visitor) {
+            self.scores.retain(|_, s| s.at(now) >= 1.0);
+            if self.scores.len() >= MAX_SCORED {
+                self.scores.clear();
+            }
+        }
+        let score = self.scores.entry(visitor).or_insert(Score {
+            value: 0.0,
+            at: now,
+        });
+        *score = Score {
+            value: score.at(now) + 1.0,
+            at: now,
+        };
+        score.value
+    }
+
+    fn score(&self, visitor: IpAddr, now: Instant) -> f64 {
+        self.scores.get(&visitor).map_or(0.0, |s| s.at(now))
+    }
+
+    /// The waiter with the lowest score (the first of equals), or the highest.
+    fn pick(&self, now: Instant, highest: bool) -> Option<usize> {
+        let mut best: Option<(usize, f64)> = None;
+        for (i, w) in self.waiting.iter().enumerate() {
+            let s = self.score(w.visitor, now);
+            let better = match best {
+                None => true,
+                Some((_, b)) if highest => s >= b,
+                Some((_, b)) => s < b,
+            };
+            if better {
+                best = Some((i, s));
+            }
+        }
+        best.map(|(i, _)| i)
+    }
+
     fn leave(&mut self, visitor: IpAddr, was_waiting: bool) {
         if let Some(share) = self.visitors.get_mut(&visitor) {
             share.active = share.active.saturating_sub(1);
@@ -134,16 +199,12 @@ impl State {
         }
     }
 
-    /// Gives free slots to waiters: clean visitors first, each class in arrival order.
+    /// Gives free slots to waiters, lowest score first (then arrival order).
     /// Called with a slot just freed (`running` already decremented).
     fn hand_on(&mut self) {
+        let now = Instant::now();
         while self.running < self.slots {
-            let pos = self
-                .waiting
-                .iter()
-                .position(|w| !w.suspect)
-                .or_else(|| (!self.waiting.is_empty()).then_some(0));
-            let Some(pos) = pos else {
+            let Some(pos) = self.pick(now, false) else {
                 return;
             };
             let Some(waiter) = self.waiting.remove(pos) else {
@@ -184,10 +245,12 @@ impl HashGate {
     }
 
     /// Waits for a slot for `visitor` (already masked to its prefix), or refuses at
-    /// once. `suspect`: the visitor failed to log in recently.
-    pub async fn admit(&self, visitor: IpAddr, suspect: bool) -> Result<Permit, Busy> {
+    /// once.
+    pub async fn admit(&self, visitor: IpAddr) -> Result<Permit, Busy> {
         let mut guard = {
             let mut state = self.inner.lock();
+            let now = Instant::now();
+            let mine = state.bump(visitor, now);
             let share = state.visitors.get(&visitor).copied().unwrap_or_default();
             if share.active >= PER_VISITOR || share.waiting >= 1 {
                 return Err(Busy);
@@ -198,12 +261,11 @@ impl HashGate {
                 return Ok(self.permit(visitor));
             }
             if state.waiting.len() >= self.inner.queue {
-                // Full: a clean visitor displaces the suspect that queued last.
-                let displace = if suspect {
-                    None
-                } else {
-                    state.waiting.iter().rposition(|w| w.suspect)
-                };
+                // Full: take the place of the busiest waiter if it asked clearly
+                // more often than this visitor.
+                let displace = state.pick(now, true).filter(|&i| {
+                    state.score(state.waiting[i].visitor, now) > mine + DISPLACE_MARGIN
+                });
                 let Some(pos) = displace else {
                     return Err(Busy);
                 };
@@ -218,7 +280,6 @@ impl HashGate {
             state.waiting.push_back(Waiter {
                 id,
                 visitor,
-                suspect,
                 wake: tx,
             });
             let share = state.visitors.entry(visitor).or_default();
@@ -270,10 +331,9 @@ mod tests {
     async fn queued(
         gate: &HashGate,
         visitor: IpAddr,
-        suspect: bool,
     ) -> tokio::task::JoinHandle<Result<Permit, Busy>> {
         let g = gate.clone();
-        let task = tokio::spawn(async move { g.admit(visitor, suspect).await });
+        let task = tokio::spawn(async move { g.admit(visitor).await });
         tokio::time::sleep(Duration::from_millis(1)).await;
         task
     }
@@ -281,16 +341,16 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn bounded_running_and_waiting_then_refused_at_once() {
         let gate = HashGate::new(2, 3);
-        let a = gate.admit(ip(1), false).await.unwrap();
-        let b = gate.admit(ip(2), false).await.unwrap();
+        let a = gate.admit(ip(1)).await.unwrap();
+        let b = gate.admit(ip(2)).await.unwrap();
         let mut waiters = Vec::new();
         for n in 3..6 {
-            waiters.push(queued(&gate, ip(n), false).await);
+            waiters.push(queued(&gate, ip(n)).await);
         }
         assert_eq!(gate.load(), (2, 3));
         // Full of clean visitors: the next is refused without waiting.
-        assert_eq!(gate.admit(ip(6), false).await.unwrap_err(), Busy);
-        assert_eq!(gate.admit(ip(7), true).await.unwrap_err(), Busy);
+        assert_eq!(gate.admit(ip(6)).await.unwrap_err(), Busy);
+        assert_eq!(gate.admit(ip(7)).await.unwrap_err(), Busy);
         drop(a);
         let first = waiters.remove(0).await.unwrap().unwrap();
         assert_eq!(gate.load(), (2, 2));
@@ -308,50 +368,65 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn one_visitor_gets_its_share_only() {
         let gate = HashGate::new(1, 8);
-        let running = gate.admit(ip(1), false).await.unwrap();
-        let waiting = queued(&gate, ip(1), false).await;
+        let running = gate.admit(ip(1)).await.unwrap();
+        let waiting = queued(&gate, ip(1)).await;
         // Already waiting: refused at once, although the queue has room.
-        assert_eq!(gate.admit(ip(1), false).await.unwrap_err(), Busy);
-        let other = queued(&gate, ip(2), false).await;
+        assert_eq!(gate.admit(ip(1)).await.unwrap_err(), Busy);
+        let other = queued(&gate, ip(2)).await;
         assert_eq!(gate.load(), (1, 2));
+        // Visitor 1 asked three times, visitor 2 once: visitor 2 goes first.
         drop(running);
-        let second = waiting.await.unwrap().unwrap();
-        // Two active (one running, one granted... now running): at the cap.
-        let third = queued(&gate, ip(1), false).await;
-        drop(second);
         drop(other.await.unwrap().unwrap());
-        drop(third.await.unwrap().unwrap());
+        drop(waiting.await.unwrap().unwrap());
         assert_eq!(gate.load(), (0, 0));
     }
 
     #[tokio::test(start_paused = true)]
-    async fn clean_visitors_go_first_and_displace_suspects() {
+    async fn quiet_visitors_go_first_and_displace_busy_ones() {
         let gate = HashGate::new(1, 2);
-        let running = gate.admit(ip(1), true).await.unwrap();
-        let s1 = queued(&gate, ip(2), true).await;
-        let s2 = queued(&gate, ip(3), true).await;
-        // Full of suspects: a suspect is refused, a clean visitor displaces the
-        // suspect that queued last.
-        assert_eq!(gate.admit(ip(4), true).await.unwrap_err(), Busy);
-        let clean = queued(&gate, ip(5), false).await;
-        assert_eq!(s2.await.unwrap().unwrap_err(), Busy);
+        let running = gate.admit(ip(1)).await.unwrap();
+        let busy = queued(&gate, ip(2)).await;
+        let busier = queued(&gate, ip(3)).await;
+        // Both keep asking while they wait: refused at once, and their scores climb.
+        for _ in 0..3 {
+            assert_eq!(gate.admit(ip(2)).await.unwrap_err(), Busy);
+        }
+        for _ in 0..6 {
+            assert_eq!(gate.admit(ip(3)).await.unwrap_err(), Busy);
+        }
+        // A first request finds the queue full and takes the busiest waiter's place.
+        let quiet = queued(&gate, ip(4)).await;
+        assert_eq!(busier.await.unwrap().unwrap_err(), Busy);
         assert_eq!(gate.load(), (1, 2));
-        // The clean visitor runs next although the suspect queued first.
+        // It runs next although `busy` queued first.
         drop(running);
-        let c = clean.await.unwrap().unwrap();
-        assert!(!s1.is_finished());
-        drop(c);
-        drop(s1.await.unwrap().unwrap());
+        let q = quiet.await.unwrap().unwrap();
+        assert!(!busy.is_finished());
+        drop(q);
+        drop(busy.await.unwrap().unwrap());
         assert_eq!(gate.load(), (0, 0));
         assert!(gate.inner.lock().visitors.is_empty());
     }
 
     #[tokio::test(start_paused = true)]
+    async fn scores_decay() {
+        let gate = HashGate::new(1, 1);
+        for _ in 0..8 {
+            drop(gate.admit(ip(1)).await.unwrap());
+        }
+        let now = Instant::now();
+        assert!((gate.inner.lock().score(ip(1), now) - 8.0).abs() < 1e-9);
+        tokio::time::advance(HALF_LIFE * 3).await;
+        let later = Instant::now();
+        assert!((gate.inner.lock().score(ip(1), later) - 1.0).abs() < 1e-9);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_cancelled_waiter_leaves_or_passes_its_slot_on() {
         let gate = HashGate::new(1, 4);
-        let running = gate.admit(ip(1), false).await.unwrap();
-        let gone = queued(&gate, ip(2), false).await;
-        let next = queued(&gate, ip(3), false).await;
+        let running = gate.admit(ip(1)).await.unwrap();
+        let gone = queued(&gate, ip(2)).await;
+        let next = queued(&gate, ip(3)).await;
         gone.abort();
         let _ = gone.await;
         assert_eq!(gate.load(), (1, 1), "the cancelled waiter left the queue");
@@ -359,8 +434,8 @@ mod tests {
         drop(next.await.unwrap().unwrap());
         assert_eq!(gate.load(), (0, 0));
         // Visitor 2 holds nothing any more.
-        let p = gate.admit(ip(2), false).await.unwrap();
-        let q = gate.admit(ip(2), false);
+        let p = gate.admit(ip(2)).await.unwrap();
+        let q = gate.admit(ip(2));
         let r = tokio::time::timeout(Duration::from_millis(10), q).await;
         assert!(
             r.is_err(),

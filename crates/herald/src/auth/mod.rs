@@ -496,10 +496,7 @@ impl Authorizer {
                 // Not a failure: nothing was checked. The client may try again.
                 let _permit = en
                     .gate
-                    .admit(
-                        throttle::address_prefix(peer),
-                        en.throttle.failed_recently(peer, Instant::now()),
-                    )
+                    .admit(throttle::address_prefix(peer))
                     .await
                     .map_err(|gate::Busy| ApiError::PASSWORD_CHECKS_BUSY)?;
                 let hash = known.as_ref().map(|(_, hash)| hash.clone());
@@ -972,15 +969,19 @@ mod tests {
             busy > 0 && admitted <= bound,
             "{admitted} checked, bound {bound}"
         );
-        // Refusals are not failures: those addresses are not throttled.
+        // Refusals are not failures: 29 more failures throttle only the addresses
+        // whose check ran (and failed).
         let en = auth.enabled.as_ref().unwrap();
-        let refused = (0..60u8)
+        let throttled = (0..60u8)
             .filter(|i| {
-                !en.throttle
-                    .failed_recently(IpAddr::from([10, 0, 1, *i]), Instant::now())
+                let ip = IpAddr::from([10, 0, 1, *i]);
+                for _ in 0..29 {
+                    en.throttle.failed(ip, None, Instant::now());
+                }
+                !en.throttle.allowed(ip, None, Instant::now())
             })
             .count();
-        assert_eq!(refused, busy);
+        assert_eq!(throttled, admitted);
     }
 
     #[tokio::test]

@@ -3,16 +3,19 @@
 //! Hashing and verifying take tens of milliseconds and ~19 MiB on purpose (argon2's
 //! default parameters, OWASP's recommendation); the server never runs them on the
 //! runtime's threads. Logins are verified by [`Verifier`]: a few dedicated threads,
-//! so that argon2's working memory lives in those threads' allocator arenas only
-//! (on the blocking pool every thread that ever hashed kept its own ~19 MiB arena:
-//! 16 arenas, ~300 MB after a login flood, issue #11). How many checks may run or
-//! wait is the gate's business (`auth::gate`).
+//! each with argon2's working memory allocated once and reused for every check.
+//! Allocating and freeing ~19 MiB per check made the allocator keep tens of MB per
+//! thread that ever hashed (glibc raises its mmap threshold after such a free, and
+//! then keeps freed memory in per-thread arenas): ~300 MB after a login flood,
+//! issue #11. Now argon2's memory is the number of threads × ~19 MiB. How many
+//! checks may run or wait is the gate's business (`auth::gate`).
 
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
-use argon2::Argon2;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+use argon2::{Algorithm, Argon2, Block, Params, PasswordHash, Version};
+use subtle::ConstantTimeEq;
 use tokio::sync::oneshot;
 
 /// Longest accepted password, in bytes (bounds the hashing work per attempt).
@@ -58,16 +61,61 @@ pub fn verify(password: &str, hash: &str) -> bool {
         .is_ok()
 }
 
-/// A valid hash of a password nobody knows: verifying against it when the user does
-/// not exist makes "no such user" take as long as "wrong password".
+/// A valid hash (argon2's default cost, as [`hash`] makes) of a random password
+/// that was thrown away: verifying against it when the user does not exist makes "no
+/// such user" take as long as "wrong password". Its result is never used. A constant,
+/// so that making it costs no argon2 run (nor its allocation) at start-up.
 pub fn dummy_hash() -> &'static str {
-    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    DUMMY.get_or_init(|| {
-        let mut random = [0u8; 24];
-        let _ = getrandom::fill(&mut random);
-        let password: String = random.iter().map(|b| format!("{b:02x}")).collect();
-        hash(&password).unwrap_or_default()
-    })
+    "$argon2id$v=19$m=19456,t=2,p=1$hbtnO8G5Xb+CvubwiQ4HLw$spZVGbcY9w7eX6OPmEScuovM70ffDb8Y4YFg6mvzYps"
+}
+
+/// [`verify`] with `memory` as argon2's working memory, kept for the next check
+/// (sized for the defaults [`hash`] uses; a costlier stored hash gets a temporary
+/// buffer).
+fn verify_with_memory(password: &str, hash: &str, memory: &mut Vec<Block>) -> bool {
+    if password.len() > MAX_PASSWORD_LEN {
+        return false;
+    }
+    let Ok(parsed) = PasswordHash::new(hash) else {
+        return false;
+    };
+    let (Some(salt), Some(expected)) = (&parsed.salt, &parsed.hash) else {
+        return false;
+    };
+    let Ok(algorithm) = Algorithm::try_from(parsed.algorithm.as_str()) else {
+        return false;
+    };
+    let version = match parsed.version.map(Version::try_from) {
+        None => Version::default(),
+        Some(Ok(v)) => v,
+        Some(Err(_)) => return false,
+    };
+    let Ok(params) = Params::try_from(&parsed) else {
+        return false;
+    };
+    let blocks = params.block_count();
+    if memory.is_empty() {
+        memory.resize(Params::default().block_count(), Block::new());
+    }
+    let mut temporary = Vec::new();
+    let memory = if blocks <= memory.len() {
+        &mut memory[..blocks]
+    } else {
+        temporary.resize(blocks, Block::new());
+        &mut temporary[..]
+    };
+    let mut out = [0u8; 64];
+    let Some(out) = out.get_mut(..expected.len()) else {
+        return false;
+    };
+    let argon2 = Argon2::new(algorithm, version, params);
+    if argon2
+        .hash_password_into_with_memory(password.as_bytes(), salt, out, memory)
+        .is_err()
+    {
+        return false;
+    }
+    bool::from(out.ct_eq(expected.as_bytes()))
 }
 
 /// One verification for a worker: `hash: None` verifies against [`dummy_hash`].
@@ -125,24 +173,24 @@ impl Verifier {
 }
 
 async fn blocking(job: Job) -> bool {
-    tokio::task::spawn_blocking(move || run(job.password, job.hash))
+    tokio::task::spawn_blocking(move || run(job.password, job.hash, &mut Vec::new()))
         .await
         .unwrap_or(false)
 }
 
-fn run(password: String, hash: Option<String>) -> bool {
+fn run(password: String, hash: Option<String>, memory: &mut Vec<Block>) -> bool {
     match hash {
-        Some(hash) => verify(&password, &hash),
+        Some(hash) => verify_with_memory(&password, &hash, memory),
         None => {
-            verify(&password, dummy_hash());
+            verify_with_memory(&password, dummy_hash(), memory);
             false
         }
     }
 }
 
 fn worker(jobs: &Mutex<mpsc::Receiver<Job>>) {
-    // Made here, off the runtime, before the first unknown user needs it.
-    let _ = dummy_hash();
+    // argon2's working memory, allocated by the first check and kept.
+    let mut memory = Vec::new();
     loop {
         let job = {
             let rx = jobs.lock().unwrap_or_else(|p| p.into_inner());
@@ -151,7 +199,7 @@ fn worker(jobs: &Mutex<mpsc::Receiver<Job>>) {
         let Ok(job) = job else {
             return;
         };
-        let ok = run(job.password, job.hash);
+        let ok = run(job.password, job.hash, &mut memory);
         let _ = job.reply.send(ok);
     }
 }
@@ -169,7 +217,37 @@ mod tests {
         assert!(!verify("correct horse", "not a hash"));
         assert_ne!(hash("correct horse").unwrap(), h, "salted");
         assert!(matches!(hash(""), Err(PasswordError::Empty)));
-        assert!(!dummy_hash().is_empty());
+        assert!(verify_with_memory("correct horse", &h, &mut Vec::new()));
+        assert!(!verify_with_memory("correct horsE", &h, &mut Vec::new()));
+        assert!(!verify_with_memory("x", "not a hash", &mut Vec::new()));
+        assert!(PasswordHash::new(dummy_hash()).is_ok());
+    }
+
+    #[test]
+    fn reused_memory_checks_every_cost() {
+        let mut memory = Vec::new();
+        let cheap = Argon2::new(
+            Algorithm::Argon2id,
+            Version::V0x13,
+            Params::new(1024, 1, 1, None).unwrap(),
+        )
+        .hash_password_with_salt(b"pw", b"0123456789abcdef")
+        .unwrap()
+        .to_string();
+        let costly = Argon2::new(
+            Algorithm::Argon2id,
+            Version::V0x13,
+            Params::new(Params::DEFAULT_M_COST * 2, 1, 1, None).unwrap(),
+        )
+        .hash_password_with_salt(b"pw", b"0123456789abcdef")
+        .unwrap()
+        .to_string();
+        for h in [&cheap, &costly, &cheap] {
+            assert!(verify_with_memory("pw", h, &mut memory), "{h}");
+            assert!(!verify_with_memory("pv", h, &mut memory));
+            assert!(verify("pw", h));
+        }
+        assert_eq!(memory.len(), Params::default().block_count());
     }
 
     #[tokio::test]

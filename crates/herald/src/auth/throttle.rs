@@ -73,15 +73,6 @@ impl LoginThrottle {
         ok(&addr_key(ip)) && user.is_none_or(|u| ok(&Key::User(u.to_string())))
     }
 
-    /// Whether `ip` failed to log in within the last [`REFILL`] or so (its bucket is
-    /// not full): the password-check gate serves such addresses last.
-    pub fn failed_recently(&self, ip: IpAddr, now: Instant) -> bool {
-        let buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        buckets
-            .get(&addr_key(ip))
-            .is_some_and(|b| b.level(now) < BURST)
-    }
-
     /// Records a failed attempt.
     pub fn failed(&self, ip: IpAddr, user: Option<&str>, now: Instant) {
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
@@ -119,8 +110,6 @@ mod tests {
             t.failed(ip, None, now);
         }
         assert!(!t.allowed(ip, None, now));
-        assert!(t.failed_recently(ip, now));
-        assert!(!t.failed_recently("192.0.2.2".parse().unwrap(), now));
         assert!(
             t.allowed("192.0.2.2".parse().unwrap(), None, now),
             "per address"
