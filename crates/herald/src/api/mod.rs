@@ -8,8 +8,9 @@
 //! (JSON, SSE and raw streams, polling), [`ws`] (WebSocket) and [`info`]
 //! (health, stats, config).
 //!
-//! Only this module knows ntfy's parameter names and HTTP framing; it turns requests
-//! into calls on [`crate::core::Herald`].
+//! Only this module knows ntfy's parameter names and HTTP routes; it turns requests
+//! into calls on [`crate::core::Herald`], and subscriptions into calls on the
+//! subscription core ([`crate::subscribe`]), whose bytes [`crate::wire`] lays out.
 
 pub mod account;
 pub mod actions;

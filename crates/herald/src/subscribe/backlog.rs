@@ -41,6 +41,11 @@ pub struct Backlog {
 }
 
 impl Backlog {
+    /// The backlog of `pages`, keeping what passes `filters`.
+    pub(crate) fn new(pages: HistoryPages, filters: Filters) -> Self {
+        Backlog { pages, filters }
+    }
+
     /// The next non-empty page of messages that pass the filters, or `None` when
     /// the backlog is complete.
     pub async fn next_page(&mut self) -> Result<Option<Vec<Message>>, ApiError> {
@@ -59,13 +64,6 @@ impl Backlog {
     }
 }
 
-impl Backlog {
-    /// The backlog of `pages`, keeping what passes `filters`.
-    pub(crate) fn new(pages: HistoryPages, filters: Filters) -> Self {
-        Backlog { pages, filters }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -81,7 +79,9 @@ mod tests {
             resolve_since(&SinceParam::Unset, false, now, 3600),
             Since::None
         );
-        let recent = crate::model::MessageId::generate_at((now as u64 - 10) * 1000).into_string();
+        // Not `generate_at`: it is monotonic over the whole test process, so another
+        // test's later ID would move this one's time.
+        let recent = crate::model::MessageId::floor_at((now as u64 - 10) * 1000);
         assert_eq!(
             resolve_since(&SinceParam::Id(recent.clone()), false, now, 3600),
             Since::AfterId(recent)
