@@ -716,6 +716,38 @@ mod tests {
     }
 
     #[test]
+    fn wrapping_framings_are_cached_and_wrap_the_cached_inner_bytes() {
+        let e = event("t", "hi");
+        for framing in [
+            Framing::JsonChunk,
+            Framing::SseChunk,
+            Framing::RawChunk,
+            Framing::WsFrame,
+        ] {
+            let first = e.encoded(framing).as_ptr();
+            assert_eq!(e.encoded(framing).as_ptr(), first, "{framing:?} rebuilt");
+        }
+        assert_eq!(
+            e.encoded(Framing::JsonChunk),
+            &wire::http_chunk(e.json_line())
+        );
+        assert_eq!(
+            e.encoded(Framing::SseChunk),
+            &wire::http_chunk(e.sse_frame())
+        );
+        assert_eq!(
+            e.encoded(Framing::RawChunk),
+            &wire::http_chunk(e.raw_line())
+        );
+        assert_eq!(
+            e.encoded(Framing::WsFrame),
+            &wire::ws::frame(wire::ws::OP_TEXT, e.ws_text())
+        );
+        let json = e.json_line().strip_suffix(b"\n").unwrap_or_default();
+        assert_eq!(&e.sse_frame()[6..6 + json.len()], json);
+    }
+
+    #[test]
     fn encodings_match_ntfy_framing() {
         let mut m = Message::new(EventKind::Message, "t");
         m.id = "abcdefghijkl".into();
