@@ -7,7 +7,7 @@
 //! reverse proxy (`behind-proxy`), the client address comes from the proxy's header.
 //! Each visitor has a request bucket (ntfy's burst 60, then one per 5 s), a daily
 //! message count, a bucket for creating new topics, and (in
-//! [`crate::api::subscribe::SubscriptionSlots`]) its open subscriptions. Exempt
+//! [`crate::subscribe::SubscriptionSlots`]) its open subscriptions. Exempt
 //! hosts skip every visitor limit.
 //!
 //! Memory stays bounded however many addresses show up: the registry is sharded,
