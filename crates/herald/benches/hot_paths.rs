@@ -54,10 +54,11 @@ use std::time::{Duration, Instant};
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use herald::api::params::{ParamSource, PublishLimits, parse_publish};
-use herald::hub::{CloseReason, DeliverOutcome, Framing, Hub, Registration, SharedEvent, Sink};
+use herald::hub::{CloseReason, DeliverOutcome, Hub, Registration, SharedEvent, Sink};
 use herald::model::{EventKind, Message};
 use herald::store::Store;
 use herald::store::sqlite::{SqliteOptions, SqliteStore, SyncMode};
+use herald::wire::Framing;
 
 // ---------------------------------------------------------------------------------
 // Shared fixtures

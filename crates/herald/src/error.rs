@@ -106,6 +106,10 @@ api_errors! {
     USERNAME_INVALID = (400, 40046, "invalid username");
     USER_EXISTS = (409, 40901, "conflict: user already exists");
     TOO_MANY_AUTH_FAILURES = (429, 42909, "limit reached: too many auth failures", LINK_LIMITS);
+    // Too many password checks waiting (auth::gate). ntfy's generic rate-limit code,
+    // not 42909: nothing failed, the same request may well succeed in a moment. The
+    // text differs from 42901's so the two can be told apart (metrics, Retry-After).
+    PASSWORD_CHECKS_BUSY = (429, 42901, "limit reached: too many requests, password checks busy", LINK_LIMITS);
 }
 
 impl ApiError {

@@ -22,30 +22,8 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use bytes::Bytes;
 use tokio::sync::Notify;
 
-use crate::model::{EventKind, Message};
-
-/// The wire encodings of an event, one per transport and framing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Framing {
-    /// `/json`: `{...}\n`.
-    JsonLine,
-    /// `/sse`: `data: {...}\n\n` (with an `event:` line for non-message events).
-    SseFrame,
-    /// `/raw`: the message text and `\n`.
-    RawLine,
-    /// WebSocket text payload: the full JSON (ntfy keeps `sequence_id` here).
-    WsText,
-    /// `JsonLine` as an HTTP/1.1 chunk (`<len>\r\n...\r\n`).
-    JsonChunk,
-    /// `SseFrame` as an HTTP/1.1 chunk.
-    SseChunk,
-    /// `RawLine` as an HTTP/1.1 chunk.
-    RawChunk,
-    /// `WsText` as a complete WebSocket text frame (server frames are unmasked).
-    WsFrame,
-}
-
-const FRAMINGS: usize = 8;
+use crate::model::Message;
+use crate::wire::{self, FRAMINGS, Framing};
 
 /// An event being delivered, with its wire encodings computed lazily and shared:
 /// each is built at most once, however many subscribers receive the event.
@@ -79,17 +57,12 @@ impl SharedEvent {
         })
     }
 
-    /// The event in `framing`, built on first use.
+    /// The event in `framing` ([`crate::wire`]), built on first use; a wrapping
+    /// framing reuses the cached bytes it wraps.
     pub fn encoded(&self, framing: Framing) -> &Bytes {
-        self.encoded[framing as usize].get_or_init(|| match framing {
-            Framing::JsonLine => encode_json_line(&self.message),
-            Framing::SseFrame => encode_sse_frame(&self.message, self.json_line()),
-            Framing::RawLine => encode_raw_line(&self.message),
-            Framing::WsText => Bytes::from(serde_json::to_vec(&self.message).unwrap_or_default()),
-            Framing::JsonChunk => http_chunk(self.json_line()),
-            Framing::SseChunk => http_chunk(self.sse_frame()),
-            Framing::RawChunk => http_chunk(self.raw_line()),
-            Framing::WsFrame => ws_text_frame(self.ws_text()),
+        self.encoded[framing as usize].get_or_init(|| {
+            let inner = framing.inner().map(|inner| self.encoded(inner));
+            wire::encode(&self.message, framing, inner.map_or(&[][..], |b| &b[..]))
         })
     }
 
@@ -111,72 +84,6 @@ impl SharedEvent {
     /// WebSocket text payload.
     pub fn ws_text(&self) -> &Bytes {
         self.encoded(Framing::WsText)
-    }
-}
-
-/// `data` as one HTTP/1.1 chunk of a chunked response body.
-pub fn http_chunk(data: &[u8]) -> Bytes {
-    let mut buf = Vec::with_capacity(data.len() + 12);
-    buf.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-    buf.extend_from_slice(data);
-    buf.extend_from_slice(b"\r\n");
-    Bytes::from(buf)
-}
-
-/// `payload` as an unmasked, unfragmented WebSocket text frame (RFC 6455 §5.2).
-pub fn ws_text_frame(payload: &[u8]) -> Bytes {
-    ws_frame(0x1, payload)
-}
-
-/// An unmasked, final WebSocket frame with `opcode`.
-pub fn ws_frame(opcode: u8, payload: &[u8]) -> Bytes {
-    let mut buf = Vec::with_capacity(payload.len() + 10);
-    buf.push(0x80 | opcode);
-    match payload.len() {
-        n if n < 126 => buf.push(n as u8),
-        n if n <= u16::MAX as usize => {
-            buf.push(126);
-            buf.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            buf.push(127);
-            buf.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    buf.extend_from_slice(payload);
-    Bytes::from(buf)
-}
-
-/// `message` as a JSON line in ntfy's `ForJSON` form.
-pub fn encode_json_line(message: &Message) -> Bytes {
-    let mut buf = serde_json::to_vec(&message.for_json()).unwrap_or_default();
-    buf.push(b'\n');
-    Bytes::from(buf)
-}
-
-/// `message` as an SSE frame, given its JSON line.
-pub fn encode_sse_frame(message: &Message, json_line: &[u8]) -> Bytes {
-    let json = json_line.strip_suffix(b"\n").unwrap_or(json_line);
-    let mut buf = Vec::with_capacity(json.len() + 32);
-    if !message.event.is_content() {
-        buf.extend_from_slice(b"event: ");
-        buf.extend_from_slice(message.event.as_str().as_bytes());
-        buf.push(b'\n');
-    }
-    buf.extend_from_slice(b"data: ");
-    buf.extend_from_slice(json);
-    buf.extend_from_slice(b"\n\n");
-    Bytes::from(buf)
-}
-
-/// `message` as a raw line: its text with newlines flattened, or empty.
-pub fn encode_raw_line(message: &Message) -> Bytes {
-    if message.event == EventKind::Message {
-        let mut line = message.message.replace('\n', " ");
-        line.push('\n');
-        Bytes::from(line)
-    } else {
-        Bytes::from_static(b"\n")
     }
 }
 
@@ -710,6 +617,7 @@ fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::EventKind;
 
     fn event(topic: &str, text: &str) -> Arc<SharedEvent> {
         let mut m = Message::new(EventKind::Message, topic);
@@ -805,6 +713,38 @@ mod tests {
         assert_eq!(out.len(), 1);
         hub.close_all(CloseReason::Shutdown);
         assert_eq!(s.next_batch(&mut out).await, Err(CloseReason::Shutdown));
+    }
+
+    #[test]
+    fn wrapping_framings_are_cached_and_wrap_the_cached_inner_bytes() {
+        let e = event("t", "hi");
+        for framing in [
+            Framing::JsonChunk,
+            Framing::SseChunk,
+            Framing::RawChunk,
+            Framing::WsFrame,
+        ] {
+            let first = e.encoded(framing).as_ptr();
+            assert_eq!(e.encoded(framing).as_ptr(), first, "{framing:?} rebuilt");
+        }
+        assert_eq!(
+            e.encoded(Framing::JsonChunk),
+            &wire::http_chunk(e.json_line())
+        );
+        assert_eq!(
+            e.encoded(Framing::SseChunk),
+            &wire::http_chunk(e.sse_frame())
+        );
+        assert_eq!(
+            e.encoded(Framing::RawChunk),
+            &wire::http_chunk(e.raw_line())
+        );
+        assert_eq!(
+            e.encoded(Framing::WsFrame),
+            &wire::ws::frame(wire::ws::OP_TEXT, e.ws_text())
+        );
+        let json = e.json_line().strip_suffix(b"\n").unwrap_or_default();
+        assert_eq!(&e.sse_frame()[6..6 + json.len()], json);
     }
 
     #[test]

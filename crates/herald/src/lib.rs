@@ -12,6 +12,10 @@
 //! - [`cluster`]: the Redis plumbing every cluster-mode (`redis-url`) part shares.
 //! - [`core`]: the `Herald` handle the transports call: publish, subscribe, poll,
 //!   plus the scheduler and the expiry sweep.
+//! - [`subscribe`]: the subscription core every stream path shares: request
+//!   validation, filters, backlog replay, slots, keepalive policy.
+//! - [`wire`]: every byte layout written to a subscriber (JSON/SSE/raw, HTTP chunks,
+//!   WebSocket frames).
 //! - [`listener`]: the accept loop; serves streaming subscriptions on the socket
 //!   itself and hands every other request to the API.
 //! - [`api`]: the ntfy-compatible HTTP surface (publish, JSON/SSE/raw/WebSocket streams).
@@ -45,6 +49,8 @@ pub mod model;
 pub mod otel;
 pub mod server;
 pub mod store;
+pub mod subscribe;
 pub mod telemetry;
 pub mod time;
 pub mod webhook;
+pub mod wire;

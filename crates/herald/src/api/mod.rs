@@ -8,8 +8,9 @@
 //! (JSON, SSE and raw streams, polling), [`ws`] (WebSocket) and [`info`]
 //! (health, stats, config).
 //!
-//! Only this module knows ntfy's parameter names and HTTP framing; it turns requests
-//! into calls on [`crate::core::Herald`].
+//! Only this module knows ntfy's parameter names and HTTP routes; it turns requests
+//! into calls on [`crate::core::Herald`], and subscriptions into calls on the
+//! subscription core ([`crate::subscribe`]), whose bytes [`crate::wire`] lays out.
 
 pub mod account;
 pub mod actions;
@@ -30,16 +31,16 @@ use axum::response::Response;
 
 use crate::core::Herald;
 use crate::error::ApiError;
-use crate::hub::Transport;
 use crate::limits::{self, Charge, Limits};
 use crate::model::{EventKind, topic};
 use crate::telemetry::{Metrics, StoreMetrics};
+pub use crate::wire::StreamFormat;
 
 /// State shared by all handlers.
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub herald: Arc<Herald>,
-    pub slots: Arc<subscribe::SubscriptionSlots>,
+    pub slots: Arc<crate::subscribe::SubscriptionSlots>,
     pub limits: Arc<Limits>,
     pub metrics: Arc<Metrics>,
     /// Whether `GET /metrics` is served here (not when `metrics-listen-http` is set).
@@ -67,12 +68,22 @@ impl AppState {
         ));
         AppState {
             herald,
-            slots: Arc::new(subscribe::SubscriptionSlots::new(limit)),
+            slots: Arc::new(crate::subscribe::SubscriptionSlots::new(limit)),
             limits,
             metrics,
             metrics_on_main,
             webhooks: None,
             auth: Arc::new(crate::auth::Authorizer::disabled()),
+        }
+    }
+
+    /// What the subscription core needs of this state, lent for one request.
+    pub fn streams(&self) -> crate::subscribe::Streams<'_> {
+        crate::subscribe::Streams {
+            herald: &self.herald,
+            auth: &self.auth,
+            limits: &self.limits,
+            slots: &self.slots,
         }
     }
 
@@ -86,27 +97,6 @@ impl AppState {
 /// The whole HTTP surface as one router.
 pub fn router(state: AppState) -> Router {
     Router::new().fallback(dispatch).with_state(state)
-}
-
-/// What a `GET /<topics>/<x>` asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StreamFormat {
-    Json,
-    Sse,
-    Raw,
-    Ws,
-}
-
-impl StreamFormat {
-    /// The hub transport this format is counted under.
-    pub fn transport(self) -> Transport {
-        match self {
-            StreamFormat::Json => Transport::Json,
-            StreamFormat::Sse => Transport::Sse,
-            StreamFormat::Raw => Transport::Raw,
-            StreamFormat::Ws => Transport::Ws,
-        }
-    }
 }
 
 /// ntfy's route table, in its order of evaluation.
@@ -254,20 +244,8 @@ fn is_topic_list(s: &str) -> bool {
 
 /// Splits and checks a topic list against the disallowed names (ntfy `topicsFromIDs`).
 pub fn parse_topics(state: &AppState, list: &str) -> Result<Vec<String>, ApiError> {
-    let mut topics = Vec::new();
-    for name in list.split(',') {
-        if !topic::is_valid_name(name) {
-            return Err(ApiError::TOPIC_INVALID);
-        }
-        if topic::DEFAULT_DISALLOWED_TOPICS.contains(&name) {
-            return Err(ApiError::TOPIC_DISALLOWED);
-        }
-        if !topics.iter().any(|t| t == name) {
-            topics.push(name.to_string());
-        }
-    }
     let _ = state;
-    Ok(topics)
+    Ok(crate::subscribe::parse_topic_list(list)?)
 }
 
 /// A JSON response with ntfy's content type, newline-terminated.

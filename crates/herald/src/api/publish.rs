@@ -16,8 +16,8 @@ use super::params::{ParamSource, PublishLimits, parse_json_publish, parse_publis
 use super::{AppState, json_response, parse_topics, query_pairs};
 use crate::auth::{Permission, Principal};
 use crate::error::ApiError;
-use crate::hub::encode_json_line;
 use crate::model::{Attachment, EventKind, Message, now_unix};
+use crate::wire::json_line as encode_json_line;
 
 /// Text of a message published without any text (ntfy's `emptyMessageBody`).
 const EMPTY_MESSAGE: &str = "triggered";

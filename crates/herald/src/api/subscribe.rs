@@ -6,8 +6,7 @@
 //! are sent once. After the `open` event and the backlog, the stream writes whatever
 //! the hub has queued for it, several events per write when several are waiting.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::collections::HashSet;
 
 use axum::body::{Body, Bytes};
 use axum::extract::Request;
@@ -15,144 +14,18 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 use futures_util::{StreamExt, stream};
 
-use super::params::{Filters, ParamSource, SinceParam, SubscribeParams, parse_subscribe};
-use super::{AppState, StreamFormat, parse_topics, query_pairs};
-use crate::auth::{Permission, Principal};
-use crate::core::{HISTORY_RETRY_AFTER, HistoryPages};
+use super::params::{ParamSource, parse_subscribe};
+use super::{AppState, query_pairs};
+use crate::auth::Principal;
+use crate::core::HISTORY_RETRY_AFTER;
 use crate::error::ApiError;
 use crate::hub::{Delivery, SharedEvent, Subscription};
-use crate::limits::shared::SharedSlot;
-use crate::limits::{Refusal, Visitor, VisitorKey};
-use crate::model::{EventKind, Message, id as message_id, now_unix};
-use crate::store::{Query, Since};
+use crate::limits::Visitor;
+use crate::model::{EventKind, Message, now_unix};
+use crate::subscribe::{Backlog, Filters, SlotGuard, SubscribeRequest};
+use crate::wire::StreamFormat;
 
-/// Open streams per visitor (see [`crate::limits`] for who a visitor is), enforcing
-/// `visitor-subscription-limit`. Exempt visitors are not counted.
-#[derive(Debug)]
-pub struct SubscriptionSlots {
-    limit: usize,
-    per_visitor: Mutex<HashMap<VisitorKey, usize>>,
-}
-
-impl SubscriptionSlots {
-    /// Slots for at most `limit` open streams per visitor.
-    pub fn new(limit: usize) -> Self {
-        SubscriptionSlots {
-            limit,
-            per_visitor: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// Takes a slot for `visitor`, or `429 42903` if it has `limit` open already.
-    pub fn acquire(self: &Arc<Self>, visitor: &Visitor) -> Result<SlotGuard, ApiError> {
-        if visitor.exempt {
-            return Ok(SlotGuard {
-                slots: self.clone(),
-                visitor: None,
-                _shared: None,
-            });
-        }
-        let mut map = self.per_visitor.lock().unwrap_or_else(|p| p.into_inner());
-        let count = map.entry(visitor.key.clone()).or_insert(0);
-        if *count >= self.limit {
-            if *count == 0 {
-                map.remove(&visitor.key);
-            }
-            return Err(ApiError::TOO_MANY_SUBSCRIPTIONS);
-        }
-        *count += 1;
-        Ok(SlotGuard {
-            slots: self.clone(),
-            visitor: Some(visitor.key.clone()),
-            _shared: None,
-        })
-    }
-
-    /// A guard that holds nothing yet: the direct path's placeholder until the
-    /// shared limits give the slot.
-    pub fn shared_pending(self: &Arc<Self>) -> SlotGuard {
-        SlotGuard {
-            slots: self.clone(),
-            visitor: None,
-            _shared: None,
-        }
-    }
-
-    /// A guard for a slot the cluster's shared limits gave (nothing counted here).
-    pub fn shared_guard(self: &Arc<Self>, slot: SharedSlot) -> SlotGuard {
-        SlotGuard {
-            slots: self.clone(),
-            visitor: None,
-            _shared: Some(slot),
-        }
-    }
-}
-
-/// A stream's slot and its new topics' tokens, on the cluster's shared limits (one
-/// round trip) or this node's; refused with the limit's `Retry-After`.
-pub async fn admit_stream(
-    state: &AppState,
-    visitor: &Visitor,
-    topics: &[String],
-) -> Result<SlotGuard, Refusal> {
-    let new_topics = new_topic_count(state, topics);
-    if state.limits.is_shared()
-        && let Some(admitted) = state
-            .limits
-            .open_stream_shared(visitor, false, new_topics)
-            .await
-    {
-        return admitted.map(|slot| state.slots.shared_guard(slot));
-    }
-    let slot = state.slots.acquire(visitor)?;
-    state.limits.admit_new_topics(visitor, new_topics)?;
-    Ok(slot)
-}
-
-/// Releases its visitor's slot when the stream ends.
-#[derive(Debug)]
-pub struct SlotGuard {
-    slots: Arc<SubscriptionSlots>,
-    /// `None` for an exempt visitor (nothing was counted) or a shared slot.
-    visitor: Option<VisitorKey>,
-    /// Cluster mode: the slot in the shared limits, released when dropped.
-    _shared: Option<SharedSlot>,
-}
-
-impl Drop for SlotGuard {
-    fn drop(&mut self) {
-        let Some(visitor) = &self.visitor else {
-            return;
-        };
-        let mut map = self
-            .slots
-            .per_visitor
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(count) = map.get_mut(visitor) {
-            *count -= 1;
-            if *count == 0 {
-                map.remove(visitor);
-            }
-        }
-    }
-}
-
-/// How many of `topics` have no subscribers yet (subscribing creates them).
-pub fn new_topic_count(state: &AppState, topics: &[String]) -> usize {
-    let hub = &state.herald.hub;
-    topics.iter().filter(|t| !hub.has_topic(t)).count()
-}
-
-/// Parsed subscribe request common to every transport.
-pub struct SubscribeRequest {
-    pub topics: Vec<String>,
-    /// The topic path segment as given (`a,b`): the `topic` of `open` and `keepalive`.
-    pub topic_label: String,
-    pub params: SubscribeParams,
-}
-
-/// Validates topics and parameters of a subscribe request.
+/// Validates a subscribe request's topics and parameters.
 pub fn parse_request(
     state: &AppState,
     req: &Request,
@@ -171,98 +44,9 @@ pub fn parse_parts(
     topics: &str,
     principal: &Principal,
 ) -> Result<SubscribeRequest, ApiError> {
-    if state.herald.is_draining() {
-        return Err(ApiError::UNAVAILABLE);
-    }
-    let topic_list = parse_topics(state, topics)?;
-    // Every topic of a multi-topic subscription must be readable.
-    state
-        .auth
-        .authorize_all(principal, &topic_list, Permission::Read)?;
-    let hub = &state.herald.hub;
-    let new_topics = new_topic_count(state, &topic_list);
-    if new_topics > 0 && hub.topic_count() + new_topics > state.herald.config.global_topic_limit {
-        return Err(ApiError::TOO_MANY_TOPICS);
-    }
-    let src = ParamSource { headers, query };
-    let params = parse_subscribe(&src, now_unix())?;
-    Ok(SubscribeRequest {
-        topics: topic_list,
-        topic_label: topics.to_string(),
-        params,
+    state.streams().validate(principal, topics, || {
+        parse_subscribe(&ParamSource { headers, query }, now_unix())
     })
-}
-
-/// Turns `since=` into a store query bound. An ID that herald could have issued
-/// recently (its embedded time is within the retention window) selects what came
-/// after it, even if that message is gone; any other ID selects everything, as ntfy
-/// does for unknown IDs.
-pub fn resolve_since(since: &SinceParam, poll: bool, now: i64, cache_secs: i64) -> Since {
-    match since {
-        SinceParam::Unset if poll => Since::All,
-        SinceParam::Unset | SinceParam::None => Since::None,
-        SinceParam::All => Since::All,
-        SinceParam::Latest => Since::Latest,
-        SinceParam::Time(t) => Since::Time(*t),
-        SinceParam::Id(id) => {
-            let plausible = message_id::timestamp_ms(id).is_some_and(|ms| {
-                let secs = (ms / 1000) as i64;
-                secs >= now - cache_secs - 86_400 && secs <= now + 60
-            });
-            if plausible {
-                Since::AfterId(id.clone())
-            } else {
-                Since::All
-            }
-        }
-    }
-}
-
-/// Starts reading the backlog a subscriber asked for, a page at a time.
-pub async fn backlog(
-    state: &AppState,
-    req: &SubscribeRequest,
-    poll: bool,
-) -> Result<Backlog, ApiError> {
-    let cache_secs = state.herald.config.cache_duration.as_secs() as i64;
-    let since = resolve_since(&req.params.since, poll, now_unix(), cache_secs);
-    let pages = state
-        .herald
-        .history_pages(Query {
-            topics: req.topics.clone(),
-            since,
-            include_scheduled: req.params.scheduled,
-        })
-        .await?;
-    Ok(Backlog {
-        pages,
-        filters: req.params.filters.clone(),
-    })
-}
-
-/// A subscriber's backlog being read: the history pages, filtered by its `Filters`.
-pub struct Backlog {
-    pages: HistoryPages,
-    filters: Filters,
-}
-
-impl Backlog {
-    /// The next non-empty page of messages that pass the filters, or `None` when
-    /// the backlog is complete.
-    pub async fn next_page(&mut self) -> Result<Option<Vec<Message>>, ApiError> {
-        while let Some(mut page) = self.pages.next_page().await? {
-            page.retain(|m| self.filters.pass(m));
-            if !page.is_empty() {
-                return Ok(Some(page));
-            }
-        }
-        Ok(None)
-    }
-
-    /// Whether every page has been read.
-    pub fn is_finished(&self) -> bool {
-        self.pages.is_finished()
-    }
 }
 
 /// The answer to a failed backlog read: a read refused for want of a
@@ -283,26 +67,9 @@ pub fn backlog_error_response(error: ApiError) -> Response {
 fn frame_page(messages: Vec<Message>, format: StreamFormat) -> Vec<u8> {
     let mut out = Vec::new();
     for m in messages {
-        out.extend_from_slice(framed(&SharedEvent::new(m), format));
+        out.extend_from_slice(SharedEvent::new(m).encoded(format.body_framing()));
     }
     out
-}
-
-fn content_type(format: StreamFormat) -> &'static str {
-    match format {
-        StreamFormat::Json | StreamFormat::Ws => "application/x-ndjson; charset=utf-8",
-        StreamFormat::Sse => "text/event-stream; charset=utf-8",
-        StreamFormat::Raw => "text/plain; charset=utf-8",
-    }
-}
-
-/// The bytes of `event` in `format`'s framing (shared, not copied).
-fn framed(event: &SharedEvent, format: StreamFormat) -> &Bytes {
-    match format {
-        StreamFormat::Json | StreamFormat::Ws => event.json_line(),
-        StreamFormat::Sse => event.sse_frame(),
-        StreamFormat::Raw => event.raw_line(),
-    }
 }
 
 /// `GET /<topics>/json|sse|raw`, streaming or polling.
@@ -318,12 +85,12 @@ pub async fn subscribe(
         return poll(state, &sub_req, format).await;
     }
 
-    let slot = match admit_stream(state, visitor, &sub_req.topics).await {
+    let slot = match state.streams().admit(visitor, &sub_req.topics).await {
         Ok(slot) => slot,
         Err(refusal) => return Ok(state.limits.refusal_response(refusal, visitor)),
     };
     let subscription = state.herald.subscribe(&sub_req.topics, format.transport());
-    let mut history = match backlog(state, &sub_req, false).await {
+    let mut history = match state.streams().backlog(&sub_req, false).await {
         Ok(history) => history,
         Err(e) => return Ok(backlog_error_response(e)),
     };
@@ -332,14 +99,13 @@ pub async fn subscribe(
     let page = history.next_page().await?;
 
     let mut first = Vec::new();
-    first.extend_from_slice(framed(
-        &SharedEvent::new(Message::new(EventKind::Open, sub_req.topic_label.clone())),
-        format,
-    ));
+    let framing = format.body_framing();
+    let open = SharedEvent::new(Message::new(EventKind::Open, sub_req.topic_label.clone()));
+    first.extend_from_slice(open.encoded(framing));
     let mut seen = HashSet::new();
     for m in page.into_iter().flatten() {
         seen.insert(m.id.clone());
-        first.extend_from_slice(framed(&SharedEvent::new(m), format));
+        first.extend_from_slice(SharedEvent::new(m).encoded(framing));
     }
     let stream_state = LiveStream {
         subscription,
@@ -369,7 +135,7 @@ async fn poll(
     sub_req: &SubscribeRequest,
     format: StreamFormat,
 ) -> Result<Response, ApiError> {
-    let mut history = match backlog(state, sub_req, true).await {
+    let mut history = match state.streams().backlog(sub_req, true).await {
         Ok(history) => history,
         Err(e) => return Ok(backlog_error_response(e)),
     };
@@ -400,7 +166,7 @@ fn stream_response(format: StreamFormat, body: Body) -> Response {
     let headers = resp.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static(content_type(format)),
+        HeaderValue::from_static(format.content_type()),
     );
     if format == StreamFormat::Sse {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
@@ -456,13 +222,17 @@ impl LiveStream {
                             continue;
                         }
                         if self.filters.pass(&event.message) {
-                            parts.push(framed(&event, self.format).clone());
+                            parts.push(event.encoded(self.format.body_framing()).clone());
                         }
                     }
                     Delivery::Keepalive => {
                         let keepalive =
                             Message::new(EventKind::Keepalive, self.topic_label.clone());
-                        parts.push(framed(&SharedEvent::new(keepalive), self.format).clone());
+                        parts.push(
+                            SharedEvent::new(keepalive)
+                                .encoded(self.format.body_framing())
+                                .clone(),
+                        );
                     }
                 }
             }
@@ -472,58 +242,5 @@ impl LiveStream {
                 _ => return Some(Bytes::from(parts.concat())),
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn since_resolution() {
-        let now = 2_000_000_000;
-        assert_eq!(
-            resolve_since(&SinceParam::Unset, true, now, 3600),
-            Since::All
-        );
-        assert_eq!(
-            resolve_since(&SinceParam::Unset, false, now, 3600),
-            Since::None
-        );
-        let recent = crate::model::MessageId::generate_at((now as u64 - 10) * 1000).into_string();
-        assert_eq!(
-            resolve_since(&SinceParam::Id(recent.clone()), false, now, 3600),
-            Since::AfterId(recent)
-        );
-        // An ID that herald did not issue in the retention window: everything.
-        assert_eq!(
-            resolve_since(&SinceParam::Id("zzzzzzzzzzzz".into()), false, now, 3600),
-            Since::All
-        );
-    }
-
-    #[test]
-    fn slots_limit_per_visitor() {
-        let slots = Arc::new(SubscriptionSlots::new(2));
-        let visitor = |key, exempt| Visitor {
-            key: VisitorKey::V4(key),
-            exempt,
-        };
-        let v = visitor(1, false);
-        let a = slots.acquire(&v).unwrap();
-        let _b = slots.acquire(&v).unwrap();
-        assert!(slots.acquire(&v).is_err());
-        assert!(slots.acquire(&visitor(2, false)).is_ok());
-        drop(a);
-        assert!(slots.acquire(&v).is_ok());
-        // Exempt visitors are never refused and not counted.
-        let exempt = visitor(3, true);
-        let held: Vec<_> = (0..10).map(|_| slots.acquire(&exempt).unwrap()).collect();
-        drop(held);
-        assert!(slots.per_visitor.lock().unwrap().get(&exempt.key).is_none());
-        // A refused visitor with a limit of 0 leaves no entry behind.
-        let none = Arc::new(SubscriptionSlots::new(0));
-        assert!(none.acquire(&v).is_err());
-        assert!(none.per_visitor.lock().unwrap().is_empty());
     }
 }

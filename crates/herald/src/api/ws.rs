@@ -15,19 +15,17 @@ use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
 
 use super::AppState;
-use super::params::Filters;
-use super::subscribe::{Backlog, SlotGuard, backlog, backlog_error_response, parse_request};
+use super::subscribe::{backlog_error_response, parse_request};
 use crate::error::ApiError;
 use crate::hub::{CloseReason, Delivery, SharedEvent, Subscription};
 use crate::limits::Visitor;
 use crate::model::{EventKind, Message};
+use crate::subscribe::{Backlog, Filters, SlotGuard, peer_is_gone};
 
 /// Read buffer: clients only send pongs and close frames.
 const READ_BUFFER: usize = 1024;
 /// Largest frame a client may send (ntfy allows 64 bytes; pings with payload fit).
 const MAX_INCOMING: usize = 4096;
-/// How long a peer may stay silent beyond one keepalive interval (ntfy: +15 s).
-const PONG_GRACE: Duration = Duration::from_secs(15);
 
 /// `GET /<topics>/ws`.
 pub async fn subscribe(
@@ -37,16 +35,13 @@ pub async fn subscribe(
     visitor: &Visitor,
 ) -> Result<Response, ApiError> {
     // ntfy authorizes the topics before looking at the upgrade.
-    if state.auth.is_enabled() {
+    {
         let anonymous = crate::auth::Principal::anonymous();
         let principal = req
             .extensions()
             .get::<crate::auth::Principal>()
             .unwrap_or(&anonymous);
-        let list = super::parse_topics(state, topics)?;
-        state
-            .auth
-            .authorize_all(principal, &list, crate::auth::Permission::Read)?;
+        state.streams().authorize_read(principal, topics)?;
     }
     let (mut parts, body) = req.into_parts();
     // Like ntfy, a request that is not a WebSocket upgrade is refused before the
@@ -58,7 +53,7 @@ pub async fn subscribe(
     let key_is_valid = parts
         .headers
         .get(axum::http::header::SEC_WEBSOCKET_KEY)
-        .is_some_and(|k| crate::listener::wsframe::websocket_key_is_valid(k.as_bytes()));
+        .is_some_and(|k| crate::wire::ws::websocket_key_is_valid(k.as_bytes()));
     if !key_is_valid {
         return Err(ApiError::WEBSOCKET_REQUIRED
             .with_detail("Sec-WebSocket-Key must be the base64 encoding of 16 bytes"));
@@ -70,14 +65,14 @@ pub async fn subscribe(
         .cloned();
     let req = Request::from_parts(parts, body);
     let sub_req = parse_request(state, &req, topics)?;
-    let slot = match super::subscribe::admit_stream(state, visitor, &sub_req.topics).await {
+    let slot = match state.streams().admit(visitor, &sub_req.topics).await {
         Ok(slot) => slot,
         Err(refusal) => return Ok(state.limits.refusal_response(refusal, visitor)),
     };
     let subscription = state
         .herald
         .subscribe(&sub_req.topics, crate::hub::Transport::Ws);
-    let history = match backlog(state, &sub_req, false).await {
+    let history = match state.streams().backlog(&sub_req, false).await {
         Ok(history) => history,
         Err(e) => return Ok(backlog_error_response(e)),
     };
@@ -101,7 +96,7 @@ pub async fn subscribe(
 }
 
 /// The close code RFC 6455 names for a peer's broken frames (as the direct path
-/// answers them, `listener::wsframe`), or `None` when the connection itself failed.
+/// answers them, `wire::ws`), or `None` when the connection itself failed.
 fn failure_close_code(error: axum::Error) -> Option<u16> {
     use tungstenite::Error;
     match error.into_inner().downcast::<Error>().ok().as_deref()? {
@@ -191,7 +186,7 @@ impl Session {
                                 text_frame(&event)
                             }
                             Delivery::Keepalive => {
-                                if last_heard.elapsed() > self.keepalive + PONG_GRACE {
+                                if peer_is_gone(last_heard.elapsed(), self.keepalive) {
                                     tracing::debug!("websocket peer silent, closing");
                                     return;
                                 }

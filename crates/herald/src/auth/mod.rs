@@ -13,7 +13,9 @@
 //! - [`acl`] is pattern matching and ntfy's precedence; [`credentials`] reads
 //!   `Authorization` and `?auth=` as ntfy does; [`password`] (argon2id, run off the
 //!   runtime threads) and [`token`] (`tk_...`, stored as SHA-256 digests, compared in
-//!   constant time); [`throttle`] limits failed logins per address and per user name.
+//!   constant time); [`throttle`] limits failed logins per address and per user name;
+//!   [`gate`] bounds the argon2 checks running and waiting (fair per address, `429`
+//!   when full), and recently verified passwords skip argon2 altogether.
 //! - [`cli`]: `herald user`, `herald access`, `herald token`.
 //!
 //! Secrets (passwords, tokens, hashes) never appear in logs, errors or `Debug`
@@ -22,6 +24,7 @@
 pub mod acl;
 pub mod cli;
 pub mod credentials;
+pub mod gate;
 pub mod password;
 pub mod redis;
 pub mod sqlite;
@@ -33,7 +36,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::http::HeaderMap;
 use sha2::{Digest as _, Sha256};
@@ -281,6 +284,14 @@ impl Snapshot {
 const TOUCH_INTERVAL_SECS: i64 = 300;
 /// Most remembered password verifications (one per user).
 const MAX_VERIFIED: usize = 10_000;
+/// How long a verified password is remembered after its last use. Long enough that
+/// a client repeating its credentials (a script publishing, a reconnecting
+/// subscriber) never waits for argon2, short enough that a cached result does not
+/// outlive the session that made it by much.
+pub const VERIFIED_TTL: Duration = Duration::from_secs(60);
+/// Password checks that may wait for a slot, per slot (see [`gate`]): on 2 cores, 8
+/// waiting, i.e. well under a second of argon2 work ahead of any admitted login.
+const QUEUE_PER_SLOT: usize = 4;
 
 /// Authentication and authorization for every transport.
 #[derive(Debug, Default)]
@@ -296,17 +307,18 @@ struct Enabled {
     /// Held by the one request reloading the snapshot.
     loading: Mutex<()>,
     /// Per user, a keyed digest of (hash, password) of the last successful password
-    /// login: repeated Basic auth (every publish of a script) skips argon2. A new
-    /// password hash changes the digest, so a changed password never matches.
-    verified: Mutex<HashMap<String, [u8; 32]>>,
+    /// login and when it was last used: repeated Basic auth (every publish of a
+    /// script) skips argon2 for [`VERIFIED_TTL`] after the last use. A new password
+    /// hash changes the digest, so a changed password never matches.
+    verified: Mutex<HashMap<String, Remembered>>,
     /// Process-random key of those digests.
     verified_key: [u8; 32],
     throttle: throttle::LoginThrottle,
-    /// Password checks running at once. Each argon2 verification takes ~19 MiB and
-    /// tens of milliseconds; without a bound, a flood of logins with made-up names
-    /// from many addresses would fill the blocking pool (hundreds of threads) and
-    /// memory. Waiting checks queue here, as cheap futures.
-    hash_slots: tokio::sync::Semaphore,
+    /// Which password checks run, wait or are refused (`429`): bounded, fair per
+    /// address. Each argon2 verification takes ~19 MiB and tens of milliseconds.
+    gate: gate::HashGate,
+    /// The threads that run argon2, one per gate slot.
+    verifier: password::Verifier,
     /// When each token's use was last written back.
     touched: Mutex<HashMap<TokenDigest, i64>>,
 }
@@ -321,15 +333,21 @@ impl std::fmt::Debug for Enabled {
     }
 }
 
+/// A remembered successful password check.
+#[derive(Clone, Copy)]
+struct Remembered {
+    digest: [u8; 32],
+    /// Time of the last use (tokio's clock, so tests can move it).
+    used: tokio::time::Instant,
+}
+
 /// The result of checking credentials without hashing a password.
 enum Check {
     Ok(Principal),
     Fail,
-    /// A password that must be verified with argon2 against `hash`.
-    NeedsHash {
-        known_user: Option<Role>,
-        hash: String,
-    },
+    /// A password that must be verified with argon2 against the user's hash, or for
+    /// an unknown user (`None`) against the dummy hash.
+    NeedsHash(Option<(Role, String)>),
 }
 
 impl Authorizer {
@@ -366,7 +384,8 @@ impl Authorizer {
                 verified: Mutex::new(HashMap::new()),
                 verified_key,
                 throttle: throttle::LoginThrottle::default(),
-                hash_slots: tokio::sync::Semaphore::new(hash_parallelism()),
+                gate: gate::HashGate::new(hash_parallelism(), hash_parallelism() * QUEUE_PER_SLOT),
+                verifier: password::Verifier::new(hash_parallelism()),
                 touched: Mutex::new(HashMap::new()),
             }),
         };
@@ -441,7 +460,9 @@ impl Authorizer {
 
     /// Turns the request's credentials into a principal: anonymous without
     /// credentials, `401 40101` for wrong ones, `429 42909` after too many failures
-    /// from this address or for this user name.
+    /// from this address or for this user name, `429 42901`
+    /// ([`ApiError::PASSWORD_CHECKS_BUSY`]) when a password must be hashed and the
+    /// gate has no room for this address.
     pub async fn authenticate(
         &self,
         headers: &HeaderMap,
@@ -471,15 +492,22 @@ impl Authorizer {
         let outcome = match Self::check_fast(en, &creds) {
             Check::Ok(p) => Some(p),
             Check::Fail => None,
-            Check::NeedsHash { known_user, hash } => {
-                let Credentials::Password { user, password } = creds.clone() else {
+            Check::NeedsHash(known) => {
+                let Credentials::Password { user, password } = &creds else {
                     return Err(ApiError::UNAUTHORIZED);
                 };
-                let ok = Self::verify_bounded(en, password.clone(), hash.clone()).await;
-                match known_user {
-                    Some(role) if ok => {
-                        Self::remember_password(en, &user, &hash, &password);
-                        Some(Principal::user(&user, role, None))
+                // Not a failure: nothing was checked. The client may try again.
+                let _permit = en
+                    .gate
+                    .admit(throttle::address_prefix(peer))
+                    .await
+                    .map_err(|gate::Busy| ApiError::PASSWORD_CHECKS_BUSY)?;
+                let hash = known.as_ref().map(|(_, hash)| hash.clone());
+                let ok = en.verifier.verify(password.clone(), hash).await;
+                match known {
+                    Some((role, hash)) if ok => {
+                        Self::remember_password(en, user, &hash, password);
+                        Some(Principal::user(user, role, None))
                     }
                     _ => None,
                 }
@@ -548,29 +576,22 @@ impl Authorizer {
             }
             Credentials::Password { user, password } => match snap.users.get(user) {
                 Some(u) => {
-                    let remembered = en
-                        .verified
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .get(user)
-                        .copied();
-                    let current = password_cache_digest(en, user, &u.hash, password);
-                    if let (Some(a), Some(b)) = (remembered, current)
-                        && bool::from(a.ct_eq(&b))
-                    {
-                        return Check::Ok(Principal::user(user, u.role, None));
+                    if let Some(current) = password_cache_digest(en, user, &u.hash, password) {
+                        let now = tokio::time::Instant::now();
+                        let mut verified = en.verified.lock().unwrap_or_else(|p| p.into_inner());
+                        if let Some(r) = verified.get_mut(user)
+                            && now.saturating_duration_since(r.used) < VERIFIED_TTL
+                            && bool::from(r.digest.ct_eq(&current))
+                        {
+                            r.used = now;
+                            return Check::Ok(Principal::user(user, u.role, None));
+                        }
                     }
-                    Check::NeedsHash {
-                        known_user: Some(u.role),
-                        hash: u.hash.clone(),
-                    }
+                    Check::NeedsHash(Some((u.role, u.hash.clone())))
                 }
-                // Verify against a dummy hash anyway: "no such user" must not be
-                // faster than "wrong password".
-                None => Check::NeedsHash {
-                    known_user: None,
-                    hash: password::dummy_hash().to_string(),
-                },
+                // Verified against a dummy hash anyway, through the same gate: "no
+                // such user" must not be faster than "wrong password".
+                None => Check::NeedsHash(None),
             },
         }
     }
@@ -579,11 +600,15 @@ impl Authorizer {
         let Some(digest) = password_cache_digest(en, user, hash, password) else {
             return;
         };
+        let now = tokio::time::Instant::now();
         let mut verified = en.verified.lock().unwrap_or_else(|p| p.into_inner());
         if verified.len() >= MAX_VERIFIED && !verified.contains_key(user) {
-            verified.clear();
+            verified.retain(|_, r| now.saturating_duration_since(r.used) < VERIFIED_TTL);
+            if verified.len() >= MAX_VERIFIED {
+                verified.clear();
+            }
         }
-        verified.insert(user.to_string(), digest);
+        verified.insert(user.to_string(), Remembered { digest, used: now });
     }
 
     /// Writes a token's last use back to the store, at most every few minutes per
@@ -678,29 +703,6 @@ impl Authorizer {
             .and_then(|n| snap.users.get(n))
             .map(|u| u.grants.as_slice());
         acl::resolve(own, &snap.everyone, topic, en.default_access).allows(permission)
-    }
-
-    /// Checks `user`'s password (argon2, off the runtime threads).
-    pub async fn verify_password(&self, user: &str, password: &str) -> bool {
-        let Some(en) = &self.enabled else {
-            return false;
-        };
-        let hash = Self::snapshot(en)
-            .users
-            .get(user)
-            .map(|u| u.hash.clone())
-            .unwrap_or_else(|| password::dummy_hash().to_string());
-        Self::verify_bounded(en, password.to_string(), hash).await
-    }
-
-    /// Verifies a password on a blocking thread, at most [`hash_parallelism`] at once.
-    async fn verify_bounded(en: &Enabled, password: String, hash: String) -> bool {
-        let Ok(_slot) = en.hash_slots.acquire().await else {
-            return false;
-        };
-        tokio::task::spawn_blocking(move || password::verify(&password, &hash))
-            .await
-            .unwrap_or(false)
     }
 }
 
@@ -925,6 +927,74 @@ mod tests {
                 .await
                 .is_ok()
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_verified_password_is_remembered_while_used_then_forgotten() {
+        let (_dir, auth, _) = setup(Access::DENY_ALL);
+        let phil = basic("phil", "secret");
+        auth.authenticate(&phil, None, IP).await.unwrap();
+        for _ in 0..3 {
+            tokio::time::advance(VERIFIED_TTL - Duration::from_secs(1)).await;
+            assert!(
+                auth.authenticate_cached(&phil, None, IP).is_some(),
+                "each use keeps it"
+            );
+        }
+        tokio::time::advance(VERIFIED_TTL).await;
+        assert!(
+            auth.authenticate_cached(&phil, None, IP).is_none(),
+            "expired"
+        );
+        // The full path hashes again, and remembers again.
+        auth.authenticate(&phil, None, IP).await.unwrap();
+        assert!(auth.authenticate_cached(&phil, None, IP).is_some());
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_unknown_users_is_refused_fast_and_tokens_pass() {
+        let (_dir, auth, tok) = setup(Access::DENY_ALL);
+        let auth = Arc::new(auth);
+        let mut flood = Vec::new();
+        for i in 0..60u8 {
+            let auth = auth.clone();
+            flood.push(tokio::spawn(async move {
+                let ip = IpAddr::from([10, 0, 1, i]);
+                auth.authenticate(&basic(&format!("nobody{i}"), "x"), None, ip)
+                    .await
+                    .unwrap_err()
+            }));
+        }
+        tokio::task::yield_now().await;
+        // Tokens never wait for the gate.
+        let by_token = auth.authenticate(&bearer(&tok), None, IP).await.unwrap();
+        assert_eq!(by_token.user_name(), Some("phil"));
+        let mut busy = 0;
+        for f in flood {
+            match f.await.unwrap() {
+                e if e == ApiError::PASSWORD_CHECKS_BUSY => busy += 1,
+                e => assert_eq!(e, ApiError::UNAUTHORIZED),
+            }
+        }
+        let admitted = 60 - busy;
+        let bound = hash_parallelism() * (1 + QUEUE_PER_SLOT);
+        assert!(
+            busy > 0 && admitted <= bound,
+            "{admitted} checked, bound {bound}"
+        );
+        // Refusals are not failures: 29 more failures throttle only the addresses
+        // whose check ran (and failed).
+        let en = auth.enabled.as_ref().unwrap();
+        let throttled = (0..60u8)
+            .filter(|i| {
+                let ip = IpAddr::from([10, 0, 1, *i]);
+                for _ in 0..29 {
+                    en.throttle.failed(ip, None, Instant::now());
+                }
+                !en.throttle.allowed(ip, None, Instant::now())
+            })
+            .count();
+        assert_eq!(throttled, admitted);
     }
 
     #[tokio::test]

@@ -45,18 +45,24 @@ pub struct LoginThrottle {
     buckets: Mutex<HashMap<Key, Bucket>>,
 }
 
-fn addr_key(ip: IpAddr) -> Key {
+/// The address a client is counted as: IPv4 as is, IPv6 by its /64 (one host
+/// usually holds a whole /64), IPv4-mapped IPv6 as IPv4.
+pub fn address_prefix(ip: IpAddr) -> IpAddr {
     match ip {
-        IpAddr::V4(_) => Key::Addr(ip),
+        IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => {
             if let Some(v4) = v6.to_ipv4_mapped() {
-                return Key::Addr(IpAddr::V4(v4));
+                return IpAddr::V4(v4);
             }
             let mut octets = v6.octets();
             octets[8..].fill(0);
-            Key::Addr(IpAddr::from(octets))
+            IpAddr::from(octets)
         }
     }
+}
+
+fn addr_key(ip: IpAddr) -> Key {
+    Key::Addr(address_prefix(ip))
 }
 
 impl LoginThrottle {

@@ -7,7 +7,7 @@
 //! reverse proxy (`behind-proxy`), the client address comes from the proxy's header.
 //! Each visitor has a request bucket (ntfy's burst 60, then one per 5 s), a daily
 //! message count, a bucket for creating new topics, and (in
-//! [`crate::api::subscribe::SubscriptionSlots`]) its open subscriptions. Exempt
+//! [`crate::subscribe::SubscriptionSlots`]) its open subscriptions. Exempt
 //! hosts skip every visitor limit.
 //!
 //! Memory stays bounded however many addresses show up: the registry is sharded,
@@ -167,11 +167,13 @@ pub enum Limit {
     UrlLength,
     HeaderTimeout,
     BodySize,
+    /// Password checks (argon2) busy: `auth::gate`.
+    PasswordChecks,
 }
 
 impl Limit {
     /// Every limit, for pre-registering the label values.
-    pub const ALL: [Limit; 10] = [
+    pub const ALL: [Limit; 11] = [
         Limit::Requests,
         Limit::Messages,
         Limit::Subscriptions,
@@ -182,6 +184,7 @@ impl Limit {
         Limit::UrlLength,
         Limit::HeaderTimeout,
         Limit::BodySize,
+        Limit::PasswordChecks,
     ];
 
     /// The label value.
@@ -197,11 +200,15 @@ impl Limit {
             Limit::UrlLength => "url_length",
             Limit::HeaderTimeout => "header_timeout",
             Limit::BodySize => "body_size",
+            Limit::PasswordChecks => "password_checks",
         }
     }
 
     /// The limit behind a `429` answer, by ntfy code.
     fn of_error(e: &ApiError) -> Option<Limit> {
+        if *e == ApiError::PASSWORD_CHECKS_BUSY {
+            return Some(Limit::PasswordChecks);
+        }
         Some(match e.code {
             42901 => Limit::Requests,
             42903 => Limit::Subscriptions,
@@ -641,6 +648,10 @@ impl Limits {
     /// for the daily limit; for limits that free up when something else ends (open
     /// subscriptions, the global topic count), one request replenish interval.
     pub fn retry_after(&self, error: &ApiError, visitor: &Visitor) -> Duration {
+        // A password-check slot frees up within a fraction of a second.
+        if *error == ApiError::PASSWORD_CHECKS_BUSY {
+            return Duration::from_secs(1);
+        }
         let now = Instant::now();
         let from_bucket = |which: fn(&VisitorState) -> Bucket, rate: Rate| {
             self.peek_state(visitor)

@@ -26,21 +26,15 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio_util::task::TaskTracker;
 
-use super::wsframe::{self, ClientFrame};
-use crate::api::params::Filters;
-use crate::api::subscribe::{Backlog, SlotGuard, SubscribeRequest, backlog};
-use crate::api::{AppState, StreamFormat};
 use crate::core::HISTORY_RETRY_AFTER;
 use crate::error::ApiError;
-use crate::hub::{
-    CloseReason, DeliverOutcome, Framing, Registration, SharedEvent, Sink, Transport, ws_frame,
-};
+use crate::hub::{CloseReason, DeliverOutcome, Registration, SharedEvent, Sink, Transport};
 use crate::limits::ConnectionPermit;
 use crate::model::{EventKind, Message};
-use crate::telemetry::{Route, log_request};
-
-/// How long a WebSocket peer may stay silent beyond one keepalive interval.
-const PONG_GRACE: Duration = Duration::from_secs(15);
+use crate::subscribe::{Backlog, Filters, SlotGuard, Streams, SubscribeRequest, peer_is_gone};
+use crate::telemetry::{Metrics, Route, log_request};
+use crate::wire::ws::{self as wsframe, ClientFrame};
+use crate::wire::{self, Framing, StreamFormat};
 /// How long the final bytes (terminator, close frame) may take on shutdown.
 const FINAL_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Most slices handed to one vectored write.
@@ -168,7 +162,7 @@ impl DirectSink {
 
     fn keepalive_bytes(&self) -> Bytes {
         if self.ws {
-            ws_frame(0x9, b"")
+            wsframe::frame(wsframe::OP_PING, b"")
         } else {
             let event =
                 SharedEvent::new(Message::new(EventKind::Keepalive, self.topic_label.clone()));
@@ -293,7 +287,7 @@ impl Sink for DirectSink {
                 .lock()
                 .map(|t| t.elapsed())
                 .unwrap_or_default();
-            if silent > self.keepalive_interval + PONG_GRACE {
+            if peer_is_gone(silent, self.keepalive_interval) {
                 tracing::debug!("websocket peer silent, closing");
                 self.mark_failed();
                 self.wake.notify_one();
@@ -323,7 +317,8 @@ impl Sink for DirectSink {
 /// Sets up one direct subscription (registration, response head, backlog) and
 /// spawns the task that serves it until it ends.
 pub async fn serve(
-    state: &AppState,
+    streams: Streams<'_>,
+    metrics: &Metrics,
     stream: TcpStream,
     plan: Plan,
     leftover: Bytes,
@@ -343,23 +338,15 @@ pub async fn serve(
     let transport = format.transport();
     let ws = format == StreamFormat::Ws;
     let chunked = !ws && !http10;
-    let framing = match (format, chunked) {
-        (StreamFormat::Ws, _) => Framing::WsFrame,
-        (StreamFormat::Json, true) => Framing::JsonChunk,
-        (StreamFormat::Sse, true) => Framing::SseChunk,
-        (StreamFormat::Raw, true) => Framing::RawChunk,
-        (StreamFormat::Json, false) => Framing::JsonLine,
-        (StreamFormat::Sse, false) => Framing::SseFrame,
-        (StreamFormat::Raw, false) => Framing::RawLine,
-    };
+    let framing = format.socket_framing(chunked);
     let sink = Arc::new(DirectSink {
         stream,
         framing,
         ws,
         filters: request.params.filters.clone(),
         topic_label: request.topic_label.clone(),
-        keepalive_interval: state.herald.config.keepalive_interval,
-        capacity: state.herald.hub.queue_capacity(),
+        keepalive_interval: streams.herald.config.keepalive_interval,
+        capacity: streams.herald.hub.queue_capacity(),
         state: Mutex::new(SinkState {
             held: Some(Vec::new()),
             ..SinkState::default()
@@ -368,15 +355,15 @@ pub async fn serve(
         last_heard: Mutex::new(Instant::now()),
     });
     // Register before reading the backlog so nothing falls in between.
-    let registration = state
+    let registration = streams
         .herald
         .hub
         .register_as(&request.topics, sink.clone(), transport);
-    state.herald.close_if_draining(&sink);
+    streams.herald.close_if_draining(&sink);
     // The backlog's first page is read before the response head, so a refused or
     // failed read is still a clean error answer.
     let started_backlog = Box::pin(async {
-        let mut history = backlog(state, &request, false).await?;
+        let mut history = streams.backlog(&request, false).await?;
         let page = history.next_page().await?;
         Ok::<_, ApiError>((history, page))
     })
@@ -384,7 +371,7 @@ pub async fn serve(
     let (history, page) = match started_backlog {
         Ok(started) => started,
         Err(e) => {
-            log_open(state, &sink, e.http, started);
+            log_open(metrics, &sink, e.http, started);
             let retry = (e == ApiError::TOO_MANY_REQUESTS).then_some(HISTORY_RETRY_AFTER);
             let answer = super::error_response_bytes_retry(&e, retry);
             {
@@ -400,7 +387,11 @@ pub async fn serve(
     let page = page.unwrap_or_default();
 
     let mut initial: Vec<Bytes> = Vec::with_capacity(page.len() + 2);
-    initial.push(response_head(format, ws_accept.as_deref(), chunked));
+    initial.push(wire::stream_response_head(
+        format,
+        ws_accept.as_deref(),
+        chunked,
+    ));
     let open = SharedEvent::new(Message::new(EventKind::Open, request.topic_label.clone()));
     initial.push(open.encoded(framing).clone());
     let mut seen = HashSet::with_capacity(page.len());
@@ -425,7 +416,7 @@ pub async fn serve(
         Some(Box::new(RestOfBacklog { history, seen }))
     };
     sink.wake.notify_one();
-    log_open(state, &sink, if ws { 101 } else { 200 }, started);
+    log_open(metrics, &sink, if ws { 101 } else { 200 }, started);
     tracker.spawn(run(sink, registration, leftover, Some(chunked), slot, rest));
 }
 
@@ -503,13 +494,11 @@ async fn drain(sink: &DirectSink) -> bool {
 /// Request metrics and the access-log line for a stream served here (hyper's
 /// service does both for everything else). The path is rebuilt from the topics
 /// and the transport: the query string is never logged.
-fn log_open(state: &AppState, sink: &DirectSink, status: u16, started: Instant) {
+fn log_open(metrics: &Metrics, sink: &DirectSink, status: u16, started: Instant) {
     let transport = sink.transport();
     let route = Route::subscribe(transport);
     let elapsed = started.elapsed();
-    state
-        .metrics
-        .observe_http(route, &axum::http::Method::GET, status, elapsed);
+    metrics.observe_http(route, &axum::http::Method::GET, status, elapsed);
     let path = format!("/{}/{}", sink.topic_label, transport.as_str());
     log_request(
         route,
@@ -519,27 +508,6 @@ fn log_open(state: &AppState, sink: &DirectSink, status: u16, started: Instant) 
         elapsed,
         Some(&sink.topic_label),
     );
-}
-
-fn response_head(format: StreamFormat, ws_accept: Option<&str>, chunked: bool) -> Bytes {
-    if let Some(accept) = ws_accept {
-        return Bytes::from(format!(
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
-        ));
-    }
-    let content_type = match format {
-        StreamFormat::Json | StreamFormat::Ws => "application/x-ndjson; charset=utf-8",
-        StreamFormat::Sse => "text/event-stream; charset=utf-8",
-        StreamFormat::Raw => "text/plain; charset=utf-8",
-    };
-    let framing = if chunked {
-        "Transfer-Encoding: chunked\r\n"
-    } else {
-        "Connection: close\r\n"
-    };
-    Bytes::from(format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nAccess-Control-Allow-Origin: *\r\nCache-Control: no-cache\r\nX-Accel-Buffering: no\r\n{framing}\r\n"
-    ))
 }
 
 /// The connection task: flushes what the fan-out could not write, reads what the
@@ -673,21 +641,24 @@ fn handle_client_bytes(
                     ClientFrame::Ping(payload) => {
                         let mut st = sink.lock();
                         if st.held.is_none() {
-                            let _ = sink.write_or_queue(&mut st, ws_frame(0xA, &payload));
+                            let _ = sink.write_or_queue(
+                                &mut st,
+                                wsframe::frame(wsframe::OP_PONG, &payload),
+                            );
                         }
                     }
                     ClientFrame::Close(code) => {
                         // Echo the peer's code, as RFC 6455 §5.5.1 asks.
                         let code = code.unwrap_or(1000);
                         let mut st = sink.lock();
-                        let _ = sink.write_or_queue(&mut st, ws_frame(0x8, &code.to_be_bytes()));
+                        let _ = sink.write_or_queue(&mut st, wsframe::close_frame(code));
                         return ClientAction::End;
                     }
                 }
             }
             Err(e) => {
                 let mut st = sink.lock();
-                let _ = sink.write_or_queue(&mut st, ws_frame(0x8, &e.close_code().to_be_bytes()));
+                let _ = sink.write_or_queue(&mut st, wsframe::close_frame(e.close_code()));
                 return ClientAction::End;
             }
         }
@@ -706,9 +677,9 @@ async fn finish(sink: &DirectSink, reason: CloseReason, chunked: Option<bool>) {
             CloseReason::Shutdown => 1001,
             CloseReason::TooSlow => 1008,
         };
-        Some(ws_frame(0x8, &code.to_be_bytes()))
+        Some(wsframe::close_frame(code))
     } else if chunked {
-        Some(Bytes::from_static(b"0\r\n\r\n"))
+        Some(Bytes::from_static(wire::HTTP_LAST_CHUNK))
     } else {
         None
     };

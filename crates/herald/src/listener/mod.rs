@@ -26,7 +26,6 @@
 pub mod direct;
 pub mod rewind;
 pub(crate) mod timed_body;
-pub mod wsframe;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -41,11 +40,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::api::subscribe::{new_topic_count, parse_parts};
-use crate::api::{AppState, StreamFormat};
+use crate::api::AppState;
+use crate::api::subscribe::parse_parts;
 use crate::error::ApiError;
 use crate::limits::{ConnectionPermit, Limit};
 use crate::telemetry::RequestInfo;
+use crate::wire::StreamFormat;
 
 /// Most headers in a request head (hyper's default); more are answered `431`.
 const MAX_HEADERS: usize = 100;
@@ -147,7 +147,8 @@ impl Listener {
             // The direct path spawns its own, minimal task for the life of the
             // subscription; this one (with the head buffer) ends here.
             Box::pin(direct::serve(
-                &self.state,
+                self.state.streams(),
+                &self.state.metrics,
                 stream,
                 plan,
                 leftover,
@@ -225,7 +226,7 @@ impl Listener {
         // request handed to the API is charged (and answered) once, there.
         // An authenticated user is its own visitor (`user:<name>`), as in `api::dispatch`.
         let visitor = limits.visitor(client_ip, principal.user_name());
-        let new_topics = new_topic_count(&self.state, &request.topics);
+        let new_topics = self.state.streams().new_topic_count(&request.topics);
         // Cluster mode: charged in the connection's task (a Redis round trip), not here.
         if limits.is_shared() && !visitor.exempt {
             return Some(direct::Plan {
@@ -239,7 +240,7 @@ impl Listener {
                 started,
             });
         }
-        let slot = self.admit_locally(&visitor, new_topics)?;
+        let slot = self.state.streams().admit_uncharged(&visitor, new_topics)?;
         Some(direct::Plan {
             format,
             request,
@@ -264,27 +265,12 @@ impl Listener {
         plan.slot = match limits.open_stream_shared(&visitor, true, new_topics).await {
             Some(Ok(slot)) => self.state.slots.shared_guard(slot),
             Some(Err(_)) => return false,
-            None => match self.admit_locally(&visitor, new_topics) {
+            None => match self.state.streams().admit_uncharged(&visitor, new_topics) {
                 Some(slot) => slot,
                 None => return false,
             },
         };
         true
-    }
-
-    /// A slot and the subscription's request and topic tokens from this node's
-    /// limits, or `None` (nothing charged) if they refuse.
-    fn admit_locally(
-        &self,
-        visitor: &crate::limits::Visitor,
-        new_topics: usize,
-    ) -> Option<crate::api::subscribe::SlotGuard> {
-        let slot = self.state.slots.acquire(visitor).ok()?;
-        self.state
-            .limits
-            .admit_subscription(visitor, new_topics)
-            .ok()?;
-        Some(slot)
     }
 
     /// Serves the connection with hyper and the API router, replaying `prefix`.
@@ -538,7 +524,7 @@ fn websocket_accept(headers: &HeaderMap) -> Option<String> {
     }
     let key = headers.get("sec-websocket-key")?;
     // A malformed key is refused by the API (`400`), with the same answer as there.
-    if !wsframe::websocket_key_is_valid(key.as_bytes()) {
+    if !crate::wire::ws::websocket_key_is_valid(key.as_bytes()) {
         return None;
     }
     Some(tungstenite::handshake::derive_accept_key(key.as_bytes()))

@@ -4,27 +4,9 @@
 use super::aliases::{ParamSource, names};
 use super::publish::{parse_priority, split_list};
 use crate::error::ApiError;
-use crate::model::{Message, id as message_id};
+use crate::model::id as message_id;
+use crate::subscribe::{Filters, SinceParam, SubscribeParams};
 use crate::time::parse_go_duration_nanos;
-
-/// Which cached messages a subscription wants first (`since=`, docs/COMPATIBILITY.md
-/// §3.3).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SinceParam {
-    /// No `since`: all cached messages when polling, none when streaming.
-    Unset,
-    /// `all`: every cached message.
-    All,
-    /// `none`: no cached messages.
-    None,
-    /// `latest`: the most recent published message of each topic.
-    Latest,
-    /// A message ID: messages after it (all of them if the ID is unknown).
-    Id(String),
-    /// Messages with `time` at or after this unix second (from a timestamp or a
-    /// duration back from now).
-    Time(i64),
-}
 
 /// Parses a `since` value: keyword, then 12-character message ID, then unix timestamp,
 /// then Go duration back from `now` (`10m`, `1h30m`; no `d`). Anything else, including
@@ -55,56 +37,6 @@ pub fn parse_since(value: Option<&str>, now: i64) -> Result<SinceParam, ApiError
     Err(ApiError::SINCE_INVALID)
 }
 
-/// Subscription filters (`id`, `message`, `title`, `priority`, `tags` parameters).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Filters {
-    /// Exact message ID.
-    pub id: Option<String>,
-    /// Exact message text.
-    pub message: Option<String>,
-    /// Exact title.
-    pub title: Option<String>,
-    /// Any of these priorities (an unset priority counts as 3).
-    pub priorities: Vec<u8>,
-    /// All of these tags.
-    pub tags: Vec<String>,
-}
-
-impl Filters {
-    /// Whether `m` passes. Filters only apply to content events (`message`,
-    /// `message_delete`, `message_clear`); `open`, `keepalive` and `poll_request`
-    /// always pass.
-    pub fn pass(&self, m: &Message) -> bool {
-        if !m.event.is_content() {
-            return true;
-        }
-        let matches = |filter: &Option<String>, actual: &str| {
-            filter.as_deref().is_none_or(|wanted| wanted == actual)
-        };
-        matches(&self.id, &m.id)
-            && matches(&self.message, &m.message)
-            && matches(&self.title, &m.title)
-            && (self.priorities.is_empty() || self.priorities.contains(&m.effective_priority()))
-            && self.tags.iter().all(|tag| m.tags.contains(tag))
-    }
-
-    /// Whether no filter is set (every message passes).
-    pub fn is_empty(&self) -> bool {
-        self == &Filters::default()
-    }
-}
-
-/// Everything a subscribe request may say besides its topics.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SubscribeParams {
-    /// Return cached messages and close, without `open` or keepalive events.
-    pub poll: bool,
-    pub since: SinceParam,
-    /// Include scheduled messages that are not delivered yet.
-    pub scheduled: bool,
-    pub filters: Filters,
-}
-
 /// Reads the subscribe parameters (ntfy's `parseSubscribeParams`).
 pub fn parse_subscribe(src: &ParamSource<'_>, now: i64) -> Result<SubscribeParams, ApiError> {
     let poll = src.get_bool(names::POLL, false);
@@ -133,7 +65,7 @@ pub fn parse_subscribe(src: &ParamSource<'_>, now: i64) -> Result<SubscribeParam
 mod tests {
     use super::*;
     use crate::api::params::test_support::*;
-    use crate::model::EventKind;
+    use crate::model::{EventKind, Message};
     use proptest::prelude::*;
 
     #[test]

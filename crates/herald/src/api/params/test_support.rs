@@ -2,10 +2,9 @@
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 
-use super::{
-    ParamSource, PublishLimits, PublishParams, SubscribeParams, parse_publish, parse_subscribe,
-};
+use super::{ParamSource, PublishLimits, PublishParams, parse_publish, parse_subscribe};
 use crate::error::ApiError;
+use crate::subscribe::SubscribeParams;
 
 /// Wednesday 2024-05-15 11:30:00 UTC.
 pub(super) const NOW: i64 = 1_715_772_600;

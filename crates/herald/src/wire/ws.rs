@@ -1,9 +1,44 @@
-//! The few WebSocket frames a subscriber sends us (RFC 6455 §5): pings, pongs and
-//! close. ntfy's clients send nothing else; data frames are read and ignored, but
-//! still checked as RFC 6455 requires (a continuation needs a message to continue,
-//! text must be UTF-8, [`Messages`]), as are close frames (§5.5.1, §7.4), so a
-//! broken peer is closed with the code the RFC names rather than served on.
-//! Server-to-client frames are built in `hub` ([`crate::hub::ws_frame`]).
+//! WebSocket framing (RFC 6455 §5) for the direct path: the frames the server sends
+//! ([`frame`], unmasked and unfragmented) and the few a subscriber sends us: pings,
+//! pongs and close. ntfy's clients send nothing else; data frames are read and
+//! ignored, but still checked as RFC 6455 requires (a continuation needs a message to
+//! continue, text must be UTF-8, [`Messages`]), as are close frames (§5.5.1, §7.4), so
+//! a broken peer is closed with the code the RFC names rather than served on.
+
+use bytes::Bytes;
+
+/// Opcode of a text frame.
+pub const OP_TEXT: u8 = 0x1;
+/// Opcode of a close frame.
+pub const OP_CLOSE: u8 = 0x8;
+/// Opcode of a ping frame.
+pub const OP_PING: u8 = 0x9;
+/// Opcode of a pong frame.
+pub const OP_PONG: u8 = 0xA;
+
+/// An unmasked, final server frame with `opcode` (RFC 6455 §5.2).
+pub fn frame(opcode: u8, payload: &[u8]) -> Bytes {
+    let mut buf = Vec::with_capacity(payload.len() + 10);
+    buf.push(0x80 | opcode);
+    match payload.len() {
+        n if n < 126 => buf.push(n as u8),
+        n if n <= u16::MAX as usize => {
+            buf.push(126);
+            buf.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            buf.push(127);
+            buf.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    buf.extend_from_slice(payload);
+    Bytes::from(buf)
+}
+
+/// A close frame carrying `code`.
+pub fn close_frame(code: u16) -> Bytes {
+    frame(OP_CLOSE, &code.to_be_bytes())
+}
 
 /// Largest client frame payload accepted (ntfy reads at most 64 bytes).
 pub const MAX_PAYLOAD: usize = 4096;
