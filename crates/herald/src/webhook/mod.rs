@@ -7,7 +7,7 @@
 //! - **Durable intent without touching the publish path.** A publish commits its
 //!   message to the message store as before. The [`dispatcher`] keeps a durable
 //!   cursor (the last message ID it handed to the webhook queue) and reads committed
-//!   messages after it ([`crate::core::Herald::committed_after`], which never returns a
+//!   messages after it (`Herald::committed_after` in the core, which never returns a
 //!   message while a smaller ID may still be committing). For each batch it inserts
 //!   one delivery row per matching endpoint, with the payload, and advances the cursor
 //!   in the same transaction of the webhook store. A crash anywhere loses nothing: the

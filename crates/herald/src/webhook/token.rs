@@ -13,7 +13,7 @@
 //!
 //! Both arrive as `Authorization: Bearer ...` (or any form `crate::auth::credentials`
 //! reads as a token). A `whm_` token is not a user credential: the authorizer treats
-//! it as anonymous everywhere (`crate::auth::Authorizer::authenticate`), so it grants
+//! it as anonymous everywhere (`Authorizer::authenticate` in `auth`), so it grants
 //! nothing outside `/v1/webhooks`.
 
 use axum::http::HeaderMap;
