@@ -17,7 +17,7 @@ pub mod info;
 pub mod params;
 pub mod publish;
 pub mod subscribe;
-pub mod webhooks;
+pub(crate) mod webhooks;
 pub mod ws;
 
 use std::net::SocketAddr;

@@ -30,16 +30,16 @@ pub mod client;
 mod clock;
 #[cfg(test)]
 mod contract;
-pub mod dispatcher;
+pub(crate) mod dispatcher;
 mod error;
-pub mod feed;
-pub mod metrics;
-pub mod redis;
-pub mod sign;
-pub mod sqlite;
-pub mod store;
-pub mod token;
-pub mod worker;
+pub(crate) mod feed;
+pub(crate) mod metrics;
+pub(crate) mod redis;
+pub(crate) mod sign;
+pub(crate) mod sqlite;
+pub(crate) mod store;
+pub(crate) mod token;
+pub(crate) mod worker;
 
 use std::time::Duration;
 
