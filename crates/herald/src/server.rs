@@ -117,7 +117,7 @@ pub async fn run(
     };
 
     let mut metrics = Metrics::new(&herald, &store_metrics);
-    metrics.register_webhooks(&webhook_metrics);
+    metrics.register_source(&webhook_metrics);
     let metrics = Arc::new(metrics);
     let auth = match (&config.auth, &config.redis_url) {
         // Cluster mode: the users, tokens and ACL every node shares (auth-file unused).

@@ -38,6 +38,14 @@ use crate::hub::Transport;
 use crate::model::topic;
 use crate::store::{CommitObserver, Store};
 
+/// A subsystem that keeps its own metric handles and adds them to the server's
+/// registry ([`Metrics::register_source`]), so that this module does not depend on
+/// the subsystems above it (the webhooks).
+pub trait MetricSource {
+    /// Adds every metric of the source to `registry`.
+    fn register(&self, registry: &mut Registry);
+}
+
 /// `Content-Type` of the `/metrics` answer (Prometheus text format 0.0.4).
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
@@ -204,9 +212,10 @@ impl Metrics {
         }
     }
 
-    /// Adds the webhook metrics (`herald_webhook_*`) to this registry.
-    pub fn register_webhooks(&mut self, webhooks: &crate::webhook::metrics::WebhookMetrics) {
-        webhooks.register(&mut self.registry);
+    /// Adds a subsystem's own metrics (the webhooks' `herald_webhook_*`) to this
+    /// registry.
+    pub fn register_source(&mut self, source: &dyn MetricSource) {
+        source.register(&mut self.registry);
     }
 
     /// Counts one answered request.

@@ -18,6 +18,7 @@ pub mod info;
 pub mod params;
 pub mod publish;
 pub mod subscribe;
+pub(crate) mod webhooks;
 pub mod ws;
 
 use std::net::SocketAddr;
@@ -115,7 +116,7 @@ async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
     // (`user:<name>`). herald's own probes and metrics stay open. The
     // `webhook-admin-token` is no login: on `/v1/webhooks` the webhook API checks it.
     let webhook_admin = matches!(segments.as_slice(), ["v1", "webhooks", ..])
-        && crate::webhook::api::presents_admin_token(&state, req.headers(), req.uri().query());
+        && webhooks::presents_admin_token(&state, req.headers(), req.uri().query());
     let principal = if account::needs_authentication(&segments) && !webhook_admin {
         match account::authenticate(&state, req.headers(), req.uri().query(), client_ip).await {
             Ok(p) => p,
@@ -166,7 +167,7 @@ async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
         (_, ["v1", "webhooks", rest @ ..]) => {
             let rest: Vec<String> = rest.iter().map(|s| s.to_string()).collect();
             let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
-            crate::webhook::api::handle(&state, req, &rest, client_ip).await
+            webhooks::handle(&state, req, &rest, client_ip).await
         }
         (&Method::PUT | &Method::POST, [""]) => publish::publish_json(&state, req).await,
         (&Method::PUT | &Method::POST, [topic]) if topic::is_valid_name(topic) => {

@@ -490,11 +490,11 @@ impl Authorizer {
 }
 
 /// How many password checks may run at once: the number of cores (at least 2).
-/// A webhook management token (`whm_...`, `crate::webhook::token`) is not a user
+/// A webhook management token (`whm_...`, [`token::is_webhook_management`]) is not a user
 /// credential: the request is anonymous for access control (so the token grants
 /// nothing here, and is no failed login), and only the webhook API looks at it.
 fn is_webhook_management_token(creds: &Credentials) -> bool {
-    matches!(creds, Credentials::Token(t) if crate::webhook::token::is_management_token(t))
+    matches!(creds, Credentials::Token(t) if token::is_webhook_management(t))
 }
 
 fn hash_parallelism() -> usize {

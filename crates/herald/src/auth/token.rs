@@ -19,9 +19,20 @@ pub const LENGTH: usize = 32;
 pub const SHOWN: usize = 11;
 /// Most tokens per user (ntfy's `tokenMaxCount`); creating more removes the oldest.
 pub const MAX_PER_USER: usize = 60;
+/// The prefix of webhook management tokens (`whm_`, issued by the webhook API).
+/// Defined here, with the other token formats, because the authorizer must
+/// recognise them (to treat them as no login at all) without depending on the
+/// webhook module, which depends on this one.
+pub const WEBHOOK_MANAGEMENT_PREFIX: &str = "whm_";
 /// Latest expiry accepted, 9999-12-31T23:59:59Z: later ones are typing mistakes,
 /// and past what Redis's `EXPIREAT` (milliseconds) can hold in cluster mode.
 pub const MAX_EXPIRES: i64 = 253_402_300_799;
+
+/// Whether `token` has a webhook management token's prefix (not necessarily a
+/// valid one).
+pub fn is_webhook_management(token: &str) -> bool {
+    token.starts_with(WEBHOOK_MANAGEMENT_PREFIX)
+}
 
 /// Whether `expires` is an expiry a token may have: `0` (never) or a unix time up to
 /// [`MAX_EXPIRES`]. A negative one would be read as "never" (only positive expiries

@@ -171,7 +171,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every stored message, published or scheduled, of any topic, whose ID is greater
     /// than `after`, in ID order, at most `limit`: the feed the webhook dispatcher reads
-    /// (`crate::webhook`). A store that cannot serve it yet reports a backend error.
+    /// (through `Herald::committed_after`). A store that cannot serve it yet reports a backend error.
     async fn after_id(&self, after: &str, limit: usize) -> Result<Vec<Message>, StoreError> {
         let _ = (after, limit);
         Err(StoreError::Backend(

@@ -8,11 +8,10 @@
 //! it ([`WakingBroker`]); a 1 s poll covers scheduled messages and anything missed.
 //! Scheduled messages are queued when stored and due at their delivery time.
 //!
-//! Times in the queue are unix milliseconds from [`Clock`]: the wall clock at start
-//! plus tokio's monotonic time since, so a wall-clock step does not bunch retries.
+//! This is the one owner of [`Webhooks`]: the workers ([`super::worker::Workers`])
+//! get what they need at construction and never see the service.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -21,12 +20,17 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::client::{self, DeliveryClient};
+use super::clock::Clock;
+use super::error::WebhookError;
 use super::feed::{CommittedFeed, FeedSource};
 use super::metrics::WebhookMetrics;
 use super::sign::Secret;
-use super::store::{Attempt, NewDelivery, WebhookStore, WebhookStoreError};
-use super::worker::{RetryPolicy, Worker};
-use super::{Filter, Webhook, WebhookConfig, is_valid_topic_pattern, random_id, topic_matches};
+use super::store::{Attempt, MAX_ATTEMPTS_LISTED, NewDelivery, WebhookStore, WebhookStoreError};
+use super::worker::Workers;
+use super::{
+    ReplayFrom, Webhook, WebhookConfig, WebhookSpec, is_valid_topic_pattern, random_id,
+    topic_matches,
+};
 use crate::broker::{Broker, BrokerError};
 use crate::core::Herald;
 use crate::hub::SharedEvent;
@@ -35,52 +39,13 @@ use crate::model::{Message, MessageId};
 /// Messages read from the feed per batch.
 const FEED_BATCH: usize = 512;
 /// The feed also looks for work this often without a wake-up (scheduled messages).
-pub(super) const FEED_POLL: Duration = Duration::from_secs(1);
+const FEED_POLL: Duration = Duration::from_secs(1);
 /// Settled deliveries and attempts are kept this long (the attempts API).
 const RETENTION: Duration = Duration::from_secs(7 * 86400);
 /// Queue metrics and pruning run this often.
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
-/// Most attempts listed by the API.
-pub const MAX_ATTEMPTS_LISTED: usize = 1000;
 /// Most messages one replay queues.
 const MAX_REPLAY: usize = 100_000;
-
-/// Why a webhook operation failed (the API maps these to ntfy-shaped errors).
-#[derive(Debug, thiserror::Error)]
-pub enum WebhookError {
-    #[error("no such webhook")]
-    NotFound,
-    #[error("{0}")]
-    Invalid(String),
-    #[error("limit reached: too many webhooks for this visitor")]
-    LimitReached,
-    #[error(transparent)]
-    Store(#[from] WebhookStoreError),
-    #[error("message store: {0}")]
-    Messages(#[from] crate::store::StoreError),
-}
-
-/// A monotonic clock in unix milliseconds (see the module docs).
-#[derive(Debug, Clone, Copy)]
-pub struct Clock {
-    wall_ms: i64,
-    start: tokio::time::Instant,
-}
-
-impl Clock {
-    /// Anchored at the current wall clock.
-    pub fn start() -> Clock {
-        Clock {
-            wall_ms: crate::model::now_unix_ms(),
-            start: tokio::time::Instant::now(),
-        }
-    }
-
-    /// Now, in unix milliseconds.
-    pub fn now_ms(&self) -> i64 {
-        self.wall_ms + self.start.elapsed().as_millis() as i64
-    }
-}
 
 /// A broker that wakes the webhook feed after handing each event on, so webhooks
 /// see new messages at once instead of at the next poll.
@@ -109,50 +74,27 @@ impl Broker for WakingBroker {
     }
 }
 
-/// What `POST /v1/webhooks` asks for.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WebhookSpec {
-    pub topic: Option<String>,
-    pub url: Option<String>,
-    pub secret: Option<String>,
-    pub filter: Option<Filter>,
-    pub description: Option<String>,
-    pub ordered: Option<bool>,
-}
-
-/// Where a replay starts.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ReplayFrom {
-    /// After this message ID.
-    AfterId(String),
-    /// Messages from this unix time (seconds) on.
-    Time(i64),
-}
-
 /// The webhook service. See the module docs.
 pub struct Webhooks {
     pub config: WebhookConfig,
-    pub(super) store: Arc<dyn WebhookStore>,
-    pub(super) herald: Arc<Herald>,
-    pub(super) client: DeliveryClient,
-    pub(super) metrics: WebhookMetrics,
-    pub(super) retry: RetryPolicy,
-    pub(super) clock: Clock,
-    /// This process's name on claims.
-    pub(super) node: String,
-    pub(super) feed_wake: Arc<Notify>,
+    store: Arc<dyn WebhookStore>,
+    herald: Arc<Herald>,
+    /// For checking URLs on registration; the workers deliver with a clone.
+    client: DeliveryClient,
+    metrics: WebhookMetrics,
+    clock: Clock,
+    feed_wake: Arc<Notify>,
     /// Whether any endpoint is registered (kept by `reconcile`). Without one the feed
     /// only follows the visible bound in memory: no store reads or writes per publish.
-    pub(super) any_webhooks: std::sync::atomic::AtomicBool,
+    any_webhooks: std::sync::atomic::AtomicBool,
     /// Where committed messages come from (this node's store, or the cluster log).
-    pub(super) source: Arc<dyn FeedSource>,
-    pub(super) workers: Mutex<HashMap<String, Worker>>,
+    source: Arc<dyn FeedSource>,
+    workers: Arc<Workers>,
     /// Serialises reconciliations, so an older snapshot of the endpoints never
     /// overwrites a newer one.
-    pub(super) reconciling: tokio::sync::Mutex<()>,
-    pub(super) tracker: TaskTracker,
-    pub(super) shutdown: CancellationToken,
+    reconciling: tokio::sync::Mutex<()>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
 }
 
 impl std::fmt::Debug for Webhooks {
@@ -175,7 +117,7 @@ impl Webhooks {
     }
 
     /// Like [`Self::new`], reading committed messages from `source` (cluster mode:
-    /// the shared log, `super::redis::LogFeed`).
+    /// the shared log of the Redis store).
     pub fn with_feed(
         config: WebhookConfig,
         store: Arc<dyn WebhookStore>,
@@ -191,25 +133,33 @@ impl Webhooks {
                 allow: config.allow_cidrs.clone(),
             },
         )?;
+        let clock = Clock::start();
+        let tracker = TaskTracker::new();
+        let shutdown = CancellationToken::new();
+        let workers = Arc::new(Workers::new(
+            &config,
+            store.clone(),
+            client.clone(),
+            metrics.clone(),
+            clock,
+            tracker.clone(),
+            shutdown.clone(),
+        ));
         Ok(Arc::new(Webhooks {
-            retry: RetryPolicy {
-                schedule: config.retry_schedule.clone(),
-            },
             config,
             store,
             herald,
             client,
             metrics,
-            clock: Clock::start(),
-            node: random_id("node_"),
+            clock,
             feed_wake,
             // Until the first reconcile knows better.
             any_webhooks: std::sync::atomic::AtomicBool::new(true),
             source,
-            workers: Mutex::new(HashMap::new()),
+            workers,
             reconciling: tokio::sync::Mutex::new(()),
-            tracker: TaskTracker::new(),
-            shutdown: CancellationToken::new(),
+            tracker,
+            shutdown,
         }))
     }
 
@@ -441,14 +391,14 @@ impl Webhooks {
                 break;
             }
         }
-        self.wake_worker(&w.id);
+        self.workers.wake(&w.id);
         Ok(queued)
     }
 
     /// The schedule's delay before the first attempt (normally 0).
     fn first_delay_ms(&self) -> i64 {
-        self.retry
-            .schedule
+        self.config
+            .retry_schedule
             .first()
             .map_or(0, |d| d.as_millis() as i64)
     }
@@ -567,9 +517,29 @@ impl Webhooks {
             return Ok(self.store.cursor().await?);
         }
         for id in woken {
-            self.wake_worker(&id);
+            self.workers.wake(&id);
         }
         Ok(Some(next))
+    }
+
+    // -----------------------------------------------------------------------------
+    // Workers
+
+    /// Makes the running workers match the stored endpoints: one per enabled
+    /// endpoint, with its current settings.
+    async fn reconcile(self: &Arc<Self>) {
+        let _turn = self.reconciling.lock().await;
+        let webhooks = match self.store.webhooks().await {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(error = %e, "webhooks: cannot read endpoints");
+                return;
+            }
+        };
+        let any_enabled = webhooks.iter().any(|w| w.disabled.is_none());
+        self.any_webhooks
+            .store(any_enabled, std::sync::atomic::Ordering::Release);
+        self.workers.sync(webhooks);
     }
 
     // -----------------------------------------------------------------------------
@@ -626,11 +596,4 @@ fn new_delivery(webhook_id: &str, m: &Message, first_ms: i64) -> NewDelivery {
         event_time: m.time,
         due_ms: first_ms.max(m.time.saturating_mul(1000)),
     }
-}
-
-/// Unix seconds as RFC 3339 (UTC).
-pub fn rfc3339(unix: i64) -> String {
-    chrono::DateTime::from_timestamp(unix, 0)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }

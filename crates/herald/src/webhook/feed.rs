@@ -2,14 +2,14 @@
 //!
 //! On one node that is the message store in commit order
 //! ([`Herald::committed_after`], [`CommittedFeed`]); in cluster mode it is the shared
-//! log stream every node appends to (`super::redis::LogFeed`), so the cursor is a
+//! log stream every node appends to (the Redis store's `LogFeed`), so the cursor is a
 //! position all nodes agree on. The dispatcher does the rest the same way in both.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::dispatcher::WebhookError;
+use super::error::WebhookError;
 use crate::core::Herald;
 use crate::model::Message;
 

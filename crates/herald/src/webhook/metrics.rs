@@ -1,5 +1,5 @@
-//! Webhook metrics, registered into the server's registry by
-//! [`crate::telemetry::Metrics::register_webhooks`]. Labels are outcomes only (a
+//! Webhook metrics, registered into the server's registry as a
+//! [`MetricSource`]. Labels are outcomes only (a
 //! fixed list), never URLs or endpoint IDs.
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -8,6 +8,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+
+use crate::telemetry::MetricSource;
 
 /// Upper bounds (seconds) of the delivery latency histogram: from a message's
 /// first due time to its 2xx, so retries show up in the tail.
@@ -74,9 +76,8 @@ impl Default for WebhookMetrics {
     }
 }
 
-impl WebhookMetrics {
-    /// Adds every webhook metric to `registry`.
-    pub fn register(&self, registry: &mut Registry) {
+impl MetricSource for WebhookMetrics {
+    fn register(&self, registry: &mut Registry) {
         registry.register(
             "herald_webhook_attempts",
             "Webhook delivery attempts, by outcome (success, http_error, timeout, connect_error, refused, error)",
@@ -108,7 +109,9 @@ impl WebhookMetrics {
             self.disabled_total.clone(),
         );
     }
+}
 
+impl WebhookMetrics {
     /// Counts one attempt.
     pub fn attempt(&self, outcome: Outcome) {
         self.attempts

@@ -7,7 +7,7 @@
 //! - **Durable intent without touching the publish path.** A publish commits its
 //!   message to the message store as before. The [`dispatcher`] keeps a durable
 //!   cursor (the last message ID it handed to the webhook queue) and reads committed
-//!   messages after it ([`crate::core::Herald::committed_after`], which never returns a
+//!   messages after it (`Herald::committed_after` in the core, which never returns a
 //!   message while a smaller ID may still be committing). For each batch it inserts
 //!   one delivery row per matching endpoint, with the payload, and advances the cursor
 //!   in the same transaction of the webhook store. A crash anywhere loses nothing: the
@@ -25,20 +25,21 @@
 //!
 //! `docs/WEBHOOKS.md` is the user-facing description.
 
-pub mod api;
 pub mod cli;
 pub mod client;
+mod clock;
 #[cfg(test)]
 mod contract;
-pub mod dispatcher;
-pub mod feed;
-pub mod metrics;
-pub mod redis;
-pub mod sign;
-pub mod sqlite;
-pub mod store;
-pub mod token;
-pub mod worker;
+pub(crate) mod dispatcher;
+mod error;
+pub(crate) mod feed;
+pub(crate) mod metrics;
+pub(crate) mod redis;
+pub(crate) mod sign;
+pub(crate) mod sqlite;
+pub(crate) mod store;
+pub(crate) mod token;
+pub(crate) mod worker;
 
 use std::time::Duration;
 
@@ -47,6 +48,7 @@ use serde::{Deserialize, Serialize};
 use crate::model::Message;
 
 pub use dispatcher::Webhooks;
+pub use error::WebhookError;
 
 /// The delays before each attempt (the first is normally `0s`: at once), Svix's.
 pub const DEFAULT_RETRY_SCHEDULE: &str = "0s,5s,5m,30m,2h,5h,10h,10h";
@@ -223,6 +225,27 @@ impl Webhook {
     }
 }
 
+/// What `POST /v1/webhooks` asks for.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSpec {
+    pub topic: Option<String>,
+    pub url: Option<String>,
+    pub secret: Option<String>,
+    pub filter: Option<Filter>,
+    pub description: Option<String>,
+    pub ordered: Option<bool>,
+}
+
+/// Where a replay starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplayFrom {
+    /// After this message ID.
+    AfterId(String),
+    /// Messages from this unix time (seconds) on.
+    Time(i64),
+}
+
 /// New random ID with `prefix` (`wh_...`).
 pub fn random_id(prefix: &str) -> String {
     const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
@@ -230,6 +253,13 @@ pub fn random_id(prefix: &str) -> String {
         .map(|_| ALPHABET[fastrand::usize(..ALPHABET.len())] as char)
         .collect();
     format!("{prefix}{tail}")
+}
+
+/// Unix seconds as RFC 3339 (UTC).
+pub fn rfc3339(unix: i64) -> String {
+    chrono::DateTime::from_timestamp(unix, 0)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 #[cfg(test)]

@@ -40,11 +40,11 @@ use redis::streams::StreamRangeReply;
 use redis::{RedisError, Script};
 use serde::{Deserialize, Serialize};
 
-use super::dispatcher::{MAX_ATTEMPTS_LISTED, WebhookError};
+use super::error::WebhookError;
 use super::feed::{FeedBatch, FeedSource};
 use super::store::{
-    Attempt, AttemptRecord, Delivery, NewDelivery, QueueStats, Settlement, WebhookStore,
-    WebhookStoreError,
+    Attempt, AttemptRecord, Delivery, MAX_ATTEMPTS_LISTED, NewDelivery, QueueStats, Settlement,
+    WebhookStore, WebhookStoreError,
 };
 use super::{Filter, Webhook};
 use crate::cluster::redis::{KeyPrefix, OP_TIMEOUT, connect, script};

@@ -4,9 +4,9 @@
 //! nodes (Redis), "webhook deliveries are claimed once per message and endpoint, and
 //! a dead node's claims are taken over". So the queue speaks in claims with leases:
 //! [`WebhookStore::claim`] hands a due delivery to one claimant until its lease
-//! expires; [`WebhookStore::finish_attempt`] settles it. The embedded implementation
-//! is [`super::sqlite::SqliteWebhookStore`], the cluster one
-//! [`super::redis::RedisWebhookStore`].
+//! expires; [`WebhookStore::finish_attempt`] settles it. The implementations sit
+//! above this module and import it, never the reverse: the embedded one is
+//! `sqlite::SqliteWebhookStore`, the cluster one `redis::RedisWebhookStore`.
 
 use std::time::Duration;
 
@@ -14,6 +14,9 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use super::Webhook;
+
+/// Most attempts listed by the API (and so the most [`WebhookStore::attempts`] returns).
+pub const MAX_ATTEMPTS_LISTED: usize = 1000;
 
 /// Why a webhook store operation failed.
 #[derive(Debug, thiserror::Error)]

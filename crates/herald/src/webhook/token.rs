@@ -13,7 +13,7 @@
 //!
 //! Both arrive as `Authorization: Bearer ...` (or any form `crate::auth::credentials`
 //! reads as a token). A `whm_` token is not a user credential: the authorizer treats
-//! it as anonymous everywhere (`crate::auth::Authorizer::authenticate`), so it grants
+//! it as anonymous everywhere (`Authorizer::authenticate` in `auth`), so it grants
 //! nothing outside `/v1/webhooks`.
 
 use axum::http::HeaderMap;
@@ -22,8 +22,9 @@ use subtle::ConstantTimeEq;
 use crate::auth::credentials::{self, Credentials, Presented};
 use crate::auth::token::{self as auth_token, TokenDigest};
 
-/// The prefix of management tokens.
-pub const PREFIX: &str = "whm_";
+/// The prefix of management tokens (defined with the other token formats, so that
+/// the authorizer recognises it without importing this module).
+pub const PREFIX: &str = auth_token::WEBHOOK_MANAGEMENT_PREFIX;
 /// Random characters after the prefix (as many as an access token has).
 const RANDOM_CHARS: usize = 29;
 
@@ -36,7 +37,7 @@ pub fn generate() -> Result<(String, TokenDigest), getrandom::Error> {
 
 /// Whether `token` has a management token's prefix (not necessarily a valid one).
 pub fn is_management_token(token: &str) -> bool {
-    token.starts_with(PREFIX)
+    auth_token::is_webhook_management(token)
 }
 
 /// Whether the presented `token` is the one whose digest is `stored`.

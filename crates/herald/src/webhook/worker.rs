@@ -11,22 +11,27 @@
 //! a success for longer than `webhook-disable-after`.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::Webhook;
-use super::client::{self, FailureKind};
-use super::dispatcher::{FEED_POLL, Webhooks, rfc3339};
-use super::metrics::Outcome;
+use tokio_util::task::TaskTracker;
+
+use super::client::{self, DeliveryClient, FailureKind};
+use super::clock::Clock;
+use super::metrics::{Outcome, WebhookMetrics};
 use super::sign::{Secret, signature_header};
-use super::store::{Attempt, AttemptRecord, Delivery, Settlement};
+use super::store::{Attempt, AttemptRecord, Delivery, Settlement, WebhookStore};
+use super::{Webhook, WebhookConfig, random_id, rfc3339};
 
 /// A claim outlives the longest attempt by this much.
 const LEASE_MARGIN: Duration = Duration::from_secs(30);
+/// An idle worker looks for due deliveries at least this often (as often as the
+/// feed polls).
+const IDLE_POLL: Duration = Duration::from_secs(1);
 
 /// When to try again, per `webhook-retry-schedule` and Svix's rules.
 #[derive(Debug, Clone)]
@@ -58,42 +63,81 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// A running endpoint worker, as the service tracks it.
-pub(super) struct Worker {
-    pub(super) webhook: watch::Sender<Webhook>,
-    pub(super) wake: Arc<Notify>,
-    pub(super) stop: CancellationToken,
+/// A running endpoint worker, as [`Workers`] tracks it.
+struct Worker {
+    webhook: watch::Sender<Webhook>,
+    wake: Arc<Notify>,
+    stop: CancellationToken,
 }
 
-impl Webhooks {
-    pub(super) fn wake_worker(&self, id: &str) {
-        if let Some(w) = self.lock_workers().get(id) {
+/// This node's endpoint workers and what they share. The service (the
+/// dispatcher's `Webhooks`, their one owner) tells it which endpoints exist ([`Self::sync`])
+/// and which have new deliveries ([`Self::wake`]); the workers disable endpoints
+/// themselves.
+pub(crate) struct Workers {
+    store: Arc<dyn WebhookStore>,
+    client: DeliveryClient,
+    metrics: WebhookMetrics,
+    retry: RetryPolicy,
+    clock: Clock,
+    /// This process's name on claims.
+    node: String,
+    /// `webhook-timeout`.
+    timeout: Duration,
+    /// `webhook-concurrency`.
+    concurrency: usize,
+    /// `webhook-disable-after`.
+    disable_after: Duration,
+    running: Mutex<HashMap<String, Worker>>,
+    /// The service's tasks and shutdown, which the workers are part of.
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl Workers {
+    /// No worker runs until the first [`Self::sync`].
+    pub(crate) fn new(
+        config: &WebhookConfig,
+        store: Arc<dyn WebhookStore>,
+        client: DeliveryClient,
+        metrics: WebhookMetrics,
+        clock: Clock,
+        tracker: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Workers {
+        Workers {
+            store,
+            client,
+            metrics,
+            retry: RetryPolicy {
+                schedule: config.retry_schedule.clone(),
+            },
+            clock,
+            node: random_id("node_"),
+            timeout: config.timeout,
+            concurrency: config.concurrency,
+            disable_after: config.disable_after,
+            running: Mutex::new(HashMap::new()),
+            tracker,
+            shutdown,
+        }
+    }
+
+    /// Tells the endpoint's worker (if it runs) that it may have new deliveries.
+    pub(crate) fn wake(&self, id: &str) {
+        if let Some(w) = self.running().get(id) {
             w.wake.notify_one();
         }
     }
 
-    pub(super) fn lock_workers(&self) -> std::sync::MutexGuard<'_, HashMap<String, Worker>> {
-        self.workers.lock().unwrap_or_else(|p| p.into_inner())
+    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<String, Worker>> {
+        lock(&self.running)
     }
 
-    // -----------------------------------------------------------------------------
-    // Workers
-
-    /// Makes the running workers match the stored endpoints: one per enabled
-    /// endpoint, with its current settings.
-    pub(super) async fn reconcile(self: &Arc<Self>) {
-        let _turn = self.reconciling.lock().await;
-        let webhooks = match self.store.webhooks().await {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::warn!(error = %e, "webhooks: cannot read endpoints");
-                return;
-            }
-        };
-        let any_enabled = webhooks.iter().any(|w| w.disabled.is_none());
-        self.any_webhooks
-            .store(any_enabled, std::sync::atomic::Ordering::Release);
-        let mut workers = self.lock_workers();
+    /// Makes the running workers match `webhooks` (every stored endpoint): one per
+    /// enabled endpoint, with its current settings.
+    pub(crate) fn sync(self: &Arc<Self>, webhooks: Vec<Webhook>) {
+        let mut workers = self.running();
         workers.retain(|id, worker| {
             match webhooks
                 .iter()
@@ -144,7 +188,7 @@ impl Webhooks {
         wake: Arc<Notify>,
         stop: CancellationToken,
     ) {
-        let lease = self.config.timeout + LEASE_MARGIN;
+        let lease = self.timeout + LEASE_MARGIN;
         let mut in_flight = JoinSet::new();
         // Claims whose attempt has not settled yet, released if the worker stops.
         let held: Arc<std::sync::Mutex<Vec<i64>>> = Arc::default();
@@ -153,9 +197,9 @@ impl Webhooks {
             let slots = if current.ordered {
                 1
             } else {
-                self.config.concurrency.max(1)
+                self.concurrency.max(1)
             };
-            let mut wait = FEED_POLL;
+            let mut wait = IDLE_POLL;
             if in_flight.len() < slots {
                 let now = self.clock.now_ms();
                 match self
@@ -190,7 +234,7 @@ impl Webhooks {
                     if let Ok(Some(due)) =
                         self.store.next_due(&current.id, current.ordered, now).await
                     {
-                        let ms = (due - now).clamp(10, FEED_POLL.as_millis() as i64);
+                        let ms = (due - now).clamp(10, IDLE_POLL.as_millis() as i64);
                         wait = Duration::from_millis(ms as u64);
                     }
                 }
@@ -328,7 +372,7 @@ impl Webhooks {
             Some("the endpoint answered 410 Gone".to_string())
         } else {
             failing_since
-                .filter(|since| now_s - since > self.config.disable_after.as_secs() as i64)
+                .filter(|since| now_s - since > self.disable_after.as_secs() as i64)
                 .map(|since| {
                     format!(
                         "failing without a success since {} (longer than webhook-disable-after)",
@@ -353,7 +397,7 @@ impl Webhooks {
                 self.metrics.endpoint_disabled();
                 // Stops the endpoint's worker (the caller is one of its attempts,
                 // which ends here anyway).
-                if let Some(worker) = self.lock_workers().remove(id) {
+                if let Some(worker) = self.running().remove(id) {
                     worker.stop.cancel();
                 }
             }

@@ -1,6 +1,6 @@
 //! `/v1/webhooks`: register, list, inspect, change, rotate, enable, replay.
 //!
-//! Called from the API dispatcher (`crate::api::dispatch`) for every path under
+//! Called from the API dispatcher (`api::dispatch`) for every path under
 //! `/v1/webhooks`. Errors use ntfy's JSON error shape.
 //!
 //! **Who may do what.** On an ntfy-style server the topic name is the secret: ntfy
@@ -13,7 +13,7 @@
 //! - replaying needs a webhook admin (it reads messages published before the
 //!   webhook existed);
 //! - one webhook is managed by the bearer of its **management token** (`whm_...`,
-//!   answered once at registration, [`super::token`]), by the user who registered
+//!   answered once at registration, [`crate::webhook::token`]), by the user who registered
 //!   it, or by a webhook admin; to anyone else it does not exist (`404`, as for an
 //!   unknown ID: IDs are not confirmed);
 //! - the list holds what the caller manages: everything for an admin, nothing for
@@ -30,11 +30,10 @@ use axum::response::Response;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::Webhook;
-use super::dispatcher::{ReplayFrom, WebhookError, WebhookSpec, rfc3339};
-use crate::api::{AppState, json_response, query_pairs};
+use super::{AppState, json_response, query_pairs};
 use crate::auth::{Authorizer, Permission, Principal};
 use crate::error::ApiError;
+use crate::webhook::{ReplayFrom, Webhook, WebhookError, WebhookSpec, rfc3339};
 
 /// Largest request body accepted here.
 const BODY_LIMIT: usize = 16 * 1024;
@@ -87,7 +86,7 @@ impl Caller {
             return true;
         }
         let by_token = match (&self.token, &w.token_digest) {
-            (Some(token), Some(digest)) => super::token::matches(digest, token),
+            (Some(token), Some(digest)) => crate::webhook::token::matches(digest, token),
             _ => false,
         };
         let by_user = self
@@ -112,7 +111,7 @@ pub(crate) fn presents_admin_token(
     else {
         return false;
     };
-    super::token::presented(headers, query).is_some_and(|t| admin.matches(&t))
+    crate::webhook::token::presented(headers, query).is_some_and(|t| admin.matches(&t))
 }
 
 /// Who is calling: the principal `api::dispatch` authenticated (wrong credentials
@@ -123,7 +122,7 @@ fn caller(state: &AppState, req: &Request, client_ip: IpAddr) -> Caller {
         .get::<Principal>()
         .cloned()
         .unwrap_or_else(Principal::anonymous);
-    let token = super::token::presented(req.headers(), req.uri().query());
+    let token = crate::webhook::token::presented(req.headers(), req.uri().query());
     let admin =
         principal.is_admin() || presents_admin_token(state, req.headers(), req.uri().query());
     let visitor = match principal.user_name() {
