@@ -178,6 +178,18 @@ impl From<crate::store::StoreError> for ApiError {
     }
 }
 
+impl From<crate::core::PublishError> for ApiError {
+    fn from(err: crate::core::PublishError) -> Self {
+        use crate::core::PublishError;
+        match err {
+            PublishError::Store(e) => ApiError::from(e),
+            // The core logged it: the event may be stored, but it was not delivered.
+            PublishError::Broker(_) => ApiError::UNAVAILABLE,
+            PublishError::Aborted => ApiError::INTERNAL,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,5 +214,20 @@ mod tests {
         assert_eq!((down.http, down.code), (503, 50301));
         let bug = ApiError::from(StoreError::Backend("constraint".into()));
         assert_eq!((bug.http, bug.code), (500, 50001));
+    }
+
+    #[test]
+    fn publish_failures_keep_their_answers() {
+        use crate::broker::BrokerError;
+        use crate::core::PublishError;
+        use crate::store::StoreError;
+        let full = ApiError::from(PublishError::Store(StoreError::Full("disk full".into())));
+        assert_eq!((full.http, full.code), (507, 50702));
+        let broker = ApiError::from(PublishError::Broker(BrokerError::Unavailable(
+            "down".into(),
+        )));
+        assert_eq!((broker.http, broker.code), (503, 50301));
+        let aborted = ApiError::from(PublishError::Aborted);
+        assert_eq!((aborted.http, aborted.code), (500, 50001));
     }
 }

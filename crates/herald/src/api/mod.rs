@@ -28,12 +28,12 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
 
-use crate::core::Herald;
+use crate::core::{Herald, PublishKind};
 use crate::error::ApiError;
 use crate::hub::Transport;
 use crate::limits::{self, Charge, Limits};
-use crate::model::{EventKind, topic};
-use crate::telemetry::{Metrics, StoreMetrics};
+use crate::model::topic;
+use crate::telemetry::Metrics;
 
 /// State shared by all handlers.
 #[derive(Debug, Clone)]
@@ -51,18 +51,11 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// State for `herald`, with its own metrics registry (store commits not observed)
-    /// and `/metrics` on the main listener.
-    pub fn new(herald: Arc<Herald>) -> Self {
-        let metrics = Arc::new(Metrics::new(&herald, &StoreMetrics::default()));
-        AppState::with_metrics(herald, metrics, true)
-    }
-
     /// State for `herald` with `metrics`; `metrics_on_main` serves `/metrics` here.
     pub fn with_metrics(herald: Arc<Herald>, metrics: Arc<Metrics>, metrics_on_main: bool) -> Self {
-        let limit = herald.config.visitor_subscription_limit;
+        let limit = herald.config().visitor_subscription_limit;
         let limits = Arc::new(Limits::new(
-            herald.config.limits.clone(),
+            herald.config().limits.clone(),
             metrics.limit_refusals.clone(),
         ));
         AppState {
@@ -192,17 +185,26 @@ async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
         (&Method::DELETE, [topic, sid])
             if topic::is_valid_name(topic) && topic::is_valid_name(sid) =>
         {
-            publish::sequence_action(&state, &principal, topic, sid, EventKind::MessageDelete).await
+            let kind = PublishKind::Delete {
+                sequence_id: sid.to_string(),
+            };
+            publish::sequence_action(&state, &principal, topic, kind).await
         }
         (&Method::GET, [topic, sid, "delete"])
             if topic::is_valid_name(topic) && topic::is_valid_name(sid) =>
         {
-            publish::sequence_action(&state, &principal, topic, sid, EventKind::MessageDelete).await
+            let kind = PublishKind::Delete {
+                sequence_id: sid.to_string(),
+            };
+            publish::sequence_action(&state, &principal, topic, kind).await
         }
         (&Method::GET | &Method::PUT, [topic, sid, "clear" | "read"])
             if topic::is_valid_name(topic) && topic::is_valid_name(sid) =>
         {
-            publish::sequence_action(&state, &principal, topic, sid, EventKind::MessageClear).await
+            let kind = PublishKind::Clear {
+                sequence_id: sid.to_string(),
+            };
+            publish::sequence_action(&state, &principal, topic, kind).await
         }
         (&Method::GET, [topic, "publish" | "send" | "trigger"]) if topic::is_valid_name(topic) => {
             let topic = topic.to_string();
@@ -226,7 +228,7 @@ async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
                 _ => info::topic_auth(&state, &principal, &topics),
             }
         }
-        (&Method::GET, [topic]) if topic::is_valid_name(topic) => info::topic_page(&state, req),
+        (&Method::GET, [topic]) if topic::is_valid_name(topic) => info::topic_page(req),
         (&Method::GET | &Method::HEAD, [""]) => Ok(info::index()),
         _ => Err(ApiError::NOT_FOUND),
     };
@@ -253,7 +255,7 @@ fn is_topic_list(s: &str) -> bool {
 }
 
 /// Splits and checks a topic list against the disallowed names (ntfy `topicsFromIDs`).
-pub fn parse_topics(state: &AppState, list: &str) -> Result<Vec<String>, ApiError> {
+pub fn parse_topics(list: &str) -> Result<Vec<String>, ApiError> {
     let mut topics = Vec::new();
     for name in list.split(',') {
         if !topic::is_valid_name(name) {
@@ -266,7 +268,6 @@ pub fn parse_topics(state: &AppState, list: &str) -> Result<Vec<String>, ApiErro
             topics.push(name.to_string());
         }
     }
-    let _ = state;
     Ok(topics)
 }
 

@@ -140,7 +140,7 @@ impl Drop for SlotGuard {
 
 /// How many of `topics` have no subscribers yet (subscribing creates them).
 pub fn new_topic_count(state: &AppState, topics: &[String]) -> usize {
-    let hub = &state.herald.hub;
+    let hub = state.herald.hub();
     topics.iter().filter(|t| !hub.has_topic(t)).count()
 }
 
@@ -174,14 +174,14 @@ pub fn parse_parts(
     if state.herald.is_draining() {
         return Err(ApiError::UNAVAILABLE);
     }
-    let topic_list = parse_topics(state, topics)?;
+    let topic_list = parse_topics(topics)?;
     // Every topic of a multi-topic subscription must be readable.
     state
         .auth
         .authorize_all(principal, &topic_list, Permission::Read)?;
-    let hub = &state.herald.hub;
+    let hub = state.herald.hub();
     let new_topics = new_topic_count(state, &topic_list);
-    if new_topics > 0 && hub.topic_count() + new_topics > state.herald.config.global_topic_limit {
+    if new_topics > 0 && hub.topic_count() + new_topics > state.herald.config().global_topic_limit {
         return Err(ApiError::TOO_MANY_TOPICS);
     }
     let src = ParamSource { headers, query };
@@ -224,7 +224,7 @@ pub async fn backlog(
     req: &SubscribeRequest,
     poll: bool,
 ) -> Result<Backlog, ApiError> {
-    let cache_secs = state.herald.config.cache_duration.as_secs() as i64;
+    let cache_secs = state.herald.config().cache_duration.as_secs() as i64;
     let since = resolve_since(&req.params.since, poll, now_unix(), cache_secs);
     let pages = state
         .herald

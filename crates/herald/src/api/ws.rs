@@ -43,7 +43,7 @@ pub async fn subscribe(
             .extensions()
             .get::<crate::auth::Principal>()
             .unwrap_or(&anonymous);
-        let list = super::parse_topics(state, topics)?;
+        let list = super::parse_topics(topics)?;
         state
             .auth
             .authorize_all(principal, &list, crate::auth::Permission::Read)?;
@@ -81,7 +81,7 @@ pub async fn subscribe(
         Ok(history) => history,
         Err(e) => return Ok(backlog_error_response(e)),
     };
-    let keepalive = state.herald.config.keepalive_interval;
+    let keepalive = state.herald.config().keepalive_interval;
     let session = Session {
         subscription,
         _slot: slot,
