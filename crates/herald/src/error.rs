@@ -178,6 +178,32 @@ impl From<crate::store::StoreError> for ApiError {
     }
 }
 
+/// Each limit's refusal, in ntfy's codes. The global topic limit, connections and
+/// the request-head bounds are refused by the HTTP layer itself, with the same codes.
+impl From<crate::limits::Limit> for ApiError {
+    fn from(limit: crate::limits::Limit) -> Self {
+        use crate::limits::Limit;
+        match limit {
+            Limit::Requests => ApiError::TOO_MANY_REQUESTS,
+            Limit::Messages => ApiError::TOO_MANY_MESSAGES,
+            Limit::Subscriptions => ApiError::TOO_MANY_SUBSCRIPTIONS,
+            Limit::TopicCreation => ApiError::TOO_MANY_NEW_TOPICS,
+            Limit::GlobalTopics => ApiError::TOO_MANY_TOPICS,
+            Limit::Connections => ApiError::TOO_MANY_CONNECTIONS,
+            Limit::HeaderSize => ApiError::HEADERS_TOO_LARGE,
+            Limit::UrlLength => ApiError::URI_TOO_LONG,
+            Limit::HeaderTimeout => ApiError::BODY_TIMEOUT,
+            Limit::BodySize => ApiError::JSON_TOO_LARGE,
+        }
+    }
+}
+
+impl From<crate::limits::Refusal> for ApiError {
+    fn from(refusal: crate::limits::Refusal) -> Self {
+        ApiError::from(refusal.limit)
+    }
+}
+
 impl From<crate::core::PublishError> for ApiError {
     fn from(err: crate::core::PublishError) -> Self {
         use crate::core::PublishError;
@@ -214,6 +240,20 @@ mod tests {
         assert_eq!((down.http, down.code), (503, 50301));
         let bug = ApiError::from(StoreError::Backend("constraint".into()));
         assert_eq!((bug.http, bug.code), (500, 50001));
+    }
+
+    #[test]
+    fn limit_refusals_keep_ntfys_codes() {
+        use crate::limits::{Limit, Refusal};
+        let code = |limit: Limit| ApiError::from(Refusal::from(limit)).code;
+        assert_eq!(code(Limit::Requests), 42901);
+        assert_eq!(code(Limit::Subscriptions), 42903);
+        assert_eq!(code(Limit::GlobalTopics), 42904);
+        assert_eq!(code(Limit::Messages), 42908);
+        assert_eq!(code(Limit::TopicCreation), 42911);
+        assert_eq!(code(Limit::BodySize), 41303);
+        assert_eq!(code(Limit::UrlLength), 41401);
+        assert_eq!(code(Limit::HeaderSize), 43101);
     }
 
     #[test]

@@ -122,10 +122,7 @@ async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
     let principal = if account::needs_authentication(&segments) && !webhook_admin {
         match account::authenticate(&state, req.headers(), req.uri().query(), client_ip).await {
             Ok(p) => p,
-            Err(e) => {
-                let visitor = state.limits.visitor(client_ip, None);
-                return with_cors(state.limits.error_response(e, &visitor));
-            }
+            Err(e) => return with_cors(state.limits.error_response(e)),
         }
     } else {
         crate::auth::Principal::anonymous()
@@ -143,7 +140,6 @@ async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
             .limits
             .admit(&visitor, charge)
             .map(|()| limits::Admission::Local)
-            .map_err(limits::Refusal::from)
     };
     // Refused by a visitor limit: no route runs.
     let admission = match admission {
@@ -239,7 +235,12 @@ async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
             .settle_message(&visitor, admission, success)
             .await;
     }
-    with_cors(result.unwrap_or_else(|e| state.limits.error_response(e, &visitor)))
+    with_cors(result.unwrap_or_else(|e| {
+        if let Some(limit) = http_limit(&e) {
+            state.limits.refused(limit);
+        }
+        state.limits.error_response(e)
+    }))
 }
 
 fn with_cors(mut resp: Response) -> Response {
@@ -247,6 +248,19 @@ fn with_cors(mut resp: Response) -> Response {
         .entry(header::ACCESS_CONTROL_ALLOW_ORIGIN)
         .or_insert(HeaderValue::from_static("*"));
     resp
+}
+
+/// The HTTP layer's own bounds behind an error answer (a request body too large,
+/// the server's topic count reached), counted with the visitor limits' refusals in
+/// `herald_limit_refusals_total`.
+fn http_limit(error: &ApiError) -> Option<limits::Limit> {
+    if error.code == ApiError::JSON_TOO_LARGE.code {
+        Some(limits::Limit::BodySize)
+    } else if error.code == ApiError::TOO_MANY_TOPICS.code {
+        Some(limits::Limit::GlobalTopics)
+    } else {
+        None
+    }
 }
 
 /// `t1,t2,...` where each element is a valid topic name.

@@ -22,7 +22,7 @@ use crate::core::{HISTORY_RETRY_AFTER, HistoryPages};
 use crate::error::ApiError;
 use crate::hub::{Delivery, SharedEvent, Subscription};
 use crate::limits::shared::SharedSlot;
-use crate::limits::{Refusal, Visitor, VisitorKey};
+use crate::limits::{Limit, Refusal, Visitor, VisitorKey};
 use crate::model::{EventKind, Message, id as message_id, now_unix};
 use crate::store::{Query, Since};
 
@@ -44,7 +44,7 @@ impl SubscriptionSlots {
     }
 
     /// Takes a slot for `visitor`, or `429 42903` if it has `limit` open already.
-    pub fn acquire(self: &Arc<Self>, visitor: &Visitor) -> Result<SlotGuard, ApiError> {
+    pub fn acquire(self: &Arc<Self>, visitor: &Visitor) -> Result<SlotGuard, Refusal> {
         if visitor.exempt {
             return Ok(SlotGuard {
                 slots: self.clone(),
@@ -58,7 +58,7 @@ impl SubscriptionSlots {
             if *count == 0 {
                 map.remove(&visitor.key);
             }
-            return Err(ApiError::TOO_MANY_SUBSCRIPTIONS);
+            return Err(Limit::Subscriptions.into());
         }
         *count += 1;
         Ok(SlotGuard {

@@ -199,21 +199,6 @@ impl Limit {
             Limit::BodySize => "body_size",
         }
     }
-
-    /// The limit behind a `429` answer, by ntfy code.
-    fn of_error(e: &ApiError) -> Option<Limit> {
-        Some(match e.code {
-            42901 => Limit::Requests,
-            42903 => Limit::Subscriptions,
-            42904 => Limit::GlobalTopics,
-            42908 => Limit::Messages,
-            42911 => Limit::TopicCreation,
-            41303 => Limit::BodySize,
-            41401 => Limit::UrlLength,
-            43101 => Limit::HeaderSize,
-            _ => return None,
-        })
-    }
 }
 
 /// Labels of `herald_limit_refusals_total` (one value per [`Limit`]).
@@ -320,18 +305,20 @@ pub struct Limits {
     shared: Option<Arc<dyn SharedLimits>>,
 }
 
-/// A refused request: its error, and when the shared limits said it may be tried
-/// again (`None`: this node's registry knows, see [`Limits::retry_after`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A request a limit refused: which limit, and when the shared limits said it may
+/// be tried again (`None`: this node's registry knows, see [`Limits::retry_after`]).
+/// Each edge answers it in its own terms (HTTP: `crate::error`'s `From<Refusal>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("limit reached: {}", .limit.as_str())]
 pub struct Refusal {
-    pub error: ApiError,
+    pub limit: Limit,
     pub retry_after: Option<Duration>,
 }
 
-impl From<ApiError> for Refusal {
-    fn from(error: ApiError) -> Self {
+impl From<Limit> for Refusal {
+    fn from(limit: Limit) -> Self {
         Refusal {
-            error,
+            limit,
             retry_after: None,
         }
     }
@@ -472,20 +459,18 @@ impl Limits {
         }
     }
 
-    /// [`Limits::error_response`] for a refusal, with the shared limits' `Retry-After`
-    /// when they refused.
+    /// The answer to a refusal, counted by limit, with `Retry-After`: the shared
+    /// limits' when they refused, else this node's ([`Limits::retry_after`]).
     pub fn refusal_response(&self, refusal: Refusal, visitor: &Visitor) -> Response {
-        let Some(retry) = refusal.retry_after else {
-            return self.error_response(refusal.error, visitor);
+        self.refused(refusal.limit);
+        let retry = match refusal.retry_after {
+            // A slot frees up when another stream ends: as on one node, one request
+            // replenish interval.
+            Some(retry) if retry.is_zero() => self.requests.replenish,
+            Some(retry) => retry,
+            None => self.retry_after(refusal.limit, visitor),
         };
-        // A slot frees up when another stream ends: as on one node, one request
-        // replenish interval.
-        let retry = if retry.is_zero() {
-            self.requests.replenish
-        } else {
-            retry
-        };
-        self.answer(refusal.error, Some(retry))
+        answer(ApiError::from(refusal), Some(retry))
     }
 
     /// The options in force.
@@ -522,7 +507,7 @@ impl Limits {
     /// Charges a request to `visitor`: a request token, and for a publish the daily
     /// message limit (checked here, counted by [`Limits::count_message`] once the
     /// publish succeeded). Refusals are ntfy's `42901` and `42908`.
-    pub fn admit(&self, visitor: &Visitor, charge: Charge) -> Result<(), ApiError> {
+    pub fn admit(&self, visitor: &Visitor, charge: Charge) -> Result<(), Refusal> {
         if visitor.exempt || charge == Charge::Free {
             return Ok(());
         }
@@ -531,9 +516,9 @@ impl Limits {
             state
                 .requests
                 .take(self.requests, 1, now)
-                .map_err(|_| ApiError::TOO_MANY_REQUESTS)?;
+                .map_err(|_| Refusal::from(Limit::Requests))?;
             if charge == Charge::Publish && state.messages.get(today) >= self.daily_messages {
-                return Err(ApiError::TOO_MANY_MESSAGES);
+                return Err(Limit::Messages.into());
             }
             Ok(())
         })
@@ -542,7 +527,7 @@ impl Limits {
     /// A subscription that opens `new_topics` topics: one request token and that
     /// many topic-creation tokens, all or none (the listener's direct path, which
     /// hands a refused request to the API without having charged it).
-    pub fn admit_subscription(&self, visitor: &Visitor, new_topics: usize) -> Result<(), ApiError> {
+    pub fn admit_subscription(&self, visitor: &Visitor, new_topics: usize) -> Result<(), Refusal> {
         if visitor.exempt {
             return Ok(());
         }
@@ -550,18 +535,18 @@ impl Limits {
             state
                 .requests
                 .check(self.requests, 1, now)
-                .map_err(|_| ApiError::TOO_MANY_REQUESTS)?;
+                .map_err(|_| Refusal::from(Limit::Requests))?;
             self.take_topics(state, new_topics, now)?;
             state
                 .requests
                 .take(self.requests, 1, now)
-                .map_err(|_| ApiError::TOO_MANY_REQUESTS)
+                .map_err(|_| Refusal::from(Limit::Requests))
         })
     }
 
     /// Topic-creation tokens for `new_topics` topics that have no subscribers yet
     /// (`42911`); the request itself was charged by [`Limits::admit`].
-    pub fn admit_new_topics(&self, visitor: &Visitor, new_topics: usize) -> Result<(), ApiError> {
+    pub fn admit_new_topics(&self, visitor: &Visitor, new_topics: usize) -> Result<(), Refusal> {
         if visitor.exempt || new_topics == 0 || self.topics.is_none() {
             return Ok(());
         }
@@ -570,12 +555,7 @@ impl Limits {
         })
     }
 
-    fn take_topics(
-        &self,
-        state: &mut VisitorState,
-        n: usize,
-        now: Instant,
-    ) -> Result<(), ApiError> {
+    fn take_topics(&self, state: &mut VisitorState, n: usize, now: Instant) -> Result<(), Refusal> {
         let Some(rate) = self.topics else {
             return Ok(());
         };
@@ -586,7 +566,7 @@ impl Limits {
         state
             .topics
             .take(rate, n, now)
-            .map_err(|_| ApiError::TOO_MANY_NEW_TOPICS)
+            .map_err(|_| Refusal::from(Limit::TopicCreation))
     }
 
     /// Counts a successful publish against the visitor's daily message limit.
@@ -617,40 +597,28 @@ impl Limits {
             .map_or(0, |s| s.messages.get(today))
     }
 
-    /// The answer for an error: a `429` (or another limit's error) is counted by
-    /// limit, and a `429` gets `Retry-After` (whole seconds, at least 1).
-    pub fn error_response(&self, error: ApiError, visitor: &Visitor) -> Response {
-        let retry = (error.http == 429).then(|| self.retry_after(&error, visitor));
-        self.answer(error, retry)
-    }
-
-    /// `error`, counted by limit, with `Retry-After: retry` if `Some`.
-    fn answer(&self, error: ApiError, retry: Option<Duration>) -> Response {
-        if let Some(limit) = Limit::of_error(&error) {
-            self.refused(limit);
-        }
-        let mut resp = error.into_response();
-        if let Some(retry) = retry {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(retry_secs(retry)));
-        }
-        resp
+    /// The answer for an error that is no [`Refusal`] of these limits: a `429` (too
+    /// many auth failures, the global topic limit) still gets `Retry-After` (one
+    /// request replenish interval). Refusals answer with [`Limits::refusal_response`].
+    pub fn error_response(&self, error: ApiError) -> Response {
+        let retry = (error.http == 429).then_some(self.requests.replenish);
+        answer(error, retry)
     }
 
     /// When trying again may succeed: the next request or topic token, midnight UTC
     /// for the daily limit; for limits that free up when something else ends (open
     /// subscriptions, the global topic count), one request replenish interval.
-    pub fn retry_after(&self, error: &ApiError, visitor: &Visitor) -> Duration {
+    pub fn retry_after(&self, limit: Limit, visitor: &Visitor) -> Duration {
         let now = Instant::now();
         let from_bucket = |which: fn(&VisitorState) -> Bucket, rate: Rate| {
             self.peek_state(visitor)
                 .and_then(|s| which(&s).check(rate, 1, now).err())
                 .unwrap_or(rate.replenish)
         };
-        match error.code {
-            42901 => from_bucket(|s| s.requests, self.requests),
-            42908 => self.clock.until_midnight(now),
-            42911 => match self.topics {
+        match limit {
+            Limit::Requests => from_bucket(|s| s.requests, self.requests),
+            Limit::Messages => self.clock.until_midnight(now),
+            Limit::TopicCreation => match self.topics {
                 Some(rate) => from_bucket(|s| s.topics, rate),
                 None => self.requests.replenish,
             },
@@ -773,22 +741,31 @@ impl Drop for ConnectionPermit {
     }
 }
 
-/// A shared limit's verdict as a refusal with its error and `Retry-After`.
+/// A shared limit's verdict as a refusal with its `Retry-After`.
 fn shared_verdict(verdict: Verdict) -> Result<(), Refusal> {
     let (limit, retry_after) = match verdict {
         Verdict::Admitted => return Ok(()),
         Verdict::Refused { limit, retry_after } => (limit, retry_after),
     };
-    let error = match limit {
-        Limit::Requests => ApiError::TOO_MANY_REQUESTS,
-        Limit::Messages => ApiError::TOO_MANY_MESSAGES,
-        Limit::Subscriptions => ApiError::TOO_MANY_SUBSCRIPTIONS,
-        _ => ApiError::TOO_MANY_NEW_TOPICS,
+    // The shared limits refuse by requests, messages, streams or new topics only.
+    let limit = match limit {
+        Limit::Requests | Limit::Messages | Limit::Subscriptions => limit,
+        _ => Limit::TopicCreation,
     };
     Err(Refusal {
-        error,
+        limit,
         retry_after: Some(retry_after),
     })
+}
+
+/// `error` as an HTTP answer, with `Retry-After: retry` if `Some`.
+fn answer(error: ApiError, retry: Option<Duration>) -> Response {
+    let mut resp = error.into_response();
+    if let Some(retry) = retry {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(retry_secs(retry)));
+    }
+    resp
 }
 
 /// `Retry-After` in whole seconds, rounded up, at least 1.
