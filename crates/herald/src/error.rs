@@ -204,6 +204,17 @@ impl From<crate::limits::Refusal> for ApiError {
     }
 }
 
+impl From<crate::auth::AuthError> for ApiError {
+    fn from(err: crate::auth::AuthError) -> Self {
+        use crate::auth::AuthError;
+        match err {
+            AuthError::Unauthorized => ApiError::UNAUTHORIZED,
+            AuthError::Forbidden => ApiError::FORBIDDEN,
+            AuthError::TooManyFailures => ApiError::TOO_MANY_AUTH_FAILURES,
+        }
+    }
+}
+
 impl From<crate::core::PublishError> for ApiError {
     fn from(err: crate::core::PublishError) -> Self {
         use crate::core::PublishError;
@@ -240,6 +251,18 @@ mod tests {
         assert_eq!((down.http, down.code), (503, 50301));
         let bug = ApiError::from(StoreError::Backend("constraint".into()));
         assert_eq!((bug.http, bug.code), (500, 50001));
+    }
+
+    #[test]
+    fn auth_refusals_keep_ntfys_codes() {
+        use crate::auth::AuthError;
+        let answer = |e: AuthError| {
+            let e = ApiError::from(e);
+            (e.http, e.code)
+        };
+        assert_eq!(answer(AuthError::Unauthorized), (401, 40101));
+        assert_eq!(answer(AuthError::Forbidden), (403, 40301));
+        assert_eq!(answer(AuthError::TooManyFailures), (429, 42909));
     }
 
     #[test]

@@ -121,7 +121,7 @@ async fn drain(body: &mut Body, limit: usize) {
 fn authorize_write(state: &AppState, req: &Request, topic: &str) -> Result<(), ApiError> {
     let anonymous = Principal::anonymous();
     let principal = req.extensions().get::<Principal>().unwrap_or(&anonymous);
-    state.auth.authorize(principal, topic, Permission::Write)
+    Ok(state.auth.authorize(principal, topic, Permission::Write)?)
 }
 
 fn single_topic(topic: &str) -> Result<String, ApiError> {

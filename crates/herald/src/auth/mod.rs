@@ -22,6 +22,7 @@
 pub mod acl;
 pub mod cli;
 pub mod credentials;
+mod error;
 pub mod password;
 pub mod redis;
 pub mod sqlite;
@@ -39,9 +40,9 @@ use axum::http::HeaderMap;
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::error::ApiError;
 use acl::Grant;
 use credentials::{Credentials, Presented};
+pub use error::AuthError;
 use store::{AuthStore, AuthStoreError, EVERYONE};
 use token::TokenDigest;
 
@@ -447,7 +448,7 @@ impl Authorizer {
         headers: &HeaderMap,
         query: Option<&str>,
         peer: IpAddr,
-    ) -> Result<Principal, ApiError> {
+    ) -> Result<Principal, AuthError> {
         let Some(en) = &self.enabled else {
             return Ok(Principal::anonymous());
         };
@@ -455,10 +456,10 @@ impl Authorizer {
             Presented::None => return Ok(Principal::anonymous()),
             Presented::Malformed => {
                 if !en.throttle.allowed(peer, None, Instant::now()) {
-                    return Err(ApiError::TOO_MANY_AUTH_FAILURES);
+                    return Err(AuthError::TooManyFailures);
                 }
                 en.throttle.failed(peer, None, Instant::now());
-                return Err(ApiError::UNAUTHORIZED);
+                return Err(AuthError::Unauthorized);
             }
             Presented::Credentials(c) => c,
         };
@@ -466,14 +467,14 @@ impl Authorizer {
             return Ok(Principal::anonymous());
         }
         if !en.throttle.allowed(peer, creds.user_name(), Instant::now()) {
-            return Err(ApiError::TOO_MANY_AUTH_FAILURES);
+            return Err(AuthError::TooManyFailures);
         }
         let outcome = match Self::check_fast(en, &creds) {
             Check::Ok(p) => Some(p),
             Check::Fail => None,
             Check::NeedsHash { known_user, hash } => {
                 let Credentials::Password { user, password } = creds.clone() else {
-                    return Err(ApiError::UNAUTHORIZED);
+                    return Err(AuthError::Unauthorized);
                 };
                 let ok = Self::verify_bounded(en, password.clone(), hash.clone()).await;
                 match known_user {
@@ -493,7 +494,7 @@ impl Authorizer {
             None => {
                 en.throttle.failed(peer, creds.user_name(), Instant::now());
                 tracing::debug!(peer = %peer, user = creds.user_name().unwrap_or(""), "authentication failed");
-                Err(ApiError::UNAUTHORIZED)
+                Err(AuthError::Unauthorized)
             }
         }
     }
@@ -630,14 +631,14 @@ impl Authorizer {
         principal: &Principal,
         topic: &str,
         permission: Permission,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), AuthError> {
         let Some(en) = &self.enabled else {
             return Ok(());
         };
         if self.allowed(en, &Self::snapshot(en), principal, topic, permission) {
             Ok(())
         } else {
-            Err(ApiError::FORBIDDEN)
+            Err(AuthError::Forbidden)
         }
     }
 
@@ -647,7 +648,7 @@ impl Authorizer {
         principal: &Principal,
         topics: &[String],
         permission: Permission,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), AuthError> {
         let Some(en) = &self.enabled else {
             return Ok(());
         };
@@ -658,7 +659,7 @@ impl Authorizer {
         {
             Ok(())
         } else {
-            Err(ApiError::FORBIDDEN)
+            Err(AuthError::Forbidden)
         }
     }
 
@@ -822,7 +823,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             auth.authorize(&anon, "alerts", Permission::Read),
-            Err(ApiError::FORBIDDEN)
+            Err(AuthError::Forbidden)
         );
         assert!(auth.authorize(&anon, "public", Permission::Read).is_ok());
         assert!(auth.authorize(&anon, "public", Permission::Write).is_err());
@@ -867,19 +868,19 @@ mod tests {
             auth.authenticate(&basic("phil", "nope"), None, IP)
                 .await
                 .unwrap_err(),
-            ApiError::UNAUTHORIZED
+            AuthError::Unauthorized
         );
         assert_eq!(
             auth.authenticate(&basic("nobody", "nope"), None, IP)
                 .await
                 .unwrap_err(),
-            ApiError::UNAUTHORIZED
+            AuthError::Unauthorized
         );
         assert_eq!(
             auth.authenticate(&bearer("tk_wrongwrongwrongwrongwrongwrong1"), None, IP)
                 .await
                 .unwrap_err(),
-            ApiError::UNAUTHORIZED
+            AuthError::Unauthorized
         );
     }
 
@@ -897,7 +898,7 @@ mod tests {
             auth.authenticate(&bearer(&tok), None, IP)
                 .await
                 .unwrap_err(),
-            ApiError::UNAUTHORIZED
+            AuthError::Unauthorized
         );
     }
 
@@ -934,19 +935,19 @@ mod tests {
         for _ in 0..30 {
             assert_eq!(
                 auth.authenticate(&bad, None, IP).await.unwrap_err(),
-                ApiError::UNAUTHORIZED
+                AuthError::Unauthorized
             );
         }
         assert_eq!(
             auth.authenticate(&bad, None, IP).await.unwrap_err(),
-            ApiError::TOO_MANY_AUTH_FAILURES
+            AuthError::TooManyFailures
         );
         // Even the right token waits, as in ntfy (the limiter is checked first).
         assert_eq!(
             auth.authenticate(&bearer(&tok), None, IP)
                 .await
                 .unwrap_err(),
-            ApiError::TOO_MANY_AUTH_FAILURES
+            AuthError::TooManyFailures
         );
         let other: IpAddr = "192.0.2.8".parse().unwrap();
         assert!(auth.authenticate(&bearer(&tok), None, other).await.is_ok());
