@@ -215,6 +215,17 @@ impl From<crate::auth::AuthError> for ApiError {
     }
 }
 
+impl From<crate::core::HistoryError> for ApiError {
+    fn from(err: crate::core::HistoryError) -> Self {
+        use crate::core::HistoryError;
+        match err {
+            // The edge adds `Retry-After` (`core::HISTORY_RETRY_AFTER`) to this one.
+            HistoryError::Busy { .. } => ApiError::TOO_MANY_REQUESTS,
+            HistoryError::Store(e) => ApiError::from(e),
+        }
+    }
+}
+
 impl From<crate::core::PublishError> for ApiError {
     fn from(err: crate::core::PublishError) -> Self {
         use crate::core::PublishError;
@@ -251,6 +262,17 @@ mod tests {
         assert_eq!((down.http, down.code), (503, 50301));
         let bug = ApiError::from(StoreError::Backend("constraint".into()));
         assert_eq!((bug.http, bug.code), (500, 50001));
+    }
+
+    #[test]
+    fn history_failures_keep_their_answers() {
+        use crate::core::HistoryError;
+        let busy = ApiError::from(HistoryError::Busy {
+            retry_after: crate::core::HISTORY_RETRY_AFTER,
+        });
+        assert_eq!((busy.http, busy.code), (429, 42901));
+        let closed = ApiError::from(HistoryError::Store(crate::store::StoreError::Closed));
+        assert_eq!((closed.http, closed.code), (503, 50301));
     }
 
     #[test]

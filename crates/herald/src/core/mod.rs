@@ -21,7 +21,6 @@ use tokio_util::task::TaskTracker;
 
 use crate::broker::Broker;
 use crate::config::Config;
-use crate::error::ApiError;
 use crate::hub::{Closable, Hub, SharedEvent, Subscription, Transport};
 use crate::model::{Message, now_unix};
 use crate::store::StoreError;
@@ -67,6 +66,18 @@ pub const HISTORY_READ_WAIT: Duration = Duration::from_secs(3);
 
 /// The `Retry-After` of a history read refused for want of a place.
 pub const HISTORY_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// Why a history read failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    /// Every `history-read-limit` place stayed taken for [`HISTORY_READ_WAIT`]; trying
+    /// again after `retry_after` may succeed.
+    #[error("too many history reads in progress")]
+    Busy { retry_after: Duration },
+    /// The store failed the read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
 
 /// How long readiness waits for the store's write check before calling it failed.
 pub const READINESS_STORE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -264,7 +275,7 @@ impl Herald {
 
     /// Reads the whole history `query` selects at once. For tests and small reads:
     /// answers to clients read it a page at a time ([`Self::history_pages`]).
-    pub async fn history(&self, query: Query) -> Result<Vec<Message>, ApiError> {
+    pub async fn history(&self, query: Query) -> Result<Vec<Message>, HistoryError> {
         let mut pages = self.history_pages(query).await?;
         let mut messages = Vec::new();
         while let Some(page) = pages.next_page().await? {
@@ -284,7 +295,7 @@ impl Herald {
     /// what came before what. The bound is taken once, before the first page: every
     /// message below it is committed by then, so later pages see all of them, and
     /// everything above it reaches a registered subscriber live.
-    pub async fn history_pages(&self, query: Query) -> Result<HistoryPages, ApiError> {
+    pub async fn history_pages(&self, query: Query) -> Result<HistoryPages, HistoryError> {
         if query.since == crate::store::Since::None || query.topics.is_empty() {
             return Ok(HistoryPages::empty(self.store.clone(), query));
         }
@@ -294,8 +305,10 @@ impl Herald {
             self.history_reads.clone().acquire_owned(),
         )
         .await
-        .map_err(|_| ApiError::TOO_MANY_REQUESTS)?
-        .map_err(|_| ApiError::UNAVAILABLE)?;
+        .map_err(|_| HistoryError::Busy {
+            retry_after: HISTORY_RETRY_AFTER,
+        })?
+        .map_err(|_| HistoryError::Store(StoreError::Closed))?;
         // A store whose commit is the delivery (Redis) bounds its reads itself.
         let bound = (!self.store.commit_delivers()).then(|| self.sequencer.visible_bound());
         Ok(HistoryPages {
@@ -609,7 +622,7 @@ impl HistoryPages {
 
     /// The next non-empty page (about [`HISTORY_PAGE_BYTES`] of messages), in
     /// `(time, id)` order, or `None` when the history is complete.
-    pub async fn next_page(&mut self) -> Result<Option<Vec<Message>>, ApiError> {
+    pub async fn next_page(&mut self) -> Result<Option<Vec<Message>>, HistoryError> {
         while !self.finished {
             let page = self
                 .store
