@@ -26,7 +26,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 
 use crate::core::{Herald, PublishKind};
 use crate::error::ApiError;
@@ -122,7 +122,7 @@ async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
     let principal = if account::needs_authentication(&segments) && !webhook_admin {
         match account::authenticate(&state, req.headers(), req.uri().query(), client_ip).await {
             Ok(p) => p,
-            Err(e) => return with_cors(state.limits.error_response(e)),
+            Err(e) => return with_cors(error_response(&state.limits, e)),
         }
     } else {
         crate::auth::Principal::anonymous()
@@ -144,7 +144,7 @@ async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
     // Refused by a visitor limit: no route runs.
     let admission = match admission {
         Ok(admission) => admission,
-        Err(refusal) => return with_cors(state.limits.refusal_response(refusal, &visitor)),
+        Err(refusal) => return with_cors(refusal_response(&state.limits, refusal, &visitor)),
     };
 
     let result = match (&method, segments.as_slice()) {
@@ -239,7 +239,7 @@ async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
         if let Some(limit) = http_limit(&e) {
             state.limits.refused(limit);
         }
-        state.limits.error_response(e)
+        error_response(&state.limits, e)
     }))
 }
 
@@ -247,6 +247,38 @@ fn with_cors(mut resp: Response) -> Response {
     resp.headers_mut()
         .entry(header::ACCESS_CONTROL_ALLOW_ORIGIN)
         .or_insert(HeaderValue::from_static("*"));
+    resp
+}
+
+/// The answer to a visitor-limit refusal, counted by limit, in ntfy's code with
+/// `Retry-After` (whole seconds, at least 1).
+pub fn refusal_response(
+    limits: &Limits,
+    refusal: limits::Refusal,
+    visitor: &limits::Visitor,
+) -> Response {
+    limits.refused(refusal.limit);
+    let retry = limits.retry_after_refusal(&refusal, visitor);
+    with_retry_after(ApiError::from(refusal).into_response(), retry)
+}
+
+/// The answer for an error that is no visitor-limit refusal: a `429` (too many auth
+/// failures, the global topic limit) still gets `Retry-After` (one request replenish
+/// interval).
+fn error_response(limits: &Limits, error: ApiError) -> Response {
+    let retry = (error.http == 429).then(|| limits.replenish_interval());
+    let resp = error.into_response();
+    match retry {
+        Some(retry) => with_retry_after(resp, retry),
+        None => resp,
+    }
+}
+
+fn with_retry_after(mut resp: Response, retry: std::time::Duration) -> Response {
+    resp.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(limits::retry_secs(retry)),
+    );
     resp
 }
 

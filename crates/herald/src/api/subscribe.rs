@@ -320,7 +320,7 @@ pub async fn subscribe(
 
     let slot = match admit_stream(state, visitor, &sub_req.topics).await {
         Ok(slot) => slot,
-        Err(refusal) => return Ok(state.limits.refusal_response(refusal, visitor)),
+        Err(refusal) => return Ok(super::refusal_response(&state.limits, refusal, visitor)),
     };
     let subscription = state.herald.subscribe(&sub_req.topics, format.transport());
     let mut history = match backlog(state, &sub_req, false).await {

@@ -72,7 +72,7 @@ pub async fn subscribe(
     let sub_req = parse_request(state, &req, topics)?;
     let slot = match super::subscribe::admit_stream(state, visitor, &sub_req.topics).await {
         Ok(slot) => slot,
-        Err(refusal) => return Ok(state.limits.refusal_response(refusal, visitor)),
+        Err(refusal) => return Ok(super::refusal_response(&state.limits, refusal, visitor)),
     };
     let subscription = state
         .herald

@@ -39,14 +39,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use tokio::time::Instant;
 
-use crate::error::ApiError;
 use bucket::{Bucket, Clock, DailyCount, Rate};
 pub use net::{HostSpec, IpNet};
 use shared::{SharedCharge, SharedLimits, SharedSlot, Verdict, visitor_name};
@@ -459,18 +457,22 @@ impl Limits {
         }
     }
 
-    /// The answer to a refusal, counted by limit, with `Retry-After`: the shared
-    /// limits' when they refused, else this node's ([`Limits::retry_after`]).
-    pub fn refusal_response(&self, refusal: Refusal, visitor: &Visitor) -> Response {
-        self.refused(refusal.limit);
-        let retry = match refusal.retry_after {
+    /// When a refused request may be tried again: the shared limits' word when they
+    /// refused, else this node's ([`Limits::retry_after`]).
+    pub fn retry_after_refusal(&self, refusal: &Refusal, visitor: &Visitor) -> Duration {
+        match refusal.retry_after {
             // A slot frees up when another stream ends: as on one node, one request
             // replenish interval.
             Some(retry) if retry.is_zero() => self.requests.replenish,
             Some(retry) => retry,
             None => self.retry_after(refusal.limit, visitor),
-        };
-        answer(ApiError::from(refusal), Some(retry))
+        }
+    }
+
+    /// The request tokens' replenish interval: the `Retry-After` of refusals that free
+    /// up when something else ends.
+    pub fn replenish_interval(&self) -> Duration {
+        self.requests.replenish
     }
 
     /// The options in force.
@@ -595,14 +597,6 @@ impl Limits {
         let today = self.clock.day(Instant::now());
         self.peek_state(visitor)
             .map_or(0, |s| s.messages.get(today))
-    }
-
-    /// The answer for an error that is no [`Refusal`] of these limits: a `429` (too
-    /// many auth failures, the global topic limit) still gets `Retry-After` (one
-    /// request replenish interval). Refusals answer with [`Limits::refusal_response`].
-    pub fn error_response(&self, error: ApiError) -> Response {
-        let retry = (error.http == 429).then_some(self.requests.replenish);
-        answer(error, retry)
     }
 
     /// When trying again may succeed: the next request or topic token, midnight UTC
@@ -758,18 +752,8 @@ fn shared_verdict(verdict: Verdict) -> Result<(), Refusal> {
     })
 }
 
-/// `error` as an HTTP answer, with `Retry-After: retry` if `Some`.
-fn answer(error: ApiError, retry: Option<Duration>) -> Response {
-    let mut resp = error.into_response();
-    if let Some(retry) = retry {
-        resp.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(retry_secs(retry)));
-    }
-    resp
-}
-
 /// `Retry-After` in whole seconds, rounded up, at least 1.
-fn retry_secs(d: Duration) -> u64 {
+pub fn retry_secs(d: Duration) -> u64 {
     let secs = d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0));
     secs.max(1)
 }

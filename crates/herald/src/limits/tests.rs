@@ -1,4 +1,5 @@
 use super::*;
+use crate::error::ApiError;
 
 fn limits_with(f: impl FnOnce(&mut LimitsConfig)) -> Limits {
     let mut config = LimitsConfig::defaults();
@@ -51,9 +52,10 @@ async fn requests_burst_then_replenish() {
     let err = l.admit(&v, Charge::Publish).unwrap_err();
     assert_eq!(ApiError::from(err).code, 42901);
     assert_eq!(l.retry_after(err.limit, &v), Duration::from_secs(5));
-    let resp = l.refusal_response(err, &v);
+    assert_eq!(l.retry_after_refusal(&err, &v), Duration::from_secs(5));
+    let resp = crate::api::refusal_response(&l, err, &v);
     assert_eq!(resp.status(), 429);
-    assert_eq!(resp.headers()[header::RETRY_AFTER], "5");
+    assert_eq!(resp.headers()[axum::http::header::RETRY_AFTER], "5");
     assert_eq!(refused_count(&l, Limit::Requests), 1);
     // Others are not affected; free routes are never charged.
     l.admit(&l.visitor(ip("1.2.3.5"), None), Charge::Request)
