@@ -21,6 +21,10 @@
 //! registry is the fallback while Redis does not answer; without it, nothing here
 //! goes through that trait.
 //!
+//! A refusal is a domain value ([`Refusal`]: which limit, and when to try again);
+//! each edge answers it in its own terms (HTTP: `api::refusal_response`, with ntfy's
+//! code from `crate::error`).
+//!
 //! The buckets are hand-written ([`bucket`]) rather than `governor`'s: a visitor
 //! holds several limits that are checked together under one lock (a subscription
 //! takes a request token and a new-topic token or neither), the registry needs to
