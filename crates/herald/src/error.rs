@@ -182,6 +182,68 @@ impl From<crate::store::StoreError> for ApiError {
     }
 }
 
+/// Each limit's refusal, in ntfy's codes. The global topic limit, connections and
+/// the request-head bounds are refused by the HTTP layer itself, with the same codes.
+impl From<crate::limits::Limit> for ApiError {
+    fn from(limit: crate::limits::Limit) -> Self {
+        use crate::limits::Limit;
+        match limit {
+            Limit::Requests => ApiError::TOO_MANY_REQUESTS,
+            Limit::Messages => ApiError::TOO_MANY_MESSAGES,
+            Limit::Subscriptions => ApiError::TOO_MANY_SUBSCRIPTIONS,
+            Limit::TopicCreation => ApiError::TOO_MANY_NEW_TOPICS,
+            Limit::GlobalTopics => ApiError::TOO_MANY_TOPICS,
+            Limit::Connections => ApiError::TOO_MANY_CONNECTIONS,
+            Limit::HeaderSize => ApiError::HEADERS_TOO_LARGE,
+            Limit::UrlLength => ApiError::URI_TOO_LONG,
+            Limit::HeaderTimeout => ApiError::BODY_TIMEOUT,
+            Limit::BodySize => ApiError::JSON_TOO_LARGE,
+            Limit::PasswordChecks => ApiError::PASSWORD_CHECKS_BUSY,
+        }
+    }
+}
+
+impl From<crate::limits::Refusal> for ApiError {
+    fn from(refusal: crate::limits::Refusal) -> Self {
+        ApiError::from(refusal.limit)
+    }
+}
+
+impl From<crate::auth::AuthError> for ApiError {
+    fn from(err: crate::auth::AuthError) -> Self {
+        use crate::auth::AuthError;
+        match err {
+            AuthError::Unauthorized => ApiError::UNAUTHORIZED,
+            AuthError::Forbidden => ApiError::FORBIDDEN,
+            AuthError::TooManyFailures => ApiError::TOO_MANY_AUTH_FAILURES,
+            AuthError::PasswordChecksBusy => ApiError::PASSWORD_CHECKS_BUSY,
+        }
+    }
+}
+
+impl From<crate::core::HistoryError> for ApiError {
+    fn from(err: crate::core::HistoryError) -> Self {
+        use crate::core::HistoryError;
+        match err {
+            // The edge adds `Retry-After` (`core::HISTORY_RETRY_AFTER`) to this one.
+            HistoryError::Busy { .. } => ApiError::TOO_MANY_REQUESTS,
+            HistoryError::Store(e) => ApiError::from(e),
+        }
+    }
+}
+
+impl From<crate::core::PublishError> for ApiError {
+    fn from(err: crate::core::PublishError) -> Self {
+        use crate::core::PublishError;
+        match err {
+            PublishError::Store(e) => ApiError::from(e),
+            // The core logged it: the event may be stored, but it was not delivered.
+            PublishError::Broker(_) => ApiError::UNAVAILABLE,
+            PublishError::Aborted => ApiError::INTERNAL,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,5 +268,57 @@ mod tests {
         assert_eq!((down.http, down.code), (503, 50301));
         let bug = ApiError::from(StoreError::Backend("constraint".into()));
         assert_eq!((bug.http, bug.code), (500, 50001));
+    }
+
+    #[test]
+    fn history_failures_keep_their_answers() {
+        use crate::core::HistoryError;
+        let busy = ApiError::from(HistoryError::Busy {
+            retry_after: crate::core::HISTORY_RETRY_AFTER,
+        });
+        assert_eq!((busy.http, busy.code), (429, 42901));
+        let closed = ApiError::from(HistoryError::Store(crate::store::StoreError::Closed));
+        assert_eq!((closed.http, closed.code), (503, 50301));
+    }
+
+    #[test]
+    fn auth_refusals_keep_ntfys_codes() {
+        use crate::auth::AuthError;
+        let answer = |e: AuthError| {
+            let e = ApiError::from(e);
+            (e.http, e.code)
+        };
+        assert_eq!(answer(AuthError::Unauthorized), (401, 40101));
+        assert_eq!(answer(AuthError::Forbidden), (403, 40301));
+        assert_eq!(answer(AuthError::TooManyFailures), (429, 42909));
+    }
+
+    #[test]
+    fn limit_refusals_keep_ntfys_codes() {
+        use crate::limits::{Limit, Refusal};
+        let code = |limit: Limit| ApiError::from(Refusal::from(limit)).code;
+        assert_eq!(code(Limit::Requests), 42901);
+        assert_eq!(code(Limit::Subscriptions), 42903);
+        assert_eq!(code(Limit::GlobalTopics), 42904);
+        assert_eq!(code(Limit::Messages), 42908);
+        assert_eq!(code(Limit::TopicCreation), 42911);
+        assert_eq!(code(Limit::BodySize), 41303);
+        assert_eq!(code(Limit::UrlLength), 41401);
+        assert_eq!(code(Limit::HeaderSize), 43101);
+    }
+
+    #[test]
+    fn publish_failures_keep_their_answers() {
+        use crate::broker::BrokerError;
+        use crate::core::PublishError;
+        use crate::store::StoreError;
+        let full = ApiError::from(PublishError::Store(StoreError::Full("disk full".into())));
+        assert_eq!((full.http, full.code), (507, 50702));
+        let broker = ApiError::from(PublishError::Broker(BrokerError::Unavailable(
+            "down".into(),
+        )));
+        assert_eq!((broker.http, broker.code), (503, 50301));
+        let aborted = ApiError::from(PublishError::Aborted);
+        assert_eq!((aborted.http, aborted.code), (500, 50001));
     }
 }

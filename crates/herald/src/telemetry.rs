@@ -36,7 +36,7 @@ use prometheus_client::registry::Registry;
 use crate::core::Herald;
 use crate::hub::Transport;
 use crate::model::topic;
-use crate::store::{CommitObserver, Store};
+use crate::store::CommitObserver;
 
 /// A subsystem that keeps its own metric handles and adds them to the server's
 /// registry ([`Metrics::register_source`]), so that this module does not depend on
@@ -235,8 +235,10 @@ impl Metrics {
 
     /// The exposition text. Reads the store's counts first (a failing store leaves
     /// the previous values).
-    pub async fn render(&self, store: &dyn Store) -> String {
-        if let Ok(Ok(stats)) = tokio::time::timeout(Duration::from_secs(2), store.stats()).await {
+    pub async fn render(&self, herald: &Herald) -> String {
+        if let Ok(Ok(stats)) =
+            tokio::time::timeout(Duration::from_secs(2), herald.store_stats()).await
+        {
             self.store_messages.set(saturating_i64(stats.messages));
             self.scheduled.set(saturating_i64(stats.scheduled));
         }
@@ -303,7 +305,7 @@ impl Collector for CoreCollector {
     // metrics' help, but not to a collector's.
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         use std::sync::atomic::Ordering::Relaxed;
-        let hub = &self.herald.hub;
+        let hub = self.herald.hub();
         let counters = &hub.counters;
         // Only transports in use, plus the four real ones always (so dashboards see
         // zeros); `other` (embedders, benchmarks) only when it was used.
@@ -379,7 +381,7 @@ impl Collector for CoreCollector {
             MetricType::Counter,
         )?)?;
 
-        ConstGauge::new(i64::from(self.herald.store.writes_failing())).encode(
+        ConstGauge::new(i64::from(self.herald.store_writes_failing())).encode(
             encoder.encode_descriptor(
                 "herald_store_writes_failing",
                 "1 while the store's last commit failed and none has succeeded since (readiness fails), else 0.",

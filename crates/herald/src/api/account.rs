@@ -40,7 +40,7 @@ pub async fn authenticate(
     query: Option<&str>,
     peer: IpAddr,
 ) -> Result<Principal, ApiError> {
-    state.auth.authenticate(headers, query, peer).await
+    Ok(state.auth.authenticate(headers, query, peer).await?)
 }
 
 fn store(state: &AppState) -> Result<&Arc<dyn AuthStore>, ApiError> {

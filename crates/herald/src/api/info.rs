@@ -20,7 +20,7 @@ pub fn health(_state: &AppState) -> Response {
 /// store's writer is gone). Passing trouble (a full disk, Redis down, draining) is
 /// readiness's business, so a restart loop never makes it worse.
 pub fn healthz(state: &AppState) -> Response {
-    if state.herald.store.is_alive() {
+    if state.herald.store_alive() {
         json_response(StatusCode::OK, br#"{"status":"ok"}"#.to_vec())
     } else {
         json_response(
@@ -33,25 +33,15 @@ pub fn healthz(state: &AppState) -> Response {
 /// `GET /readyz`: readiness. The store must accept writes, the broker must be
 /// connected, and the server must not be draining; each check is named in the body.
 pub async fn readyz(state: &AppState) -> Response {
-    let herald = &state.herald;
-    let store_ok = matches!(
-        tokio::time::timeout(
-            std::time::Duration::from_secs(2),
-            herald.store.check_writable()
-        )
-        .await,
-        Ok(Ok(()))
-    );
-    let broker_ok = herald.broker.is_connected();
-    let draining = herald.is_draining();
-    let ready = store_ok && broker_ok && !draining;
+    let readiness = state.herald.readiness().await;
+    let ready = readiness.is_ready();
     let word = |ok: bool| if ok { "ok" } else { "fail" };
     let body = json!({
         "status": if ready { "ok" } else { "unavailable" },
         "checks": {
-            "store": word(store_ok),
-            "broker": word(broker_ok),
-            "accepting": word(!draining),
+            "store": word(readiness.store),
+            "broker": word(readiness.broker),
+            "accepting": word(readiness.accepting),
         }
     });
     let status = if ready {
@@ -64,7 +54,7 @@ pub async fn readyz(state: &AppState) -> Response {
 
 /// `GET /metrics`: Prometheus text (format 0.0.4). See [`crate::telemetry`].
 pub async fn metrics(state: &AppState) -> Response {
-    let body = state.metrics.render(state.herald.store.as_ref()).await;
+    let body = state.metrics.render(&state.herald).await;
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, crate::telemetry::CONTENT_TYPE)],
@@ -81,7 +71,7 @@ pub fn account(state: &AppState, visitor: &crate::limits::Visitor) -> Response {
 
 /// The JSON of [`account`], for the logged-in variant to extend.
 pub fn account_body(state: &AppState, visitor: &crate::limits::Visitor) -> serde_json::Value {
-    let config = &state.herald.config;
+    let config = state.herald.config();
     let daily_messages = config.limits.effective_message_daily_limit();
     let used = state.limits.messages_today(visitor);
     let body = json!({
@@ -127,7 +117,7 @@ pub async fn stats(state: &AppState) -> Result<Response, ApiError> {
 /// `GET /v1/config`: what the web app and clients read about this server.
 pub fn config(state: &AppState) -> Response {
     let body = json!({
-        "base_url": state.herald.config.base_url,
+        "base_url": state.herald.config().base_url,
         "app_root": "/",
         "enable_login": false,
         "require_login": false,
@@ -155,7 +145,7 @@ pub fn topic_auth(
     principal: &crate::auth::Principal,
     topics: &str,
 ) -> Result<Response, ApiError> {
-    let topics = parse_topics(state, topics)?;
+    let topics = parse_topics(topics)?;
     state
         .auth
         .authorize_all(principal, &topics, crate::auth::Permission::Read)?;
@@ -166,12 +156,12 @@ pub fn topic_auth(
 }
 
 /// `GET /<topic>`: UnifiedPush discovery with `?up=1`; herald serves no web app.
-pub fn topic_page(state: &AppState, req: Request) -> Result<Response, ApiError> {
+pub fn topic_page(req: Request) -> Result<Response, ApiError> {
     let up = query_pairs(&req)
         .iter()
         .any(|(k, v)| k == "up" && matches!(v.as_str(), "1" | "yes" | "true"));
     if up {
-        parse_topics(state, req.uri().path().trim_start_matches('/'))?;
+        parse_topics(req.uri().path().trim_start_matches('/'))?;
         return Ok(json_response(
             StatusCode::OK,
             br#"{"unifiedpush":{"version":1}}"#.to_vec(),

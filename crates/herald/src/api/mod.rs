@@ -28,13 +28,13 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 
-use crate::core::Herald;
+use crate::core::{Herald, PublishKind};
 use crate::error::ApiError;
 use crate::limits::{self, Charge, Limits};
-use crate::model::{EventKind, topic};
-use crate::telemetry::{Metrics, StoreMetrics};
+use crate::model::topic;
+use crate::telemetry::Metrics;
 pub use crate::wire::StreamFormat;
 
 /// State shared by all handlers.
@@ -53,18 +53,11 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// State for `herald`, with its own metrics registry (store commits not observed)
-    /// and `/metrics` on the main listener.
-    pub fn new(herald: Arc<Herald>) -> Self {
-        let metrics = Arc::new(Metrics::new(&herald, &StoreMetrics::default()));
-        AppState::with_metrics(herald, metrics, true)
-    }
-
     /// State for `herald` with `metrics`; `metrics_on_main` serves `/metrics` here.
     pub fn with_metrics(herald: Arc<Herald>, metrics: Arc<Metrics>, metrics_on_main: bool) -> Self {
-        let limit = herald.config.visitor_subscription_limit;
+        let limit = herald.config().visitor_subscription_limit;
         let limits = Arc::new(Limits::new(
-            herald.config.limits.clone(),
+            herald.config().limits.clone(),
             metrics.limit_refusals.clone(),
         ));
         AppState {
@@ -120,10 +113,7 @@ async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
     let principal = if account::needs_authentication(&segments) && !webhook_admin {
         match account::authenticate(&state, req.headers(), req.uri().query(), client_ip).await {
             Ok(p) => p,
-            Err(e) => {
-                let visitor = state.limits.visitor(client_ip, None);
-                return with_cors(state.limits.error_response(e, &visitor));
-            }
+            Err(e) => return with_cors(error_response(&state.limits, e)),
         }
     } else {
         crate::auth::Principal::anonymous()
@@ -141,12 +131,11 @@ async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
             .limits
             .admit(&visitor, charge)
             .map(|()| limits::Admission::Local)
-            .map_err(limits::Refusal::from)
     };
     // Refused by a visitor limit: no route runs.
     let admission = match admission {
         Ok(admission) => admission,
-        Err(refusal) => return with_cors(state.limits.refusal_response(refusal, &visitor)),
+        Err(refusal) => return with_cors(refusal_response(&state.limits, refusal, &visitor)),
     };
 
     let result = match (&method, segments.as_slice()) {
@@ -183,17 +172,26 @@ async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
         (&Method::DELETE, [topic, sid])
             if topic::is_valid_name(topic) && topic::is_valid_name(sid) =>
         {
-            publish::sequence_action(&state, &principal, topic, sid, EventKind::MessageDelete).await
+            let kind = PublishKind::Delete {
+                sequence_id: sid.to_string(),
+            };
+            publish::sequence_action(&state, &principal, topic, kind).await
         }
         (&Method::GET, [topic, sid, "delete"])
             if topic::is_valid_name(topic) && topic::is_valid_name(sid) =>
         {
-            publish::sequence_action(&state, &principal, topic, sid, EventKind::MessageDelete).await
+            let kind = PublishKind::Delete {
+                sequence_id: sid.to_string(),
+            };
+            publish::sequence_action(&state, &principal, topic, kind).await
         }
         (&Method::GET | &Method::PUT, [topic, sid, "clear" | "read"])
             if topic::is_valid_name(topic) && topic::is_valid_name(sid) =>
         {
-            publish::sequence_action(&state, &principal, topic, sid, EventKind::MessageClear).await
+            let kind = PublishKind::Clear {
+                sequence_id: sid.to_string(),
+            };
+            publish::sequence_action(&state, &principal, topic, kind).await
         }
         (&Method::GET, [topic, "publish" | "send" | "trigger"]) if topic::is_valid_name(topic) => {
             let topic = topic.to_string();
@@ -217,7 +215,7 @@ async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
                 _ => info::topic_auth(&state, &principal, &topics),
             }
         }
-        (&Method::GET, [topic]) if topic::is_valid_name(topic) => info::topic_page(&state, req),
+        (&Method::GET, [topic]) if topic::is_valid_name(topic) => info::topic_page(req),
         (&Method::GET | &Method::HEAD, [""]) => Ok(info::index()),
         _ => Err(ApiError::NOT_FOUND),
     };
@@ -228,7 +226,12 @@ async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
             .settle_message(&visitor, admission, success)
             .await;
     }
-    with_cors(result.unwrap_or_else(|e| state.limits.error_response(e, &visitor)))
+    with_cors(result.unwrap_or_else(|e| {
+        if let Some(limit) = http_limit(&e) {
+            state.limits.refused(limit);
+        }
+        error_response(&state.limits, e)
+    }))
 }
 
 fn with_cors(mut resp: Response) -> Response {
@@ -238,14 +241,64 @@ fn with_cors(mut resp: Response) -> Response {
     resp
 }
 
+/// The answer to a visitor-limit refusal, counted by limit, in ntfy's code with
+/// `Retry-After` (whole seconds, at least 1).
+pub fn refusal_response(
+    limits: &Limits,
+    refusal: limits::Refusal,
+    visitor: &limits::Visitor,
+) -> Response {
+    limits.refused(refusal.limit);
+    let retry = limits.retry_after_refusal(&refusal, visitor);
+    with_retry_after(ApiError::from(refusal).into_response(), retry)
+}
+
+/// The answer for an error that is no visitor-limit refusal: a `429` (too many auth
+/// failures, the global topic limit) still gets `Retry-After` (one request replenish
+/// interval; one second when the password-check gate was full).
+fn error_response(limits: &Limits, error: ApiError) -> Response {
+    if error == ApiError::PASSWORD_CHECKS_BUSY {
+        // The password-check gate was full: counted as a refusal; a slot frees up
+        // within a fraction of a second.
+        limits.refused(limits::Limit::PasswordChecks);
+        return with_retry_after(error.into_response(), std::time::Duration::from_secs(1));
+    }
+    let retry = (error.http == 429).then(|| limits.replenish_interval());
+    let resp = error.into_response();
+    match retry {
+        Some(retry) => with_retry_after(resp, retry),
+        None => resp,
+    }
+}
+
+fn with_retry_after(mut resp: Response, retry: std::time::Duration) -> Response {
+    resp.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(limits::retry_secs(retry)),
+    );
+    resp
+}
+
+/// The HTTP layer's own bounds behind an error answer (a request body too large,
+/// the server's topic count reached), counted with the visitor limits' refusals in
+/// `herald_limit_refusals_total`.
+fn http_limit(error: &ApiError) -> Option<limits::Limit> {
+    if error.code == ApiError::JSON_TOO_LARGE.code {
+        Some(limits::Limit::BodySize)
+    } else if error.code == ApiError::TOO_MANY_TOPICS.code {
+        Some(limits::Limit::GlobalTopics)
+    } else {
+        None
+    }
+}
+
 /// `t1,t2,...` where each element is a valid topic name.
 fn is_topic_list(s: &str) -> bool {
     !s.is_empty() && s.split(',').all(topic::is_valid_name)
 }
 
 /// Splits and checks a topic list against the disallowed names (ntfy `topicsFromIDs`).
-pub fn parse_topics(state: &AppState, list: &str) -> Result<Vec<String>, ApiError> {
-    let _ = state;
+pub fn parse_topics(list: &str) -> Result<Vec<String>, ApiError> {
     Ok(crate::subscribe::parse_topic_list(list)?)
 }
 

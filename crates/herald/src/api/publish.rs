@@ -15,12 +15,10 @@ use base64::Engine;
 use super::params::{ParamSource, PublishLimits, parse_json_publish, parse_publish};
 use super::{AppState, json_response, parse_topics, query_pairs};
 use crate::auth::{Permission, Principal};
+use crate::core::publish::{MessageDraft, POLL_REQUEST_MESSAGE, PublishKind, PublishRequest};
 use crate::error::ApiError;
-use crate::model::{Attachment, EventKind, Message, now_unix};
+use crate::model::{Attachment, now_unix};
 use crate::wire::json_line as encode_json_line;
-
-/// Text of a message published without any text (ntfy's `emptyMessageBody`).
-const EMPTY_MESSAGE: &str = "triggered";
 
 /// `PUT`/`POST /<topic>[/<sid>]` and `GET /<topic>/publish`.
 pub async fn publish(
@@ -29,18 +27,18 @@ pub async fn publish(
     topic: &str,
     path_sequence_id: Option<String>,
 ) -> Result<Response, ApiError> {
-    let topic = single_topic(state, topic)?;
+    let topic = single_topic(topic)?;
     authorize_write(state, &req, &topic)?;
     let query = query_pairs(&req);
     let (parts, body) = req.into_parts();
-    let body = read_body(body, state.herald.config.message_size_limit).await?;
+    let body = read_body(body, state.herald.config().message_size_limit).await?;
     publish_with(state, &parts.headers, &query, body, topic, path_sequence_id).await
 }
 
 /// `PUT`/`POST /` with a JSON body naming the topic (docs/COMPATIBILITY.md §2.6).
 pub async fn publish_json(state: &AppState, req: Request) -> Result<Response, ApiError> {
     let query = query_pairs(&req);
-    let limit = state.herald.config.message_size_limit.saturating_mul(2);
+    let limit = state.herald.config().message_size_limit.saturating_mul(2);
     let (parts, body) = req.into_parts();
     let body = read_body(body, limit.saturating_add(1)).await?;
     if !body.complete {
@@ -53,7 +51,7 @@ pub async fn publish_json(state: &AppState, req: Request) -> Result<Response, Ap
     for (name, value) in json.headers.iter() {
         headers.insert(name.clone(), value.clone());
     }
-    let topic = single_topic(state, &json.topic)?;
+    let topic = single_topic(&json.topic)?;
     let principal = parts
         .extensions
         .get::<Principal>()
@@ -64,7 +62,7 @@ pub async fn publish_json(state: &AppState, req: Request) -> Result<Response, Ap
         .authorize(&principal, &topic, Permission::Write)?;
     let message = json.message.unwrap_or_default();
     let body = BodyBytes {
-        complete: message.len() < state.herald.config.message_size_limit,
+        complete: message.len() < state.herald.config().message_size_limit,
         bytes: Bytes::from(message),
     };
     publish_with(state, &headers, &query, body, topic, None).await
@@ -123,11 +121,11 @@ async fn drain(body: &mut Body, limit: usize) {
 fn authorize_write(state: &AppState, req: &Request, topic: &str) -> Result<(), ApiError> {
     let anonymous = Principal::anonymous();
     let principal = req.extensions().get::<Principal>().unwrap_or(&anonymous);
-    state.auth.authorize(principal, topic, Permission::Write)
+    Ok(state.auth.authorize(principal, topic, Permission::Write)?)
 }
 
-fn single_topic(state: &AppState, topic: &str) -> Result<String, ApiError> {
-    let mut topics = parse_topics(state, topic)?;
+fn single_topic(topic: &str) -> Result<String, ApiError> {
+    let mut topics = parse_topics(topic)?;
     match (topics.pop(), topics.is_empty()) {
         (Some(t), true) => Ok(t),
         _ => Err(ApiError::TOPIC_INVALID),
@@ -142,7 +140,7 @@ async fn publish_with(
     topic: String,
     path_sequence_id: Option<String>,
 ) -> Result<Response, ApiError> {
-    let config = &state.herald.config;
+    let config = state.herald.config();
     let now = now_unix();
     let src = ParamSource { headers, query };
     let limits = PublishLimits {
@@ -152,86 +150,61 @@ async fn publish_with(
     let params = parse_publish(&src, &limits, now)?;
     let limit = config.message_size_limit;
 
-    let mut m = Message::new(EventKind::Message, topic);
-    m.time = params.delay.unwrap_or(now);
-    m.title = params.title;
-    m.priority = params.priority;
-    m.tags = params.tags;
-    m.click = params.click;
-    m.icon = params.icon;
-    m.actions = params.actions;
-    if params.markdown {
-        m.content_type = "text/markdown".into();
-    }
-    if let Some(url) = &params.attach {
-        let name = params
+    let attachment = params.attach.as_ref().map(|url| Attachment {
+        name: params
             .filename
             .clone()
-            .unwrap_or_else(|| attachment_name_from_url(url));
-        m.attachment = Some(Attachment {
-            name,
-            url: url.to_string(),
-            ..Attachment::default()
-        });
-    }
+            .unwrap_or_else(|| attachment_name_from_url(url)),
+        url: url.to_string(),
+        ..Attachment::default()
+    });
+    let mut draft = MessageDraft {
+        title: params.title,
+        priority: params.priority,
+        tags: params.tags,
+        click: params.click,
+        icon: params.icon,
+        actions: params.actions,
+        attachment,
+        markdown: params.markdown,
+        due: params.delay,
+        cache: params.cache,
+        sequence_id: path_sequence_id.or(params.sequence_id),
+        ..MessageDraft::default()
+    };
 
     // Body → message text (docs/COMPATIBILITY.md §2.3, in ntfy's order).
     if let Some(poll_id) = params.poll_id {
-        m.event = EventKind::PollRequest;
-        m.poll_id = poll_id;
-        m.message = "New message".into();
+        draft.poll_id = Some(poll_id);
+        draft.text = POLL_REQUEST_MESSAGE.into();
     } else if params.unifiedpush {
         // ntfy publishes the first `message-size-limit` bytes of an over-long body.
         let bytes = &body.bytes[..body.bytes.len().min(limit)];
         match std::str::from_utf8(bytes) {
-            Ok(text) => m.message = text.to_string(),
+            Ok(text) => draft.text = text.to_string(),
             Err(_) => {
-                m.message = base64::engine::general_purpose::STANDARD.encode(bytes);
-                m.encoding = "base64".into();
+                draft.text = base64::engine::general_purpose::STANDARD.encode(bytes);
+                draft.encoding = "base64".into();
             }
         }
     } else if params.attach.is_some() {
         let bytes = &body.bytes[..body.bytes.len().min(limit)];
         let text = std::str::from_utf8(bytes).map_err(|_| ApiError::MESSAGE_NOT_UTF8)?;
-        m.message = pick_text(text, params.message);
+        draft.text = pick_text(text, params.message);
     } else if params.filename.is_some() || !body.complete {
         return Err(ApiError::ATTACHMENTS_NOT_ALLOWED);
     } else {
         let text =
             std::str::from_utf8(&body.bytes).map_err(|_| ApiError::ATTACHMENTS_NOT_ALLOWED)?;
-        m.message = pick_text(text, params.message);
-    }
-    // ntfy (v2.19.1+) strips NUL characters before storing text.
-    if m.message.contains('\0') {
-        m.message.retain(|c| c != '\0');
-    }
-    if m.title.contains('\0') {
-        m.title.retain(|c| c != '\0');
-    }
-    if m.message.is_empty() {
-        m.message = match &m.attachment {
-            Some(a) => format!("You received a file: {}", a.name),
-            None => EMPTY_MESSAGE.into(),
-        };
+        draft.text = pick_text(text, params.message);
     }
 
-    let explicit_sequence = path_sequence_id.or(params.sequence_id);
-    m.sequence_id = Some(explicit_sequence.clone().unwrap_or_else(|| m.id.clone()));
-    let scheduled = params.delay.is_some();
-    let cache_secs = config.cache_duration.as_secs() as i64;
-    m.expires = if m.event == EventKind::PollRequest || !params.cache {
-        None
-    } else if scheduled || cache_secs > 0 {
-        Some(m.time + cache_secs)
-    } else {
-        None
+    let scheduled = draft.due.is_some();
+    let request = PublishRequest {
+        topic,
+        kind: PublishKind::Message(Box::new(draft)),
     };
-
-    if let Some(sid) = &explicit_sequence {
-        // Publishing to a sequence replaces its pending scheduled message (ntfy v2.16).
-        state.herald.cancel_scheduled(&m.topic, sid).await?;
-    }
-    let m = state.herald.publish(m).await?;
+    let m = state.herald.publish(request).await?;
     tracing::debug!(topic = %m.topic, id = %m.id, scheduled, "published");
     Ok(json_response(StatusCode::OK, encode_json_line(&m).to_vec()))
 }
@@ -261,26 +234,17 @@ fn attachment_name_from_url(url: &str) -> String {
     }
 }
 
-/// `DELETE /<topic>/<sid>`, `GET /<topic>/<sid>/delete`, `PUT|GET /<topic>/<sid>/clear|read`.
+/// `DELETE /<topic>/<sid>`, `GET /<topic>/<sid>/delete`, `PUT|GET /<topic>/<sid>/clear|read`:
+/// `kind` is the [`PublishKind::Delete`] or [`PublishKind::Clear`] of the path's sequence.
 pub async fn sequence_action(
     state: &AppState,
     principal: &Principal,
     topic: &str,
-    sequence_id: &str,
-    kind: EventKind,
+    kind: PublishKind,
 ) -> Result<Response, ApiError> {
-    let topic = single_topic(state, topic)?;
+    let topic = single_topic(topic)?;
     state.auth.authorize(principal, &topic, Permission::Write)?;
-    let mut m = Message::new(kind, topic);
-    m.sequence_id = Some(sequence_id.to_string());
-    let cache_secs = state.herald.config.cache_duration.as_secs() as i64;
-    if cache_secs > 0 {
-        m.expires = Some(m.time + cache_secs);
-    }
-    if kind == EventKind::MessageDelete {
-        state.herald.cancel_scheduled(&m.topic, sequence_id).await?;
-    }
-    let m = state.herald.publish(m).await?;
+    let m = state.herald.publish(PublishRequest { topic, kind }).await?;
     Ok(json_response(StatusCode::OK, encode_json_line(&m).to_vec()))
 }
 

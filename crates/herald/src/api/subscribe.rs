@@ -87,7 +87,7 @@ pub async fn subscribe(
 
     let slot = match state.streams().admit(visitor, &sub_req.topics).await {
         Ok(slot) => slot,
-        Err(refusal) => return Ok(state.limits.refusal_response(refusal, visitor)),
+        Err(refusal) => return Ok(super::refusal_response(&state.limits, refusal, visitor)),
     };
     let subscription = state.herald.subscribe(&sub_req.topics, format.transport());
     let mut history = match state.streams().backlog(&sub_req, false).await {

@@ -76,8 +76,9 @@ impl Caller {
             return Err(ApiError::FORBIDDEN
                 .with_detail("topic patterns need webhook admin rights (webhook-admin-token)"));
         }
-        self.auth
-            .authorize(&self.principal, topic, Permission::Read)
+        Ok(self
+            .auth
+            .authorize(&self.principal, topic, Permission::Read)?)
     }
 
     /// Whether the caller manages `w` (and so may see that it exists).

@@ -67,7 +67,7 @@ pub async fn subscribe(
     let sub_req = parse_request(state, &req, topics)?;
     let slot = match state.streams().admit(visitor, &sub_req.topics).await {
         Ok(slot) => slot,
-        Err(refusal) => return Ok(state.limits.refusal_response(refusal, visitor)),
+        Err(refusal) => return Ok(super::refusal_response(&state.limits, refusal, visitor)),
     };
     let subscription = state
         .herald
@@ -76,7 +76,7 @@ pub async fn subscribe(
         Ok(history) => history,
         Err(e) => return Ok(backlog_error_response(e)),
     };
-    let keepalive = state.herald.config.keepalive_interval;
+    let keepalive = state.herald.config().keepalive_interval;
     let session = Session {
         subscription,
         _slot: slot,

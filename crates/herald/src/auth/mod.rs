@@ -28,6 +28,7 @@
 pub mod acl;
 pub mod cli;
 pub mod credentials;
+mod error;
 pub mod gate;
 pub mod password;
 pub mod redis;
@@ -48,8 +49,8 @@ use axum::http::HeaderMap;
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::error::ApiError;
 use credentials::{Credentials, Presented};
+pub use error::AuthError;
 use store::{AuthStore, AuthStoreError};
 use token::TokenDigest;
 
@@ -244,14 +245,14 @@ impl Authorizer {
     /// Turns the request's credentials into a principal: anonymous without
     /// credentials, `401 40101` for wrong ones, `429 42909` after too many failures
     /// from this address or for this user name, `429 42901`
-    /// ([`ApiError::PASSWORD_CHECKS_BUSY`]) when a password must be hashed and the
+    /// ([`AuthError::PasswordChecksBusy`]) when a password must be hashed and the
     /// gate has no room for this address.
     pub async fn authenticate(
         &self,
         headers: &HeaderMap,
         query: Option<&str>,
         peer: IpAddr,
-    ) -> Result<Principal, ApiError> {
+    ) -> Result<Principal, AuthError> {
         let Some(en) = &self.enabled else {
             return Ok(Principal::anonymous());
         };
@@ -259,10 +260,10 @@ impl Authorizer {
             Presented::None => return Ok(Principal::anonymous()),
             Presented::Malformed => {
                 if !en.throttle.allowed(peer, None, Instant::now()) {
-                    return Err(ApiError::TOO_MANY_AUTH_FAILURES);
+                    return Err(AuthError::TooManyFailures);
                 }
                 en.throttle.failed(peer, None, Instant::now());
-                return Err(ApiError::UNAUTHORIZED);
+                return Err(AuthError::Unauthorized);
             }
             Presented::Credentials(c) => c,
         };
@@ -270,21 +271,21 @@ impl Authorizer {
             return Ok(Principal::anonymous());
         }
         if !en.throttle.allowed(peer, creds.user_name(), Instant::now()) {
-            return Err(ApiError::TOO_MANY_AUTH_FAILURES);
+            return Err(AuthError::TooManyFailures);
         }
         let outcome = match Self::check_fast(en, &creds) {
             Check::Ok(p) => Some(p),
             Check::Fail => None,
             Check::NeedsHash(known) => {
                 let Credentials::Password { user, password } = &creds else {
-                    return Err(ApiError::UNAUTHORIZED);
+                    return Err(AuthError::Unauthorized);
                 };
                 // Not a failure: nothing was checked. The client may try again.
                 let _permit = en
                     .gate
                     .admit(throttle::address_prefix(peer))
                     .await
-                    .map_err(|gate::Busy| ApiError::PASSWORD_CHECKS_BUSY)?;
+                    .map_err(|gate::Busy| AuthError::PasswordChecksBusy)?;
                 let hash = known.as_ref().map(|(_, hash)| hash.clone());
                 let ok = en.verifier.verify(password.clone(), hash).await;
                 match known {
@@ -304,7 +305,7 @@ impl Authorizer {
             None => {
                 en.throttle.failed(peer, creds.user_name(), Instant::now());
                 tracing::debug!(peer = %peer, user = creds.user_name().unwrap_or(""), "authentication failed");
-                Err(ApiError::UNAUTHORIZED)
+                Err(AuthError::Unauthorized)
             }
         }
     }
@@ -438,14 +439,14 @@ impl Authorizer {
         principal: &Principal,
         topic: &str,
         permission: Permission,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), AuthError> {
         let Some(en) = &self.enabled else {
             return Ok(());
         };
         if self.allowed(en, &Self::snapshot(en), principal, topic, permission) {
             Ok(())
         } else {
-            Err(ApiError::FORBIDDEN)
+            Err(AuthError::Forbidden)
         }
     }
 
@@ -455,7 +456,7 @@ impl Authorizer {
         principal: &Principal,
         topics: &[String],
         permission: Permission,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), AuthError> {
         let Some(en) = &self.enabled else {
             return Ok(());
         };
@@ -466,7 +467,7 @@ impl Authorizer {
         {
             Ok(())
         } else {
-            Err(ApiError::FORBIDDEN)
+            Err(AuthError::Forbidden)
         }
     }
 
@@ -608,7 +609,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             auth.authorize(&anon, "alerts", Permission::Read),
-            Err(ApiError::FORBIDDEN)
+            Err(AuthError::Forbidden)
         );
         assert!(auth.authorize(&anon, "public", Permission::Read).is_ok());
         assert!(auth.authorize(&anon, "public", Permission::Write).is_err());
@@ -653,19 +654,19 @@ mod tests {
             auth.authenticate(&basic("phil", "nope"), None, IP)
                 .await
                 .unwrap_err(),
-            ApiError::UNAUTHORIZED
+            AuthError::Unauthorized
         );
         assert_eq!(
             auth.authenticate(&basic("nobody", "nope"), None, IP)
                 .await
                 .unwrap_err(),
-            ApiError::UNAUTHORIZED
+            AuthError::Unauthorized
         );
         assert_eq!(
             auth.authenticate(&bearer("tk_wrongwrongwrongwrongwrongwrong1"), None, IP)
                 .await
                 .unwrap_err(),
-            ApiError::UNAUTHORIZED
+            AuthError::Unauthorized
         );
     }
 
@@ -683,7 +684,7 @@ mod tests {
             auth.authenticate(&bearer(&tok), None, IP)
                 .await
                 .unwrap_err(),
-            ApiError::UNAUTHORIZED
+            AuthError::Unauthorized
         );
     }
 
@@ -756,8 +757,8 @@ mod tests {
         let mut busy = 0;
         for f in flood {
             match f.await.unwrap() {
-                e if e == ApiError::PASSWORD_CHECKS_BUSY => busy += 1,
-                e => assert_eq!(e, ApiError::UNAUTHORIZED),
+                AuthError::PasswordChecksBusy => busy += 1,
+                e => assert_eq!(e, AuthError::Unauthorized),
             }
         }
         let admitted = 60 - busy;
@@ -788,19 +789,19 @@ mod tests {
         for _ in 0..30 {
             assert_eq!(
                 auth.authenticate(&bad, None, IP).await.unwrap_err(),
-                ApiError::UNAUTHORIZED
+                AuthError::Unauthorized
             );
         }
         assert_eq!(
             auth.authenticate(&bad, None, IP).await.unwrap_err(),
-            ApiError::TOO_MANY_AUTH_FAILURES
+            AuthError::TooManyFailures
         );
         // Even the right token waits, as in ntfy (the limiter is checked first).
         assert_eq!(
             auth.authenticate(&bearer(&tok), None, IP)
                 .await
                 .unwrap_err(),
-            ApiError::TOO_MANY_AUTH_FAILURES
+            AuthError::TooManyFailures
         );
         let other: IpAddr = "192.0.2.8".parse().unwrap();
         assert!(auth.authenticate(&bearer(&tok), None, other).await.is_ok());

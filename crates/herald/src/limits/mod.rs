@@ -21,6 +21,10 @@
 //! registry is the fallback while Redis does not answer; without it, nothing here
 //! goes through that trait.
 //!
+//! A refusal is a domain value ([`Refusal`]: which limit, and when to try again);
+//! each edge answers it in its own terms (HTTP: `api::refusal_response`, with ntfy's
+//! code from `crate::error`).
+//!
 //! The buckets are hand-written ([`bucket`]) rather than `governor`'s: a visitor
 //! holds several limits that are checked together under one lock (a subscription
 //! takes a request token and a new-topic token or neither), the registry needs to
@@ -39,14 +43,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use tokio::time::Instant;
 
-use crate::error::ApiError;
 use bucket::{Bucket, Clock, DailyCount, Rate};
 pub use net::{HostSpec, IpNet};
 use shared::{SharedCharge, SharedLimits, SharedSlot, Verdict, visitor_name};
@@ -203,24 +205,6 @@ impl Limit {
             Limit::PasswordChecks => "password_checks",
         }
     }
-
-    /// The limit behind a `429` answer, by ntfy code.
-    fn of_error(e: &ApiError) -> Option<Limit> {
-        if *e == ApiError::PASSWORD_CHECKS_BUSY {
-            return Some(Limit::PasswordChecks);
-        }
-        Some(match e.code {
-            42901 => Limit::Requests,
-            42903 => Limit::Subscriptions,
-            42904 => Limit::GlobalTopics,
-            42908 => Limit::Messages,
-            42911 => Limit::TopicCreation,
-            41303 => Limit::BodySize,
-            41401 => Limit::UrlLength,
-            43101 => Limit::HeaderSize,
-            _ => return None,
-        })
-    }
 }
 
 /// Labels of `herald_limit_refusals_total` (one value per [`Limit`]).
@@ -327,18 +311,20 @@ pub struct Limits {
     shared: Option<Arc<dyn SharedLimits>>,
 }
 
-/// A refused request: its error, and when the shared limits said it may be tried
-/// again (`None`: this node's registry knows, see [`Limits::retry_after`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A request a limit refused: which limit, and when the shared limits said it may
+/// be tried again (`None`: this node's registry knows, see [`Limits::retry_after`]).
+/// Each edge answers it in its own terms (HTTP: `crate::error`'s `From<Refusal>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("limit reached: {}", .limit.as_str())]
 pub struct Refusal {
-    pub error: ApiError,
+    pub limit: Limit,
     pub retry_after: Option<Duration>,
 }
 
-impl From<ApiError> for Refusal {
-    fn from(error: ApiError) -> Self {
+impl From<Limit> for Refusal {
+    fn from(limit: Limit) -> Self {
         Refusal {
-            error,
+            limit,
             retry_after: None,
         }
     }
@@ -479,20 +465,22 @@ impl Limits {
         }
     }
 
-    /// [`Limits::error_response`] for a refusal, with the shared limits' `Retry-After`
-    /// when they refused.
-    pub fn refusal_response(&self, refusal: Refusal, visitor: &Visitor) -> Response {
-        let Some(retry) = refusal.retry_after else {
-            return self.error_response(refusal.error, visitor);
-        };
-        // A slot frees up when another stream ends: as on one node, one request
-        // replenish interval.
-        let retry = if retry.is_zero() {
-            self.requests.replenish
-        } else {
-            retry
-        };
-        self.answer(refusal.error, Some(retry))
+    /// When a refused request may be tried again: the shared limits' word when they
+    /// refused, else this node's ([`Limits::retry_after`]).
+    pub fn retry_after_refusal(&self, refusal: &Refusal, visitor: &Visitor) -> Duration {
+        match refusal.retry_after {
+            // A slot frees up when another stream ends: as on one node, one request
+            // replenish interval.
+            Some(retry) if retry.is_zero() => self.requests.replenish,
+            Some(retry) => retry,
+            None => self.retry_after(refusal.limit, visitor),
+        }
+    }
+
+    /// The request tokens' replenish interval: the `Retry-After` of refusals that free
+    /// up when something else ends.
+    pub fn replenish_interval(&self) -> Duration {
+        self.requests.replenish
     }
 
     /// The options in force.
@@ -529,7 +517,7 @@ impl Limits {
     /// Charges a request to `visitor`: a request token, and for a publish the daily
     /// message limit (checked here, counted by [`Limits::count_message`] once the
     /// publish succeeded). Refusals are ntfy's `42901` and `42908`.
-    pub fn admit(&self, visitor: &Visitor, charge: Charge) -> Result<(), ApiError> {
+    pub fn admit(&self, visitor: &Visitor, charge: Charge) -> Result<(), Refusal> {
         if visitor.exempt || charge == Charge::Free {
             return Ok(());
         }
@@ -538,9 +526,9 @@ impl Limits {
             state
                 .requests
                 .take(self.requests, 1, now)
-                .map_err(|_| ApiError::TOO_MANY_REQUESTS)?;
+                .map_err(|_| Refusal::from(Limit::Requests))?;
             if charge == Charge::Publish && state.messages.get(today) >= self.daily_messages {
-                return Err(ApiError::TOO_MANY_MESSAGES);
+                return Err(Limit::Messages.into());
             }
             Ok(())
         })
@@ -549,7 +537,7 @@ impl Limits {
     /// A subscription that opens `new_topics` topics: one request token and that
     /// many topic-creation tokens, all or none (the listener's direct path, which
     /// hands a refused request to the API without having charged it).
-    pub fn admit_subscription(&self, visitor: &Visitor, new_topics: usize) -> Result<(), ApiError> {
+    pub fn admit_subscription(&self, visitor: &Visitor, new_topics: usize) -> Result<(), Refusal> {
         if visitor.exempt {
             return Ok(());
         }
@@ -557,18 +545,18 @@ impl Limits {
             state
                 .requests
                 .check(self.requests, 1, now)
-                .map_err(|_| ApiError::TOO_MANY_REQUESTS)?;
+                .map_err(|_| Refusal::from(Limit::Requests))?;
             self.take_topics(state, new_topics, now)?;
             state
                 .requests
                 .take(self.requests, 1, now)
-                .map_err(|_| ApiError::TOO_MANY_REQUESTS)
+                .map_err(|_| Refusal::from(Limit::Requests))
         })
     }
 
     /// Topic-creation tokens for `new_topics` topics that have no subscribers yet
     /// (`42911`); the request itself was charged by [`Limits::admit`].
-    pub fn admit_new_topics(&self, visitor: &Visitor, new_topics: usize) -> Result<(), ApiError> {
+    pub fn admit_new_topics(&self, visitor: &Visitor, new_topics: usize) -> Result<(), Refusal> {
         if visitor.exempt || new_topics == 0 || self.topics.is_none() {
             return Ok(());
         }
@@ -577,12 +565,7 @@ impl Limits {
         })
     }
 
-    fn take_topics(
-        &self,
-        state: &mut VisitorState,
-        n: usize,
-        now: Instant,
-    ) -> Result<(), ApiError> {
+    fn take_topics(&self, state: &mut VisitorState, n: usize, now: Instant) -> Result<(), Refusal> {
         let Some(rate) = self.topics else {
             return Ok(());
         };
@@ -593,7 +576,7 @@ impl Limits {
         state
             .topics
             .take(rate, n, now)
-            .map_err(|_| ApiError::TOO_MANY_NEW_TOPICS)
+            .map_err(|_| Refusal::from(Limit::TopicCreation))
     }
 
     /// Counts a successful publish against the visitor's daily message limit.
@@ -624,32 +607,12 @@ impl Limits {
             .map_or(0, |s| s.messages.get(today))
     }
 
-    /// The answer for an error: a `429` (or another limit's error) is counted by
-    /// limit, and a `429` gets `Retry-After` (whole seconds, at least 1).
-    pub fn error_response(&self, error: ApiError, visitor: &Visitor) -> Response {
-        let retry = (error.http == 429).then(|| self.retry_after(&error, visitor));
-        self.answer(error, retry)
-    }
-
-    /// `error`, counted by limit, with `Retry-After: retry` if `Some`.
-    fn answer(&self, error: ApiError, retry: Option<Duration>) -> Response {
-        if let Some(limit) = Limit::of_error(&error) {
-            self.refused(limit);
-        }
-        let mut resp = error.into_response();
-        if let Some(retry) = retry {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(retry_secs(retry)));
-        }
-        resp
-    }
-
     /// When trying again may succeed: the next request or topic token, midnight UTC
     /// for the daily limit; for limits that free up when something else ends (open
     /// subscriptions, the global topic count), one request replenish interval.
-    pub fn retry_after(&self, error: &ApiError, visitor: &Visitor) -> Duration {
+    pub fn retry_after(&self, limit: Limit, visitor: &Visitor) -> Duration {
         // A password-check slot frees up within a fraction of a second.
-        if *error == ApiError::PASSWORD_CHECKS_BUSY {
+        if limit == Limit::PasswordChecks {
             return Duration::from_secs(1);
         }
         let now = Instant::now();
@@ -658,10 +621,10 @@ impl Limits {
                 .and_then(|s| which(&s).check(rate, 1, now).err())
                 .unwrap_or(rate.replenish)
         };
-        match error.code {
-            42901 => from_bucket(|s| s.requests, self.requests),
-            42908 => self.clock.until_midnight(now),
-            42911 => match self.topics {
+        match limit {
+            Limit::Requests => from_bucket(|s| s.requests, self.requests),
+            Limit::Messages => self.clock.until_midnight(now),
+            Limit::TopicCreation => match self.topics {
                 Some(rate) => from_bucket(|s| s.topics, rate),
                 None => self.requests.replenish,
             },
@@ -784,26 +747,25 @@ impl Drop for ConnectionPermit {
     }
 }
 
-/// A shared limit's verdict as a refusal with its error and `Retry-After`.
+/// A shared limit's verdict as a refusal with its `Retry-After`.
 fn shared_verdict(verdict: Verdict) -> Result<(), Refusal> {
     let (limit, retry_after) = match verdict {
         Verdict::Admitted => return Ok(()),
         Verdict::Refused { limit, retry_after } => (limit, retry_after),
     };
-    let error = match limit {
-        Limit::Requests => ApiError::TOO_MANY_REQUESTS,
-        Limit::Messages => ApiError::TOO_MANY_MESSAGES,
-        Limit::Subscriptions => ApiError::TOO_MANY_SUBSCRIPTIONS,
-        _ => ApiError::TOO_MANY_NEW_TOPICS,
+    // The shared limits refuse by requests, messages, streams or new topics only.
+    let limit = match limit {
+        Limit::Requests | Limit::Messages | Limit::Subscriptions => limit,
+        _ => Limit::TopicCreation,
     };
     Err(Refusal {
-        error,
+        limit,
         retry_after: Some(retry_after),
     })
 }
 
 /// `Retry-After` in whole seconds, rounded up, at least 1.
-fn retry_secs(d: Duration) -> u64 {
+pub fn retry_secs(d: Duration) -> u64 {
     let secs = d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0));
     secs.max(1)
 }

@@ -1,4 +1,5 @@
 use super::*;
+use crate::error::ApiError;
 
 fn limits_with(f: impl FnOnce(&mut LimitsConfig)) -> Limits {
     let mut config = LimitsConfig::defaults();
@@ -49,11 +50,12 @@ async fn requests_burst_then_replenish() {
         l.admit(&v, Charge::Request).unwrap();
     }
     let err = l.admit(&v, Charge::Publish).unwrap_err();
-    assert_eq!(err.code, 42901);
-    assert_eq!(l.retry_after(&err, &v), Duration::from_secs(5));
-    let resp = l.error_response(err, &v);
+    assert_eq!(ApiError::from(err).code, 42901);
+    assert_eq!(l.retry_after(err.limit, &v), Duration::from_secs(5));
+    assert_eq!(l.retry_after_refusal(&err, &v), Duration::from_secs(5));
+    let resp = crate::api::refusal_response(&l, err, &v);
     assert_eq!(resp.status(), 429);
-    assert_eq!(resp.headers()[header::RETRY_AFTER], "5");
+    assert_eq!(resp.headers()[axum::http::header::RETRY_AFTER], "5");
     assert_eq!(refused_count(&l, Limit::Requests), 1);
     // Others are not affected; free routes are never charged.
     l.admit(&l.visitor(ip("1.2.3.5"), None), Charge::Request)
@@ -99,10 +101,10 @@ async fn daily_messages_reset_at_midnight() {
     }
     assert_eq!(l.messages_today(&v), 3);
     let err = l.admit(&v, Charge::Publish).unwrap_err();
-    assert_eq!(err.code, 42908);
+    assert_eq!(ApiError::from(err).code, 42908);
     // Subscribing is not a message.
     l.admit(&v, Charge::Request).unwrap();
-    let wait = l.retry_after(&err, &v);
+    let wait = l.retry_after(err.limit, &v);
     assert!(wait > Duration::ZERO && wait <= Duration::from_secs(86_400));
     tokio::time::advance(wait).await;
     l.admit(&v, Charge::Publish).unwrap();
@@ -127,12 +129,18 @@ async fn subscriptions_take_request_and_topic_tokens_together() {
     l.admit_subscription(&v, 2).unwrap();
     // Two more new topics than the bucket holds: refused, and the request token
     // is not taken either.
-    assert_eq!(l.admit_subscription(&v, 2).unwrap_err().code, 42911);
+    assert_eq!(
+        l.admit_subscription(&v, 2).unwrap_err().limit,
+        Limit::TopicCreation
+    );
     l.admit_subscription(&v, 1).unwrap();
-    assert_eq!(l.admit_subscription(&v, 0).unwrap_err().code, 42901);
+    assert_eq!(
+        l.admit_subscription(&v, 0).unwrap_err().limit,
+        Limit::Requests
+    );
     let err = l.admit_new_topics(&v, 1).unwrap_err();
-    assert_eq!(err.code, 42911);
-    assert_eq!(l.retry_after(&err, &v), Duration::from_secs(60));
+    assert_eq!(ApiError::from(err).code, 42911);
+    assert_eq!(l.retry_after(err.limit, &v), Duration::from_secs(60));
     tokio::time::advance(Duration::from_secs(60)).await;
     l.admit_new_topics(&v, 1).unwrap();
 

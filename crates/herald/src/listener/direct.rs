@@ -345,8 +345,8 @@ pub async fn serve(
         ws,
         filters: request.params.filters.clone(),
         topic_label: request.topic_label.clone(),
-        keepalive_interval: streams.herald.config.keepalive_interval,
-        capacity: streams.herald.hub.queue_capacity(),
+        keepalive_interval: streams.herald.config().keepalive_interval,
+        capacity: streams.herald.hub().queue_capacity(),
         state: Mutex::new(SinkState {
             held: Some(Vec::new()),
             ..SinkState::default()
@@ -357,7 +357,7 @@ pub async fn serve(
     // Register before reading the backlog so nothing falls in between.
     let registration = streams
         .herald
-        .hub
+        .hub()
         .register_as(&request.topics, sink.clone(), transport);
     streams.herald.close_if_draining(&sink);
     // The backlog's first page is read before the response head, so a refused or

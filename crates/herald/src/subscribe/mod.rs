@@ -112,9 +112,10 @@ impl<'a> Streams<'a> {
         // Every topic of a multi-topic subscription must be readable.
         self.auth
             .authorize_all(principal, &topic_list, Permission::Read)?;
-        let hub = &self.herald.hub;
+        let hub = self.herald.hub();
         let new_topics = self.new_topic_count(&topic_list);
-        if new_topics > 0 && hub.topic_count() + new_topics > self.herald.config.global_topic_limit
+        if new_topics > 0
+            && hub.topic_count() + new_topics > self.herald.config().global_topic_limit
         {
             return Err(ApiError::TOO_MANY_TOPICS);
         }
@@ -139,7 +140,7 @@ impl<'a> Streams<'a> {
 
     /// How many of `topics` have no subscribers yet (subscribing creates them).
     pub fn new_topic_count(&self, topics: &[String]) -> usize {
-        let hub = &self.herald.hub;
+        let hub = self.herald.hub();
         topics.iter().filter(|t| !hub.has_topic(t)).count()
     }
 
@@ -171,7 +172,7 @@ impl<'a> Streams<'a> {
 
     /// Starts reading the backlog `req` asked for, a page at a time.
     pub async fn backlog(&self, req: &SubscribeRequest, poll: bool) -> Result<Backlog, ApiError> {
-        let cache_secs = self.herald.config.cache_duration.as_secs() as i64;
+        let cache_secs = self.herald.config().cache_duration.as_secs() as i64;
         let since = resolve_since(&req.params.since, poll, now_unix(), cache_secs);
         let pages = self
             .herald

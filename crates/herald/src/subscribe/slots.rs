@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use crate::error::ApiError;
 use crate::limits::shared::SharedSlot;
+use crate::limits::{Limit, Refusal};
 use crate::limits::{Visitor, VisitorKey};
 
 /// Open streams per visitor (see [`crate::limits`] for who a visitor is), enforcing
@@ -27,7 +27,7 @@ impl SubscriptionSlots {
     }
 
     /// Takes a slot for `visitor`, or `429 42903` if it has `limit` open already.
-    pub fn acquire(self: &Arc<Self>, visitor: &Visitor) -> Result<SlotGuard, ApiError> {
+    pub fn acquire(self: &Arc<Self>, visitor: &Visitor) -> Result<SlotGuard, Refusal> {
         if visitor.exempt {
             return Ok(SlotGuard {
                 slots: self.clone(),
@@ -41,7 +41,7 @@ impl SubscriptionSlots {
             if *count == 0 {
                 map.remove(&visitor.key);
             }
-            return Err(ApiError::TOO_MANY_SUBSCRIPTIONS);
+            return Err(Limit::Subscriptions.into());
         }
         *count += 1;
         Ok(SlotGuard {

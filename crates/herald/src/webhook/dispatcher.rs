@@ -364,7 +364,7 @@ impl Webhooks {
             // than its ID's: start one `message-delay-limit` earlier and check `time`.
             ReplayFrom::Time(t) => {
                 let earliest =
-                    t.saturating_sub(self.herald.config.message_delay_limit.as_secs() as i64);
+                    t.saturating_sub(self.herald.config().message_delay_limit.as_secs() as i64);
                 let floor = MessageId::floor_at((earliest.max(0) as u64).saturating_mul(1000));
                 (floor, Some(t))
             }

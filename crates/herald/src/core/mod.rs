@@ -1,5 +1,9 @@
 //! The core every transport calls: publish, read history, subscribe.
 //!
+//! It speaks no wire format: a transport turns its request into a call here (a
+//! publish into a [`publish::PublishRequest`]) and the result or domain error
+//! ([`publish::PublishError`], [`crate::store::StoreError`]) into its own answer.
+//!
 //! [`Herald`] ties the store, the broker and the hub together and owns the ordering
 //! and durability rules: a message is committed to the store before anyone sees it,
 //! and only then fanned out, so an acknowledged publish is always in the history and
@@ -17,10 +21,14 @@ use tokio_util::task::TaskTracker;
 
 use crate::broker::Broker;
 use crate::config::Config;
-use crate::error::ApiError;
 use crate::hub::{Closable, Hub, SharedEvent, Subscription, Transport};
 use crate::model::{Message, now_unix};
+use crate::store::StoreError;
 use crate::store::{Cursor, Query, Store};
+
+pub mod publish;
+
+pub use publish::{MessageDraft, PublishError, PublishKind, PublishRequest};
 
 /// About how many bytes of messages one history page holds: what a history reader
 /// keeps in memory at a time. Pages are sized by the messages seen so far (small
@@ -59,12 +67,45 @@ pub const HISTORY_READ_WAIT: Duration = Duration::from_secs(3);
 /// The `Retry-After` of a history read refused for want of a place.
 pub const HISTORY_RETRY_AFTER: Duration = Duration::from_secs(1);
 
+/// Why a history read failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    /// Every `history-read-limit` place stayed taken for [`HISTORY_READ_WAIT`]; trying
+    /// again after `retry_after` may succeed.
+    #[error("too many history reads in progress")]
+    Busy { retry_after: Duration },
+    /// The store failed the read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// How long readiness waits for the store's write check before calling it failed.
+pub const READINESS_STORE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Whether a node can take traffic, check by check ([`Herald::readiness`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Readiness {
+    /// The store accepts writes.
+    pub store: bool,
+    /// The broker can deliver.
+    pub broker: bool,
+    /// Shutdown has not begun.
+    pub accepting: bool,
+}
+
+impl Readiness {
+    /// Every check passed.
+    pub fn is_ready(&self) -> bool {
+        self.store && self.broker && self.accepting
+    }
+}
+
 /// The shared server state behind every transport.
 pub struct Herald {
-    pub config: Arc<Config>,
-    pub store: Arc<dyn Store>,
-    pub broker: Arc<dyn Broker>,
-    pub hub: Arc<Hub>,
+    config: Arc<Config>,
+    store: Arc<dyn Store>,
+    broker: Arc<dyn Broker>,
+    hub: Arc<Hub>,
     /// Wakes the scheduler when a message is scheduled earlier than it planned for.
     scheduler_wakeup: Notify,
     /// Messages accepted since start, for `/v1/stats`.
@@ -107,13 +148,53 @@ impl Herald {
         })
     }
 
+    /// The server's configuration.
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
+    }
+
+    /// This node's subscriber registry.
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    /// Whether the store is alive (`/healthz`): not whether it can write right now.
+    pub fn store_alive(&self) -> bool {
+        self.store.is_alive()
+    }
+
+    /// Whether the store's last commit failed and none has succeeded since.
+    pub fn store_writes_failing(&self) -> bool {
+        self.store.writes_failing()
+    }
+
+    /// The store's counts (for `/metrics`).
+    pub async fn store_stats(&self) -> Result<crate::store::StoreStats, StoreError> {
+        self.store.stats().await
+    }
+
+    /// Whether this node can take traffic: the store accepts writes (checked within
+    /// [`READINESS_STORE_TIMEOUT`]), the broker is connected and shutdown has not begun.
+    pub async fn readiness(&self) -> Readiness {
+        let store =
+            tokio::time::timeout(READINESS_STORE_TIMEOUT, self.store.check_writable()).await;
+        Readiness {
+            store: matches!(store, Ok(Ok(()))),
+            broker: self.broker.is_connected(),
+            accepting: !self.is_draining(),
+        }
+    }
+
     /// Publishes an event (`message`, `message_delete` or `message_clear`) and returns
     /// it as stored (a cached event gets its final, ordered ID here).
     ///
     /// A cached event is committed first; a scheduled one is only stored and goes out
     /// when due; an uncached one (`Cache: no`) goes straight to the subscribers.
     /// Returns after the event is durable (if cached) and handed to the broker.
-    pub async fn publish(self: &Arc<Self>, mut message: Message) -> Result<Message, ApiError> {
+    async fn publish_event(
+        self: &Arc<Self>,
+        mut message: Message,
+    ) -> Result<Message, PublishError> {
         let scheduled = message.time > now_unix();
         // Scheduled messages take a ticket too (they skip the hand-off wait): their IDs
         // then follow commit order like every stored message, which the webhook feed
@@ -128,7 +209,7 @@ impl Herald {
         // up the later messages waiting for their turn behind it).
         tokio::spawn(async move { this.publish_traced(message, scheduled, ticket).await })
             .await
-            .unwrap_or(Err(ApiError::INTERNAL))
+            .unwrap_or(Err(PublishError::Aborted))
     }
 
     async fn publish_traced(
@@ -136,7 +217,7 @@ impl Herald {
         message: Message,
         scheduled: bool,
         ticket: Option<Ticket>,
-    ) -> Result<Message, ApiError> {
+    ) -> Result<Message, PublishError> {
         #[cfg(feature = "otel")]
         if crate::otel::enabled() {
             use tracing::Instrument;
@@ -160,7 +241,7 @@ impl Herald {
         scheduled: bool,
         ticket: Option<Ticket>,
         wrap: impl FnOnce(Message) -> Arc<SharedEvent>,
-    ) -> Result<Message, ApiError> {
+    ) -> Result<Message, PublishError> {
         // Publishes are accepted while draining: hyper only lets requests that
         // were already on a connection through, and the store closes after them.
         let cached = message.expires.is_some();
@@ -186,20 +267,15 @@ impl Herald {
             .await
             .map_err(|e| {
                 tracing::error!(error = %e, "broker publish failed");
-                ApiError::UNAVAILABLE
+                PublishError::Broker(e)
             })?;
         drop(ticket);
         Ok(message)
     }
 
-    /// Removes pending scheduled messages of a sequence (replace or cancel).
-    pub async fn cancel_scheduled(&self, topic: &str, sequence_id: &str) -> Result<u64, ApiError> {
-        Ok(self.store.cancel_scheduled(topic, sequence_id).await?)
-    }
-
     /// Reads the whole history `query` selects at once. For tests and small reads:
     /// answers to clients read it a page at a time ([`Self::history_pages`]).
-    pub async fn history(&self, query: Query) -> Result<Vec<Message>, ApiError> {
+    pub async fn history(&self, query: Query) -> Result<Vec<Message>, HistoryError> {
         let mut pages = self.history_pages(query).await?;
         let mut messages = Vec::new();
         while let Some(page) = pages.next_page().await? {
@@ -219,7 +295,7 @@ impl Herald {
     /// what came before what. The bound is taken once, before the first page: every
     /// message below it is committed by then, so later pages see all of them, and
     /// everything above it reaches a registered subscriber live.
-    pub async fn history_pages(&self, query: Query) -> Result<HistoryPages, ApiError> {
+    pub async fn history_pages(&self, query: Query) -> Result<HistoryPages, HistoryError> {
         if query.since == crate::store::Since::None || query.topics.is_empty() {
             return Ok(HistoryPages::empty(self.store.clone(), query));
         }
@@ -229,8 +305,10 @@ impl Herald {
             self.history_reads.clone().acquire_owned(),
         )
         .await
-        .map_err(|_| ApiError::TOO_MANY_REQUESTS)?
-        .map_err(|_| ApiError::UNAVAILABLE)?;
+        .map_err(|_| HistoryError::Busy {
+            retry_after: HISTORY_RETRY_AFTER,
+        })?
+        .map_err(|_| HistoryError::Store(StoreError::Closed))?;
         // A store whose commit is the delivery (Redis) bounds its reads itself.
         let bound = (!self.store.commit_delivers()).then(|| self.sequencer.visible_bound());
         Ok(HistoryPages {
@@ -544,7 +622,7 @@ impl HistoryPages {
 
     /// The next non-empty page (about [`HISTORY_PAGE_BYTES`] of messages), in
     /// `(time, id)` order, or `None` when the history is complete.
-    pub async fn next_page(&mut self) -> Result<Option<Vec<Message>>, ApiError> {
+    pub async fn next_page(&mut self) -> Result<Option<Vec<Message>>, HistoryError> {
         while !self.finished {
             let page = self
                 .store
@@ -600,7 +678,7 @@ mod tests {
     use crate::store::Since;
     use crate::store::sqlite::{SqliteOptions, SqliteStore};
 
-    fn herald(dir: &tempfile::TempDir) -> Arc<Herald> {
+    pub(super) fn herald(dir: &tempfile::TempDir) -> Arc<Herald> {
         let config = Arc::new(Config::with_data_dir(dir.path()));
         let store = SqliteStore::open(&dir.path().join("m.db"), SqliteOptions::default()).unwrap();
         let hub = Hub::new(100_000);
@@ -631,7 +709,7 @@ mod tests {
                 let mut acked = Vec::new();
                 for i in 0..25 {
                     let m = herald
-                        .publish(cached("t", format!("{p}-{i}")))
+                        .publish_event(cached("t", format!("{p}-{i}")))
                         .await
                         .unwrap();
                     assert_eq!(m.sequence_id.as_deref(), Some(m.id.as_str()));
@@ -774,7 +852,7 @@ mod tests {
                     if i % 3 == 0 {
                         m.time += 3600; // scheduled
                     }
-                    acked.push(herald.publish(m).await.unwrap().id);
+                    acked.push(herald.publish_event(m).await.unwrap().id);
                 }
                 acked
             }));
