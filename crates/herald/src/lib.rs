@@ -28,29 +28,39 @@
 //! - [`logging`]: the log's stderr writer, which counts failed writes instead of panicking.
 //! - [`otel`]: OpenTelemetry trace export (`otel` cargo feature, `otlp-endpoint`).
 //! - [`webhook`]: outgoing webhooks (Standard Webhooks, at-least-once, SSRF guard).
-//! - [`loadgen`]: `herald bench`, the load generator for sizing a deployment.
+//! - `datafiles`: the data directory's and the databases' permissions.
+//!
+//! The load generator (`herald bench`) is the workspace's `herald-bench` crate; only
+//! the binary uses it.
+//!
+//! # Visibility
+//! The library's surface is what the `herald` binary and the benchmarks use: the
+//! option table, the server's entry points, logging, tracing, the CLI parts of `auth`
+//! and `webhook`, and the hot-path types the benchmarks drive (`api::params`, `hub`,
+//! `store`, `model`, `wire`, `auth`'s snapshot types). Everything else is
+//! `pub(crate)`, so the compiler reports dead code.
 //!
 //! `ARCHITECTURE.md` at the repository root describes how a message flows and the
 //! invariants each module keeps.
 
 pub mod api;
 pub mod auth;
-pub mod broker;
-pub mod cluster;
+pub(crate) mod broker;
+pub(crate) mod cluster;
 pub mod config;
-pub mod core;
+pub(crate) mod core;
 pub(crate) mod datafiles;
 pub mod error;
 pub mod hub;
-pub mod limits;
-pub mod listener;
+pub(crate) mod limits;
+pub(crate) mod listener;
 pub mod logging;
 pub mod model;
 pub mod otel;
 pub mod server;
 pub mod store;
-pub mod subscribe;
-pub mod telemetry;
-pub mod time;
+pub(crate) mod subscribe;
+pub(crate) mod telemetry;
+pub(crate) mod time;
 pub mod webhook;
 pub mod wire;

@@ -22,13 +22,6 @@ const GO_DURATION_LIMIT: u128 = 1 << 63;
 /// Longest input handed to the natural-language parser; real phrases are short.
 const MAX_NATURAL_LEN: usize = 100;
 
-/// Parses Go's `time.ParseDuration` grammar (`300ms`, `1.5h`, `1h30m`, `0`), rejecting
-/// negative values. There is no `d` unit, as in Go.
-pub fn parse_go_duration(s: &str) -> Option<Duration> {
-    let nanos = parse_go_duration_nanos(s)?;
-    u64::try_from(nanos).ok().map(Duration::from_nanos)
-}
-
 /// Resolves a delivery time (`X-Delay`, `X-At`, `X-In`) to an absolute unix second.
 ///
 /// Accepted, in this order (ntfy's `ParseFutureTime`): a unix timestamp that is not in
@@ -259,6 +252,12 @@ fn normalize_phrase(s: &str, keep_commas: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Go's `time.ParseDuration` as a `Duration` (negative values rejected).
+    fn parse_go_duration(s: &str) -> Option<Duration> {
+        let nanos = parse_go_duration_nanos(s)?;
+        u64::try_from(nanos).ok().map(Duration::from_nanos)
+    }
     use proptest::prelude::*;
 
     /// Wednesday 2024-05-15 11:30:00 UTC.

@@ -63,13 +63,8 @@ pub async fn metrics(state: &AppState) -> Response {
         .into_response()
 }
 
-/// `GET /v1/account` for an anonymous visitor, as ntfy answers it (herald has no
-/// accounts yet): username `*`, the visitor's limits and usage.
-pub fn account(state: &AppState, visitor: &crate::limits::Visitor) -> Response {
-    json_response(StatusCode::OK, account_body(state, visitor).to_string())
-}
-
-/// The JSON of [`account`], for the logged-in variant to extend.
+/// The JSON of `GET /v1/account` for an anonymous visitor, as ntfy answers it:
+/// username `*`, the visitor's limits and usage; the logged-in variant extends it.
 pub fn account_body(state: &AppState, visitor: &crate::limits::Visitor) -> serde_json::Value {
     let config = state.herald.config();
     let daily_messages = config.limits.effective_message_daily_limit();

@@ -12,14 +12,14 @@
 //! into calls on [`crate::core::Herald`], and subscriptions into calls on the
 //! subscription core ([`crate::subscribe`]), whose bytes [`crate::wire`] lays out.
 
-pub mod account;
-pub mod actions;
-pub mod info;
+pub(crate) mod account;
+pub(crate) mod actions;
+pub(crate) mod info;
 pub mod params;
-pub mod publish;
-pub mod subscribe;
+pub(crate) mod publish;
+pub(crate) mod subscribe;
 pub(crate) mod webhooks;
-pub mod ws;
+pub(crate) mod ws;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

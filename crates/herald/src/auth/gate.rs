@@ -311,7 +311,8 @@ impl HashGate {
         }
     }
 
-    /// Checks running and waiting now (for tests and diagnostics).
+    /// Checks running and waiting now.
+    #[cfg(test)]
     pub fn load(&self) -> (usize, usize) {
         let state = self.inner.lock();
         (state.running, state.waiting.len())

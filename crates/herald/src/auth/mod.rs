@@ -25,17 +25,17 @@
 //! Secrets (passwords, tokens, hashes) never appear in logs, errors or `Debug`
 //! output.
 
-pub mod acl;
+pub(crate) mod acl;
 pub mod cli;
-pub mod credentials;
+pub(crate) mod credentials;
 mod error;
-pub mod gate;
-pub mod password;
-pub mod redis;
+pub(crate) mod gate;
+pub(crate) mod password;
+pub(crate) mod redis;
 mod snapshot;
-pub mod sqlite;
+pub(crate) mod sqlite;
 pub mod store;
-pub mod throttle;
+pub(crate) mod throttle;
 pub mod token;
 mod types;
 

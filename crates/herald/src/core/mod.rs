@@ -28,7 +28,7 @@ use crate::store::{Cursor, Query, Store};
 
 pub mod publish;
 
-pub use publish::{MessageDraft, PublishError, PublishKind, PublishRequest};
+pub use publish::{PublishError, PublishKind};
 
 /// About how many bytes of messages one history page holds: what a history reader
 /// keeps in memory at a time. Pages are sized by the messages seen so far (small

@@ -147,11 +147,6 @@ impl RedisLimits {
         })
     }
 
-    /// This node's ID in `P conn:<visitor>` and `P node:<id>`.
-    pub fn node_id(&self) -> &str {
-        &self.node_id
-    }
-
     /// Writes the heartbeat now, then keeps it alive on `tracker` until `stop`, when
     /// it is deleted (a cleanly stopped node's streams stop counting at once).
     pub async fn start(self: &Arc<Self>, tracker: &TaskTracker, stop: CancellationToken) {

@@ -20,7 +20,7 @@
 //!   shared, ordered log feeds history and every node's hub) assigns the ID of an
 //!   immediately published message itself and returns it from [`Store::append`].
 
-pub mod redis;
+pub(crate) mod redis;
 pub mod sqlite;
 
 use async_trait::async_trait;
