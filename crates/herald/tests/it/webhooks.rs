@@ -531,7 +531,18 @@ async fn ordered_endpoints_get_messages_in_order_despite_failures() {
 /// endpoint, with its `webhook-id`.
 #[tokio::test]
 async fn kill_9_with_pending_deliveries_loses_nothing() {
-    let mut s = start(&[]);
+    // Retries far enough apart that no delivery runs out of attempts between the
+    // first failures and the kill, however slow the machine (with `start`'s 200 ms
+    // steps a loaded machine exhausted some before the burst was published), and
+    // near enough that the restarted node retries well within `WAIT`.
+    let mut s = TestServer::start(&[
+        "--webhook-allow-private",
+        "true",
+        "--webhook-retry-schedule",
+        "0s,200ms,2s,2s,2s,2s,2s,2s",
+        "--webhook-admin-token",
+        ADMIN,
+    ]);
     let a = Receiver::start(always(503)).await;
     let b = Receiver::start(always(503)).await;
     hook(&s, "crash", &a).await;
