@@ -52,7 +52,7 @@ NATS_SERVER_VERSION=${NATS_SERVER_VERSION:-2.15.1}
 QUIET_PCT=${QUIET_PCT:-15}
 if [[ $QUICK == 1 ]]; then QUIET_MAX=${QUIET_MAX:-0}; else QUIET_MAX=${QUIET_MAX:-300}; fi
 
-OUT="$ROOT/bench/results/$(date -u +%Y-%m-%d)$([[ $QUICK == 1 ]] && echo -quick)"
+OUT="$ROOT/bench/results/$(date -u +%Y-%m-%d)$([[ $QUICK == 1 ]] && echo -quick || true)"
 mkdir -p "$OUT"
 : >"$OUT/matrix.jsonl"
 : >"$OUT/herald-only.jsonl"
