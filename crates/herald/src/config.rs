@@ -503,13 +503,7 @@ impl RawValues {
         key: &'static str,
         parse: impl FnOnce(&str) -> Result<T, String>,
     ) -> Result<T, ConfigError> {
-        let (value, source) = self.get(key);
-        parse(value.trim()).map_err(|reason| ConfigError::Invalid {
-            key,
-            value: value.to_string(),
-            origin: source.clone(),
-            reason,
-        })
+        self.parse_shown(key, parse, true)
     }
 
     /// [`Self::parse`] for a secret: an error does not repeat the value.
@@ -518,10 +512,23 @@ impl RawValues {
         key: &'static str,
         parse: impl FnOnce(&str) -> Result<T, String>,
     ) -> Result<T, ConfigError> {
+        self.parse_shown(key, parse, false)
+    }
+
+    fn parse_shown<T>(
+        &self,
+        key: &'static str,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+        show_value: bool,
+    ) -> Result<T, ConfigError> {
         let (value, source) = self.get(key);
         parse(value.trim()).map_err(|reason| ConfigError::Invalid {
             key,
-            value: "(hidden)".into(),
+            value: if show_value {
+                value.to_string()
+            } else {
+                "(hidden)".into()
+            },
             origin: source.clone(),
             reason,
         })

@@ -20,7 +20,7 @@ const ADMIN: (&str, &str) = ("ben", "admin-secret");
 const USER: (&str, &str) = ("phil", "phil-secret");
 
 /// Runs `herald <args> --data-dir <server's>`; asserts success, returns stdout.
-fn cli(server: &TestServer, args: &[&str], password: Option<&str>) -> String {
+pub(crate) fn cli(server: &TestServer, args: &[&str], password: Option<&str>) -> String {
     let out = cli_output(server, args, password);
     assert!(
         out.status.success(),

@@ -3,9 +3,9 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::Stdio;
 
-use crate::fixture::{TestServer, herald_command};
+use crate::auth::cli;
+use crate::fixture::TestServer;
 
 fn mode(path: &Path) -> u32 {
     std::fs::metadata(path)
@@ -35,18 +35,7 @@ async fn data_files_are_private_to_herald() {
         "--webhook-file",
         hooks.to_str().unwrap(),
     ]);
-    let out = herald_command()
-        .args(["user", "add", "phil", "--data-dir"])
-        .arg(s.data_path())
-        .env("HERALD_PASSWORD", "phil-secret")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cli(&s, &["user", "add", "phil"], Some("phil-secret"));
     s.publish("files", "on disk").await;
     let data = s.data_path().to_path_buf();
     let check = |when: &str| {

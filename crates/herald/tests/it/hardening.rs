@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::auth::cli;
 use crate::fixture::{EVENT_TIMEOUT, TestServer, herald_command};
 use crate::limits::{connect, read_to_close};
 
@@ -71,18 +72,7 @@ async fn an_account_request_body_that_does_not_arrive_is_answered_408() {
         "--body-read-timeout",
         "1s",
     ]);
-    let out = herald_command()
-        .args(["user", "add", "phil", "--data-dir"])
-        .arg(s.data_path())
-        .env("HERALD_PASSWORD", "phil-secret")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cli(&s, &["user", "add", "phil"], Some("phil-secret"));
     let basic = base64::engine::general_purpose::STANDARD.encode("phil:phil-secret");
     let head = format!(
         "POST /v1/account/token HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {basic}\r\n\
