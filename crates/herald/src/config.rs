@@ -41,6 +41,16 @@ const OPTIONS: &[OptionSpec] = &[
         help: "Serve `/metrics` (Prometheus) only on this address, e.g. `:9090`, and not on `listen-http`; empty: `/metrics` on `listen-http`",
     },
     OptionSpec {
+        key: "listen-grpc",
+        default: "",
+        help: "Address to serve the gRPC API on (herald.v1, gRPC health; HTTP/2 without TLS), e.g. `:9000`; empty: no gRPC",
+    },
+    OptionSpec {
+        key: "grpc-reflection",
+        default: "false",
+        help: "Serve gRPC server reflection (grpc.reflection.v1 and v1alpha) on `listen-grpc`, for grpcurl and similar tools",
+    },
+    OptionSpec {
         key: "base-url",
         default: "",
         help: "Public URL of this server, e.g. `https://ntfy.example.com` (reported in /v1/config)",
@@ -336,6 +346,10 @@ pub struct Config {
     /// Separate address for `/metrics` (ntfy's `metrics-listen-http`); `None` serves
     /// it on `listen_http`.
     pub metrics_listen_http: Option<String>,
+    /// Address of the gRPC API (`crate::grpc`); `None`: no gRPC listener.
+    pub listen_grpc: Option<String>,
+    /// Serve gRPC server reflection on `listen_grpc`.
+    pub grpc_reflection: bool,
     pub base_url: String,
     pub data_dir: PathBuf,
     pub cache_file: PathBuf,
@@ -551,6 +565,14 @@ impl RawValues {
                     parse_listen(s).map(Some)
                 }
             })?,
+            listen_grpc: self.parse("listen-grpc", |s| {
+                if s.is_empty() {
+                    Ok(None)
+                } else {
+                    parse_listen(s).map(Some)
+                }
+            })?,
+            grpc_reflection: self.parse("grpc-reflection", boolean)?,
             base_url: self.parse("base-url", |s| Ok(s.trim_end_matches('/').to_string()))?,
             cache_file,
             cache_duration: self.parse("cache-duration", duration)?,
@@ -885,6 +907,20 @@ mod tests {
         assert_eq!(c.metrics_listen_http.as_deref(), Some("0.0.0.0:9090"));
         let err = load(&matches(&["--metrics-listen-http", "nope"])).unwrap_err();
         assert!(err.to_string().contains("metrics-listen-http"));
+        // gRPC: off unless set; the same address forms as `listen-http`.
+        let c = load(&matches(&[])).unwrap();
+        assert_eq!((c.listen_grpc, c.grpc_reflection), (None, false));
+        let c = load(&matches(&[
+            "--listen-grpc",
+            ":9000",
+            "--grpc-reflection",
+            "true",
+        ]))
+        .unwrap();
+        assert_eq!(c.listen_grpc.as_deref(), Some("0.0.0.0:9000"));
+        assert!(c.grpc_reflection);
+        let err = load(&matches(&["--listen-grpc", "nope"])).unwrap_err();
+        assert!(err.to_string().contains("listen-grpc"));
     }
 
     #[test]

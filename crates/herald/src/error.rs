@@ -232,6 +232,16 @@ impl From<crate::core::HistoryError> for ApiError {
     }
 }
 
+impl From<crate::core::rules::DueError> for ApiError {
+    fn from(err: crate::core::rules::DueError) -> Self {
+        use crate::core::rules::DueError;
+        match err {
+            DueError::TooSoon => ApiError::DELAY_TOO_SMALL,
+            DueError::TooLate => ApiError::DELAY_TOO_LARGE,
+        }
+    }
+}
+
 impl From<crate::core::PublishError> for ApiError {
     fn from(err: crate::core::PublishError) -> Self {
         use crate::core::PublishError;

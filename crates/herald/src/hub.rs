@@ -250,6 +250,8 @@ pub enum Transport {
     Raw,
     /// WebSocket.
     Ws,
+    /// gRPC `Subscribe` stream (`crate::grpc`).
+    Grpc,
     /// Registered without a transport (embedders, benchmarks).
     Other,
 }
@@ -261,6 +263,7 @@ impl Transport {
         Transport::Sse,
         Transport::Raw,
         Transport::Ws,
+        Transport::Grpc,
         Transport::Other,
     ];
 
@@ -271,13 +274,14 @@ impl Transport {
             Transport::Sse => "sse",
             Transport::Raw => "raw",
             Transport::Ws => "ws",
+            Transport::Grpc => "grpc",
             Transport::Other => "other",
         }
     }
 }
 
 /// Number of [`Transport`] variants.
-pub const TRANSPORTS: usize = 5;
+pub const TRANSPORTS: usize = 6;
 
 /// Counters the hub keeps for stats and metrics (plain atomics: the metrics layer
 /// reads them at scrape time, the hub knows nothing about Prometheus).

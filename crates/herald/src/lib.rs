@@ -51,6 +51,7 @@ pub mod config;
 pub(crate) mod core;
 pub(crate) mod datafiles;
 pub mod error;
+pub mod grpc;
 pub mod hub;
 pub(crate) mod limits;
 pub(crate) mod listener;

@@ -66,6 +66,10 @@ pub async fn run(
         Some(addr) => Some(bind_addr(addr).await?),
         None => None,
     };
+    let grpc_listener = match &config.listen_grpc {
+        Some(addr) => Some(bind_addr(addr).await?),
+        None => None,
+    };
     let store_metrics = Arc::new(StoreMetrics::default());
     let hub = Hub::new(config.subscriber_queue_size);
     let tracker = TaskTracker::new();
@@ -118,6 +122,8 @@ pub async fn run(
 
     let mut metrics = Metrics::new(&herald, &store_metrics);
     metrics.register_source(&webhook_metrics);
+    let grpc_metrics = crate::grpc::GrpcMetrics::default();
+    metrics.register_source(&grpc_metrics);
     let metrics = Arc::new(metrics);
     let auth = match (&config.auth, &config.redis_url) {
         // Cluster mode: the users, tokens and ACL every node shares (auth-file unused).
@@ -165,6 +171,23 @@ pub async fn run(
         tracing::info!("metrics listening on http://{addr}/metrics");
         tokio::spawn(serve_metrics(listener, state.clone(), metrics_stop.clone()))
     });
+    // The gRPC API (crate::grpc): it keeps answering (health NOT_SERVING, calls
+    // UNAVAILABLE) while the server drains, and stops with the HTTP connections.
+    let grpc_stop = CancellationToken::new();
+    let grpc_server = grpc_listener.map(|listener| {
+        let addr = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        tracing::info!("gRPC listening on {addr}");
+        tokio::spawn(crate::grpc::serve(
+            listener,
+            state.clone(),
+            grpc_metrics.clone(),
+            config.grpc_reflection,
+            grpc_stop.clone(),
+        ))
+    });
     let addr = listener
         .local_addr()
         .map(|a| a.to_string())
@@ -193,9 +216,17 @@ pub async fn run(
     // in-flight request (hyper's graceful shutdown), then close.
     hub.close_all(CloseReason::Shutdown);
     connections.close();
-    if tokio::time::timeout(config.shutdown_timeout, connections.wait())
-        .await
-        .is_err()
+    grpc_stop.cancel();
+    let grpc_done = async {
+        if let Some(task) = grpc_server {
+            let _ = task.await;
+        }
+    };
+    if tokio::time::timeout(config.shutdown_timeout, async {
+        tokio::join!(connections.wait(), grpc_done)
+    })
+    .await
+    .is_err()
     {
         tracing::warn!("shutdown timeout reached; closing remaining connections");
     }

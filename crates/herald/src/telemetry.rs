@@ -106,7 +106,7 @@ impl Route {
             Transport::Sse => Route::SubscribeSse,
             Transport::Raw => Route::SubscribeRaw,
             Transport::Ws => Route::SubscribeWs,
-            Transport::Other => Route::Other,
+            Transport::Grpc | Transport::Other => Route::Other,
         }
     }
 }

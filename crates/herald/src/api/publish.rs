@@ -144,7 +144,7 @@ async fn publish_with(
     let now = now_unix();
     let src = ParamSource { headers, query };
     let limits = PublishLimits {
-        delay_min_secs: 10,
+        delay_min_secs: crate::core::rules::DELAY_MIN_SECS,
         delay_max_secs: config.message_delay_limit.as_secs() as i64,
     };
     let params = parse_publish(&src, &limits, now)?;
@@ -219,7 +219,7 @@ fn pick_text(body: &str, param: Option<String>) -> String {
 }
 
 /// ntfy names an external attachment after the last segment of its URL path.
-fn attachment_name_from_url(url: &str) -> String {
+pub(crate) fn attachment_name_from_url(url: &str) -> String {
     let after_scheme = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
     let path = after_scheme
         .split(['?', '#'])

@@ -27,6 +27,7 @@ use crate::store::StoreError;
 use crate::store::{Cursor, Query, Store};
 
 pub mod publish;
+pub mod rules;
 
 pub use publish::{PublishError, PublishKind};
 

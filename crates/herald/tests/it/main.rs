@@ -11,6 +11,7 @@ mod cluster;
 mod durability;
 mod files;
 mod fixture;
+mod grpc;
 mod hardening;
 mod history;
 mod info;

@@ -35,10 +35,7 @@ pub(super) fn split_list(value: Option<String>) -> Vec<String> {
         .collect()
 }
 
-/// ntfy's `^https?://` (case-sensitive, as in Go).
-fn is_http_url(value: &str) -> bool {
-    value.starts_with("http://") || value.starts_with("https://")
-}
+use crate::core::rules::{check_due, is_http_url};
 
 /// Everything a publish request may say besides its topic and body, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,13 +135,12 @@ pub fn parse_publish(
                 return Err(ApiError::DELAY_NO_CACHE);
             }
             let at = parse_future_time(&value, now)?;
-            if at < now.saturating_add(limits.delay_min_secs) {
-                return Err(ApiError::DELAY_TOO_SMALL);
-            }
-            if at > now.saturating_add(limits.delay_max_secs) {
-                return Err(ApiError::DELAY_TOO_LARGE);
-            }
-            Some(at)
+            Some(check_due(
+                at,
+                now,
+                limits.delay_min_secs,
+                limits.delay_max_secs,
+            )?)
         }
     };
     let actions = match src.get(names::ACTIONS) {

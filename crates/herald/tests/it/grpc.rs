@@ -1,0 +1,615 @@
+//! The gRPC API (`listen-grpc`, docs/GRPC.md) through the real binary with a real
+//! tonic client: publish over gRPC → received over HTTP and WebSocket and back,
+//! subscribe with `since` and filters, poll, batch, delete/clear, errors with ntfy's
+//! codes in the status details, the auth matrix, rate limits, health during drain,
+//! metrics. Also run in cluster mode by `.ci/run` (HERALD_TEST_REDIS_URL).
+
+use std::time::Duration;
+
+use base64::Engine;
+use herald::grpc::proto::herald_client::HeraldClient;
+use herald::grpc::proto::{self, EventKind};
+use tonic::transport::Channel;
+use tonic::{Code, Request, Status};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_types::StatusExt;
+
+use crate::auth::cli;
+use crate::fixture::{EVENT_TIMEOUT, EXEMPT_HOSTS_ENV, Launch, TestServer};
+
+/// A server with a gRPC listener on an ephemeral port, and `extra` flags.
+fn grpc_server(extra: &[&str]) -> TestServer {
+    let mut args = vec!["--listen-grpc", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    TestServer::start(&args)
+}
+
+/// The gRPC address the server logged (`gRPC listening on <addr>`).
+fn grpc_url(server: &TestServer) -> String {
+    let log = server.log_text();
+    let addr = log
+        .lines()
+        .find_map(|l| l.split("gRPC listening on ").nth(1))
+        .unwrap_or_else(|| panic!("no gRPC address in log:\n{log}"));
+    let addr = addr
+        .split(|c: char| c.is_whitespace() || c == '"')
+        .next()
+        .unwrap_or(addr);
+    format!("http://{addr}")
+}
+
+async fn channel(server: &TestServer) -> Channel {
+    tonic::transport::Endpoint::from_shared(grpc_url(server))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect over gRPC")
+}
+
+async fn client(server: &TestServer) -> HeraldClient<Channel> {
+    HeraldClient::new(channel(server).await)
+}
+
+fn publish_req(topic: &str, text: &str) -> proto::PublishRequest {
+    proto::PublishRequest {
+        topic: topic.into(),
+        message: text.into(),
+        ..Default::default()
+    }
+}
+
+fn sub_req(topics: &[&str], since: &str) -> proto::SubscribeRequest {
+    proto::SubscribeRequest {
+        topics: topics.iter().map(|t| t.to_string()).collect(),
+        since: since.into(),
+        ..Default::default()
+    }
+}
+
+/// `req` with an `authorization` header value.
+fn with_auth<T>(req: T, auth: Option<&str>) -> Request<T> {
+    let mut req = Request::new(req);
+    if let Some(auth) = auth {
+        req.metadata_mut()
+            .insert("authorization", auth.parse().expect("metadata value"));
+    }
+    req
+}
+
+fn basic(user: &str, pass: &str) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    format!("Basic {}", b64.encode(format!("{user}:{pass}")))
+}
+
+/// The ntfy code in a status's `google.rpc.ErrorInfo`.
+fn ntfy_code(status: &Status) -> u32 {
+    let details = status.get_error_details();
+    let info = details
+        .error_info()
+        .unwrap_or_else(|| panic!("no ErrorInfo in {status:?}"));
+    assert_eq!(info.domain, "herald");
+    assert_eq!(info.reason, format!("NTFY_{}", info.metadata["code"]));
+    info.metadata["code"].parse().expect("numeric code")
+}
+
+async fn next_event(stream: &mut tonic::Streaming<proto::Message>) -> proto::Message {
+    tokio::time::timeout(EVENT_TIMEOUT, stream.message())
+        .await
+        .expect("event in time")
+        .expect("stream ok")
+        .expect("stream not ended")
+}
+
+#[tokio::test]
+async fn publish_over_grpc_reaches_http_and_websocket_and_back() {
+    let server = grpc_server(&[]);
+    let mut grpc = client(&server).await;
+    let mut http = server.stream("/t1/json").await;
+    assert_eq!(http.next_json().await["event"], "open");
+    let mut ws = server.ws("/t1/ws").await;
+    assert_eq!(ws.next_json().await["event"], "open");
+    let mut sub = grpc
+        .subscribe(sub_req(&["t1"], ""))
+        .await
+        .expect("subscribe")
+        .into_inner();
+    let open = next_event(&mut sub).await;
+    assert_eq!(open.event, EventKind::Open as i32);
+    assert_eq!(open.topic, "t1");
+
+    let sent = grpc
+        .publish(proto::PublishRequest {
+            title: "T".into(),
+            priority: 4,
+            tags: vec!["a".into(), "b".into()],
+            ..publish_req("t1", "from grpc")
+        })
+        .await
+        .expect("publish")
+        .into_inner();
+    assert_eq!(sent.event, EventKind::Message as i32);
+    assert_eq!(sent.message, "from grpc");
+    assert_eq!(sent.sequence_id, sent.id);
+    assert!(sent.expires > sent.time, "cached: {sent:?}");
+    let via_http = http.next_non_keepalive().await;
+    assert_eq!(via_http["id"], sent.id.as_str());
+    assert_eq!(via_http["message"], "from grpc");
+    assert_eq!(via_http["title"], "T");
+    assert_eq!(via_http["priority"], 4);
+    assert_eq!(via_http["tags"], serde_json::json!(["a", "b"]));
+    assert_eq!(ws.next_json().await["id"], sent.id.as_str());
+    assert_eq!(next_event(&mut sub).await.id, sent.id);
+
+    // HTTP → gRPC, with the same ID on both.
+    let posted = server.publish("t1", "from http").await;
+    let got = next_event(&mut sub).await;
+    assert_eq!(got.id, posted["id"].as_str().unwrap());
+    assert_eq!(got.message, "from http");
+
+    // Poll: both, in ID order, then the end.
+    let mut poll = grpc
+        .poll(sub_req(&["t1"], ""))
+        .await
+        .expect("poll")
+        .into_inner();
+    let mut ids = Vec::new();
+    while let Some(m) = poll.message().await.expect("poll stream") {
+        ids.push(m.id);
+    }
+    assert_eq!(ids, vec![sent.id.clone(), got.id.clone()]);
+}
+
+#[tokio::test]
+async fn subscribe_with_since_and_filters() {
+    let server = grpc_server(&[]);
+    let mut grpc = client(&server).await;
+    let mut ids = Vec::new();
+    for (text, priority, tags) in [
+        ("one", 1, vec!["x"]),
+        ("two", 5, vec!["x", "y"]),
+        ("three", 5, vec![]),
+    ] {
+        let m = grpc
+            .publish(proto::PublishRequest {
+                priority,
+                tags: tags.into_iter().map(String::from).collect(),
+                ..publish_req("f1", text)
+            })
+            .await
+            .expect("publish")
+            .into_inner();
+        ids.push(m.id);
+    }
+    let texts = |events: Vec<proto::Message>| -> Vec<String> {
+        events.into_iter().map(|m| m.message).collect()
+    };
+    // since=<id>: what came after it; since=all with filters: the matching ones.
+    let mut sub = grpc
+        .subscribe(sub_req(&["f1"], &ids[0]))
+        .await
+        .expect("subscribe")
+        .into_inner();
+    assert_eq!(next_event(&mut sub).await.event, EventKind::Open as i32);
+    let backlog = vec![next_event(&mut sub).await, next_event(&mut sub).await];
+    assert_eq!(texts(backlog), ["two", "three"]);
+
+    let filtered = proto::SubscribeRequest {
+        priorities: vec![5],
+        tags: vec!["y".into()],
+        ..sub_req(&["f1", "other"], "all")
+    };
+    let mut sub = grpc
+        .subscribe(filtered)
+        .await
+        .expect("subscribe")
+        .into_inner();
+    let open = next_event(&mut sub).await;
+    assert_eq!(open.topic, "f1,other");
+    assert_eq!(next_event(&mut sub).await.message, "two");
+    // Live events pass the same filters: only the second arrives.
+    grpc.publish(publish_req("f1", "no tags"))
+        .await
+        .expect("publish");
+    grpc.publish(proto::PublishRequest {
+        priority: 5,
+        tags: vec!["y".into()],
+        ..publish_req("other", "live match")
+    })
+    .await
+    .expect("publish");
+    assert_eq!(next_event(&mut sub).await.message, "live match");
+
+    // since=latest: the last message only.
+    let mut poll = grpc
+        .poll(sub_req(&["f1"], "latest"))
+        .await
+        .expect("poll")
+        .into_inner();
+    let mut got = Vec::new();
+    while let Some(m) = poll.message().await.expect("poll") {
+        got.push(m.message);
+    }
+    assert_eq!(got, ["no tags"]);
+}
+
+#[tokio::test]
+async fn errors_carry_ntfy_codes() {
+    let server = grpc_server(&["--message-size-limit", "1k"]);
+    let mut grpc = client(&server).await;
+    let cases: Vec<(proto::PublishRequest, Code, u32)> = vec![
+        (
+            proto::PublishRequest {
+                priority: 9,
+                ..publish_req("e1", "x")
+            },
+            Code::InvalidArgument,
+            40007,
+        ),
+        (publish_req("no/t", "x"), Code::InvalidArgument, 40009),
+        (publish_req("docs", "x"), Code::InvalidArgument, 40010),
+        (
+            proto::PublishRequest {
+                delay: "1s".into(),
+                ..publish_req("e1", "x")
+            },
+            Code::InvalidArgument,
+            40005,
+        ),
+        (
+            proto::PublishRequest {
+                icon: "nope".into(),
+                ..publish_req("e1", "x")
+            },
+            Code::InvalidArgument,
+            40021,
+        ),
+        (
+            publish_req("e1", &"x".repeat(1024)),
+            Code::InvalidArgument,
+            41301,
+        ),
+    ];
+    for (req, code, ntfy) in cases {
+        let status = grpc.publish(req.clone()).await.expect_err("refused");
+        assert_eq!(status.code(), code, "{req:?}: {status:?}");
+        assert_eq!(ntfy_code(&status), ntfy, "{req:?}");
+    }
+    let status = grpc
+        .subscribe(sub_req(&["e1"], "not-a-time"))
+        .await
+        .expect_err("bad since");
+    assert_eq!(
+        (status.code(), ntfy_code(&status)),
+        (Code::InvalidArgument, 40008)
+    );
+    let status = grpc
+        .delete(proto::SequenceRequest {
+            topic: "e1".into(),
+            sequence_id: "a b".into(),
+        })
+        .await
+        .expect_err("bad sequence");
+    assert_eq!(ntfy_code(&status), 40049);
+    // Nothing refused was stored.
+    let mut poll = grpc
+        .poll(sub_req(&["e1"], "all"))
+        .await
+        .expect("poll")
+        .into_inner();
+    assert!(poll.message().await.expect("poll").is_none());
+    // A call larger than the batch bound is refused from its length prefix.
+    let huge = proto::PublishRequest {
+        title: "x".repeat(40 << 20),
+        ..publish_req("e1", "x")
+    };
+    let status = grpc.publish(huge).await.expect_err("too large");
+    assert!(
+        matches!(
+            status.code(),
+            Code::OutOfRange | Code::ResourceExhausted | Code::InvalidArgument
+        ),
+        "{status:?}"
+    );
+}
+
+#[tokio::test]
+async fn batch_delete_and_clear() {
+    let server = grpc_server(&[]);
+    let mut grpc = client(&server).await;
+    let mut http = server.stream("/b1/json").await;
+    assert_eq!(http.next_json().await["event"], "open");
+    let batch = proto::PublishBatchRequest {
+        messages: vec![
+            publish_req("b1", "first"),
+            proto::PublishRequest {
+                priority: 7,
+                ..publish_req("b1", "bad")
+            },
+            proto::PublishRequest {
+                sequence_id: "s1".into(),
+                ..publish_req("b1", "seq")
+            },
+            publish_req("b1", "last"),
+        ],
+    };
+    let results = grpc
+        .publish_batch(batch)
+        .await
+        .expect("batch")
+        .into_inner()
+        .results;
+    assert_eq!(results.len(), 4);
+    use proto::publish_result::Result as R;
+    let ok: Vec<proto::Message> = results
+        .iter()
+        .filter_map(|r| match &r.result {
+            Some(R::Message(m)) => Some(m.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        ok.iter().map(|m| m.message.as_str()).collect::<Vec<_>>(),
+        ["first", "seq", "last"]
+    );
+    match &results[1].result {
+        Some(R::Error(e)) => {
+            assert_eq!(
+                (e.grpc_code, e.code, e.http),
+                (Code::InvalidArgument as i32, 40007, 400)
+            );
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+    // Delivered in batch order, IDs in the same order.
+    for m in &ok {
+        assert_eq!(http.next_non_keepalive().await["id"], m.id.as_str());
+    }
+    let mut sorted = ok.iter().map(|m| m.id.clone()).collect::<Vec<_>>();
+    sorted.sort();
+    assert_eq!(sorted, ok.iter().map(|m| m.id.clone()).collect::<Vec<_>>());
+
+    let seq = proto::SequenceRequest {
+        topic: "b1".into(),
+        sequence_id: "s1".into(),
+    };
+    let cleared = grpc.clear(seq.clone()).await.expect("clear").into_inner();
+    assert_eq!(
+        (cleared.event, cleared.sequence_id.as_str()),
+        (EventKind::MessageClear as i32, "s1")
+    );
+    let deleted = grpc.delete(seq).await.expect("delete").into_inner();
+    assert_eq!(deleted.event, EventKind::MessageDelete as i32);
+    assert_eq!(http.next_non_keepalive().await["event"], "message_clear");
+    let event = http.next_non_keepalive().await;
+    assert_eq!(
+        (event["event"].as_str(), event["sequence_id"].as_str()),
+        (Some("message_delete"), Some("s1"))
+    );
+}
+
+#[tokio::test]
+async fn auth_matrix_matches_http() {
+    let server = grpc_server(&["--auth-default-access", "deny-all"]);
+    cli(
+        &server,
+        &["user", "add", "--role", "admin", "ben"],
+        Some("admin-secret"),
+    );
+    cli(&server, &["user", "add", "phil"], Some("phil-secret"));
+    cli(&server, &["access", "phil", "ro-*", "ro"], None);
+    let token = cli(&server, &["token", "add", "ben"], None);
+    let token = token
+        .split_whitespace()
+        .find(|w| w.starts_with("tk_"))
+        .expect("token")
+        .to_string();
+    let mut grpc = client(&server).await;
+    let bearer = format!("Bearer {token}");
+    let admin = basic("ben", "admin-secret");
+    let phil = basic("phil", "phil-secret");
+    let wrong = basic("phil", "wrong");
+    // (who, topic, publish code, subscribe code)
+    let cases: Vec<(Option<&str>, &str, Code, Code)> = vec![
+        (None, "ro-a", Code::PermissionDenied, Code::PermissionDenied),
+        (Some(&admin), "ro-a", Code::Ok, Code::Ok),
+        (Some(&bearer), "x", Code::Ok, Code::Ok),
+        (Some(&phil), "ro-a", Code::PermissionDenied, Code::Ok),
+        (
+            Some(&phil),
+            "x",
+            Code::PermissionDenied,
+            Code::PermissionDenied,
+        ),
+        (
+            Some(&wrong),
+            "ro-a",
+            Code::Unauthenticated,
+            Code::Unauthenticated,
+        ),
+    ];
+    for (who, topic, publish, subscribe) in cases {
+        let got = grpc
+            .publish(with_auth(publish_req(topic, "hi"), who))
+            .await
+            .map_or_else(|s| s.code(), |_| Code::Ok);
+        assert_eq!(got, publish, "publish {who:?} {topic}");
+        let got = grpc
+            .poll(with_auth(sub_req(&[topic], "all"), who))
+            .await
+            .map_or_else(|s| s.code(), |_| Code::Ok);
+        assert_eq!(got, subscribe, "poll {who:?} {topic}");
+        // HTTP gives the same answer.
+        let mut req = server
+            .client
+            .put(server.url(&format!("/{topic}")))
+            .body("hi");
+        if let Some(who) = who {
+            req = req.header("Authorization", who);
+        }
+        let http = req.send().await.expect("http publish").status().as_u16();
+        let expected = match publish {
+            Code::Ok => 200,
+            Code::PermissionDenied => 403,
+            _ => 401,
+        };
+        assert_eq!(http, expected, "http {who:?} {topic}");
+    }
+    // A multi-topic subscription needs read on every topic.
+    let status = grpc
+        .subscribe(with_auth(sub_req(&["ro-a", "x"], ""), Some(&phil)))
+        .await
+        .expect_err("no read on x");
+    assert_eq!(
+        (status.code(), ntfy_code(&status)),
+        (Code::PermissionDenied, 40301)
+    );
+}
+
+#[tokio::test]
+async fn rate_limits_are_resource_exhausted_with_retry() {
+    let server = TestServer::launch(Launch {
+        args: [
+            "--listen-grpc",
+            "127.0.0.1:0",
+            "--visitor-message-daily-limit",
+            "2",
+        ]
+        .map(String::from)
+        .to_vec(),
+        envs: vec![(EXEMPT_HOSTS_ENV.to_string(), String::new())],
+        ..Launch::default()
+    });
+    let mut grpc = client(&server).await;
+    for i in 0..2 {
+        grpc.publish(publish_req("r1", &format!("m{i}")))
+            .await
+            .expect("within the limit");
+    }
+    let status = grpc
+        .publish(publish_req("r1", "over"))
+        .await
+        .expect_err("over the limit");
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert_eq!(ntfy_code(&status), 42908);
+    let retry = status
+        .get_error_details()
+        .retry_info()
+        .and_then(|r| r.retry_delay);
+    assert!(
+        retry.is_some_and(|d| d >= Duration::from_secs(1)),
+        "{retry:?}"
+    );
+    assert!(status.metadata().get("retry-after").is_some());
+    // The same visitor over HTTP is over the limit too (one count per visitor).
+    let resp = server
+        .client
+        .put(server.url("/r1"))
+        .body("x")
+        .send()
+        .await
+        .expect("http");
+    assert_eq!(resp.status().as_u16(), 429);
+    // A batch: each message refused on its own.
+    let batch = proto::PublishBatchRequest {
+        messages: vec![publish_req("r1", "a")],
+    };
+    let results = grpc
+        .publish_batch(batch)
+        .await
+        .expect("batch")
+        .into_inner()
+        .results;
+    match &results[0].result {
+        Some(proto::publish_result::Result::Error(e)) => {
+            assert_eq!(
+                (e.grpc_code, e.code),
+                (Code::ResourceExhausted as i32, 42908)
+            );
+            assert!(e.retry_after_seconds >= 1);
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn health_metrics_and_drain() {
+    let mut server = grpc_server(&["--shutdown-timeout", "5s"]);
+    let channel = channel(&server).await;
+    let mut health = HealthClient::new(channel.clone());
+    let check = |service: &str| HealthCheckRequest {
+        service: service.into(),
+    };
+    for service in ["", "herald.v1.Herald"] {
+        let status = health
+            .check(check(service))
+            .await
+            .expect("check")
+            .into_inner()
+            .status;
+        assert_eq!(status, ServingStatus::Serving as i32, "{service:?}");
+    }
+    assert_eq!(
+        health
+            .check(check("nope"))
+            .await
+            .expect_err("unknown")
+            .code(),
+        Code::NotFound
+    );
+    let mut grpc = HeraldClient::new(channel.clone());
+    grpc.publish(publish_req("h1", "x")).await.expect("publish");
+    let _ = grpc
+        .publish(proto::PublishRequest {
+            priority: 9,
+            ..publish_req("h1", "x")
+        })
+        .await;
+    let metrics = server.get("/metrics").await.text().await.expect("metrics");
+    for line in [
+        "herald_grpc_requests_total{method=\"Publish\",code=\"OK\"} 1",
+        "herald_grpc_requests_total{method=\"Publish\",code=\"INVALID_ARGUMENT\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
+    let log = server.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("herald::access") && l.contains("Publish") && l.contains("grpc")),
+        "access log:\n{log}"
+    );
+
+    let mut watch = health.watch(check("")).await.expect("watch").into_inner();
+    let first = watch.message().await.expect("watch").expect("first status");
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+    let mut sub = grpc
+        .subscribe(sub_req(&["h1"], ""))
+        .await
+        .expect("subscribe")
+        .into_inner();
+    assert_eq!(next_event(&mut sub).await.event, EventKind::Open as i32);
+
+    // SIGTERM: the stream ends with UNAVAILABLE (a clean status, not a reset), and
+    // Watch reports NOT_SERVING before it ends.
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &server.pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let end = tokio::time::timeout(EVENT_TIMEOUT, sub.message())
+        .await
+        .expect("stream ends in time");
+    let status = end.expect_err("ends with a status");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(ntfy_code(&status), 50301);
+    let next = tokio::time::timeout(EVENT_TIMEOUT, watch.message())
+        .await
+        .expect("watch answers in time");
+    if let Ok(Some(m)) = next {
+        assert_eq!(m.status, ServingStatus::NotServing as i32);
+    } else {
+        panic!("watch ended without NOT_SERVING: {next:?}");
+    }
+    assert!(server.wait_for_exit(Duration::from_secs(10)).success());
+}
