@@ -134,6 +134,18 @@ impl TestServer {
         }
     }
 
+    /// `--redis-url <url> --redis-key-prefix <prefix>` when the server runs in
+    /// cluster mode, so a CLI command reaches the same users and tokens.
+    pub fn cluster_args(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for pair in self.args.windows(2) {
+            if pair[0] == "--redis-url" || pair[0] == "--redis-key-prefix" {
+                out.extend(pair.iter().cloned());
+            }
+        }
+        out
+    }
+
     /// The base URL, e.g. `http://127.0.0.1:41234`.
     pub fn base(&self) -> &str {
         &self.base

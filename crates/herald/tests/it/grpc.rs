@@ -392,14 +392,20 @@ async fn batch_delete_and_clear() {
 #[tokio::test]
 async fn auth_matrix_matches_http() {
     let server = grpc_server(&["--auth-default-access", "deny-all"]);
-    cli(
-        &server,
+    // In cluster mode (HERALD_TEST_REDIS_URL) the users live in Redis.
+    let cluster = server.cluster_args();
+    let run = |args: &[&str], password: Option<&str>| {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(cluster.iter().map(String::as_str));
+        cli(&server, &all, password)
+    };
+    run(
         &["user", "add", "--role", "admin", "ben"],
         Some("admin-secret"),
     );
-    cli(&server, &["user", "add", "phil"], Some("phil-secret"));
-    cli(&server, &["access", "phil", "ro-*", "ro"], None);
-    let token = cli(&server, &["token", "add", "ben"], None);
+    run(&["user", "add", "phil"], Some("phil-secret"));
+    run(&["access", "phil", "ro-*", "ro"], None);
+    let token = run(&["token", "add", "ben"], None);
     let token = token
         .split_whitespace()
         .find(|w| w.starts_with("tk_"))
@@ -538,6 +544,13 @@ async fn health_metrics_and_drain() {
     let mut server = grpc_server(&["--shutdown-timeout", "5s"]);
     let channel = channel(&server).await;
     let mut health = HealthClient::new(channel.clone());
+    // SERVING exactly when /readyz answers 200 (in cluster mode, once the log
+    // reader runs).
+    let deadline = std::time::Instant::now() + EVENT_TIMEOUT;
+    while server.get("/readyz").await.status() != 200 {
+        assert!(std::time::Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let check = |service: &str| HealthCheckRequest {
         service: service.into(),
     };
@@ -612,4 +625,59 @@ async fn health_metrics_and_drain() {
         panic!("watch ended without NOT_SERVING: {next:?}");
     }
     assert!(server.wait_for_exit(Duration::from_secs(10)).success());
+}
+
+#[tokio::test]
+async fn slow_subscriber_is_cut_off_past_the_queue_size() {
+    let server = grpc_server(&[
+        "--subscriber-queue-size",
+        "16",
+        "--message-size-limit",
+        "8k",
+    ]);
+    // Small HTTP/2 windows on the client, so flow control holds the server back soon.
+    let channel = tonic::transport::Endpoint::from_shared(grpc_url(&server))
+        .expect("endpoint")
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(65_535)
+        .connect()
+        .await
+        .expect("connect");
+    let mut grpc = HeraldClient::new(channel);
+    let mut sub = grpc
+        .subscribe(sub_req(&["slow"], ""))
+        .await
+        .expect("subscribe")
+        .into_inner();
+    assert_eq!(next_event(&mut sub).await.event, EventKind::Open as i32);
+    // Not reading: about 2.4 MB waits for a reader that does not come.
+    let body = "x".repeat(6000);
+    for _ in 0..400 {
+        server.publish("slow", &body).await;
+    }
+    let mut received = 0;
+    let status = loop {
+        match tokio::time::timeout(EVENT_TIMEOUT, sub.message()).await {
+            Ok(Ok(Some(_))) => received += 1,
+            Ok(Ok(None)) => panic!("ended without a status after {received}"),
+            Ok(Err(status)) => break status,
+            Err(_) => panic!("stream neither ended nor delivered (after {received})"),
+        }
+    };
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        received < 400,
+        "cut off, not delivered in full ({received})"
+    );
+    // The publisher was never held up, and the history has everything.
+    let mut poll = grpc
+        .poll(sub_req(&["slow"], "all"))
+        .await
+        .expect("poll")
+        .into_inner();
+    let mut stored = 0;
+    while poll.message().await.expect("poll").is_some() {
+        stored += 1;
+    }
+    assert_eq!(stored, 400);
 }
