@@ -13,6 +13,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
+use crate::grpc::{GrpcConn, GrpcStream};
 use crate::http::{Conn, HttpError, LineReader};
 use crate::nats::{NatsConn, publish_with_ack};
 use crate::options::{Options, Protocol, Target, Transport};
@@ -82,6 +83,13 @@ enum Session {
         /// The last message's payload in `conn`'s buffer.
         current: Range<usize>,
     },
+    Grpc {
+        stream: Box<GrpcStream>,
+        /// The last `herald.v1.Message` in `stream`'s buffer.
+        current: Range<usize>,
+        /// Keeps the HTTP/2 connection's handle alive with the stream.
+        _conn: Box<GrpcConn>,
+    },
 }
 
 impl Session {
@@ -95,6 +103,9 @@ impl Session {
     ) -> Result<(Session, bool), String> {
         if ctx.opts.protocol() == Protocol::Nats {
             return Session::open_nats(ctx, transport, topic, index).await;
+        }
+        if transport == Transport::Grpc {
+            return Session::open_grpc(ctx, topic, index).await;
         }
         let target = ctx.opts.target_for(index);
         let source = ctx.opts.source(index);
@@ -117,6 +128,7 @@ impl Session {
                 }
             }
             Transport::Tcp => return Err("tcp is a NATS transport".to_string()),
+            Transport::Grpc => return Err("grpc is opened by open_grpc".to_string()),
             Transport::Sse | Transport::Json => {
                 let path = ctx.path(
                     target,
@@ -209,9 +221,42 @@ impl Session {
         Ok((session, true))
     }
 
+    /// `herald.v1.Herald/Subscribe` on `--grpc-url`; the first message must be
+    /// `open`.
+    async fn open_grpc(ctx: &Ctx, topic: usize, index: usize) -> Result<(Session, bool), String> {
+        let target = ctx.opts.grpc.as_ref().ok_or("no --grpc-url")?;
+        let tcp = connect(target.addr, ctx.opts.source(index))
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let mut conn = GrpcConn::connect(tcp, &target.authority).await?;
+        let request = crate::grpc::subscribe_request(&ctx.topic_name(topic));
+        let mut stream = conn.call("Subscribe", &request).await?;
+        let first = stream
+            .next_message()
+            .await?
+            .ok_or("stream ended before the open event")?;
+        let is_open =
+            crate::grpc::event_kind(stream.bytes(first.clone())) == crate::grpc::EVENT_OPEN;
+        let session = Session::Grpc {
+            stream: Box::new(stream),
+            current: first,
+            _conn: Box::new(conn),
+        };
+        Ok((session, is_open))
+    }
+
     /// Waits for the next event; `false` when the stream ended.
     async fn next_event(&mut self) -> Result<bool, String> {
         match self {
+            Session::Grpc {
+                stream, current, ..
+            } => match stream.next_message().await? {
+                Some(range) => {
+                    *current = range;
+                    Ok(true)
+                }
+                None => Ok(false),
+            },
             Session::Nats { conn, current } => match conn.next_message().await {
                 Ok(Some(payload)) => {
                     *current = payload;
@@ -267,6 +312,9 @@ impl Session {
             Session::Ws { text, .. } => text.as_bytes(),
             Session::Http { lines, current, .. } => lines.line(current.clone()),
             Session::Nats { conn, current } => conn.bytes(current.clone()),
+            Session::Grpc {
+                stream, current, ..
+            } => stream.bytes(current.clone()),
         }
     }
 }
@@ -369,10 +417,12 @@ pub(crate) struct Window {
     pub(crate) duration: Duration,
 }
 
-/// A publisher's connection: HTTP/1.1 keep-alive, or NATS over TCP.
+/// A publisher's connection: HTTP/1.1 keep-alive, NATS over TCP, or herald's gRPC
+/// API over HTTP/2.
 enum PubConn {
     Http(Conn),
     Nats(Box<NatsConn>),
+    Grpc(Box<GrpcConn>),
 }
 
 /// Publisher number `id` with its keep-alive connection.
@@ -412,6 +462,13 @@ impl Publisher {
                 let opts = &self.ctx.opts;
                 let index = opts.subscribers + self.id;
                 let source = opts.source(index);
+                if let (true, Some(grpc)) = (opts.publish_grpc, &opts.grpc) {
+                    let stream = connect(grpc.addr, source)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let conn = GrpcConn::connect(stream, &grpc.authority).await?;
+                    return Ok(self.conn.insert(PubConn::Grpc(Box::new(conn))));
+                }
                 let stream = connect(opts.target_for(index).addr, source)
                     .await
                     .map_err(|e| e.to_string())?;
@@ -436,10 +493,12 @@ impl Publisher {
         let mut seqs = vec![0u64; opts.topics];
         let end_ns =
             window.start_ns + u64::try_from(window.duration.as_nanos()).unwrap_or(u64::MAX);
+        // A gRPC `PublishBatch` call carries `batch` messages: the schedule is per call.
+        let per_call = opts.batch as u64;
         for j in 0u64.. {
             let due_ns = match opts.rate {
                 Some(rate) => {
-                    let k = j * opts.publishers as u64 + self.id as u64;
+                    let k = (j * opts.publishers as u64 + self.id as u64) * per_call;
                     let due = window.start_ns + (k as f64 / rate * 1e9) as u64;
                     if due >= end_ns {
                         break;
@@ -456,23 +515,42 @@ impl Publisher {
             // Every attempt consumes a seq, even a failed one: if the server did
             // take a message whose ack was lost, the next one must not look like a
             // duplicate. Skipped seqs only leave gaps, which are not errors.
-            seqs[topic] += 1;
-            self.publish(topic, seq, due_ns).await;
+            seqs[topic] += per_call;
+            self.publish(topic, seq..seq + per_call, due_ns).await;
         }
     }
 
-    async fn publish(&mut self, topic: usize, seq: u64, due_ns: Option<u64>) {
+    async fn publish(&mut self, topic: usize, seqs: Range<u64>, due_ns: Option<u64>) {
         let ctx = self.ctx.clone();
         let send_ns = ctx.clock.now_ns();
-        let body = Stamp {
-            nonce: ctx.nonce,
-            publisher: self.id as u32,
-            seq,
-            send_ns,
-        }
-        .body(ctx.opts.size);
+        let stamp = |seq| {
+            Stamp {
+                nonce: ctx.nonce,
+                publisher: self.id as u32,
+                seq,
+                send_ns,
+            }
+            .body(ctx.opts.size)
+        };
+        let count = seqs.end - seqs.start;
+        let body = stamp(seqs.start);
         self.request.clear();
         match ctx.opts.protocol() {
+            Protocol::Ntfy if ctx.opts.publish_grpc => {
+                let name = ctx.topic_name(topic);
+                if count == 1 {
+                    crate::grpc::publish_request(&mut self.request, &name, &body);
+                } else {
+                    let requests: Vec<Vec<u8>> = seqs
+                        .map(|seq| {
+                            let mut r = Vec::new();
+                            crate::grpc::publish_request(&mut r, &name, &stamp(seq));
+                            r
+                        })
+                        .collect();
+                    crate::grpc::batch_request(&mut self.request, &requests);
+                }
+            }
             Protocol::Ntfy => {
                 let target = ctx.opts.target_for(ctx.opts.subscribers + self.id);
                 self.request.extend_from_slice(
@@ -496,7 +574,10 @@ impl Publisher {
                 self.conn = None; // a late response would be read as the next one's
                 Err(format!("no response within {PUBLISH_TIMEOUT:?}"))
             });
-        let ok = self.account(topic, send_ns, due_ns, result);
+        let mut ok = false;
+        for _ in 0..count {
+            ok = self.account(topic, send_ns, due_ns, result.clone());
+        }
         if !ok && self.conn.is_none() {
             tokio::time::sleep(RECONNECT_PAUSE).await;
         }
@@ -535,6 +616,7 @@ impl Publisher {
     /// response body is left in `self.response`.
     async fn exchange(&mut self) -> Result<(), String> {
         let request = std::mem::take(&mut self.request);
+        let batch = self.ctx.opts.batch;
         let mut response = std::mem::take(&mut self.response);
         response.clear();
         let result = async {
@@ -554,6 +636,18 @@ impl Publisher {
                 PubConn::Nats(conn) => {
                     conn.send(&request).await.map_err(|e| e.to_string())?;
                     conn.await_pong().await.map_err(|e| e.to_string())?;
+                    Ok((200, true))
+                }
+                PubConn::Grpc(conn) => {
+                    if batch == 1 {
+                        conn.unary("Publish", &request).await?;
+                    } else {
+                        let reply = conn.unary("PublishBatch", &request).await?;
+                        let (errors, total) = crate::grpc::batch_errors(&reply);
+                        if errors > 0 {
+                            return Err(format!("{errors} of {total} batch messages refused"));
+                        }
+                    }
                     Ok((200, true))
                 }
             }

@@ -70,6 +70,7 @@
 //!   keeps the generator's CPU per delivery low.
 
 mod client;
+mod grpc;
 mod http;
 mod nats;
 mod options;

@@ -34,6 +34,8 @@ pub(crate) enum Transport {
     Json,
     /// NATS only: the protocol over plain TCP (the client port).
     Tcp,
+    /// herald only: `herald.v1.Herald/Subscribe` on `--grpc-url`.
+    Grpc,
 }
 
 impl Transport {
@@ -43,12 +45,13 @@ impl Transport {
             Transport::Sse => "sse",
             Transport::Json => "json",
             Transport::Tcp => "tcp",
+            Transport::Grpc => "grpc",
         }
     }
 
     fn parse_list(list: &str, protocol: Protocol) -> anyhow::Result<Vec<Transport>> {
         let allowed = match protocol {
-            Protocol::Ntfy => "ws, sse or json",
+            Protocol::Ntfy => "ws, sse, json or grpc",
             Protocol::Nats => "ws or tcp",
         };
         let transports = list
@@ -60,6 +63,7 @@ impl Transport {
                 ("sse", Protocol::Ntfy) => Ok(Transport::Sse),
                 ("json", Protocol::Ntfy) => Ok(Transport::Json),
                 ("tcp", Protocol::Nats) => Ok(Transport::Tcp),
+                ("grpc", Protocol::Ntfy) => Ok(Transport::Grpc),
                 (other, _) => bail!(
                     "unknown transport {other:?} for a {} server ({allowed})",
                     protocol.name()
@@ -149,6 +153,12 @@ pub(crate) struct Options {
     pub(crate) targets: Vec<Target>,
     /// NATS only: nats-server's WebSocket listener, for `ws` subscribers.
     pub(crate) nats_ws: Option<Target>,
+    /// herald's gRPC listener (`--grpc-url`), for `grpc` subscribers and publishers.
+    pub(crate) grpc: Option<Target>,
+    /// Publish with gRPC (`--publish-transport grpc`) instead of HTTP.
+    pub(crate) publish_grpc: bool,
+    /// Messages per gRPC publish call: 1 = `Publish`, more = `PublishBatch`.
+    pub(crate) batch: usize,
     pub(crate) subscribers: usize,
     pub(crate) transports: Vec<Transport>,
     pub(crate) publishers: usize,
@@ -215,6 +225,32 @@ impl Options {
                 "--nats-ws-url only applies to a nats:// --url"
             );
         }
+        let grpc = m
+            .get_one::<String>("grpc-url")
+            .map(|u| {
+                let rest = u
+                    .strip_prefix("http://")
+                    .context("--grpc-url must start with http:// (herald's listen-grpc, no TLS)")?;
+                Target::parse_rest(Protocol::Ntfy, rest, 80)
+            })
+            .transpose()?;
+        let publish_grpc = match m
+            .get_one::<String>("publish-transport")
+            .map_or("http", String::as_str)
+        {
+            "http" => false,
+            "grpc" => true,
+            other => bail!("--publish-transport {other:?}: http or grpc"),
+        };
+        ensure!(
+            grpc.is_some() || !(publish_grpc || transports.contains(&Transport::Grpc)),
+            "--transport grpc and --publish-transport grpc need --grpc-url (herald's listen-grpc)"
+        );
+        let batch = m.get_one::<usize>("batch").copied().unwrap_or(1);
+        ensure!(
+            (1..=1000).contains(&batch) && (batch == 1 || publish_grpc),
+            "--batch must be 1..=1000, and more than 1 only with --publish-transport grpc"
+        );
         let count = |name: &str| m.get_one::<usize>(name).copied().unwrap_or(1);
         let rate = m.get_one::<f64>("rate").copied().unwrap_or(0.0);
         ensure!(rate.is_finite() && rate >= 0.0, "--rate must be >= 0");
@@ -235,6 +271,9 @@ impl Options {
             target,
             targets,
             nats_ws,
+            grpc,
+            publish_grpc,
+            batch,
             subscribers: m.get_one::<usize>("subscribers").copied().unwrap_or(0),
             transports,
             publishers: m.get_one::<usize>("publishers").copied().unwrap_or(1),
@@ -364,6 +403,27 @@ pub fn add_args(cmd: Command) -> Command {
                 .help("NATS only: nats-server's WebSocket listener (ws://HOST:PORT, no_tls) for --transport ws subscribers"),
         )
         .arg(
+            Arg::new("grpc-url")
+                .long("grpc-url")
+                .value_name("URL")
+                .help("herald only: its gRPC listener (listen-grpc), http://HOST:PORT, for --transport grpc and --publish-transport grpc"),
+        )
+        .arg(
+            Arg::new("publish-transport")
+                .long("publish-transport")
+                .value_name("T")
+                .default_value("http")
+                .help("How publishers publish to an ntfy-compatible server: http (POST) or grpc (herald.v1 Publish / PublishBatch on --grpc-url)"),
+        )
+        .arg(
+            Arg::new("batch")
+                .long("batch")
+                .value_name("N")
+                .value_parser(value_parser!(usize))
+                .default_value("1")
+                .help("With --publish-transport grpc: messages per call; more than 1 uses PublishBatch (one topic per batch)"),
+        )
+        .arg(
             Arg::new("subscribers")
                 .long("subscribers")
                 .short('n')
@@ -377,7 +437,7 @@ pub fn add_args(cmd: Command) -> Command {
                 .long("transport")
                 .value_name("LIST")
                 .default_value("ws")
-                .help("Subscriber transports, comma list used round robin: ws, sse, json (ntfy); ws, tcp (NATS)"),
+                .help("Subscriber transports, comma list used round robin: ws, sse, json, grpc (ntfy-compatible; grpc: herald's gRPC API on --grpc-url); ws, tcp (NATS)"),
         )
         .arg(
             Arg::new("publishers")

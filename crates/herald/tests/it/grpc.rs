@@ -681,3 +681,52 @@ async fn slow_subscriber_is_cut_off_past_the_queue_size() {
     }
     assert_eq!(stored, 400);
 }
+
+/// `herald bench --transport grpc` and `--publish-transport grpc` (PublishBatch):
+/// every message delivered once, in order, next to WebSocket subscribers.
+#[test]
+fn bench_over_grpc_delivers_everything_in_order() {
+    let server = grpc_server(&[]);
+    let grpc = grpc_url(&server);
+    for publish in [
+        &["--rate", "50"][..],
+        &[
+            "--publish-transport",
+            "grpc",
+            "--batch",
+            "10",
+            "--rate",
+            "200",
+        ][..],
+    ] {
+        let output = crate::fixture::herald_command()
+            .args(["bench", "--url", server.base(), "--grpc-url", &grpc])
+            .args([
+                "--subscribers",
+                "10",
+                "--transport",
+                "grpc,ws",
+                "--topics",
+                "2",
+            ])
+            .args(["--publishers", "2", "--duration", "1", "--quiet"])
+            .args(publish)
+            .output()
+            .expect("run herald bench");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let report: serde_json::Value =
+            serde_json::from_slice(&output.stdout).expect("JSON report");
+        let d = &report["delivery"];
+        assert!(d["expected"].as_u64().is_some_and(|n| n > 0), "{report:#}");
+        assert_eq!(d["delivered"], d["expected"], "{report:#}");
+        for key in ["duplicates", "out_of_order", "foreign", "protocol_errors"] {
+            assert_eq!(d[key], 0, "{key} in {report:#}");
+        }
+        assert_eq!(report["connections"]["established"], 10, "{report:#}");
+        assert_eq!(report["publish"]["errors"], 0, "{report:#}");
+    }
+}
