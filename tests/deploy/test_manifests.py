@@ -289,9 +289,11 @@ def test_configmap_keys_are_herald_options() -> None:
 
 def test_port_probes_and_data_dir_line_up() -> None:
     data = configmap_data()
-    port = int(data["HERALD_LISTEN_HTTP"].rsplit(":", 1)[1])
-    (cport,) = container()["ports"]
-    assert cport["containerPort"] == port
+    ports = {p["name"]: p["containerPort"] for p in container()["ports"]}
+    assert ports == {
+        "http": int(data["HERALD_LISTEN_HTTP"].rsplit(":", 1)[1]),
+        "grpc": int(data["HERALD_LISTEN_GRPC"].rsplit(":", 1)[1]),
+    }
     assert container()["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container()["startupProbe"]["httpGet"]["path"] == "/healthz"
     assert container()["readinessProbe"]["httpGet"]["path"] == "/readyz"
