@@ -558,20 +558,8 @@ impl RawValues {
         };
         Ok(Config {
             listen_http: self.parse("listen-http", parse_listen)?,
-            metrics_listen_http: self.parse("metrics-listen-http", |s| {
-                if s.is_empty() {
-                    Ok(None)
-                } else {
-                    parse_listen(s).map(Some)
-                }
-            })?,
-            listen_grpc: self.parse("listen-grpc", |s| {
-                if s.is_empty() {
-                    Ok(None)
-                } else {
-                    parse_listen(s).map(Some)
-                }
-            })?,
+            metrics_listen_http: self.parse("metrics-listen-http", optional_listen)?,
+            listen_grpc: self.parse("listen-grpc", optional_listen)?,
             grpc_reflection: self.parse("grpc-reflection", boolean)?,
             base_url: self.parse("base-url", |s| Ok(s.trim_end_matches('/').to_string()))?,
             cache_file,
@@ -810,6 +798,15 @@ fn positive_duration(s: &str) -> Result<Duration, String> {
 fn count(s: &str) -> Result<usize, String> {
     s.parse::<usize>()
         .map_err(|_| "expected a whole number".to_string())
+}
+
+/// An address as [`parse_listen`] takes it, or `None` when empty (the listener is off).
+fn optional_listen(s: &str) -> Result<Option<String>, String> {
+    if s.is_empty() {
+        Ok(None)
+    } else {
+        parse_listen(s).map(Some)
+    }
 }
 
 /// `:8080` (all interfaces, as ntfy writes it), `127.0.0.1:8080`, `[::1]:8080`.

@@ -33,6 +33,14 @@ pub async fn bind(config: &Config) -> anyhow::Result<TcpListener> {
     bind_addr(&config.listen_http).await
 }
 
+/// Binds `addr` if set (an optional listener).
+async fn bind_optional(addr: Option<&str>) -> anyhow::Result<Option<TcpListener>> {
+    match addr {
+        Some(addr) => Ok(Some(bind_addr(addr).await?)),
+        None => Ok(None),
+    }
+}
+
 async fn bind_addr(addr: &str) -> anyhow::Result<TcpListener> {
     if let Some(port) = addr.strip_prefix("0.0.0.0:")
         && let Ok(listener) = TcpListener::bind(format!("[::]:{port}")).await
@@ -62,14 +70,8 @@ pub async fn run(
         )
     })?;
     // Bound before anything else starts, so a taken port fails start-up cleanly.
-    let metrics_listener = match &config.metrics_listen_http {
-        Some(addr) => Some(bind_addr(addr).await?),
-        None => None,
-    };
-    let grpc_listener = match &config.listen_grpc {
-        Some(addr) => Some(bind_addr(addr).await?),
-        None => None,
-    };
+    let metrics_listener = bind_optional(config.metrics_listen_http.as_deref()).await?;
+    let grpc_listener = bind_optional(config.listen_grpc.as_deref()).await?;
     let store_metrics = Arc::new(StoreMetrics::default());
     let hub = Hub::new(config.subscriber_queue_size);
     let tracker = TaskTracker::new();

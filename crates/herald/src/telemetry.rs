@@ -50,7 +50,7 @@ pub trait MetricSource {
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
 /// Upper bounds (seconds) of the HTTP latency histogram.
-const HTTP_BUCKETS: [f64; 14] = [
+pub(crate) const HTTP_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 /// Upper bounds (seconds) of the store commit histogram.

@@ -14,11 +14,6 @@ use tonic::Code;
 
 use crate::telemetry::MetricSource;
 
-/// Upper bounds (seconds) of the latency histogram, as HTTP's.
-const BUCKETS: [f64; 14] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
-
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct CallLabels {
     method: &'static str,
@@ -31,7 +26,8 @@ struct MethodLabels {
 }
 
 fn histogram() -> Histogram {
-    Histogram::new(BUCKETS)
+    // The bounds of HTTP's latency histogram, so the two compare.
+    Histogram::new(crate::telemetry::HTTP_BUCKETS)
 }
 
 /// The gRPC API's metric handles (`herald_grpc_*`).

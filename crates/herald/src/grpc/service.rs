@@ -183,6 +183,24 @@ impl HeraldService {
         result.map(Response::new)
     }
 
+    /// `Delete` or `Clear`: the sequence event `kind` makes, published as HTTP's
+    /// sequence actions are.
+    async fn sequence_call(
+        &self,
+        method: &'static str,
+        request: Request<proto::SequenceRequest>,
+        kind: fn(String) -> PublishKind,
+    ) -> Result<Response<proto::Message>, Status> {
+        let topic = request.get_ref().topic.clone();
+        self.unary(method, Some(topic), request, |caller, req| async move {
+            self.publish_one(&caller, &req.topic, || {
+                Ok(kind(sequence_id(&req.sequence_id)?))
+            })
+            .await
+        })
+        .await
+    }
+
     /// Validates a subscription (or poll) as HTTP does.
     fn validate(
         &self,
@@ -420,14 +438,8 @@ impl proto::herald_server::Herald for HeraldService {
         &self,
         request: Request<proto::SequenceRequest>,
     ) -> Result<Response<proto::Message>, Status> {
-        let topic = request.get_ref().topic.clone();
-        self.unary("Delete", Some(topic), request, |caller, req| async move {
-            self.publish_one(&caller, &req.topic, || {
-                Ok(PublishKind::Delete {
-                    sequence_id: sequence_id(&req.sequence_id)?,
-                })
-            })
-            .await
+        self.sequence_call("Delete", request, |sequence_id| PublishKind::Delete {
+            sequence_id,
         })
         .await
     }
@@ -436,14 +448,8 @@ impl proto::herald_server::Herald for HeraldService {
         &self,
         request: Request<proto::SequenceRequest>,
     ) -> Result<Response<proto::Message>, Status> {
-        let topic = request.get_ref().topic.clone();
-        self.unary("Clear", Some(topic), request, |caller, req| async move {
-            self.publish_one(&caller, &req.topic, || {
-                Ok(PublishKind::Clear {
-                    sequence_id: sequence_id(&req.sequence_id)?,
-                })
-            })
-            .await
+        self.sequence_call("Clear", request, |sequence_id| PublishKind::Clear {
+            sequence_id,
         })
         .await
     }
