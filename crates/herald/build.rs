@@ -19,6 +19,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         // The tests make their own channel: the binary has no gRPC client transport.
         .build_transport(false)
+        // Small per-call buffers: an idle stream keeps its encode buffer.
+        .codec_path("crate::grpc::codec::SmallCodec")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -12,6 +12,7 @@
 //! subscription slots), so every rule is the same on both, in cluster mode too.
 //! No TLS here: it stays with the ingress (docs/GRPC.md).
 
+pub mod codec;
 mod convert;
 mod health;
 mod metrics;
