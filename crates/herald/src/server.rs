@@ -50,7 +50,9 @@ async fn open_attachments(
         "attachments on"
     );
     if config.base_url.is_empty() {
-        tracing::warn!("attachment-cache-dir is set but base-url is not: uploads are refused (40014), as in ntfy");
+        tracing::warn!(
+            "attachment-cache-dir is set but base-url is not: uploads are refused (40014), as in ntfy"
+        );
     }
     tracker.spawn(
         attachments

@@ -50,12 +50,18 @@ pub async fn serve(state: &AppState, req: Request, file: &str) -> Result<Respons
         .header(header::CONTENT_LENGTH, length)
         .header(header::ACCEPT_RANGES, "bytes")
         .header(header::X_CONTENT_TYPE_OPTIONS, "nosniff")
-        .header(header::CONTENT_DISPOSITION, content_disposition(answer.name()));
+        .header(
+            header::CONTENT_DISPOSITION,
+            content_disposition(answer.name()),
+        );
     if let Ok(v) = HeaderValue::from_str(answer.content_type()) {
         builder = builder.header(header::CONTENT_TYPE, v);
     }
     if let Some((first, last)) = answer.range {
-        builder = builder.header(header::CONTENT_RANGE, format!("bytes {first}-{last}/{size}"));
+        builder = builder.header(
+            header::CONTENT_RANGE,
+            format!("bytes {first}-{last}/{size}"),
+        );
     }
     let body = match answer.into_body() {
         Some(stream) => Body::from_stream(stream),
@@ -100,8 +106,15 @@ mod tests {
         let v = content_disposition("a\"b\r\nX-Evil: 1\0.txt");
         let s = v.to_str().unwrap();
         assert!(!s.contains('\r') && !s.contains('\n'), "{s}");
-        assert!(s.starts_with("attachment; filename=\"a_b__X-Evil: 1_.txt\""), "{s}");
+        assert!(
+            s.starts_with("attachment; filename=\"a_b__X-Evil: 1_.txt\""),
+            "{s}"
+        );
         let v = content_disposition("ünïcödé file.pdf");
-        assert!(v.to_str().unwrap().contains("%C3%BCn%C3%AFc%C3%B6d%C3%A9%20file.pdf"));
+        assert!(
+            v.to_str()
+                .unwrap()
+                .contains("%C3%BCn%C3%AFc%C3%B6d%C3%A9%20file.pdf")
+        );
     }
 }

@@ -167,7 +167,7 @@ async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
         (&Method::GET | &Method::HEAD, ["file", file]) => {
             let file = file.to_string();
             files::serve(&state, req, &file).await
-        },
+        }
         (&Method::PUT | &Method::POST, [""]) => publish::publish_json(&state, req).await,
         (&Method::PUT | &Method::POST, [topic]) if topic::is_valid_name(topic) => {
             let topic = topic.to_string();

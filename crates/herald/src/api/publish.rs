@@ -94,9 +94,9 @@ struct BodyBytes {
     bytes: Bytes,
     /// False when the body reached the limit (ntfy then treats it as an attachment).
     complete: bool,
-    /// The unread rest of an incomplete body: streamed into an attachment, or
-    /// drained before answering.
-    rest: Option<Body>,
+    /// The unread rest of an incomplete body: streamed into an attachment, and
+    /// whatever is left drained before answering.
+    rest: Option<axum::body::BodyDataStream>,
 }
 
 async fn read_body(body: Body, limit: usize) -> Result<BodyBytes, ApiError> {
@@ -113,7 +113,7 @@ async fn read_body(body: Body, limit: usize) -> Result<BodyBytes, ApiError> {
                 return Ok(BodyBytes {
                     bytes: Bytes::from(buf),
                     complete: false,
-                    rest: Some(body),
+                    rest: Some(body.into_data_stream()),
                 });
             }
         }
@@ -128,12 +128,12 @@ async fn read_body(body: Body, limit: usize) -> Result<BodyBytes, ApiError> {
 /// Most bytes of an over-long body read and thrown away before answering.
 const DRAIN_LIMIT: usize = 256 * 1024;
 
-async fn drain(body: &mut Body, limit: usize) {
-    use http_body_util::BodyExt;
+async fn drain(body: &mut axum::body::BodyDataStream, limit: usize) {
+    use futures_util::StreamExt;
     let mut drained = 0;
     while drained < limit {
-        match body.frame().await {
-            Some(Ok(frame)) => drained += frame.data_ref().map_or(0, |d| d.len()),
+        match body.next().await {
+            Some(Ok(data)) => drained += data.len(),
             _ => return,
         }
     }
@@ -164,11 +164,21 @@ async fn publish_with(
     path_sequence_id: Option<String>,
     visitor: String,
 ) -> Result<Response, ApiError> {
-    let result = publish_body(state, headers, query, &mut body, topic, path_sequence_id, visitor).await;
+    let result = publish_body(
+        state,
+        headers,
+        query,
+        &mut body,
+        topic,
+        path_sequence_id,
+        visitor,
+    )
+    .await;
     if let Some(mut rest) = body.rest.take() {
-        // An over-long body that was not streamed into an attachment: the rest is
-        // read and discarded (up to a bound, as Go's server does) so the client,
-        // still sending, gets to read the answer instead of a reset connection.
+        // What an answer leaves unread of an over-long body (not an attachment, or
+        // a refused one) is read and discarded, up to a bound as Go's server does,
+        // so the client, still sending, gets to read the answer instead of a reset
+        // connection.
         drain(&mut rest, DRAIN_LIMIT).await;
     }
     result
@@ -257,8 +267,9 @@ async fn publish_body(
                 .then(|| delivery.saturating_add(cache_secs)),
         };
         let head = std::mem::take(&mut body.bytes);
-        let rest = body.rest.take().map(Body::into_data_stream);
-        let pending = attachments.upload(request, head, rest).await?;
+        let pending = attachments
+            .upload(request, head, body.rest.as_mut())
+            .await?;
         draft.attachment = Some(pending.attachment().clone());
         draft.text = params.message.unwrap_or_default();
         upload = Some(pending);

@@ -63,20 +63,18 @@ impl Attachments {
             })
             .collect();
         for item in &listed {
-            match &item.entry {
-                Entry::Temp { name } if item.modified < stale_before => {
-                    if self.store.remove_temp(name).await.is_ok() {
-                        report.orphans += 1;
-                    }
+            if item.modified >= stale_before {
+                continue;
+            }
+            let removed = match &item.entry {
+                Entry::Temp { name } => self.store.remove_temp(name).await.is_ok(),
+                Entry::File { id, .. } if !metas.contains(id.as_str()) => {
+                    self.store.remove(id).await.is_ok()
                 }
-                Entry::File { id, .. }
-                    if !metas.contains(id.as_str()) && item.modified < stale_before =>
-                {
-                    if self.store.remove(id).await.is_ok() {
-                        report.orphans += 1;
-                    }
-                }
-                _ => {}
+                _ => false,
+            };
+            if removed {
+                report.orphans += 1;
             }
         }
 

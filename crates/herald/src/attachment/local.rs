@@ -94,9 +94,8 @@ impl AttachmentStore for LocalStore {
             file.seek(SeekFrom::Start(start)).await?;
         }
         let remaining = if size == 0 { 0 } else { end + 1 - start };
-        let body = futures_util::stream::unfold(
-            (file, remaining),
-            |(mut file, remaining)| async move {
+        let body =
+            futures_util::stream::unfold((file, remaining), |(mut file, remaining)| async move {
                 if remaining == 0 {
                     return None;
                 }
@@ -110,9 +109,8 @@ impl AttachmentStore for LocalStore {
                     }
                     Err(e) => Some((Err(StoreFailure::from(e)), (file, 0))),
                 }
-            },
-        )
-        .boxed();
+            })
+            .boxed();
         Ok(Some(Download { body }))
     }
 
@@ -219,7 +217,10 @@ mod tests {
 
     async fn read_all(d: Download) -> Vec<u8> {
         let chunks: Vec<_> = d.body.collect().await;
-        chunks.into_iter().flat_map(|c| c.unwrap().to_vec()).collect()
+        chunks
+            .into_iter()
+            .flat_map(|c| c.unwrap().to_vec())
+            .collect()
     }
 
     #[tokio::test]

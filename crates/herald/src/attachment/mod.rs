@@ -82,7 +82,10 @@ pub fn parse_location(s: &str) -> Result<Option<Location>, String> {
     if s.is_empty() {
         Ok(None)
     } else if s.starts_with("s3://") {
-        Err("S3 attachment storage is not supported by this herald version yet; use a directory".into())
+        Err(
+            "S3 attachment storage is not supported by this herald version yet; use a directory"
+                .into(),
+        )
     } else {
         Ok(Some(Location::Dir(PathBuf::from(s))))
     }
@@ -265,14 +268,15 @@ impl Attachments {
     }
 
     /// Stores the body of a publish (`head`, the bytes already read, then `rest`)
-    /// as an attachment, under ntfy's rules and limits. The file is servable when
+    /// as an attachment, under ntfy's rules and limits. A refusal stops reading
+    /// `rest` (the caller decides what to do with what is left). The file is servable when
     /// this returns; the caller publishes the message and then calls
     /// [`Pending::keep`], or drops the [`Pending`] to delete the file.
     pub async fn upload<S, E>(
         self: &Arc<Self>,
         req: UploadRequest,
         head: Bytes,
-        rest: Option<S>,
+        rest: Option<&mut S>,
     ) -> Result<Pending, AttachmentError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
@@ -310,9 +314,8 @@ impl Attachments {
         let mut upload = self.store.create(&id).await?;
         let mut sniffed = BytesMut::new();
         let mut size: u64 = 0;
-        let mut chunks = futures_util::stream::iter([Ok::<Bytes, E>(head)]).chain(
-            futures_util::stream::iter(rest).flatten(),
-        );
+        let mut chunks = futures_util::stream::iter([Ok::<Bytes, E>(head)])
+            .chain(futures_util::stream::iter(rest).flatten());
         while let Some(chunk) = chunks.next().await {
             let chunk = chunk.map_err(|e| AttachmentError::Body(e.into()))?;
             if chunk.is_empty() {

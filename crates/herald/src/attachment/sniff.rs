@@ -94,7 +94,11 @@ fn is_text(head: &[u8]) -> bool {
 
 fn text_type(head: &[u8]) -> Detected {
     let trimmed = head.trim_ascii_start();
-    let lower: Vec<u8> = trimmed.iter().take(64).map(u8::to_ascii_lowercase).collect();
+    let lower: Vec<u8> = trimmed
+        .iter()
+        .take(64)
+        .map(u8::to_ascii_lowercase)
+        .collect();
     if lower.starts_with(b"<!doctype html") || lower.starts_with(b"<html") {
         ("text/html; charset=utf-8", ".html")
     } else if lower.starts_with(b"<svg") {
@@ -115,9 +119,17 @@ fn text_type(head: &[u8]) -> Detected {
 /// page cannot script the server's origin.
 pub(crate) fn is_active_content(mime: &str) -> bool {
     let m = mime.to_ascii_lowercase();
-    ["text/html", "image/svg", "text/xml", "application/xhtml", "application/xml", "text/javascript", "application/javascript"]
-        .iter()
-        .any(|p| m.starts_with(p))
+    [
+        "text/html",
+        "image/svg",
+        "text/xml",
+        "application/xhtml",
+        "application/xml",
+        "text/javascript",
+        "application/javascript",
+    ]
+    .iter()
+    .any(|p| m.starts_with(p))
 }
 
 #[cfg(test)]
@@ -127,10 +139,16 @@ mod tests {
     #[test]
     fn common_types() {
         assert_eq!(detect(b"\x89PNG\r\n\x1a\n....", ""), ("image/png", ".png"));
-        assert_eq!(detect(b"\xff\xd8\xff\xe0..JFIF", ""), ("image/jpeg", ".jpg"));
+        assert_eq!(
+            detect(b"\xff\xd8\xff\xe0..JFIF", ""),
+            ("image/jpeg", ".jpg")
+        );
         assert_eq!(detect(b"%PDF-1.7\n", ""), ("application/pdf", ".pdf"));
         assert_eq!(detect(b"\0\0\0\x18ftypmp42", ""), ("video/mp4", ".mp4"));
-        assert_eq!(detect(b"hello\nworld", ""), ("text/plain; charset=utf-8", ".txt"));
+        assert_eq!(
+            detect(b"hello\nworld", ""),
+            ("text/plain; charset=utf-8", ".txt")
+        );
         assert_eq!(detect(b"{\"a\":1}", ""), ("application/json", ".json"));
         assert_eq!(detect(b"\0\x01\x02\x03garbage", ""), OCTET_STREAM);
         assert_eq!(detect(b"", ""), OCTET_STREAM);

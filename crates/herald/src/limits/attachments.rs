@@ -89,7 +89,11 @@ impl AttachmentUsage {
         let transferred = *v.transferred_on(today(now));
         server_left
             .min(self.limits.visitor_total.saturating_sub(v.stored))
-            .min(self.limits.visitor_daily_bandwidth.saturating_sub(transferred))
+            .min(
+                self.limits
+                    .visitor_daily_bandwidth
+                    .saturating_sub(transferred),
+            )
     }
 
     /// Charges `n` more uploaded bytes to `visitor` (stored and transferred), or

@@ -1,0 +1,640 @@
+//! File attachments (issue #14): ntfy's upload rules (https://docs.ntfy.sh/publish/#attachments,
+//! docs/COMPATIBILITY.md §2.3), `GET|HEAD /file/<id>`, every limit and its code,
+//! expiry, what a refusal, an abort or a `kill -9` leaves behind (nothing), odd
+//! names, and cluster mode. Uploads are what `curl -T file` (PUT with
+//! `Content-Length`) and `curl --data-binary @-` (chunked) send.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::fixture::{
+    Launch, TestServer, eventually, expect_error, expect_json, expect_json_raw, header,
+};
+
+const BASE_URL: &str = "http://herald.test";
+
+/// A server storing attachments in a directory of its own (returned), with `args`.
+fn server(args: &[&str]) -> (TestServer, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut all = vec![
+        "--base-url",
+        BASE_URL,
+        "--attachment-cache-dir",
+        dir.path().to_str().unwrap(),
+    ];
+    all.extend_from_slice(args);
+    (TestServer::start(&all), dir)
+}
+
+/// The names in `dir`, sorted.
+fn files_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// `url`'s path (`/file/<id>.<ext>`), to fetch it from the test server.
+fn file_path(url: &str) -> String {
+    url.strip_prefix(BASE_URL)
+        .unwrap_or_else(|| panic!("attachment URL {url} not under base-url"))
+        .to_string()
+}
+
+/// A JPEG-looking body of `len` bytes.
+fn jpeg(len: usize) -> Vec<u8> {
+    let mut body = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00".to_vec();
+    body.extend((0..len.saturating_sub(body.len())).map(|i| (i * 7 % 251) as u8));
+    body.truncate(len);
+    body
+}
+
+async fn upload(
+    s: &TestServer,
+    topic: &str,
+    name: Option<&str>,
+    body: Vec<u8>,
+) -> reqwest::Response {
+    let mut req = s.client.put(s.url(&format!("/{topic}"))).body(body);
+    if let Some(name) = name {
+        req = req.header("Filename", name);
+    }
+    req.send().await.unwrap()
+}
+
+/// A body sent chunked (no `Content-Length`), as `curl --data-binary @-` does.
+fn chunked(body: Vec<u8>) -> reqwest::Body {
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        body.chunks(64 * 1024).map(|c| Ok(c.to_vec())).collect();
+    reqwest::Body::wrap_stream(futures_util::stream::iter(chunks))
+}
+
+#[tokio::test]
+async fn curl_t_upload_and_download() {
+    let (s, dir) = server(&[]);
+    let body = jpeg(100_000);
+    let resp = upload(&s, "cam", Some("snapshot.jpg"), body.clone()).await;
+    let (m, raw) = expect_json_raw(resp, 200).await;
+    assert_eq!(m["message"], "You received a file: snapshot.jpg");
+    let a = &m["attachment"];
+    assert_eq!(a["name"], "snapshot.jpg");
+    assert_eq!(a["type"], "image/jpeg");
+    assert_eq!(a["size"], 100_000);
+    let expires = a["expires"].as_i64().unwrap();
+    let now = m["time"].as_i64().unwrap();
+    assert!(
+        (now + 3 * 3600 - 5..=now + 3 * 3600 + 5).contains(&expires),
+        "{m}"
+    );
+    let url = a["url"].as_str().unwrap();
+    assert!(
+        url.starts_with(&format!("{BASE_URL}/file/")) && url.ends_with(".jpg"),
+        "{url}"
+    );
+    // ntfy's key order in the attachment object.
+    let from = raw.find("\"attachment\"").unwrap();
+    let positions: Vec<usize> = ["name", "type", "size", "expires", "url"]
+        .iter()
+        .map(|k| from + raw[from..].find(&format!("\"{k}\":")).unwrap())
+        .collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "{raw}");
+
+    let resp = s.get(&file_path(url)).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(header(&resp, "content-length"), "100000");
+    assert_eq!(header(&resp, "content-type"), "image/jpeg");
+    assert_eq!(
+        header(&resp, "content-disposition"),
+        "attachment; filename=\"snapshot.jpg\"; filename*=UTF-8''snapshot.jpg"
+    );
+    assert_eq!(resp.bytes().await.unwrap().as_ref(), body.as_slice());
+    // Without the extension too, as ntfy.
+    let id_only = file_path(url).rsplit_once('.').unwrap().0.to_string();
+    assert_eq!(s.get(&id_only).await.status(), 200);
+
+    let head = s.client.head(s.url(&file_path(url))).send().await.unwrap();
+    assert_eq!(head.status(), 200);
+    assert_eq!(header(&head, "content-length"), "100000");
+    assert!(head.bytes().await.unwrap().is_empty());
+
+    // A range: the first ten bytes.
+    let part = s
+        .client
+        .get(s.url(&file_path(url)))
+        .header("Range", "bytes=0-9")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(part.status(), 206);
+    assert_eq!(header(&part, "content-range"), "bytes 0-9/100000");
+    assert_eq!(part.bytes().await.unwrap().as_ref(), &body[..10]);
+
+    // The message in the history carries the same attachment.
+    let polled = s.poll("cam", "").await;
+    assert_eq!(polled[0]["attachment"], *a);
+    // One file and its metadata, named by ID.
+    let names = files_in(dir.path());
+    assert_eq!(names.len(), 2, "{names:?}");
+}
+
+#[tokio::test]
+async fn body_rules_decide_what_is_an_attachment() {
+    let (s, _dir) = server(&[]);
+    // A small binary body without a name: `attachment<ext>` from its sniffed type.
+    let png = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR".to_vec();
+    let m = expect_json(upload(&s, "t", None, png).await, 200).await;
+    assert_eq!(m["attachment"]["name"], "attachment.png");
+    assert_eq!(m["attachment"]["type"], "image/png");
+    // Text over message-size-limit (exactly 4096 bytes fills ntfy's peek buffer).
+    let m = expect_json(upload(&s, "t", None, vec![b'a'; 4096]).await, 200).await;
+    assert_eq!(m["attachment"]["name"], "attachment.txt");
+    assert_eq!(m["attachment"]["type"], "text/plain; charset=utf-8");
+    assert_eq!(m["attachment"]["size"], 4096);
+    // A short text with a filename is a file too, and `message=` is the text.
+    let resp = s
+        .client
+        .put(s.url("/t?filename=notes.txt&message=see%20notes"))
+        .body("short")
+        .send()
+        .await
+        .unwrap();
+    let m = expect_json(resp, 200).await;
+    assert_eq!(m["message"], "see notes");
+    assert_eq!(m["attachment"]["name"], "notes.txt");
+    assert_eq!(m["attachment"]["size"], 5);
+    // An unknown binary is application/octet-stream, `.bin`.
+    let m = expect_json(upload(&s, "t", None, vec![0, 1, 2, 3, 0xff]).await, 200).await;
+    assert_eq!(m["attachment"]["name"], "attachment.bin");
+    assert_eq!(m["attachment"]["type"], "application/octet-stream");
+    // `X-Attach` with a body keeps the body as the message.
+    let resp = s
+        .client
+        .put(s.url("/t"))
+        .header("X-Attach", "https://example.com/a/cat.jpg")
+        .body("look")
+        .send()
+        .await
+        .unwrap();
+    let m = expect_json(resp, 200).await;
+    assert_eq!(m["message"], "look");
+    assert_eq!(m["attachment"]["url"], "https://example.com/a/cat.jpg");
+    // An ordinary message is still a message.
+    assert!(s.publish("t", "hello").await.get("attachment").is_none());
+    // HTML is served as plain text (no script runs on the server's origin).
+    let m = expect_json(
+        upload(
+            &s,
+            "t",
+            Some("x.html"),
+            b"<html><script>1</script></html>".to_vec(),
+        )
+        .await,
+        200,
+    )
+    .await;
+    let resp = s
+        .get(&file_path(m["attachment"]["url"].as_str().unwrap()))
+        .await;
+    assert_eq!(header(&resp, "content-type"), "text/plain; charset=utf-8");
+    assert_eq!(header(&resp, "x-content-type-options"), "nosniff");
+}
+
+#[tokio::test]
+async fn json_publish_with_filename_stores_the_message_as_a_file() {
+    let (s, _dir) = server(&[]);
+    let resp = s
+        .client
+        .post(s.base())
+        .json(&serde_json::json!({"topic": "j", "message": "file body", "filename": "a.txt"}))
+        .send()
+        .await
+        .unwrap();
+    let m = expect_json(resp, 200).await;
+    assert_eq!(m["attachment"]["name"], "a.txt");
+    assert_eq!(m["message"], "You received a file: a.txt");
+    let got = s
+        .get(&file_path(m["attachment"]["url"].as_str().unwrap()))
+        .await;
+    assert_eq!(got.text().await.unwrap(), "file body");
+}
+
+#[tokio::test]
+async fn uploads_need_a_cache_dir_and_a_base_url() {
+    // No attachment-cache-dir: ntfy's 40014 (publish.rs covers the body rules).
+    let s = TestServer::start(&[]);
+    expect_error(
+        upload(&s, "t", Some("a.bin"), vec![1; 10]).await,
+        400,
+        40014,
+    )
+    .await;
+    assert_eq!(s.get("/file/abcdefghijkl").await.status(), 404);
+    // A cache dir but no base-url: 40014 too, as in ntfy.
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(&["--attachment-cache-dir", dir.path().to_str().unwrap()]);
+    expect_error(
+        upload(&s, "t", Some("a.bin"), vec![1; 10]).await,
+        400,
+        40014,
+    )
+    .await;
+    assert!(files_in(dir.path()).is_empty());
+}
+
+#[tokio::test]
+async fn file_size_limit_stops_the_upload_and_keeps_nothing() {
+    let (s, dir) = server(&["--attachment-file-size-limit", "100k"]);
+    let limit = 100 * 1024;
+    // Exactly the limit is fine.
+    expect_json(upload(&s, "t", Some("ok.bin"), vec![7; limit]).await, 200).await;
+    // One byte more, announced by Content-Length: refused before reading.
+    expect_error(
+        upload(&s, "t", Some("big.bin"), vec![7; limit + 1]).await,
+        413,
+        41301,
+    )
+    .await;
+    // Chunked (no Content-Length): refused while streaming.
+    let resp = s
+        .client
+        .put(s.url("/t"))
+        .header("Filename", "big.bin")
+        .body(chunked(vec![7; 3 * limit]))
+        .send()
+        .await
+        .unwrap();
+    expect_error(resp, 413, 41301).await;
+    // Only the first file (and its metadata) is there.
+    eventually(
+        Duration::from_secs(5),
+        "refused uploads deleted",
+        || async { (files_in(dir.path()).len() == 2).then_some(()) },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn visitor_total_and_server_total_limits() {
+    let (s, dir) = server(&[
+        "--visitor-attachment-total-size-limit",
+        "300k",
+        "--attachment-file-size-limit",
+        "1M",
+    ]);
+    expect_json(upload(&s, "t", Some("a"), vec![1; 200 * 1024]).await, 200).await;
+    // 200k + 200k > 300k: refused, nothing kept, and the 100k left still fit.
+    let resp = s
+        .client
+        .put(s.url("/t"))
+        .header("Filename", "b")
+        .body(chunked(vec![1; 200 * 1024]))
+        .send()
+        .await
+        .unwrap();
+    expect_error(resp, 413, 41301).await;
+    expect_json(upload(&s, "t", Some("c"), vec![1; 100 * 1024]).await, 200).await;
+    expect_error(upload(&s, "t", Some("d"), vec![1; 1]).await, 413, 41301).await;
+    assert_eq!(files_in(dir.path()).len(), 4);
+    // `/v1/account` reports the usage as ntfy does.
+    let account = expect_json(s.get("/v1/account").await, 200).await;
+    assert_eq!(account["limits"]["attachment_total_size"], 300 * 1024);
+    assert_eq!(account["limits"]["attachment_file_size"], 1024 * 1024);
+    assert_eq!(account["limits"]["attachment_expiry_duration"], 3 * 3600);
+    assert_eq!(account["limits"]["attachment_bandwidth"], 500 * 1024 * 1024);
+    assert_eq!(account["stats"]["attachment_total_size"], 300 * 1024);
+    assert_eq!(account["stats"]["attachment_total_size_remaining"], 0);
+
+    // The server's total applies across visitors.
+    let (s, _dir) = server(&["--attachment-total-size-limit", "150k"]);
+    expect_json(upload(&s, "t", Some("a"), vec![1; 100 * 1024]).await, 200).await;
+    expect_error(
+        upload(&s, "t", Some("b"), vec![1; 100 * 1024]).await,
+        413,
+        41301,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn concurrent_uploads_cannot_pass_the_visitor_total_together() {
+    let (s, dir) = server(&["--visitor-attachment-total-size-limit", "1M"]);
+    // Ten 300k uploads at once: at most three fit into 1M.
+    let uploads = (0..10).map(|i| {
+        s.client
+            .put(s.url("/t"))
+            .header("Filename", format!("f{i}"))
+            .body(chunked(vec![1; 300 * 1024]))
+            .send()
+    });
+    let results = futures_util::future::join_all(uploads).await;
+    let ok = results
+        .into_iter()
+        .filter(|r| r.as_ref().is_ok_and(|r| r.status() == 200))
+        .count();
+    assert!((1..=3).contains(&ok), "{ok} uploads succeeded");
+    eventually(
+        Duration::from_secs(5),
+        "refused uploads deleted",
+        || async { (files_in(dir.path()).len() == ok * 2).then_some(()) },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn daily_bandwidth_covers_uploads_and_downloads() {
+    let (s, _dir) = server(&["--visitor-attachment-daily-bandwidth-limit", "500k"]);
+    let m = expect_json(upload(&s, "t", Some("a"), vec![1; 200 * 1024]).await, 200).await;
+    let path = file_path(m["attachment"]["url"].as_str().unwrap());
+    // 200k uploaded + 200k downloaded = 400k; HEAD costs nothing.
+    assert_eq!(s.get(&path).await.status(), 200);
+    assert_eq!(
+        s.client.head(s.url(&path)).send().await.unwrap().status(),
+        200
+    );
+    // Another 200k would pass 500k: ntfy's 429 42905.
+    expect_error(s.get(&path).await, 429, 42905).await;
+    // And an upload of more than the 100k left is refused with 41301.
+    expect_error(
+        upload(&s, "t", Some("b"), vec![1; 101 * 1024]).await,
+        413,
+        41301,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn attachments_expire_and_their_files_go() {
+    let (s, dir) = server(&[
+        "--attachment-expiry-duration",
+        "2s",
+        "--manager-interval",
+        "1s",
+    ]);
+    let m = expect_json(upload(&s, "t", Some("a.bin"), vec![1; 1000]).await, 200).await;
+    let a = &m["attachment"];
+    assert_eq!(
+        a["expires"].as_i64().unwrap(),
+        m["time"].as_i64().unwrap() + 2
+    );
+    let path = file_path(a["url"].as_str().unwrap());
+    assert_eq!(s.get(&path).await.status(), 200);
+    eventually(
+        Duration::from_secs(10),
+        "expired attachment gone",
+        || async {
+            (s.get(&path).await.status() == 404 && files_in(dir.path()).is_empty()).then_some(())
+        },
+    )
+    .await;
+    // The message stays (its own expiry is cache-duration).
+    assert_eq!(s.poll("t", "").await.len(), 1);
+
+    // An attachment never outlives its message.
+    let (s, _dir) = server(&["--cache-duration", "1m"]);
+    let m = expect_json(upload(&s, "t", Some("a.bin"), vec![1; 10]).await, 200).await;
+    assert_eq!(m["attachment"]["expires"], m["expires"]);
+}
+
+#[tokio::test]
+async fn delayed_delivery_after_the_attachment_expires_is_refused() {
+    let (s, dir) = server(&[]);
+    let resp = s
+        .client
+        .put(s.url("/t"))
+        .header("Filename", "a.bin")
+        .header("X-Delay", "4h")
+        .body(vec![1u8; 100])
+        .send()
+        .await
+        .unwrap();
+    expect_error(resp, 400, 40015).await;
+    // Within the expiry it is fine.
+    let resp = s
+        .client
+        .put(s.url("/t"))
+        .header("Filename", "a.bin")
+        .header("X-Delay", "1h")
+        .body(vec![1u8; 100])
+        .send()
+        .await
+        .unwrap();
+    expect_json(resp, 200).await;
+    assert_eq!(files_in(dir.path()).len(), 2);
+}
+
+#[tokio::test]
+async fn totals_and_files_survive_a_restart() {
+    let (mut s, dir) = server(&["--visitor-attachment-total-size-limit", "300k"]);
+    let m = expect_json(upload(&s, "t", Some("a"), vec![5; 200 * 1024]).await, 200).await;
+    let path = file_path(m["attachment"]["url"].as_str().unwrap());
+    s.restart();
+    let got = s.get(&path).await;
+    assert_eq!(got.status(), 200);
+    assert_eq!(got.bytes().await.unwrap().len(), 200 * 1024);
+    expect_error(
+        upload(&s, "t", Some("b"), vec![1; 200 * 1024]).await,
+        413,
+        41301,
+    )
+    .await;
+    assert_eq!(files_in(dir.path()).len(), 2);
+}
+
+/// Writes a request head and part of its body on a raw socket, then leaves the
+/// connection hanging (or closes it).
+fn partial_upload(base: &str, topic: &str, announced: usize, sent: usize) -> std::net::TcpStream {
+    let addr = base.trim_start_matches("http://");
+    let mut sock = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        sock,
+        "PUT /{topic} HTTP/1.1\r\nHost: {addr}\r\nFilename: big.bin\r\nContent-Length: {announced}\r\n\r\n"
+    )
+    .unwrap();
+    sock.write_all(&vec![9u8; sent]).unwrap();
+    sock.flush().unwrap();
+    sock
+}
+
+#[tokio::test]
+async fn aborted_upload_leaves_nothing_and_gives_its_quota_back() {
+    let (s, dir) = server(&["--visitor-attachment-total-size-limit", "1M"]);
+    let sock = partial_upload(s.base(), "t", 900 * 1024, 600 * 1024);
+    std::thread::sleep(Duration::from_millis(300));
+    drop(sock);
+    eventually(Duration::from_secs(5), "aborted upload deleted", || async {
+        files_in(dir.path()).is_empty().then_some(())
+    })
+    .await;
+    // The 600k it had charged are free again.
+    expect_json(upload(&s, "t", Some("a"), vec![1; 900 * 1024]).await, 200).await;
+}
+
+#[tokio::test]
+async fn kill_9_mid_upload_leaves_nothing_and_loses_no_message() {
+    let (mut s, dir) = server(&[]);
+    let before = s.publish("t", "before the crash").await;
+    let kept = expect_json(
+        upload(&s, "t", Some("kept.bin"), vec![3; 50_000]).await,
+        200,
+    )
+    .await;
+    let sock = partial_upload(s.base(), "t", 5_000_000, 2_000_000);
+    eventually(Duration::from_secs(5), "upload in progress", || async {
+        files_in(dir.path())
+            .iter()
+            .any(|n| n.starts_with("tmp-"))
+            .then_some(())
+    })
+    .await;
+    s.kill9();
+    drop(sock);
+    assert!(files_in(dir.path()).iter().any(|n| n.starts_with("tmp-")));
+    s.start_again();
+    // The leftover is gone at start; the acknowledged message and file are not.
+    assert_eq!(files_in(dir.path()).len(), 2, "{:?}", files_in(dir.path()));
+    let polled = s.poll("t", "").await;
+    let ids: Vec<&Value> = polled.iter().map(|m| &m["id"]).collect();
+    assert!(
+        ids.contains(&&before["id"]) && ids.contains(&&kept["id"]),
+        "{polled:?}"
+    );
+    let got = s
+        .get(&file_path(kept["attachment"]["url"].as_str().unwrap()))
+        .await;
+    assert_eq!(got.bytes().await.unwrap().len(), 50_000);
+}
+
+/// Sends `request` on a raw socket and returns the status line.
+fn raw_status(base: &str, request: &[u8]) -> String {
+    let mut sock = std::net::TcpStream::connect(base.trim_start_matches("http://")).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    sock.write_all(request).unwrap();
+    let mut buf = [0u8; 512];
+    let n = sock.read(&mut buf).unwrap();
+    String::from_utf8_lossy(&buf[..n])
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[tokio::test]
+async fn odd_names_and_paths_never_escape_the_store() {
+    let (s, dir) = server(&[]);
+    let outside = dir.path().parent().unwrap().join("escaped");
+    let long = "x".repeat(3000);
+    let names: Vec<String> = vec![
+        "../../escaped".into(),
+        "/etc/passwd".into(),
+        "a/../../b".into(),
+        long.clone(),
+        "quote\"and\\back.txt".into(),
+        "ünïcödé.txt".into(),
+    ];
+    for name in &names {
+        let resp = s
+            .client
+            .put(s.url("/t"))
+            .query(&[("filename", name.as_str())])
+            .body(vec![1u8, 2, 3])
+            .send()
+            .await
+            .unwrap();
+        let m = expect_json(resp, 200).await;
+        assert_eq!(m["attachment"]["name"], name.as_str());
+        let got = s
+            .get(&file_path(m["attachment"]["url"].as_str().unwrap()))
+            .await;
+        assert_eq!(got.status(), 200);
+        assert!(header(&got, "content-disposition").starts_with("attachment; filename=\""));
+    }
+    // A NUL (query) and a non-UTF-8 header value.
+    let resp = s
+        .client
+        .put(s.url("/t?filename=a%00b"))
+        .body(vec![1u8])
+        .send()
+        .await
+        .unwrap();
+    expect_json(resp, 200).await;
+    let status = raw_status(
+        s.base(),
+        b"PUT /t HTTP/1.1\r\nHost: x\r\nFilename: \xff\xfe.bin\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc",
+    );
+    assert!(status.contains(" 200 "), "{status}");
+    assert!(!outside.exists());
+    // Every name in the store is an ID (plus `.json`): 8 files, 8 metadata.
+    let names_in_dir = files_in(dir.path());
+    assert_eq!(names_in_dir.len(), 16, "{names_in_dir:?}");
+    assert!(names_in_dir.iter().all(|n| {
+        let id = n.strip_suffix(".json").unwrap_or(n);
+        id.len() == 12 && id.bytes().all(|b| b.is_ascii_alphanumeric())
+    }));
+    // Traversal in the download path is a 404 (raw, so no client normalises it).
+    for path in [
+        "/file/../../etc/passwd",
+        "/file/..%2F..%2Fetc%2Fpasswd",
+        "/file/%2e%2e",
+        "/file/abc.json",
+        "/file/abcdefghijkl.json.x",
+    ] {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let status = raw_status(s.base(), req.as_bytes());
+        assert!(status.contains(" 404 "), "{path}: {status}");
+    }
+    // `/file/<id>.json` is the file with a `.json` extension, never its metadata.
+    let meta = names_in_dir.iter().find(|n| n.ends_with(".json")).unwrap();
+    let got = s.get(&format!("/file/{meta}")).await;
+    assert_eq!(got.status(), 200);
+    assert!(got.bytes().await.unwrap().len() <= 3);
+}
+
+#[tokio::test]
+async fn leftovers_from_before_a_start_are_swept() {
+    let dir = tempfile::tempdir().unwrap();
+    // A crashed upload's temporary file and a file whose metadata was never written.
+    std::fs::write(dir.path().join("tmp-AAAAAAAAAAAA-1"), b"partial").unwrap();
+    std::fs::write(dir.path().join("BBBBBBBBBBBB"), b"orphan").unwrap();
+    // Something herald did not write stays.
+    std::fs::write(dir.path().join("README"), b"mine").unwrap();
+    let s = TestServer::start(&[
+        "--base-url",
+        BASE_URL,
+        "--attachment-cache-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(files_in(dir.path()), vec!["README".to_string()]);
+    assert_eq!(s.get("/file/BBBBBBBBBBBB").await.status(), 404);
+}
+
+#[tokio::test]
+async fn options_work_as_flag_env_and_yaml() {
+    let dir = tempfile::tempdir().unwrap();
+    let config: PathBuf = dir.path().join("server.yml");
+    let files = dir.path().join("files");
+    std::fs::write(
+        &config,
+        format!(
+            "base-url: {BASE_URL}\nattachment-cache-dir: {}\nattachment-file-size-limit: 1k\n",
+            files.display()
+        ),
+    )
+    .unwrap();
+    let s = TestServer::launch(Launch {
+        args: vec!["--config".into(), config.display().to_string()],
+        envs: vec![(
+            "HERALD_VISITOR_ATTACHMENT_TOTAL_SIZE_LIMIT".into(),
+            "1500".into(),
+        )],
+        ..Launch::default()
+    });
+    expect_error(upload(&s, "t", Some("a"), vec![1; 1025]).await, 413, 41301).await;
+    expect_json(upload(&s, "t", Some("a"), vec![1; 1000]).await, 200).await;
+    expect_error(upload(&s, "t", Some("b"), vec![1; 1000]).await, 413, 41301).await;
+    assert_eq!(files_in(&files).len(), 2);
+}
