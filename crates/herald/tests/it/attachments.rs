@@ -638,3 +638,126 @@ async fn options_work_as_flag_env_and_yaml() {
     expect_error(upload(&s, "t", Some("b"), vec![1; 1000]).await, 413, 41301).await;
     assert_eq!(files_in(&files).len(), 2);
 }
+
+/// Nodes of a test cluster; their Redis keys are deleted when dropped.
+struct Nodes {
+    nodes: Vec<TestServer>,
+    prefix: String,
+}
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            node.kill9();
+        }
+        let script =
+            "for _, k in ipairs(redis.call('KEYS', ARGV[1] .. '*')) do redis.call('DEL', k) end";
+        let _ = std::process::Command::new("redis-cli")
+            .args(["EVAL", script, "0", &self.prefix])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+/// Two cluster nodes (the machine's Redis, a key prefix of their own) sharing one
+/// attachment directory, with `args`.
+async fn cluster(test: &str, args: &[&str]) -> (Nodes, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let prefix = format!("herald-test:{test}:{}:{nanos}:", std::process::id());
+    let mut launch_args: Vec<String> = [
+        "--redis-url",
+        "redis://127.0.0.1:6379",
+        "--redis-key-prefix",
+        &prefix,
+        "--base-url",
+        BASE_URL,
+        "--attachment-cache-dir",
+        dir.path().to_str().unwrap(),
+        "--attachment-cache-dir-shared",
+        "true",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    launch_args.extend(args.iter().map(|s| s.to_string()));
+    let nodes: Vec<TestServer> = (0..2)
+        .map(|_| {
+            TestServer::launch(Launch {
+                args: launch_args.clone(),
+                ..Launch::default()
+            })
+        })
+        .collect();
+    for node in &nodes {
+        eventually(Duration::from_secs(30), "node ready", || async {
+            (node.get("/readyz").await.status() == 200).then_some(())
+        })
+        .await;
+    }
+    (Nodes { nodes, prefix }, dir)
+}
+
+#[tokio::test]
+async fn cluster_upload_on_one_node_download_on_the_other() {
+    let (nodes, _dir) = cluster(
+        "attachments",
+        &[
+            "--visitor-attachment-total-size-limit",
+            "300k",
+            "--manager-interval",
+            "1s",
+        ],
+    )
+    .await;
+    let (a, b) = (&nodes.nodes[0], &nodes.nodes[1]);
+    let body = jpeg(200 * 1024);
+    let m = expect_json(upload(a, "t", Some("cam.jpg"), body.clone()).await, 200).await;
+    let path = file_path(m["attachment"]["url"].as_str().unwrap());
+    let got = b.get(&path).await;
+    assert_eq!(got.status(), 200);
+    assert_eq!(header(&got, "content-type"), "image/jpeg");
+    assert_eq!(got.bytes().await.unwrap().as_ref(), body.as_slice());
+    // The message, with its attachment, is in the shared history.
+    let polled = b.poll("t", "").await;
+    assert_eq!(polled[0]["attachment"], m["attachment"]);
+    // Node B counts the file uploaded through A against the visitor's total once
+    // its sweep has seen it (every manager-interval).
+    eventually(Duration::from_secs(10), "B counts A's upload", || async {
+        let account = expect_json(b.get("/v1/account").await, 200).await;
+        (account["stats"]["attachment_total_size"] == 200 * 1024).then_some(())
+    })
+    .await;
+    expect_error(
+        upload(b, "t", Some("more"), vec![1; 200 * 1024]).await,
+        413,
+        41301,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn cluster_mode_refuses_a_node_local_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = crate::fixture::herald_command()
+        .args(["serve", "--listen-http", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .args([
+            "--redis-url",
+            "redis://127.0.0.1:6379",
+            "--attachment-cache-dir",
+        ])
+        .arg(dir.path().join("files"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("attachment-cache-dir") && stderr.contains("attachment-cache-dir-shared"),
+        "{stderr}"
+    );
+}
