@@ -26,7 +26,8 @@ struct OptionSpec {
 }
 
 /// Options whose values are secrets: never echoed (`--help`, errors, `Debug`).
-const SECRET_OPTIONS: &[&str] = &["webhook-admin-token"];
+/// (`attachment-cache-dir` may be an `s3://` URL with the bucket's secret key.)
+const SECRET_OPTIONS: &[&str] = &["webhook-admin-token", "attachment-cache-dir"];
 
 /// Every option `herald serve` takes. `--help` is generated from this table.
 const OPTIONS: &[OptionSpec] = &[
@@ -704,7 +705,12 @@ impl RawValues {
     fn attachment_config(&self) -> Result<crate::attachment::AttachmentConfig, ConfigError> {
         let bytes = |s: &str| parse_size(s).map(|n| n as u64);
         let config = crate::attachment::AttachmentConfig {
-            location: self.parse("attachment-cache-dir", crate::attachment::parse_location)?,
+            // An `s3://` URL carries the secret key: never echoed in an error.
+            location: if self.get("attachment-cache-dir").0.trim().starts_with("s3://") {
+                self.parse_secret("attachment-cache-dir", crate::attachment::parse_location)?
+            } else {
+                self.parse("attachment-cache-dir", crate::attachment::parse_location)?
+            },
             shared_dir: self.parse("attachment-cache-dir-shared", boolean)?,
             total_size_limit: self.parse("attachment-total-size-limit", bytes)?,
             file_size_limit: self.parse("attachment-file-size-limit", bytes)?,

@@ -16,8 +16,8 @@
 //! - **Lifecycle**: an attachment expires after `attachment-expiry-duration` or
 //!   with its message, whichever is first; the sweep runs every `manager-interval`.
 //! - **Storage** behind [`store::AttachmentStore`]: a local directory
-//!   ([`local`]); S3-compatible object storage (`s3://…`, as ntfy v2.20 writes it)
-//!   is recognised but not implemented yet, and refused at start.
+//!   ([`local`]) or S3-compatible object storage ([`s3`], `s3://…` as ntfy v2.20
+//!   writes it).
 //!
 //! Files are named by an attachment ID of their own (12 random letters and digits),
 //! not by the message ID as in ntfy: in cluster mode the message ID is only known
@@ -26,6 +26,7 @@
 
 pub(crate) mod lifecycle;
 pub(crate) mod local;
+pub(crate) mod s3;
 pub(crate) mod sniff;
 pub mod store;
 
@@ -75,6 +76,7 @@ impl Default for AttachmentConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Location {
     Dir(PathBuf),
+    S3(s3::S3Location),
 }
 
 /// Parses `attachment-cache-dir`: empty (off), `s3://...` or a directory.
@@ -82,10 +84,7 @@ pub fn parse_location(s: &str) -> Result<Option<Location>, String> {
     if s.is_empty() {
         Ok(None)
     } else if s.starts_with("s3://") {
-        Err(
-            "S3 attachment storage is not supported by this herald version yet; use a directory"
-                .into(),
-        )
+        s3::S3Location::parse(s).map(|l| Some(Location::S3(l)))
     } else {
         Ok(Some(Location::Dir(PathBuf::from(s))))
     }
@@ -211,6 +210,9 @@ impl Attachments {
             None => return Ok(None),
             Some(Location::Dir(dir)) => Arc::new(local::LocalStore::open(dir).map_err(|e| {
                 anyhow::anyhow!("cannot open attachment-cache-dir {}: {e}", dir.display())
+            })?),
+            Some(Location::S3(loc)) => Arc::new(s3::S3Store::open(loc).map_err(|e| {
+                anyhow::anyhow!("cannot open attachment-cache-dir {}: {e}", loc.describe())
             })?),
         };
         Ok(Some(Arc::new(Attachments::with_store(

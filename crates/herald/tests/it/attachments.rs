@@ -761,3 +761,223 @@ async fn cluster_mode_refuses_a_node_local_directory() {
         "{stderr}"
     );
 }
+
+// ---- S3-compatible storage ----
+//
+// Against moto's S3 server (PyPI `moto[server]`, a Python implementation of S3's
+// REST protocol: multipart uploads, ranged GETs, ListObjectsV2), installed by
+// `.ci/run` (`ensure_moto`) into `.venv-s3`, started by each test on a port of its own.
+// It does not check SigV4 signatures; the signing is object_store's (tested there).
+
+/// A moto S3 server on a free loopback port, stopped when dropped.
+struct S3Server {
+    child: std::process::Child,
+    endpoint: String,
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn moto_binary() -> PathBuf {
+    match std::env::var_os("HERALD_TEST_MOTO_SERVER") {
+        Some(p) => PathBuf::from(p),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv-s3/bin/moto_server"),
+    }
+}
+
+impl S3Server {
+    /// Starts moto and creates `bucket`.
+    async fn start(bucket: &str) -> S3Server {
+        herald::webhook::client::install_tls_provider();
+        let binary = moto_binary();
+        assert!(
+            binary.exists(),
+            "{} missing: run `.ci/run` (ensure_moto) or `python3 -m venv .venv-s3 && .venv-s3/bin/pip install 'moto[server]'`",
+            binary.display()
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new(&binary)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let server = S3Server {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        };
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        eventually(Duration::from_secs(30), "moto S3 server up", || async {
+            client
+                .put(format!("{}/{bucket}", server.endpoint))
+                .send()
+                .await
+                .ok()
+                .filter(|r| r.status().is_success())
+                .map(|_| ())
+        })
+        .await;
+        server
+    }
+
+    /// `attachment-cache-dir` for `bucket/prefix` on this server.
+    fn url(&self, bucket: &str, prefix: &str) -> String {
+        format!(
+            "s3://AKIDHERALDTEST:secret%2Fkey@{bucket}/{prefix}?region=us-east-1&endpoint={}",
+            self.endpoint
+        )
+    }
+
+    /// The keys in `bucket` under `prefix`.
+    async fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        let xml = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .unwrap()
+            .get(format!(
+                "{}/{bucket}?list-type=2&prefix={prefix}/",
+                self.endpoint
+            ))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        xml.split("<Key>")
+            .skip(1)
+            .filter_map(|s| s.split("</Key>").next())
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn s3_upload_download_limits_and_expiry() {
+    let s3 = S3Server::start("herald").await;
+    let s = TestServer::start(&[
+        "--base-url",
+        BASE_URL,
+        "--attachment-cache-dir",
+        &s3.url("herald", "att"),
+        "--attachment-file-size-limit",
+        "8M",
+        "--attachment-expiry-duration",
+        "3s",
+        "--manager-interval",
+        "1s",
+    ]);
+    // Larger than one multipart part (5 MiB), sent chunked.
+    let body = jpeg(7 * 1024 * 1024);
+    let resp = s
+        .client
+        .put(s.url("/cam"))
+        .header("Filename", "big.jpg")
+        .body(chunked(body.clone()))
+        .send()
+        .await
+        .unwrap();
+    let m = expect_json(resp, 200).await;
+    assert_eq!(m["attachment"]["size"], body.len());
+    assert_eq!(m["attachment"]["type"], "image/jpeg");
+    let path = file_path(m["attachment"]["url"].as_str().unwrap());
+    let got = s.get(&path).await;
+    assert_eq!(header(&got, "content-length"), body.len().to_string());
+    assert_eq!(got.bytes().await.unwrap().as_ref(), body.as_slice());
+    let part = s
+        .client
+        .get(s.url(&path))
+        .header("Range", "bytes=100-199")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(part.status(), 206);
+    assert_eq!(part.bytes().await.unwrap().as_ref(), &body[100..200]);
+    let mut keys = s3.keys("herald", "att").await;
+    keys.sort();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+
+    // Over the file limit, chunked: refused while streaming, nothing stays.
+    let resp = s
+        .client
+        .put(s.url("/cam"))
+        .header("Filename", "huge.bin")
+        .body(chunked(vec![0u8; 9 * 1024 * 1024]))
+        .send()
+        .await;
+    if let Ok(resp) = resp {
+        expect_error(resp, 413, 41301).await;
+    }
+    // An aborted upload (client gone mid-body) leaves nothing either.
+    let sock = partial_upload(s.base(), "cam", 6_000_000, 3_000_000);
+    std::thread::sleep(Duration::from_millis(300));
+    drop(sock);
+
+    // Everything expires: the objects go.
+    eventually(
+        Duration::from_secs(15),
+        "expired objects deleted",
+        || async {
+            let keys = s3.keys("herald", "att").await;
+            (keys.is_empty() && s.get(&path).await.status() == 404).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn s3_cluster_upload_on_one_node_download_on_the_other() {
+    let s3 = S3Server::start("shared").await;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let prefix = format!("herald-test:attachments-s3:{}:{nanos}:", std::process::id());
+    let dir_url = s3.url("shared", "files");
+    let args: Vec<String> = [
+        "--redis-url",
+        "redis://127.0.0.1:6379",
+        "--redis-key-prefix",
+        &prefix,
+        "--base-url",
+        BASE_URL,
+        "--attachment-cache-dir",
+        &dir_url,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let nodes = Nodes {
+        nodes: (0..2)
+            .map(|_| {
+                TestServer::launch(Launch {
+                    args: args.clone(),
+                    ..Launch::default()
+                })
+            })
+            .collect(),
+        prefix,
+    };
+    let (a, b) = (&nodes.nodes[0], &nodes.nodes[1]);
+    for node in [a, b] {
+        eventually(Duration::from_secs(30), "node ready", || async {
+            (node.get("/readyz").await.status() == 200).then_some(())
+        })
+        .await;
+    }
+    let body = jpeg(300_000);
+    let m = expect_json(upload(a, "t", Some("x.jpg"), body.clone()).await, 200).await;
+    let got = b
+        .get(&file_path(m["attachment"]["url"].as_str().unwrap()))
+        .await;
+    assert_eq!(got.status(), 200);
+    assert_eq!(got.bytes().await.unwrap().as_ref(), body.as_slice());
+}
