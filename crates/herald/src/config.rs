@@ -706,7 +706,12 @@ impl RawValues {
         let bytes = |s: &str| parse_size(s).map(|n| n as u64);
         let config = crate::attachment::AttachmentConfig {
             // An `s3://` URL carries the secret key: never echoed in an error.
-            location: if self.get("attachment-cache-dir").0.trim().starts_with("s3://") {
+            location: if self
+                .get("attachment-cache-dir")
+                .0
+                .trim()
+                .starts_with("s3://")
+            {
                 self.parse_secret("attachment-cache-dir", crate::attachment::parse_location)?
             } else {
                 self.parse("attachment-cache-dir", crate::attachment::parse_location)?
