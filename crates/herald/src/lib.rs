@@ -23,7 +23,7 @@
 //!   Redis in cluster mode).
 //! - [`error`]: ntfy's JSON error shape and codes.
 //! - [`attachment`]: file attachments (uploads, `/file/<id>`, limits, expiry) on a
-//!   local directory.
+//!   local directory or S3-compatible storage.
 //! - [`auth`]: access control as ntfy has it: users, tokens, ACLs, credentials.
 //! - [`server`]: binds listeners, runs everything, drains on shutdown.
 //! - [`telemetry`]: Prometheus metrics and the access log.
