@@ -71,6 +71,16 @@ def upload(host, port, body, results, i):
     conn.close()
 
 
+def run_all(threads):
+    """Starts `threads`, waits for all; returns the seconds it took."""
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - t0
+
+
 def ttfb(host, port, path, repeat):
     times = []
     for _ in range(repeat):
@@ -110,14 +120,8 @@ def main():
         sampler = threading.Thread(target=sample)
         sampler.start()
         results = [None] * args.uploads
-        threads = [threading.Thread(target=upload, args=(host, port, body, results, i))
-                   for i in range(args.uploads)]
-        t0 = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        upload_s = time.perf_counter() - t0
+        upload_s = run_all([threading.Thread(target=upload, args=(host, port, body, results, i))
+                            for i in range(args.uploads)])
         stop.set()
         sampler.join()
         ok = [r for r in results if r and r[0] == 200]
@@ -136,13 +140,7 @@ def main():
                 f.flush()
                 os.fsync(f.fileno())
 
-        threads = [threading.Thread(target=write, args=(i,)) for i in range(args.uploads)]
-        t0 = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        floor_s = time.perf_counter() - t0
+        floor_s = run_all([threading.Thread(target=write, args=(i,)) for i in range(args.uploads)])
 
         url = ok[0][1]["attachment"]["url"]
         path = url[len("http://bench.test"):]

@@ -67,6 +67,11 @@ async fn upload(
     req.send().await.unwrap()
 }
 
+/// Uploads `body` as `name` and expects ntfy's `413 41301`.
+async fn expect_too_large(s: &TestServer, name: &str, body: Vec<u8>) {
+    expect_error(upload(s, "t", Some(name), body).await, 413, 41301).await;
+}
+
 /// A body sent chunked (no `Content-Length`), as `curl --data-binary @-` does.
 fn chunked(body: Vec<u8>) -> reqwest::Body {
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
@@ -253,12 +258,7 @@ async fn file_size_limit_stops_the_upload_and_keeps_nothing() {
     // Exactly the limit is fine.
     expect_json(upload(&s, "t", Some("ok.bin"), vec![7; limit]).await, 200).await;
     // One byte more, announced by Content-Length: refused before reading.
-    expect_error(
-        upload(&s, "t", Some("big.bin"), vec![7; limit + 1]).await,
-        413,
-        41301,
-    )
-    .await;
+    expect_too_large(&s, "big.bin", vec![7; limit + 1]).await;
     // Chunked (no Content-Length): refused while streaming.
     let resp = s
         .client
@@ -298,7 +298,7 @@ async fn visitor_total_and_server_total_limits() {
         .unwrap();
     expect_error(resp, 413, 41301).await;
     expect_json(upload(&s, "t", Some("c"), vec![1; 100 * 1024]).await, 200).await;
-    expect_error(upload(&s, "t", Some("d"), vec![1; 1]).await, 413, 41301).await;
+    expect_too_large(&s, "d", vec![1; 1]).await;
     assert_eq!(files_in(dir.path()).len(), 4);
     // `/v1/account` reports the usage as ntfy does.
     let account = expect_json(s.get("/v1/account").await, 200).await;
@@ -312,12 +312,7 @@ async fn visitor_total_and_server_total_limits() {
     // The server's total applies across visitors.
     let (s, _dir) = server(&["--attachment-total-size-limit", "150k"]);
     expect_json(upload(&s, "t", Some("a"), vec![1; 100 * 1024]).await, 200).await;
-    expect_error(
-        upload(&s, "t", Some("b"), vec![1; 100 * 1024]).await,
-        413,
-        41301,
-    )
-    .await;
+    expect_too_large(&s, "b", vec![1; 100 * 1024]).await;
 }
 
 #[tokio::test]
@@ -359,12 +354,7 @@ async fn daily_bandwidth_covers_uploads_and_downloads() {
     // Another 200k would pass 500k: ntfy's 429 42905.
     expect_error(s.get(&path).await, 429, 42905).await;
     // And an upload of more than the 100k left is refused with 41301.
-    expect_error(
-        upload(&s, "t", Some("b"), vec![1; 101 * 1024]).await,
-        413,
-        41301,
-    )
-    .await;
+    expect_too_large(&s, "b", vec![1; 101 * 1024]).await;
 }
 
 #[tokio::test]
@@ -436,12 +426,7 @@ async fn totals_and_files_survive_a_restart() {
     let got = s.get(&path).await;
     assert_eq!(got.status(), 200);
     assert_eq!(got.bytes().await.unwrap().len(), 200 * 1024);
-    expect_error(
-        upload(&s, "t", Some("b"), vec![1; 200 * 1024]).await,
-        413,
-        41301,
-    )
-    .await;
+    expect_too_large(&s, "b", vec![1; 200 * 1024]).await;
     assert_eq!(files_in(dir.path()).len(), 2);
 }
 
@@ -633,9 +618,9 @@ async fn options_work_as_flag_env_and_yaml() {
         )],
         ..Launch::default()
     });
-    expect_error(upload(&s, "t", Some("a"), vec![1; 1025]).await, 413, 41301).await;
+    expect_too_large(&s, "a", vec![1; 1025]).await;
     expect_json(upload(&s, "t", Some("a"), vec![1; 1000]).await, 200).await;
-    expect_error(upload(&s, "t", Some("b"), vec![1; 1000]).await, 413, 41301).await;
+    expect_too_large(&s, "b", vec![1; 1000]).await;
     assert_eq!(files_in(&files).len(), 2);
 }
 
@@ -732,12 +717,7 @@ async fn cluster_upload_on_one_node_download_on_the_other() {
         (account["stats"]["attachment_total_size"] == 200 * 1024).then_some(())
     })
     .await;
-    expect_error(
-        upload(b, "t", Some("more"), vec![1; 200 * 1024]).await,
-        413,
-        41301,
-    )
-    .await;
+    expect_too_large(b, "more", vec![1; 200 * 1024]).await;
 }
 
 #[tokio::test]
