@@ -13,8 +13,12 @@ then:
 3. the time to the first byte of `GET /file/<id>` for one of the uploaded files,
    against `GET /v1/health` (the server's floor), median of REPEAT requests each.
 
+With `--s3-endpoint http://127.0.0.1:PORT` (an S3-compatible server, e.g.
+`.venv-s3/bin/moto_server -p PORT`) the files go to bucket `herald-bench` there, and
+the floor is the same N objects PUT straight to that server by N threads.
+
 Usage: bench/attachments.py [--uploads 100] [--size-mb 15] [--repeat 50]
-       [--herald target/release/herald]
+       [--herald target/release/herald] [--s3-endpoint URL]
 Only the standard library; prints one JSON line and a Markdown table.
 """
 
@@ -40,6 +44,7 @@ def rss_kib(pid, field="VmRSS"):
 
 
 def start_herald(binary, data_dir, files_dir):
+    """`files_dir`: a directory or an s3:// URL."""
     proc = subprocess.Popen(
         [binary, "serve", "--listen-http", "127.0.0.1:0", "--data-dir", data_dir,
          "--base-url", "http://bench.test", "--attachment-cache-dir", files_dir,
@@ -101,11 +106,20 @@ def main():
     ap.add_argument("--size-mb", type=int, default=15)
     ap.add_argument("--repeat", type=int, default=50)
     ap.add_argument("--herald", default="target/release/herald")
+    ap.add_argument("--s3-endpoint", default=None)
     args = ap.parse_args()
     size = args.size_mb * 1000 * 1000  # 15 MB: under the 15M (MiB) default limit
     body = os.urandom(size)
     tmp = tempfile.mkdtemp(prefix="herald-bench-att-")
     files_dir = os.path.join(tmp, "files")
+    s3 = None
+    if args.s3_endpoint:
+        s3 = args.s3_endpoint.removeprefix("http://")
+        s3_host, s3_port = s3.split(":")
+        conn = http.client.HTTPConnection(s3_host, int(s3_port), timeout=30)
+        conn.request("PUT", "/herald-bench")
+        conn.getresponse().read()
+        files_dir = f"s3://AKIDBENCH:secret@herald-bench/att?region=us-east-1&endpoint={args.s3_endpoint}"
     proc, host, port = start_herald(args.herald, os.path.join(tmp, "data"), files_dir)
     try:
         idle_rss = rss_kib(proc.pid)
@@ -129,11 +143,18 @@ def main():
             sys.exit(f"only {len(ok)} of {args.uploads} uploads succeeded: {results[:3]}")
         hwm = rss_kib(proc.pid, "VmHWM")
 
-        # Floor: the same bytes written and fsynced by N threads in the same directory.
+        # Floor: the same bytes written and fsynced by N threads in the same directory,
+        # or PUT straight to the same S3 server.
         floor_dir = os.path.join(tmp, "floor")
         os.makedirs(floor_dir)
 
         def write(i):
+            if s3:
+                conn = http.client.HTTPConnection(s3_host, int(s3_port), timeout=600)
+                conn.request("PUT", f"/herald-bench/floor/f{i}", body=body)
+                conn.getresponse().read()
+                conn.close()
+                return
             with open(os.path.join(floor_dir, f"f{i}"), "wb") as f:
                 for off in range(0, size, 64 * 1024):
                     f.write(body[off:off + 64 * 1024])
@@ -148,6 +169,7 @@ def main():
         health_ttfb = ttfb(host, port, "/v1/health", args.repeat)
         total_mb = args.uploads * size / 1e6
         result = {
+            "store": "s3" if s3 else "dir",
             "uploads": args.uploads, "size_mb": args.size_mb,
             "upload_s": round(upload_s, 2),
             "upload_mb_s": round(total_mb / upload_s, 1),
@@ -160,9 +182,9 @@ def main():
         }
         print(json.dumps(result))
         print()
-        print("| uploads | herald MB/s | floor MB/s (write+fsync, same disk) | RSS idle → peak (HWM) | download TTFB | /v1/health TTFB |")
-        print("|---|---|---|---|---|---|")
-        print(f"| {args.uploads} × {args.size_mb} MB | {result['upload_mb_s']} | {result['floor_mb_s']} "
+        print("| store | uploads | herald MB/s | floor MB/s (same disk: write+fsync; S3: direct PUT) | RSS idle → peak (HWM) | download TTFB | /v1/health TTFB |")
+        print("|---|---|---|---|---|---|---|")
+        print(f"| {result['store']} | {args.uploads} × {args.size_mb} MB | {result['upload_mb_s']} | {result['floor_mb_s']} "
               f"| {result['rss_idle_mib']} → {result['rss_hwm_mib']} MiB | {result['download_ttfb_ms']} ms "
               f"| {result['health_ttfb_ms']} ms |")
     finally:
