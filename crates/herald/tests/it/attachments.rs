@@ -900,6 +900,13 @@ async fn s3_upload_download_limits_and_expiry() {
     let sock = partial_upload(s.base(), "cam", 6_000_000, 3_000_000);
     std::thread::sleep(Duration::from_millis(300));
     drop(sock);
+    // Neither left an object (the first file may have expired meanwhile).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = s3.keys("herald", "att").await;
+    assert!(
+        after.iter().all(|k| keys.contains(k)),
+        "{after:?} vs {keys:?}"
+    );
 
     // Everything expires: the objects go.
     eventually(
