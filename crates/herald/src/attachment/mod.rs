@@ -26,6 +26,7 @@
 
 pub(crate) mod lifecycle;
 pub(crate) mod local;
+#[cfg(feature = "s3")]
 pub(crate) mod s3;
 pub(crate) mod sniff;
 pub mod store;
@@ -76,6 +77,7 @@ impl Default for AttachmentConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Location {
     Dir(PathBuf),
+    #[cfg(feature = "s3")]
     S3(s3::S3Location),
 }
 
@@ -84,7 +86,10 @@ pub fn parse_location(s: &str) -> Result<Option<Location>, String> {
     if s.is_empty() {
         Ok(None)
     } else if s.starts_with("s3://") {
-        s3::S3Location::parse(s).map(|l| Some(Location::S3(l)))
+        #[cfg(feature = "s3")]
+        return s3::S3Location::parse(s).map(|l| Some(Location::S3(l)));
+        #[cfg(not(feature = "s3"))]
+        return Err("this herald binary was built without S3 support (cargo feature `s3`): rebuild it with default features, or use a directory".into());
     } else {
         Ok(Some(Location::Dir(PathBuf::from(s))))
     }
@@ -211,6 +216,7 @@ impl Attachments {
             Some(Location::Dir(dir)) => Arc::new(local::LocalStore::open(dir).map_err(|e| {
                 anyhow::anyhow!("cannot open attachment-cache-dir {}: {e}", dir.display())
             })?),
+            #[cfg(feature = "s3")]
             Some(Location::S3(loc)) => Arc::new(s3::S3Store::open(loc).map_err(|e| {
                 anyhow::anyhow!("cannot open attachment-cache-dir {}: {e}", loc.describe())
             })?),
