@@ -393,27 +393,17 @@ async fn attachments_expire_and_their_files_go() {
 #[tokio::test]
 async fn delayed_delivery_after_the_attachment_expires_is_refused() {
     let (s, dir) = server(&[]);
-    let resp = s
-        .client
-        .put(s.url("/t"))
-        .header("Filename", "a.bin")
-        .header("X-Delay", "4h")
-        .body(vec![1u8; 100])
-        .send()
-        .await
-        .unwrap();
-    expect_error(resp, 400, 40015).await;
+    let delayed = |delay: &'static str| {
+        s.client
+            .put(s.url("/t"))
+            .header("Filename", "a.bin")
+            .header("X-Delay", delay)
+            .body(vec![1u8; 100])
+            .send()
+    };
+    expect_error(delayed("4h").await.unwrap(), 400, 40015).await;
     // Within the expiry it is fine.
-    let resp = s
-        .client
-        .put(s.url("/t"))
-        .header("Filename", "a.bin")
-        .header("X-Delay", "1h")
-        .body(vec![1u8; 100])
-        .send()
-        .await
-        .unwrap();
-    expect_json(resp, 200).await;
+    expect_json(delayed("1h").await.unwrap(), 200).await;
     assert_eq!(files_in(dir.path()).len(), 2);
 }
 
