@@ -182,3 +182,26 @@ def assert_message_shape(m: dict, topic: str | None = None) -> None:
     if topic is not None:
         assert m["topic"] == topic, m
     assert isinstance(m["message"], str) and m["message"], m
+
+
+FILES_BASE_URL = "http://herald.test"
+
+
+@pytest.fixture
+def herald_files(tmp_path: Path, request: pytest.FixtureRequest):
+    """A herald that stores attachments (`attachment-cache-dir`, `base-url`); a file's
+    `url` is under FILES_BASE_URL, fetch it with `herald_files.url + file_path(url)`."""
+    server = start_herald(
+        tmp_path / "herald-data",
+        ["--base-url", FILES_BASE_URL, "--attachment-cache-dir", str(tmp_path / "files")],
+    )
+    yield server
+    stop_herald(server.proc)
+    rep = getattr(request.node, "rep_call", None)
+    if rep is not None and rep.failed:
+        print(f"\n--- herald log ({server.url}) ---\n{server.log()}")
+
+
+def file_path(url: str) -> str:
+    assert url.startswith(FILES_BASE_URL + "/file/"), url
+    return url[len(FILES_BASE_URL):]

@@ -338,3 +338,31 @@ def test_account_anonymous(herald):
     assert isinstance(account, Account)
     assert account.username == "*"
     assert account.stats.messages >= 0
+
+
+def test_attachment_upload_round_trip(herald_files):
+    """aiontfy's `publish(..., attachment=bytes)` uploads the file (`PUT` with
+    `Filename`); the answer and the history carry ntfy's attachment object."""
+    from conftest import file_path
+    import urllib.request
+
+    jpeg = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(range(256)) * 40
+
+    async def main():
+        async with Ntfy(herald_files.url) as ntfy:
+            return await ntfy.publish(
+                Message(topic="aiontfy_files", filename="flower.jpg", title="A flower"),
+                attachment=jpeg,
+            )
+
+    n = run(main())
+    assert n.attachment is not None, n
+    assert n.attachment.name == "flower.jpg"
+    assert n.attachment.type == "image/jpeg"
+    assert n.attachment.size == len(jpeg)
+    assert n.message == "You received a file: flower.jpg"
+    [m] = herald_files.poll("aiontfy_files")
+    assert m["attachment"]["url"] == str(n.attachment.url)
+    with urllib.request.urlopen(herald_files.url + file_path(m["attachment"]["url"])) as resp:
+        assert resp.read() == jpeg
+        assert resp.headers["Content-Type"] == "image/jpeg"

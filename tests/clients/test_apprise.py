@@ -153,3 +153,23 @@ def test_body_over_message_limit_is_an_attachment(herald, size):
     assert not ok
     assert "error=40014" in log, log
     assert herald.poll("apprise_long") == []
+
+
+def test_attachment_upload_is_stored_and_served(herald_files, tmp_path):
+    """With attachment storage, Apprise's upload (`POST /<topic>?filename=...`, the
+    file as the body, the text in `message=`) is stored and downloadable."""
+    from conftest import file_path
+    import urllib.request
+
+    f = tmp_path / "report.txt"
+    f.write_text("nightly report\n")
+    ok, log = notify(f"ntfy://{herald_files.host}/apprise_files", body="see attached", attach=str(f))
+    assert ok, log
+    [m] = herald_files.poll("apprise_files")
+    assert m["message"] == "see attached", m
+    a = m["attachment"]
+    assert a["name"] == "report.txt" and a["size"] == len("nightly report\n"), a
+    assert a["type"].startswith("text/plain"), a
+    with urllib.request.urlopen(herald_files.url + file_path(a["url"])) as resp:
+        assert resp.read() == b"nightly report\n"
+        assert 'filename="report.txt"' in resp.headers["Content-Disposition"]

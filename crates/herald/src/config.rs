@@ -26,7 +26,8 @@ struct OptionSpec {
 }
 
 /// Options whose values are secrets: never echoed (`--help`, errors, `Debug`).
-const SECRET_OPTIONS: &[&str] = &["webhook-admin-token"];
+/// (`attachment-cache-dir` may be an `s3://` URL with the bucket's secret key.)
+const SECRET_OPTIONS: &[&str] = &["webhook-admin-token", "attachment-cache-dir"];
 
 /// Every option `herald serve` takes. `--help` is generated from this table.
 const OPTIONS: &[OptionSpec] = &[
@@ -292,6 +293,41 @@ const OPTIONS: &[OptionSpec] = &[
         help: "Run as one node of a cluster on this Redis, e.g. `redis://127.0.0.1:6379/0`: history, scheduled messages and fan-out live in Redis (docs/SCALING.md); empty: embedded store, single node",
     },
     OptionSpec {
+        key: "attachment-cache-dir",
+        default: "",
+        help: "Directory for uploaded attachments (needs `base-url`); empty: uploads are refused with 40014 as in ntfy",
+    },
+    OptionSpec {
+        key: "attachment-cache-dir-shared",
+        default: "false",
+        help: "Cluster mode: `attachment-cache-dir` is one directory every node shares (a network file system); required for a directory with `redis-url`",
+    },
+    OptionSpec {
+        key: "attachment-total-size-limit",
+        default: "5G",
+        help: "Most bytes of attachments stored at once on the server",
+    },
+    OptionSpec {
+        key: "attachment-file-size-limit",
+        default: "15M",
+        help: "Largest attachment; a larger upload is refused with 413 41301",
+    },
+    OptionSpec {
+        key: "attachment-expiry-duration",
+        default: "3h",
+        help: "How long an attachment is kept (at most as long as its message)",
+    },
+    OptionSpec {
+        key: "visitor-attachment-total-size-limit",
+        default: "100M",
+        help: "Most bytes of attachments one visitor may have stored at once",
+    },
+    OptionSpec {
+        key: "visitor-attachment-daily-bandwidth-limit",
+        default: "500M",
+        help: "Bytes of attachments one visitor's uploads and their downloads may transfer per UTC day",
+    },
+    OptionSpec {
         key: "redis-key-prefix",
         default: "herald:",
         help: "Prefix of every Redis key herald uses; nodes of one cluster share it, different clusters on one Redis need different ones",
@@ -382,6 +418,8 @@ pub struct Config {
     pub redis_url: Option<String>,
     /// Prefix of every Redis key (`redis-key-prefix`).
     pub redis_key_prefix: String,
+    /// File attachments (`attachment-*`, `visitor-attachment-*`).
+    pub attachments: crate::attachment::AttachmentConfig,
 }
 
 impl Config {
@@ -609,6 +647,7 @@ impl RawValues {
             redis_url: self.parse("redis-url", redis_url)?,
             redis_key_prefix: self.parse("redis-key-prefix", non_empty)?,
             limits: self.limits()?,
+            attachments: self.attachment_config()?,
             webhooks: self.webhook_config(&data_dir)?,
             auth: self.auth_settings(&data_dir)?,
             data_dir,
@@ -671,6 +710,44 @@ impl RawValues {
             max_header_size: self.parse("max-header-size", at_least(1024))?,
             max_url_length: self.parse("max-url-length", at_least(64))?,
         })
+    }
+
+    fn attachment_config(&self) -> Result<crate::attachment::AttachmentConfig, ConfigError> {
+        let bytes = |s: &str| parse_size(s).map(|n| n as u64);
+        let config = crate::attachment::AttachmentConfig {
+            // An `s3://` URL carries the secret key: never echoed in an error.
+            location: if self
+                .get("attachment-cache-dir")
+                .0
+                .trim()
+                .starts_with("s3://")
+            {
+                self.parse_secret("attachment-cache-dir", crate::attachment::parse_location)?
+            } else {
+                self.parse("attachment-cache-dir", crate::attachment::parse_location)?
+            },
+            shared_dir: self.parse("attachment-cache-dir-shared", boolean)?,
+            total_size_limit: self.parse("attachment-total-size-limit", bytes)?,
+            file_size_limit: self.parse("attachment-file-size-limit", bytes)?,
+            expiry: self.parse("attachment-expiry-duration", positive_duration)?,
+            visitor_total_size_limit: self.parse("visitor-attachment-total-size-limit", bytes)?,
+            visitor_daily_bandwidth_limit: self
+                .parse("visitor-attachment-daily-bandwidth-limit", bytes)?,
+        };
+        // A node-local directory cannot serve files uploaded through another node.
+        let cluster = !self.get("redis-url").0.trim().is_empty();
+        if cluster
+            && matches!(config.location, Some(crate::attachment::Location::Dir(_)))
+            && !config.shared_dir
+        {
+            return self.parse("attachment-cache-dir", |_| {
+                Err::<crate::attachment::AttachmentConfig, _>(
+                    "with `redis-url`, every node must reach every file: set `attachment-cache-dir-shared: true` if this directory is shared by all nodes"
+                        .into(),
+                )
+            });
+        }
+        Ok(config)
     }
 
     fn webhook_config(

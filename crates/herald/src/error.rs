@@ -63,6 +63,7 @@ api_errors! {
     MESSAGE_NOT_UTF8 = (400, 40011, "invalid request: message must be UTF-8 encoded");
     ATTACHMENT_URL_INVALID = (400, 40013, "invalid request: attachment URL is invalid", LINK_ATTACH);
     ATTACHMENTS_NOT_ALLOWED = (400, 40014, "invalid request: attachments not allowed", "https://ntfy.sh/docs/config/#attachments");
+    ATTACHMENT_EXPIRES_BEFORE_DELIVERY = (400, 40015, "invalid request: attachment expiry before delayed delivery date", "https://ntfy.sh/docs/publish/#scheduled-delivery");
     WEBSOCKET_REQUIRED = (400, 40016, "invalid request: client not using the websocket protocol", "https://ntfy.sh/docs/subscribe/api/#websockets");
     JSON_MESSAGE_INVALID = (400, 40017, "invalid request: request body must be message JSON", LINK_JSON);
     ACTIONS_INVALID = (400, 40018, "invalid request: actions invalid", LINK_ACTIONS);
@@ -86,6 +87,9 @@ api_errors! {
     TOO_MANY_SUBSCRIPTIONS = (429, 42903, "limit reached: too many active subscriptions", LINK_LIMITS);
     TOO_MANY_TOPICS = (429, 42904, "limit reached: the total number of topics on the server has been reached, please contact the admin", LINK_LIMITS);
     TOO_MANY_MESSAGES = (429, 42908, "limit reached: daily message quota reached", LINK_LIMITS);
+    ATTACHMENT_BANDWIDTH = (429, 42905, "limit reached: daily bandwidth reached", LINK_LIMITS);
+    // A herald addition: a `Range` outside the file (ntfy serves no ranges).
+    RANGE_NOT_SATISFIABLE = (416, 41601, "requested range not satisfiable");
     TOO_MANY_NEW_TOPICS = (429, 42911, "limit reached: too many new topics, please wait", LINK_LIMITS);
     // ntfy (Go's net/http) answers these in plain text; herald keeps its JSON shape,
     // with codes in ntfy's pattern (status × 100 + n).
@@ -238,6 +242,29 @@ impl From<crate::core::rules::DueError> for ApiError {
         match err {
             DueError::TooSoon => ApiError::DELAY_TOO_SMALL,
             DueError::TooLate => ApiError::DELAY_TOO_LARGE,
+        }
+    }
+}
+
+impl From<crate::attachment::AttachmentError> for ApiError {
+    fn from(e: crate::attachment::AttachmentError) -> Self {
+        use crate::attachment::AttachmentError as E;
+        match e {
+            E::NotAllowed => ApiError::ATTACHMENTS_NOT_ALLOWED,
+            E::ExpiresBeforeDelivery => ApiError::ATTACHMENT_EXPIRES_BEFORE_DELIVERY,
+            E::TooLarge(_) => ApiError::ENTITY_TOO_LARGE,
+            E::Bandwidth => ApiError::ATTACHMENT_BANDWIDTH,
+            E::NotFound => ApiError::NOT_FOUND,
+            E::RangeNotSatisfiable { .. } => ApiError::RANGE_NOT_SATISFIABLE,
+            E::Body(e) => ApiError::body_read_error(e.as_ref(), ApiError::BAD_REQUEST),
+            E::Store(crate::attachment::store::StoreFailure::Full(detail)) => {
+                tracing::error!(%detail, "attachment storage full");
+                ApiError::INSUFFICIENT_STORAGE
+            }
+            E::Store(e) => {
+                tracing::error!(error = %e, "attachment storage failed");
+                ApiError::INTERNAL
+            }
         }
     }
 }

@@ -22,6 +22,8 @@
 //! - [`limits`]: ntfy's visitor rate limits and connection limits (shared through
 //!   Redis in cluster mode).
 //! - [`error`]: ntfy's JSON error shape and codes.
+//! - [`attachment`]: file attachments (uploads, `/file/<id>`, limits, expiry) on a
+//!   local directory or S3-compatible storage.
 //! - [`auth`]: access control as ntfy has it: users, tokens, ACLs, credentials.
 //! - [`server`]: binds listeners, runs everything, drains on shutdown.
 //! - [`telemetry`]: Prometheus metrics and the access log.
@@ -44,6 +46,7 @@
 //! invariants each module keeps.
 
 pub mod api;
+pub mod attachment;
 pub mod auth;
 pub(crate) mod broker;
 pub(crate) mod cluster;

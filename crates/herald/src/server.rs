@@ -27,6 +27,41 @@ use crate::webhook::metrics::WebhookMetrics;
 use crate::webhook::redis::{LogFeed, RedisWebhookStore};
 use crate::webhook::sqlite::SqliteWebhookStore;
 
+/// Opens the attachment store (if `attachment-cache-dir` is set), counts what it
+/// holds and deletes a previous run's leftovers before the server takes uploads,
+/// then sweeps it every `manager-interval` on `tracker` until `stop`.
+async fn open_attachments(
+    config: &Config,
+    tracker: &TaskTracker,
+    stop: &CancellationToken,
+) -> anyhow::Result<Option<Arc<crate::attachment::Attachments>>> {
+    let Some(attachments) =
+        crate::attachment::Attachments::open(&config.attachments, &config.base_url).await?
+    else {
+        return Ok(None);
+    };
+    let report = attachments.sweep(true).await;
+    tracing::info!(
+        store = %attachments.describe(),
+        files = attachments.file_count(),
+        bytes = attachments.total_size(),
+        expired = report.expired,
+        orphans = report.orphans,
+        "attachments on"
+    );
+    if config.base_url.is_empty() {
+        tracing::warn!(
+            "attachment-cache-dir is set but base-url is not: uploads are refused (40014), as in ntfy"
+        );
+    }
+    tracker.spawn(
+        attachments
+            .clone()
+            .run_sweeper(config.manager_interval, stop.clone()),
+    );
+    Ok(Some(attachments))
+}
+
 /// Binds `config.listen_http`. A `0.0.0.0:port` address (ntfy's `:port`) is tried as
 /// `[::]:port` first so IPv6 clients are served too.
 pub async fn bind(config: &Config) -> anyhow::Result<TcpListener> {
@@ -160,6 +195,7 @@ pub async fn run(
     let mut state = AppState::with_metrics(herald.clone(), metrics, metrics_listener.is_none())
         .with_auth(Arc::new(auth));
     state.webhooks = webhooks.clone();
+    state.attachments = open_attachments(&config, &tracker, &background).await?;
     if let Some(url) = &config.redis_url {
         state.limits = cluster_limits(&config, url, &state.metrics, &tracker, &background).await?;
     }

@@ -69,7 +69,7 @@ pub fn account_body(state: &AppState, visitor: &crate::limits::Visitor) -> serde
     let config = state.herald.config();
     let daily_messages = config.limits.effective_message_daily_limit();
     let used = state.limits.messages_today(visitor);
-    let body = json!({
+    let mut body = json!({
         "username": "*",
         "role": "anonymous",
         "limits": {
@@ -97,6 +97,17 @@ pub fn account_body(state: &AppState, visitor: &crate::limits::Visitor) -> serde
             "attachment_total_size_remaining": 0,
         },
     });
+    if let Some(attachments) = &state.attachments {
+        let c = attachments.config();
+        let name = crate::limits::shared::visitor_name(&visitor.key);
+        let (stored, remaining) = attachments.visitor_usage(&name);
+        body["limits"]["attachment_total_size"] = c.visitor_total_size_limit.into();
+        body["limits"]["attachment_file_size"] = c.file_size_limit.into();
+        body["limits"]["attachment_expiry_duration"] = c.expiry.as_secs().into();
+        body["limits"]["attachment_bandwidth"] = c.visitor_daily_bandwidth_limit.into();
+        body["stats"]["attachment_total_size"] = stored.into();
+        body["stats"]["attachment_total_size_remaining"] = remaining.into();
+    }
     body
 }
 

@@ -14,6 +14,7 @@
 
 pub(crate) mod account;
 pub(crate) mod actions;
+pub(crate) mod files;
 pub(crate) mod info;
 pub mod params;
 pub(crate) mod publish;
@@ -50,6 +51,8 @@ pub struct AppState {
     pub webhooks: Option<Arc<crate::webhook::Webhooks>>,
     /// Access control (disabled unless configured).
     pub auth: Arc<crate::auth::Authorizer>,
+    /// File attachments (`attachment-cache-dir`); `None`: uploads get `40014`.
+    pub attachments: Option<Arc<crate::attachment::Attachments>>,
 }
 
 impl AppState {
@@ -68,6 +71,7 @@ impl AppState {
             metrics_on_main,
             webhooks: None,
             auth: Arc::new(crate::auth::Authorizer::disabled()),
+            attachments: None,
         }
     }
 
@@ -121,6 +125,8 @@ async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
     let mut req = req;
     req.extensions_mut().insert(principal.clone());
     let visitor = state.limits.visitor(client_ip, principal.user_name());
+    // Attachment uploads are charged to the visitor (api::publish).
+    req.extensions_mut().insert(visitor.clone());
     let charge = Charge::of(&method, &segments);
     // Like ntfy's `limitRequests` middleware: charged before the request is parsed.
     // In cluster mode the charge is one round trip to the shared limits.
@@ -157,6 +163,10 @@ async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
             let rest: Vec<String> = rest.iter().map(|s| s.to_string()).collect();
             let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
             webhooks::handle(&state, req, &rest, client_ip).await
+        }
+        (&Method::GET | &Method::HEAD, ["file", file]) => {
+            let file = file.to_string();
+            files::serve(&state, req, &file).await
         }
         (&Method::PUT | &Method::POST, [""]) => publish::publish_json(&state, req).await,
         (&Method::PUT | &Method::POST, [topic]) if topic::is_valid_name(topic) => {

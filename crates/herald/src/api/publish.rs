@@ -2,9 +2,10 @@
 //! publish to `/`, and the sequence actions (delete, clear).
 //!
 //! The body rules follow ntfy (docs/COMPATIBILITY.md §2.3): a body shorter than
-//! `message-size-limit` that is valid UTF-8 is the message; anything else would be an
-//! attachment upload, which herald does not store yet, so it gets ntfy's own
-//! "attachments not allowed" answer.
+//! `message-size-limit` that is valid UTF-8 is the message; anything else (or any
+//! body with a `Filename`) is an attachment upload, streamed into
+//! [`crate::attachment`] (which owns its rules and limits), or ntfy's "attachments
+//! not allowed" answer when `attachment-cache-dir` is not set.
 
 use axum::body::{Body, Bytes};
 use axum::extract::Request;
@@ -32,7 +33,25 @@ pub async fn publish(
     let query = query_pairs(&req);
     let (parts, body) = req.into_parts();
     let body = read_body(body, state.herald.config().message_size_limit).await?;
-    publish_with(state, &parts.headers, &query, body, topic, path_sequence_id).await
+    let visitor = visitor_name(&parts.extensions);
+    publish_with(
+        state,
+        &parts.headers,
+        &query,
+        body,
+        topic,
+        path_sequence_id,
+        visitor,
+    )
+    .await
+}
+
+/// Who an attachment upload is charged to (set by the dispatcher).
+fn visitor_name(extensions: &axum::http::Extensions) -> String {
+    extensions
+        .get::<crate::limits::Visitor>()
+        .map(|v| crate::limits::shared::visitor_name(&v.key))
+        .unwrap_or_default()
 }
 
 /// `PUT`/`POST /` with a JSON body naming the topic (docs/COMPATIBILITY.md §2.6).
@@ -64,8 +83,10 @@ pub async fn publish_json(state: &AppState, req: Request) -> Result<Response, Ap
     let body = BodyBytes {
         complete: message.len() < state.herald.config().message_size_limit,
         bytes: Bytes::from(message),
+        rest: None,
     };
-    publish_with(state, &headers, &query, body, topic, None).await
+    let visitor = visitor_name(&parts.extensions);
+    publish_with(state, &headers, &query, body, topic, None, visitor).await
 }
 
 /// The publish body, read up to the message size limit.
@@ -73,6 +94,9 @@ struct BodyBytes {
     bytes: Bytes,
     /// False when the body reached the limit (ntfy then treats it as an attachment).
     complete: bool,
+    /// The unread rest of an incomplete body: streamed into an attachment, and
+    /// whatever is left drained before answering.
+    rest: Option<axum::body::BodyDataStream>,
 }
 
 async fn read_body(body: Body, limit: usize) -> Result<BodyBytes, ApiError> {
@@ -85,13 +109,11 @@ async fn read_body(body: Body, limit: usize) -> Result<BodyBytes, ApiError> {
             buf.extend_from_slice(data);
             if buf.len() >= limit {
                 // Like ntfy's peek: a body that fills the limit is "too large for a
-                // message". The rest is read and discarded (up to a bound, as Go's
-                // server does) so the client, still sending, gets to read the error
-                // instead of a reset connection.
-                drain(&mut body, DRAIN_LIMIT).await;
+                // message" (an attachment, or refused).
                 return Ok(BodyBytes {
                     bytes: Bytes::from(buf),
                     complete: false,
+                    rest: Some(body.into_data_stream()),
                 });
             }
         }
@@ -99,18 +121,19 @@ async fn read_body(body: Body, limit: usize) -> Result<BodyBytes, ApiError> {
     Ok(BodyBytes {
         bytes: Bytes::from(buf),
         complete: true,
+        rest: None,
     })
 }
 
 /// Most bytes of an over-long body read and thrown away before answering.
 const DRAIN_LIMIT: usize = 256 * 1024;
 
-async fn drain(body: &mut Body, limit: usize) {
-    use http_body_util::BodyExt;
+async fn drain(body: &mut axum::body::BodyDataStream, limit: usize) {
+    use futures_util::StreamExt;
     let mut drained = 0;
     while drained < limit {
-        match body.frame().await {
-            Some(Ok(frame)) => drained += frame.data_ref().map_or(0, |d| d.len()),
+        match body.next().await {
+            Some(Ok(data)) => drained += data.len(),
             _ => return,
         }
     }
@@ -136,9 +159,39 @@ async fn publish_with(
     state: &AppState,
     headers: &HeaderMap,
     query: &[(String, String)],
-    body: BodyBytes,
+    mut body: BodyBytes,
     topic: String,
     path_sequence_id: Option<String>,
+    visitor: String,
+) -> Result<Response, ApiError> {
+    let result = publish_body(
+        state,
+        headers,
+        query,
+        &mut body,
+        topic,
+        path_sequence_id,
+        visitor,
+    )
+    .await;
+    if let Some(mut rest) = body.rest.take() {
+        // What an answer leaves unread of an over-long body (not an attachment, or
+        // a refused one) is read and discarded, up to a bound as Go's server does,
+        // so the client, still sending, gets to read the answer instead of a reset
+        // connection.
+        drain(&mut rest, DRAIN_LIMIT).await;
+    }
+    result
+}
+
+async fn publish_body(
+    state: &AppState,
+    headers: &HeaderMap,
+    query: &[(String, String)],
+    body: &mut BodyBytes,
+    topic: String,
+    path_sequence_id: Option<String>,
+    visitor: String,
 ) -> Result<Response, ApiError> {
     let config = state.herald.config();
     let now = now_unix();
@@ -174,6 +227,7 @@ async fn publish_with(
     };
 
     // Body → message text (docs/COMPATIBILITY.md §2.3, in ntfy's order).
+    let mut upload = None;
     if let Some(poll_id) = params.poll_id {
         draft.poll_id = Some(poll_id);
         draft.text = POLL_REQUEST_MESSAGE.into();
@@ -191,8 +245,34 @@ async fn publish_with(
         let bytes = &body.bytes[..body.bytes.len().min(limit)];
         let text = std::str::from_utf8(bytes).map_err(|_| ApiError::MESSAGE_NOT_UTF8)?;
         draft.text = pick_text(text, params.message);
-    } else if params.filename.is_some() || !body.complete {
-        return Err(ApiError::ATTACHMENTS_NOT_ALLOWED);
+    } else if params.filename.is_some()
+        || !body.complete
+        || std::str::from_utf8(&body.bytes).is_err()
+    {
+        let Some(attachments) = &state.attachments else {
+            return Err(ApiError::ATTACHMENTS_NOT_ALLOWED);
+        };
+        let delivery = draft.due.unwrap_or(now);
+        let cache_secs = config.cache_duration.as_secs() as i64;
+        let request = crate::attachment::UploadRequest {
+            visitor,
+            name: params.filename,
+            content_length: headers
+                .get(axum::http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok()),
+            delivery,
+            // The message's own expiry (core::publish's rule), which caps the file's.
+            message_expires: (draft.cache && (draft.due.is_some() || cache_secs > 0))
+                .then(|| delivery.saturating_add(cache_secs)),
+        };
+        let head = std::mem::take(&mut body.bytes);
+        let pending = attachments
+            .upload(request, head, body.rest.as_mut())
+            .await?;
+        draft.attachment = Some(pending.attachment().clone());
+        draft.text = params.message.unwrap_or_default();
+        upload = Some(pending);
     } else {
         let text =
             std::str::from_utf8(&body.bytes).map_err(|_| ApiError::ATTACHMENTS_NOT_ALLOWED)?;
@@ -204,7 +284,11 @@ async fn publish_with(
         topic,
         kind: PublishKind::Message(Box::new(draft)),
     };
+    // A failed publish drops `upload`, which deletes its file.
     let m = state.herald.publish(request).await?;
+    if let Some(upload) = upload {
+        upload.keep();
+    }
     tracing::debug!(topic = %m.topic, id = %m.id, scheduled, "published");
     Ok(json_response(StatusCode::OK, encode_json_line(&m).to_vec()))
 }

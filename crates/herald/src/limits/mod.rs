@@ -31,6 +31,7 @@
 //! know when a visitor is at rest to forget it, and everything runs on tokio's clock
 //! so tests pause and advance time. GCRA is a timestamp per bucket either way.
 
+pub mod attachments;
 pub mod bucket;
 pub mod net;
 pub mod redis;
@@ -237,6 +238,7 @@ impl Charge {
             (&Method::GET, [_, _, "delete" | "clear" | "read"]) => Charge::Publish,
             (&Method::PUT, [_, _, "clear" | "read"]) => Charge::Publish,
             (&Method::GET, [_, "json" | "sse" | "raw" | "ws" | "auth"]) => Charge::Request,
+            (&Method::GET | &Method::HEAD, ["file", _]) => Charge::Request,
             _ => Charge::Free,
         }
     }

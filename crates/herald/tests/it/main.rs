@@ -4,6 +4,7 @@
 //! One test binary (faster to link than one per file); each test starts its own
 //! server on `127.0.0.1:0` with its own data directory.
 
+mod attachments;
 mod auth;
 mod bench;
 mod cli_config;
