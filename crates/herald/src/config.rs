@@ -286,6 +286,12 @@ const OPTIONS: &[OptionSpec] = &[
         default: "herald:",
         help: "Prefix of every Redis key herald uses; nodes of one cluster share it, different clusters on one Redis need different ones",
     },
+    // Integrations (issue #15): templates, upstream, provisioning, proxy auth.
+    OptionSpec {
+        key: "template-dir",
+        default: "",
+        help: "Directory of message template files (`<name>.yml`, used with `X-Template: <name>`); a file there overrides the built-in template of the same name (github, grafana, alertmanager); empty: built-ins only",
+    },
 ];
 
 /// Where a value came from, for error messages.
@@ -368,6 +374,8 @@ pub struct Config {
     pub redis_url: Option<String>,
     /// Prefix of every Redis key (`redis-key-prefix`).
     pub redis_key_prefix: String,
+    /// Message template files (`template-dir`); `None`: built-in templates only.
+    pub template_dir: Option<PathBuf>,
 }
 
 impl Config {
@@ -601,6 +609,9 @@ impl RawValues {
             limits: self.limits()?,
             webhooks: self.webhook_config(&data_dir)?,
             auth: self.auth_settings(&data_dir)?,
+            template_dir: self.parse("template-dir", |s| {
+                Ok((!s.is_empty()).then(|| PathBuf::from(s)))
+            })?,
             data_dir,
         })
     }

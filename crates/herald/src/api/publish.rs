@@ -31,7 +31,20 @@ pub async fn publish(
     authorize_write(state, &req, &topic)?;
     let query = query_pairs(&req);
     let (parts, body) = req.into_parts();
-    let body = read_body(body, state.herald.config().message_size_limit).await?;
+    let mut limit = state.herald.config().message_size_limit;
+    // A templated body is JSON read up to max(limit, 32 KB), as ntfy.
+    let src = ParamSource {
+        headers: &parts.headers,
+        query: &query,
+    };
+    if src
+        .get(super::params::names::TEMPLATE)
+        .and_then(|t| crate::template::Mode::parse(&t))
+        .is_some()
+    {
+        limit = limit.max(crate::template::JSON_BODY_LIMIT);
+    }
+    let body = read_body(body, limit).await?;
     publish_with(state, &parts.headers, &query, body, topic, path_sequence_id).await
 }
 
@@ -147,7 +160,7 @@ async fn publish_with(
         delay_min_secs: 10,
         delay_max_secs: config.message_delay_limit.as_secs() as i64,
     };
-    let params = parse_publish(&src, &limits, now)?;
+    let mut params = parse_publish(&src, &limits, now)?;
     let limit = config.message_size_limit;
 
     let attachment = params.attach.as_ref().map(|url| Attachment {
@@ -191,7 +204,25 @@ async fn publish_with(
         let bytes = &body.bytes[..body.bytes.len().min(limit)];
         let text = std::str::from_utf8(bytes).map_err(|_| ApiError::MESSAGE_NOT_UTF8)?;
         draft.text = pick_text(text, params.message);
-    } else if params.filename.is_some() || !body.complete {
+    } else if params.filename.is_some() {
+        return Err(ApiError::ATTACHMENTS_NOT_ALLOWED);
+    } else if let Some(mode) = params.template.take() {
+        if !body.complete {
+            return Err(ApiError::JSON_TOO_LARGE);
+        }
+        let fields = crate::template::Fields {
+            title: Some(std::mem::take(&mut draft.title)),
+            message: params.message.take(),
+            priority: params.priority_template.take(),
+        };
+        let given = fields.clone();
+        let out = render_templates(state, mode, fields, body.bytes).await?;
+        draft.title = out.title.or(given.title).unwrap_or_default();
+        draft.text = out.message.or(given.message).unwrap_or_default();
+        if let Some(p) = out.priority {
+            draft.priority = super::params::parse_priority(&p)?;
+        }
+    } else if !body.complete {
         return Err(ApiError::ATTACHMENTS_NOT_ALLOWED);
     } else {
         let text =
@@ -207,6 +238,23 @@ async fn publish_with(
     let m = state.herald.publish(request).await?;
     tracing::debug!(topic = %m.topic, id = %m.id, scheduled, "published");
     Ok(json_response(StatusCode::OK, encode_json_line(&m).to_vec()))
+}
+
+/// The template step (`X-Template`): the JSON body through the templates, off the
+/// runtime's threads (a render is CPU work bounded by `template::TIME_LIMIT`).
+async fn render_templates(
+    state: &AppState,
+    mode: crate::template::Mode,
+    fields: crate::template::Fields,
+    body: Bytes,
+) -> Result<crate::template::Fields, ApiError> {
+    let config = state.herald.config();
+    let templates = crate::template::Templates::new(config.template_dir.clone());
+    let limit = config.message_size_limit;
+    tokio::task::spawn_blocking(move || templates.apply(&mode, fields, &body, limit))
+        .await
+        .map_err(|_| ApiError::INTERNAL)?
+        .map_err(ApiError::from)
 }
 
 /// The body's text wins over `message=` unless the body is empty (publish via GET).

@@ -23,5 +23,6 @@ mod scheduled;
 mod sequence;
 mod shutdown;
 mod subscribe;
+mod templates;
 mod webhook_receiver;
 mod webhooks;
