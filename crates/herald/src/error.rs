@@ -71,6 +71,10 @@ api_errors! {
     JSON_INVALID = (400, 40024, "invalid request: request body must be valid JSON", LINK_JSON);
     PHONE_CALLS_DISABLED = (400, 40032, "invalid request: calling is disabled", "https://ntfy.sh/docs/config/#phone-calls");
     DELAY_NO_CALL = (400, 40037, "invalid request: delayed call notifications are not supported");
+    // The Matrix push gateway (api::matrix), ntfy's codes.
+    MATRIX_JSON_INVALID = (400, 40019, "invalid request: Matrix JSON invalid", "https://ntfy.sh/docs/config/#matrix-push-gateway");
+    MATRIX_TOO_LARGE = (413, 41302, "Matrix request is larger than the max allowed length");
+    BASE_URL_MISSING = (500, 50003, "internal server error: base-url must be be configured for this feature", "https://ntfy.sh/docs/config/");
     // Message templates (src/template), ntfy's codes.
     TEMPLATE_RESULT_TOO_LARGE = (400, 40041, "invalid request: message or title is too large after replacing template", LINK_TEMPLATES);
     TEMPLATE_BODY_NOT_JSON = (400, 40042, "invalid request: message body must be JSON if templating is enabled", LINK_TEMPLATES);

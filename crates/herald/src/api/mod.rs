@@ -15,6 +15,7 @@
 pub(crate) mod account;
 pub(crate) mod actions;
 pub(crate) mod info;
+pub(crate) mod matrix;
 pub mod params;
 pub(crate) mod publish;
 pub(crate) mod subscribe;
@@ -158,6 +159,8 @@ async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
             let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
             webhooks::handle(&state, req, &rest, client_ip).await
         }
+        (&Method::GET, ["_matrix", "push", "v1", "notify"]) => matrix::discovery(&state),
+        (&Method::POST, ["_matrix", "push", "v1", "notify"]) => matrix::notify(&state, req).await,
         (&Method::PUT | &Method::POST, [""]) => publish::publish_json(&state, req).await,
         (&Method::PUT | &Method::POST, [topic]) if topic::is_valid_name(topic) => {
             let topic = topic.to_string();

@@ -82,13 +82,13 @@ pub async fn publish_json(state: &AppState, req: Request) -> Result<Response, Ap
 }
 
 /// The publish body, read up to the message size limit.
-struct BodyBytes {
-    bytes: Bytes,
+pub(super) struct BodyBytes {
+    pub(super) bytes: Bytes,
     /// False when the body reached the limit (ntfy then treats it as an attachment).
-    complete: bool,
+    pub(super) complete: bool,
 }
 
-async fn read_body(body: Body, limit: usize) -> Result<BodyBytes, ApiError> {
+pub(super) async fn read_body(body: Body, limit: usize) -> Result<BodyBytes, ApiError> {
     use http_body_util::BodyExt;
     let mut body = body;
     let mut buf = Vec::new();
@@ -131,13 +131,17 @@ async fn drain(body: &mut Body, limit: usize) {
 
 /// Whether the request's principal (set by the dispatcher) may publish to `topic`.
 /// A request without one is anonymous.
-fn authorize_write(state: &AppState, req: &Request, topic: &str) -> Result<(), ApiError> {
+pub(super) fn authorize_write(
+    state: &AppState,
+    req: &Request,
+    topic: &str,
+) -> Result<(), ApiError> {
     let anonymous = Principal::anonymous();
     let principal = req.extensions().get::<Principal>().unwrap_or(&anonymous);
     Ok(state.auth.authorize(principal, topic, Permission::Write)?)
 }
 
-fn single_topic(topic: &str) -> Result<String, ApiError> {
+pub(super) fn single_topic(topic: &str) -> Result<String, ApiError> {
     let mut topics = parse_topics(topic)?;
     match (topics.pop(), topics.is_empty()) {
         (Some(t), true) => Ok(t),
@@ -145,7 +149,7 @@ fn single_topic(topic: &str) -> Result<String, ApiError> {
     }
 }
 
-async fn publish_with(
+pub(super) async fn publish_with(
     state: &AppState,
     headers: &HeaderMap,
     query: &[(String, String)],

@@ -230,6 +230,8 @@ impl Charge {
     pub fn of(method: &Method, segments: &[&str]) -> Charge {
         match (method, segments) {
             (&Method::OPTIONS, _) => Charge::Request,
+            // The Matrix push gateway publishes one message per request.
+            (&Method::POST, ["_matrix", "push", "v1", "notify"]) => Charge::Publish,
             (_, ["v1", ..]) => Charge::Free,
             (&Method::PUT | &Method::POST, [_] | [_, _]) => Charge::Publish,
             (&Method::DELETE, [_, _]) => Charge::Publish,

@@ -15,6 +15,7 @@ mod hardening;
 mod history;
 mod info;
 mod limits;
+mod matrix;
 mod metrics;
 mod otel;
 mod publish;
