@@ -292,6 +292,16 @@ const OPTIONS: &[OptionSpec] = &[
         default: "",
         help: "Directory of message template files (`<name>.yml`, used with `X-Template: <name>`); a file there overrides the built-in template of the same name (github, grafana, alertmanager); empty: built-ins only",
     },
+    OptionSpec {
+        key: "auth-user-header",
+        default: "",
+        help: "Header in which an authenticating reverse proxy names the user (e.g. `X-Forwarded-User`, `Remote-User`); believed only from a `proxy-trusted-hosts` peer with `behind-proxy` on; needs access control on",
+    },
+    OptionSpec {
+        key: "auth-logout-url",
+        default: "",
+        help: "Where the web app sends users to log out when the proxy authenticates them (reported in /v1/config)",
+    },
 ];
 
 /// Where a value came from, for error messages.
@@ -376,6 +386,10 @@ pub struct Config {
     pub redis_key_prefix: String,
     /// Message template files (`template-dir`); `None`: built-in templates only.
     pub template_dir: Option<PathBuf>,
+    /// `auth-user-header`: the header a trusted proxy names the user in.
+    pub auth_user_header: Option<String>,
+    /// `auth-logout-url` (for `/v1/config`).
+    pub auth_logout_url: String,
 }
 
 impl Config {
@@ -612,6 +626,8 @@ impl RawValues {
             template_dir: self.parse("template-dir", |s| {
                 Ok((!s.is_empty()).then(|| PathBuf::from(s)))
             })?,
+            auth_user_header: self.auth_user_header()?,
+            auth_logout_url: self.parse("auth-logout-url", |s| Ok(s.to_string()))?,
             data_dir,
         })
     }
@@ -724,6 +740,40 @@ fn boolean(s: &str) -> Result<bool, String> {
 }
 
 impl RawValues {
+    /// `auth-user-header`: a header name, and only where a proxy can be told apart
+    /// from everyone else (`behind-proxy` with `proxy-trusted-hosts`) and there are
+    /// users to name (access control on).
+    fn auth_user_header(&self) -> Result<Option<String>, ConfigError> {
+        let header = self.parse("auth-user-header", |s| {
+            if s.is_empty() {
+                return Ok(None);
+            }
+            axum::http::HeaderName::from_bytes(s.as_bytes())
+                .map(|h| Some(h.as_str().to_string()))
+                .map_err(|_| "not a valid header name".to_string())
+        })?;
+        if header.is_none() {
+            return Ok(None);
+        }
+        let needs = |reason: &str| {
+            self.parse("auth-user-header", |_| -> Result<(), String> {
+                Err(reason.to_string())
+            })
+        };
+        if !self.parse("behind-proxy", boolean)? {
+            needs("needs `behind-proxy` (the header is believed only from a proxy)")?;
+        }
+        if self.get("proxy-trusted-hosts").0.trim().is_empty() {
+            needs("needs `proxy-trusted-hosts` (the proxies whose header is believed)")?;
+        }
+        if self.get("auth-file").0.trim().is_empty()
+            && self.get("auth-default-access").0.trim().is_empty()
+        {
+            needs("needs access control on (`auth-file` or `auth-default-access`)")?;
+        }
+        Ok(header)
+    }
+
     /// `auth-file` and `auth-default-access`: on if either is set.
     fn auth_settings(
         &self,

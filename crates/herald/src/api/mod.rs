@@ -17,6 +17,7 @@ pub(crate) mod actions;
 pub(crate) mod info;
 pub(crate) mod matrix;
 pub mod params;
+pub(crate) mod proxy_auth;
 pub(crate) mod publish;
 pub(crate) mod subscribe;
 pub(crate) mod webhooks;
@@ -112,7 +113,10 @@ async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
     let webhook_admin = matches!(segments.as_slice(), ["v1", "webhooks", ..])
         && webhooks::presents_admin_token(&state, req.headers(), req.uri().query());
     let principal = if account::needs_authentication(&segments) && !webhook_admin {
-        match account::authenticate(&state, req.headers(), req.uri().query(), client_ip).await {
+        match account::authenticate(&state, req.headers(), req.uri().query(), client_ip)
+            .await
+            .and_then(|p| Ok(proxy_auth::apply(&state, req.headers(), peer, p)?))
+        {
             Ok(p) => p,
             Err(e) => return with_cors(error_response(&state.limits, e)),
         }

@@ -31,6 +31,7 @@ pub(crate) mod credentials;
 mod error;
 pub(crate) mod gate;
 pub(crate) mod password;
+mod proxy;
 pub(crate) mod redis;
 mod snapshot;
 pub(crate) mod sqlite;

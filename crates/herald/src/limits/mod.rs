@@ -504,6 +504,13 @@ impl Limits {
         net::forwarded_client(values, self.rfc7239, &self.trusted).unwrap_or(peer)
     }
 
+    /// Whether the TCP peer is one of `proxy-trusted-hosts` with `behind-proxy` on:
+    /// only such a peer's `auth-user-header` is believed.
+    pub fn peer_is_trusted_proxy(&self, peer: IpAddr) -> bool {
+        let peer = peer.to_canonical();
+        self.config.behind_proxy && self.trusted.iter().any(|n| n.contains(peer))
+    }
+
     /// The visitor for a request from `ip`, authenticated as `user` if `Some`.
     pub fn visitor(&self, ip: IpAddr, user: Option<&str>) -> Visitor {
         let ip = ip.to_canonical();
