@@ -26,7 +26,7 @@ struct OptionSpec {
 }
 
 /// Options whose values are secrets: never echoed (`--help`, errors, `Debug`).
-const SECRET_OPTIONS: &[&str] = &["webhook-admin-token"];
+const SECRET_OPTIONS: &[&str] = &["webhook-admin-token", "upstream-access-token"];
 
 /// Every option `herald serve` takes. `--help` is generated from this table.
 const OPTIONS: &[OptionSpec] = &[
@@ -298,6 +298,16 @@ const OPTIONS: &[OptionSpec] = &[
         help: "Header in which an authenticating reverse proxy names the user (e.g. `X-Forwarded-User`, `Remote-User`); believed only from a `proxy-trusted-hosts` peer with `behind-proxy` on; needs access control on",
     },
     OptionSpec {
+        key: "upstream-base-url",
+        default: "",
+        help: "Server that wakes the ntfy iOS app (usually `https://ntfy.sh`): each message is followed by a poll request there (`X-Poll-ID`, topic as a SHA-256 hash, never the content); needs `base-url`",
+    },
+    OptionSpec {
+        key: "upstream-access-token",
+        default: "",
+        help: "Bearer token for `upstream-base-url` (e.g. an ntfy.sh account's, for higher limits)",
+    },
+    OptionSpec {
         key: "auth-logout-url",
         default: "",
         help: "Where the web app sends users to log out when the proxy authenticates them (reported in /v1/config)",
@@ -390,6 +400,8 @@ pub struct Config {
     pub auth_user_header: Option<String>,
     /// `auth-logout-url` (for `/v1/config`).
     pub auth_logout_url: String,
+    /// `upstream-base-url` and `upstream-access-token`; `None`: no upstream pokes.
+    pub upstream: Option<crate::upstream::UpstreamConfig>,
 }
 
 impl Config {
@@ -628,6 +640,7 @@ impl RawValues {
             })?,
             auth_user_header: self.auth_user_header()?,
             auth_logout_url: self.parse("auth-logout-url", |s| Ok(s.to_string()))?,
+            upstream: self.upstream()?,
             data_dir,
         })
     }
@@ -772,6 +785,38 @@ impl RawValues {
             needs("needs access control on (`auth-file` or `auth-default-access`)")?;
         }
         Ok(header)
+    }
+
+    /// `upstream-base-url` (with its token): an `http(s)://` URL other than
+    /// `base-url`, which it needs (the topic hash is made from it).
+    fn upstream(&self) -> Result<Option<crate::upstream::UpstreamConfig>, ConfigError> {
+        let base = self
+            .get("base-url")
+            .0
+            .trim()
+            .trim_end_matches('/')
+            .to_string();
+        let url = self.parse("upstream-base-url", |s| {
+            let s = s.trim_end_matches('/');
+            if s.is_empty() {
+                return Ok(None);
+            }
+            if !(s.starts_with("http://") || s.starts_with("https://")) {
+                return Err("expected an http:// or https:// URL".to_string());
+            }
+            if base.is_empty() {
+                return Err("needs `base-url` (the topic hash is made from it)".to_string());
+            }
+            if s == base {
+                return Err("must differ from `base-url`".to_string());
+            }
+            Ok(Some(s.to_string()))
+        })?;
+        let token = self.parse_secret("upstream-access-token", |s| Ok(s.to_string()))?;
+        Ok(url.map(|base_url| crate::upstream::UpstreamConfig {
+            base_url,
+            access_token: (!token.is_empty()).then_some(token),
+        }))
     }
 
     /// `auth-file` and `auth-default-access`: on if either is set.

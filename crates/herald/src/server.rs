@@ -118,6 +118,26 @@ pub async fn run(
 
     let mut metrics = Metrics::new(&herald, &store_metrics);
     metrics.register_source(&webhook_metrics);
+    // iOS upstream pokes (`upstream-base-url`): immediate messages from the publish
+    // path, scheduled ones from this node's scheduler.
+    let upstream_metrics = crate::upstream::UpstreamMetrics::default();
+    metrics.register_source(&upstream_metrics);
+    let upstream = match &config.upstream {
+        Some(up) => {
+            let upstream = crate::upstream::Upstream::start(
+                up.clone(),
+                &config.base_url,
+                upstream_metrics,
+                &tracker,
+                background.clone(),
+            )?;
+            let hook = upstream.clone();
+            herald.on_scheduled_delivery(move |m| hook.poke(m));
+            tracing::info!(upstream = %up.base_url, "iOS upstream poll requests on");
+            Some(upstream)
+        }
+        None => None,
+    };
     let metrics = Arc::new(metrics);
     let auth = match (&config.auth, &config.redis_url) {
         // Cluster mode: the users, tokens and ACL every node shares (auth-file unused).
@@ -152,6 +172,7 @@ pub async fn run(
     let mut state = AppState::with_metrics(herald.clone(), metrics, metrics_listener.is_none())
         .with_auth(Arc::new(auth));
     state.webhooks = webhooks.clone();
+    state.upstream = upstream;
     if let Some(url) = &config.redis_url {
         state.limits = cluster_limits(&config, url, &state.metrics, &tracker, &background).await?;
     }

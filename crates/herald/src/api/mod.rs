@@ -52,6 +52,8 @@ pub struct AppState {
     pub webhooks: Option<Arc<crate::webhook::Webhooks>>,
     /// Access control (disabled unless configured).
     pub auth: Arc<crate::auth::Authorizer>,
+    /// iOS upstream pokes (`upstream-base-url`); `None`: off.
+    pub(crate) upstream: Option<Arc<crate::upstream::Upstream>>,
 }
 
 impl AppState {
@@ -70,6 +72,7 @@ impl AppState {
             metrics_on_main,
             webhooks: None,
             auth: Arc::new(crate::auth::Authorizer::disabled()),
+            upstream: None,
         }
     }
 

@@ -240,6 +240,14 @@ pub(super) async fn publish_with(
         kind: PublishKind::Message(Box::new(draft)),
     };
     let m = state.herald.publish(request).await?;
+    // iOS upstream: this node accepted it, so this node pokes (a scheduled message
+    // is poked when it falls due, by the node that delivers it).
+    if let Some(upstream) = &state.upstream
+        && !params.unifiedpush
+        && !scheduled
+    {
+        upstream.poke(&m);
+    }
     tracing::debug!(topic = %m.topic, id = %m.id, scheduled, "published");
     Ok(json_response(StatusCode::OK, encode_json_line(&m).to_vec()))
 }

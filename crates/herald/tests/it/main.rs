@@ -26,5 +26,6 @@ mod sequence;
 mod shutdown;
 mod subscribe;
 mod templates;
+mod upstream;
 mod webhook_receiver;
 mod webhooks;
