@@ -3,9 +3,9 @@
 //! their own JSON, and a template turns it into a title, message and priority.
 //!
 //! The language is Go's `text/template` with the Sprig functions that make sense
-//! over JSON. No Rust crate implements it faithfully with the bounds an untrusted
-//! template needs (gtmpl, the closest, has no execution budget and no Sprig; see
-//! docs/TEMPLATES.md), so this module is an interpreter of its own:
+//! over JSON. The Rust ports (gtmpl, gotmpl) have no Sprig and no bound on output,
+//! allocation or time (gtmpl none at all; docs/TEMPLATES.md has the evaluation), and
+//! untrusted templates need all of them, so this module is an interpreter of its own:
 //! [`lex`] → [`parse`] → [`exec`] over [`value`]s, with [`funcs`].
 //!
 //! # Grammar (as Go's, minus `define`/`block`/`template`/`call`, which are refused)
