@@ -41,6 +41,16 @@ async fn publish(s: &TestServer, headers: &[(&str, &str)]) -> reqwest::Response 
     req.send().await.unwrap()
 }
 
+/// `GET path` with the user header naming `user`.
+async fn get_as(s: &TestServer, path: &str, user: &str) -> reqwest::Response {
+    s.client
+        .get(s.url(path))
+        .header(HEADER, user)
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn trusted_proxy_header_is_the_user() {
     let s = server("127.0.0.1/32");
@@ -63,34 +73,16 @@ async fn trusted_proxy_header_is_the_user() {
     )
     .await;
     // Streaming subscriptions (served by the listener itself) believe it too.
-    let resp = s
-        .client
-        .get(s.url("/secret/json?poll=1"))
-        .header(HEADER, "phil")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let mut sub = crate::fixture::EventStream::new(
-        s.client
-            .get(s.url("/secret/json"))
-            .header(HEADER, "phil")
-            .send()
-            .await
-            .unwrap(),
+    assert_eq!(
+        get_as(&s, "/secret/json?poll=1", "phil").await.status(),
+        200
     );
+    let mut sub = crate::fixture::EventStream::new(get_as(&s, "/secret/json", "phil").await);
     assert_eq!(sub.next_json().await["event"], "open");
     let resp = s.get("/secret/json?poll=1").await;
     expect_error(resp, 403, 40301).await;
     // The account endpoint sees the proxy's user.
-    let resp = s
-        .client
-        .get(s.url("/v1/account"))
-        .header(HEADER, "phil")
-        .send()
-        .await
-        .unwrap();
-    let account: Value = expect_json(resp, 200).await;
+    let account: Value = expect_json(get_as(&s, "/v1/account", "phil").await, 200).await;
     assert_eq!(account["username"], "phil");
     let config: Value = expect_json(s.get("/v1/config").await, 200).await;
     assert_eq!(config["auth_logout_url"], "https://auth.example.com/logout");
@@ -102,14 +94,7 @@ async fn spoofed_header_from_an_untrusted_peer_is_ignored() {
     let s = server("10.0.0.0/8");
     expect_error(publish(&s, &[(HEADER, "phil")]).await, 403, 40301).await;
     expect_error(publish(&s, &[(HEADER, "mallory")]).await, 403, 40301).await;
-    let resp = s
-        .client
-        .get(s.url("/secret/json?poll=1"))
-        .header(HEADER, "phil")
-        .send()
-        .await
-        .unwrap();
-    expect_error(resp, 403, 40301).await;
+    expect_error(get_as(&s, "/secret/json?poll=1", "phil").await, 403, 40301).await;
     // Even a forwarded-for naming the trusted range does not make the peer trusted.
     expect_error(
         publish(&s, &[(HEADER, "phil"), ("X-Forwarded-For", "10.1.2.3")]).await,
