@@ -26,7 +26,12 @@ struct OptionSpec {
 }
 
 /// Options whose values are secrets: never echoed (`--help`, errors, `Debug`).
-const SECRET_OPTIONS: &[&str] = &["webhook-admin-token", "upstream-access-token"];
+const SECRET_OPTIONS: &[&str] = &[
+    "webhook-admin-token",
+    "upstream-access-token",
+    "auth-users",
+    "auth-tokens",
+];
 
 /// Every option `herald serve` takes. `--help` is generated from this table.
 const OPTIONS: &[OptionSpec] = &[
@@ -308,6 +313,21 @@ const OPTIONS: &[OptionSpec] = &[
         help: "Bearer token for `upstream-base-url` (e.g. an ntfy.sh account's, for higher limits)",
     },
     OptionSpec {
+        key: "auth-users",
+        default: "",
+        help: "Provisioned users, `name:hash:role` (a bcrypt or argon2 hash; role `admin` or `user`), a YAML list or comma-separated; created at start, removed when dropped, not changeable by the CLI or API; needs access control on",
+    },
+    OptionSpec {
+        key: "auth-access",
+        default: "",
+        help: "Provisioned ACL entries, `user:pattern:permission` (user `everyone` or `*` for anonymous), a YAML list or comma-separated",
+    },
+    OptionSpec {
+        key: "auth-tokens",
+        default: "",
+        help: "Provisioned tokens, `user:tk_...[:label]`, a YAML list or comma-separated",
+    },
+    OptionSpec {
         key: "auth-logout-url",
         default: "",
         help: "Where the web app sends users to log out when the proxy authenticates them (reported in /v1/config)",
@@ -402,6 +422,8 @@ pub struct Config {
     pub auth_logout_url: String,
     /// `upstream-base-url` and `upstream-access-token`; `None`: no upstream pokes.
     pub upstream: Option<crate::upstream::UpstreamConfig>,
+    /// `auth-users`, `auth-access`, `auth-tokens`; `None`: nothing provisioned.
+    pub auth_provisioning: Option<crate::auth::provision::Provisioning>,
 }
 
 impl Config {
@@ -641,6 +663,7 @@ impl RawValues {
             auth_user_header: self.auth_user_header()?,
             auth_logout_url: self.parse("auth-logout-url", |s| Ok(s.to_string()))?,
             upstream: self.upstream()?,
+            auth_provisioning: self.auth_provisioning()?,
             data_dir,
         })
     }
@@ -817,6 +840,29 @@ impl RawValues {
             base_url,
             access_token: (!token.is_empty()).then_some(token),
         }))
+    }
+
+    /// `auth-users`, `auth-access` and `auth-tokens` (secrets: errors do not repeat
+    /// them); they need access control on.
+    fn auth_provisioning(
+        &self,
+    ) -> Result<Option<crate::auth::provision::Provisioning>, ConfigError> {
+        let raw = |key| self.get(key).0.trim().to_string();
+        let (users, access, tokens) = (raw("auth-users"), raw("auth-access"), raw("auth-tokens"));
+        let p = self.parse_secret("auth-users", |_| {
+            crate::auth::provision::Provisioning::parse(&users, &access, &tokens)
+        })?;
+        if p.is_empty() {
+            return Ok(None);
+        }
+        if self.get("auth-file").0.trim().is_empty()
+            && self.get("auth-default-access").0.trim().is_empty()
+        {
+            self.parse("auth-users", |_| -> Result<(), String> {
+                Err("needs access control on (`auth-file` or `auth-default-access`)".into())
+            })?;
+        }
+        Ok(Some(p))
     }
 
     /// `auth-file` and `auth-default-access`: on if either is set.

@@ -116,6 +116,8 @@ api_errors! {
     USER_NOT_FOUND = (400, 40031, "invalid request: user does not exist");
     USERNAME_INVALID = (400, 40046, "invalid username");
     USER_EXISTS = (409, 40901, "conflict: user already exists");
+    PROVISIONED_USER = (409, 40905, "conflict: cannot change or delete provisioned user");
+    PROVISIONED_TOKEN = (409, 40906, "conflict: cannot change or delete provisioned token");
     TOO_MANY_AUTH_FAILURES = (429, 42909, "limit reached: too many auth failures", LINK_LIMITS);
     // Too many password checks waiting (auth::gate). ntfy's generic rate-limit code,
     // not 42909: nothing failed, the same request may well succeed in a moment. The

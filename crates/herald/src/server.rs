@@ -169,6 +169,17 @@ pub async fn run(
         }
         (None, _) => crate::auth::Authorizer::disabled(),
     };
+    // `auth-users`, `auth-access`, `auth-tokens`: applied before anything is served.
+    if let (Some(p), Some(store)) = (&config.auth_provisioning, auth.store()) {
+        let (p, store) = (p.clone(), store.clone());
+        tokio::task::spawn_blocking(move || {
+            crate::auth::provision::apply(&*store, &p, crate::model::now_unix())
+        })
+        .await
+        .context("provisioning users")?
+        .context("cannot apply auth-users, auth-access, auth-tokens")?;
+        tracing::info!("provisioned users, access entries and tokens applied");
+    }
     let mut state = AppState::with_metrics(herald.clone(), metrics, metrics_listener.is_none())
         .with_auth(Arc::new(auth));
     state.webhooks = webhooks.clone();

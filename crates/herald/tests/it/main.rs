@@ -18,6 +18,7 @@ mod limits;
 mod matrix;
 mod metrics;
 mod otel;
+mod provisioning;
 mod proxy_auth;
 mod publish;
 mod resilience;
