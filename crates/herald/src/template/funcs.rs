@@ -197,8 +197,27 @@ fn is_empty(v: &Value) -> bool {
     !v.truthy()
 }
 
+/// Deepest nesting of lists and maps a template may build (JSON bodies are at most
+/// 128 deep): printing, `toJson` and dropping a value recurse through it.
+const MAX_VALUE_DEPTH: usize = 160;
+
+/// Whether `v` nests deeper than `limit` (looks no deeper than that).
+fn too_deep(v: &Value, limit: usize) -> bool {
+    match v {
+        Value::List(l) => limit == 0 || l.iter().any(|e| too_deep(e, limit - 1)),
+        Value::Map(m) => limit == 0 || m.values().any(|e| too_deep(e, limit - 1)),
+        _ => false,
+    }
+}
+
 pub(super) fn call(name: &str, mut a: Vec<Value>, ex: &mut Exec) -> Result<Value, TemplateError> {
     let n = a.len();
+    // Functions that put their arguments inside a new list or map.
+    if matches!(name, "list" | "dict" | "append" | "push" | "prepend")
+        && a.iter().any(|v| too_deep(v, MAX_VALUE_DEPTH - 1))
+    {
+        return Err(err("values nested too deeply"));
+    }
     let arg = |i: usize| a.get(i).cloned().unwrap_or_default();
     Ok(match name {
         "not" => {

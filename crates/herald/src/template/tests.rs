@@ -190,6 +190,14 @@ fn errors_have_ntfy_meanings() {
         run("{{range 100000}}{{range 100000}}{{end}}{{end}}", body),
         Err(TemplateError::Timeout)
     );
+    // Values cannot nest deep enough to overflow the stack when printed or dropped.
+    assert!(matches!(
+        run(
+            "{{$x := list}}{{range 100000}}{{$x = list $x}}{{end}}{{toJson $x}}",
+            body
+        ),
+        Err(TemplateError::Exec(_))
+    ));
     // Output is capped.
     assert!(matches!(
         run(r#"{{range 100000}}{{repeat 1000 "x"}}{{end}}"#, body),
