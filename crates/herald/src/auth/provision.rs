@@ -165,7 +165,15 @@ pub fn apply(store: &dyn AuthStore, p: &Provisioning, now: i64) -> Result<(), Au
                     store.set_role(&u.name, u.role)?;
                 }
             }
-            None => store.add_user(u)?,
+            // Another node of a cluster, starting with the same configuration, may
+            // have added it since: then it is as wanted.
+            None => match store.add_user(u) {
+                Err(AuthStoreError::UserExists(_)) => {
+                    store.set_password_hash(&u.name, &u.hash)?;
+                    store.set_role(&u.name, u.role)?;
+                }
+                r => r?,
+            },
         }
         items.insert(format!("user:{}", u.name));
     }
