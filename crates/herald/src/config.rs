@@ -26,8 +26,14 @@ struct OptionSpec {
 }
 
 /// Options whose values are secrets: never echoed (`--help`, errors, `Debug`).
-/// (`attachment-cache-dir` may be an `s3://` URL with the bucket's secret key.)
-const SECRET_OPTIONS: &[&str] = &["webhook-admin-token", "attachment-cache-dir"];
+const SECRET_OPTIONS: &[&str] = &[
+    "webhook-admin-token",
+    "upstream-access-token",
+    "auth-users",
+    "auth-tokens",
+    // An `s3://` attachment-cache-dir carries the bucket's secret key.
+    "attachment-cache-dir",
+];
 
 /// Every option `herald serve` takes. `--help` is generated from this table.
 const OPTIONS: &[OptionSpec] = &[
@@ -332,6 +338,47 @@ const OPTIONS: &[OptionSpec] = &[
         default: "herald:",
         help: "Prefix of every Redis key herald uses; nodes of one cluster share it, different clusters on one Redis need different ones",
     },
+    // Integrations (issue #15): templates, upstream, provisioning, proxy auth.
+    OptionSpec {
+        key: "template-dir",
+        default: "",
+        help: "Directory of message template files (`<name>.yml`, used with `X-Template: <name>`); a file there overrides the built-in template of the same name (github, grafana, alertmanager); empty: built-ins only",
+    },
+    OptionSpec {
+        key: "auth-user-header",
+        default: "",
+        help: "Header in which an authenticating reverse proxy names the user (e.g. `X-Forwarded-User`, `Remote-User`); believed only from a `proxy-trusted-hosts` peer with `behind-proxy` on; needs access control on",
+    },
+    OptionSpec {
+        key: "upstream-base-url",
+        default: "",
+        help: "Server that wakes the ntfy iOS app (usually `https://ntfy.sh`): each message is followed by a poll request there (`X-Poll-ID`, topic as a SHA-256 hash, never the content); needs `base-url`",
+    },
+    OptionSpec {
+        key: "upstream-access-token",
+        default: "",
+        help: "Bearer token for `upstream-base-url` (e.g. an ntfy.sh account's, for higher limits)",
+    },
+    OptionSpec {
+        key: "auth-users",
+        default: "",
+        help: "Provisioned users, `name:hash:role` (a bcrypt or argon2 hash; role `admin` or `user`), a YAML list or comma-separated; created at start, removed when dropped, not changeable by the CLI or API; needs access control on",
+    },
+    OptionSpec {
+        key: "auth-access",
+        default: "",
+        help: "Provisioned ACL entries, `user:pattern:permission` (user `everyone` or `*` for anonymous), a YAML list or comma-separated",
+    },
+    OptionSpec {
+        key: "auth-tokens",
+        default: "",
+        help: "Provisioned tokens, `user:tk_...[:label]`, a YAML list or comma-separated",
+    },
+    OptionSpec {
+        key: "auth-logout-url",
+        default: "",
+        help: "Where the web app sends users to log out when the proxy authenticates them (reported in /v1/config)",
+    },
 ];
 
 /// Where a value came from, for error messages.
@@ -420,6 +467,16 @@ pub struct Config {
     pub redis_key_prefix: String,
     /// File attachments (`attachment-*`, `visitor-attachment-*`).
     pub attachments: crate::attachment::AttachmentConfig,
+    /// Message template files (`template-dir`); `None`: built-in templates only.
+    pub template_dir: Option<PathBuf>,
+    /// `auth-user-header`: the header a trusted proxy names the user in.
+    pub auth_user_header: Option<String>,
+    /// `auth-logout-url` (for `/v1/config`).
+    pub auth_logout_url: String,
+    /// `upstream-base-url` and `upstream-access-token`; `None`: no upstream pokes.
+    pub upstream: Option<crate::upstream::UpstreamConfig>,
+    /// `auth-users`, `auth-access`, `auth-tokens`; `None`: nothing provisioned.
+    pub auth_provisioning: Option<crate::auth::provision::Provisioning>,
 }
 
 impl Config {
@@ -650,6 +707,13 @@ impl RawValues {
             attachments: self.attachment_config()?,
             webhooks: self.webhook_config(&data_dir)?,
             auth: self.auth_settings(&data_dir)?,
+            template_dir: self.parse("template-dir", |s| {
+                Ok((!s.is_empty()).then(|| PathBuf::from(s)))
+            })?,
+            auth_user_header: self.auth_user_header()?,
+            auth_logout_url: self.parse("auth-logout-url", |s| Ok(s.to_string()))?,
+            upstream: self.upstream()?,
+            auth_provisioning: self.auth_provisioning()?,
             data_dir,
         })
     }
@@ -800,6 +864,95 @@ fn boolean(s: &str) -> Result<bool, String> {
 }
 
 impl RawValues {
+    /// `auth-user-header`: a header name, and only where a proxy can be told apart
+    /// from everyone else (`behind-proxy` with `proxy-trusted-hosts`) and there are
+    /// users to name (access control on).
+    fn auth_user_header(&self) -> Result<Option<String>, ConfigError> {
+        let header = self.parse("auth-user-header", |s| {
+            if s.is_empty() {
+                return Ok(None);
+            }
+            axum::http::HeaderName::from_bytes(s.as_bytes())
+                .map(|h| Some(h.as_str().to_string()))
+                .map_err(|_| "not a valid header name".to_string())
+        })?;
+        if header.is_none() {
+            return Ok(None);
+        }
+        let needs = |reason: &str| {
+            self.parse("auth-user-header", |_| -> Result<(), String> {
+                Err(reason.to_string())
+            })
+        };
+        if !self.parse("behind-proxy", boolean)? {
+            needs("needs `behind-proxy` (the header is believed only from a proxy)")?;
+        }
+        if self.get("proxy-trusted-hosts").0.trim().is_empty() {
+            needs("needs `proxy-trusted-hosts` (the proxies whose header is believed)")?;
+        }
+        if self.get("auth-file").0.trim().is_empty()
+            && self.get("auth-default-access").0.trim().is_empty()
+        {
+            needs("needs access control on (`auth-file` or `auth-default-access`)")?;
+        }
+        Ok(header)
+    }
+
+    /// `upstream-base-url` (with its token): an `http(s)://` URL other than
+    /// `base-url`, which it needs (the topic hash is made from it).
+    fn upstream(&self) -> Result<Option<crate::upstream::UpstreamConfig>, ConfigError> {
+        let base = self
+            .get("base-url")
+            .0
+            .trim()
+            .trim_end_matches('/')
+            .to_string();
+        let url = self.parse("upstream-base-url", |s| {
+            let s = s.trim_end_matches('/');
+            if s.is_empty() {
+                return Ok(None);
+            }
+            if !(s.starts_with("http://") || s.starts_with("https://")) {
+                return Err("expected an http:// or https:// URL".to_string());
+            }
+            if base.is_empty() {
+                return Err("needs `base-url` (the topic hash is made from it)".to_string());
+            }
+            if s == base {
+                return Err("must differ from `base-url`".to_string());
+            }
+            Ok(Some(s.to_string()))
+        })?;
+        let token = self.parse_secret("upstream-access-token", |s| Ok(s.to_string()))?;
+        Ok(url.map(|base_url| crate::upstream::UpstreamConfig {
+            base_url,
+            access_token: (!token.is_empty()).then_some(token),
+        }))
+    }
+
+    /// `auth-users`, `auth-access` and `auth-tokens` (secrets: errors do not repeat
+    /// them); they need access control on.
+    fn auth_provisioning(
+        &self,
+    ) -> Result<Option<crate::auth::provision::Provisioning>, ConfigError> {
+        let raw = |key| self.get(key).0.trim().to_string();
+        let (users, access, tokens) = (raw("auth-users"), raw("auth-access"), raw("auth-tokens"));
+        let p = self.parse_secret("auth-users", |_| {
+            crate::auth::provision::Provisioning::parse(&users, &access, &tokens)
+        })?;
+        if p.is_empty() {
+            return Ok(None);
+        }
+        if self.get("auth-file").0.trim().is_empty()
+            && self.get("auth-default-access").0.trim().is_empty()
+        {
+            self.parse("auth-users", |_| -> Result<(), String> {
+                Err("needs access control on (`auth-file` or `auth-default-access`)".into())
+            })?;
+        }
+        Ok(Some(p))
+    }
+
     /// `auth-file` and `auth-default-access`: on if either is set.
     fn auth_settings(
         &self,

@@ -47,6 +47,7 @@ const LINK_ATTACH: &str = "https://ntfy.sh/docs/publish/#attachments";
 const LINK_JSON: &str = "https://ntfy.sh/docs/publish/#publish-as-json";
 const LINK_SINCE: &str = "https://ntfy.sh/docs/subscribe/api/#fetch-cached-messages";
 const LINK_LIMITS: &str = "https://ntfy.sh/docs/publish/#limitations";
+const LINK_TEMPLATES: &str = "https://ntfy.sh/docs/publish/#message-templating";
 
 api_errors! {
     BAD_REQUEST = (400, 40000, "invalid request");
@@ -71,10 +72,20 @@ api_errors! {
     JSON_INVALID = (400, 40024, "invalid request: request body must be valid JSON", LINK_JSON);
     PHONE_CALLS_DISABLED = (400, 40032, "invalid request: calling is disabled", "https://ntfy.sh/docs/config/#phone-calls");
     DELAY_NO_CALL = (400, 40037, "invalid request: delayed call notifications are not supported");
-    // ntfy has no "templates disabled" error (it always supports them); herald does
-    // not implement Go templates yet, so it answers a generic 40000 that says so
-    // rather than reuse a code ntfy gives another meaning.
-    TEMPLATE_NOT_ENABLED = (400, 40000, "invalid request: message templates are not supported by this server", "https://ntfy.sh/docs/publish/#message-templating");
+    // The Matrix push gateway (api::matrix), ntfy's codes.
+    MATRIX_JSON_INVALID = (400, 40019, "invalid request: Matrix JSON invalid", "https://ntfy.sh/docs/config/#matrix-push-gateway");
+    MATRIX_TOO_LARGE = (413, 41302, "Matrix request is larger than the max allowed length");
+    BASE_URL_MISSING = (500, 50003, "internal server error: base-url must be be configured for this feature", "https://ntfy.sh/docs/config/");
+    // Message templates (src/template), ntfy's codes.
+    TEMPLATE_RESULT_TOO_LARGE = (400, 40041, "invalid request: message or title is too large after replacing template", LINK_TEMPLATES);
+    TEMPLATE_BODY_NOT_JSON = (400, 40042, "invalid request: message body must be JSON if templating is enabled", LINK_TEMPLATES);
+    TEMPLATE_INVALID = (400, 40043, "invalid request: could not parse template", LINK_TEMPLATES);
+    TEMPLATE_DISALLOWED = (400, 40044, "invalid request: template contains disallowed function calls, e.g. template, call, or define", LINK_TEMPLATES);
+    TEMPLATE_EXECUTION_FAILED = (400, 40045, "invalid request: template execution failed", LINK_TEMPLATES);
+    TEMPLATE_FILE_NOT_FOUND = (400, 40047, "invalid request: template file not found", LINK_TEMPLATES);
+    TEMPLATE_FILE_INVALID = (400, 40048, "invalid request: template file invalid", LINK_TEMPLATES);
+    TEMPLATE_TIMEOUT = (400, 40055, "invalid request: template execution timed out", LINK_TEMPLATES);
+    TEMPLATE_TOO_LARGE = (400, 40056, "invalid request: template too large", LINK_TEMPLATES);
     SEQUENCE_ID_INVALID = (400, 40049, "invalid request: sequence ID invalid", "https://ntfy.sh/docs/publish/#updating-deleting-notifications");
     EMAIL_ADDRESS_INVALID = (400, 40050, "invalid request: invalid e-mail address");
     UNAUTHORIZED = (401, 40101, "unauthorized", LINK_AUTH);
@@ -109,11 +120,31 @@ api_errors! {
     USER_NOT_FOUND = (400, 40031, "invalid request: user does not exist");
     USERNAME_INVALID = (400, 40046, "invalid username");
     USER_EXISTS = (409, 40901, "conflict: user already exists");
+    PROVISIONED_USER = (409, 40905, "conflict: cannot change or delete provisioned user");
+    PROVISIONED_TOKEN = (409, 40906, "conflict: cannot change or delete provisioned token");
     TOO_MANY_AUTH_FAILURES = (429, 42909, "limit reached: too many auth failures", LINK_LIMITS);
     // Too many password checks waiting (auth::gate). ntfy's generic rate-limit code,
     // not 42909: nothing failed, the same request may well succeed in a moment. The
     // text differs from 42901's so the two can be told apart (metrics, Retry-After).
     PASSWORD_CHECKS_BUSY = (429, 42901, "limit reached: too many requests, password checks busy", LINK_LIMITS);
+}
+
+impl From<crate::template::TemplateError> for ApiError {
+    fn from(e: crate::template::TemplateError) -> Self {
+        use crate::template::TemplateError as T;
+        match e {
+            // Parse and execution details help the template's author, as in ntfy.
+            T::Parse(detail) => ApiError::TEMPLATE_INVALID.with_detail(detail),
+            T::Exec(detail) => ApiError::TEMPLATE_EXECUTION_FAILED.with_detail(detail),
+            T::Disallowed => ApiError::TEMPLATE_DISALLOWED,
+            T::Timeout => ApiError::TEMPLATE_TIMEOUT,
+            T::TooLarge => ApiError::TEMPLATE_TOO_LARGE,
+            T::NotJson => ApiError::TEMPLATE_BODY_NOT_JSON,
+            T::NotFound => ApiError::TEMPLATE_FILE_NOT_FOUND,
+            T::InvalidFile => ApiError::TEMPLATE_FILE_INVALID,
+            T::ResultTooLarge => ApiError::TEMPLATE_RESULT_TOO_LARGE,
+        }
+    }
 }
 
 impl ApiError {

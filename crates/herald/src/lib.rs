@@ -29,6 +29,8 @@
 //! - [`telemetry`]: Prometheus metrics and the access log.
 //! - [`logging`]: the log's stderr writer, which counts failed writes instead of panicking.
 //! - [`otel`]: OpenTelemetry trace export (`otel` cargo feature, `otlp-endpoint`).
+//! - `template`: message templates (Go `text/template` + Sprig over a JSON body).
+//! - `upstream`: iOS upstream poll requests (`upstream-base-url`).
 //! - [`webhook`]: outgoing webhooks (Standard Webhooks, at-least-once, SSRF guard).
 //! - `datafiles`: the data directory's and the databases' permissions.
 //!
@@ -65,6 +67,8 @@ pub mod server;
 pub mod store;
 pub(crate) mod subscribe;
 pub(crate) mod telemetry;
+pub(crate) mod template;
 pub(crate) mod time;
+pub(crate) mod upstream;
 pub mod webhook;
 pub mod wire;

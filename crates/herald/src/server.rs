@@ -161,6 +161,26 @@ pub async fn run(
     metrics.register_source(&webhook_metrics);
     let grpc_metrics = crate::grpc::GrpcMetrics::default();
     metrics.register_source(&grpc_metrics);
+    // iOS upstream pokes (`upstream-base-url`): immediate messages from the publish
+    // path, scheduled ones from this node's scheduler.
+    let upstream_metrics = crate::upstream::UpstreamMetrics::default();
+    metrics.register_source(&upstream_metrics);
+    let upstream = match &config.upstream {
+        Some(up) => {
+            let upstream = crate::upstream::Upstream::start(
+                up.clone(),
+                &config.base_url,
+                upstream_metrics,
+                &tracker,
+                background.clone(),
+            )?;
+            let hook = upstream.clone();
+            herald.on_scheduled_delivery(move |m| hook.poke(m));
+            tracing::info!(upstream = %up.base_url, "iOS upstream poll requests on");
+            Some(upstream)
+        }
+        None => None,
+    };
     let metrics = Arc::new(metrics);
     let auth = match (&config.auth, &config.redis_url) {
         // Cluster mode: the users, tokens and ACL every node shares (auth-file unused).
@@ -192,10 +212,22 @@ pub async fn run(
         }
         (None, _) => crate::auth::Authorizer::disabled(),
     };
+    // `auth-users`, `auth-access`, `auth-tokens`: applied before anything is served.
+    if let (Some(p), Some(store)) = (&config.auth_provisioning, auth.store()) {
+        let (p, store) = (p.clone(), store.clone());
+        tokio::task::spawn_blocking(move || {
+            crate::auth::provision::apply(&*store, &p, crate::model::now_unix())
+        })
+        .await
+        .context("provisioning users")?
+        .context("cannot apply auth-users, auth-access, auth-tokens")?;
+        tracing::info!("provisioned users, access entries and tokens applied");
+    }
     let mut state = AppState::with_metrics(herald.clone(), metrics, metrics_listener.is_none())
         .with_auth(Arc::new(auth));
     state.webhooks = webhooks.clone();
     state.attachments = open_attachments(&config, &tracker, &background).await?;
+    state.upstream = upstream;
     if let Some(url) = &config.redis_url {
         state.limits = cluster_limits(&config, url, &state.metrics, &tracker, &background).await?;
     }

@@ -72,6 +72,32 @@ async fn blocking<T: Send + 'static>(
         .map_err(store_error)
 }
 
+/// Provisioned users and tokens belong to the configuration: `409 40905`/`40906`.
+async fn refuse_provisioned_user(store: &Arc<dyn AuthStore>, name: &str) -> Result<(), ApiError> {
+    let (store, name) = (store.clone(), name.to_string());
+    if blocking(move || crate::auth::provision::is_provisioned_user(&*store, &name)).await? {
+        return Err(ApiError::PROVISIONED_USER);
+    }
+    Ok(())
+}
+
+async fn refuse_provisioned_token(
+    store: &Arc<dyn AuthStore>,
+    user: &str,
+    selector: &crate::auth::token::TokenSelector,
+) -> Result<(), ApiError> {
+    let (store, user, selector) = (store.clone(), user.to_string(), selector.clone());
+    let provisioned = blocking(move || {
+        let found = store.find_token(&user, &selector)?;
+        crate::auth::provision::is_provisioned_token(&*store, &user, &found.digest)
+    })
+    .await?;
+    if provisioned {
+        return Err(ApiError::PROVISIONED_TOKEN);
+    }
+    Ok(())
+}
+
 async fn hash_password(password: String) -> Result<String, ApiError> {
     tokio::task::spawn_blocking(move || password::hash(&password))
         .await
@@ -226,6 +252,7 @@ pub async fn token(
                 },
                 label: body.label,
             };
+            refuse_provisioned_token(&store, &user, &selector).await?;
             let changed = blocking(move || store.change_token(&user, &selector, &change)).await?;
             Ok(json_response(
                 StatusCode::OK,
@@ -235,6 +262,7 @@ pub async fn token(
         Method::DELETE => {
             let named = token_param(req.headers(), req.uri().query());
             let selector = selector(named.as_deref(), principal)?;
+            refuse_provisioned_token(&store, &user, &selector).await?;
             blocking(move || store.remove_token(&user, &selector)).await?;
             Ok(success())
         }
@@ -356,6 +384,7 @@ pub async fn users(
                 Some(_) if method == Method::POST => Err(ApiError::USER_EXISTS),
                 Some(u) if u.role == Role::Admin => Err(ApiError::FORBIDDEN),
                 Some(_) => {
+                    refuse_provisioned_user(&store, &body.username).await?;
                     let hash = hash_password(body.password).await?;
                     blocking(move || store.set_password_hash(&body.username, &hash)).await?;
                     Ok(success())
@@ -382,6 +411,7 @@ pub async fn users(
                         .with_detail("can only remove regular users from API"))
                 }
                 Some(_) => {
+                    refuse_provisioned_user(&store, &body.username).await?;
                     blocking(move || store.remove_user(&body.username)).await?;
                     Ok(success())
                 }

@@ -139,6 +139,11 @@ pub fn config(state: &AppState) -> Response {
         "disallowed_topics": DEFAULT_DISALLOWED_TOPICS,
         "config_hash": env!("CARGO_PKG_VERSION"),
     });
+    let mut body = body;
+    let logout = &state.herald.config().auth_logout_url;
+    if !logout.is_empty() {
+        body["auth_logout_url"] = logout.clone().into();
+    }
     let mut resp = json_response(StatusCode::OK, body.to_string());
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));

@@ -16,7 +16,9 @@ pub(crate) mod account;
 pub(crate) mod actions;
 pub(crate) mod files;
 pub(crate) mod info;
+pub(crate) mod matrix;
 pub mod params;
+pub(crate) mod proxy_auth;
 pub(crate) mod publish;
 pub(crate) mod subscribe;
 pub(crate) mod webhooks;
@@ -53,6 +55,8 @@ pub struct AppState {
     pub auth: Arc<crate::auth::Authorizer>,
     /// File attachments (`attachment-cache-dir`); `None`: uploads get `40014`.
     pub attachments: Option<Arc<crate::attachment::Attachments>>,
+    /// iOS upstream pokes (`upstream-base-url`); `None`: off.
+    pub(crate) upstream: Option<Arc<crate::upstream::Upstream>>,
 }
 
 impl AppState {
@@ -72,6 +76,7 @@ impl AppState {
             webhooks: None,
             auth: Arc::new(crate::auth::Authorizer::disabled()),
             attachments: None,
+            upstream: None,
         }
     }
 
@@ -115,7 +120,10 @@ async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
     let webhook_admin = matches!(segments.as_slice(), ["v1", "webhooks", ..])
         && webhooks::presents_admin_token(&state, req.headers(), req.uri().query());
     let principal = if account::needs_authentication(&segments) && !webhook_admin {
-        match account::authenticate(&state, req.headers(), req.uri().query(), client_ip).await {
+        match account::authenticate(&state, req.headers(), req.uri().query(), client_ip)
+            .await
+            .and_then(|p| Ok(proxy_auth::apply(&state, req.headers(), peer, p)?))
+        {
             Ok(p) => p,
             Err(e) => return with_cors(error_response(&state.limits, e)),
         }
@@ -168,6 +176,8 @@ async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
             let file = file.to_string();
             files::serve(&state, req, &file).await
         }
+        (&Method::GET, ["_matrix", "push", "v1", "notify"]) => matrix::discovery(&state),
+        (&Method::POST, ["_matrix", "push", "v1", "notify"]) => matrix::notify(&state, req).await,
         (&Method::PUT | &Method::POST, [""]) => publish::publish_json(&state, req).await,
         (&Method::PUT | &Method::POST, [topic]) if topic::is_valid_name(topic) => {
             let topic = topic.to_string();

@@ -32,7 +32,20 @@ pub async fn publish(
     authorize_write(state, &req, &topic)?;
     let query = query_pairs(&req);
     let (parts, body) = req.into_parts();
-    let body = read_body(body, state.herald.config().message_size_limit).await?;
+    let mut limit = state.herald.config().message_size_limit;
+    // A templated body is JSON read up to max(limit, 32 KB), as ntfy.
+    let src = ParamSource {
+        headers: &parts.headers,
+        query: &query,
+    };
+    if src
+        .get(super::params::names::TEMPLATE)
+        .and_then(|t| crate::template::Mode::parse(&t))
+        .is_some()
+    {
+        limit = limit.max(crate::template::JSON_BODY_LIMIT);
+    }
+    let body = read_body(body, limit).await?;
     let visitor = visitor_name(&parts.extensions);
     publish_with(
         state,
@@ -90,16 +103,16 @@ pub async fn publish_json(state: &AppState, req: Request) -> Result<Response, Ap
 }
 
 /// The publish body, read up to the message size limit.
-struct BodyBytes {
-    bytes: Bytes,
+pub(super) struct BodyBytes {
+    pub(super) bytes: Bytes,
     /// False when the body reached the limit (ntfy then treats it as an attachment).
-    complete: bool,
+    pub(super) complete: bool,
     /// The unread rest of an incomplete body: streamed into an attachment, and
     /// whatever is left drained before answering.
     rest: Option<axum::body::BodyDataStream>,
 }
 
-async fn read_body(body: Body, limit: usize) -> Result<BodyBytes, ApiError> {
+pub(super) async fn read_body(body: Body, limit: usize) -> Result<BodyBytes, ApiError> {
     use http_body_util::BodyExt;
     let mut body = body;
     let mut buf = Vec::new();
@@ -141,13 +154,17 @@ async fn drain(body: &mut axum::body::BodyDataStream, limit: usize) {
 
 /// Whether the request's principal (set by the dispatcher) may publish to `topic`.
 /// A request without one is anonymous.
-fn authorize_write(state: &AppState, req: &Request, topic: &str) -> Result<(), ApiError> {
+pub(super) fn authorize_write(
+    state: &AppState,
+    req: &Request,
+    topic: &str,
+) -> Result<(), ApiError> {
     let anonymous = Principal::anonymous();
     let principal = req.extensions().get::<Principal>().unwrap_or(&anonymous);
     Ok(state.auth.authorize(principal, topic, Permission::Write)?)
 }
 
-fn single_topic(topic: &str) -> Result<String, ApiError> {
+pub(super) fn single_topic(topic: &str) -> Result<String, ApiError> {
     let mut topics = parse_topics(topic)?;
     match (topics.pop(), topics.is_empty()) {
         (Some(t), true) => Ok(t),
@@ -155,7 +172,7 @@ fn single_topic(topic: &str) -> Result<String, ApiError> {
     }
 }
 
-async fn publish_with(
+pub(super) async fn publish_with(
     state: &AppState,
     headers: &HeaderMap,
     query: &[(String, String)],
@@ -200,7 +217,7 @@ async fn publish_body(
         delay_min_secs: crate::core::rules::DELAY_MIN_SECS,
         delay_max_secs: config.message_delay_limit.as_secs() as i64,
     };
-    let params = parse_publish(&src, &limits, now)?;
+    let mut params = parse_publish(&src, &limits, now)?;
     let limit = config.message_size_limit;
 
     let attachment = params.attach.as_ref().map(|url| Attachment {
@@ -245,6 +262,24 @@ async fn publish_body(
         let bytes = &body.bytes[..body.bytes.len().min(limit)];
         let text = std::str::from_utf8(bytes).map_err(|_| ApiError::MESSAGE_NOT_UTF8)?;
         draft.text = pick_text(text, params.message);
+    } else if params.filename.is_none()
+        && let Some(mode) = params.template.take()
+    {
+        if !body.complete {
+            return Err(ApiError::JSON_TOO_LARGE);
+        }
+        let fields = crate::template::Fields {
+            title: Some(std::mem::take(&mut draft.title)),
+            message: params.message.take(),
+            priority: params.priority_template.take(),
+        };
+        let given = fields.clone();
+        let out = render_templates(state, mode, fields, body.bytes).await?;
+        draft.title = out.title.or(given.title).unwrap_or_default();
+        draft.text = out.message.or(given.message).unwrap_or_default();
+        if let Some(p) = out.priority {
+            draft.priority = super::params::parse_priority(&p)?;
+        }
     } else if params.filename.is_some()
         || !body.complete
         || std::str::from_utf8(&body.bytes).is_err()
@@ -289,8 +324,33 @@ async fn publish_body(
     if let Some(upload) = upload {
         upload.keep();
     }
+    // iOS upstream: this node accepted it, so this node pokes (a scheduled message
+    // is poked when it falls due, by the node that delivers it).
+    if let Some(upstream) = &state.upstream
+        && !params.unifiedpush
+        && !scheduled
+    {
+        upstream.poke(&m);
+    }
     tracing::debug!(topic = %m.topic, id = %m.id, scheduled, "published");
     Ok(json_response(StatusCode::OK, encode_json_line(&m).to_vec()))
+}
+
+/// The template step (`X-Template`): the JSON body through the templates, off the
+/// runtime's threads (a render is CPU work bounded by `template::TIME_LIMIT`).
+async fn render_templates(
+    state: &AppState,
+    mode: crate::template::Mode,
+    fields: crate::template::Fields,
+    body: Bytes,
+) -> Result<crate::template::Fields, ApiError> {
+    let config = state.herald.config();
+    let templates = crate::template::Templates::new(config.template_dir.clone());
+    let limit = config.message_size_limit;
+    tokio::task::spawn_blocking(move || templates.apply(&mode, fields, &body, limit))
+        .await
+        .map_err(|_| ApiError::INTERNAL)?
+        .map_err(ApiError::from)
 }
 
 /// The body's text wins over `message=` unless the body is empty (publish via GET).

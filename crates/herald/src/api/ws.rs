@@ -65,6 +65,14 @@ pub async fn subscribe(
         .cloned();
     let req = Request::from_parts(parts, body);
     let sub_req = parse_request(state, &req, topics)?;
+    if sub_req.params.poll {
+        // As ntfy: the cached messages (no `open`), then the end of the socket.
+        let history = match state.streams().backlog(&sub_req, true).await {
+            Ok(history) => history,
+            Err(e) => return Ok(backlog_error_response(e)),
+        };
+        return Ok(configure(upgrade).on_upgrade(move |socket| poll(socket, history, connection)));
+    }
     let slot = match state.streams().admit(visitor, &sub_req.topics).await {
         Ok(slot) => slot,
         Err(refusal) => return Ok(super::refusal_response(&state.limits, refusal, visitor)),
@@ -86,13 +94,49 @@ pub async fn subscribe(
         history,
         keepalive,
     };
-    Ok(upgrade
+    Ok(configure(upgrade).on_upgrade(move |socket| session.run(socket)))
+}
+
+fn configure(upgrade: WebSocketUpgrade) -> WebSocketUpgrade {
+    upgrade
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(0)
         .max_write_buffer_size(usize::MAX)
         .max_message_size(MAX_INCOMING)
         .max_frame_size(MAX_INCOMING)
-        .on_upgrade(move |socket| session.run(socket)))
+}
+
+/// `ws?poll=1`: the backlog a page at a time, then a normal close (`1000`). ntfy's
+/// handler returns after sending them, which closes the socket.
+async fn poll(
+    socket: WebSocket,
+    mut history: Backlog,
+    _connection: Option<std::sync::Arc<crate::limits::ConnectionPermit>>,
+) {
+    let (mut tx, _rx) = socket.split();
+    loop {
+        let page = match history.next_page().await {
+            Ok(Some(page)) => page,
+            Ok(None) => break,
+            // Cut short without a normal close: the client sees an incomplete answer.
+            Err(_) => return,
+        };
+        for m in page {
+            if let Some(frame) = text_frame(&SharedEvent::new(m))
+                && tx.feed(frame).await.is_err()
+            {
+                return;
+            }
+        }
+        if tx.flush().await.is_err() {
+            return;
+        }
+    }
+    let close = CloseFrame {
+        code: 1000,
+        reason: "".into(),
+    };
+    let _ = tx.send(WsMessage::Close(Some(close))).await;
 }
 
 /// The close code RFC 6455 names for a peer's broken frames (as the direct path

@@ -229,6 +229,14 @@ fn open(loc: &Location) -> anyhow::Result<Box<dyn AuthStore>> {
 }
 
 /// Runs `herald user|access|token`.
+/// Provisioned users (`auth-users`) belong to the configuration (ntfy's 40905).
+fn refuse_provisioned(store: &dyn AuthStore, name: &str) -> anyhow::Result<()> {
+    if super::provision::is_provisioned_user(store, name)? {
+        bail!("user {name} is provisioned (auth-users): change the configuration instead");
+    }
+    Ok(())
+}
+
 pub fn run(command: &str, m: &ArgMatches) -> anyhow::Result<()> {
     let loc = locate(m)?;
     let store = open(&loc)?;
@@ -275,6 +283,7 @@ fn user(
         }
         Some(("del", m)) => {
             let name = username(m);
+            refuse_provisioned(store, name)?;
             store.remove_user(name)?;
             writeln!(out, "user {name} removed")?;
         }
@@ -283,6 +292,7 @@ fn user(
             if store.user(name)?.is_none() {
                 bail!("user {name} does not exist");
             }
+            refuse_provisioned(store, name)?;
             let hash = password::hash(&read_password(true)?)?;
             store.set_password_hash(name, &hash)?;
             writeln!(out, "changed password for user {name}")?;
@@ -290,6 +300,7 @@ fn user(
         Some(("change-role", m)) => {
             let name = username(m);
             let role = parse_role(m.get_one::<String>("role").map_or("", String::as_str))?;
+            refuse_provisioned(store, name)?;
             store.set_role(name, role)?;
             writeln!(out, "changed role for user {name} to {}", role.as_str())?;
         }
@@ -539,6 +550,13 @@ fn token_cmd(store: &dyn AuthStore, m: &ArgMatches, out: &mut impl Write) -> any
             let selector = TokenSelector::parse(raw).with_context(|| {
                 format!("{raw:?} is not a token (tk_...) or a listed token prefix")
             })?;
+            let found = store.find_token(name, &selector)?;
+            if super::provision::is_provisioned_token(store, name, &found.digest)? {
+                bail!(
+                    "token {} of {name} is provisioned (auth-tokens): change the configuration instead",
+                    found.shown
+                );
+            }
             store.remove_token(name, &selector)?;
             writeln!(
                 out,

@@ -31,6 +31,8 @@ pub(crate) mod credentials;
 mod error;
 pub(crate) mod gate;
 pub(crate) mod password;
+pub mod provision;
+mod proxy;
 pub(crate) mod redis;
 mod snapshot;
 pub(crate) mod sqlite;

@@ -64,6 +64,12 @@ pub fn verify(password: &str, hash: &str) -> bool {
         .is_ok()
 }
 
+/// A bcrypt hash (`$2a$`, `$2b$`, `$2y$`): ntfy's, accepted for provisioned users
+/// (`auth-users`) so an ntfy `server.yml` carries over; herald itself makes argon2.
+pub fn is_bcrypt(hash: &str) -> bool {
+    ["$2a$", "$2b$", "$2y$"].iter().any(|p| hash.starts_with(p))
+}
+
 /// A valid hash (argon2's default cost, as [`hash`] makes) of a random password
 /// that was thrown away: verifying against it when the user does not exist makes "no
 /// such user" take as long as "wrong password". Its result is never used. A constant,
@@ -78,6 +84,9 @@ pub fn dummy_hash() -> &'static str {
 fn verify_with_memory(password: &str, hash: &str, memory: &mut Vec<Block>) -> bool {
     if password.len() > MAX_PASSWORD_LEN {
         return false;
+    }
+    if is_bcrypt(hash) {
+        return bcrypt::verify(password, hash).unwrap_or(false);
     }
     let Ok(parsed) = PasswordHash::new(hash) else {
         return false;

@@ -73,6 +73,9 @@ impl Keys {
     fn version(&self) -> String {
         self.prefix.key("auth:version")
     }
+    fn provisioned(&self) -> String {
+        self.prefix.key("auth:provisioned")
+    }
 }
 
 /// The shared Lua helpers: key names from the prefix in `ARGV[1]`.
@@ -676,6 +679,25 @@ impl AuthStore for RedisAuthStore {
                 .invoke::<i64>(conn)
         })?;
         Ok(())
+    }
+
+    fn provisioned(&self) -> Result<Vec<String>, AuthStoreError> {
+        let mut items: Vec<String> = self.inner.with_conn(|conn, keys, _| {
+            redis::cmd("SMEMBERS").arg(keys.provisioned()).query(conn)
+        })?;
+        items.sort();
+        Ok(items)
+    }
+
+    fn set_provisioned(&self, items: &[String]) -> Result<(), AuthStoreError> {
+        self.inner.with_conn(|conn, keys, _| {
+            let mut pipe = redis::pipe();
+            pipe.atomic().cmd("DEL").arg(keys.provisioned()).ignore();
+            if !items.is_empty() {
+                pipe.cmd("SADD").arg(keys.provisioned()).arg(items).ignore();
+            }
+            pipe.query::<()>(conn)
+        })
     }
 
     fn remove_expired_tokens(&self, now: i64) -> Result<usize, AuthStoreError> {

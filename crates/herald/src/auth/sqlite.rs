@@ -49,6 +49,9 @@ CREATE TABLE IF NOT EXISTS user_access (
     write INTEGER NOT NULL,
     PRIMARY KEY (user, topic)
 );
+CREATE TABLE IF NOT EXISTS provisioned (
+    item TEXT PRIMARY KEY
+);
 PRAGMA user_version = 1;
 ";
 
@@ -482,6 +485,31 @@ impl AuthStore for SqliteAuthStore {
                 params![digest.as_slice(), at, origin],
             )
             .map_err(backend)?;
+            Ok(())
+        })
+    }
+
+    fn provisioned(&self) -> Result<Vec<String>, AuthStoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT item FROM provisioned ORDER BY item")
+            .map_err(backend)?;
+        let rows = stmt
+            .query_map([], |row| row.get::<_, String>(0))
+            .map_err(backend)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+    }
+
+    fn set_provisioned(&self, items: &[String]) -> Result<(), AuthStoreError> {
+        self.write(|tx| {
+            tx.execute("DELETE FROM provisioned", []).map_err(backend)?;
+            for item in items {
+                tx.execute(
+                    "INSERT OR IGNORE INTO provisioned (item) VALUES (?1)",
+                    [item],
+                )
+                .map_err(backend)?;
+            }
             Ok(())
         })
     }

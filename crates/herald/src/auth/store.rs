@@ -178,6 +178,13 @@ pub trait AuthStore: Send + Sync + std::fmt::Debug {
     ) -> Result<(), AuthStoreError>;
     /// Deletes tokens that expired before `now`; returns how many.
     fn remove_expired_tokens(&self, now: i64) -> Result<usize, AuthStoreError>;
+
+    /// What the configuration provisioned (`auth-users`, `auth-access`,
+    /// `auth-tokens`) as item keys (`super::provision`), so a later start removes
+    /// what was dropped from it, and the CLI and API refuse to change it.
+    fn provisioned(&self) -> Result<Vec<String>, AuthStoreError>;
+    /// Replaces the provisioned items.
+    fn set_provisioned(&self, items: &[String]) -> Result<(), AuthStoreError>;
 }
 
 /// The behaviour every [`AuthStore`] shares, run against each implementation by its
@@ -221,6 +228,36 @@ pub(crate) mod contract {
         roles_passwords_and_resets(&*open("roles"));
         token_changes_uses_and_expiry(&*open("tokens"));
         own_changes_move_the_generation(&*open("generation"));
+        provisioning_follows_the_configuration(&*open("provisioning"));
+    }
+
+    /// `auth::provision::apply` on this store: created, marked, then removed when
+    /// dropped from the configuration.
+    fn provisioning_follows_the_configuration(store: &dyn AuthStore) {
+        use crate::auth::provision::{self, Provisioning};
+        let hash = "$2b$04$abcdefghijklmnopqrstuuJ5d8Xf0kP0w3dY3c1bJ0m6W2mEo5n2K";
+        let token = "tk_0123456789abcdefghijklmnopqrs";
+        let p = Provisioning::parse(
+            &format!("phil:{hash}:user"),
+            "phil:alerts:rw,everyone:up*:wo",
+            &format!("phil:{token}:ci"),
+        )
+        .unwrap();
+        provision::apply(store, &p, 1).unwrap();
+        assert!(provision::is_provisioned_user(store, "phil").unwrap());
+        let digest = token::digest(token);
+        assert!(provision::is_provisioned_token(store, "phil", &digest).unwrap());
+        assert_eq!(store.provisioned().unwrap().len(), 4);
+        // Applying again changes nothing.
+        provision::apply(store, &p, 2).unwrap();
+        assert_eq!(store.tokens("phil").unwrap().len(), 1);
+        let data = store.load().unwrap();
+        assert_eq!(data.grants.len(), 2);
+        // Dropped from the configuration: removed.
+        provision::apply(store, &Provisioning::default(), 3).unwrap();
+        assert!(store.user("phil").unwrap().is_none());
+        assert!(store.load().unwrap().grants.is_empty());
+        assert!(store.provisioned().unwrap().is_empty());
     }
 
     fn users_grants_tokens_round_trip(store: &dyn AuthStore) {

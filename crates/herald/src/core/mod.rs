@@ -119,7 +119,13 @@ pub struct Herald {
     sequencer: Sequencer,
     /// Places for history reads in progress (`history-read-limit`).
     history_reads: Arc<Semaphore>,
+    /// Told of each scheduled message this node's scheduler delivers (the iOS
+    /// upstream pokes them, `crate::upstream`).
+    scheduled_hook: std::sync::OnceLock<ScheduledHook>,
 }
+
+/// See [`Herald::on_scheduled_delivery`].
+type ScheduledHook = Box<dyn Fn(&Message) + Send + Sync>;
 
 impl std::fmt::Debug for Herald {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -145,8 +151,21 @@ impl Herald {
             draining: AtomicBool::new(false),
             sequencer: Sequencer::default(),
             history_reads: Arc::new(Semaphore::new(config.history_read_limit)),
+            scheduled_hook: std::sync::OnceLock::new(),
             config,
         })
+    }
+
+    /// Calls `hook` for every scheduled message this node delivers when it falls
+    /// due (in cluster mode each is taken by one node). Set once; it must not block.
+    pub(crate) fn on_scheduled_delivery(&self, hook: impl Fn(&Message) + Send + Sync + 'static) {
+        let _ = self.scheduled_hook.set(Box::new(hook));
+    }
+
+    fn scheduled_delivered(&self, due: &[Message]) {
+        if let Some(hook) = self.scheduled_hook.get() {
+            due.iter().for_each(hook);
+        }
     }
 
     /// The server's configuration.
@@ -442,11 +461,13 @@ impl Herald {
             match self.store.take_due(now_unix()).await {
                 Ok(due) if self.store.commit_delivers() => {
                     // Taken and put on the shared log in one step (store::redis).
+                    self.scheduled_delivered(&due);
                     if !due.is_empty() {
                         tracing::debug!(count = due.len(), "scheduled messages delivered");
                     }
                 }
                 Ok(due) => {
+                    self.scheduled_delivered(&due);
                     for message in due {
                         if let Err(e) = self.broker.publish(SharedEvent::new(message)).await {
                             tracing::error!(error = %e, "scheduler: broker publish failed");

@@ -231,6 +231,8 @@ impl Charge {
     pub fn of(method: &Method, segments: &[&str]) -> Charge {
         match (method, segments) {
             (&Method::OPTIONS, _) => Charge::Request,
+            // The Matrix push gateway publishes one message per request.
+            (&Method::POST, ["_matrix", "push", "v1", "notify"]) => Charge::Publish,
             (_, ["v1", ..]) => Charge::Free,
             (&Method::PUT | &Method::POST, [_] | [_, _]) => Charge::Publish,
             (&Method::DELETE, [_, _]) => Charge::Publish,
@@ -502,6 +504,13 @@ impl Limits {
             .iter()
             .map(HeaderValue::as_bytes);
         net::forwarded_client(values, self.rfc7239, &self.trusted).unwrap_or(peer)
+    }
+
+    /// Whether the TCP peer is one of `proxy-trusted-hosts` with `behind-proxy` on:
+    /// only such a peer's `auth-user-header` is believed.
+    pub fn peer_is_trusted_proxy(&self, peer: IpAddr) -> bool {
+        let peer = peer.to_canonical();
+        self.config.behind_proxy && self.trusted.iter().any(|n| n.contains(peer))
     }
 
     /// The visitor for a request from `ip`, authenticated as `user` if `Some`.

@@ -213,6 +213,9 @@ impl Listener {
             .state
             .auth
             .authenticate_cached(&map, Some(raw_query), client_ip)?;
+        // A refused `auth-user-header` is answered (401) by the API.
+        let principal =
+            crate::api::proxy_auth::apply(&self.state, &map, peer.ip(), principal).ok()?;
         let request = parse_parts(&self.state, &map, &query, topics, &principal).ok()?;
         if request.params.poll {
             return None;

@@ -140,6 +140,24 @@ async fn websocket_framing_and_pings() {
     ws.close().await;
 }
 
+/// `ws?poll=1` as ntfy: the cached messages (no `open`), then the socket ends.
+#[tokio::test]
+async fn websocket_poll_sends_cache_then_closes() {
+    let s = TestServer::start(&[]);
+    let first = s.publish("wsp", "one").await;
+    let second = s.publish("wsp", "two").await;
+    let mut ws = s.ws("/wsp/ws?poll=1").await;
+    assert_eq!(ws.next_json().await["id"], first["id"]);
+    assert_eq!(ws.next_json().await["id"], second["id"]);
+    match ws.next_frame().await {
+        WsMessage::Close(Some(frame)) => assert_eq!(u16::from(frame.code), 1000),
+        other => panic!("expected a normal close, got {other:?}"),
+    }
+    // A poll of an empty topic closes at once.
+    let mut empty = s.ws("/wsp-empty/ws?poll=1").await;
+    assert!(matches!(empty.next_frame().await, WsMessage::Close(_)));
+}
+
 #[tokio::test]
 async fn websocket_route_requires_upgrade() {
     let s = TestServer::start(&[]);

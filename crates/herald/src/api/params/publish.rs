@@ -68,6 +68,11 @@ pub struct PublishParams {
     pub poll_id: Option<String>,
     /// From the headers or query only; a sequence ID in the path is the caller's.
     pub sequence_id: Option<String>,
+    /// `X-Template` (ntfy's `tpl`): inline templates or a named template file.
+    pub(crate) template: Option<crate::template::Mode>,
+    /// In inline-template mode, the raw `X-Priority` (a template, parsed after
+    /// rendering); `priority` is then 0.
+    pub(crate) priority_template: Option<String>,
 }
 
 /// Bounds for scheduled delivery (ntfy's `message-delay-limit` and its minimum).
@@ -91,8 +96,8 @@ impl Default for PublishLimits {
 /// Reads and validates the publish parameters (ntfy's `parsePublishParams`), failing
 /// with the first error in ntfy's order.
 ///
-/// herald has neither SMTP, phone calls nor templates yet, so any `email`, `call` or
-/// enabled `template` parameter is rejected with ntfy's "not enabled" error. As in
+/// herald has neither SMTP nor phone calls yet, so any `email` or `call` parameter is
+/// rejected with ntfy's "not enabled" error. As in
 /// ntfy, a UnifiedPush message is not forwarded to Firebase, and a poll request is
 /// neither cached nor treated as UnifiedPush.
 pub fn parse_publish(
@@ -119,14 +124,23 @@ pub fn parse_publish(
     if src.get(names::CALL).is_some() {
         return Err(ApiError::PHONE_CALLS_DISABLED);
     }
-    if src
+    let template = src
         .get(names::TEMPLATE)
-        .is_some_and(|t| !matches!(t.to_ascii_lowercase().as_str(), "no" | "false" | "0"))
-    {
-        return Err(ApiError::TEMPLATE_NOT_ENABLED);
-    }
-    let message = src.get(names::MESSAGE).map(|m| m.replace("\\n", "\n"));
-    let priority = parse_priority(&src.get(names::PRIORITY).unwrap_or_default())?;
+        .and_then(|t| crate::template::Mode::parse(&t));
+    let inline = template == Some(crate::template::Mode::Inline);
+    // In inline-template mode the message and priority are templates: `\n` is
+    // replaced after rendering and the priority parsed then (as ntfy).
+    let message = src
+        .get(names::MESSAGE)
+        .map(|m| if inline { m } else { m.replace("\\n", "\n") });
+    let (priority, priority_template) = if inline {
+        (0, src.get(names::PRIORITY).filter(|p| !p.is_empty()))
+    } else {
+        (
+            parse_priority(&src.get(names::PRIORITY).unwrap_or_default())?,
+            None,
+        )
+    };
     let tags = split_list(src.get(names::TAGS));
     let delay = match src.get(names::DELAY) {
         None => None,
@@ -188,6 +202,8 @@ pub fn parse_publish(
         unifiedpush,
         poll_id,
         sequence_id,
+        template,
+        priority_template,
     })
 }
 
@@ -226,6 +242,8 @@ mod tests {
                 unifiedpush: false,
                 poll_id: None,
                 sequence_id: None,
+                template: None,
+                priority_template: None,
             }
         );
     }
@@ -345,22 +363,26 @@ mod tests {
                 Err(ApiError::PHONE_CALLS_DISABLED)
             );
         }
-        for alias in names::TEMPLATE {
-            assert_eq!(
-                publish(&[], &[(alias, "yes")]),
-                Err(ApiError::TEMPLATE_NOT_ENABLED)
-            );
-            assert_eq!(
-                publish(&[(&canonical(alias), "github")], &[]),
-                Err(ApiError::TEMPLATE_NOT_ENABLED)
-            );
-        }
     }
 
     #[test]
-    fn template_off_values_are_accepted() {
+    fn template_modes() {
+        use crate::template::Mode;
+        for alias in names::TEMPLATE {
+            let p = publish_ok(&[], &[(alias, "yes"), ("p", "{{.p}}"), ("m", "a\\nb")]);
+            assert_eq!(p.template, Some(Mode::Inline));
+            assert_eq!(p.priority, 0);
+            assert_eq!(p.priority_template.as_deref(), Some("{{.p}}"));
+            assert_eq!(p.message.as_deref(), Some("a\\nb"));
+            let p = publish_ok(&[(&canonical(alias), "github")], &[]);
+            assert_eq!(p.template, Some(Mode::Named("github".into())));
+        }
         for off in ["no", "false", "0", "NO"] {
-            assert!(publish(&[("X-Template", off)], &[]).is_ok(), "{off}");
+            assert_eq!(
+                publish_ok(&[("X-Template", off)], &[]).template,
+                None,
+                "{off}"
+            );
         }
     }
 
