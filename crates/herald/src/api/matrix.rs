@@ -56,8 +56,18 @@ pub(super) async fn notify(state: &AppState, req: Request) -> Result<Response, A
     let body = BodyBytes {
         bytes: body.bytes,
         complete: true,
+        rest: None,
     };
-    publish_with(state, &HeaderMap::new(), &query, body, topic, None, String::new()).await?;
+    publish_with(
+        state,
+        &HeaderMap::new(),
+        &query,
+        body,
+        topic,
+        None,
+        String::new(),
+    )
+    .await?;
     Ok(rejected(&[]))
 }
 

@@ -109,7 +109,7 @@ pub(super) struct BodyBytes {
     pub(super) complete: bool,
     /// The unread rest of an incomplete body: streamed into an attachment, and
     /// whatever is left drained before answering.
-    rest: Option<axum::body::BodyDataStream>,
+    pub(super) rest: Option<axum::body::BodyDataStream>,
 }
 
 pub(super) async fn read_body(body: Body, limit: usize) -> Result<BodyBytes, ApiError> {
@@ -274,7 +274,7 @@ async fn publish_body(
             priority: params.priority_template.take(),
         };
         let given = fields.clone();
-        let out = render_templates(state, mode, fields, body.bytes).await?;
+        let out = render_templates(state, mode, fields, std::mem::take(&mut body.bytes)).await?;
         draft.title = out.title.or(given.title).unwrap_or_default();
         draft.text = out.message.or(given.message).unwrap_or_default();
         if let Some(p) = out.priority {
