@@ -50,6 +50,7 @@ pub(crate) mod cluster;
 pub mod config;
 pub(crate) mod core;
 pub(crate) mod datafiles;
+pub(crate) mod email;
 pub mod error;
 pub mod hub;
 pub(crate) mod limits;

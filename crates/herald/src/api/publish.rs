@@ -20,6 +20,15 @@ use crate::error::ApiError;
 use crate::model::{Attachment, now_unix};
 use crate::wire::json_line as encode_json_line;
 
+/// Who is publishing, as the dispatcher charged it: the visitor an `X-Email` is
+/// charged to, and the address (or user) the mail names as its sender.
+#[derive(Debug, Clone)]
+pub(crate) struct Publisher {
+    pub visitor: crate::limits::Visitor,
+    pub client_ip: std::net::IpAddr,
+    pub user: Option<String>,
+}
+
 /// `PUT`/`POST /<topic>[/<sid>]` and `GET /<topic>/publish`.
 pub async fn publish(
     state: &AppState,
@@ -32,7 +41,17 @@ pub async fn publish(
     let query = query_pairs(&req);
     let (parts, body) = req.into_parts();
     let body = read_body(body, state.herald.config().message_size_limit).await?;
-    publish_with(state, &parts.headers, &query, body, topic, path_sequence_id).await
+    let publisher = parts.extensions.get::<Publisher>();
+    publish_with(
+        state,
+        &parts.headers,
+        &query,
+        body,
+        topic,
+        path_sequence_id,
+        publisher,
+    )
+    .await
 }
 
 /// `PUT`/`POST /` with a JSON body naming the topic (docs/COMPATIBILITY.md §2.6).
@@ -65,7 +84,8 @@ pub async fn publish_json(state: &AppState, req: Request) -> Result<Response, Ap
         complete: message.len() < state.herald.config().message_size_limit,
         bytes: Bytes::from(message),
     };
-    publish_with(state, &headers, &query, body, topic, None).await
+    let publisher = parts.extensions.get::<Publisher>();
+    publish_with(state, &headers, &query, body, topic, None, publisher).await
 }
 
 /// The publish body, read up to the message size limit.
@@ -139,6 +159,7 @@ async fn publish_with(
     body: BodyBytes,
     topic: String,
     path_sequence_id: Option<String>,
+    publisher: Option<&Publisher>,
 ) -> Result<Response, ApiError> {
     let config = state.herald.config();
     let now = now_unix();
@@ -146,8 +167,25 @@ async fn publish_with(
     let limits = PublishLimits {
         delay_min_secs: 10,
         delay_max_secs: config.message_delay_limit.as_secs() as i64,
+        email_enabled: state.herald.emails_enabled(),
     };
     let params = parse_publish(&src, &limits, now)?;
+    // ntfy's `visitor-email-limit-*`, charged once the request is known to be valid.
+    let email = match (params.email.clone(), publisher) {
+        (Some(to), Some(p)) => {
+            state.limits.admit_email(&p.visitor).await?;
+            let sender = match &p.user {
+                Some(name) => format!("user:{name}"),
+                None => p.client_ip.to_string(),
+            };
+            Some(crate::core::publish::EmailRequest { to, sender })
+        }
+        (Some(to), None) => Some(crate::core::publish::EmailRequest {
+            to,
+            sender: "unknown".into(),
+        }),
+        (None, _) => None,
+    };
     let limit = config.message_size_limit;
 
     let attachment = params.attach.as_ref().map(|url| Attachment {
@@ -170,6 +208,7 @@ async fn publish_with(
         due: params.delay,
         cache: params.cache,
         sequence_id: path_sequence_id.or(params.sequence_id),
+        email,
         ..MessageDraft::default()
     };
 

@@ -118,6 +118,8 @@ pub struct Herald {
     sequencer: Sequencer,
     /// Places for history reads in progress (`history-read-limit`).
     history_reads: Arc<Semaphore>,
+    /// Where the mails of `X-Email` publishes go (src/email); unset: no relay.
+    outbox: std::sync::OnceLock<Arc<dyn publish::MailOutbox>>,
 }
 
 impl std::fmt::Debug for Herald {
@@ -144,6 +146,7 @@ impl Herald {
             draining: AtomicBool::new(false),
             sequencer: Sequencer::default(),
             history_reads: Arc::new(Semaphore::new(config.history_read_limit)),
+            outbox: std::sync::OnceLock::new(),
             config,
         })
     }
