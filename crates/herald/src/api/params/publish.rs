@@ -249,6 +249,7 @@ mod tests {
                 unifiedpush: false,
                 poll_id: None,
                 sequence_id: None,
+                email: None,
             }
         );
     }

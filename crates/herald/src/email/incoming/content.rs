@@ -72,7 +72,7 @@ Sch=F6n\r\n--XX\r\nContent-Type: text/html\r\n\r\n<p>ignored</p>\r\n--XX--\r\n";
             })
         );
         let html = b"Subject: h\r\nContent-Type: text/html; charset=utf-8\r\n\
-Content-Transfer-Encoding: base64\r\n\r\nPHA+SGk8Yj50aGVyZTwvYj48L3A+\r\n";
+Content-Transfer-Encoding: base64\r\n\r\nPHA+SGkgPGI+dGhlcmU8L2I+PC9wPg==\r\n";
         assert_eq!(content(html, 4096).unwrap().text, "Hi there");
         let long = format!("Subject: x\r\n\r\n{}\r\n", "é".repeat(10));
         assert_eq!(content(long.as_bytes(), 5).unwrap().text, "éé");

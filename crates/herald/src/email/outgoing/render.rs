@@ -181,10 +181,13 @@ mod tests {
         );
         let raw = String::from_utf8(render(&m, &env()).unwrap()).unwrap();
         let head = raw.split("\r\n\r\n").next().unwrap();
-        assert!(
-            head.contains("From: \"ntfy.example.com/alerts\" <ntfy@example.com>"),
-            "{head}"
+        // The display name is the short topic URL (RFC 2047-encoded: it has a `/`).
+        let name = base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            "ntfy.example.com/alerts",
         );
+        let from = format!("From: =?utf-8?b?{name}?= <ntfy@example.com>");
+        assert!(head.contains(&from), "{head}");
         assert!(head.contains("To: phil@example.com"), "{head}");
         assert!(head.contains("Message-ID: <abc123@example.com>"), "{head}");
         assert!(head.contains("Auto-Submitted: auto-generated"), "{head}");
