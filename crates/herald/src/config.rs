@@ -753,6 +753,14 @@ impl RawValues {
                 Err("expected an e-mail address such as ntfy@example.com".into())
             }
         })?;
+        // Checked even while off, so that a typo shows before it matters.
+        let tls = self.parse("smtp-sender-tls", |s| s.parse())?;
+        let retry_schedule = self.parse("smtp-sender-retry-schedule", |s| {
+            if s.trim().is_empty() {
+                return Ok(Vec::new());
+            }
+            crate::webhook::parse_schedule(s)
+        })?;
         let sender = if addr.is_empty() {
             None
         } else {
@@ -768,13 +776,8 @@ impl RawValues {
                 user: self.parse("smtp-sender-user", text)?,
                 pass: self.parse_secret("smtp-sender-pass", |s| Ok(s.to_string()))?,
                 from,
-                tls: self.parse("smtp-sender-tls", |s| s.parse())?,
-                retry_schedule: self.parse("smtp-sender-retry-schedule", |s| {
-                    if s.trim().is_empty() {
-                        return Ok(Vec::new());
-                    }
-                    crate::webhook::parse_schedule(s)
-                })?,
+                tls,
+                retry_schedule,
                 queue_file: data_dir.join("mail.db"),
             })
         };
@@ -1014,6 +1017,69 @@ mod tests {
         let err = load(&matches(&["--config", file.to_str().unwrap()])).unwrap_err();
         assert!(err.to_string().contains("message-size-limit"));
         assert!(err.to_string().contains("config file"));
+    }
+
+    #[test]
+    fn email_options_from_an_ntfy_server_yml() {
+        let c = load(&matches(&[])).unwrap();
+        assert!(c.email.sender.is_none() && c.email.server.is_none());
+        assert_eq!(c.limits.email_burst, 16);
+        assert_eq!(c.limits.email_replenish, Duration::from_secs(3600));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("server.yml");
+        std::fs::write(
+            &file,
+            "base-url: https://ntfy.example.com\nsmtp-sender-addr: smtp.example.com:587\n\
+             smtp-sender-user: ntfy\nsmtp-sender-pass: s3cret-pass\n\
+             smtp-sender-from: ntfy@example.com\nsmtp-server-listen: \":2525\"\n\
+             smtp-server-domain: NTFY.example.com\nsmtp-server-addr-prefix: ntfy-\n\
+             visitor-email-limit-burst: 5\nvisitor-email-limit-replenish: 1m\n",
+        )
+        .unwrap();
+        let c = load(&matches(&["--config", file.to_str().unwrap()])).unwrap();
+        let sender = c.email.sender.clone().unwrap();
+        assert_eq!(sender.addr, "smtp.example.com:587");
+        assert_eq!(
+            (sender.user.as_str(), sender.pass.as_str()),
+            ("ntfy", "s3cret-pass")
+        );
+        assert_eq!(sender.tls, crate::email::SenderTls::Auto);
+        assert_eq!(sender.retry_schedule.len(), 8);
+        assert!(!format!("{c:?}").contains("s3cret-pass"));
+        let server = c.email.server.unwrap();
+        assert_eq!(
+            (
+                server.listen.as_str(),
+                server.domain.as_str(),
+                server.addr_prefix.as_str()
+            ),
+            (":2525", "ntfy.example.com", "ntfy-")
+        );
+        assert_eq!(c.limits.email_burst, 5);
+        assert_eq!(c.limits.email_replenish, Duration::from_secs(60));
+        // ntfy's rules: a relay needs base-url and a sender; a listener a domain.
+        for args in [
+            &["--smtp-sender-addr", "h:25", "--smtp-sender-from", "a@b.c"][..],
+            &["--smtp-sender-addr", "h:25", "--base-url", "http://x"][..],
+            &[
+                "--smtp-sender-addr",
+                "h",
+                "--smtp-sender-from",
+                "a@b.c",
+                "--base-url",
+                "http://x",
+            ],
+            &["--smtp-sender-from", "nobody"][..],
+            &["--smtp-server-listen", ":25"][..],
+            &["--smtp-sender-tls", "ssl3"][..],
+            &["--visitor-email-limit-burst", "0"][..],
+        ] {
+            let err = load(&matches(args)).unwrap_err().to_string();
+            assert!(
+                err.contains("smtp-") || err.contains("visitor-email"),
+                "{args:?}: {err}"
+            );
+        }
     }
 
     #[test]
