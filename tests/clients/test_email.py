@@ -320,6 +320,13 @@ def inbound(tmp_path):
     stop_herald(server.proc)
 
 
+def text_mail(subject: str, text: str) -> EmailMessage:
+    msg = EmailMessage()
+    msg["Subject"] = subject
+    msg.set_content(text)
+    return msg
+
+
 def send(port: int, to: str, msg) -> None:
     with smtplib.SMTP("127.0.0.1", port, timeout=10) as s:
         s.send_message(msg, from_addr="printer@office.example", to_addrs=[to])
@@ -327,10 +334,7 @@ def send(port: int, to: str, msg) -> None:
 
 def test_plain_multipart_html_and_charsets_are_published(inbound):
     server, port = inbound
-    plain = EmailMessage()
-    plain["Subject"] = "Toner low"
-    plain.set_content("Printer 3 needs toner.\nSoon.")
-    send(port, f"ntfy-office@{DOMAIN}", plain)
+    send(port, f"ntfy-office@{DOMAIN}", text_mail("Toner low", "Printer 3 needs toner.\nSoon."))
 
     multi = MIMEMultipart("alternative")
     multi["Subject"] = "Grüße aus Köln"
@@ -390,10 +394,7 @@ def test_idle_client_does_not_hold_up_others(tmp_path):
     try:
         idle = socket.create_connection(("127.0.0.1", port))
         assert idle.recv(100).startswith(b"220 ")
-        msg = EmailMessage()
-        msg["Subject"] = "still here"
-        msg.set_content("yes")
-        send(port, f"ntfy-alive@{DOMAIN}", msg)  # another session meanwhile
+        send(port, f"ntfy-alive@{DOMAIN}", text_mail("still here", "yes"))  # another session
         assert server.poll_until("alive", 1)[0]["title"] == "still here"
         idle.close()
     finally:
@@ -401,20 +402,14 @@ def test_idle_client_does_not_hold_up_others(tmp_path):
 
 
 def test_token_in_address_authorizes(tmp_path):
-    port = free_port()
+    server, port = smtp_herald(tmp_path, "--auth-default-access", "deny-all")
     data = tmp_path / "d"
-    server = start_herald(data, [
-        "--smtp-server-listen", f"127.0.0.1:{port}", "--smtp-server-domain", DOMAIN,
-        "--smtp-server-addr-prefix", "ntfy-", "--auth-default-access", "deny-all",
-    ])
     try:
         from test_auth_clients import herald_cli
         herald_cli(data, "user", "add", "printer", password="printer-secret")
         herald_cli(data, "access", "printer", "office", "wo")
         token = re.search(r"tk_[a-z0-9]{29}", herald_cli(data, "token", "add", "printer")).group(0)
-        msg = EmailMessage()
-        msg["Subject"] = "authorized"
-        msg.set_content("by token")
+        msg = text_mail("authorized", "by token")
         with smtplib.SMTP("127.0.0.1", port, timeout=10) as s:
             s.ehlo()
             s.mail("p@office.example")
@@ -442,9 +437,7 @@ def test_mail_rate_limit_per_sender(tmp_path):
     try:
         codes = []
         for i in range(3):
-            msg = EmailMessage()
-            msg["Subject"] = f"n{i}"
-            msg.set_content("x")
+            msg = text_mail(f"n{i}", "x")
             with smtplib.SMTP("127.0.0.1", port, timeout=10) as s:
                 s.ehlo()
                 s.mail("a@b.example")

@@ -147,7 +147,13 @@ impl Outbox {
     async fn run(&self, stop: CancellationToken) {
         let mut failing = false;
         loop {
-            let wait = match self.round().await {
+            // A send in progress is abandoned at shutdown: its claim lapses (or, in
+            // the embedded queue, is released when the file is opened again).
+            let round = tokio::select! {
+                () = stop.cancelled() => return,
+                r = self.round() => r,
+            };
+            let wait = match round {
                 Ok(wait) => {
                     failing = false;
                     wait
