@@ -16,12 +16,10 @@ from __future__ import annotations
 import email
 import email.policy
 import json
-import os
 import re
 import signal
 import smtplib
 import socket
-import subprocess
 import threading
 import time
 import uuid
@@ -33,7 +31,7 @@ from pathlib import Path
 import pytest
 from aiosmtpd.controller import Controller
 
-from conftest import HERALD_BIN, start_herald, stop_herald
+from conftest import start_herald, stop_herald
 
 FROM = "ntfy@herald.example"
 BASE_URL = "https://ntfy.example.com"
@@ -280,7 +278,8 @@ def test_permanent_refusal_is_given_up_and_counted(tmp_path):
 
 def test_cluster_sends_each_mail_once(tmp_path, relay):
     port, recorder = relay
-    prefix = f"herald-test-email-{uuid.uuid4().hex[:8]}:"
+    # Under .ci/run's test prefix (removed after the suite), and removed here too.
+    prefix = f"herald-test:suite:email-{uuid.uuid4().hex[:8]}:"
     cluster = ["--redis-url", "redis://127.0.0.1:6379/0", "--redis-key-prefix", prefix]
     a = start_herald(tmp_path / "a", sender_args(port, *cluster))
     b = start_herald(tmp_path / "b", sender_args(port, *cluster))
@@ -297,6 +296,17 @@ def test_cluster_sends_each_mail_once(tmp_path, relay):
     finally:
         stop_herald(a.proc)
         stop_herald(b.proc)
+        delete_redis_keys(prefix)
+
+
+def delete_redis_keys(prefix: str) -> None:
+    """Deletes the test's keys (one EVAL over RESP, no client library needed)."""
+    script = "for _, k in ipairs(redis.call('KEYS', ARGV[1])) do redis.call('DEL', k) end"
+    args = [b"EVAL", script.encode(), b"0", (prefix + "*").encode()]
+    cmd = b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
+    with socket.create_connection(("127.0.0.1", 6379), timeout=5) as r:
+        r.sendall(cmd)
+        assert r.recv(100).startswith(b"$-1"), "cleanup failed"
 
 
 # --- incoming ---------------------------------------------------------------------

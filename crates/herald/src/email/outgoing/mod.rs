@@ -52,7 +52,8 @@ const IDLE_POLL: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SenderTls {
     /// Implicit TLS on port 465, else STARTTLS when the relay offers it (ntfy's
-    /// behaviour: Go's `smtp.SendMail`).
+    /// behaviour: Go's `smtp.SendMail`), required when credentials are sent to a
+    /// relay that is not on this host.
     Auto,
     /// STARTTLS, required.
     StartTls,
@@ -298,6 +299,13 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+fn is_local(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// The relay client: rustls with the compiled-in Mozilla roots (as the webhook
 /// client), so a `FROM scratch` image needs no CA bundle.
 fn transport(config: &SenderConfig) -> Result<AsyncSmtpTransport<Tokio1Executor>, SetupError> {
@@ -316,6 +324,8 @@ fn transport(config: &SenderConfig) -> Result<AsyncSmtpTransport<Tokio1Executor>
     };
     let tls = match config.tls {
         SenderTls::Auto if port == 465 => Tls::Wrapper(params()?),
+        // As ntfy: credentials go only over TLS, unless the relay is this host.
+        SenderTls::Auto if !config.user.is_empty() && !is_local(&host) => Tls::Required(params()?),
         SenderTls::Auto => Tls::Opportunistic(params()?),
         SenderTls::StartTls => Tls::Required(params()?),
         SenderTls::Tls => Tls::Wrapper(params()?),
