@@ -37,7 +37,7 @@ use crate::limits::{Charge, Limits};
 use address::{AddressError, Recipient, parse_recipient};
 
 /// Sessions at once; more are answered `421` and closed.
-const MAX_CONNECTIONS: usize = 100;
+const MAX_CONNECTIONS: usize = 50;
 /// Longest command line (RFC 5321 §4.5.3.1.4 says 512; extensions make it longer).
 const MAX_LINE: usize = 2048;
 /// Longest mail (`SIZE`), headers and attachments included.
