@@ -182,21 +182,21 @@ impl Outbox {
     async fn round(&self) -> Result<Duration, queue::QueueError> {
         let now = now_ms();
         let mails = self.queue.claim(now, LEASE, &self.owner, BATCH).await?;
-        let claimed = mails.len();
+        let full_batch = mails.len() == BATCH;
         for mail in mails {
             self.attempt(mail).await?;
         }
         self.metrics.set_queued(self.queue.len().await?);
-        if claimed == BATCH {
+        if full_batch {
             return Ok(Duration::ZERO);
         }
         let wait = match self.queue.next_due().await? {
             Some(due) => Duration::from_millis(u64::try_from(due - now_ms()).unwrap_or(0)),
             None => IDLE_POLL,
         };
-        Ok(wait
-            .min(IDLE_POLL)
-            .max(Duration::from_millis(if claimed > 0 { 0 } else { 10 })))
+        // Never a busy loop: a mail due now but claimed elsewhere is looked at again
+        // shortly.
+        Ok(wait.clamp(Duration::from_millis(10), IDLE_POLL))
     }
 
     async fn attempt(&self, mail: QueuedMail) -> Result<(), queue::QueueError> {
