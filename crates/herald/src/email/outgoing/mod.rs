@@ -42,8 +42,8 @@ use queue::{MailQueue, QueuedMail};
 const LEASE: Duration = Duration::from_secs(300);
 /// Each SMTP command must be answered within this time.
 const SMTP_TIMEOUT: Duration = Duration::from_secs(30);
-/// Mails claimed at once.
-const BATCH: usize = 16;
+/// Mails claimed (and sent in parallel, one connection each) at once.
+const BATCH: usize = 8;
 /// Longest the sender sleeps without looking at the queue (other nodes push to a
 /// shared queue without waking this one).
 const IDLE_POLL: Duration = Duration::from_secs(2);
@@ -183,9 +183,9 @@ impl Outbox {
         let now = now_ms();
         let mails = self.queue.claim(now, LEASE, &self.owner, BATCH).await?;
         let full_batch = mails.len() == BATCH;
-        for mail in mails {
-            self.attempt(mail).await?;
-        }
+        // A batch goes out over parallel connections (a relay takes several at once).
+        let attempts = futures_util::future::join_all(mails.into_iter().map(|m| self.attempt(m)));
+        attempts.await.into_iter().collect::<Result<(), _>>()?;
         self.metrics.set_queued(self.queue.len().await?);
         if full_batch {
             return Ok(Duration::ZERO);

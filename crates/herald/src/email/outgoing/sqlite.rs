@@ -11,9 +11,24 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::queue::{MailQueue, QueueError, QueuedMail, queue_error};
 
-/// The queue in one SQLite file.
+/// The queue in one SQLite file, over two connections: pushes commit with
+/// `synchronous=FULL` (an accepted mail survives power loss); the sender's claims and
+/// settlements with `NORMAL` (no fsync per mail: after a power loss a mail may be
+/// sent again, never lost), so the sender does not hold up publishes.
 pub struct SqliteMailQueue {
-    conn: Arc<Mutex<Connection>>,
+    push: Arc<Mutex<Connection>>,
+    work: Arc<Mutex<Connection>>,
+}
+
+fn connect(path: &Path, sync: &str) -> Result<Connection, QueueError> {
+    let conn = Connection::open(path).map_err(queue_error)?;
+    conn.busy_timeout(Duration::from_secs(5))
+        .map_err(queue_error)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(queue_error)?;
+    conn.pragma_update(None, "synchronous", sync)
+        .map_err(queue_error)?;
+    Ok(conn)
 }
 
 impl SqliteMailQueue {
@@ -21,13 +36,7 @@ impl SqliteMailQueue {
     /// process are released: only this process uses the file.
     pub fn open(path: &Path) -> Result<SqliteMailQueue, QueueError> {
         crate::datafiles::prepare_database(path).map_err(queue_error)?;
-        let conn = Connection::open(path).map_err(queue_error)?;
-        conn.busy_timeout(Duration::from_secs(5))
-            .map_err(queue_error)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(queue_error)?;
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(queue_error)?;
+        let conn = connect(path, "FULL")?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS mail (
                 id TEXT PRIMARY KEY,
@@ -43,15 +52,16 @@ impl SqliteMailQueue {
         )
         .map_err(queue_error)?;
         Ok(SqliteMailQueue {
-            conn: Arc::new(Mutex::new(conn)),
+            push: Arc::new(Mutex::new(conn)),
+            work: Arc::new(Mutex::new(connect(path, "NORMAL")?)),
         })
     }
 
     async fn with_conn<T: Send + 'static>(
-        &self,
+        conn: &Arc<Mutex<Connection>>,
         f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, QueueError> {
-        let conn = self.conn.clone();
+        let conn = conn.clone();
         tokio::task::spawn_blocking(move || {
             let mut conn = conn.lock().unwrap_or_else(PoisonError::into_inner);
             f(&mut conn)
@@ -66,7 +76,7 @@ impl SqliteMailQueue {
 impl MailQueue for SqliteMailQueue {
     async fn push(&self, mail: &QueuedMail, due_ms: i64) -> Result<(), QueueError> {
         let mail = mail.clone();
-        self.with_conn(move |c| {
+        Self::with_conn(&self.push, move |c| {
             c.execute(
                 "INSERT OR IGNORE INTO mail (id, recipient, body, attempts, due_ms, created_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -94,7 +104,7 @@ impl MailQueue for SqliteMailQueue {
         let until = now_ms.saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
         let owner = owner.to_string();
         let max = i64::try_from(max).unwrap_or(i64::MAX);
-        self.with_conn(move |c| {
+        Self::with_conn(&self.work, move |c| {
             let tx = c.transaction()?;
             let mails = {
                 let mut select = tx.prepare(
@@ -127,7 +137,7 @@ impl MailQueue for SqliteMailQueue {
 
     async fn settle(&self, id: &str, owner: &str, retry_at: Option<i64>) -> Result<(), QueueError> {
         let (id, owner) = (id.to_string(), owner.to_string());
-        self.with_conn(move |c| {
+        Self::with_conn(&self.work, move |c| {
             match retry_at {
                 None => c.execute("DELETE FROM mail WHERE id = ?1", params![id])?,
                 Some(due) => c.execute(
@@ -142,7 +152,7 @@ impl MailQueue for SqliteMailQueue {
     }
 
     async fn next_due(&self) -> Result<Option<i64>, QueueError> {
-        self.with_conn(|c| {
+        Self::with_conn(&self.work, |c| {
             c.query_row("SELECT MIN(due_ms) FROM mail", [], |r| {
                 r.get::<_, Option<i64>>(0)
             })
@@ -153,9 +163,11 @@ impl MailQueue for SqliteMailQueue {
     }
 
     async fn len(&self) -> Result<u64, QueueError> {
-        self.with_conn(|c| c.query_row("SELECT COUNT(*) FROM mail", [], |r| r.get::<_, i64>(0)))
-            .await
-            .map(|n| u64::try_from(n).unwrap_or(0))
+        Self::with_conn(&self.work, |c| {
+            c.query_row("SELECT COUNT(*) FROM mail", [], |r| r.get::<_, i64>(0))
+        })
+        .await
+        .map(|n| u64::try_from(n).unwrap_or(0))
     }
 }
 
