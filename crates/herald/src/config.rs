@@ -33,6 +33,7 @@ const SECRET_OPTIONS: &[&str] = &[
     "auth-tokens",
     // An `s3://` attachment-cache-dir carries the bucket's secret key.
     "attachment-cache-dir",
+    "smtp-sender-pass",
 ];
 
 /// Every option `herald serve` takes. `--help` is generated from this table.
@@ -283,6 +284,62 @@ const OPTIONS: &[OptionSpec] = &[
         default: "",
         help: "Secret (at least 16 characters) whose bearer (`Authorization: Bearer <it>`) is a webhook admin in every mode: may register topic patterns, replay, and list and manage every webhook; empty: only admin users are. Prefer the environment or the config file to a flag (visible in `ps`)",
     },
+    // E-mail (docs/EMAIL.md): ntfy's names.
+    OptionSpec {
+        key: "smtp-sender-addr",
+        default: "",
+        help: "SMTP relay for e-mail notifications (`X-Email`), `host:port`, e.g. `smtp.example.com:587`; empty: e-mail notifications off (40001). Needs `base-url` and `smtp-sender-from`",
+    },
+    OptionSpec {
+        key: "smtp-sender-user",
+        default: "",
+        help: "User name at the SMTP relay; empty: no authentication",
+    },
+    OptionSpec {
+        key: "smtp-sender-pass",
+        default: "",
+        help: "Password at the SMTP relay. Prefer the environment or the config file to a flag (visible in `ps`)",
+    },
+    OptionSpec {
+        key: "smtp-sender-from",
+        default: "",
+        help: "Sender address of e-mail notifications, e.g. `ntfy@example.com`",
+    },
+    OptionSpec {
+        key: "smtp-sender-tls",
+        default: "auto",
+        help: "How the relay connection is secured: `auto` (implicit TLS on port 465, else STARTTLS when offered), `starttls` (required), `tls` (implicit TLS), `none`",
+    },
+    OptionSpec {
+        key: "smtp-sender-retry-schedule",
+        default: crate::email::DEFAULT_RETRY_SCHEDULE,
+        help: "Delays before each retry of a mail the relay did not take, comma-separated (±20 % jitter); after the last one the mail is given up",
+    },
+    OptionSpec {
+        key: "smtp-server-listen",
+        default: "",
+        help: "Accept e-mail publishing on this address, e.g. `:25`; empty: off. Needs `smtp-server-domain`",
+    },
+    OptionSpec {
+        key: "smtp-server-domain",
+        default: "",
+        help: "Domain of e-mail publishing addresses, e.g. `ntfy.example.com`",
+    },
+    OptionSpec {
+        key: "smtp-server-addr-prefix",
+        default: "",
+        help: "Prefix of e-mail publishing addresses before the topic, e.g. `ntfy-` (`ntfy-alerts@ntfy.example.com`)",
+    },
+    OptionSpec {
+        key: "visitor-email-limit-burst",
+        default: "16",
+        help: "E-mail notifications a visitor may send at once",
+    },
+    OptionSpec {
+        key: "visitor-email-limit-replenish",
+        default: "1h",
+        help: "A visitor may send one more e-mail notification per this interval",
+    },
     OptionSpec {
         key: "auth-file",
         default: "",
@@ -458,6 +515,8 @@ pub struct Config {
     pub limits: crate::limits::LimitsConfig,
     /// Outgoing webhooks (`webhook-*` keys).
     pub webhooks: crate::webhook::WebhookConfig,
+    /// E-mail both ways (`smtp-sender-*`, `smtp-server-*`).
+    pub email: crate::email::EmailConfig,
     /// Access control (`auth-file`, `auth-default-access`); `None`: off, everyone
     /// may read and write every topic (as ntfy without an auth file).
     pub auth: Option<crate::auth::AuthSettings>,
@@ -706,6 +765,7 @@ impl RawValues {
             limits: self.limits()?,
             attachments: self.attachment_config()?,
             webhooks: self.webhook_config(&data_dir)?,
+            email: self.email_config(&data_dir)?,
             auth: self.auth_settings(&data_dir)?,
             template_dir: self.parse("template-dir", |s| {
                 Ok((!s.is_empty()).then(|| PathBuf::from(s)))
@@ -748,6 +808,8 @@ impl RawValues {
                 .parse("visitor-topic-creation-limit-burst", u32_at_least(0))?,
             topic_creation_replenish: self
                 .parse("visitor-topic-creation-limit-replenish", positive_duration)?,
+            email_burst: self.parse("visitor-email-limit-burst", u32_at_least(1))?,
+            email_replenish: self.parse("visitor-email-limit-replenish", positive_duration)?,
             prefix_bits_ipv4: self.parse("visitor-prefix-bits-ipv4", bits(32))?,
             prefix_bits_ipv6: self.parse("visitor-prefix-bits-ipv6", bits(128))?,
             visitor_table_size: self.parse("visitor-table-size", |s| match count(s)? {
@@ -812,6 +874,86 @@ impl RawValues {
             });
         }
         Ok(config)
+    }
+
+    /// An error for `key` that is about its relation to other options.
+    fn invalid(&self, key: &'static str, reason: &str) -> ConfigError {
+        let (value, origin) = self.get(key);
+        ConfigError::Invalid {
+            key,
+            value: value.to_string(),
+            origin: origin.clone(),
+            reason: reason.to_string(),
+        }
+    }
+
+    fn email_config(&self, data_dir: &Path) -> Result<crate::email::EmailConfig, ConfigError> {
+        use crate::email::{EmailConfig, SenderConfig, ServerConfig};
+        let text = |s: &str| Ok::<_, String>(s.trim().to_string());
+        let addr = self.parse("smtp-sender-addr", |s| {
+            let s = s.trim();
+            if !s.is_empty() {
+                crate::email::outgoing::parse_relay(s)?;
+            }
+            Ok(s.to_string())
+        })?;
+        let from = self.parse("smtp-sender-from", |s| {
+            let s = s.trim();
+            if s.is_empty() || crate::email::is_valid_address(s) {
+                Ok(s.to_string())
+            } else {
+                Err("expected an e-mail address such as ntfy@example.com".into())
+            }
+        })?;
+        // Checked even while off, so that a typo shows before it matters.
+        let tls = self.parse("smtp-sender-tls", |s| s.parse())?;
+        let retry_schedule = self.parse("smtp-sender-retry-schedule", |s| {
+            if s.trim().is_empty() {
+                return Ok(Vec::new());
+            }
+            crate::webhook::parse_schedule(s)
+        })?;
+        let sender = if addr.is_empty() {
+            None
+        } else {
+            // As ntfy: mails link to the topic, so the public URL must be known.
+            if from.is_empty() || self.get("base-url").0.trim().is_empty() {
+                return Err(self.invalid(
+                    "smtp-sender-addr",
+                    "`base-url` and `smtp-sender-from` must be set too",
+                ));
+            }
+            Some(SenderConfig {
+                addr,
+                user: self.parse("smtp-sender-user", text)?,
+                pass: self.parse_secret("smtp-sender-pass", |s| Ok(s.to_string()))?,
+                from,
+                tls,
+                retry_schedule,
+                queue_file: data_dir.join("mail.db"),
+            })
+        };
+        let listen = self.parse("smtp-server-listen", text)?;
+        let domain = self.parse("smtp-server-domain", |s| {
+            let s = s.trim().trim_end_matches('.').to_ascii_lowercase();
+            if s.contains(|c: char| c.is_whitespace() || c == '@') {
+                return Err("expected a domain such as ntfy.example.com".into());
+            }
+            Ok(s)
+        })?;
+        let addr_prefix = self.parse("smtp-server-addr-prefix", text)?;
+        let server = if listen.is_empty() {
+            None
+        } else if domain.is_empty() {
+            return Err(self.invalid("smtp-server-listen", "`smtp-server-domain` must be set too"));
+        } else {
+            Some(ServerConfig {
+                listen,
+                domain,
+                addr_prefix,
+            })
+        };
+        Ok(EmailConfig { sender, server })
     }
 
     fn webhook_config(
@@ -1125,6 +1267,69 @@ mod tests {
         let err = load(&matches(&["--config", file.to_str().unwrap()])).unwrap_err();
         assert!(err.to_string().contains("message-size-limit"));
         assert!(err.to_string().contains("config file"));
+    }
+
+    #[test]
+    fn email_options_from_an_ntfy_server_yml() {
+        let c = load(&matches(&[])).unwrap();
+        assert!(c.email.sender.is_none() && c.email.server.is_none());
+        assert_eq!(c.limits.email_burst, 16);
+        assert_eq!(c.limits.email_replenish, Duration::from_secs(3600));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("server.yml");
+        std::fs::write(
+            &file,
+            "base-url: https://ntfy.example.com\nsmtp-sender-addr: smtp.example.com:587\n\
+             smtp-sender-user: ntfy\nsmtp-sender-pass: s3cret-pass\n\
+             smtp-sender-from: ntfy@example.com\nsmtp-server-listen: \":2525\"\n\
+             smtp-server-domain: NTFY.example.com\nsmtp-server-addr-prefix: ntfy-\n\
+             visitor-email-limit-burst: 5\nvisitor-email-limit-replenish: 1m\n",
+        )
+        .unwrap();
+        let c = load(&matches(&["--config", file.to_str().unwrap()])).unwrap();
+        let sender = c.email.sender.clone().unwrap();
+        assert_eq!(sender.addr, "smtp.example.com:587");
+        assert_eq!(
+            (sender.user.as_str(), sender.pass.as_str()),
+            ("ntfy", "s3cret-pass")
+        );
+        assert_eq!(sender.tls, crate::email::SenderTls::Auto);
+        assert_eq!(sender.retry_schedule.len(), 8);
+        assert!(!format!("{c:?}").contains("s3cret-pass"));
+        let server = c.email.server.unwrap();
+        assert_eq!(
+            (
+                server.listen.as_str(),
+                server.domain.as_str(),
+                server.addr_prefix.as_str()
+            ),
+            (":2525", "ntfy.example.com", "ntfy-")
+        );
+        assert_eq!(c.limits.email_burst, 5);
+        assert_eq!(c.limits.email_replenish, Duration::from_secs(60));
+        // ntfy's rules: a relay needs base-url and a sender; a listener a domain.
+        for args in [
+            &["--smtp-sender-addr", "h:25", "--smtp-sender-from", "a@b.c"][..],
+            &["--smtp-sender-addr", "h:25", "--base-url", "http://x"][..],
+            &[
+                "--smtp-sender-addr",
+                "h",
+                "--smtp-sender-from",
+                "a@b.c",
+                "--base-url",
+                "http://x",
+            ],
+            &["--smtp-sender-from", "nobody"][..],
+            &["--smtp-server-listen", ":25"][..],
+            &["--smtp-sender-tls", "ssl3"][..],
+            &["--visitor-email-limit-burst", "0"][..],
+        ] {
+            let err = load(&matches(args)).unwrap_err().to_string();
+            assert!(
+                err.contains("smtp-") || err.contains("visitor-email"),
+                "{args:?}: {err}"
+            );
+        }
     }
 
     #[test]

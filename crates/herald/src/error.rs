@@ -95,6 +95,7 @@ api_errors! {
     ENTITY_TOO_LARGE = (413, 41301, "attachment too large, or bandwidth limit reached", LINK_LIMITS);
     JSON_TOO_LARGE = (413, 41303, "JSON body too large", LINK_JSON);
     TOO_MANY_REQUESTS = (429, 42901, "limit reached: too many requests", LINK_LIMITS);
+    TOO_MANY_EMAILS = (429, 42902, "limit reached: too many emails", LINK_LIMITS);
     TOO_MANY_SUBSCRIPTIONS = (429, 42903, "limit reached: too many active subscriptions", LINK_LIMITS);
     TOO_MANY_TOPICS = (429, 42904, "limit reached: the total number of topics on the server has been reached, please contact the admin", LINK_LIMITS);
     TOO_MANY_MESSAGES = (429, 42908, "limit reached: daily message quota reached", LINK_LIMITS);
@@ -234,6 +235,7 @@ impl From<crate::limits::Limit> for ApiError {
             Limit::HeaderTimeout => ApiError::BODY_TIMEOUT,
             Limit::BodySize => ApiError::JSON_TOO_LARGE,
             Limit::PasswordChecks => ApiError::PASSWORD_CHECKS_BUSY,
+            Limit::Emails => ApiError::TOO_MANY_EMAILS,
         }
     }
 }
@@ -308,6 +310,8 @@ impl From<crate::core::PublishError> for ApiError {
             // The core logged it: the event may be stored, but it was not delivered.
             PublishError::Broker(_) => ApiError::UNAVAILABLE,
             PublishError::Aborted => ApiError::INTERNAL,
+            PublishError::EmailDisabled => ApiError::EMAIL_DISABLED,
+            PublishError::DelayedEmail => ApiError::DELAY_NO_EMAIL,
         }
     }
 }
@@ -367,6 +371,7 @@ mod tests {
         let code = |limit: Limit| ApiError::from(Refusal::from(limit)).code;
         assert_eq!(code(Limit::Requests), 42901);
         assert_eq!(code(Limit::Subscriptions), 42903);
+        assert_eq!(code(Limit::Emails), 42902);
         assert_eq!(code(Limit::GlobalTopics), 42904);
         assert_eq!(code(Limit::Messages), 42908);
         assert_eq!(code(Limit::TopicCreation), 42911);

@@ -55,6 +55,7 @@ pub(crate) mod cluster;
 pub mod config;
 pub(crate) mod core;
 pub(crate) mod datafiles;
+pub(crate) mod email;
 pub mod error;
 pub mod grpc;
 pub mod hub;

@@ -157,6 +157,32 @@ pub async fn run(
         Some(webhooks)
     };
 
+    // E-mail (src/email): the outbox sends `X-Email` mail from its durable queue.
+    let email_metrics = crate::email::outgoing::EmailMetrics::default();
+    if let Some(sender) = &config.email.sender {
+        let queue: Arc<dyn crate::email::outgoing::queue::MailQueue> = match &config.redis_url {
+            Some(url) => Arc::new(crate::email::outgoing::redis::RedisMailQueue::new(
+                url,
+                &config.redis_key_prefix,
+            )?),
+            None => Arc::new(
+                crate::email::outgoing::sqlite::SqliteMailQueue::open(&sender.queue_file)
+                    .with_context(|| {
+                        format!("cannot open mail queue {}", sender.queue_file.display())
+                    })?,
+            ),
+        };
+        let outbox = crate::email::Outbox::new(
+            sender.clone(),
+            &config.base_url,
+            queue,
+            email_metrics.clone(),
+        )?;
+        outbox.start(&tracker, background.clone());
+        herald.set_outbox(outbox);
+        tracing::info!(relay = %sender.addr, "e-mail notifications on");
+    }
+
     let mut metrics = Metrics::new(&herald, &store_metrics);
     metrics.register_source(&webhook_metrics);
     let grpc_metrics = crate::grpc::GrpcMetrics::default();
@@ -181,6 +207,7 @@ pub async fn run(
         }
         None => None,
     };
+    metrics.register_source(&email_metrics);
     let metrics = Arc::new(metrics);
     let auth = match (&config.auth, &config.redis_url) {
         // Cluster mode: the users, tokens and ACL every node shares (auth-file unused).
@@ -230,6 +257,25 @@ pub async fn run(
     state.upstream = upstream;
     if let Some(url) = &config.redis_url {
         state.limits = cluster_limits(&config, url, &state.metrics, &tracker, &background).await?;
+    }
+    if let Some(smtp) = &config.email.server {
+        let listener = crate::email::incoming::bind(&smtp.listen)
+            .await
+            .with_context(|| format!("cannot listen for SMTP on {}", smtp.listen))?;
+        let addr = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let deps = Arc::new(crate::email::incoming::Deps {
+            config: smtp.clone(),
+            herald: herald.clone(),
+            auth: state.auth.clone(),
+            limits: state.limits.clone(),
+            metrics: email_metrics.clone(),
+        });
+        crate::email::incoming::start(listener, deps, &tracker, background.clone());
+        // Tests and scripts wait for this line to learn the bound port.
+        tracing::info!(domain = %smtp.domain, "smtp listening on {addr}");
     }
     // The metrics listener runs until the very end, so a drain can be watched.
     let metrics_stop = CancellationToken::new();

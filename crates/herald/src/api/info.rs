@@ -76,7 +76,8 @@ pub fn account_body(state: &AppState, visitor: &crate::limits::Visitor) -> serde
             "basis": "ip",
             "messages": daily_messages,
             "messages_expiry_duration": config.cache_duration.as_secs(),
-            "emails": 0,
+            // The e-mail bucket's burst (ntfy reports its e-mail limit here).
+            "emails": if state.herald.emails_enabled() { config.limits.email_burst } else { 0 },
             "calls": 0,
             "reservations": 0,
             "attachment_total_size": 0,
@@ -130,7 +131,7 @@ pub fn config(state: &AppState) -> Response {
         "enable_signup": false,
         "enable_payments": false,
         "enable_calls": false,
-        "enable_emails": false,
+        "enable_emails": state.herald.emails_enabled(),
         "enable_reset_password": false,
         "enable_reservations": false,
         "enable_web_push": false,

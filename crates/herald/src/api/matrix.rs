@@ -65,7 +65,7 @@ pub(super) async fn notify(state: &AppState, req: Request) -> Result<Response, A
         body,
         topic,
         None,
-        String::new(),
+        req.extensions().get::<super::publish::Publisher>(),
     )
     .await?;
     Ok(rejected(&[]))

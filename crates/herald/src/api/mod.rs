@@ -133,8 +133,12 @@ async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
     let mut req = req;
     req.extensions_mut().insert(principal.clone());
     let visitor = state.limits.visitor(client_ip, principal.user_name());
-    // Attachment uploads are charged to the visitor (api::publish).
-    req.extensions_mut().insert(visitor.clone());
+    // Publishes charge an `X-Email` and attachment uploads to this visitor (api::publish).
+    req.extensions_mut().insert(publish::Publisher {
+        visitor: visitor.clone(),
+        client_ip,
+        user: principal.user_name().map(str::to_string),
+    });
     let charge = Charge::of(&method, &segments);
     // Like ntfy's `limitRequests` middleware: charged before the request is parsed.
     // In cluster mode the charge is one round trip to the shared limits.
@@ -307,6 +311,8 @@ fn http_limit(error: &ApiError) -> Option<limits::Limit> {
         Some(limits::Limit::BodySize)
     } else if error.code == ApiError::TOO_MANY_TOPICS.code {
         Some(limits::Limit::GlobalTopics)
+    } else if error.code == ApiError::TOO_MANY_EMAILS.code {
+        Some(limits::Limit::Emails)
     } else {
         None
     }

@@ -21,6 +21,15 @@ use crate::error::ApiError;
 use crate::model::{Attachment, now_unix};
 use crate::wire::json_line as encode_json_line;
 
+/// Who is publishing, as the dispatcher charged it: the visitor an `X-Email` is
+/// charged to, and the address (or user) the mail names as its sender.
+#[derive(Debug, Clone)]
+pub(crate) struct Publisher {
+    pub visitor: crate::limits::Visitor,
+    pub client_ip: std::net::IpAddr,
+    pub user: Option<String>,
+}
+
 /// `PUT`/`POST /<topic>[/<sid>]` and `GET /<topic>/publish`.
 pub async fn publish(
     state: &AppState,
@@ -46,7 +55,7 @@ pub async fn publish(
         limit = limit.max(crate::template::JSON_BODY_LIMIT);
     }
     let body = read_body(body, limit).await?;
-    let visitor = visitor_name(&parts.extensions);
+    let publisher = parts.extensions.get::<Publisher>();
     publish_with(
         state,
         &parts.headers,
@@ -54,17 +63,9 @@ pub async fn publish(
         body,
         topic,
         path_sequence_id,
-        visitor,
+        publisher,
     )
     .await
-}
-
-/// Who an attachment upload is charged to (set by the dispatcher).
-fn visitor_name(extensions: &axum::http::Extensions) -> String {
-    extensions
-        .get::<crate::limits::Visitor>()
-        .map(|v| crate::limits::shared::visitor_name(&v.key))
-        .unwrap_or_default()
 }
 
 /// `PUT`/`POST /` with a JSON body naming the topic (docs/COMPATIBILITY.md §2.6).
@@ -98,8 +99,8 @@ pub async fn publish_json(state: &AppState, req: Request) -> Result<Response, Ap
         bytes: Bytes::from(message),
         rest: None,
     };
-    let visitor = visitor_name(&parts.extensions);
-    publish_with(state, &headers, &query, body, topic, None, visitor).await
+    let publisher = parts.extensions.get::<Publisher>();
+    publish_with(state, &headers, &query, body, topic, None, publisher).await
 }
 
 /// The publish body, read up to the message size limit.
@@ -179,7 +180,7 @@ pub(super) async fn publish_with(
     mut body: BodyBytes,
     topic: String,
     path_sequence_id: Option<String>,
-    visitor: String,
+    publisher: Option<&Publisher>,
 ) -> Result<Response, ApiError> {
     let result = publish_body(
         state,
@@ -188,7 +189,7 @@ pub(super) async fn publish_with(
         &mut body,
         topic,
         path_sequence_id,
-        visitor,
+        publisher,
     )
     .await;
     if let Some(mut rest) = body.rest.take() {
@@ -208,7 +209,7 @@ async fn publish_body(
     body: &mut BodyBytes,
     topic: String,
     path_sequence_id: Option<String>,
-    visitor: String,
+    publisher: Option<&Publisher>,
 ) -> Result<Response, ApiError> {
     let config = state.herald.config();
     let now = now_unix();
@@ -216,8 +217,25 @@ async fn publish_body(
     let limits = PublishLimits {
         delay_min_secs: crate::core::rules::DELAY_MIN_SECS,
         delay_max_secs: config.message_delay_limit.as_secs() as i64,
+        email_enabled: state.herald.emails_enabled(),
     };
     let mut params = parse_publish(&src, &limits, now)?;
+    // ntfy's `visitor-email-limit-*`, charged once the request is known to be valid.
+    let email = match (params.email.clone(), publisher) {
+        (Some(to), Some(p)) => {
+            state.limits.admit_email(&p.visitor).await?;
+            let sender = match &p.user {
+                Some(name) => format!("user:{name}"),
+                None => p.client_ip.to_string(),
+            };
+            Some(crate::core::publish::EmailRequest { to, sender })
+        }
+        (Some(to), None) => Some(crate::core::publish::EmailRequest {
+            to,
+            sender: "unknown".into(),
+        }),
+        (None, _) => None,
+    };
     let limit = config.message_size_limit;
 
     let attachment = params.attach.as_ref().map(|url| Attachment {
@@ -240,6 +258,7 @@ async fn publish_body(
         due: params.delay,
         cache: params.cache,
         sequence_id: path_sequence_id.or(params.sequence_id),
+        email,
         ..MessageDraft::default()
     };
 
@@ -290,7 +309,10 @@ async fn publish_body(
         let delivery = draft.due.unwrap_or(now);
         let cache_secs = config.cache_duration.as_secs() as i64;
         let request = crate::attachment::UploadRequest {
-            visitor,
+            // Who the upload is charged to (set by the dispatcher).
+            visitor: publisher
+                .map(|p| crate::limits::shared::visitor_name(&p.visitor.key))
+                .unwrap_or_default(),
             name: params.filename,
             content_length: headers
                 .get(axum::http::header::CONTENT_LENGTH)

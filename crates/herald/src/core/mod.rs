@@ -122,6 +122,8 @@ pub struct Herald {
     /// Told of each scheduled message this node's scheduler delivers (the iOS
     /// upstream pokes them, `crate::upstream`).
     scheduled_hook: std::sync::OnceLock<ScheduledHook>,
+    /// Where the mails of `X-Email` publishes go (src/email); unset: no relay.
+    outbox: std::sync::OnceLock<Arc<dyn publish::MailOutbox>>,
 }
 
 /// See [`Herald::on_scheduled_delivery`].
@@ -152,6 +154,7 @@ impl Herald {
             sequencer: Sequencer::default(),
             history_reads: Arc::new(Semaphore::new(config.history_read_limit)),
             scheduled_hook: std::sync::OnceLock::new(),
+            outbox: std::sync::OnceLock::new(),
             config,
         })
     }

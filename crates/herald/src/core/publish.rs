@@ -68,6 +68,25 @@ pub struct MessageDraft {
     /// The sequence this message updates; `None` starts a sequence named after the
     /// message's own ID.
     pub sequence_id: Option<String>,
+    /// Also send the message by mail (`X-Email`), once it is committed.
+    pub email: Option<EmailRequest>,
+}
+
+/// A mail to send for a published message (src/email).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmailRequest {
+    /// The recipient, already validated.
+    pub to: String,
+    /// Who published (client address or `user:<name>`), named in the mail's footer.
+    pub sender: String,
+}
+
+/// Where the mail of a committed message goes: the e-mail outbox (src/email), which
+/// queues it durably. Failures are its own to log and count: the message itself is
+/// published by then.
+#[async_trait::async_trait]
+pub trait MailOutbox: Send + Sync + 'static {
+    async fn queue(&self, message: &Message, email: &EmailRequest);
 }
 
 impl Default for MessageDraft {
@@ -87,6 +106,7 @@ impl Default for MessageDraft {
             due: None,
             cache: true,
             sequence_id: None,
+            email: None,
         }
     }
 }
@@ -104,6 +124,12 @@ pub enum PublishError {
     /// The publish task ended without an answer (it panicked).
     #[error("publish task ended without an answer")]
     Aborted,
+    /// A mail was asked for, but no relay is configured (`smtp-sender-addr`).
+    #[error("e-mail notifications are not enabled")]
+    EmailDisabled,
+    /// A mail was asked for a scheduled message (ntfy cannot store the address).
+    #[error("delayed e-mail notifications are not supported")]
+    DelayedEmail,
 }
 
 impl Herald {
@@ -119,9 +145,20 @@ impl Herald {
         request: PublishRequest,
     ) -> Result<Message, PublishError> {
         let cache_secs = i64::try_from(self.config.cache_duration.as_secs()).unwrap_or(i64::MAX);
+        let mut email = None;
         let (message, replaces_scheduled) = match request.kind {
-            PublishKind::Message(draft) => {
+            PublishKind::Message(mut draft) => {
                 let replaces = draft.sequence_id.is_some();
+                // A poll request never goes out by mail (as ntfy).
+                email = draft.email.take().filter(|_| draft.poll_id.is_none());
+                if email.is_some() {
+                    if self.outbox.get().is_none() {
+                        return Err(PublishError::EmailDisabled);
+                    }
+                    if draft.due.is_some() {
+                        return Err(PublishError::DelayedEmail);
+                    }
+                }
                 (draft.into_message(request.topic, cache_secs), replaces)
             }
             PublishKind::Delete { sequence_id } => (
@@ -148,7 +185,25 @@ impl Herald {
                 .cancel_scheduled(&message.topic, sequence_id)
                 .await?;
         }
-        self.publish_event(message).await
+        let message = self.publish_event(message).await?;
+        if let (Some(email), Some(outbox)) = (email, self.outbox.get().cloned()) {
+            // Spawned, like the commit: once committed, the mail is queued even if
+            // the client goes away meanwhile; the publish is answered after that.
+            let m = message.clone();
+            let _ = tokio::spawn(async move { outbox.queue(&m, &email).await }).await;
+        }
+        Ok(message)
+    }
+
+    /// Sends the mails of publishes that ask for one (`X-Email`) to `outbox`; set
+    /// once at start when a relay is configured.
+    pub fn set_outbox(&self, outbox: Arc<dyn MailOutbox>) {
+        let _ = self.outbox.set(outbox);
+    }
+
+    /// Whether publishes may ask for a mail.
+    pub fn emails_enabled(&self) -> bool {
+        self.outbox.get().is_some()
     }
 }
 

@@ -117,6 +117,8 @@ pub(crate) fn draft(
         poll_id,
         due,
         sequence_id,
+        // `X-Email` is HTTP-only for now (docs/GRPC.md).
+        email: None,
     })
 }
 

@@ -74,6 +74,10 @@ pub struct LimitsConfig {
     pub topic_creation_burst: u32,
     /// `visitor-topic-creation-limit-replenish`.
     pub topic_creation_replenish: Duration,
+    /// `visitor-email-limit-burst`: mails a visitor may send at once.
+    pub email_burst: u32,
+    /// `visitor-email-limit-replenish`: one more mail per this interval.
+    pub email_replenish: Duration,
     /// `visitor-prefix-bits-ipv4`.
     pub prefix_bits_ipv4: u8,
     /// `visitor-prefix-bits-ipv6`.
@@ -119,6 +123,8 @@ impl LimitsConfig {
             message_daily_limit: 0,
             topic_creation_burst: 100,
             topic_creation_replenish: Duration::from_secs(60),
+            email_burst: 16,
+            email_replenish: Duration::from_secs(3600),
             prefix_bits_ipv4: 32,
             prefix_bits_ipv6: 64,
             behind_proxy: false,
@@ -172,11 +178,13 @@ pub enum Limit {
     BodySize,
     /// Password checks (argon2) busy: `auth::gate`.
     PasswordChecks,
+    /// `visitor-email-limit-*` (src/email).
+    Emails,
 }
 
 impl Limit {
     /// Every limit, for pre-registering the label values.
-    pub const ALL: [Limit; 11] = [
+    pub const ALL: [Limit; 12] = [
         Limit::Requests,
         Limit::Messages,
         Limit::Subscriptions,
@@ -188,6 +196,7 @@ impl Limit {
         Limit::HeaderTimeout,
         Limit::BodySize,
         Limit::PasswordChecks,
+        Limit::Emails,
     ];
 
     /// The label value.
@@ -204,6 +213,7 @@ impl Limit {
             Limit::HeaderTimeout => "header_timeout",
             Limit::BodySize => "body_size",
             Limit::PasswordChecks => "password_checks",
+            Limit::Emails => "emails",
         }
     }
 }
@@ -270,6 +280,7 @@ pub struct Visitor {
 struct VisitorState {
     requests: Bucket,
     topics: Bucket,
+    emails: Bucket,
     messages: DailyCount,
     last_seen: Instant,
 }
@@ -279,6 +290,7 @@ impl VisitorState {
         VisitorState {
             requests: Bucket::full(now),
             topics: Bucket::full(now),
+            emails: Bucket::full(now),
             messages: DailyCount::default(),
             last_seen: now,
         }
@@ -286,7 +298,10 @@ impl VisitorState {
 
     /// Nothing to remember: forgetting this visitor changes no answer.
     fn at_rest(&self, now: Instant, today: u32) -> bool {
-        self.requests.is_full(now) && self.topics.is_full(now) && self.messages.get(today) == 0
+        self.requests.is_full(now)
+            && self.topics.is_full(now)
+            && self.emails.is_full(now)
+            && self.messages.get(today) == 0
     }
 }
 
@@ -300,6 +315,7 @@ pub struct Limits {
     config: LimitsConfig,
     requests: Rate,
     topics: Option<Rate>,
+    emails: Rate,
     daily_messages: u32,
     exempt: Vec<IpNet>,
     trusted: Vec<IpNet>,
@@ -384,6 +400,10 @@ impl Limits {
                 burst: config.topic_creation_burst,
                 replenish: config.topic_creation_replenish,
             }),
+            emails: Rate {
+                burst: config.email_burst.max(1),
+                replenish: config.email_replenish,
+            },
             daily_messages: config.effective_message_daily_limit(),
             exempt: net::resolve_hosts(&config.exempt_hosts, "visitor-request-limit-exempt-hosts"),
             trusted: net::resolve_hosts(&config.proxy_trusted_hosts, "proxy-trusted-hosts"),
@@ -590,6 +610,32 @@ impl Limits {
             .map_err(|_| Refusal::from(Limit::TopicCreation))
     }
 
+    /// One mail from `visitor` (`X-Email`, ntfy's `visitor-email-limit-*`): `42902`
+    /// when its bucket is empty. In cluster mode the bucket is shared (one Redis
+    /// call), falling back to this node's while Redis does not answer.
+    pub async fn admit_email(&self, visitor: &Visitor) -> Result<(), Refusal> {
+        if visitor.exempt {
+            return Ok(());
+        }
+        if let Some(shared) = &self.shared
+            && let Ok(verdict) = shared.charge_email(&visitor_name(&visitor.key)).await
+        {
+            return match verdict {
+                Verdict::Admitted => Ok(()),
+                Verdict::Refused { retry_after, .. } => Err(Refusal {
+                    limit: Limit::Emails,
+                    retry_after: Some(retry_after),
+                }),
+            };
+        }
+        self.with_state(visitor, |state, now| {
+            state
+                .emails
+                .take(self.emails, 1, now)
+                .map_err(|_| Refusal::from(Limit::Emails))
+        })
+    }
+
     /// Counts a successful publish against the visitor's daily message limit.
     pub fn count_message(&self, visitor: &Visitor) {
         if visitor.exempt {
@@ -635,6 +681,7 @@ impl Limits {
         match limit {
             Limit::Requests => from_bucket(|s| s.requests, self.requests),
             Limit::Messages => self.clock.until_midnight(now),
+            Limit::Emails => from_bucket(|s| s.emails, self.emails),
             Limit::TopicCreation => match self.topics {
                 Some(rate) => from_bucket(|s| s.topics, rate),
                 None => self.requests.replenish,

@@ -14,8 +14,8 @@
 //! its clients reconnect elsewhere.
 //!
 //! Key layout (`P` is `redis-key-prefix`): `P rl:requests:<visitor>` and
-//! `P rl:topics:<visitor>` (string: TAT in ms, expiring when the bucket is full
-//! again), `P rl:messages:<visitor>` (string: messages today, expiring at midnight
+//! `P rl:topics:<visitor>` and `P rl:emails:<visitor>` (string: TAT in ms, expiring
+//! when the bucket is full again), `P rl:messages:<visitor>` (string: messages today, expiring at midnight
 //! UTC), `P conn:<visitor>` (hash: node ID → open streams), `P node:<id>` (string:
 //! heartbeat). A visitor is `ip:<masked address>` or `user:<name>`.
 
@@ -67,6 +67,9 @@ pub const CHARGE_LUA: &str = include_str!("redis/charge.lua");
 /// Gives back one message of today's count (a publish that failed).
 const REFUND_LUA: &str = include_str!("redis/refund.lua");
 
+/// One token of the e-mail bucket (`visitor-email-limit-*`).
+const EMAIL_LUA: &str = include_str!("redis/email.lua");
+
 /// Releases one open stream of this node (ARGV[1]).
 const CLOSE_LUA: &str = include_str!("redis/close.lua");
 
@@ -80,6 +83,8 @@ struct Shapes {
     /// 0: no topic-creation limit.
     topic_burst: u32,
     stream_limit: usize,
+    email_replenish_ms: u64,
+    email_burst: u32,
 }
 
 /// Visitor limits in Redis, shared by every node on the same key prefix.
@@ -91,6 +96,7 @@ pub struct RedisLimits {
     charge: Script,
     refund: Script,
     close: Script,
+    email: Script,
     /// This node's open streams by visitor, written again every [`RESYNC`].
     open_streams: Mutex<HashMap<String, u32>>,
     /// When (ms since `epoch`) charges may try Redis again after a failure.
@@ -135,10 +141,13 @@ impl RedisLimits {
                 topic_replenish_ms: millis(config.topic_creation_replenish),
                 topic_burst: config.topic_creation_burst,
                 stream_limit,
+                email_replenish_ms: millis(config.email_replenish),
+                email_burst: config.email_burst.max(1),
             },
             charge: script(&[CHARGE_LUA]),
             refund: script(&[REFUND_LUA]),
             close: script(&[CLOSE_LUA]),
+            email: script(&[EMAIL_LUA]),
             open_streams: Mutex::new(HashMap::new()),
             retry_at_ms: AtomicU64::new(0),
             epoch: Instant::now(),
@@ -327,6 +336,23 @@ impl SharedLimits for RedisLimits {
         charge: SharedCharge,
     ) -> Result<Verdict, SharedLimitsError> {
         self.charge_at(visitor, charge, None).await
+    }
+
+    async fn charge_email(&self, visitor: &str) -> Result<Verdict, SharedLimitsError> {
+        let mut invocation = self.email.prepare_invoke();
+        invocation
+            .key(self.key("rl:emails:", visitor))
+            .arg(self.shapes.email_replenish_ms)
+            .arg(self.shapes.email_burst);
+        let mut conn = self.conn.clone();
+        let (code, retry_ms): (u8, u64) = self.timed(invocation.invoke_async(&mut conn)).await?;
+        Ok(match code {
+            0 => Verdict::Admitted,
+            _ => Verdict::Refused {
+                limit: Limit::Emails,
+                retry_after: Duration::from_millis(retry_ms),
+            },
+        })
     }
 
     async fn refund_message(&self, visitor: &str) -> Result<(), SharedLimitsError> {

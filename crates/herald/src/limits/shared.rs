@@ -53,6 +53,9 @@ pub trait SharedLimits: Send + Sync + std::fmt::Debug {
         charge: SharedCharge,
     ) -> Result<Verdict, SharedLimitsError>;
 
+    /// One token of `visitor`'s e-mail bucket (`visitor-email-limit-*`).
+    async fn charge_email(&self, visitor: &str) -> Result<Verdict, SharedLimitsError>;
+
     /// Gives back the message a refused or failed publish was charged.
     async fn refund_message(&self, visitor: &str) -> Result<(), SharedLimitsError>;
 

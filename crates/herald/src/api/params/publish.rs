@@ -73,6 +73,8 @@ pub struct PublishParams {
     /// In inline-template mode, the raw `X-Priority` (a template, parsed after
     /// rendering); `priority` is then 0.
     pub(crate) priority_template: Option<String>,
+    /// `X-Email`: also send the message to this address (validated).
+    pub email: Option<String>,
 }
 
 /// Bounds for scheduled delivery (ntfy's `message-delay-limit` and its minimum).
@@ -82,6 +84,8 @@ pub struct PublishLimits {
     pub delay_min_secs: i64,
     /// A delay may be at most this many seconds from now.
     pub delay_max_secs: i64,
+    /// An SMTP relay is configured (`smtp-sender-addr`): `X-Email` is allowed.
+    pub email_enabled: bool,
 }
 
 impl Default for PublishLimits {
@@ -89,6 +93,7 @@ impl Default for PublishLimits {
         PublishLimits {
             delay_min_secs: 10,
             delay_max_secs: 3 * 24 * 3600,
+            email_enabled: false,
         }
     }
 }
@@ -96,8 +101,8 @@ impl Default for PublishLimits {
 /// Reads and validates the publish parameters (ntfy's `parsePublishParams`), failing
 /// with the first error in ntfy's order.
 ///
-/// herald has neither SMTP nor phone calls yet, so any `email` or `call` parameter is
-/// rejected with ntfy's "not enabled" error. As in
+/// herald has no phone calls yet, so any `call` parameter is rejected with ntfy's
+/// "not enabled" error, as is `email` without an SMTP relay. As in
 /// ntfy, a UnifiedPush message is not forwarded to Firebase, and a poll request is
 /// neither cached nor treated as UnifiedPush.
 pub fn parse_publish(
@@ -118,8 +123,16 @@ pub fn parse_publish(
     if !icon.is_empty() && !is_http_url(&icon) {
         return Err(ApiError::ICON_URL_INVALID);
     }
-    if src.get(names::EMAIL).is_some() {
-        return Err(ApiError::EMAIL_DISABLED);
+    let mut email = src.get(names::EMAIL).filter(|e| !e.is_empty());
+    if let Some(address) = &email {
+        if !limits.email_enabled {
+            return Err(ApiError::EMAIL_DISABLED);
+        }
+        // `yes` means "my account's address" (ntfy v2.25); herald keeps no
+        // addresses for users, so it is refused like an invalid address.
+        if !crate::email::is_valid_address(address) {
+            return Err(ApiError::EMAIL_ADDRESS_INVALID);
+        }
     }
     if src.get(names::CALL).is_some() {
         return Err(ApiError::PHONE_CALLS_DISABLED);
@@ -147,6 +160,9 @@ pub fn parse_publish(
         Some(value) => {
             if !cache {
                 return Err(ApiError::DELAY_NO_CACHE);
+            }
+            if email.is_some() {
+                return Err(ApiError::DELAY_NO_EMAIL);
             }
             let at = parse_future_time(&value, now)?;
             Some(check_due(
@@ -177,6 +193,7 @@ pub fn parse_publish(
     if poll_id.is_some() {
         unifiedpush = false;
         cache = false;
+        email = None;
     }
     let sequence_id = src.get(names::SEQUENCE_ID);
     if sequence_id
@@ -204,6 +221,7 @@ pub fn parse_publish(
         sequence_id,
         template,
         priority_template,
+        email,
     })
 }
 
@@ -244,6 +262,7 @@ mod tests {
                 sequence_id: None,
                 template: None,
                 priority_template: None,
+                email: None,
             }
         );
     }
@@ -506,11 +525,48 @@ mod tests {
         let limits = PublishLimits {
             delay_min_secs: 0,
             delay_max_secs: 3600,
+            ..PublishLimits::default()
         };
         assert_eq!(
             parse_publish(&src, &limits, NOW),
             Err(ApiError::DELAY_TOO_LARGE)
         );
+    }
+
+    #[test]
+    fn email_with_a_relay() {
+        let limits = PublishLimits {
+            email_enabled: true,
+            ..PublishLimits::default()
+        };
+        let parse = |headers: &[(&str, &str)]| {
+            let headers = header_map(headers);
+            let src = ParamSource {
+                headers: &headers,
+                query: &[],
+            };
+            parse_publish(&src, &limits, NOW)
+        };
+        for alias in names::EMAIL {
+            let p = parse(&[(&canonical(alias), "phil@example.com")]).unwrap();
+            assert_eq!(p.email.as_deref(), Some("phil@example.com"), "{alias}");
+        }
+        assert_eq!(parse(&[]).unwrap().email, None);
+        assert_eq!(parse(&[("Email", "")]).unwrap().email, None);
+        for bad in ["phil", "yes", "a b@c.d", "a@b,c@d"] {
+            assert_eq!(
+                parse(&[("Email", bad)]),
+                Err(ApiError::EMAIL_ADDRESS_INVALID),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            parse(&[("Email", "phil@example.com"), ("Delay", "1h")]),
+            Err(ApiError::DELAY_NO_EMAIL)
+        );
+        // A poll request never goes out by mail.
+        let p = parse(&[("Email", "phil@example.com"), ("Poll-ID", "x")]).unwrap();
+        assert_eq!(p.email, None);
     }
 
     #[test]
