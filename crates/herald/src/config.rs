@@ -26,7 +26,7 @@ struct OptionSpec {
 }
 
 /// Options whose values are secrets: never echoed (`--help`, errors, `Debug`).
-const SECRET_OPTIONS: &[&str] = &["webhook-admin-token"];
+const SECRET_OPTIONS: &[&str] = &["webhook-admin-token", "web-push-private-key"];
 
 /// Every option `herald serve` takes. `--help` is generated from this table.
 const OPTIONS: &[OptionSpec] = &[
@@ -286,6 +286,37 @@ const OPTIONS: &[OptionSpec] = &[
         default: "herald:",
         help: "Prefix of every Redis key herald uses; nodes of one cluster share it, different clusters on one Redis need different ones",
     },
+    // The web app and Web Push (docs/WEBAPP.md).
+    OptionSpec {
+        key: "web-root",
+        default: "/",
+        help: "Where the web app is served: `/` (browsers opening `/` or `/<topic>`), another path such as `/app`, or `disable`",
+    },
+    OptionSpec {
+        key: "web-push-public-key",
+        default: "",
+        help: "Web Push VAPID public key (base64url, from `herald webpush keys`); with `web-push-private-key` it turns Web Push on",
+    },
+    OptionSpec {
+        key: "web-push-private-key",
+        default: "",
+        help: "Web Push VAPID private key (base64url). Prefer the environment or the config file to a flag (visible in `ps`)",
+    },
+    OptionSpec {
+        key: "web-push-file",
+        default: "",
+        help: "SQLite file of Web Push subscriptions and their send queue; default `<data-dir>/webpush.db`. Not used with `redis-url`",
+    },
+    OptionSpec {
+        key: "web-push-email-address",
+        default: "",
+        help: "Contact address sent to push services in the VAPID JWT (`sub`), e.g. `admin@example.com`",
+    },
+    OptionSpec {
+        key: "web-push-expiry-duration",
+        default: "60d",
+        help: "Remove a Web Push subscription its browser has not renewed for this long",
+    },
 ];
 
 /// Where a value came from, for error messages.
@@ -368,6 +399,8 @@ pub struct Config {
     pub redis_url: Option<String>,
     /// Prefix of every Redis key (`redis-key-prefix`).
     pub redis_key_prefix: String,
+    /// The web app (`web-root`) and Web Push (`web-push-*`).
+    pub web: crate::web::WebConfig,
 }
 
 impl Config {
@@ -601,6 +634,7 @@ impl RawValues {
             limits: self.limits()?,
             webhooks: self.webhook_config(&data_dir)?,
             auth: self.auth_settings(&data_dir)?,
+            web: self.web_config(&data_dir)?,
             data_dir,
         })
     }
@@ -660,6 +694,44 @@ impl RawValues {
             body_read_timeout: self.parse("body-read-timeout", positive_duration)?,
             max_header_size: self.parse("max-header-size", at_least(1024))?,
             max_url_length: self.parse("max-url-length", at_least(64))?,
+        })
+    }
+
+    fn web_config(&self, data_dir: &Path) -> Result<crate::web::WebConfig, ConfigError> {
+        use crate::webpush::{WebPushConfig, keys::VapidKeys};
+        let public = self.parse("web-push-public-key", |s| Ok(s.to_string()))?;
+        // Both keys or neither: the pair is checked as one (the public key must be
+        // the private key's).
+        let keys = self.parse_secret("web-push-private-key", |private| {
+            match (public.is_empty(), private.is_empty()) {
+                (true, true) => Ok(None),
+                (false, false) => VapidKeys::from_base64(&public, private)
+                    .map(Some)
+                    .map_err(|e| e.to_string()),
+                _ => {
+                    Err("set both web-push-public-key and web-push-private-key, or neither".into())
+                }
+            }
+        })?;
+        let push = match keys {
+            None => None,
+            Some(keys) => {
+                let file = self.parse("web-push-file", |s| Ok(s.to_string()))?;
+                Some(WebPushConfig {
+                    keys: std::sync::Arc::new(keys),
+                    file: if file.is_empty() {
+                        data_dir.join("webpush.db")
+                    } else {
+                        PathBuf::from(file)
+                    },
+                    email: self.parse("web-push-email-address", |s| Ok(s.to_string()))?,
+                    expiry: self.parse("web-push-expiry-duration", positive_duration)?,
+                })
+            }
+        };
+        Ok(crate::web::WebConfig {
+            root: self.parse("web-root", crate::web::parse_web_root)?,
+            push,
         })
     }
 

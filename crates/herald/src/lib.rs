@@ -28,6 +28,8 @@
 //! - [`logging`]: the log's stderr writer, which counts failed writes instead of panicking.
 //! - [`otel`]: OpenTelemetry trace export (`otel` cargo feature, `otlp-endpoint`).
 //! - [`webhook`]: outgoing webhooks (Standard Webhooks, at-least-once, SSRF guard).
+//! - `web`: the web app embedded in the binary (`web-root`).
+//! - [`webpush`]: Web Push to browsers (VAPID, RFC 8291 encryption, the send queue).
 //! - `datafiles`: the data directory's and the databases' permissions.
 //!
 //! The load generator (`herald bench`) is the workspace's `herald-bench` crate; only
@@ -62,5 +64,7 @@ pub mod store;
 pub(crate) mod subscribe;
 pub(crate) mod telemetry;
 pub(crate) mod time;
+pub(crate) mod web;
 pub mod webhook;
+pub mod webpush;
 pub mod wire;

@@ -138,6 +138,11 @@ async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
         Err(refusal) => return with_cors(refusal_response(&state.limits, refusal, &visitor)),
     };
 
+    // The web app's pages and files (`web-root`), before the API's routes: a
+    // browser's `GET /<topic>` (Accept: text/html) opens the app on that topic.
+    if let Some(resp) = crate::web::serve(&state, &method, &segments, req.headers()) {
+        return with_cors(resp);
+    }
     let result = match (&method, segments.as_slice()) {
         (&Method::OPTIONS, _) => Ok(info::options()),
         (&Method::GET, ["v1", "health"]) => Ok(info::health(&state)),
