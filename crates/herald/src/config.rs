@@ -313,6 +313,11 @@ const OPTIONS: &[OptionSpec] = &[
         help: "Contact address sent to push services in the VAPID JWT (`sub`), e.g. `admin@example.com`",
     },
     OptionSpec {
+        key: "web-push-allowed-endpoints",
+        default: "",
+        help: "Comma-separated URL prefixes accepted as Web Push endpoints besides the browsers' public push services (Google, Mozilla, Microsoft, Apple), e.g. a self-hosted push service",
+    },
+    OptionSpec {
         key: "web-push-expiry-duration",
         default: "60d",
         help: "Remove a Web Push subscription its browser has not renewed for this long",
@@ -726,6 +731,13 @@ impl RawValues {
                     },
                     email: self.parse("web-push-email-address", |s| Ok(s.to_string()))?,
                     expiry: self.parse("web-push-expiry-duration", positive_duration)?,
+                    allowed_endpoints: self.parse("web-push-allowed-endpoints", |s| {
+                        Ok(s.split(',')
+                            .map(str::trim)
+                            .filter(|p| !p.is_empty())
+                            .map(str::to_string)
+                            .collect())
+                    })?,
                 })
             }
         };

@@ -74,6 +74,9 @@ api_errors! {
     // not implement Go templates yet, so it answers a generic 40000 that says so
     // rather than reuse a code ntfy gives another meaning.
     TEMPLATE_NOT_ENABLED = (400, 40000, "invalid request: message templates are not supported by this server", "https://ntfy.sh/docs/publish/#message-templating");
+    WEB_PUSH_INVALID = (400, 40038, "invalid request: web push payload malformed");
+    WEB_PUSH_ENDPOINT_UNKNOWN = (400, 40039, "invalid request: web push endpoint unknown");
+    WEB_PUSH_TOO_MANY_TOPICS = (400, 40040, "invalid request: too many web push topics");
     SEQUENCE_ID_INVALID = (400, 40049, "invalid request: sequence ID invalid", "https://ntfy.sh/docs/publish/#updating-deleting-notifications");
     EMAIL_ADDRESS_INVALID = (400, 40050, "invalid request: invalid e-mail address");
     UNAUTHORIZED = (401, 40101, "unauthorized", LINK_AUTH);

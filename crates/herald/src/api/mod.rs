@@ -19,6 +19,7 @@ pub mod params;
 pub(crate) mod publish;
 pub(crate) mod subscribe;
 pub(crate) mod webhooks;
+pub(crate) mod webpush;
 pub(crate) mod ws;
 
 use std::net::SocketAddr;
@@ -50,6 +51,8 @@ pub struct AppState {
     pub webhooks: Option<Arc<crate::webhook::Webhooks>>,
     /// Access control (disabled unless configured).
     pub auth: Arc<crate::auth::Authorizer>,
+    /// Web Push (`/v1/webpush`); `None` (no VAPID keys) answers 404 there.
+    pub webpush: Option<Arc<crate::webpush::WebPush>>,
 }
 
 impl AppState {
@@ -68,6 +71,7 @@ impl AppState {
             metrics_on_main,
             webhooks: None,
             auth: Arc::new(crate::auth::Authorizer::disabled()),
+            webpush: None,
         }
     }
 
@@ -163,6 +167,7 @@ async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
             let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
             webhooks::handle(&state, req, &rest, client_ip).await
         }
+        (_, ["v1", "webpush"]) => webpush::handle(&state, &principal, req).await,
         (&Method::PUT | &Method::POST, [""]) => publish::publish_json(&state, req).await,
         (&Method::PUT | &Method::POST, [topic]) if topic::is_valid_name(topic) => {
             let topic = topic.to_string();

@@ -230,6 +230,8 @@ impl Charge {
     pub fn of(method: &Method, segments: &[&str]) -> Charge {
         match (method, segments) {
             (&Method::OPTIONS, _) => Charge::Request,
+            // ntfy's `limitRequests` on web push registrations.
+            (_, ["v1", "webpush"]) => Charge::Request,
             (_, ["v1", ..]) => Charge::Free,
             (&Method::PUT | &Method::POST, [_] | [_, _]) => Charge::Publish,
             (&Method::DELETE, [_, _]) => Charge::Publish,
