@@ -182,3 +182,8 @@ def assert_message_shape(m: dict, topic: str | None = None) -> None:
     if topic is not None:
         assert m["topic"] == topic, m
     assert isinstance(m["message"], str) and m["message"], m
+
+
+# The web app tests' Chromium (one per session, shared by test_webapp.py and
+# test_webpush.py): defined in webapp_support.
+from webapp_support import browser  # noqa: E402,F401

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import start_herald, stop_herald
 from test_auth_clients import herald_cli
-from webapp_support import JsonStream, axe_serious, browser, new_page, open_app, shot  # noqa: F401
+from webapp_support import JsonStream, axe_serious, new_page, open_app, shot
 
 ADMIN, ADMIN_PW = "ada", "ada-secret-pw"
 USER, USER_PW = "phil", "phil-secret-pw"

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from py_vapid import jwt as vapid_jwt
 
 from conftest import HERALD_BIN, start_herald, stop_herald
-from webapp_support import browser, new_page, open_app, shot  # noqa: F401
+from webapp_support import new_page, open_app
 
 
 def b64url(b: bytes) -> str:
@@ -286,7 +286,7 @@ def test_cluster_sends_once_per_subscription(tmp_path, push_service):
             subprocess.run(["redis-cli", "del", *keys_left], capture_output=True)
 
 
-def test_service_worker_shows_a_pushed_message(browser, tmp_path, push_service):  # noqa: F811
+def test_service_worker_shows_a_pushed_message(browser, tmp_path, push_service):
     """The app's service worker, given ntfy's push payload through DevTools
     (`ServiceWorker.deliverPushMessage`), shows the notification."""
     server, _ = push_herald(tmp_path / "d", push_service)

@@ -102,8 +102,6 @@ pub(crate) fn encrypt(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use base64::Engine as _;
-    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
     /// Decrypts as a user agent would (RFC 8291 §3.4 from the receiving side); the
     /// independent oracle is tests/clients/test_webpush.py (Python `http_ece`).

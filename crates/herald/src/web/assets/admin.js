@@ -23,7 +23,7 @@ function parseMetrics(text) {
 }
 
 function figure(label, value) {
-  return h("div", { class: "figure" }, h("span", { class: "value" }, value), h("span", { class: "label" }, label));
+  return h("div", { class: "figure" }, h("span", { class: value.length > 8 ? "value small" : "value" }, value), h("span", { class: "label" }, label));
 }
 
 async function figures(box) {
