@@ -10,7 +10,6 @@
 //! by someone else, and nothing acknowledged is lost.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -121,39 +120,27 @@ CREATE TABLE IF NOT EXISTS feed (id INTEGER PRIMARY KEY CHECK (id = 1), cursor T
 
 /// The single-node store: one SQLite file (`web-push-file`).
 pub(crate) struct SqlitePushStore {
-    conn: Arc<Mutex<Connection>>,
+    db: crate::datafiles::ServiceDb,
 }
 
 impl SqlitePushStore {
     pub(crate) fn open(path: &Path) -> Result<SqlitePushStore, PushStoreError> {
-        crate::datafiles::prepare_database(path).map_err(backend)?;
-        let conn = Connection::open(path).map_err(backend)?;
-        conn.busy_timeout(Duration::from_secs(5)).map_err(backend)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(backend)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(backend)?;
-        conn.execute_batch(SCHEMA).map_err(backend)?;
-        // Leases of a previous run are void: this process is the only sender.
-        conn.execute("UPDATE queue SET lease_until = NULL", [])
-            .map_err(backend)?;
-        Ok(SqlitePushStore {
-            conn: Arc::new(Mutex::new(conn)),
-        })
+        let db = crate::datafiles::ServiceDb::open(path).map_err(PushStoreError::Backend)?;
+        {
+            let conn = db.lock();
+            conn.execute_batch(SCHEMA)
+                // Leases of a previous run are void: this process is the only sender.
+                .and_then(|()| conn.execute("UPDATE queue SET lease_until = NULL", []))
+                .map_err(backend)?;
+        }
+        Ok(SqlitePushStore { db })
     }
 
     async fn with<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, PushStoreError> {
-        let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
-            f(&mut conn)
-        })
-        .await
-        .map_err(backend)?
-        .map_err(backend)
+        self.db.with(f).await.map_err(PushStoreError::Backend)
     }
 }
 
@@ -433,6 +420,13 @@ mod tests {
     async fn jobs_survive_a_restart_and_their_leases_do_not() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("webpush.db");
+        let claimable = |store: SqlitePushStore| async move {
+            store
+                .claim(0, 1, Duration::from_secs(60))
+                .await
+                .unwrap()
+                .len()
+        };
         {
             let store = SqlitePushStore::open(&path).unwrap();
             store
@@ -445,23 +439,8 @@ mod tests {
                 due_ms: 0,
             };
             store.enqueue_from(vec![job], None, "c").await.unwrap();
-            assert_eq!(
-                store
-                    .claim(0, 1, Duration::from_secs(60))
-                    .await
-                    .unwrap()
-                    .len(),
-                1
-            );
+            assert_eq!(claimable(store).await, 1);
         }
-        let store = SqlitePushStore::open(&path).unwrap();
-        assert_eq!(
-            store
-                .claim(0, 1, Duration::from_secs(60))
-                .await
-                .unwrap()
-                .len(),
-            1
-        );
+        assert_eq!(claimable(SqlitePushStore::open(&path).unwrap()).await, 1);
     }
 }
