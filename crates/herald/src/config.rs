@@ -1066,6 +1066,61 @@ mod tests {
     }
 
     #[test]
+    fn web_options_default_and_validate() {
+        let c = load(&matches(&[])).unwrap().web;
+        assert_eq!(c.root, crate::web::WebRoot::At("/".into()));
+        assert!(c.push.is_none());
+        let keys = crate::webpush::keys::VapidKeys::generate().unwrap();
+        let (public, private) = (keys.public_base64(), keys.private_base64());
+        let c = load(&matches(&[
+            "--web-root",
+            "/app",
+            "--web-push-public-key",
+            &public,
+            "--web-push-private-key",
+            &private,
+            "--web-push-allowed-endpoints",
+            "http://127.0.0.1:9/, https://push.example/",
+        ]))
+        .unwrap();
+        assert_eq!(c.web.root, crate::web::WebRoot::At("/app".into()));
+        let push = c.web.push.clone().unwrap();
+        assert_eq!(push.keys.public_base64(), public);
+        assert_eq!(push.file, PathBuf::from("./herald-data/webpush.db"));
+        assert_eq!(push.expiry, Duration::from_secs(60 * 86400));
+        assert_eq!(
+            push.allowed_endpoints,
+            ["http://127.0.0.1:9/", "https://push.example/"]
+        );
+        assert!(
+            !format!("{c:?}").contains(&private),
+            "the private key is a secret"
+        );
+        let other = crate::webpush::keys::VapidKeys::generate().unwrap();
+        for args in [
+            vec!["--web-push-public-key", public.as_str()],
+            vec!["--web-push-private-key", private.as_str()],
+            vec![
+                "--web-push-public-key",
+                &public,
+                "--web-push-private-key",
+                &other.private_base64(),
+            ],
+        ] {
+            let err = load(&matches(&args)).unwrap_err().to_string();
+            assert!(err.contains("web-push-private-key"), "{err}");
+            assert!(
+                !err.contains(&private) && !err.contains(&other.private_base64()),
+                "{err}"
+            );
+        }
+        let err = load(&matches(&["--web-root", "/a/b"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("web-root"), "{err}");
+    }
+
+    #[test]
     fn webhook_admin_token_is_validated_and_never_echoed() {
         assert!(load(&matches(&[])).unwrap().webhooks.admin_token.is_none());
         let c = load(&matches(&["--webhook-admin-token", "adm-0123456789abcdef"])).unwrap();
