@@ -44,6 +44,17 @@ def test_served_files_and_routing(herald):
     assert status == 200 and headers["content-type"] == "application/manifest+json"
     assert herald.request("GET", "/sw.js")[0] == 200
     assert herald.request("GET", "/static/nope.js")[0] == 404
+    # The gzip copies (scripts/web-assets-gzip.sh) are the files, compressed.
+    import gzip
+
+    for path in ["/", "/static/app.js", "/static/render.js", "/static/api.js", "/static/admin.js",
+                 "/static/style.css", "/static/icon.svg", "/sw.js"]:
+        html = {"Accept": "text/html"} if path == "/" else {}
+        _, plain_headers, plain = herald.request("GET", path, headers=html)
+        status, headers, packed = herald.request("GET", path, headers={**html, "Accept-Encoding": "gzip, br"})
+        assert status == 200 and headers["content-encoding"] == "gzip", (path, headers)
+        assert gzip.decompress(packed) == plain, f"{path}: stale .gz, run scripts/web-assets-gzip.sh"
+        assert headers["etag"] != plain_headers["etag"]
 
 
 def test_web_root_disable_and_path(tmp_path):

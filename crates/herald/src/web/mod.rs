@@ -69,11 +69,12 @@ pub fn parse_web_root(s: &str) -> Result<WebRoot, String> {
     }
 }
 
-/// One embedded file.
+/// One embedded file, and its gzip copy (made by `scripts/web-assets-gzip.sh`).
 struct Asset {
     path: &'static str,
     content_type: &'static str,
     body: &'static [u8],
+    gzip: &'static [u8],
 }
 
 macro_rules! asset {
@@ -82,6 +83,7 @@ macro_rules! asset {
             path: $path,
             content_type: $type,
             body: include_bytes!(concat!("assets/", $file)),
+            gzip: include_bytes!(concat!("assets/", $file, ".gz")),
         }
     };
 }
@@ -155,10 +157,32 @@ pub(crate) fn serve(
     }
 }
 
+/// Whether the client takes a gzip-coded answer.
+fn takes_gzip(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|coding| {
+            let mut parts = coding.split(';');
+            let name = parts.next().unwrap_or("").trim();
+            let refused = parts.any(|p| matches!(p.trim(), "q=0" | "q=0.0" | "q=0.00" | "q=0.000"));
+            name.eq_ignore_ascii_case("gzip") && !refused
+        })
+}
+
 fn asset_response(path: &str, headers: &HeaderMap) -> Option<Response> {
     let index = ASSETS.iter().position(|a| a.path == path)?;
     let asset = &ASSETS[index];
-    let etag = &ETAGS[index];
+    let gzip = takes_gzip(headers);
+    // Each coding is its own representation, with its own strong validator.
+    let etag = if gzip {
+        format!("{}-gz\"", ETAGS[index].trim_end_matches('"'))
+    } else {
+        ETAGS[index].clone()
+    };
+    let etag = &etag;
     let fresh = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
@@ -168,13 +192,17 @@ fn asset_response(path: &str, headers: &HeaderMap) -> Option<Response> {
         *r.status_mut() = StatusCode::NOT_MODIFIED;
         r
     } else {
-        Response::new(Body::from(asset.body))
+        Response::new(Body::from(if gzip { asset.gzip } else { asset.body }))
     };
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static(asset.content_type),
     );
+    h.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+    if gzip && !fresh {
+        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    }
     if let Ok(v) = HeaderValue::from_str(etag) {
         h.insert(header::ETAG, v);
     }
@@ -242,7 +270,7 @@ fn manifest(web: &WebConfig) -> Response {
 /// Bytes the embedded files add to the binary (reported in docs/BENCHMARKS.md).
 #[cfg(test)]
 fn embedded_bytes() -> usize {
-    ASSETS.iter().map(|a| a.body.len()).sum()
+    ASSETS.iter().map(|a| a.body.len() + a.gzip.len()).sum()
 }
 
 #[cfg(test)]
@@ -267,6 +295,11 @@ mod tests {
         assert_eq!(tags.len(), ASSETS.len());
         // The binary budget is tight: a regression here is a conscious choice.
         assert!(embedded_bytes() < 96 * 1024, "{} bytes", embedded_bytes());
+        // Each gzip copy is a gzip stream (its magic) and smaller than the file.
+        for a in ASSETS {
+            assert_eq!(a.gzip[..2], [0x1f, 0x8b], "{}", a.path);
+            assert!(a.gzip.len() < a.body.len(), "{}", a.path);
+        }
     }
 
     #[test]
@@ -279,5 +312,27 @@ mod tests {
         let second = asset_response("/static/app.js", &headers).unwrap();
         assert_eq!(second.status(), StatusCode::NOT_MODIFIED);
         assert!(asset_response("/static/nope.js", &headers).is_none());
+    }
+
+    #[test]
+    fn gzip_only_when_accepted() {
+        let with = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::ACCEPT_ENCODING, HeaderValue::from_str(v).unwrap());
+            h
+        };
+        assert!(takes_gzip(&with("gzip, deflate, br")));
+        assert!(takes_gzip(&with("br;q=1.0, GZIP;q=0.5")));
+        assert!(!takes_gzip(&with("gzip;q=0, br")));
+        assert!(!takes_gzip(&with("identity")));
+        assert!(!takes_gzip(&HeaderMap::new()));
+        let resp = asset_response("/static/app.js", &with("gzip")).unwrap();
+        assert_eq!(resp.headers()[header::CONTENT_ENCODING], "gzip");
+        assert!(
+            resp.headers()[header::ETAG]
+                .to_str()
+                .unwrap()
+                .ends_with("-gz\"")
+        );
     }
 }

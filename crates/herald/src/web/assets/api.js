@@ -69,7 +69,9 @@ export class Subscription {
   }
 
   connect() {
-    if (this.closed) return;
+    // One socket at a time: a wake-up may ask while a reconnect is already under way.
+    if (this.closed || (this.ws && this.ws.readyState <= WebSocket.OPEN)) return;
+    clearTimeout(this.retry);
     const proto = location.protocol === "https:" ? "wss:" : "ws:";
     const params = [`since=${encodeURIComponent(this.since || "all")}`, authParam()].filter(Boolean).join("&");
     const ws = new WebSocket(`${proto}//${location.host}/${this.topic}/ws?${params}`);
@@ -86,13 +88,14 @@ export class Subscription {
     ws.onclose = (e) => {
       if (this.closed) return;
       this.onState(e.code === 1008 || e.code === 4401 ? "denied" : "reconnecting");
-      setTimeout(() => this.connect(), this.delay);
+      this.retry = setTimeout(() => this.connect(), this.delay);
       this.delay = Math.min(this.delay * 2, 30000);
     };
   }
 
   close() {
     this.closed = true;
+    clearTimeout(this.retry);
     this.ws?.close();
   }
 }

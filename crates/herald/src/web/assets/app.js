@@ -360,7 +360,7 @@ function init() {
   $("admin-open").onclick = async () => { const { showAdmin } = await import("./admin.js"); showAdmin($("admin-view"), $("topic-view")); };
   window.onpopstate = () => { selected = topicFromPath(); renderTopics(); renderNotifications(); };
   // A sleeping laptop's sockets may be dead without a close event: reconnect on wake.
-  document.addEventListener("visibilitychange", () => { if (document.visibilityState === "visible") for (const s of live.values()) if (s.ws?.readyState === WebSocket.CLOSED) s.connect(); });
+  document.addEventListener("visibilitychange", () => { if (document.visibilityState === "visible") for (const s of live.values()) s.connect(); });
 
   const topic = topicFromPath();
   if (topic) subscribe(topic);
