@@ -115,6 +115,8 @@ pub struct WebPush {
     pub(crate) metrics: PushMetrics,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    /// Signed VAPID headers by audience, with when they were signed.
+    jwts: std::sync::Mutex<std::collections::HashMap<String, (String, i64)>>,
 }
 
 impl std::fmt::Debug for WebPush {
@@ -148,6 +150,7 @@ impl WebPush {
             metrics: PushMetrics::default(),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            jwts: Default::default(),
         }))
     }
 
@@ -404,6 +407,32 @@ impl WebPush {
         }
     }
 
+    /// The VAPID `Authorization` for a push service's origin: a JWT valid for 12 h,
+    /// signed once and reused for an hour (one ECDSA signature per push service and
+    /// hour, not per message).
+    fn authorization(&self, audience: &str) -> Result<String, super::keys::KeyError> {
+        let now = crate::model::now_unix();
+        let mut cache = self.jwts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((header, signed_at)) = cache.get(audience)
+            && now - *signed_at < 3600
+        {
+            return Ok(header.clone());
+        }
+        let subject = if self.config.email.is_empty() {
+            self.base_url.clone()
+        } else {
+            format!("mailto:{}", self.config.email)
+        };
+        let header = self.config.keys.authorization(audience, &subject, now)?;
+        // Push services are few; the map is bounded by the allow-list in practice,
+        // and cleared rather than grown past a sane size.
+        if cache.len() >= 64 {
+            cache.clear();
+        }
+        cache.insert(audience.to_string(), (header.clone(), now));
+        Ok(header)
+    }
+
     async fn attempt(&self, job: &PushJob) -> Outcome {
         let (Ok(auth), Ok(p256dh)) = (
             URL_SAFE_NO_PAD.decode(job.auth.trim_end_matches('=')),
@@ -419,20 +448,10 @@ impl WebPush {
             return Outcome::Failed("endpoint is not a URL".into());
         };
         let audience = url.origin().ascii_serialization();
-        let subject = if self.config.email.is_empty() {
-            self.base_url.clone()
-        } else {
-            format!("mailto:{}", self.config.email)
+        let authorization = match self.authorization(&audience) {
+            Ok(a) => a,
+            Err(e) => return Outcome::Failed(e.to_string()),
         };
-        let authorization =
-            match self
-                .config
-                .keys
-                .authorization(&audience, &subject, crate::model::now_unix())
-            {
-                Ok(a) => a,
-                Err(e) => return Outcome::Failed(e.to_string()),
-            };
         let urgency = urgency(&job.payload);
         let resp = self
             .client
