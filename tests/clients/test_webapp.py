@@ -255,6 +255,20 @@ def test_admin_view_lists_a_webhooks_failed_attempts(browser, private_herald):
     page.locator("#admin-view input[name=p]").fill("newbie-pass-1")
     page.get_by_role("button", name="Add user").click()
     page.wait_for_selector("#admin-view td:text-is('newbie')")
+    # Reset a user's access entries.
+    page.get_by_role("button", name=f"Reset access of {USER}").click()
+    page.wait_for_selector("#admin-view td:text-is('team*: read-write')", state="detached")
+    # Tokens: create one (shown once, and it works), then remove it.
+    page.get_by_label("Token label").fill("ci-bot")
+    page.get_by_role("button", name="Create token").click()
+    token = page.locator("#admin-view code.new-token").inner_text()
+    assert token.startswith("tk_"), token
+    status, _, _ = server.request("GET", "/v1/account", headers={"Authorization": f"Bearer {token}"})
+    assert status == 200
+    page.get_by_role("button", name="Remove token ci-bot").click()
+    page.wait_for_selector("#admin-view td:text-is('ci-bot')", state="detached")
+    status, _, _ = server.request("GET", "/v1/account", headers={"Authorization": f"Bearer {token}"})
+    assert status == 401
     context.close()
 
 

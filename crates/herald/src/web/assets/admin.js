@@ -79,7 +79,11 @@ async function users(box) {
       h("tbody", {}, list.map((u) => h("tr", {},
         h("td", {}, u.username), h("td", {}, u.role),
         h("td", {}, (u.grants || []).map((g) => `${g.topic}: ${g.permission}`).join(", ")),
-        h("td", {}, u.role === "user" ? h("button", { onclick: () => act("DELETE", "/v1/users", { username: u.username }) }, `Remove ${u.username}`) : ""))))),
+        h("td", {}, u.role === "user" ? [
+          h("button", { onclick: () => act("DELETE", "/v1/users/access", { username: u.username }) }, `Reset access of ${u.username}`),
+          " ",
+          h("button", { onclick: () => act("DELETE", "/v1/users", { username: u.username }) }, `Remove ${u.username}`),
+        ] : ""))))),
     h("form", { class: "row", onsubmit: (e) => { e.preventDefault(); const f = e.target; act("POST", "/v1/users", { username: f.u.value, password: f.p.value }).catch((err) => { f.querySelector(".error").textContent = err.message; }); } },
       h("label", {}, "New user ", h("input", { name: "u", required: true, autocomplete: "off" })),
       h("label", {}, "Password ", h("input", { name: "p", type: "password", required: true, autocomplete: "new-password" })),
@@ -92,18 +96,47 @@ async function users(box) {
   );
 }
 
+// The admin's own access tokens (`/v1/account/token`): list, create (the full token
+// is shown once), extend by 72 h, remove. Other users manage theirs the same way.
+async function tokens(box) {
+  let list;
+  try { list = await request("/v1/account/token"); } catch (e) { box.replaceChildren(h("p", { class: "error" }, `Tokens: ${e.message}`)); return; }
+  const json = { "Content-Type": "application/json" };
+  const when = (t) => (t ? new Date(t * 1000).toLocaleString() : "never");
+  box.replaceChildren(
+    h("table", {},
+      h("caption", {}, "Your access tokens"),
+      h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "token"), h("th", { scope: "col" }, "label"), h("th", { scope: "col" }, "expires"), h("th", { scope: "col" }, ""))),
+      h("tbody", {}, list.map((t) => h("tr", { "data-token": t.token },
+        h("td", {}, t.token), h("td", {}, t.label || ""), h("td", {}, when(t.expires)),
+        h("td", {},
+          h("button", { onclick: async () => { await request("/v1/account/token", { method: "PATCH", headers: json, body: JSON.stringify({ token: t.token }) }); tokens(box); } }, "Extend 72 h"),
+          " ",
+          h("button", { onclick: async () => { await request("/v1/account/token", { method: "DELETE", headers: { "X-Token": t.token } }); tokens(box); } }, `Remove token ${t.label || t.token}`)))))),
+    h("form", { class: "row", onsubmit: async (e) => {
+      e.preventDefault();
+      const r = await request("/v1/account/token", { method: "POST", headers: json, body: JSON.stringify({ label: e.target.label.value }) });
+      await tokens(box);
+      box.append(h("p", { role: "status" }, "New token (shown once): ", h("code", { class: "new-token" }, r.token)));
+    } },
+      h("label", {}, "Token label ", h("input", { name: "label", autocomplete: "off" })),
+      h("button", { type: "submit" }, "Create token")),
+  );
+}
+
 export function showAdmin(view, other) {
   other.hidden = true;
   view.hidden = false;
   const figs = h("div", { class: "figures", "aria-live": "off" });
   const hooks = h("div");
   const people = h("div");
+  const keys = h("div");
   view.replaceChildren(
     h("h2", { id: "admin-title" }, "Server"),
     figs,
     h("h3", {}, "Webhooks"), hooks,
     h("h3", {}, "Users, access and tokens"), people,
-    h("p", { class: "muted" }, "Tokens: create and remove them with `herald token` or /v1/account/token."),
+    keys,
   );
   clearInterval(timer);
   const tick = () => { if (view.hidden) { clearInterval(timer); return; } figures(figs); };
@@ -111,4 +144,5 @@ export function showAdmin(view, other) {
   timer = setInterval(tick, 2000);
   webhooks(hooks);
   users(people);
+  tokens(keys);
 }
