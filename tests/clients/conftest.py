@@ -205,3 +205,7 @@ def herald_files(tmp_path: Path, request: pytest.FixtureRequest):
 def file_path(url: str) -> str:
     assert url.startswith(FILES_BASE_URL + "/file/"), url
     return url[len(FILES_BASE_URL):]
+
+# The web app tests' Chromium (one per session, shared by test_webapp.py and
+# test_webpush.py): defined in webapp_support.
+from webapp_support import browser  # noqa: E402,F401

@@ -34,6 +34,7 @@ const SECRET_OPTIONS: &[&str] = &[
     // An `s3://` attachment-cache-dir carries the bucket's secret key.
     "attachment-cache-dir",
     "smtp-sender-pass",
+    "web-push-private-key",
 ];
 
 /// Every option `herald serve` takes. `--help` is generated from this table.
@@ -436,6 +437,42 @@ const OPTIONS: &[OptionSpec] = &[
         default: "",
         help: "Where the web app sends users to log out when the proxy authenticates them (reported in /v1/config)",
     },
+    // The web app and Web Push (docs/WEBAPP.md).
+    OptionSpec {
+        key: "web-root",
+        default: "/",
+        help: "Where the web app is served: `/` (browsers opening `/` or `/<topic>`), another path such as `/app`, or `disable`",
+    },
+    OptionSpec {
+        key: "web-push-public-key",
+        default: "",
+        help: "Web Push VAPID public key (base64url, from `herald webpush keys`); with `web-push-private-key` it turns Web Push on",
+    },
+    OptionSpec {
+        key: "web-push-private-key",
+        default: "",
+        help: "Web Push VAPID private key (base64url). Prefer the environment or the config file to a flag (visible in `ps`)",
+    },
+    OptionSpec {
+        key: "web-push-file",
+        default: "",
+        help: "SQLite file of Web Push subscriptions and their send queue; default `<data-dir>/webpush.db`. Not used with `redis-url`",
+    },
+    OptionSpec {
+        key: "web-push-email-address",
+        default: "",
+        help: "Contact address sent to push services in the VAPID JWT (`sub`), e.g. `admin@example.com`",
+    },
+    OptionSpec {
+        key: "web-push-allowed-endpoints",
+        default: "",
+        help: "Comma-separated URL prefixes accepted as Web Push endpoints besides the browsers' public push services (Google, Mozilla, Microsoft, Apple), e.g. a self-hosted push service",
+    },
+    OptionSpec {
+        key: "web-push-expiry-duration",
+        default: "60d",
+        help: "Remove a Web Push subscription its browser has not renewed for this long",
+    },
 ];
 
 /// Where a value came from, for error messages.
@@ -536,6 +573,8 @@ pub struct Config {
     pub upstream: Option<crate::upstream::UpstreamConfig>,
     /// `auth-users`, `auth-access`, `auth-tokens`; `None`: nothing provisioned.
     pub auth_provisioning: Option<crate::auth::provision::Provisioning>,
+    /// The web app (`web-root`) and Web Push (`web-push-*`).
+    pub web: crate::web::WebConfig,
 }
 
 impl Config {
@@ -774,6 +813,7 @@ impl RawValues {
             auth_logout_url: self.parse("auth-logout-url", |s| Ok(s.to_string()))?,
             upstream: self.upstream()?,
             auth_provisioning: self.auth_provisioning()?,
+            web: self.web_config(&data_dir)?,
             data_dir,
         })
     }
@@ -954,6 +994,51 @@ impl RawValues {
             })
         };
         Ok(EmailConfig { sender, server })
+    }
+
+    fn web_config(&self, data_dir: &Path) -> Result<crate::web::WebConfig, ConfigError> {
+        use crate::webpush::{WebPushConfig, keys::VapidKeys};
+        let public = self.parse("web-push-public-key", |s| Ok(s.to_string()))?;
+        // Both keys or neither: the pair is checked as one (the public key must be
+        // the private key's).
+        let keys = self.parse_secret("web-push-private-key", |private| {
+            match (public.is_empty(), private.is_empty()) {
+                (true, true) => Ok(None),
+                (false, false) => VapidKeys::from_base64(&public, private)
+                    .map(Some)
+                    .map_err(|e| e.to_string()),
+                _ => {
+                    Err("set both web-push-public-key and web-push-private-key, or neither".into())
+                }
+            }
+        })?;
+        let push = match keys {
+            None => None,
+            Some(keys) => {
+                let file = self.parse("web-push-file", |s| Ok(s.to_string()))?;
+                Some(WebPushConfig {
+                    keys: std::sync::Arc::new(keys),
+                    file: if file.is_empty() {
+                        data_dir.join("webpush.db")
+                    } else {
+                        PathBuf::from(file)
+                    },
+                    email: self.parse("web-push-email-address", |s| Ok(s.to_string()))?,
+                    expiry: self.parse("web-push-expiry-duration", positive_duration)?,
+                    allowed_endpoints: self.parse("web-push-allowed-endpoints", |s| {
+                        Ok(s.split(',')
+                            .map(str::trim)
+                            .filter(|p| !p.is_empty())
+                            .map(str::to_string)
+                            .collect())
+                    })?,
+                })
+            }
+        };
+        Ok(crate::web::WebConfig {
+            root: self.parse("web-root", crate::web::parse_web_root)?,
+            push,
+        })
     }
 
     fn webhook_config(
@@ -1447,6 +1532,61 @@ mod tests {
             let err = load(&matches(&[key, value])).unwrap_err().to_string();
             assert!(err.contains(&key[2..]), "{err}");
         }
+    }
+
+    #[test]
+    fn web_options_default_and_validate() {
+        let c = load(&matches(&[])).unwrap().web;
+        assert_eq!(c.root, crate::web::WebRoot::At("/".into()));
+        assert!(c.push.is_none());
+        let keys = crate::webpush::keys::VapidKeys::generate().unwrap();
+        let (public, private) = (keys.public_base64(), keys.private_base64());
+        let c = load(&matches(&[
+            "--web-root",
+            "/app",
+            "--web-push-public-key",
+            &public,
+            "--web-push-private-key",
+            &private,
+            "--web-push-allowed-endpoints",
+            "http://127.0.0.1:9/, https://push.example/",
+        ]))
+        .unwrap();
+        assert_eq!(c.web.root, crate::web::WebRoot::At("/app".into()));
+        let push = c.web.push.clone().unwrap();
+        assert_eq!(push.keys.public_base64(), public);
+        assert_eq!(push.file, PathBuf::from("./herald-data/webpush.db"));
+        assert_eq!(push.expiry, Duration::from_secs(60 * 86400));
+        assert_eq!(
+            push.allowed_endpoints,
+            ["http://127.0.0.1:9/", "https://push.example/"]
+        );
+        assert!(
+            !format!("{c:?}").contains(&private),
+            "the private key is a secret"
+        );
+        let other = crate::webpush::keys::VapidKeys::generate().unwrap();
+        for args in [
+            vec!["--web-push-public-key", public.as_str()],
+            vec!["--web-push-private-key", private.as_str()],
+            vec![
+                "--web-push-public-key",
+                &public,
+                "--web-push-private-key",
+                &other.private_base64(),
+            ],
+        ] {
+            let err = load(&matches(&args)).unwrap_err().to_string();
+            assert!(err.contains("web-push-private-key"), "{err}");
+            assert!(
+                !err.contains(&private) && !err.contains(&other.private_base64()),
+                "{err}"
+            );
+        }
+        let err = load(&matches(&["--web-root", "/a/b"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("web-root"), "{err}");
     }
 
     #[test]

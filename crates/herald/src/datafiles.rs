@@ -142,3 +142,38 @@ mod tests {
         assert_eq!(mode(&db), 0o400);
     }
 }
+
+/// A small service database (webhooks, Web Push): prepared as above, opened in WAL
+/// mode with `synchronous = NORMAL` (a commit survives a process crash) and a 5 s
+/// busy timeout, behind one connection that blocking tasks take in turn.
+#[derive(Debug, Clone)]
+pub(crate) struct ServiceDb(std::sync::Arc<std::sync::Mutex<rusqlite::Connection>>);
+
+impl ServiceDb {
+    pub(crate) fn open(path: &Path) -> Result<ServiceDb, String> {
+        prepare_database(path).map_err(|e| e.to_string())?;
+        let conn = rusqlite::Connection::open(path).map_err(|e| e.to_string())?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .and_then(|()| conn.pragma_update(None, "journal_mode", "WAL"))
+            .and_then(|()| conn.pragma_update(None, "synchronous", "NORMAL"))
+            .map_err(|e| e.to_string())?;
+        Ok(ServiceDb(std::sync::Arc::new(std::sync::Mutex::new(conn))))
+    }
+
+    /// The connection, before the database is shared (schema, migrations).
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, rusqlite::Connection> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` on a blocking thread with the connection.
+    pub(crate) async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, String> {
+        let db = self.clone();
+        tokio::task::spawn_blocking(move || f(&mut db.lock()))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
+    }
+}

@@ -86,6 +86,9 @@ api_errors! {
     TEMPLATE_FILE_INVALID = (400, 40048, "invalid request: template file invalid", LINK_TEMPLATES);
     TEMPLATE_TIMEOUT = (400, 40055, "invalid request: template execution timed out", LINK_TEMPLATES);
     TEMPLATE_TOO_LARGE = (400, 40056, "invalid request: template too large", LINK_TEMPLATES);
+    WEB_PUSH_INVALID = (400, 40038, "invalid request: web push payload malformed");
+    WEB_PUSH_ENDPOINT_UNKNOWN = (400, 40039, "invalid request: web push endpoint unknown");
+    WEB_PUSH_TOO_MANY_TOPICS = (400, 40040, "invalid request: too many web push topics");
     SEQUENCE_ID_INVALID = (400, 40049, "invalid request: sequence ID invalid", "https://ntfy.sh/docs/publish/#updating-deleting-notifications");
     EMAIL_ADDRESS_INVALID = (400, 40050, "invalid request: invalid e-mail address");
     UNAUTHORIZED = (401, 40101, "unauthorized", LINK_AUTH);

@@ -32,6 +32,8 @@
 //! - `template`: message templates (Go `text/template` + Sprig over a JSON body).
 //! - `upstream`: iOS upstream poll requests (`upstream-base-url`).
 //! - [`webhook`]: outgoing webhooks (Standard Webhooks, at-least-once, SSRF guard).
+//! - `web`: the web app embedded in the binary (`web-root`).
+//! - [`webpush`]: Web Push to browsers (VAPID, RFC 8291 encryption, the send queue).
 //! - `datafiles`: the data directory's and the databases' permissions.
 //!
 //! The load generator (`herald bench`) is the workspace's `herald-bench` crate; only
@@ -71,5 +73,7 @@ pub(crate) mod telemetry;
 pub(crate) mod template;
 pub(crate) mod time;
 pub(crate) mod upstream;
+pub(crate) mod web;
 pub mod webhook;
+pub mod webpush;
 pub mod wire;

@@ -26,7 +26,15 @@ fn cli() -> Command {
                 ),
         )
         .subcommand(herald_bench::add_args(Command::new("bench")))
-        .subcommand(herald::webhook::cli::add_args(Command::new("webhook")));
+        .subcommand(herald::webhook::cli::add_args(Command::new("webhook")))
+        .subcommand(
+            Command::new("webpush")
+                .about("Web Push helpers")
+                .subcommand_required(true)
+                .subcommand(Command::new("keys").about(
+                    "Generate a VAPID key pair for web-push-public-key / web-push-private-key",
+                )),
+        );
     herald::auth::cli::add_commands(cli)
 }
 
@@ -41,6 +49,7 @@ fn main() -> std::process::ExitCode {
         Some(("healthcheck", m)) => healthcheck(m.get_one::<String>("url").map(String::as_str)),
         Some(("bench", m)) => herald_bench::run(m),
         Some(("webhook", m)) => herald::webhook::cli::run(m),
+        Some(("webpush", _)) => webpush_keys(),
         Some((name @ ("user" | "access" | "token"), m)) => herald::auth::cli::run(name, m),
         _ => Ok(()),
     };
@@ -52,6 +61,26 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// `herald webpush keys`: a new VAPID key pair, printed as config lines (ntfy's
+/// `ntfy webpush keys` output shape).
+fn webpush_keys() -> anyhow::Result<()> {
+    let keys = herald::webpush::keys::VapidKeys::generate()?;
+    let text = format!(
+        "Web Push keys generated. Add the following lines to your config file:\n\n\
+         web-push-public-key: {}\n\
+         web-push-private-key: {}\n\
+         web-push-file: /var/lib/herald/webpush.db # or leave it out: <data-dir>/webpush.db\n\
+         web-push-email-address: <email address>\n\n\
+         (or HERALD_WEB_PUSH_PUBLIC_KEY / HERALD_WEB_PUSH_PRIVATE_KEY in the environment)\n",
+        keys.public_base64(),
+        keys.private_base64()
+    );
+    use std::io::Write as _;
+    std::io::stdout()
+        .write_all(text.as_bytes())
+        .context("cannot write the keys")
 }
 
 /// Installs the log (stderr, through `herald::logging`, so a failing stderr is

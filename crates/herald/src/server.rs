@@ -130,7 +130,14 @@ pub async fn run(
     };
     // Publishes wake the webhook feed (see crate::webhook).
     let feed_wake = Arc::new(tokio::sync::Notify::new());
-    let broker = Arc::new(WakingBroker::new(broker, feed_wake.clone()));
+    let broker: Arc<dyn Broker> = Arc::new(WakingBroker::new(broker, feed_wake.clone()));
+    // Publishes wake the Web Push feed too, when it is on (see crate::webpush).
+    let push_wake = Arc::new(tokio::sync::Notify::new());
+    let broker: Arc<dyn Broker> = if config.web.push.is_some() {
+        Arc::new(WakingBroker::new(broker, push_wake.clone()))
+    } else {
+        broker
+    };
     let herald = Herald::new(config.clone(), store.clone(), broker, hub.clone());
     herald.spawn_background(&tracker, background.clone());
 
@@ -157,6 +164,10 @@ pub async fn run(
         Some(webhooks)
     };
 
+    let webpush = match &config.web.push {
+        Some(push) => Some(crate::webpush::start(&config, push, &herald, push_wake)?),
+        None => None,
+    };
     // E-mail (src/email): the outbox sends `X-Email` mail from its durable queue.
     let email_metrics = crate::email::outgoing::EmailMetrics::default();
     if let Some(sender) = &config.email.sender {
@@ -208,6 +219,9 @@ pub async fn run(
         None => None,
     };
     metrics.register_source(&email_metrics);
+    if let Some(webpush) = &webpush {
+        metrics.register_source(&webpush.metrics);
+    }
     let metrics = Arc::new(metrics);
     let auth = match (&config.auth, &config.redis_url) {
         // Cluster mode: the users, tokens and ACL every node shares (auth-file unused).
@@ -255,6 +269,7 @@ pub async fn run(
     state.webhooks = webhooks.clone();
     state.attachments = open_attachments(&config, &tracker, &background).await?;
     state.upstream = upstream;
+    state.webpush = webpush.clone();
     if let Some(url) = &config.redis_url {
         state.limits = cluster_limits(&config, url, &state.metrics, &tracker, &background).await?;
     }
@@ -351,6 +366,9 @@ pub async fn run(
     tracker.wait().await;
     if let Some(webhooks) = &webhooks {
         webhooks.stop().await;
+    }
+    if let Some(webpush) = &webpush {
+        webpush.stop().await;
     }
     store.close().await;
     metrics_stop.cancel();

@@ -115,7 +115,7 @@ async fn hash_password(password: String) -> Result<String, ApiError> {
 
 /// Reads a JSON body of at most [`JSON_LIMIT`] bytes; an empty body is `T`'s
 /// default when `allow_empty`.
-async fn read_json<T: for<'de> Deserialize<'de> + Default>(
+pub(crate) async fn read_json<T: for<'de> Deserialize<'de> + Default>(
     req: Request,
     allow_empty: bool,
 ) -> Result<T, ApiError> {

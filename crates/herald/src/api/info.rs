@@ -123,10 +123,25 @@ pub async fn stats(state: &AppState) -> Result<Response, ApiError> {
 
 /// `GET /v1/config`: what the web app and clients read about this server.
 pub fn config(state: &AppState) -> Response {
-    let body = json!({
-        "base_url": state.herald.config().base_url,
-        "app_root": "/",
-        "enable_login": false,
+    let mut resp = json_response(StatusCode::OK, config_body(state).to_string());
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    resp
+}
+
+/// The body of `/v1/config` (and of the web app's `/config.js`).
+pub fn config_body(state: &AppState) -> serde_json::Value {
+    let config = state.herald.config();
+    let push_key = config
+        .web
+        .push
+        .as_ref()
+        .map(|p| p.keys.public_base64())
+        .unwrap_or_default();
+    let mut body = json!({
+        "base_url": config.base_url,
+        "app_root": config.web.app_root(),
+        "enable_login": state.auth.is_enabled(),
         "require_login": false,
         "enable_signup": false,
         "enable_payments": false,
@@ -134,21 +149,17 @@ pub fn config(state: &AppState) -> Response {
         "enable_emails": state.herald.emails_enabled(),
         "enable_reset_password": false,
         "enable_reservations": false,
-        "enable_web_push": false,
+        "enable_web_push": !push_key.is_empty(),
         "billing_contact": "",
-        "web_push_public_key": "",
+        "web_push_public_key": push_key,
         "disallowed_topics": DEFAULT_DISALLOWED_TOPICS,
         "config_hash": env!("CARGO_PKG_VERSION"),
     });
-    let mut body = body;
-    let logout = &state.herald.config().auth_logout_url;
+    let logout = &config.auth_logout_url;
     if !logout.is_empty() {
         body["auth_logout_url"] = logout.clone().into();
     }
-    let mut resp = json_response(StatusCode::OK, body.to_string());
-    resp.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    resp
+    body
 }
 
 /// `GET /<topics>/auth`: whether the caller may read every topic.

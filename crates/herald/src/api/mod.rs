@@ -22,6 +22,7 @@ pub(crate) mod proxy_auth;
 pub(crate) mod publish;
 pub(crate) mod subscribe;
 pub(crate) mod webhooks;
+pub(crate) mod webpush;
 pub(crate) mod ws;
 
 use std::net::SocketAddr;
@@ -57,6 +58,8 @@ pub struct AppState {
     pub attachments: Option<Arc<crate::attachment::Attachments>>,
     /// iOS upstream pokes (`upstream-base-url`); `None`: off.
     pub(crate) upstream: Option<Arc<crate::upstream::Upstream>>,
+    /// Web Push (`/v1/webpush`); `None` (no VAPID keys) answers 404 there.
+    pub webpush: Option<Arc<crate::webpush::WebPush>>,
 }
 
 impl AppState {
@@ -77,6 +80,7 @@ impl AppState {
             auth: Arc::new(crate::auth::Authorizer::disabled()),
             attachments: None,
             upstream: None,
+            webpush: None,
         }
     }
 
@@ -156,6 +160,11 @@ async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
         Err(refusal) => return with_cors(refusal_response(&state.limits, refusal, &visitor)),
     };
 
+    // The web app's pages and files (`web-root`), before the API's routes: a
+    // browser's `GET /<topic>` (Accept: text/html) opens the app on that topic.
+    if let Some(resp) = crate::web::serve(&state, &method, &segments, req.headers()) {
+        return with_cors(resp);
+    }
     let result = match (&method, segments.as_slice()) {
         (&Method::OPTIONS, _) => Ok(info::options()),
         (&Method::GET, ["v1", "health"]) => Ok(info::health(&state)),
@@ -182,6 +191,7 @@ async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
         }
         (&Method::GET, ["_matrix", "push", "v1", "notify"]) => matrix::discovery(&state),
         (&Method::POST, ["_matrix", "push", "v1", "notify"]) => matrix::notify(&state, req).await,
+        (_, ["v1", "webpush"]) => webpush::handle(&state, &principal, req).await,
         (&Method::PUT | &Method::POST, [""]) => publish::publish_json(&state, req).await,
         (&Method::PUT | &Method::POST, [topic]) if topic::is_valid_name(topic) => {
             let topic = topic.to_string();

@@ -243,6 +243,8 @@ impl Charge {
             (&Method::OPTIONS, _) => Charge::Request,
             // The Matrix push gateway publishes one message per request.
             (&Method::POST, ["_matrix", "push", "v1", "notify"]) => Charge::Publish,
+            // ntfy's `limitRequests` on web push registrations.
+            (_, ["v1", "webpush"]) => Charge::Request,
             (_, ["v1", ..]) => Charge::Free,
             (&Method::PUT | &Method::POST, [_] | [_, _]) => Charge::Publish,
             (&Method::DELETE, [_, _]) => Charge::Publish,

@@ -8,7 +8,6 @@
 //! expiry instead).
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -85,7 +84,7 @@ const MIGRATE_V2: &str = "ALTER TABLE webhooks ADD COLUMN token_digest BLOB;";
 /// The SQLite [`WebhookStore`].
 #[derive(Debug)]
 pub struct SqliteWebhookStore {
-    conn: Arc<Mutex<Connection>>,
+    db: crate::datafiles::ServiceDb,
 }
 
 fn backend(e: impl std::fmt::Display) -> WebhookStoreError {
@@ -95,13 +94,8 @@ fn backend(e: impl std::fmt::Display) -> WebhookStoreError {
 impl SqliteWebhookStore {
     /// Opens (creating) the store at `path` and releases every claim of a previous run.
     pub fn open(path: &Path) -> Result<SqliteWebhookStore, WebhookStoreError> {
-        crate::datafiles::prepare_database(path).map_err(backend)?;
-        let conn = Connection::open(path).map_err(backend)?;
-        conn.busy_timeout(Duration::from_secs(5)).map_err(backend)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(backend)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(backend)?;
+        let db = crate::datafiles::ServiceDb::open(path).map_err(WebhookStoreError::Backend)?;
+        let conn = db.lock();
         let version: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .map_err(backend)?;
@@ -130,23 +124,15 @@ impl SqliteWebhookStore {
             [],
         )
         .map_err(backend)?;
-        Ok(SqliteWebhookStore {
-            conn: Arc::new(Mutex::new(conn)),
-        })
+        drop(conn);
+        Ok(SqliteWebhookStore { db })
     }
 
     async fn with<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, WebhookStoreError> {
-        let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
-            f(&mut conn)
-        })
-        .await
-        .map_err(backend)?
-        .map_err(backend)
+        self.db.with(f).await.map_err(WebhookStoreError::Backend)
     }
 }
 
