@@ -286,6 +286,17 @@ const OPTIONS: &[OptionSpec] = &[
         default: "herald:",
         help: "Prefix of every Redis key herald uses; nodes of one cluster share it, different clusters on one Redis need different ones",
     },
+    // Idempotent publishing (a herald extension, README "Idempotent publishing").
+    OptionSpec {
+        key: "idempotency-window",
+        default: "24h",
+        help: "How long a publish's `Idempotency-Key` is remembered (per visitor): a repeat within it gets the original answer instead of a second message; `0` ignores keys",
+    },
+    OptionSpec {
+        key: "idempotency-key-limit",
+        default: "100000",
+        help: "Most idempotency keys remembered at once (node, or cluster with `redis-url`); beyond it the ones nearest their expiry are forgotten first",
+    },
 ];
 
 /// Where a value came from, for error messages.
@@ -368,6 +379,10 @@ pub struct Config {
     pub redis_url: Option<String>,
     /// Prefix of every Redis key (`redis-key-prefix`).
     pub redis_key_prefix: String,
+    /// How long idempotency keys are remembered (`idempotency-window`); zero: off.
+    pub idempotency_window: Duration,
+    /// Most idempotency keys kept (`idempotency-key-limit`).
+    pub idempotency_key_limit: usize,
 }
 
 impl Config {
@@ -598,6 +613,11 @@ impl RawValues {
             otlp_service_name: self.parse("otlp-service-name", non_empty)?,
             redis_url: self.parse("redis-url", redis_url)?,
             redis_key_prefix: self.parse("redis-key-prefix", non_empty)?,
+            idempotency_window: self.parse("idempotency-window", duration)?,
+            idempotency_key_limit: self.parse("idempotency-key-limit", |s| match count(s)? {
+                0 => Err("must be at least 1".into()),
+                n => Ok(n),
+            })?,
             limits: self.limits()?,
             webhooks: self.webhook_config(&data_dir)?,
             auth: self.auth_settings(&data_dir)?,

@@ -152,6 +152,10 @@ pub async fn run(
     let mut state = AppState::with_metrics(herald.clone(), metrics, metrics_listener.is_none())
         .with_auth(Arc::new(auth));
     state.webhooks = webhooks.clone();
+    state.idempotency = Arc::new(
+        crate::idempotency::Idempotency::open(&config)
+            .context("cannot open the idempotency key store")?,
+    );
     if let Some(url) = &config.redis_url {
         state.limits = cluster_limits(&config, url, &state.metrics, &tracker, &background).await?;
     }

@@ -50,6 +50,8 @@ pub struct AppState {
     pub webhooks: Option<Arc<crate::webhook::Webhooks>>,
     /// Access control (disabled unless configured).
     pub auth: Arc<crate::auth::Authorizer>,
+    /// Idempotent publishing (`Idempotency-Key`); every publish goes through it.
+    pub idempotency: Arc<crate::idempotency::Idempotency>,
 }
 
 impl AppState {
@@ -68,6 +70,7 @@ impl AppState {
             metrics_on_main,
             webhooks: None,
             auth: Arc::new(crate::auth::Authorizer::disabled()),
+            idempotency: Arc::new(crate::idempotency::Idempotency::in_memory()),
         }
     }
 
@@ -121,6 +124,8 @@ async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
     let mut req = req;
     req.extensions_mut().insert(principal.clone());
     let visitor = state.limits.visitor(client_ip, principal.user_name());
+    // The scope of a publish's idempotency key.
+    req.extensions_mut().insert(visitor.clone());
     let charge = Charge::of(&method, &segments);
     // Like ntfy's `limitRequests` middleware: charged before the request is parsed.
     // In cluster mode the charge is one round trip to the shared limits.

@@ -17,6 +17,7 @@ use super::{AppState, json_response, parse_topics, query_pairs};
 use crate::auth::{Permission, Principal};
 use crate::core::publish::{MessageDraft, POLL_REQUEST_MESSAGE, PublishKind, PublishRequest};
 use crate::error::ApiError;
+use crate::idempotency::{FingerprintBuilder, IdempotencyKey};
 use crate::model::{Attachment, now_unix};
 use crate::wire::json_line as encode_json_line;
 
@@ -32,7 +33,13 @@ pub async fn publish(
     let query = query_pairs(&req);
     let (parts, body) = req.into_parts();
     let body = read_body(body, state.herald.config().message_size_limit).await?;
-    publish_with(state, &parts.headers, &query, body, topic, path_sequence_id).await
+    let scope = idempotency_scope(&parts.extensions);
+    let target = Target {
+        topic,
+        path_sequence_id,
+        scope,
+    };
+    publish_with(state, &parts.headers, &query, body, target).await
 }
 
 /// `PUT`/`POST /` with a JSON body naming the topic (docs/COMPATIBILITY.md §2.6).
@@ -65,7 +72,87 @@ pub async fn publish_json(state: &AppState, req: Request) -> Result<Response, Ap
         complete: message.len() < state.herald.config().message_size_limit,
         bytes: Bytes::from(message),
     };
-    publish_with(state, &headers, &query, body, topic, None).await
+    let target = Target {
+        topic,
+        path_sequence_id: None,
+        scope: idempotency_scope(&parts.extensions),
+    };
+    publish_with(state, &headers, &query, body, target).await
+}
+
+/// Where a publish goes, and whose idempotency keys it uses.
+struct Target {
+    topic: String,
+    path_sequence_id: Option<String>,
+    /// The visitor (`user:<name>` or `ip:<prefix>`): keys are per visitor.
+    scope: String,
+}
+
+/// The visitor the dispatcher charged this request to, as an idempotency scope.
+fn idempotency_scope(extensions: &axum::http::Extensions) -> String {
+    extensions
+        .get::<crate::limits::Visitor>()
+        .map(|v| crate::limits::shared::visitor_name(&v.key))
+        .unwrap_or_default()
+}
+
+/// The request's names for an idempotency key (a herald extension): headers, then
+/// the query, like ntfy's parameters.
+const IDEMPOTENCY_KEY: &[&str] = &["idempotency-key", "x-idempotency-key", "idempotency_key"];
+
+/// Every publish parameter a fingerprint covers: what the request asks for, as sent
+/// (a relative `X-Delay` stays the same request when retried later).
+const FINGERPRINTED: &[&[&str]] = {
+    use super::params::names::*;
+    &[
+        MESSAGE,
+        TITLE,
+        PRIORITY,
+        TAGS,
+        DELAY,
+        ACTIONS,
+        CLICK,
+        ATTACH,
+        FILENAME,
+        ICON,
+        EMAIL,
+        CALL,
+        TEMPLATE,
+        CACHE,
+        FIREBASE,
+        MARKDOWN,
+        CONTENT_TYPE,
+        UNIFIEDPUSH,
+        POLL_ID,
+        SEQUENCE_ID,
+    ]
+};
+
+/// The request's idempotency key, if it carries one, with the fingerprint of what
+/// it publishes: topic, path sequence ID, body and every publish parameter.
+fn idempotency_key(
+    src: &ParamSource<'_>,
+    target: &Target,
+    body: &[u8],
+) -> Result<Option<IdempotencyKey>, ApiError> {
+    let Some(key) = src.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    let mut fingerprint = FingerprintBuilder::default();
+    fingerprint
+        .part("topic", target.topic.as_bytes())
+        .part(
+            "sid",
+            target.path_sequence_id.as_deref().unwrap_or("").as_bytes(),
+        )
+        .part("body", body);
+    for names in FINGERPRINTED {
+        let value = src.get(names).unwrap_or_default();
+        fingerprint.part(names[0], value.as_bytes());
+    }
+    IdempotencyKey::new(&target.scope, &key, fingerprint.finish())
+        .map(Some)
+        .map_err(|_| ApiError::IDEMPOTENCY_KEY_INVALID)
 }
 
 /// The publish body, read up to the message size limit.
@@ -137,12 +224,17 @@ async fn publish_with(
     headers: &HeaderMap,
     query: &[(String, String)],
     body: BodyBytes,
-    topic: String,
-    path_sequence_id: Option<String>,
+    target: Target,
 ) -> Result<Response, ApiError> {
     let config = state.herald.config();
     let now = now_unix();
     let src = ParamSource { headers, query };
+    let key = idempotency_key(&src, &target, &body.bytes)?;
+    let Target {
+        topic,
+        path_sequence_id,
+        ..
+    } = target;
     let limits = PublishLimits {
         delay_min_secs: 10,
         delay_max_secs: config.message_delay_limit.as_secs() as i64,
@@ -204,9 +296,21 @@ async fn publish_with(
         topic,
         kind: PublishKind::Message(Box::new(draft)),
     };
-    let m = state.herald.publish(request).await?;
-    tracing::debug!(topic = %m.topic, id = %m.id, scheduled, "published");
-    Ok(json_response(StatusCode::OK, encode_json_line(&m).to_vec()))
+    let published = state
+        .idempotency
+        .publish(&state.herald, request, key)
+        .await?;
+    let m = published.message;
+    tracing::debug!(topic = %m.topic, id = %m.id, scheduled, replayed = published.replayed, "published");
+    let mut resp = json_response(StatusCode::OK, encode_json_line(&m).to_vec());
+    if published.replayed {
+        // Stripe's header: this answer is the original one, nothing was published.
+        resp.headers_mut().insert(
+            axum::http::HeaderName::from_static("idempotent-replayed"),
+            axum::http::HeaderValue::from_static("true"),
+        );
+    }
+    Ok(resp)
 }
 
 /// The body's text wins over `message=` unless the body is empty (publish via GET).
