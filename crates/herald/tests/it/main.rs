@@ -13,6 +13,7 @@ mod files;
 mod fixture;
 mod hardening;
 mod history;
+mod idempotency;
 mod info;
 mod limits;
 mod metrics;
