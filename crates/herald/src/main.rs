@@ -26,7 +26,9 @@ fn cli() -> Command {
                 ),
         )
         .subcommand(herald_bench::add_args(Command::new("bench")))
-        .subcommand(herald::webhook::cli::add_args(Command::new("webhook")));
+        .subcommand(herald::webhook::cli::add_args(Command::new("webhook")))
+        .subcommand(herald_client::add_publish_args(Command::new("publish")))
+        .subcommand(herald_client::add_subscribe_args(Command::new("subscribe")));
     herald::auth::cli::add_commands(cli)
 }
 
@@ -41,6 +43,8 @@ fn main() -> std::process::ExitCode {
         Some(("healthcheck", m)) => healthcheck(m.get_one::<String>("url").map(String::as_str)),
         Some(("bench", m)) => herald_bench::run(m),
         Some(("webhook", m)) => herald::webhook::cli::run(m),
+        Some(("publish", m)) => client_tls().and_then(|tls| herald_client::run_publish(m, tls)),
+        Some(("subscribe", m)) => client_tls().and_then(|tls| herald_client::run_subscribe(m, tls)),
         Some((name @ ("user" | "access" | "token"), m)) => herald::auth::cli::run(name, m),
         _ => Ok(()),
     };
@@ -52,6 +56,12 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// TLS for `herald publish` / `herald subscribe`: the webhook client's (rustls on
+/// ring, compiled-in roots), so a `FROM scratch` image reaches `https://` servers.
+fn client_tls() -> anyhow::Result<rustls::ClientConfig> {
+    herald::webhook::client::tls_config().map_err(|e| anyhow::anyhow!("TLS set-up: {e}"))
 }
 
 /// Installs the log (stderr, through `herald::logging`, so a failing stderr is

@@ -7,6 +7,7 @@
 mod auth;
 mod bench;
 mod cli_config;
+mod client;
 mod cluster;
 mod durability;
 mod files;
