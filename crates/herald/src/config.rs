@@ -884,6 +884,17 @@ mod tests {
     }
 
     #[test]
+    fn idempotency_options() {
+        let c = load(&matches(&[])).unwrap();
+        assert_eq!(c.idempotency_window, Duration::from_secs(24 * 3600));
+        assert_eq!(c.idempotency_key_limit, 100_000);
+        let c = load(&matches(&["--idempotency-window", "5m"])).unwrap();
+        assert_eq!(c.idempotency_window, Duration::from_secs(300));
+        let err = load(&matches(&["--idempotency-key-limit", "0"])).unwrap_err();
+        assert!(err.to_string().contains("idempotency-key-limit"), "{err}");
+    }
+
+    #[test]
     fn bad_values_name_key_and_source() {
         let err = load(&matches(&["--cache-duration", "soon"])).unwrap_err();
         let text = err.to_string();

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::fixture::{TestServer, expect_error, expect_json_raw, header};
+use crate::fixture::{Launch, TestServer, expect_error, expect_json_raw, header};
 
 /// `PUT /<topic>` with `body` and an `Idempotency-Key`; returns status, replay
 /// header and body text.
@@ -157,11 +157,35 @@ async fn keys_survive_a_restart_and_expire_after_the_window() {
     assert_eq!(server.poll("idem4", "since=all").await.len(), 2);
 }
 
-/// `idempotency-window 0` turns keys off.
+/// `idempotency-window 0` turns keys off, as a flag, in the environment or in the
+/// config file.
 #[tokio::test]
 async fn a_zero_window_ignores_keys() {
-    let server = TestServer::start(&["--idempotency-window", "0"]);
-    put_keyed(&server, "idem5", "x", "r").await;
-    put_keyed(&server, "idem5", "x", "r").await;
-    assert_eq!(server.poll("idem5", "since=all").await.len(), 2);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("server.yml");
+    std::fs::write(&file, "idempotency-window: 0\n").unwrap();
+    let launches = [
+        Launch {
+            args: vec!["--idempotency-window".into(), "0".into()],
+            ..Launch::default()
+        },
+        Launch {
+            envs: vec![("HERALD_IDEMPOTENCY_WINDOW".into(), "0".into())],
+            ..Launch::default()
+        },
+        Launch {
+            args: vec!["--config".into(), file.display().to_string()],
+            ..Launch::default()
+        },
+    ];
+    for launch in launches {
+        let server = TestServer::launch(launch.clone());
+        put_keyed(&server, "idem5", "x", "r").await;
+        put_keyed(&server, "idem5", "x", "r").await;
+        assert_eq!(
+            server.poll("idem5", "since=all").await.len(),
+            2,
+            "{launch:?}"
+        );
+    }
 }
