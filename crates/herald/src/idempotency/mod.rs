@@ -332,6 +332,46 @@ mod tests {
         b.finish()
     }
 
+    /// The protocol every [`KeyStore`] keeps, run by each implementation's tests on a
+    /// store of at most 3 keys.
+    pub(super) async fn check_store(keys: &dyn KeyStore) {
+        const LEASE: Duration = Duration::from_secs(30);
+        const LONG: Duration = Duration::from_secs(60);
+        let f = |b: u8| Fingerprint([b; 32]);
+        let claim =
+            |id: &'static str, b: u8| async move { keys.claim(id, &f(b), LEASE).await.unwrap() };
+        assert_eq!(claim("a", 1).await, Claim::Won);
+        assert_eq!(claim("a", 1).await, Claim::Pending);
+        assert_eq!(claim("a", 2).await, Claim::Mismatch);
+        keys.complete("a", b"{}", LONG).await.unwrap();
+        assert_eq!(claim("a", 1).await, Claim::Done(b"{}".to_vec()));
+        assert_eq!(claim("a", 2).await, Claim::Mismatch);
+        keys.release("a").await.unwrap();
+        assert_eq!(
+            claim("a", 1).await,
+            Claim::Done(b"{}".to_vec()),
+            "a completed key stays"
+        );
+        assert_eq!(claim("b", 1).await, Claim::Won);
+        keys.release("b").await.unwrap();
+        assert_eq!(claim("b", 2).await, Claim::Won, "a released key is free");
+        keys.complete("b", b"{}", Duration::from_millis(1))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(claim("b", 3).await, Claim::Won, "the window ended");
+        keys.release("b").await.unwrap();
+        for id in ["c", "d", "e"] {
+            assert_eq!(claim(id, 1).await, Claim::Won);
+            keys.complete(id, b"{}", LONG).await.unwrap();
+        }
+        assert_eq!(
+            claim("a", 1).await,
+            Claim::Won,
+            "over the bound, the oldest went"
+        );
+    }
+
     #[test]
     fn keys_are_validated_and_scoped() {
         assert_eq!(

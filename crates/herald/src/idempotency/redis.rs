@@ -143,75 +143,33 @@ impl KeyStore for RedisKeys {
 mod tests {
     use super::*;
 
-    const LEASE: Duration = Duration::from_secs(30);
-
-    fn keys(test: &str, limit: usize) -> RedisKeys {
+    /// The key store protocol on the real Redis (127.0.0.1:6379) under a prefix of
+    /// its own, whose keys are deleted afterwards.
+    #[tokio::test]
+    async fn keeps_the_key_store_protocol() {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or_default();
-        let prefix = format!("herald-test:idem:{test}:{}:{nanos}:", std::process::id());
-        RedisKeys::open("redis://127.0.0.1:6379/0", &prefix, limit).unwrap()
-    }
-
-    fn fp(b: u8) -> Fingerprint {
-        Fingerprint([b; 32])
-    }
-
-    /// The same protocol as the SQLite store's, on the real Redis (127.0.0.1:6379).
-    #[tokio::test]
-    async fn claim_complete_replay_mismatch_release_and_bound() {
-        let keys = keys("protocol", 3);
-        assert_eq!(keys.claim("a", &fp(1), LEASE).await.unwrap(), Claim::Won);
-        assert_eq!(
-            keys.claim("a", &fp(1), LEASE).await.unwrap(),
-            Claim::Pending
-        );
-        assert_eq!(
-            keys.claim("a", &fp(2), LEASE).await.unwrap(),
-            Claim::Mismatch
-        );
-        keys.complete("a", b"{}", Duration::from_secs(60))
-            .await
-            .unwrap();
-        assert_eq!(
-            keys.claim("a", &fp(1), LEASE).await.unwrap(),
-            Claim::Done(b"{}".to_vec())
-        );
-        keys.release("a").await.unwrap();
-        assert_eq!(
-            keys.claim("a", &fp(1), LEASE).await.unwrap(),
-            Claim::Done(b"{}".to_vec())
-        );
-        assert_eq!(keys.claim("b", &fp(1), LEASE).await.unwrap(), Claim::Won);
-        keys.release("b").await.unwrap();
-        assert_eq!(keys.claim("b", &fp(2), LEASE).await.unwrap(), Claim::Won);
-        keys.complete("b", b"{}", Duration::from_millis(1))
-            .await
-            .unwrap();
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        assert_eq!(
-            keys.claim("b", &fp(3), LEASE).await.unwrap(),
-            Claim::Won,
-            "expired"
-        );
-        for id in ["c", "d", "e"] {
-            assert_eq!(keys.claim(id, &fp(1), LEASE).await.unwrap(), Claim::Won);
-            keys.complete(id, b"{}", Duration::from_secs(60))
-                .await
-                .unwrap();
-        }
+        let prefix = format!("herald-test:idem:{}:{nanos}:", std::process::id());
+        let keys = RedisKeys::open("redis://127.0.0.1:6379/0", &prefix, 3).unwrap();
+        super::super::tests::check_store(&keys).await;
         let mut conn = keys.conn.clone();
         let held: usize = redis::cmd("ZCARD")
             .arg(keys.index())
             .query_async(&mut conn)
             .await
             .unwrap();
-        assert_eq!(held, 3, "bounded by the limit");
         assert_eq!(
-            keys.claim("a", &fp(1), LEASE).await.unwrap(),
-            Claim::Won,
-            "the oldest went"
+            held, 2,
+            "d and e: the bound took c (a is claimed, not completed)"
         );
+        let _: () = redis::cmd("EVAL")
+            .arg("for _, k in ipairs(redis.call('KEYS', ARGV[1] .. '*')) do redis.call('DEL', k) end")
+            .arg(0)
+            .arg(&prefix)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
     }
 }

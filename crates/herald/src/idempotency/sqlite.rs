@@ -209,63 +209,9 @@ mod tests {
     const LEASE: Duration = Duration::from_secs(30);
 
     #[tokio::test]
-    async fn claim_complete_replay_mismatch_release() {
-        let keys = SqliteKeys::in_memory(100).unwrap();
-        assert_eq!(keys.claim("a", &fp(1), LEASE).await.unwrap(), Claim::Won);
-        assert_eq!(
-            keys.claim("a", &fp(1), LEASE).await.unwrap(),
-            Claim::Pending
-        );
-        assert_eq!(
-            keys.claim("a", &fp(2), LEASE).await.unwrap(),
-            Claim::Mismatch
-        );
-        keys.complete("a", b"{}", Duration::from_secs(60))
-            .await
-            .unwrap();
-        assert_eq!(
-            keys.claim("a", &fp(1), LEASE).await.unwrap(),
-            Claim::Done(b"{}".to_vec())
-        );
-        keys.release("a").await.unwrap();
-        assert_eq!(
-            keys.claim("a", &fp(1), LEASE).await.unwrap(),
-            Claim::Done(b"{}".to_vec()),
-            "a completed key is not released"
-        );
-        assert_eq!(keys.claim("b", &fp(1), LEASE).await.unwrap(), Claim::Won);
-        keys.release("b").await.unwrap();
-        assert_eq!(
-            keys.claim("b", &fp(2), LEASE).await.unwrap(),
-            Claim::Won,
-            "a released key is free"
-        );
-    }
-
-    #[tokio::test]
-    async fn expired_keys_are_free_and_the_table_is_bounded() {
+    async fn keeps_the_key_store_protocol() {
         let keys = SqliteKeys::in_memory(3).unwrap();
-        assert_eq!(
-            keys.claim("a", &fp(1), Duration::ZERO).await.unwrap(),
-            Claim::Won
-        );
-        assert_eq!(
-            keys.claim("a", &fp(2), LEASE).await.unwrap(),
-            Claim::Won,
-            "the lease ended"
-        );
-        keys.complete("a", b"1", Duration::from_millis(1))
-            .await
-            .unwrap();
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        assert_eq!(
-            keys.claim("a", &fp(3), LEASE).await.unwrap(),
-            Claim::Won,
-            "the window ended"
-        );
-        for id in ["b", "c", "d", "e"] {
-            assert_eq!(keys.claim(id, &fp(1), LEASE).await.unwrap(), Claim::Won);
-        }
+        super::super::tests::check_store(&keys).await;
         let rows = keys.inner.lock().unwrap().rows;
         let counted: i64 = keys
             .inner
@@ -274,7 +220,7 @@ mod tests {
             .conn
             .query_row("SELECT COUNT(*) FROM idempotency_keys", [], |r| r.get(0))
             .unwrap();
-        assert_eq!((rows, counted), (3, 3));
+        assert_eq!((rows, counted), (3, 3), "the row count is kept right");
     }
 
     #[tokio::test]

@@ -8,27 +8,38 @@ use serde_json::Value;
 
 use crate::fixture::{Launch, TestServer, expect_error, expect_json_raw, header};
 
-/// `PUT /<topic>` with `body` and an `Idempotency-Key`; returns status, replay
-/// header and body text.
+/// `PUT /<topic>` with `body`, title `t` and an `Idempotency-Key`; returns status,
+/// replay header and body text.
 async fn put_keyed(
     server: &TestServer,
     topic: &str,
     body: &str,
     key: &str,
 ) -> (u16, String, String) {
-    let resp = server
+    let resp = put(server, topic, ("Idempotency-Key", key), "t", body).await;
+    let status = resp.status().as_u16();
+    let replayed = header(&resp, "idempotent-replayed");
+    (status, replayed, resp.text().await.expect("body"))
+}
+
+/// `PUT /<topic>` with `body`, `title` and the key header `(name, key)`.
+async fn put(
+    server: &TestServer,
+    topic: &str,
+    (name, key): (&str, &str),
+    title: &str,
+    body: &str,
+) -> reqwest::Response {
+    server
         .client
         .put(server.url(&format!("/{topic}")))
-        .header("Idempotency-Key", key)
-        .header("Title", "t")
+        .header(name, key)
+        .header("Title", title)
         .body(body.to_string())
         .timeout(Duration::from_secs(30))
         .send()
         .await
-        .expect("publish");
-    let status = resp.status().as_u16();
-    let replayed = header(&resp, "idempotent-replayed");
-    (status, replayed, resp.text().await.expect("body"))
+        .expect("publish")
 }
 
 /// 100 identical requests at once make one message; all get its exact answer, and
@@ -60,56 +71,24 @@ async fn concurrent_duplicates_make_one_message() {
 }
 
 /// A different request with a used key is refused (422, as the IETF draft and
-/// Stripe); the same key from another visitor (user) is another key; a bad key is a
-/// 400; header aliases and the JSON field are one key.
+/// Stripe); a bad key is a 400; header aliases and the JSON field are one key.
 #[tokio::test]
 async fn different_requests_aliases_and_bad_keys() {
     let server = TestServer::start(&[]);
     let (status, _, first) = put_keyed(&server, "idem2", "one", "k").await;
     assert_eq!(status, 200);
-    let resp = server
-        .client
-        .put(server.url("/idem2"))
-        .header("Idempotency-Key", "k")
-        .header("Title", "t")
-        .body("two")
-        .send()
-        .await
-        .unwrap();
+    let resp = put(&server, "idem2", ("Idempotency-Key", "k"), "t", "two").await;
     expect_error(resp, 422, 42201).await;
     // Another title is another request too.
-    let resp = server
-        .client
-        .put(server.url("/idem2"))
-        .header("Idempotency-Key", "k")
-        .header("Title", "other")
-        .body("one")
-        .send()
-        .await
-        .unwrap();
+    let resp = put(&server, "idem2", ("Idempotency-Key", "k"), "other", "one").await;
     expect_error(resp, 422, 42201).await;
     // X-Idempotency-Key is the same key.
-    let resp = server
-        .client
-        .put(server.url("/idem2"))
-        .header("X-Idempotency-Key", "k")
-        .header("Title", "t")
-        .body("one")
-        .send()
-        .await
-        .unwrap();
+    let resp = put(&server, "idem2", ("X-Idempotency-Key", "k"), "t", "one").await;
     assert_eq!(header(&resp, "idempotent-replayed"), "true");
     let (_, again) = expect_json_raw(resp, 200).await;
     assert_eq!(again, first);
     for bad in ["", &"x".repeat(256), "caf\u{e9}"] {
-        let resp = server
-            .client
-            .put(server.url("/idem2"))
-            .header("Idempotency-Key", bad)
-            .body("one")
-            .send()
-            .await
-            .unwrap();
+        let resp = put(&server, "idem2", ("Idempotency-Key", bad), "t", "one").await;
         if bad.is_empty() {
             // An empty header is no key (as every empty ntfy parameter).
             assert_eq!(resp.status(), 200);
@@ -188,4 +167,27 @@ async fn a_zero_window_ignores_keys() {
             "{launch:?}"
         );
     }
+}
+
+/// Keys are per visitor: the same key from a user and from an anonymous client
+/// (same address) are two keys.
+#[tokio::test]
+async fn keys_are_per_visitor() {
+    let server = TestServer::start(&["--auth-default-access", "read-write"]);
+    crate::auth::cli(&server, &["user", "add", "phil"], Some("phil-secret"));
+    let (_, _, anonymous) = put_keyed(&server, "idem6", "x", "shared").await;
+    let resp = server
+        .client
+        .put(server.url("/idem6"))
+        .basic_auth("phil", Some("phil-secret"))
+        .header("Idempotency-Key", "shared")
+        .header("Title", "t")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(header(&resp, "idempotent-replayed"), "");
+    let (_, phil) = expect_json_raw(resp, 200).await;
+    assert_ne!(phil, anonymous);
+    assert_eq!(server.poll("idem6", "since=all").await.len(), 2);
 }
