@@ -71,8 +71,13 @@ fn read(path: &Path) -> anyhow::Result<ClientConfig> {
     if text.trim().is_empty() {
         return Ok(ClientConfig::default());
     }
-    let mut config: ClientConfig = serde_saphyr::from_str(&text)
-        .map_err(|e| anyhow::anyhow!("invalid client config {}: {e}", path.display()))?;
+    // Through `serde_json::Value`, as the server's config file: the YAML parser is
+    // then instantiated once in the binary (its code is most of its size).
+    let invalid = |e: &dyn std::fmt::Display| {
+        anyhow::anyhow!("invalid client config {}: {e}", path.display())
+    };
+    let doc: serde_json::Value = serde_saphyr::from_str(&text).map_err(|e| invalid(&e))?;
+    let mut config: ClientConfig = serde_json::from_value(doc).map_err(|e| invalid(&e))?;
     if config.default_host.is_empty() {
         config.default_host = DEFAULT_HOST.into();
     }

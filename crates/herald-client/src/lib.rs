@@ -27,10 +27,11 @@ mod subscribe;
 pub use publish::{add_args as add_publish_args, run as run_publish};
 pub use subscribe::{add_args as add_subscribe_args, run as run_subscribe};
 
-/// Runs `fut` on a small runtime of its own (the client needs no more than one
-/// thread for I/O; commands run on the blocking pool).
+/// Runs `fut` on a runtime of one worker (commands run on the blocking pool). The
+/// multi-thread scheduler, as the server's: the binary then carries one scheduler.
 fn block_on<T>(fut: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
-    tokio::runtime::Builder::new_current_thread()
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()
         .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?

@@ -290,8 +290,8 @@ async fn publish_claimed(
 ) -> Result<Published, IdempotencyError> {
     match herald.publish(request).await {
         Ok(message) => {
-            let recorded = match serde_json::to_vec(&message) {
-                Ok(response) => store.complete(&key.id, &response, window).await,
+            let recorded = match serde_json::to_string(&message) {
+                Ok(response) => store.complete(&key.id, response.as_bytes(), window).await,
                 Err(e) => Err(KeyStoreError::Failed(e.to_string())),
             };
             // The message is out: answer it. Unrecorded, the key frees up when its
@@ -314,7 +314,10 @@ async fn publish_claimed(
 }
 
 fn replay(response: &[u8]) -> Result<Published, IdempotencyError> {
-    let message = serde_json::from_slice(response)
+    // `from_str`, as the message store reads messages (one parser in the binary).
+    let message = std::str::from_utf8(response)
+        .map_err(|e| e.to_string())
+        .and_then(|json| serde_json::from_str(json).map_err(|e| e.to_string()))
         .map_err(|e| KeyStoreError::Failed(format!("stored response unreadable: {e}")))?;
     Ok(Published {
         message,
