@@ -473,6 +473,17 @@ const OPTIONS: &[OptionSpec] = &[
         default: "60d",
         help: "Remove a Web Push subscription its browser has not renewed for this long",
     },
+    // Idempotent publishing (a herald extension, README "Idempotent publishing").
+    OptionSpec {
+        key: "idempotency-window",
+        default: "24h",
+        help: "How long a publish's `Idempotency-Key` is remembered (per visitor): a repeat within it gets the original answer instead of a second message; `0` ignores keys",
+    },
+    OptionSpec {
+        key: "idempotency-key-limit",
+        default: "100000",
+        help: "Most idempotency keys remembered at once (node, or cluster with `redis-url`); beyond it the ones nearest their expiry are forgotten first",
+    },
 ];
 
 /// Where a value came from, for error messages.
@@ -575,6 +586,10 @@ pub struct Config {
     pub auth_provisioning: Option<crate::auth::provision::Provisioning>,
     /// The web app (`web-root`) and Web Push (`web-push-*`).
     pub web: crate::web::WebConfig,
+    /// How long idempotency keys are remembered (`idempotency-window`); zero: off.
+    pub idempotency_window: Duration,
+    /// Most idempotency keys kept (`idempotency-key-limit`).
+    pub idempotency_key_limit: usize,
 }
 
 impl Config {
@@ -801,6 +816,11 @@ impl RawValues {
             otlp_service_name: self.parse("otlp-service-name", non_empty)?,
             redis_url: self.parse("redis-url", redis_url)?,
             redis_key_prefix: self.parse("redis-key-prefix", non_empty)?,
+            idempotency_window: self.parse("idempotency-window", duration)?,
+            idempotency_key_limit: self.parse("idempotency-key-limit", |s| match count(s)? {
+                0 => Err("must be at least 1".into()),
+                n => Ok(n),
+            })?,
             limits: self.limits()?,
             attachments: self.attachment_config()?,
             webhooks: self.webhook_config(&data_dir)?,
@@ -1337,6 +1357,17 @@ mod tests {
         .unwrap();
         assert_eq!(c.listen_http, "127.0.0.1:7000");
         assert_eq!(c.cache_duration, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn idempotency_options() {
+        let c = load(&matches(&[])).unwrap();
+        assert_eq!(c.idempotency_window, Duration::from_secs(24 * 3600));
+        assert_eq!(c.idempotency_key_limit, 100_000);
+        let c = load(&matches(&["--idempotency-window", "5m"])).unwrap();
+        assert_eq!(c.idempotency_window, Duration::from_secs(300));
+        let err = load(&matches(&["--idempotency-key-limit", "0"])).unwrap_err();
+        assert!(err.to_string().contains("idempotency-key-limit"), "{err}");
     }
 
     #[test]

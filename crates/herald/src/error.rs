@@ -131,6 +131,11 @@ api_errors! {
     // not 42909: nothing failed, the same request may well succeed in a moment. The
     // text differs from 42901's so the two can be told apart (metrics, Retry-After).
     PASSWORD_CHECKS_BUSY = (429, 42901, "limit reached: too many requests, password checks busy", LINK_LIMITS);
+    // Idempotent publishing, a herald extension (src/idempotency): the statuses of
+    // the IETF draft and Stripe; codes in ntfy's pattern, clear of ntfy's 409xx.
+    IDEMPOTENCY_KEY_INVALID = (400, 40000, "invalid request: idempotency key must be 1 to 255 printable ASCII characters");
+    IDEMPOTENCY_IN_FLIGHT = (409, 40950, "conflict: a request with this idempotency key is still being processed, retry later");
+    IDEMPOTENCY_MISMATCH = (422, 42201, "unprocessable entity: idempotency key already used for a different request");
 }
 
 impl From<crate::template::TemplateError> for ApiError {
@@ -315,6 +320,24 @@ impl From<crate::core::PublishError> for ApiError {
             PublishError::Aborted => ApiError::INTERNAL,
             PublishError::EmailDisabled => ApiError::EMAIL_DISABLED,
             PublishError::DelayedEmail => ApiError::DELAY_NO_EMAIL,
+        }
+    }
+}
+
+impl From<crate::idempotency::IdempotencyError> for ApiError {
+    fn from(err: crate::idempotency::IdempotencyError) -> Self {
+        use crate::idempotency::{IdempotencyError, KeyStoreError};
+        match err {
+            IdempotencyError::Publish(e) => ApiError::from(e),
+            IdempotencyError::Mismatch => ApiError::IDEMPOTENCY_MISMATCH,
+            IdempotencyError::InFlight { .. } => ApiError::IDEMPOTENCY_IN_FLIGHT,
+            IdempotencyError::Store(e) => {
+                tracing::error!(error = %e, "idempotency store failure");
+                match e {
+                    KeyStoreError::Unavailable(_) => ApiError::UNAVAILABLE,
+                    KeyStoreError::Failed(_) => ApiError::INTERNAL,
+                }
+            }
         }
     }
 }

@@ -12,6 +12,7 @@
 //! - [`cluster`]: the Redis plumbing every cluster-mode (`redis-url`) part shares.
 //! - [`core`]: the `Herald` handle the transports call: publish, subscribe, poll,
 //!   plus the scheduler and the expiry sweep.
+//! - `idempotency`: idempotent publishing (`Idempotency-Key`), keys in SQLite or Redis.
 //! - [`subscribe`]: the subscription core every stream path shares: request
 //!   validation, filters, backlog replay, slots, keepalive policy.
 //! - [`wire`]: every byte layout written to a subscriber (JSON/SSE/raw, HTTP chunks,
@@ -61,6 +62,7 @@ pub(crate) mod email;
 pub mod error;
 pub mod grpc;
 pub mod hub;
+pub(crate) mod idempotency;
 pub(crate) mod limits;
 pub(crate) mod listener;
 pub mod logging;

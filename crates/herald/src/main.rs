@@ -34,7 +34,9 @@ fn cli() -> Command {
                 .subcommand(Command::new("keys").about(
                     "Generate a VAPID key pair for web-push-public-key / web-push-private-key",
                 )),
-        );
+        )
+        .subcommand(herald_client::add_publish_args(Command::new("publish")))
+        .subcommand(herald_client::add_subscribe_args(Command::new("subscribe")));
     herald::auth::cli::add_commands(cli)
 }
 
@@ -50,6 +52,8 @@ fn main() -> std::process::ExitCode {
         Some(("bench", m)) => herald_bench::run(m),
         Some(("webhook", m)) => herald::webhook::cli::run(m),
         Some(("webpush", _)) => webpush_keys(),
+        Some(("publish", m)) => client_tls().and_then(|tls| herald_client::run_publish(m, tls)),
+        Some(("subscribe", m)) => client_tls().and_then(|tls| herald_client::run_subscribe(m, tls)),
         Some((name @ ("user" | "access" | "token"), m)) => herald::auth::cli::run(name, m),
         _ => Ok(()),
     };
@@ -81,6 +85,12 @@ fn webpush_keys() -> anyhow::Result<()> {
     std::io::stdout()
         .write_all(text.as_bytes())
         .context("cannot write the keys")
+}
+
+/// TLS for `herald publish` / `herald subscribe`: the webhook client's (rustls on
+/// ring, compiled-in roots), so a `FROM scratch` image reaches `https://` servers.
+fn client_tls() -> anyhow::Result<rustls::ClientConfig> {
+    herald::webhook::client::tls_config().map_err(|e| anyhow::anyhow!("TLS set-up: {e}"))
 }
 
 /// Installs the log (stderr, through `herald::logging`, so a failing stderr is

@@ -270,6 +270,10 @@ pub async fn run(
     state.attachments = open_attachments(&config, &tracker, &background).await?;
     state.upstream = upstream;
     state.webpush = webpush.clone();
+    state.idempotency = Arc::new(
+        crate::idempotency::Idempotency::open(&config)
+            .context("cannot open the idempotency key store")?,
+    );
     if let Some(url) = &config.redis_url {
         state.limits = cluster_limits(&config, url, &state.metrics, &tracker, &background).await?;
     }

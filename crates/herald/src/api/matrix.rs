@@ -58,16 +58,13 @@ pub(super) async fn notify(state: &AppState, req: Request) -> Result<Response, A
         complete: true,
         rest: None,
     };
-    publish_with(
-        state,
-        &HeaderMap::new(),
-        &query,
-        body,
+    let publisher = req.extensions().get::<super::publish::Publisher>();
+    let target = super::publish::Target {
         topic,
-        None,
-        req.extensions().get::<super::publish::Publisher>(),
-    )
-    .await?;
+        path_sequence_id: None,
+        scope: super::publish::visitor_name(publisher),
+    };
+    publish_with(state, &HeaderMap::new(), &query, body, target, publisher).await?;
     Ok(rejected(&[]))
 }
 

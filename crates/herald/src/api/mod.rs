@@ -60,6 +60,8 @@ pub struct AppState {
     pub(crate) upstream: Option<Arc<crate::upstream::Upstream>>,
     /// Web Push (`/v1/webpush`); `None` (no VAPID keys) answers 404 there.
     pub webpush: Option<Arc<crate::webpush::WebPush>>,
+    /// Idempotent publishing (`Idempotency-Key`); every publish goes through it.
+    pub idempotency: Arc<crate::idempotency::Idempotency>,
 }
 
 impl AppState {
@@ -81,6 +83,7 @@ impl AppState {
             attachments: None,
             upstream: None,
             webpush: None,
+            idempotency: Arc::new(crate::idempotency::Idempotency::in_memory()),
         }
     }
 

@@ -18,6 +18,7 @@ use super::{AppState, json_response, parse_topics, query_pairs};
 use crate::auth::{Permission, Principal};
 use crate::core::publish::{MessageDraft, POLL_REQUEST_MESSAGE, PublishKind, PublishRequest};
 use crate::error::ApiError;
+use crate::idempotency::{FingerprintBuilder, IdempotencyKey};
 use crate::model::{Attachment, now_unix};
 use crate::wire::json_line as encode_json_line;
 
@@ -56,16 +57,12 @@ pub async fn publish(
     }
     let body = read_body(body, limit).await?;
     let publisher = parts.extensions.get::<Publisher>();
-    publish_with(
-        state,
-        &parts.headers,
-        &query,
-        body,
+    let target = Target {
         topic,
         path_sequence_id,
-        publisher,
-    )
-    .await
+        scope: visitor_name(publisher),
+    };
+    publish_with(state, &parts.headers, &query, body, target, publisher).await
 }
 
 /// `PUT`/`POST /` with a JSON body naming the topic (docs/COMPATIBILITY.md §2.6).
@@ -100,7 +97,87 @@ pub async fn publish_json(state: &AppState, req: Request) -> Result<Response, Ap
         rest: None,
     };
     let publisher = parts.extensions.get::<Publisher>();
-    publish_with(state, &headers, &query, body, topic, None, publisher).await
+    let target = Target {
+        topic,
+        path_sequence_id: None,
+        scope: visitor_name(publisher),
+    };
+    publish_with(state, &headers, &query, body, target, publisher).await
+}
+
+/// Where a publish goes, and whose idempotency keys it uses.
+pub(super) struct Target {
+    pub(super) topic: String,
+    pub(super) path_sequence_id: Option<String>,
+    /// The visitor (`user:<name>` or `ip:<prefix>`): keys are per visitor.
+    pub(super) scope: String,
+}
+
+/// The visitor the dispatcher charged this request to (`user:<name>` or
+/// `ip:<prefix>`): the scope of its idempotency keys and who its upload is charged to.
+pub(super) fn visitor_name(publisher: Option<&Publisher>) -> String {
+    publisher
+        .map(|p| crate::limits::shared::visitor_name(&p.visitor.key))
+        .unwrap_or_default()
+}
+
+/// The request's names for an idempotency key (a herald extension): headers, then
+/// the query, like ntfy's parameters.
+const IDEMPOTENCY_KEY: &[&str] = &["idempotency-key", "x-idempotency-key", "idempotency_key"];
+
+/// Every publish parameter a fingerprint covers: what the request asks for, as sent
+/// (a relative `X-Delay` stays the same request when retried later).
+const FINGERPRINTED: &[&[&str]] = {
+    use super::params::names::*;
+    &[
+        MESSAGE,
+        TITLE,
+        PRIORITY,
+        TAGS,
+        DELAY,
+        ACTIONS,
+        CLICK,
+        ATTACH,
+        FILENAME,
+        ICON,
+        EMAIL,
+        CALL,
+        TEMPLATE,
+        CACHE,
+        FIREBASE,
+        MARKDOWN,
+        CONTENT_TYPE,
+        UNIFIEDPUSH,
+        POLL_ID,
+        SEQUENCE_ID,
+    ]
+};
+
+/// The request's idempotency key, if it carries one, with the fingerprint of what
+/// it publishes: topic, path sequence ID, body and every publish parameter.
+fn idempotency_key(
+    src: &ParamSource<'_>,
+    target: &Target,
+    body: &[u8],
+) -> Result<Option<IdempotencyKey>, ApiError> {
+    let Some(key) = src.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    let mut fingerprint = FingerprintBuilder::default();
+    fingerprint
+        .part("topic", target.topic.as_bytes())
+        .part(
+            "sid",
+            target.path_sequence_id.as_deref().unwrap_or("").as_bytes(),
+        )
+        .part("body", body);
+    for names in FINGERPRINTED {
+        let value = src.get(names).unwrap_or_default();
+        fingerprint.part(names[0], value.as_bytes());
+    }
+    IdempotencyKey::new(&target.scope, &key, fingerprint.finish())
+        .map(Some)
+        .map_err(|_| ApiError::IDEMPOTENCY_KEY_INVALID)
 }
 
 /// The publish body, read up to the message size limit.
@@ -178,20 +255,10 @@ pub(super) async fn publish_with(
     headers: &HeaderMap,
     query: &[(String, String)],
     mut body: BodyBytes,
-    topic: String,
-    path_sequence_id: Option<String>,
+    target: Target,
     publisher: Option<&Publisher>,
 ) -> Result<Response, ApiError> {
-    let result = publish_body(
-        state,
-        headers,
-        query,
-        &mut body,
-        topic,
-        path_sequence_id,
-        publisher,
-    )
-    .await;
+    let result = publish_body(state, headers, query, &mut body, target, publisher).await;
     if let Some(mut rest) = body.rest.take() {
         // What an answer leaves unread of an over-long body (not an attachment, or
         // a refused one) is read and discarded, up to a bound as Go's server does,
@@ -207,13 +274,18 @@ async fn publish_body(
     headers: &HeaderMap,
     query: &[(String, String)],
     body: &mut BodyBytes,
-    topic: String,
-    path_sequence_id: Option<String>,
+    target: Target,
     publisher: Option<&Publisher>,
 ) -> Result<Response, ApiError> {
     let config = state.herald.config();
     let now = now_unix();
     let src = ParamSource { headers, query };
+    let key = idempotency_key(&src, &target, &body.bytes)?;
+    let Target {
+        topic,
+        path_sequence_id,
+        ..
+    } = target;
     let limits = PublishLimits {
         delay_min_secs: crate::core::rules::DELAY_MIN_SECS,
         delay_max_secs: config.message_delay_limit.as_secs() as i64,
@@ -341,9 +413,16 @@ async fn publish_body(
         topic,
         kind: PublishKind::Message(Box::new(draft)),
     };
-    // A failed publish drops `upload`, which deletes its file.
-    let m = state.herald.publish(request).await?;
-    if let Some(upload) = upload {
+    // A failed publish drops `upload`, which deletes its file; so does a replay (the
+    // original message has its own).
+    let published = state
+        .idempotency
+        .publish(&state.herald, request, key)
+        .await?;
+    let m = published.message;
+    if let Some(upload) = upload
+        && !published.replayed
+    {
         upload.keep();
     }
     // iOS upstream: this node accepted it, so this node pokes (a scheduled message
@@ -351,11 +430,20 @@ async fn publish_body(
     if let Some(upstream) = &state.upstream
         && !params.unifiedpush
         && !scheduled
+        && !published.replayed
     {
         upstream.poke(&m);
     }
-    tracing::debug!(topic = %m.topic, id = %m.id, scheduled, "published");
-    Ok(json_response(StatusCode::OK, encode_json_line(&m).to_vec()))
+    tracing::debug!(topic = %m.topic, id = %m.id, scheduled, replayed = published.replayed, "published");
+    let mut resp = json_response(StatusCode::OK, encode_json_line(&m).to_vec());
+    if published.replayed {
+        // Stripe's header: this answer is the original one, nothing was published.
+        resp.headers_mut().insert(
+            axum::http::HeaderName::from_static("idempotent-replayed"),
+            axum::http::HeaderValue::from_static("true"),
+        );
+    }
+    Ok(resp)
 }
 
 /// The template step (`X-Template`): the JSON body through the templates, off the

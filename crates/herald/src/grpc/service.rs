@@ -20,6 +20,7 @@ use crate::core::HISTORY_RETRY_AFTER;
 use crate::core::publish::{PublishKind, PublishRequest};
 use crate::error::ApiError;
 use crate::hub::{CloseReason, Delivery, Subscription, Transport};
+use crate::idempotency::{FingerprintBuilder, IdempotencyKey};
 use crate::limits::{self, Admission, Charge, Refusal, Visitor};
 use crate::model::{EventKind, Message, now_unix, topic};
 use crate::subscribe::{Backlog, Filters, SlotGuard, SubscribeRequest};
@@ -119,15 +120,19 @@ impl HeraldService {
         }
     }
 
-    /// One publish of a message or a sequence event, charged and settled.
+    /// One publish of a message or a sequence event, charged and settled; with an
+    /// idempotency key, at most once per key (`crate::idempotency`).
     async fn publish_one(
         &self,
         caller: &Caller,
         topic: &str,
+        key: Option<IdempotencyKey>,
         kind: impl FnOnce() -> Result<PublishKind, ApiError>,
     ) -> Result<Message, Refused> {
         let admission = self.charge(&caller.visitor, Charge::Publish).await?;
-        let result = self.publish_checked(&caller.principal, topic, kind).await;
+        let result = self
+            .publish_checked(&caller.principal, topic, key, kind)
+            .await;
         self.state
             .limits
             .settle_message(&caller.visitor, admission, result.is_ok())
@@ -139,6 +144,7 @@ impl HeraldService {
         &self,
         principal: &Principal,
         topic: &str,
+        key: Option<IdempotencyKey>,
         kind: impl FnOnce() -> Result<PublishKind, ApiError>,
     ) -> Result<Message, ApiError> {
         let topic = single_topic(topic)?;
@@ -146,13 +152,33 @@ impl HeraldService {
             .auth
             .authorize(principal, &topic, Permission::Write)?;
         let kind = kind()?;
-        let m = self
+        let published = self
             .state
-            .herald
-            .publish(PublishRequest { topic, kind })
+            .idempotency
+            .publish(&self.state.herald, PublishRequest { topic, kind }, key)
             .await?;
-        tracing::debug!(topic = %m.topic, id = %m.id, "published over gRPC");
+        let m = published.message;
+        tracing::debug!(topic = %m.topic, id = %m.id, replayed = published.replayed, "published over gRPC");
         Ok(m)
+    }
+
+    /// The request's idempotency key (scoped to the caller's visitor, as HTTP's) with
+    /// the fingerprint of everything else it asks for; the field is taken out of `req`.
+    fn idempotency_key(
+        caller: &Caller,
+        req: &mut proto::PublishRequest,
+    ) -> Result<Option<IdempotencyKey>, ApiError> {
+        let key = std::mem::take(&mut req.idempotency_key);
+        if key.is_empty() {
+            return Ok(None);
+        }
+        let mut fingerprint = FingerprintBuilder::default();
+        // prost writes fields in number order: equal requests encode equally.
+        fingerprint.part("grpc", &prost::Message::encode_to_vec(&*req));
+        let scope = limits::shared::visitor_name(&caller.visitor.key);
+        IdempotencyKey::new(&scope, &key, fingerprint.finish())
+            .map(Some)
+            .map_err(|_| ApiError::IDEMPOTENCY_KEY_INVALID)
     }
 
     fn message_kind(&self, req: proto::PublishRequest) -> Result<PublishKind, ApiError> {
@@ -193,7 +219,7 @@ impl HeraldService {
     ) -> Result<Response<proto::Message>, Status> {
         let topic = request.get_ref().topic.clone();
         self.unary(method, Some(topic), request, |caller, req| async move {
-            self.publish_one(&caller, &req.topic, || {
+            self.publish_one(&caller, &req.topic, None, || {
                 Ok(kind(sequence_id(&req.sequence_id)?))
             })
             .await
@@ -415,11 +441,17 @@ impl proto::herald_server::Herald for HeraldService {
         request: Request<proto::PublishRequest>,
     ) -> Result<Response<proto::Message>, Status> {
         let topic = request.get_ref().topic.clone();
-        self.unary("Publish", Some(topic), request, |caller, req| async move {
-            let topic = req.topic.clone();
-            self.publish_one(&caller, &topic, || self.message_kind(req))
-                .await
-        })
+        self.unary(
+            "Publish",
+            Some(topic),
+            request,
+            |caller, mut req| async move {
+                let topic = req.topic.clone();
+                let key = Self::idempotency_key(&caller, &mut req).map_err(|e| self.refused(e))?;
+                self.publish_one(&caller, &topic, key, || self.message_kind(req))
+                    .await
+            },
+        )
         .await
     }
 
@@ -515,9 +547,11 @@ impl HeraldService {
                 results.extend(futures_util::future::join_all(run.drain(..)).await);
             }
             let caller = &caller;
+            let mut req = req;
             let publish = async move {
                 let topic = req.topic.clone();
-                self.publish_one(caller, &topic, || self.message_kind(req))
+                let key = Self::idempotency_key(caller, &mut req).map_err(|e| self.refused(e))?;
+                self.publish_one(caller, &topic, key, || self.message_kind(req))
                     .await
             };
             if alone {

@@ -25,10 +25,22 @@ pub(crate) fn code_of(http: u16) -> Code {
         404 => Code::NotFound,
         408 => Code::DeadlineExceeded,
         409 => Code::AlreadyExists,
+        // An idempotency key already used for another request.
+        422 => Code::FailedPrecondition,
         429 => Code::ResourceExhausted,
         // Draining, the store or Redis away, a full disk: try another node or later.
         503 | 507 => Code::Unavailable,
         _ => Code::Internal,
+    }
+}
+
+/// The gRPC code of `error`: by its HTTP status, except a first request with the
+/// same idempotency key still under way (HTTP's 409), which asks for a retry.
+fn grpc_code(error: &ApiError) -> Code {
+    if *error == ApiError::IDEMPOTENCY_IN_FLIGHT {
+        Code::Aborted
+    } else {
+        code_of(error.http)
     }
 }
 
@@ -43,8 +55,7 @@ pub(crate) fn status(error: &ApiError, retry: Option<Duration>) -> Status {
     if let Some(retry) = retry {
         details.set_retry_info(Some(retry));
     }
-    let mut status =
-        Status::with_error_details(code_of(error.http), error.error.to_string(), details);
+    let mut status = Status::with_error_details(grpc_code(error), error.error.to_string(), details);
     if let Some(retry) = retry
         && let Ok(value) = crate::limits::retry_secs(retry).to_string().parse()
     {
@@ -57,7 +68,7 @@ pub(crate) fn status(error: &ApiError, retry: Option<Duration>) -> Status {
 /// `error` as the `Error` of one `PublishBatch` result.
 pub(crate) fn batch_error(error: &ApiError, retry: Option<Duration>) -> super::proto::Error {
     super::proto::Error {
-        grpc_code: code_of(error.http) as i32,
+        grpc_code: grpc_code(error) as i32,
         code: i32::try_from(error.code).unwrap_or(i32::MAX),
         http: i32::from(error.http),
         error: error.error.to_string(),

@@ -1174,3 +1174,39 @@ async fn a_stopping_node_hands_its_webhook_claims_over() {
     receiver.wait_delivered(want.len(), LONG).await;
     assert_eq!(receiver.delivered_ids(), want);
 }
+
+/// Idempotent publishing cluster-wide: 100 identical requests spread over two
+/// nodes make one message, and every answer is that message.
+#[tokio::test]
+async fn an_idempotency_key_publishes_once_across_nodes() {
+    let cluster = Arc::new(Cluster::start("idempotency", 2).await);
+    let mut tasks = Vec::new();
+    for i in 0..100 {
+        let cluster = cluster.clone();
+        tasks.push(tokio::spawn(async move {
+            let node = &cluster.nodes[i % 2];
+            let resp = node
+                .client
+                .put(node.url("/idem"))
+                .header("Idempotency-Key", "deploy-7")
+                .body("deployed")
+                .timeout(LONG)
+                .send()
+                .await
+                .expect("publish");
+            expect_json(resp, 200).await["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }));
+    }
+    let mut ids = HashSet::new();
+    for task in tasks {
+        ids.insert(task.await.unwrap());
+    }
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    for node in &cluster.nodes {
+        let events = node.poll("idem", "since=all").await;
+        assert_eq!(texts(&events), ["deployed"], "on every node");
+    }
+}

@@ -389,6 +389,79 @@ async fn batch_delete_and_clear() {
     );
 }
 
+/// `idempotency_key` (issue #20): a repeat gets the original message and publishes
+/// nothing, concurrent repeats too; the key with other fields is FAILED_PRECONDITION
+/// (42201); a bad key is INVALID_ARGUMENT (40000); in a batch each message has its own.
+#[tokio::test]
+async fn idempotency_key_publishes_once() {
+    let server = grpc_server(&[]);
+    let grpc = client(&server).await;
+    let keyed = |text: &str, key: &str| proto::PublishRequest {
+        idempotency_key: key.into(),
+        ..publish_req("idem1", text)
+    };
+    let calls = (0..20).map(|_| {
+        let mut grpc = grpc.clone();
+        let req = keyed("once", "k-1");
+        async move { grpc.publish(req).await.map(|r| r.into_inner().id) }
+    });
+    let ids: Vec<String> = futures_util::future::join_all(calls)
+        .await
+        .into_iter()
+        .map(|r| r.expect("publish"))
+        .collect();
+    assert!(ids.iter().all(|id| *id == ids[0]), "one message: {ids:?}");
+    let mut grpc = grpc;
+    let again = grpc.publish(keyed("once", "k-1")).await.expect("repeat");
+    assert_eq!(again.into_inner().id, ids[0]);
+    let other = grpc
+        .publish(keyed("changed", "k-1"))
+        .await
+        .expect_err("same key, other message");
+    assert_eq!(
+        (other.code(), ntfy_code(&other)),
+        (Code::FailedPrecondition, 42201)
+    );
+    let bad = grpc
+        .publish(keyed("x", "not\u{7f}ascii"))
+        .await
+        .expect_err("invalid key");
+    assert_eq!(
+        (bad.code(), ntfy_code(&bad)),
+        (Code::InvalidArgument, 40000)
+    );
+    let batch = proto::PublishBatchRequest {
+        messages: vec![
+            keyed("once", "k-1"),
+            keyed("second", "k-2"),
+            keyed("second", "k-2"),
+        ],
+    };
+    let results = grpc
+        .publish_batch(batch)
+        .await
+        .expect("batch")
+        .into_inner()
+        .results;
+    use proto::publish_result::Result as R;
+    let batch_ids: Vec<String> = results
+        .iter()
+        .map(|r| match &r.result {
+            Some(R::Message(m)) => m.id.clone(),
+            other => panic!("expected a message, got {other:?}"),
+        })
+        .collect();
+    assert_eq!(batch_ids[0], ids[0]);
+    assert_eq!(batch_ids[1], batch_ids[2]);
+    let texts: Vec<String> = server
+        .poll("idem1", "since=all")
+        .await
+        .iter()
+        .map(|m| m["message"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(texts, ["once", "second"]);
+}
+
 #[tokio::test]
 async fn auth_matrix_matches_http() {
     let server = grpc_server(&["--auth-default-access", "deny-all"]);

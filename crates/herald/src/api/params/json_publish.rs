@@ -45,6 +45,8 @@ struct JsonFields {
     firebase: String,
     delay: String,
     sequence_id: String,
+    /// herald's idempotent publishing (an extension of ntfy's fields).
+    idempotency_key: String,
 }
 
 /// Converts a JSON publish body (docs/COMPATIBILITY.md §2.6). Malformed JSON or a
@@ -85,6 +87,7 @@ pub fn parse_json_publish(body: &[u8]) -> Result<JsonPublish, ApiError> {
             "firebase" => f.firebase = json_string(value)?,
             "delay" => f.delay = json_string(value)?,
             "sequence_id" => f.sequence_id = json_string(value)?,
+            "idempotency_key" => f.idempotency_key = json_string(value)?,
             _ => {}
         }
     }
@@ -120,6 +123,7 @@ pub fn parse_json_publish(body: &[u8]) -> Result<JsonPublish, ApiError> {
     set("x-cache", &f.cache);
     set("x-firebase", &f.firebase);
     set("x-sequence-id", &f.sequence_id);
+    set("idempotency-key", &f.idempotency_key);
 
     let message = if f.message.is_empty() {
         "triggered".to_string()
