@@ -184,3 +184,24 @@ fn bad_listen_address_fails() {
     assert!(!ok, "{stderr}");
     assert!(stderr.contains("listen-http"), "{stderr}");
 }
+
+#[tokio::test]
+async fn unknown_herald_variables_are_named_at_start() {
+    // A typo in a cluster setting must not leave the node silently on its own store.
+    let s = TestServer::launch(Launch {
+        envs: vec![
+            env("HERALD_REDIS_SENTINEL_ADRS", "127.0.0.1:26379"),
+            env("HERALD_BASE_URL", "https://env.example"),
+        ],
+        ..Launch::default()
+    });
+    assert_eq!(base_url_of(&s).await, "https://env.example");
+    let log = s.log_text();
+    let warned: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("unknown environment variable"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{log}");
+    assert!(warned[0].contains("HERALD_REDIS_SENTINEL_ADRS"), "{log}");
+    assert!(warned[0].contains("WARN"), "{log}");
+}

@@ -9,6 +9,7 @@ mod bench;
 mod cli_config;
 mod cluster;
 mod durability;
+mod failover;
 mod files;
 mod fixture;
 mod hardening;
