@@ -85,7 +85,10 @@ impl Confirmations {
             if let Some(outcome) = finished(&rx.borrow_and_update(), target) {
                 return judge(&outcome, ticket, min);
             }
-            let lead = {
+            // A caller leads at most once: its round is one it waits for.
+            let lead = if run.is_none() {
+                None
+            } else {
                 let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
                 if state.1 {
                     None
@@ -95,7 +98,9 @@ impl Confirmations {
                     Some(state.0)
                 }
             };
-            if let (Some(round), Some(run)) = (lead, run.take()) {
+            if let Some(round) = lead
+                && let Some(run) = run.take()
+            {
                 // Spawned: a caller that goes away must not leave the round unfinished.
                 let this = self.clone();
                 tokio::spawn(async move {
