@@ -4,9 +4,9 @@
 //!
 //! Every Redis here is a private `redis-server` (Debian's; Sentinels are the same
 //! binary with `--sentinel`) on free loopback ports, with certificates made by the
-//! test with the `openssl` CLI. The replica follows its primary through a relay
-//! in this test that holds the replication stream back by [`LAG`]: a lagging
-//! replica, so that what an asynchronous replica misses at a crash is visible.
+//! test with the `openssl` CLI. The replicas follow their primary through relays
+//! in this test that hold the replication stream back by [`LAG`]: lagging
+//! replicas, so that what an asynchronous replica misses at a crash is visible.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -160,11 +160,12 @@ async fn lagging_relay(upstream_port: u16) -> u16 {
     port
 }
 
-/// A primary, a replica that lags by [`LAG`], and three Sentinels.
+/// A primary, two replicas that lag by [`LAG`], and three Sentinels. Two, so that
+/// after a failover the new primary still has a replica to confirm writes.
 struct Topology {
     primary: RedisProc,
-    _replica: RedisProc,
-    replica_port: u16,
+    _replicas: Vec<RedisProc>,
+    replica_ports: Vec<u16>,
     _sentinels: Vec<RedisProc>,
     sentinel_addrs: String,
     _dir: tempfile::TempDir,
@@ -174,12 +175,17 @@ async fn topology() -> Topology {
     let dir = tempfile::tempdir().expect("temp dir");
     let primary_port = free_port();
     let primary = data_node(primary_port, &[]);
-    let relay = lagging_relay(primary_port).await;
-    let replica_port = free_port();
-    let replica = data_node(
-        replica_port,
-        &["--replicaof".into(), "127.0.0.1".into(), relay.to_string()],
-    );
+    let mut replicas = Vec::new();
+    let mut replica_ports = Vec::new();
+    for _ in 0..2 {
+        let relay = lagging_relay(primary_port).await;
+        let port = free_port();
+        replicas.push(data_node(
+            port,
+            &["--replicaof".into(), "127.0.0.1".into(), relay.to_string()],
+        ));
+        replica_ports.push(port);
+    }
     let mut sentinels = Vec::new();
     let mut addrs = Vec::new();
     for i in 0..3 {
@@ -202,25 +208,27 @@ async fn topology() -> Topology {
         ));
         addrs.push(format!("127.0.0.1:{port}"));
     }
-    // The replica has synced and every Sentinel knows it, so a failover can pick it.
+    // The replicas have synced and every Sentinel knows them, so a failover can pick one.
     eventually(
         LONG,
-        "replica in sync and known to the Sentinels",
+        "replicas in sync and known to the Sentinels",
         || async {
-            let info = redis_cli(replica_port, &["INFO", "replication"]);
-            let synced = info.contains("master_link_status:up");
-            let known = sentinels.iter().all(|s| {
-                redis_cli(s.port, &["SENTINEL", "replicas", MASTER])
-                    .contains(&replica_port.to_string())
+            let all = replica_ports.iter().all(|port| {
+                let info = redis_cli(*port, &["INFO", "replication"]);
+                info.contains("master_link_status:up")
+                    && sentinels.iter().all(|s| {
+                        redis_cli(s.port, &["SENTINEL", "replicas", MASTER])
+                            .contains(&port.to_string())
+                    })
             });
-            (synced && known).then_some(())
+            all.then_some(())
         },
     )
     .await;
     Topology {
         primary,
-        _replica: replica,
-        replica_port,
+        _replicas: replicas,
+        replica_ports,
         _sentinels: sentinels,
         sentinel_addrs: addrs.join(","),
         _dir: dir,
@@ -357,10 +365,11 @@ async fn kill_the_primary(acked: u32) -> Outcome {
         .await;
         follow_time = follow_time.max(t);
     }
-    assert_eq!(
-        redis_cli(topo.replica_port, &["ROLE"]).lines().next(),
-        Some("master"),
-        "Sentinel promoted the replica"
+    assert!(
+        topo.replica_ports
+            .iter()
+            .any(|p| redis_cli(*p, &["ROLE"]).lines().next() == Some("master")),
+        "Sentinel promoted a replica"
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::Relaxed);
@@ -679,6 +688,10 @@ async fn rediss_with_a_private_ca_client_certificates_and_rotation() {
     })
     .await;
     // This Redis keeps nothing across a restart; what is published now is there.
+    eventually(LONG, "the other node ready after the rotation", || async {
+        (readyz(&b).await == Some(200)).then_some(())
+    })
+    .await;
     let history: Vec<String> = poll(&b, "tls", "since=all")
         .await
         .iter()
