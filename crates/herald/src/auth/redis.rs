@@ -738,7 +738,7 @@ mod tests {
         contract::run_all(&|name: &str| {
             Box::new(
                 RedisAuthStore::open(
-                    &crate::cluster::connector::RedisConnector::from_url(URL).unwrap(),
+                    &crate::cluster::connector::local(),
                     &format!("{}{name}:", p.0),
                 )
                 .unwrap(),
@@ -752,7 +752,7 @@ mod tests {
         contract::run_all(&|name: &str| {
             Box::new(
                 RedisAuthStore::open_following(
-                    &crate::cluster::connector::RedisConnector::from_url(URL).unwrap(),
+                    &crate::cluster::connector::local(),
                     &format!("{}{name}:", p.0),
                 )
                 .unwrap(),
@@ -772,16 +772,9 @@ mod tests {
     #[test]
     fn a_follower_sees_changes_made_elsewhere() {
         let p = Prefix::new("follow");
-        let node = RedisAuthStore::open_following(
-            &crate::cluster::connector::RedisConnector::from_url(URL).unwrap(),
-            &p.0,
-        )
-        .unwrap();
-        let cli = RedisAuthStore::open(
-            &crate::cluster::connector::RedisConnector::from_url(URL).unwrap(),
-            &p.0,
-        )
-        .unwrap();
+        let node =
+            RedisAuthStore::open_following(&crate::cluster::connector::local(), &p.0).unwrap();
+        let cli = RedisAuthStore::open(&crate::cluster::connector::local(), &p.0).unwrap();
         let g0 = node.generation().unwrap();
         assert_eq!(node.generation().unwrap(), g0, "stable without changes");
         cli.add_user(&contract::user("ben", Role::User)).unwrap();
@@ -822,7 +815,7 @@ mod tests {
             let prefix = p.0.clone();
             tokio::task::spawn_blocking(move || {
                 cluster_authorizer(
-                    &crate::cluster::connector::RedisConnector::from_url(URL).unwrap(),
+                    &crate::cluster::connector::local(),
                     &prefix,
                     Access::DENY_ALL,
                 )
@@ -875,11 +868,7 @@ mod tests {
     #[test]
     fn tokens_expire_in_redis() {
         let p = Prefix::new("expire");
-        let store = RedisAuthStore::open(
-            &crate::cluster::connector::RedisConnector::from_url(URL).unwrap(),
-            &p.0,
-        )
-        .unwrap();
+        let store = RedisAuthStore::open(&crate::cluster::connector::local(), &p.0).unwrap();
         store.add_user(&contract::user("phil", Role::User)).unwrap();
         let (_, mut rec) = contract::token_for("phil", 5);
         rec.expires = crate::model::now_unix() - 1;

@@ -666,6 +666,12 @@ impl ConnectionLike for Conn {
     }
 }
 
+/// The machine's Redis (127.0.0.1:6379), for unit tests of the Redis users.
+#[cfg(test)]
+pub(crate) fn local() -> RedisConnector {
+    RedisConnector::from_url("redis://127.0.0.1:6379").unwrap_or_else(|e| panic!("{e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

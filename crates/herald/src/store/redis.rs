@@ -765,7 +765,7 @@ mod tests {
             .as_nanos();
         let prefix = format!("herald-test:unit:{test}:{}:{nanos}:", std::process::id());
         let store = RedisStore::open(
-            &crate::cluster::connector::RedisConnector::from_url("redis://127.0.0.1:6379").unwrap(),
+            &crate::cluster::connector::local(),
             &prefix,
             Duration::from_secs(3600),
             Arc::new(Delivered::default()),
@@ -809,7 +809,7 @@ mod tests {
     async fn due_messages_are_taken_once_by_racing_nodes() {
         let (a, prefix) = store("due");
         let b = RedisStore::open(
-            &crate::cluster::connector::RedisConnector::from_url("redis://127.0.0.1:6379").unwrap(),
+            &crate::cluster::connector::local(),
             &prefix,
             Duration::from_secs(3600),
             Arc::new(Delivered::default()),

@@ -678,8 +678,6 @@ mod tests {
     use super::super::contract::{self, LEASE, delivery, record, webhook};
     use super::*;
 
-    const URL: &str = "redis://127.0.0.1:6379";
-
     /// A prefix of its own per test (they share the machine's Redis), deleted by
     /// [`clean`].
     fn prefix(test: &str) -> String {
@@ -705,12 +703,7 @@ mod tests {
     /// A store with endpoint `w` and deliveries of `m1` and `m2` queued.
     async fn two_queued(test: &str) -> (RedisWebhookStore, String) {
         let p = prefix(test);
-        let store = RedisWebhookStore::open(
-            &crate::cluster::connector::RedisConnector::from_url(URL).unwrap(),
-            &p,
-            0,
-        )
-        .unwrap();
+        let store = RedisWebhookStore::open(&crate::cluster::connector::local(), &p, 0).unwrap();
         store.insert_webhook(&webhook("w")).await.unwrap();
         store
             .enqueue(vec![delivery("w", "m1", 0), delivery("w", "m2", 0)], "1-0")
@@ -722,12 +715,7 @@ mod tests {
     #[tokio::test]
     async fn redis_store_keeps_the_claims_contract() {
         let p = prefix("claims");
-        let store = RedisWebhookStore::open(
-            &crate::cluster::connector::RedisConnector::from_url(URL).unwrap(),
-            &p,
-            0,
-        )
-        .unwrap();
+        let store = RedisWebhookStore::open(&crate::cluster::connector::local(), &p, 0).unwrap();
         contract::claims_are_exclusive_until_the_lease_ends(&store).await;
         clean(&store, &p).await;
     }
@@ -735,12 +723,7 @@ mod tests {
     #[tokio::test]
     async fn redis_store_keeps_the_settlement_contract() {
         let p = prefix("settle");
-        let store = RedisWebhookStore::open(
-            &crate::cluster::connector::RedisConnector::from_url(URL).unwrap(),
-            &p,
-            0,
-        )
-        .unwrap();
+        let store = RedisWebhookStore::open(&crate::cluster::connector::local(), &p, 0).unwrap();
         contract::settlements_and_ordered_claims(&store).await;
         assert_eq!(store.version().await.unwrap(), Some(2), "insert, delete");
         clean(&store, &p).await;
@@ -764,12 +747,7 @@ mod tests {
     #[tokio::test]
     async fn redis_store_keeps_the_endpoint_contract() {
         let p = prefix("endpoints");
-        let store = RedisWebhookStore::open(
-            &crate::cluster::connector::RedisConnector::from_url(URL).unwrap(),
-            &p,
-            0,
-        )
-        .unwrap();
+        let store = RedisWebhookStore::open(&crate::cluster::connector::local(), &p, 0).unwrap();
         contract::endpoints_round_trip(&store).await;
         clean(&store, &p).await;
     }
@@ -778,18 +756,8 @@ mod tests {
     #[tokio::test]
     async fn only_one_feeder_moves_the_cursor() {
         let p = prefix("cas");
-        let a = RedisWebhookStore::open(
-            &crate::cluster::connector::RedisConnector::from_url(URL).unwrap(),
-            &p,
-            0,
-        )
-        .unwrap();
-        let b = RedisWebhookStore::open(
-            &crate::cluster::connector::RedisConnector::from_url(URL).unwrap(),
-            &p,
-            0,
-        )
-        .unwrap();
+        let a = RedisWebhookStore::open(&crate::cluster::connector::local(), &p, 0).unwrap();
+        let b = RedisWebhookStore::open(&crate::cluster::connector::local(), &p, 0).unwrap();
         a.insert_webhook(&webhook("w")).await.unwrap();
         assert_eq!(a.enqueue_from(vec![], None, "1-0").await.unwrap(), Some(0));
         assert_eq!(b.enqueue_from(vec![], None, "2-0").await.unwrap(), None);
@@ -818,18 +786,8 @@ mod tests {
     #[tokio::test]
     async fn concurrency_is_capped_cluster_wide() {
         let p = prefix("cap");
-        let a = RedisWebhookStore::open(
-            &crate::cluster::connector::RedisConnector::from_url(URL).unwrap(),
-            &p,
-            2,
-        )
-        .unwrap();
-        let b = RedisWebhookStore::open(
-            &crate::cluster::connector::RedisConnector::from_url(URL).unwrap(),
-            &p,
-            2,
-        )
-        .unwrap();
+        let a = RedisWebhookStore::open(&crate::cluster::connector::local(), &p, 2).unwrap();
+        let b = RedisWebhookStore::open(&crate::cluster::connector::local(), &p, 2).unwrap();
         a.insert_webhook(&webhook("w")).await.unwrap();
         let batch: Vec<_> = (0..5).map(|i| delivery("w", &format!("m{i}"), 0)).collect();
         a.enqueue(batch, "1-0").await.unwrap();
@@ -871,12 +829,7 @@ mod tests {
     #[tokio::test]
     async fn a_lapsed_claim_does_not_undo_the_next_claim() {
         let p = prefix("lapsed");
-        let store = RedisWebhookStore::open(
-            &crate::cluster::connector::RedisConnector::from_url(URL).unwrap(),
-            &p,
-            0,
-        )
-        .unwrap();
+        let store = RedisWebhookStore::open(&crate::cluster::connector::local(), &p, 0).unwrap();
         store.insert_webhook(&webhook("w")).await.unwrap();
         store
             .enqueue(vec![delivery("w", "m1", 0)], "1-0")
@@ -944,17 +897,8 @@ mod tests {
         use crate::model::{EventKind, Message};
         use crate::store::redis::{encode, encode_positioned, message_id};
         let p = prefix("feed");
-        let store = RedisWebhookStore::open(
-            &crate::cluster::connector::RedisConnector::from_url(URL).unwrap(),
-            &p,
-            0,
-        )
-        .unwrap();
-        let feed = LogFeed::open(
-            &crate::cluster::connector::RedisConnector::from_url(URL).unwrap(),
-            &p,
-        )
-        .unwrap();
+        let store = RedisWebhookStore::open(&crate::cluster::connector::local(), &p, 0).unwrap();
+        let feed = LogFeed::open(&crate::cluster::connector::local(), &p).unwrap();
         assert_eq!(feed.start().await.unwrap(), "0-0");
         let mut conn = store.conn();
         let mut append = async |json: String| -> String {

@@ -29,7 +29,7 @@ const FOLLOW_BOUND: Duration = Duration::from_secs(30);
 const LONG: Duration = Duration::from_secs(30);
 const MASTER: &str = "herald-test";
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -37,8 +37,8 @@ fn free_port() -> u16 {
 }
 
 /// A `redis-server` child (data node or Sentinel), killed when dropped.
-struct RedisProc {
-    port: u16,
+pub(crate) struct RedisProc {
+    pub(crate) port: u16,
     args: Vec<String>,
     child: Option<Child>,
 }
@@ -54,7 +54,7 @@ impl RedisProc {
         p
     }
 
-    fn start_again(&mut self) {
+    pub(crate) fn start_again(&mut self) {
         let child = Command::new("redis-server")
             .args(&self.args)
             .stdout(Stdio::null())
@@ -83,7 +83,7 @@ impl RedisProc {
         assert!(status.success(), "kill {sig}");
     }
 
-    fn kill9(&mut self) {
+    pub(crate) fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -103,7 +103,8 @@ impl Drop for RedisProc {
     }
 }
 
-fn data_node(port: u16, extra: &[String]) -> RedisProc {
+/// A private data node on `port` (no persistence), with `extra` arguments.
+pub(crate) fn data_node(port: u16, extra: &[String]) -> RedisProc {
     let mut args: Vec<String> = ["--port", &port.to_string()]
         .iter()
         .map(|s| s.to_string())

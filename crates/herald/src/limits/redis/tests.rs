@@ -40,7 +40,7 @@ fn node(prefix: &Prefix, f: impl FnOnce(&mut LimitsConfig), streams: usize) -> R
     let mut config = LimitsConfig::defaults();
     f(&mut config);
     RedisLimits::new(
-        &crate::cluster::connector::RedisConnector::from_url(URL).unwrap(),
+        &crate::cluster::connector::local(),
         &prefix.0,
         &config,
         streams,
