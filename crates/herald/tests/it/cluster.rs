@@ -111,7 +111,8 @@ impl Drop for Cluster {
     }
 }
 
-async fn readyz(node: &TestServer) -> Option<u16> {
+/// `/readyz`'s status, `None` when the node does not answer.
+pub(crate) async fn readyz(node: &TestServer) -> Option<u16> {
     let resp = node
         .client
         .get(node.url("/readyz"))

@@ -20,6 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Mutex;
 
+use crate::cluster::readyz;
 use crate::fixture::{Launch, TestServer, eventually, expect_json, parse_ndjson};
 
 /// How far the replica's copy of the replication stream trails the primary's.
@@ -269,17 +270,6 @@ fn node(sentinels: &str, acked: u32, prefix: &str) -> TestServer {
         .collect(),
         ..Launch::default()
     })
-}
-
-async fn readyz(node: &TestServer) -> Option<u16> {
-    let resp = node
-        .client
-        .get(node.url("/readyz"))
-        .timeout(Duration::from_secs(5))
-        .send()
-        .await
-        .ok()?;
-    Some(resp.status().as_u16())
 }
 
 /// One publish; the message when acknowledged (200), `None` otherwise.
