@@ -484,6 +484,41 @@ const OPTIONS: &[OptionSpec] = &[
         default: "100000",
         help: "Most idempotency keys remembered at once (node, or cluster with `redis-url`); beyond it the ones nearest their expiry are forgotten first",
     },
+    OptionSpec {
+        key: "redis-sentinel-addrs",
+        default: "",
+        help: "Find the cluster's Redis primary through these Sentinels (comma-separated `host:port`), and follow it when they fail over; needs `redis-sentinel-master`. `redis-url`, if also set, gives the scheme (`rediss://` for TLS), password and database",
+    },
+    OptionSpec {
+        key: "redis-sentinel-master",
+        default: "",
+        help: "The name the Sentinels monitor the primary under (`sentinel monitor <name> ...`)",
+    },
+    OptionSpec {
+        key: "redis-tls-ca-file",
+        default: "",
+        help: "PEM file of the CA certificates to trust for `rediss://` instead of the compiled-in Mozilla roots",
+    },
+    OptionSpec {
+        key: "redis-tls-cert-file",
+        default: "",
+        help: "PEM client certificate (chain) for `rediss://` servers that require one; with `redis-tls-key-file`",
+    },
+    OptionSpec {
+        key: "redis-tls-key-file",
+        default: "",
+        help: "PEM private key of `redis-tls-cert-file`",
+    },
+    OptionSpec {
+        key: "redis-min-replicas-acked",
+        default: "0",
+        help: "Acknowledge a publish (and webhook, auth changes) only once this many Redis replicas confirmed it (`WAIT`), so losing the primary loses nothing acknowledged; unconfirmed in time: 503. 0: the primary's answer suffices",
+    },
+    OptionSpec {
+        key: "redis-replica-ack-timeout",
+        default: "2s",
+        help: "How long to wait for `redis-min-replicas-acked` replicas before answering 503",
+    },
 ];
 
 /// Where a value came from, for error messages.
@@ -590,6 +625,9 @@ pub struct Config {
     pub idempotency_window: Duration,
     /// Most idempotency keys kept (`idempotency-key-limit`).
     pub idempotency_key_limit: usize,
+    /// How cluster mode reaches Redis: URL, Sentinels, TLS files, confirmations
+    /// (`redis-*`; see `cluster::connector`).
+    pub redis: crate::cluster::connector::RedisSettings,
 }
 
 impl Config {
@@ -637,6 +675,24 @@ pub fn add_args(mut cmd: Command) -> Command {
 /// `listen-http` → `HERALD_LISTEN_HTTP`.
 pub fn env_name(key: &str) -> String {
     format!("HERALD_{}", key.to_ascii_uppercase().replace('-', "_"))
+}
+
+/// `HERALD_*` variables herald reads that are not server options: the config file,
+/// and the CLI commands' own (`herald user`'s password, `herald webhook`'s server).
+const OTHER_ENV: &[&str] = &["HERALD_CONFIG", "HERALD_PASSWORD", "HERALD_SERVER"];
+
+/// The names among `vars` that start with `HERALD_` but that herald does not read: a
+/// misspelled setting (`HERALD_REDIS_SENTINEL_ADRS`) would otherwise leave a node
+/// silently on a default, e.g. alone on its own store. Sorted, for a stable warning.
+pub fn unknown_env_vars(vars: impl IntoIterator<Item = String>) -> Vec<String> {
+    let mut unknown: Vec<String> = vars
+        .into_iter()
+        .filter(|name| name.starts_with("HERALD_"))
+        .filter(|name| !OTHER_ENV.contains(&name.as_str()))
+        .filter(|name| !OPTIONS.iter().any(|o| env_name(o.key) == *name))
+        .collect();
+    unknown.sort();
+    unknown
 }
 
 /// Builds the configuration from parsed arguments (flags and environment, as clap saw
@@ -821,6 +877,7 @@ impl RawValues {
                 0 => Err("must be at least 1".into()),
                 n => Ok(n),
             })?,
+            redis: self.redis_settings()?,
             limits: self.limits()?,
             attachments: self.attachment_config()?,
             webhooks: self.webhook_config(&data_dir)?,
@@ -921,7 +978,8 @@ impl RawValues {
                 .parse("visitor-attachment-daily-bandwidth-limit", bytes)?,
         };
         // A node-local directory cannot serve files uploaded through another node.
-        let cluster = !self.get("redis-url").0.trim().is_empty();
+        let cluster = !self.get("redis-url").0.trim().is_empty()
+            || !self.get("redis-sentinel-addrs").0.trim().is_empty();
         if cluster
             && matches!(config.location, Some(crate::attachment::Location::Dir(_)))
             && !config.shared_dir
@@ -1198,6 +1256,50 @@ impl RawValues {
             })?;
         }
         Ok(Some(p))
+    }
+
+    /// The `redis-*` options beyond the URL (`cluster::connector`).
+    fn redis_settings(&self) -> Result<crate::cluster::connector::RedisSettings, ConfigError> {
+        let path = |s: &str| Ok((!s.is_empty()).then(|| PathBuf::from(s)));
+        let settings = crate::cluster::connector::RedisSettings {
+            url: self.parse("redis-url", redis_url)?,
+            sentinel_addrs: self.parse("redis-sentinel-addrs", |s| {
+                let addrs: Vec<String> = s
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|a| !a.is_empty())
+                    .map(String::from)
+                    .collect();
+                for addr in &addrs {
+                    crate::cluster::connector::parse_sentinel_addr(addr)?;
+                }
+                Ok(addrs)
+            })?,
+            sentinel_master: self.parse("redis-sentinel-master", |s| Ok(s.to_string()))?,
+            tls_ca_file: self.parse("redis-tls-ca-file", path)?,
+            tls_cert_file: self.parse("redis-tls-cert-file", path)?,
+            tls_key_file: self.parse("redis-tls-key-file", path)?,
+            min_replicas_acked: self.parse("redis-min-replicas-acked", |s| {
+                s.parse::<u32>()
+                    .ok()
+                    .filter(|n| *n <= 100)
+                    .ok_or_else(|| "expected a whole number from 0 to 100".to_string())
+            })?,
+            replica_ack_timeout: self.parse("redis-replica-ack-timeout", positive_duration)?,
+        };
+        if !settings.sentinel_addrs.is_empty() && settings.sentinel_master.is_empty() {
+            return Err(self.invalid(
+                "redis-sentinel-master",
+                "must be set with redis-sentinel-addrs",
+            ));
+        }
+        if settings.tls_cert_file.is_some() != settings.tls_key_file.is_some() {
+            return Err(self.invalid(
+                "redis-tls-key-file",
+                "redis-tls-cert-file and redis-tls-key-file go together",
+            ));
+        }
+        Ok(settings)
     }
 
     /// `auth-file` and `auth-default-access`: on if either is set.
@@ -1662,5 +1764,25 @@ mod tests {
         assert_eq!(parse_size("4KB"), Ok(4096));
         assert_eq!(parse_size("1M"), Ok(1 << 20));
         assert!(parse_size("x").is_err());
+    }
+
+    #[test]
+    fn unknown_herald_variables_are_named() {
+        let vars = [
+            "HERALD_REDIS_URL",
+            "HERALD_REDIS_URLL",
+            "HERALD_CONFIG",
+            "HERALD_PASSWORD",
+            "PATH",
+            "HERALD_LISTEN_HTP",
+        ]
+        .map(String::from);
+        assert_eq!(
+            unknown_env_vars(vars),
+            vec![
+                "HERALD_LISTEN_HTP".to_string(),
+                "HERALD_REDIS_URLL".to_string()
+            ]
+        );
     }
 }

@@ -132,6 +132,11 @@ fn init_logging(config: &Config) -> anyhow::Result<herald::otel::Exporter> {
 
 fn serve(config: Config) -> anyhow::Result<()> {
     let exporter = init_logging(&config)?;
+    for name in
+        config::unknown_env_vars(std::env::vars_os().filter_map(|(k, _)| k.into_string().ok()))
+    {
+        tracing::warn!(variable = %name, "ignoring unknown environment variable (misspelled setting?)");
+    }
     let result = run_server(config);
     // Outside the runtime: the exporter's final flush blocks (bounded).
     exporter.shutdown();

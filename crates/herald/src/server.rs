@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 use crate::api::{AppState, router};
 use crate::broker::redis::RedisBroker;
 use crate::broker::{Broker, LocalBroker};
+use crate::cluster::connector::RedisConnector;
 use crate::config::Config;
 use crate::core::Herald;
 use crate::hub::{CloseReason, Hub};
@@ -111,7 +112,15 @@ pub async fn run(
     let hub = Hub::new(config.subscriber_queue_size);
     let tracker = TaskTracker::new();
     let background = CancellationToken::new();
-    let (store, broker): (Arc<dyn Store>, Arc<dyn Broker>) = match &config.redis_url {
+    // Cluster mode's one way to Redis (TLS, Sentinel, failover): every Redis user
+    // connects through it (crate::cluster::connector).
+    let redis = match config.redis.enabled() {
+        true => {
+            Some(RedisConnector::new(&config.redis).context("cannot set up the Redis connection")?)
+        }
+        false => None,
+    };
+    let (store, broker): (Arc<dyn Store>, Arc<dyn Broker>) = match &redis {
         Some(url) => cluster_backends(&config, url, &hub, &tracker, &background).await?,
         None => {
             let store = SqliteStore::open_observed(
@@ -142,7 +151,7 @@ pub async fn run(
     herald.spawn_background(&tracker, background.clone());
 
     let webhook_metrics = WebhookMetrics::default();
-    let webhooks = if let Some(url) = &config.redis_url {
+    let webhooks = if let Some(url) = &redis {
         let webhooks = cluster_webhooks(&config, url, &herald, &webhook_metrics, feed_wake)?;
         webhooks.start().await;
         Some(webhooks)
@@ -165,13 +174,19 @@ pub async fn run(
     };
 
     let webpush = match &config.web.push {
-        Some(push) => Some(crate::webpush::start(&config, push, &herald, push_wake)?),
+        Some(push) => Some(crate::webpush::start(
+            &config,
+            push,
+            &herald,
+            push_wake,
+            redis.as_ref(),
+        )?),
         None => None,
     };
     // E-mail (src/email): the outbox sends `X-Email` mail from its durable queue.
     let email_metrics = crate::email::outgoing::EmailMetrics::default();
     if let Some(sender) = &config.email.sender {
-        let queue: Arc<dyn crate::email::outgoing::queue::MailQueue> = match &config.redis_url {
+        let queue: Arc<dyn crate::email::outgoing::queue::MailQueue> = match &redis {
             Some(url) => Arc::new(crate::email::outgoing::redis::RedisMailQueue::new(
                 url,
                 &config.redis_key_prefix,
@@ -223,7 +238,7 @@ pub async fn run(
         metrics.register_source(&webpush.metrics);
     }
     let metrics = Arc::new(metrics);
-    let auth = match (&config.auth, &config.redis_url) {
+    let auth = match (&config.auth, &redis) {
         // Cluster mode: the users, tokens and ACL every node shares (auth-file unused).
         (Some(settings), Some(url)) => {
             let (url, prefix) = (url.clone(), config.redis_key_prefix.clone());
@@ -271,10 +286,10 @@ pub async fn run(
     state.upstream = upstream;
     state.webpush = webpush.clone();
     state.idempotency = Arc::new(
-        crate::idempotency::Idempotency::open(&config)
+        crate::idempotency::Idempotency::open(&config, redis.as_ref())
             .context("cannot open the idempotency key store")?,
     );
-    if let Some(url) = &config.redis_url {
+    if let Some(url) = &redis {
         state.limits = cluster_limits(&config, url, &state.metrics, &tracker, &background).await?;
     }
     if let Some(smtp) = &config.email.server {
@@ -336,9 +351,13 @@ pub async fn run(
     };
     let accept_loop = tokio::spawn(accept.run(listener));
     // Tests and scripts wait for this exact line to learn the bound port.
-    let store_name = match &config.redis_url {
+    let store_name = match &redis {
         // The URL may carry a password: name only where the cluster lives.
-        Some(_) => format!("redis (prefix {})", config.redis_key_prefix),
+        Some(_) => format!(
+            "{} (prefix {})",
+            config.redis.describe(),
+            config.redis_key_prefix
+        ),
         None => config.cache_file.display().to_string(),
     };
     tracing::info!(store = %store_name, "herald listening on http://{addr}");
@@ -387,7 +406,7 @@ pub async fn run(
 /// broker's log reader runs on `tracker` until `stop`.
 async fn cluster_backends(
     config: &Config,
-    url: &str,
+    url: &RedisConnector,
     hub: &Arc<Hub>,
     tracker: &TaskTracker,
     stop: &CancellationToken,
@@ -409,7 +428,7 @@ async fn cluster_backends(
 /// with this node's heartbeat kept on `tracker` until `stop`.
 async fn cluster_limits(
     config: &Config,
-    url: &str,
+    url: &RedisConnector,
     metrics: &Metrics,
     tracker: &TaskTracker,
     stop: &CancellationToken,
@@ -433,7 +452,7 @@ async fn cluster_limits(
 /// the cluster log (`crate::webhook::redis`, docs/WEBHOOKS.md "Cluster mode").
 fn cluster_webhooks(
     config: &Config,
-    url: &str,
+    url: &RedisConnector,
     herald: &Arc<Herald>,
     metrics: &WebhookMetrics,
     feed_wake: Arc<tokio::sync::Notify>,

@@ -172,7 +172,7 @@ pub fn add_commands(cmd: Command) -> Command {
 struct Location {
     auth_file: PathBuf,
     /// `redis-url` and `redis-key-prefix` when configured: the store is Redis.
-    redis: Option<(String, String)>,
+    redis: Option<(crate::cluster::connector::RedisSettings, String)>,
     /// `None` when this command's configuration does not turn access control on
     /// (the server may have been given `auth-default-access` as a flag).
     default_access: Option<Access>,
@@ -199,7 +199,11 @@ fn locate(m: &ArgMatches) -> anyhow::Result<Location> {
         .try_get_matches_from(argv)
         .context("invalid arguments")?;
     let cfg = config::load(&matches).context("invalid configuration")?;
-    let redis = cfg.redis_url.map(|url| (url, cfg.redis_key_prefix.clone()));
+    // Sentinel and TLS settings too, from the environment or `--config`.
+    let redis = cfg
+        .redis
+        .enabled()
+        .then(|| (cfg.redis.clone(), cfg.redis_key_prefix.clone()));
     Ok(match cfg.auth {
         Some(a) => Location {
             auth_file: a.auth_file,
@@ -217,9 +221,12 @@ fn locate(m: &ArgMatches) -> anyhow::Result<Location> {
 /// The cluster's Redis with `redis-url` (as the server uses it), else the auth file.
 fn open(loc: &Location) -> anyhow::Result<Box<dyn AuthStore>> {
     match &loc.redis {
-        Some((url, prefix)) => Ok(Box::new(
-            RedisAuthStore::open(url, prefix)
-                .context("cannot reach the auth store in Redis (redis-url)")?,
+        Some((settings, prefix)) => Ok(Box::new(
+            RedisAuthStore::open(
+                &crate::cluster::connector::RedisConnector::new(settings)?,
+                prefix,
+            )
+            .context("cannot reach the auth store in Redis (redis-url)")?,
         )),
         None => Ok(Box::new(
             SqliteAuthStore::open(&loc.auth_file)

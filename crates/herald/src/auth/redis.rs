@@ -41,7 +41,8 @@ use super::store::{
 };
 use super::token::{TokenDigest, TokenSelector};
 use super::{Access, Role};
-use crate::cluster::redis::{KeyPrefix, connect_blocking, script};
+use crate::cluster::connector::RedisConnector;
+use crate::cluster::redis::{KeyPrefix, script};
 
 /// How often a following store checks `P auth:version`: the staleness bound of a
 /// node's view of changes made elsewhere (plus one reload).
@@ -168,7 +169,7 @@ struct Replica {
 }
 
 struct Inner {
-    client: redis::Client,
+    client: RedisConnector,
     keys: Keys,
     scripts: Scripts,
     /// The connection for commands; `None` after an error, reopened on next use.
@@ -289,8 +290,8 @@ fn parse_loaded((version, users, tokens, acl): Loaded) -> (String, AuthData) {
     )
 }
 
-fn open_connection(client: &redis::Client) -> Result<Connection, AuthStoreError> {
-    connect_blocking(client, IO_TIMEOUT).map_err(backend)
+fn open_connection(client: &RedisConnector) -> Result<Connection, AuthStoreError> {
+    client.connect_blocking(IO_TIMEOUT).map_err(backend)
 }
 
 impl Inner {
@@ -325,7 +326,10 @@ impl Inner {
             for a in args {
                 invocation.arg(a);
             }
-            invocation.invoke::<i64>(conn)
+            let done = invocation.invoke::<i64>(conn)?;
+            // Acknowledged only once replicated (`redis-min-replicas-acked`).
+            self.client.confirm_blocking(conn)?;
+            Ok(done)
         })?;
         // The change is made; if the replica cannot be refreshed now, the follower
         // thread catches up.
@@ -398,14 +402,17 @@ fn follow(inner: Weak<Inner>) {
 
 impl RedisAuthStore {
     /// A store that reads Redis on every call (the CLI's). Checks that Redis answers.
-    pub fn open(url: &str, prefix: &str) -> Result<RedisAuthStore, AuthStoreError> {
+    pub fn open(url: &RedisConnector, prefix: &str) -> Result<RedisAuthStore, AuthStoreError> {
         Self::build(url, prefix, None)
     }
 
     /// A store that answers `generation` and `load` from a replica that a thread
     /// keeps current (the server's; see the module docs). Loads it once before
     /// returning, so an unreachable Redis fails start-up.
-    pub fn open_following(url: &str, prefix: &str) -> Result<RedisAuthStore, AuthStoreError> {
+    pub fn open_following(
+        url: &RedisConnector,
+        prefix: &str,
+    ) -> Result<RedisAuthStore, AuthStoreError> {
         let store = Self::build(url, prefix, Some(Mutex::new(Replica::default())))?;
         store.inner.refresh()?;
         let weak = Arc::downgrade(&store.inner);
@@ -417,11 +424,11 @@ impl RedisAuthStore {
     }
 
     fn build(
-        url: &str,
+        url: &RedisConnector,
         prefix: &str,
         replica: Option<Mutex<Replica>>,
     ) -> Result<RedisAuthStore, AuthStoreError> {
-        let client = redis::Client::open(url).map_err(backend)?;
+        let client = url.clone();
         let conn = open_connection(&client)?;
         Ok(RedisAuthStore {
             inner: Arc::new(Inner {
@@ -446,7 +453,7 @@ impl RedisAuthStore {
 /// Access control for a cluster node: the Redis store under `prefix`, following
 /// changes. Blocks (connects and loads): call it off the runtime threads.
 pub fn cluster_authorizer(
-    url: &str,
+    url: &RedisConnector,
     prefix: &str,
     default_access: Access,
 ) -> Result<super::Authorizer, AuthStoreError> {
@@ -751,7 +758,13 @@ mod tests {
     fn contract_direct() {
         let p = Prefix::new("direct");
         contract::run_all(&|name: &str| {
-            Box::new(RedisAuthStore::open(URL, &format!("{}{name}:", p.0)).unwrap())
+            Box::new(
+                RedisAuthStore::open(
+                    &crate::cluster::connector::local(),
+                    &format!("{}{name}:", p.0),
+                )
+                .unwrap(),
+            )
         });
     }
 
@@ -759,7 +772,13 @@ mod tests {
     fn contract_following() {
         let p = Prefix::new("following");
         contract::run_all(&|name: &str| {
-            Box::new(RedisAuthStore::open_following(URL, &format!("{}{name}:", p.0)).unwrap())
+            Box::new(
+                RedisAuthStore::open_following(
+                    &crate::cluster::connector::local(),
+                    &format!("{}{name}:", p.0),
+                )
+                .unwrap(),
+            )
         });
     }
 
@@ -775,8 +794,9 @@ mod tests {
     #[test]
     fn a_follower_sees_changes_made_elsewhere() {
         let p = Prefix::new("follow");
-        let node = RedisAuthStore::open_following(URL, &p.0).unwrap();
-        let cli = RedisAuthStore::open(URL, &p.0).unwrap();
+        let node =
+            RedisAuthStore::open_following(&crate::cluster::connector::local(), &p.0).unwrap();
+        let cli = RedisAuthStore::open(&crate::cluster::connector::local(), &p.0).unwrap();
         let g0 = node.generation().unwrap();
         assert_eq!(node.generation().unwrap(), g0, "stable without changes");
         cli.add_user(&contract::user("ben", Role::User)).unwrap();
@@ -816,7 +836,12 @@ mod tests {
         let open = || {
             let prefix = p.0.clone();
             tokio::task::spawn_blocking(move || {
-                cluster_authorizer(URL, &prefix, Access::DENY_ALL).unwrap()
+                cluster_authorizer(
+                    &crate::cluster::connector::local(),
+                    &prefix,
+                    Access::DENY_ALL,
+                )
+                .unwrap()
             })
         };
         let (a, b) = (open().await.unwrap(), open().await.unwrap());
@@ -865,7 +890,7 @@ mod tests {
     #[test]
     fn tokens_expire_in_redis() {
         let p = Prefix::new("expire");
-        let store = RedisAuthStore::open(URL, &p.0).unwrap();
+        let store = RedisAuthStore::open(&crate::cluster::connector::local(), &p.0).unwrap();
         store.add_user(&contract::user("phil", Role::User)).unwrap();
         let (_, mut rec) = contract::token_for("phil", 5);
         rec.expires = crate::model::now_unix() - 1;

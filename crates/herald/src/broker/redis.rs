@@ -14,13 +14,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
 use redis::streams::StreamReadReply;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{Broker, BrokerError};
-use crate::cluster::redis::{OP_TIMEOUT, RedisFailure, connect, timed};
+use crate::cluster::connector::{Conn, RedisConnector};
+use crate::cluster::redis::{OP_TIMEOUT, RedisFailure, timed};
 use crate::hub::{CloseReason, Hub, SharedEvent};
 use crate::store::redis::{Delivered, Keys, LogWriter, decode, encode, entry_parts};
 
@@ -36,7 +36,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 pub struct RedisBroker {
     log: LogWriter,
     keys: Keys,
-    reader: ConnectionManager,
+    reader: Conn,
     /// Whether the last log read succeeded (readiness).
     connected: Arc<AtomicBool>,
     delivered: Arc<Delivered>,
@@ -53,11 +53,15 @@ impl std::fmt::Debug for RedisBroker {
 impl RedisBroker {
     /// A broker on the Redis at `url` under `prefix`. Nothing is read until
     /// [`Self::start_reader`]. `delivered` is shared with this node's `RedisStore`.
-    pub fn new(url: &str, prefix: &str, delivered: Arc<Delivered>) -> Result<Self, BrokerError> {
+    pub fn new(
+        url: &RedisConnector,
+        prefix: &str,
+        delivered: Arc<Delivered>,
+    ) -> Result<Self, BrokerError> {
         let keys = Keys::new(prefix);
-        let writer = connect(url, OP_TIMEOUT).map_err(BrokerError::Unavailable)?;
+        let writer = url.connect(OP_TIMEOUT);
         // The reader blocks in XREAD: its own connection, so it never delays commands.
-        let reader = connect(url, READ_BLOCK + OP_TIMEOUT).map_err(BrokerError::Unavailable)?;
+        let reader = url.connect(READ_BLOCK + OP_TIMEOUT);
         Ok(RedisBroker {
             log: LogWriter::new(writer, keys.clone(), Duration::ZERO),
             keys,
@@ -119,7 +123,7 @@ impl Broker for RedisBroker {
 
 /// One node's reader of the log.
 struct LogReader {
-    conn: ConnectionManager,
+    conn: Conn,
     log: String,
     hub: Arc<Hub>,
     connected: Arc<AtomicBool>,

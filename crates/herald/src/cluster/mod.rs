@@ -4,4 +4,6 @@
 //! The parts themselves live with the seam they implement: `store::redis`,
 //! `broker::redis`, `limits::redis`, `auth::redis`, `webhook::redis`.
 
+pub mod connector;
 pub mod redis;
+pub(crate) mod replicas;

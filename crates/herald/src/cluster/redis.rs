@@ -1,5 +1,5 @@
-//! Redis plumbing shared by every cluster-mode module: one way to connect (and to
-//! fail fast while Redis is away), one default time limit per operation, key names
+//! Redis plumbing shared by every cluster-mode module: one way to connect
+//! (`cluster::connector`), one default time limit per operation, key names
 //! under `redis-key-prefix`, and Lua scripts built from the `.lua` files next to the
 //! module that runs them.
 //!
@@ -9,45 +9,12 @@
 use std::fmt;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, RedisWrite, Script, ToRedisArgs, ToSingleRedisArg};
 
 /// Longest wait for one Redis operation before the caller is told "unavailable".
 pub(crate) const OP_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Checks that `url` is a Redis URL the client understands (`redis-url`).
-pub fn check_url(url: &str) -> Result<(), String> {
-    redis::Client::open(url)
-        .map(|_| ())
-        .map_err(|e| format!("not a Redis URL: {e}"))
-}
-
-/// A connection manager that reconnects by itself, with exponential backoff, and fails
-/// commands quickly while Redis is away (they are answered 503, not queued).
-pub(crate) fn connect(url: &str, response_timeout: Duration) -> Result<ConnectionManager, String> {
-    let client = redis::Client::open(url).map_err(|e| format!("not a Redis URL: {e}"))?;
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(1)))
-        .set_response_timeout(Some(response_timeout))
-        .set_number_of_retries(2)
-        .set_min_delay(Duration::from_millis(100))
-        .set_max_delay(Duration::from_secs(2));
-    client
-        .get_connection_manager_lazy(config)
-        .map_err(|e| format!("cannot set up the Redis connection: {e}"))
-}
-
-/// A blocking connection whose connect, reads and writes each give up after
-/// `io_timeout`, for callers off the runtime (CLI, follower threads).
-pub(crate) fn connect_blocking(
-    client: &redis::Client,
-    io_timeout: Duration,
-) -> Result<redis::Connection, RedisError> {
-    let conn = client.get_connection_with_timeout(io_timeout)?;
-    conn.set_read_timeout(Some(io_timeout))?;
-    conn.set_write_timeout(Some(io_timeout))?;
-    Ok(conn)
-}
+pub use super::connector::check_url;
 
 /// Why a Redis operation did not succeed.
 #[derive(Debug, thiserror::Error)]

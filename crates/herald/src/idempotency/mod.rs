@@ -200,13 +200,16 @@ impl Idempotency {
         Idempotency { store, window }
     }
 
-    /// The key store `config` asks for: Redis with `redis-url` (shared by the
-    /// cluster), else `<data-dir>/idempotency.db`.
-    pub fn open(config: &crate::config::Config) -> Result<Self, KeyStoreError> {
+    /// The key store `config` asks for: Redis in cluster mode (`redis`, shared by
+    /// the cluster), else `<data-dir>/idempotency.db`.
+    pub fn open(
+        config: &crate::config::Config,
+        redis: Option<&crate::cluster::connector::RedisConnector>,
+    ) -> Result<Self, KeyStoreError> {
         let limit = config.idempotency_key_limit;
-        let store: Arc<dyn KeyStore> = match &config.redis_url {
-            Some(url) => Arc::new(redis::RedisKeys::open(
-                url,
+        let store: Arc<dyn KeyStore> = match redis {
+            Some(connector) => Arc::new(redis::RedisKeys::open(
+                connector,
                 &config.redis_key_prefix,
                 limit,
             )?),

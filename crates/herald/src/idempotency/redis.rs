@@ -11,12 +11,12 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
 use redis::{RedisError, Script};
 use sha2::{Digest, Sha256};
 
 use super::{Claim, Fingerprint, KeyStore, KeyStoreError};
-use crate::cluster::redis::{KeyPrefix, OP_TIMEOUT, RedisFailure, connect, script};
+use crate::cluster::connector::{Conn, RedisConnector};
+use crate::cluster::redis::{KeyPrefix, OP_TIMEOUT, RedisFailure, script};
 
 const CLAIM_LUA: &str = include_str!("redis/claim.lua");
 const COMPLETE_LUA: &str = include_str!("redis/complete.lua");
@@ -24,7 +24,7 @@ const RELEASE_LUA: &str = include_str!("redis/release.lua");
 
 /// Idempotency keys in Redis, shared by every node. See the module docs.
 pub struct RedisKeys {
-    conn: ConnectionManager,
+    conn: Conn,
     prefix: KeyPrefix,
     limit: usize,
     claim: Script,
@@ -42,8 +42,8 @@ impl std::fmt::Debug for RedisKeys {
 
 impl RedisKeys {
     /// Keys under `prefix` on the Redis at `url`, at most `limit` of them.
-    pub fn open(url: &str, prefix: &str, limit: usize) -> Result<Self, KeyStoreError> {
-        let conn = connect(url, OP_TIMEOUT).map_err(KeyStoreError::Failed)?;
+    pub fn open(redis: &RedisConnector, prefix: &str, limit: usize) -> Result<Self, KeyStoreError> {
+        let conn = redis.connect(OP_TIMEOUT);
         Ok(RedisKeys {
             conn,
             prefix: KeyPrefix::new(prefix).nested("idem:"),
@@ -152,7 +152,7 @@ mod tests {
             .map(|d| d.as_nanos())
             .unwrap_or_default();
         let prefix = format!("herald-test:idem:{}:{nanos}:", std::process::id());
-        let keys = RedisKeys::open("redis://127.0.0.1:6379/0", &prefix, 3).unwrap();
+        let keys = RedisKeys::open(&crate::cluster::connector::local(), &prefix, 3).unwrap();
         super::super::tests::check_store(&keys).await;
         let mut conn = keys.conn.clone();
         let held: usize = redis::cmd("ZCARD")

@@ -27,13 +27,13 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use prometheus_client::metrics::counter::Counter;
 use redis::Script;
-use redis::aio::ConnectionManager;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::shared::{SharedCharge, SharedLimits, SharedLimitsError, Verdict};
 use super::{Limit, LimitsConfig};
-use crate::cluster::redis::{KeyPrefix, connect, script};
+use crate::cluster::connector::{Conn, RedisConnector};
+use crate::cluster::redis::{KeyPrefix, script};
 
 /// Longest a limit check waits for Redis: a request is then admitted by this node's
 /// own limits rather than held up.
@@ -89,7 +89,7 @@ struct Shapes {
 
 /// Visitor limits in Redis, shared by every node on the same key prefix.
 pub struct RedisLimits {
-    conn: ConnectionManager,
+    conn: Conn,
     prefix: KeyPrefix,
     node_id: String,
     shapes: Shapes,
@@ -122,13 +122,13 @@ impl RedisLimits {
     /// the Redis at `url` under `prefix`; failures to answer are counted in
     /// `unavailable`. Connects lazily.
     pub fn new(
-        url: &str,
+        url: &RedisConnector,
         prefix: &str,
         config: &LimitsConfig,
         stream_limit: usize,
         unavailable: Counter,
     ) -> Result<Self, String> {
-        let conn = connect(url, OP_TIMEOUT)?;
+        let conn = url.connect(OP_TIMEOUT);
         let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1);
         Ok(RedisLimits {
             conn,

@@ -27,13 +27,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
 use redis::streams::{StreamId, StreamRangeReply};
 use redis::{RedisError, Script};
 
 use super::{Cursor, Page, Query, Since, Store, StoreError, StoreStats};
 use crate::cluster;
-use crate::cluster::redis::{KeyPrefix, OP_TIMEOUT, RedisFailure, connect, script};
+use crate::cluster::connector::{Conn, RedisConnector};
+use crate::cluster::redis::{KeyPrefix, OP_TIMEOUT, RedisFailure, script};
+use crate::cluster::replicas::Ticket;
 use crate::model::{Message, id, now_unix, now_unix_ms};
 
 /// About how many events the log keeps (`XADD MAXLEN ~`). A node that loses Redis for
@@ -111,6 +112,13 @@ impl From<RedisFailure> for StoreError {
 /// Runs one Redis operation with the shared time limit, failing with a store error.
 async fn timed<T>(op: impl Future<Output = Result<T, RedisError>>) -> Result<T, StoreError> {
     cluster::redis::timed(op).await.map_err(StoreError::from)
+}
+
+/// Acknowledged only once replicated (`redis-min-replicas-acked`, `cluster::replicas`).
+async fn confirm(conn: &Conn, ticket: Ticket) -> Result<(), StoreError> {
+    conn.confirm(ticket)
+        .await
+        .map_err(|e| StoreError::from(RedisFailure::from(e)))
 }
 
 /// Every key herald uses, under one prefix (tests and separate clusters use their own).
@@ -231,14 +239,14 @@ const PRUNE_LUA: &str = include_str!("redis/prune.lua");
 
 /// The shared log's publish step, also used by `broker::redis` for uncached events.
 pub(crate) struct LogWriter {
-    conn: ConnectionManager,
+    conn: Conn,
     keys: Keys,
     script: Script,
     cache_ms: u64,
 }
 
 impl LogWriter {
-    pub(crate) fn new(conn: ConnectionManager, keys: Keys, cache_duration: Duration) -> Self {
+    pub(crate) fn new(conn: Conn, keys: Keys, cache_duration: Duration) -> Self {
         LogWriter {
             conn,
             keys,
@@ -267,13 +275,16 @@ impl LogWriter {
             .arg(LOG_MAX_LEN)
             .arg(min_id);
         let mut conn = self.conn.clone();
-        timed(invocation.invoke_async(&mut conn)).await
+        let ticket = conn.ticket().await;
+        let position = timed(invocation.invoke_async(&mut conn)).await?;
+        confirm(&conn, ticket).await?;
+        Ok(position)
     }
 }
 
 /// The Redis-backed [`Store`]. See the module docs.
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: Conn,
     delivered: Arc<Delivered>,
     keys: Keys,
     log: LogWriter,
@@ -298,12 +309,12 @@ impl RedisStore {
     /// (503, `/readyz` down) until it is back, never start-up. `delivered` is shared
     /// with this node's `broker::redis::RedisBroker`.
     pub fn open(
-        url: &str,
+        url: &RedisConnector,
         prefix: &str,
         cache_duration: Duration,
         delivered: Arc<Delivered>,
     ) -> Result<Self, StoreError> {
-        let conn = connect(url, OP_TIMEOUT).map_err(StoreError::Backend)?;
+        let conn = url.connect(OP_TIMEOUT);
         let keys = Keys::new(prefix);
         Ok(RedisStore {
             log: LogWriter::new(conn.clone(), keys.clone(), cache_duration),
@@ -318,7 +329,7 @@ impl RedisStore {
         })
     }
 
-    fn conn(&self) -> ConnectionManager {
+    fn conn(&self) -> Conn {
         self.conn.clone()
     }
 
@@ -335,7 +346,7 @@ impl RedisStore {
     }
 
     /// Every topic that has a history stream.
-    async fn topic_names(&self, conn: &mut ConnectionManager) -> Result<Vec<String>, StoreError> {
+    async fn topic_names(&self, conn: &mut Conn) -> Result<Vec<String>, StoreError> {
         timed(
             redis::cmd("SMEMBERS")
                 .arg(self.keys.topics())
@@ -355,7 +366,9 @@ impl RedisStore {
             .sadd(self.keys.sched_topic(&message.topic), &message.id)
             .ignore();
         let mut conn = self.conn();
-        timed(pipe.query_async::<()>(&mut conn)).await
+        let ticket = conn.ticket().await;
+        timed(pipe.query_async::<()>(&mut conn)).await?;
+        confirm(&conn, ticket).await
     }
 
     /// Pending scheduled messages of `topics`, ordered by `(time, id)`.
@@ -752,7 +765,7 @@ mod tests {
             .as_nanos();
         let prefix = format!("herald-test:unit:{test}:{}:{nanos}:", std::process::id());
         let store = RedisStore::open(
-            "redis://127.0.0.1:6379",
+            &crate::cluster::connector::local(),
             &prefix,
             Duration::from_secs(3600),
             Arc::new(Delivered::default()),
@@ -796,7 +809,7 @@ mod tests {
     async fn due_messages_are_taken_once_by_racing_nodes() {
         let (a, prefix) = store("due");
         let b = RedisStore::open(
-            "redis://127.0.0.1:6379",
+            &crate::cluster::connector::local(),
             &prefix,
             Duration::from_secs(3600),
             Arc::new(Delivered::default()),

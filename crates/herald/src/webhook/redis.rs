@@ -35,7 +35,6 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
 use redis::streams::StreamRangeReply;
 use redis::{RedisError, Script};
 use serde::{Deserialize, Serialize};
@@ -47,7 +46,8 @@ use super::store::{
     WebhookStore, WebhookStoreError,
 };
 use super::{Filter, Webhook};
-use crate::cluster::redis::{KeyPrefix, OP_TIMEOUT, connect, script};
+use crate::cluster::connector::{Conn, RedisConnector};
+use crate::cluster::redis::{KeyPrefix, OP_TIMEOUT, script};
 use crate::store::redis::{Keys, LOG_MAX_LEN, decode, entry_id, entry_parts, message_id};
 
 /// Longest the feed blocks waiting for new log entries.
@@ -174,7 +174,7 @@ impl StoredWebhook {
 
 /// The Redis [`WebhookStore`]. See the module docs.
 pub struct RedisWebhookStore {
-    conn: ConnectionManager,
+    conn: Conn,
     /// `P wh:`.
     prefix: KeyPrefix,
     /// Attempts in flight per endpoint, cluster-wide (`webhook-concurrency`).
@@ -201,11 +201,11 @@ impl RedisWebhookStore {
     /// A store on the Redis at `url` under `prefix` (`redis-key-prefix`), allowing
     /// `concurrency` attempts per endpoint across the cluster (0: no cap).
     pub fn open(
-        url: &str,
+        url: &RedisConnector,
         prefix: &str,
         concurrency: usize,
     ) -> Result<RedisWebhookStore, WebhookStoreError> {
-        let conn = connect(url, OP_TIMEOUT).map_err(WebhookStoreError::Backend)?;
+        let conn = url.connect(OP_TIMEOUT);
         Ok(RedisWebhookStore {
             conn,
             prefix: KeyPrefix::new(prefix).nested("wh:"),
@@ -225,7 +225,7 @@ impl RedisWebhookStore {
         self.prefix.key(name)
     }
 
-    fn conn(&self) -> ConnectionManager {
+    fn conn(&self) -> Conn {
         self.conn.clone()
     }
 
@@ -248,7 +248,11 @@ impl RedisWebhookStore {
                 .arg(d.due_ms);
         }
         let mut conn = self.conn();
-        timed(invocation.invoke_async(&mut conn)).await
+        let ticket = conn.ticket().await;
+        let queued = timed(invocation.invoke_async(&mut conn)).await?;
+        // Acknowledged only once replicated (`redis-min-replicas-acked`).
+        conn.confirm(ticket).await.map_err(backend)?;
+        Ok(queued)
     }
 
     /// Writes an endpoint and its failure streak and bumps the version, in one
@@ -264,7 +268,9 @@ impl RedisWebhookStore {
             .arg(w.failing_since.map(|f| f.to_string()).unwrap_or_default())
             .arg(if must_exist { "1" } else { "0" });
         let mut conn = self.conn();
+        let ticket = conn.ticket().await;
         let written: i64 = timed(invocation.invoke_async(&mut conn)).await?;
+        conn.confirm(ticket).await.map_err(backend)?;
         Ok(written == 1)
     }
 }
@@ -550,19 +556,19 @@ impl WebhookStore for RedisWebhookStore {
 /// The cluster feed: the shared log stream (`P log`), which has every committed event
 /// in cluster order; the cursor is a log position. See the module docs.
 pub struct LogFeed {
-    conn: ConnectionManager,
+    conn: Conn,
     /// For the blocking `XREAD` of [`FeedSource::wait_after`]: its own connection,
     /// so it never holds up the feed's other commands.
-    waiter: ConnectionManager,
+    waiter: Conn,
     log: String,
 }
 
 impl LogFeed {
     /// The feed of the cluster on the Redis at `url` under `prefix`.
-    pub fn open(url: &str, prefix: &str) -> Result<LogFeed, WebhookStoreError> {
+    pub fn open(url: &RedisConnector, prefix: &str) -> Result<LogFeed, WebhookStoreError> {
         Ok(LogFeed {
-            conn: connect(url, OP_TIMEOUT).map_err(WebhookStoreError::Backend)?,
-            waiter: connect(url, OP_TIMEOUT + WAIT_MAX).map_err(WebhookStoreError::Backend)?,
+            conn: url.connect(OP_TIMEOUT),
+            waiter: url.connect(OP_TIMEOUT + WAIT_MAX),
             log: Keys::new(prefix).log(),
         })
     }
@@ -672,8 +678,6 @@ mod tests {
     use super::super::contract::{self, LEASE, delivery, record, webhook};
     use super::*;
 
-    const URL: &str = "redis://127.0.0.1:6379";
-
     /// A prefix of its own per test (they share the machine's Redis), deleted by
     /// [`clean`].
     fn prefix(test: &str) -> String {
@@ -699,7 +703,7 @@ mod tests {
     /// A store with endpoint `w` and deliveries of `m1` and `m2` queued.
     async fn two_queued(test: &str) -> (RedisWebhookStore, String) {
         let p = prefix(test);
-        let store = RedisWebhookStore::open(URL, &p, 0).unwrap();
+        let store = RedisWebhookStore::open(&crate::cluster::connector::local(), &p, 0).unwrap();
         store.insert_webhook(&webhook("w")).await.unwrap();
         store
             .enqueue(vec![delivery("w", "m1", 0), delivery("w", "m2", 0)], "1-0")
@@ -711,7 +715,7 @@ mod tests {
     #[tokio::test]
     async fn redis_store_keeps_the_claims_contract() {
         let p = prefix("claims");
-        let store = RedisWebhookStore::open(URL, &p, 0).unwrap();
+        let store = RedisWebhookStore::open(&crate::cluster::connector::local(), &p, 0).unwrap();
         contract::claims_are_exclusive_until_the_lease_ends(&store).await;
         clean(&store, &p).await;
     }
@@ -719,7 +723,7 @@ mod tests {
     #[tokio::test]
     async fn redis_store_keeps_the_settlement_contract() {
         let p = prefix("settle");
-        let store = RedisWebhookStore::open(URL, &p, 0).unwrap();
+        let store = RedisWebhookStore::open(&crate::cluster::connector::local(), &p, 0).unwrap();
         contract::settlements_and_ordered_claims(&store).await;
         assert_eq!(store.version().await.unwrap(), Some(2), "insert, delete");
         clean(&store, &p).await;
@@ -743,7 +747,7 @@ mod tests {
     #[tokio::test]
     async fn redis_store_keeps_the_endpoint_contract() {
         let p = prefix("endpoints");
-        let store = RedisWebhookStore::open(URL, &p, 0).unwrap();
+        let store = RedisWebhookStore::open(&crate::cluster::connector::local(), &p, 0).unwrap();
         contract::endpoints_round_trip(&store).await;
         clean(&store, &p).await;
     }
@@ -752,8 +756,8 @@ mod tests {
     #[tokio::test]
     async fn only_one_feeder_moves_the_cursor() {
         let p = prefix("cas");
-        let a = RedisWebhookStore::open(URL, &p, 0).unwrap();
-        let b = RedisWebhookStore::open(URL, &p, 0).unwrap();
+        let a = RedisWebhookStore::open(&crate::cluster::connector::local(), &p, 0).unwrap();
+        let b = RedisWebhookStore::open(&crate::cluster::connector::local(), &p, 0).unwrap();
         a.insert_webhook(&webhook("w")).await.unwrap();
         assert_eq!(a.enqueue_from(vec![], None, "1-0").await.unwrap(), Some(0));
         assert_eq!(b.enqueue_from(vec![], None, "2-0").await.unwrap(), None);
@@ -782,8 +786,8 @@ mod tests {
     #[tokio::test]
     async fn concurrency_is_capped_cluster_wide() {
         let p = prefix("cap");
-        let a = RedisWebhookStore::open(URL, &p, 2).unwrap();
-        let b = RedisWebhookStore::open(URL, &p, 2).unwrap();
+        let a = RedisWebhookStore::open(&crate::cluster::connector::local(), &p, 2).unwrap();
+        let b = RedisWebhookStore::open(&crate::cluster::connector::local(), &p, 2).unwrap();
         a.insert_webhook(&webhook("w")).await.unwrap();
         let batch: Vec<_> = (0..5).map(|i| delivery("w", &format!("m{i}"), 0)).collect();
         a.enqueue(batch, "1-0").await.unwrap();
@@ -825,7 +829,7 @@ mod tests {
     #[tokio::test]
     async fn a_lapsed_claim_does_not_undo_the_next_claim() {
         let p = prefix("lapsed");
-        let store = RedisWebhookStore::open(URL, &p, 0).unwrap();
+        let store = RedisWebhookStore::open(&crate::cluster::connector::local(), &p, 0).unwrap();
         store.insert_webhook(&webhook("w")).await.unwrap();
         store
             .enqueue(vec![delivery("w", "m1", 0)], "1-0")
@@ -893,8 +897,8 @@ mod tests {
         use crate::model::{EventKind, Message};
         use crate::store::redis::{encode, encode_positioned, message_id};
         let p = prefix("feed");
-        let store = RedisWebhookStore::open(URL, &p, 0).unwrap();
-        let feed = LogFeed::open(URL, &p).unwrap();
+        let store = RedisWebhookStore::open(&crate::cluster::connector::local(), &p, 0).unwrap();
+        let feed = LogFeed::open(&crate::cluster::connector::local(), &p).unwrap();
         assert_eq!(feed.start().await.unwrap(), "0-0");
         let mut conn = store.conn();
         let mut append = async |json: String| -> String {

@@ -43,13 +43,14 @@ pub(crate) fn start(
     push: &WebPushConfig,
     herald: &Arc<crate::core::Herald>,
     wake: Arc<tokio::sync::Notify>,
+    redis: Option<&crate::cluster::connector::RedisConnector>,
 ) -> anyhow::Result<Arc<WebPush>> {
     use anyhow::Context as _;
     let (store, source): (
         Arc<dyn store::PushStore>,
         Arc<dyn crate::webhook::feed::FeedSource>,
     ) =
-        match &config.redis_url {
+        match redis {
             Some(url) => (
                 Arc::new(
                     redis::RedisPushStore::open(url, &config.redis_key_prefix)

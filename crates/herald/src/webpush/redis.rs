@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::Script;
-use redis::aio::ConnectionManager;
 
 use super::store::{NewPush, PushJob, PushStore, PushStoreError, PushSubscription, backend};
-use crate::cluster::redis::{KeyPrefix, OP_TIMEOUT, connect, script};
+use crate::cluster::connector::{Conn, RedisConnector};
+use crate::cluster::redis::{KeyPrefix, OP_TIMEOUT, script};
 
 const ENQUEUE_LUA: &str = include_str!("redis/enqueue.lua");
 const CLAIM_LUA: &str = include_str!("redis/claim.lua");
@@ -29,7 +29,7 @@ struct Stored {
 }
 
 pub(crate) struct RedisPushStore {
-    conn: ConnectionManager,
+    conn: Conn,
     prefix: KeyPrefix,
     enqueue: Script,
     claim: Script,
@@ -44,9 +44,12 @@ async fn timed<T>(
 }
 
 impl RedisPushStore {
-    pub(crate) fn open(url: &str, prefix: &str) -> Result<RedisPushStore, PushStoreError> {
+    pub(crate) fn open(
+        redis: &RedisConnector,
+        prefix: &str,
+    ) -> Result<RedisPushStore, PushStoreError> {
         Ok(RedisPushStore {
-            conn: connect(url, OP_TIMEOUT).map_err(PushStoreError::Backend)?,
+            conn: redis.connect(OP_TIMEOUT),
             prefix: KeyPrefix::new(prefix).nested("wp:"),
             enqueue: script(&[ENQUEUE_LUA]),
             claim: script(&[CLAIM_LUA]),
@@ -217,7 +220,7 @@ mod tests {
             "herald-test-wp-{}:",
             crate::model::MessageId::generate().into_string()
         );
-        let store = RedisPushStore::open("redis://127.0.0.1:6379/", &prefix).unwrap();
+        let store = RedisPushStore::open(&crate::cluster::connector::local(), &prefix).unwrap();
         super::super::store::contract::queue_round_trip(&store).await;
         let mut conn = store.conn.clone();
         let keys: Vec<String> = redis::cmd("KEYS")

@@ -184,3 +184,64 @@ fn bad_listen_address_fails() {
     assert!(!ok, "{stderr}");
     assert!(stderr.contains("listen-http"), "{stderr}");
 }
+
+#[tokio::test]
+async fn unknown_herald_variables_are_named_at_start() {
+    // A typo in a cluster setting must not leave the node silently on its own store.
+    let s = TestServer::launch(Launch {
+        envs: vec![
+            env("HERALD_REDIS_SENTINEL_ADRS", "127.0.0.1:26379"),
+            env("HERALD_BASE_URL", "https://env.example"),
+        ],
+        ..Launch::default()
+    });
+    assert_eq!(base_url_of(&s).await, "https://env.example");
+    let log = s.log_text();
+    let warned: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("unknown environment variable"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{log}");
+    assert!(warned[0].contains("HERALD_REDIS_SENTINEL_ADRS"), "{log}");
+    assert!(warned[0].contains("WARN"), "{log}");
+}
+
+/// Cluster settings that cannot work stop the start with the key named (from the
+/// environment and YAML too, as every option): Sentinels without the master's name,
+/// a client certificate without its key, an unreadable CA file, a bad address.
+#[test]
+fn bad_redis_settings_name_the_key() {
+    let cases: [(&[(&str, &str)], &str); 4] = [
+        (
+            &[("HERALD_REDIS_SENTINEL_ADDRS", "127.0.0.1:26379")],
+            "redis-sentinel-master",
+        ),
+        (
+            &[
+                ("HERALD_REDIS_URL", "rediss://127.0.0.1:6380"),
+                ("HERALD_REDIS_TLS_CERT_FILE", "/nonexistent/client.crt"),
+            ],
+            "redis-tls-key-file",
+        ),
+        (
+            &[
+                ("HERALD_REDIS_URL", "rediss://127.0.0.1:6380"),
+                ("HERALD_REDIS_TLS_CA_FILE", "/nonexistent/ca.crt"),
+            ],
+            "redis-tls-ca-file",
+        ),
+        (
+            &[
+                ("HERALD_REDIS_SENTINEL_ADDRS", "127.0.0.1:notaport"),
+                ("HERALD_REDIS_SENTINEL_MASTER", "m"),
+            ],
+            "redis-sentinel-addrs",
+        ),
+    ];
+    for (vars, key) in cases {
+        let envs: Vec<(String, String)> = vars.iter().map(|(k, v)| env(k, v)).collect();
+        let (ok, stderr) = run_to_exit(&["--listen-http", "127.0.0.1:0"], &envs);
+        assert!(!ok, "{vars:?} must fail; stderr: {stderr}");
+        assert!(stderr.contains(key), "{vars:?}: {stderr}");
+    }
+}

@@ -7,7 +7,7 @@
 //! one is never restarted.
 
 use std::collections::HashSet;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -15,6 +15,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::sync::Mutex;
 
+use crate::failover::{data_node, free_port};
 use crate::fixture::{
     EXEMPT_HOSTS_ENV, EventStream, Launch, TestServer, eventually, expect_json, texts,
 };
@@ -110,7 +111,8 @@ impl Drop for Cluster {
     }
 }
 
-async fn readyz(node: &TestServer) -> Option<u16> {
+/// `/readyz`'s status, `None` when the node does not answer.
+pub(crate) async fn readyz(node: &TestServer) -> Option<u16> {
     let resp = node
         .client
         .get(node.url("/readyz"))
@@ -385,62 +387,12 @@ async fn subscribers_of_a_killed_node_resume_on_another() {
     assert_eq!(seen, acked, "the resumed subscriber missed a message");
 }
 
-/// A private `redis-server` that can be killed and started again on the same port.
-struct PrivateRedis {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl PrivateRedis {
-    fn start() -> PrivateRedis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut redis = PrivateRedis { port, child: None };
-        redis.start_again();
-        redis
-    }
-
-    fn start_again(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server on PATH");
-        self.child = Some(child);
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("private redis-server did not start on port {}", self.port);
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 /// Redis goes away: `/readyz` is 503 and publishes are answered 503 (never
 /// acknowledged); when it is back, every node recovers by itself and live delivery
 /// continues on the streams that stayed open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restart_is_survived() {
-    let mut redis = PrivateRedis::start();
+    let mut redis = data_node(free_port(), &[]);
     let cluster = Cluster::start_on("restart", 2, redis.port).await;
     let [a, b] = &cluster.nodes[..] else {
         unreachable!()
@@ -449,7 +401,7 @@ async fn redis_restart_is_survived() {
     a.publish("cr", "before").await;
     assert_eq!(sub.next_non_keepalive().await["message"], "before");
 
-    redis.kill();
+    redis.kill9();
     for node in &cluster.nodes {
         eventually(LONG, "readyz 503 without Redis", || async {
             (readyz(node).await == Some(503)).then_some(())

@@ -11,6 +11,7 @@ mod cli_config;
 mod client;
 mod cluster;
 mod durability;
+mod failover;
 mod files;
 mod fixture;
 mod grpc;

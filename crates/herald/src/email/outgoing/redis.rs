@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::Script;
-use redis::aio::ConnectionManager;
 
 use super::queue::{MailQueue, QueueError, QueuedMail, queue_error};
-use crate::cluster::redis::{KeyPrefix, OP_TIMEOUT, connect, script};
+use crate::cluster::connector::{Conn, RedisConnector};
+use crate::cluster::redis::{KeyPrefix, OP_TIMEOUT, script};
 
 /// ARGV: P, id, to, body, attempts, created, due. 1 if queued.
 const PUSH_LUA: &str = include_str!("redis/push.lua");
@@ -24,7 +24,7 @@ const SETTLE_LUA: &str = include_str!("redis/settle.lua");
 
 /// The mail queue in Redis.
 pub struct RedisMailQueue {
-    conn: ConnectionManager,
+    conn: Conn,
     prefix: KeyPrefix,
     push: Script,
     claim: Script,
@@ -36,10 +36,10 @@ async fn timed<T>(op: impl Future<Output = Result<T, redis::RedisError>>) -> Res
 }
 
 impl RedisMailQueue {
-    /// The queue on the Redis at `url`, under `prefix`. Connects lazily.
-    pub fn new(url: &str, prefix: &str) -> Result<RedisMailQueue, QueueError> {
+    /// The queue on cluster mode's Redis, under `prefix`. Connects lazily.
+    pub fn new(redis: &RedisConnector, prefix: &str) -> Result<RedisMailQueue, QueueError> {
         Ok(RedisMailQueue {
-            conn: connect(url, OP_TIMEOUT).map_err(QueueError)?,
+            conn: redis.connect(OP_TIMEOUT),
             prefix: KeyPrefix::new(prefix),
             push: script(&[PUSH_LUA]),
             claim: script(&[CLAIM_LUA]),
@@ -60,7 +60,10 @@ impl MailQueue for RedisMailQueue {
             .arg(mail.attempts)
             .arg(mail.created_ms)
             .arg(due_ms);
-        timed(call.invoke_async::<i64>(&mut conn)).await.map(drop)
+        let ticket = conn.ticket().await;
+        timed(call.invoke_async::<i64>(&mut conn)).await?;
+        // A queued mail survives losing the primary (`redis-min-replicas-acked`).
+        timed(conn.confirm(ticket)).await
     }
 
     async fn claim(
@@ -136,8 +139,8 @@ mod tests {
     #[tokio::test]
     async fn claims_are_exclusive_across_nodes_and_settle() {
         let prefix = format!("herald-test-mail-{:08x}:", fastrand::u32(..));
-        let a = RedisMailQueue::new("redis://127.0.0.1:6379/", &prefix).unwrap();
-        let b = RedisMailQueue::new("redis://127.0.0.1:6379/", &prefix).unwrap();
+        let a = RedisMailQueue::new(&crate::cluster::connector::local(), &prefix).unwrap();
+        let b = RedisMailQueue::new(&crate::cluster::connector::local(), &prefix).unwrap();
         let mail = QueuedMail {
             id: "m1".into(),
             to: "a@b.c".into(),

@@ -39,7 +39,14 @@ impl Drop for Prefix {
 fn node(prefix: &Prefix, f: impl FnOnce(&mut LimitsConfig), streams: usize) -> RedisLimits {
     let mut config = LimitsConfig::defaults();
     f(&mut config);
-    RedisLimits::new(URL, &prefix.0, &config, streams, Counter::default()).unwrap()
+    RedisLimits::new(
+        &crate::cluster::connector::local(),
+        &prefix.0,
+        &config,
+        streams,
+        Counter::default(),
+    )
+    .unwrap()
 }
 
 const T0: u64 = 1_800_000_000_000;
@@ -291,7 +298,7 @@ async fn open_streams_count_on_every_node_until_a_node_dies() {
 async fn an_unreachable_redis_is_reported_quickly() {
     let unavailable = Counter::default();
     let l = RedisLimits::new(
-        "redis://127.0.0.1:1",
+        &crate::cluster::connector::RedisConnector::from_url("redis://127.0.0.1:1").unwrap(),
         "herald-test:limits:unreachable:",
         &LimitsConfig::defaults(),
         30,
@@ -312,7 +319,7 @@ async fn unreachable_shared_limits_fall_back_to_the_nodes_own() {
     config.request_burst = 2;
     config.message_daily_limit = 1;
     let shared = RedisLimits::new(
-        "redis://127.0.0.1:1",
+        &crate::cluster::connector::RedisConnector::from_url("redis://127.0.0.1:1").unwrap(),
         "herald-test:limits:fallback:",
         &config,
         30,
