@@ -13,6 +13,7 @@ import importlib
 import re
 import sys
 import threading
+import time
 from pathlib import Path
 
 import grpc
@@ -237,3 +238,55 @@ def test_reflection_is_off_by_default(server):
             )
         )
     assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_email_and_idempotency_key(tmp_path: Path, pb):
+    """`email` sends the message to a real SMTP server (aiosmtpd) as `X-Email` does,
+    with HTTP's checks; `idempotency_key` publishes (and mails) once."""
+    from test_email import parse, sender_args, start_relay
+
+    messages, services = pb
+    relay_port = _free_port()
+    controller, recorder = start_relay(relay_port)
+    s = GrpcHerald(tmp_path, sender_args(relay_port, "--smtp-sender-tls", "none"))
+    try:
+        stub = services.HeraldStub(s.channel)
+        req = messages.PublishRequest(
+            topic="mailed", message="Backup done", title="Backups",
+            email="ops@example.com", idempotency_key="backup-1",
+        )
+        first = stub.Publish(req, timeout=TIMEOUT)
+        again = stub.Publish(req, timeout=TIMEOUT)
+        assert again.id == first.id
+        mails = recorder.wait(1)
+        assert len(mails) == 1, mails
+        _, rcpt, raw = mails[0]
+        assert rcpt == ["ops@example.com"]
+        msg = parse(raw)
+        assert msg["Subject"] == "Backups"
+        assert msg.get_content().startswith("Backup done")
+        assert "sent by 127.0.0.1" in msg.get_content()
+        for bad, code in (
+            (messages.PublishRequest(topic="mailed", message="x", email="not-an-address"), "40050"),
+            (messages.PublishRequest(topic="mailed", message="x", email="a@example.com", delay="1h"), "40003"),
+            (messages.PublishRequest(topic="mailed", message="other", idempotency_key="backup-1"), "42201"),
+        ):
+            with pytest.raises(grpc.RpcError) as e:
+                stub.Publish(bad, timeout=TIMEOUT)
+            assert error_info(e.value).metadata["code"] == code, bad
+        # Nothing more was mailed or published.
+        time.sleep(0.5)
+        assert len(recorder.wait(1, timeout=0.1)) == 1
+        assert [m["message"] for m in s.server.poll("mailed")] == ["Backup done"]
+    finally:
+        s.close()
+        controller.stop()
+
+
+def test_email_without_relay_is_refused(server, pb):
+    messages, services = pb
+    stub = services.HeraldStub(server.channel)
+    with pytest.raises(grpc.RpcError) as e:
+        stub.Publish(messages.PublishRequest(topic="t", message="x", email="a@example.com"), timeout=TIMEOUT)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_info(e.value).metadata["code"] == "40001"

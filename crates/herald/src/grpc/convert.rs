@@ -3,7 +3,7 @@
 //! publish is refused over gRPC exactly when, and with the code, it would be over HTTP.
 
 use crate::api::params::parse_since;
-use crate::core::publish::{MessageDraft, POLL_REQUEST_MESSAGE};
+use crate::core::publish::{EmailRequest, MessageDraft, POLL_REQUEST_MESSAGE};
 use crate::core::rules::{DELAY_MIN_SECS, check_due, is_http_url};
 use crate::error::ApiError;
 use crate::model::{Action, Attachment, EventKind, Message, topic};
@@ -19,6 +19,8 @@ pub(crate) struct DraftLimits {
     pub size_limit: usize,
     /// `message-delay-limit`, in seconds.
     pub delay_max_secs: i64,
+    /// Whether an SMTP relay is set (`email` is refused without one).
+    pub email_enabled: bool,
 }
 
 fn non_empty(s: String) -> Option<String> {
@@ -50,11 +52,24 @@ pub(crate) fn draft(
         .filter(|t| !t.is_empty())
         .map(str::to_string)
         .collect();
+    // HTTP's checks of `X-Email`, in its order (api::params).
+    let email = non_empty(req.email);
+    if let Some(address) = &email {
+        if !limits.email_enabled {
+            return Err(ApiError::EMAIL_DISABLED);
+        }
+        if !crate::email::is_valid_address(address) {
+            return Err(ApiError::EMAIL_ADDRESS_INVALID);
+        }
+    }
     let due = match (req.delay.trim(), req.at) {
         ("", 0) => None,
         (delay, at) => {
             if req.no_cache {
                 return Err(ApiError::DELAY_NO_CACHE);
+            }
+            if email.is_some() {
+                return Err(ApiError::DELAY_NO_EMAIL);
             }
             let at = match (delay, at) {
                 (delay, 0) => parse_future_time(delay, now)?,
@@ -97,6 +112,11 @@ pub(crate) fn draft(
         (None, Some(_)) => return Err(ApiError::ATTACHMENTS_NOT_ALLOWED),
         (None, None) => None,
     };
+    // A poll request is never mailed (as HTTP).
+    let email = email.filter(|_| poll_id.is_none()).map(|to| EmailRequest {
+        to,
+        sender: String::new(),
+    });
     let text = if poll_id.is_some() {
         POLL_REQUEST_MESSAGE.to_string()
     } else {
@@ -117,8 +137,8 @@ pub(crate) fn draft(
         poll_id,
         due,
         sequence_id,
-        // `X-Email` is HTTP-only for now (docs/GRPC.md).
-        email: None,
+        // The sender is the caller's, filled in by the service once charged.
+        email,
     })
 }
 
@@ -265,6 +285,7 @@ mod tests {
     const LIMITS: DraftLimits = DraftLimits {
         size_limit: 4096,
         delay_max_secs: 3 * 86_400,
+        email_enabled: false,
     };
 
     fn req() -> proto::PublishRequest {

@@ -41,6 +41,8 @@ pub(crate) struct HeraldService {
 struct Caller {
     principal: Principal,
     visitor: Visitor,
+    /// The client's address (an `email`'s sender when not logged in).
+    client_ip: IpAddr,
 }
 
 /// A refusal: the error, and when to retry if that applies.
@@ -98,7 +100,11 @@ impl HeraldService {
             .await
             .map_err(|e| self.refused(ApiError::from(e)))?;
         let visitor = limits.visitor(client_ip, principal.user_name());
-        Ok(Caller { principal, visitor })
+        Ok(Caller {
+            principal,
+            visitor,
+            client_ip,
+        })
     }
 
     /// Charges the visitor for one call, as HTTP's dispatcher does.
@@ -117,6 +123,7 @@ impl HeraldService {
         DraftLimits {
             size_limit: config.message_size_limit,
             delay_max_secs: i64::try_from(config.message_delay_limit.as_secs()).unwrap_or(i64::MAX),
+            email_enabled: self.state.herald.emails_enabled(),
         }
     }
 
@@ -130,9 +137,7 @@ impl HeraldService {
         kind: impl FnOnce() -> Result<PublishKind, ApiError>,
     ) -> Result<Message, Refused> {
         let admission = self.charge(&caller.visitor, Charge::Publish).await?;
-        let result = self
-            .publish_checked(&caller.principal, topic, key, kind)
-            .await;
+        let result = self.publish_checked(caller, topic, key, kind).await;
         self.state
             .limits
             .settle_message(&caller.visitor, admission, result.is_ok())
@@ -142,7 +147,7 @@ impl HeraldService {
 
     async fn publish_checked(
         &self,
-        principal: &Principal,
+        caller: &Caller,
         topic: &str,
         key: Option<IdempotencyKey>,
         kind: impl FnOnce() -> Result<PublishKind, ApiError>,
@@ -150,8 +155,18 @@ impl HeraldService {
         let topic = single_topic(topic)?;
         self.state
             .auth
-            .authorize(principal, &topic, Permission::Write)?;
-        let kind = kind()?;
+            .authorize(&caller.principal, &topic, Permission::Write)?;
+        let mut kind = kind()?;
+        if let PublishKind::Message(draft) = &mut kind
+            && let Some(email) = &mut draft.email
+        {
+            // ntfy's `visitor-email-limit-*`, charged once the request is valid (as HTTP).
+            self.state.limits.admit_email(&caller.visitor).await?;
+            email.sender = match caller.principal.user_name() {
+                Some(name) => format!("user:{name}"),
+                None => caller.client_ip.to_string(),
+            };
+        }
         let published = self
             .state
             .idempotency
