@@ -378,8 +378,8 @@ async fn publish_body(
         let Some(attachments) = &state.attachments else {
             return Err(ApiError::ATTACHMENTS_NOT_ALLOWED);
         };
-        let delivery = draft.due.unwrap_or(now);
-        let cache_secs = config.cache_duration.as_secs() as i64;
+        let (delivery, message_expires) =
+            crate::attachment::delivery_and_expiry(&draft, config.cache_duration, now);
         let request = crate::attachment::UploadRequest {
             // Who the upload is charged to (set by the dispatcher).
             visitor: publisher
@@ -391,9 +391,7 @@ async fn publish_body(
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse().ok()),
             delivery,
-            // The message's own expiry (core::publish's rule), which caps the file's.
-            message_expires: (draft.cache && (draft.due.is_some() || cache_secs > 0))
-                .then(|| delivery.saturating_add(cache_secs)),
+            message_expires,
         };
         let head = std::mem::take(&mut body.bytes);
         let pending = attachments

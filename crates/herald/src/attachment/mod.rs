@@ -146,6 +146,20 @@ struct Known {
     since: Instant,
 }
 
+/// When `draft` is delivered (unix seconds) and when it expires if it is stored
+/// (`core::publish`'s rule, which caps its file's expiry): an upload's timing.
+pub(crate) fn delivery_and_expiry(
+    draft: &crate::core::publish::MessageDraft,
+    cache_duration: std::time::Duration,
+    now: i64,
+) -> (i64, Option<i64>) {
+    let delivery = draft.due.unwrap_or(now);
+    let cache_secs = cache_duration.as_secs() as i64;
+    let expires = (draft.cache && (draft.due.is_some() || cache_secs > 0))
+        .then(|| delivery.saturating_add(cache_secs));
+    (delivery, expires)
+}
+
 /// A publish's attachment upload as the transport describes it.
 #[derive(Debug, Clone)]
 pub struct UploadRequest {

@@ -27,6 +27,15 @@ use crate::subscribe::{Backlog, Filters, SlotGuard, SubscribeRequest};
 
 /// Most messages in one `PublishBatch`.
 pub(crate) const BATCH_MAX: usize = 1000;
+/// Largest `PublishRequest.file`: a unary message is held whole in memory, so big
+/// files go over HTTP, which streams them to the store.
+pub(crate) const FILE_MAX: usize = 4 << 20;
+
+/// A file sent in `PublishRequest.file`, uploaded as HTTP uploads a body.
+struct FileUpload {
+    bytes: bytes::Bytes,
+    name: Option<String>,
+}
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<proto::Message, Status>> + Send>>;
 
@@ -134,10 +143,11 @@ impl HeraldService {
         caller: &Caller,
         topic: &str,
         key: Option<IdempotencyKey>,
+        file: Option<FileUpload>,
         kind: impl FnOnce() -> Result<PublishKind, ApiError>,
     ) -> Result<Message, Refused> {
         let admission = self.charge(&caller.visitor, Charge::Publish).await?;
-        let result = self.publish_checked(caller, topic, key, kind).await;
+        let result = self.publish_checked(caller, topic, key, file, kind).await;
         self.state
             .limits
             .settle_message(&caller.visitor, admission, result.is_ok())
@@ -150,6 +160,7 @@ impl HeraldService {
         caller: &Caller,
         topic: &str,
         key: Option<IdempotencyKey>,
+        file: Option<FileUpload>,
         kind: impl FnOnce() -> Result<PublishKind, ApiError>,
     ) -> Result<Message, ApiError> {
         let topic = single_topic(topic)?;
@@ -167,11 +178,44 @@ impl HeraldService {
                 None => caller.client_ip.to_string(),
             };
         }
+        let mut upload = None;
+        if let (Some(file), PublishKind::Message(draft)) = (file, &mut kind) {
+            let attachments = self
+                .state
+                .attachments
+                .as_ref()
+                .ok_or(ApiError::ATTACHMENTS_NOT_ALLOWED)?;
+            let config = self.state.herald.config();
+            let (delivery, message_expires) =
+                crate::attachment::delivery_and_expiry(draft, config.cache_duration, now_unix());
+            let request = crate::attachment::UploadRequest {
+                visitor: limits::shared::visitor_name(&caller.visitor.key),
+                name: file.name,
+                content_length: Some(file.bytes.len() as u64),
+                delivery,
+                message_expires,
+            };
+            let pending = attachments
+                .upload(
+                    request,
+                    file.bytes,
+                    None::<&mut futures_util::stream::Empty<Result<bytes::Bytes, std::io::Error>>>,
+                )
+                .await?;
+            draft.attachment = Some(pending.attachment().clone());
+            upload = Some(pending);
+        }
         let published = self
             .state
             .idempotency
             .publish(&self.state.herald, PublishRequest { topic, kind }, key)
             .await?;
+        // A failed publish drops `upload`, which deletes its file; so does a replay.
+        if let Some(upload) = upload
+            && !published.replayed
+        {
+            upload.keep();
+        }
         let m = published.message;
         tracing::debug!(topic = %m.topic, id = %m.id, replayed = published.replayed, "published over gRPC");
         Ok(m)
@@ -194,6 +238,25 @@ impl HeraldService {
         IdempotencyKey::new(&scope, &key, fingerprint.finish())
             .map(Some)
             .map_err(|_| ApiError::IDEMPOTENCY_KEY_INVALID)
+    }
+
+    /// `req.file` (and the `filename` naming it), taken out of `req`.
+    fn file_upload(req: &mut proto::PublishRequest) -> Result<Option<FileUpload>, ApiError> {
+        if req.file.is_empty() {
+            return Ok(None);
+        }
+        if !req.attach.is_empty() {
+            return Err(ApiError::BAD_REQUEST.with_detail("give attach or file, not both"));
+        }
+        if req.file.len() > FILE_MAX {
+            return Err(ApiError::ENTITY_TOO_LARGE
+                .with_detail("file larger than 4 MiB: upload it over HTTP (PUT with Filename)"));
+        }
+        let name = std::mem::take(&mut req.filename);
+        Ok(Some(FileUpload {
+            bytes: std::mem::take(&mut req.file).into(),
+            name: (!name.is_empty()).then_some(name),
+        }))
     }
 
     fn message_kind(&self, req: proto::PublishRequest) -> Result<PublishKind, ApiError> {
@@ -234,7 +297,7 @@ impl HeraldService {
     ) -> Result<Response<proto::Message>, Status> {
         let topic = request.get_ref().topic.clone();
         self.unary(method, Some(topic), request, |caller, req| async move {
-            self.publish_one(&caller, &req.topic, None, || {
+            self.publish_one(&caller, &req.topic, None, None, || {
                 Ok(kind(sequence_id(&req.sequence_id)?))
             })
             .await
@@ -463,7 +526,8 @@ impl proto::herald_server::Herald for HeraldService {
             |caller, mut req| async move {
                 let topic = req.topic.clone();
                 let key = Self::idempotency_key(&caller, &mut req).map_err(|e| self.refused(e))?;
-                self.publish_one(&caller, &topic, key, || self.message_kind(req))
+                let file = Self::file_upload(&mut req).map_err(|e| self.refused(e))?;
+                self.publish_one(&caller, &topic, key, file, || self.message_kind(req))
                     .await
             },
         )
@@ -566,7 +630,8 @@ impl HeraldService {
             let publish = async move {
                 let topic = req.topic.clone();
                 let key = Self::idempotency_key(caller, &mut req).map_err(|e| self.refused(e))?;
-                self.publish_one(caller, &topic, key, || self.message_kind(req))
+                let file = Self::file_upload(&mut req).map_err(|e| self.refused(e))?;
+                self.publish_one(caller, &topic, key, file, || self.message_kind(req))
                     .await
             };
             if alone {

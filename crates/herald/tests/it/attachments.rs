@@ -17,7 +17,7 @@ use crate::fixture::{
 const BASE_URL: &str = "http://herald.test";
 
 /// A server storing attachments in a directory of its own (returned), with `args`.
-fn server(args: &[&str]) -> (TestServer, tempfile::TempDir) {
+pub(crate) fn server(args: &[&str]) -> (TestServer, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let mut all = vec![
         "--base-url",
@@ -30,7 +30,7 @@ fn server(args: &[&str]) -> (TestServer, tempfile::TempDir) {
 }
 
 /// The names in `dir`, sorted.
-fn files_in(dir: &Path) -> Vec<String> {
+pub(crate) fn files_in(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -40,14 +40,14 @@ fn files_in(dir: &Path) -> Vec<String> {
 }
 
 /// `url`'s path (`/file/<id>.<ext>`), to fetch it from the test server.
-fn file_path(url: &str) -> String {
+pub(crate) fn file_path(url: &str) -> String {
     url.strip_prefix(BASE_URL)
         .unwrap_or_else(|| panic!("attachment URL {url} not under base-url"))
         .to_string()
 }
 
 /// A JPEG-looking body of `len` bytes.
-fn jpeg(len: usize) -> Vec<u8> {
+pub(crate) fn jpeg(len: usize) -> Vec<u8> {
     let mut body = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00".to_vec();
     body.extend((0..len.saturating_sub(body.len())).map(|i| (i * 7 % 251) as u8));
     body.truncate(len);

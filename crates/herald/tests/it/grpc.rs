@@ -803,3 +803,85 @@ fn bench_over_grpc_delivers_everything_in_order() {
         assert_eq!(report["publish"]["errors"], 0, "{report:#}");
     }
 }
+
+/// `PublishRequest.file` (issue #14 over gRPC): uploaded as HTTP uploads a body, served
+/// at the attachment's URL; refused with HTTP's codes and nothing left behind.
+#[tokio::test]
+async fn file_upload_over_grpc() {
+    use crate::attachments::{file_path, files_in, jpeg};
+    let (server, dir) = crate::attachments::server(&["--listen-grpc", "127.0.0.1:0"]);
+    let mut grpc = client(&server).await;
+    let body = jpeg(100_000);
+    let sent = grpc
+        .publish(proto::PublishRequest {
+            file: body.clone(),
+            filename: "snapshot.jpg".into(),
+            ..publish_req("cam", "")
+        })
+        .await
+        .expect("publish with a file")
+        .into_inner();
+    let attachment = sent.attachment.expect("attachment");
+    assert_eq!(
+        (
+            attachment.name.as_str(),
+            attachment.r#type.as_str(),
+            attachment.size
+        ),
+        ("snapshot.jpg", "image/jpeg", 100_000)
+    );
+    assert_eq!(sent.message, "You received a file: snapshot.jpg");
+    let resp = server.get(&file_path(&attachment.url)).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.bytes().await.expect("file").to_vec(), body);
+    let stored = files_in(dir.path());
+
+    for (req, grpc_code, code) in [
+        (
+            proto::PublishRequest {
+                file: jpeg(10),
+                attach: "https://example.com/a.jpg".into(),
+                ..publish_req("cam", "")
+            },
+            Code::InvalidArgument,
+            40000,
+        ),
+        (
+            proto::PublishRequest {
+                file: jpeg((4 << 20) + 1),
+                ..publish_req("cam", "")
+            },
+            Code::InvalidArgument,
+            41301,
+        ),
+        (
+            proto::PublishRequest {
+                file: jpeg(10),
+                delay: "1h".into(),
+                priority: 9,
+                ..publish_req("cam", "")
+            },
+            Code::InvalidArgument,
+            40007,
+        ),
+    ] {
+        let err = grpc.publish(req).await.expect_err("refused");
+        assert_eq!((err.code(), ntfy_code(&err)), (grpc_code, code), "{err:?}");
+    }
+    assert_eq!(
+        files_in(dir.path()),
+        stored,
+        "a refused upload leaves nothing"
+    );
+
+    let plain = grpc_server(&[]);
+    let err = client(&plain)
+        .await
+        .publish(proto::PublishRequest {
+            file: jpeg(10),
+            ..publish_req("cam", "")
+        })
+        .await
+        .expect_err("no attachment store");
+    assert_eq!(ntfy_code(&err), 40014);
+}
