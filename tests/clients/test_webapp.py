@@ -339,3 +339,50 @@ def test_first_load_size_and_time_to_interactive(browser, herald):
           f" (floor, one small file in a new page: {floor * 1000:.0f} ms)")
     assert sum(sizes) < 80_000
     context.close()
+
+
+# A 1x1 PNG, as a phone's camera would send a (larger) snapshot.
+PNG_1x1 = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+    "1f15c4890000000d49444154789c6360f8cfc0f01f0005000201e2"
+    "21bc330000000049454e44ae426082"
+)
+
+
+def test_form_uploads_a_file_and_the_image_renders_inline(browser, herald_files):
+    """With attachments on (issue #14), the form's file field uploads the file
+    (`PUT` with `X-Filename`); a JSON subscriber gets ntfy's attachment object and
+    the app shows the image inline, loaded from the attachment's URL."""
+    from conftest import FILES_BASE_URL
+
+    herald = herald_files
+    stream = JsonStream(f"{herald.url}/uploads/json")
+    assert stream.opened.wait(10)
+    context, page = new_page(browser, herald.url)
+    # The attachment URLs name the server by its base-url: route them to it.
+    page.route(
+        f"{FILES_BASE_URL}/**",
+        lambda route: route.continue_(url=route.request.url.replace(FILES_BASE_URL, herald.url)),
+    )
+    open_app(page, "/uploads")
+    page.get_by_role("button", name="Publish").click()
+    form = page.locator("#publish-form")
+    file_input = form.get_by_label("Attach file")
+    assert file_input.is_visible(), "the file field shows when the server stores attachments"
+    file_input.set_input_files({"name": "snap.png", "mimeType": "image/png", "buffer": PNG_1x1})
+    form.get_by_label("Message").fill("Front door")
+    form.get_by_role("button", name="Send").click()
+    page.wait_for_selector("#publish-dialog", state="hidden")
+    deadline = time.monotonic() + 10
+    while not stream.messages and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stream.close()
+    assert len(stream.messages) == 1, stream.messages
+    m = stream.messages[0]
+    att = m["attachment"]
+    assert (m["message"], att["name"], att["type"], att["size"]) == ("Front door", "snap.png", "image/png", len(PNG_1x1))
+    img = page.locator("#notifications img.attachment")
+    img.wait_for()
+    page.wait_for_function("() => { const i = document.querySelector('#notifications img.attachment'); return i && i.complete && i.naturalWidth === 1; }")
+    shot(page, "attachment-inline")
+    context.close()
