@@ -5,6 +5,9 @@
 # the total instructions of the server process divided by the publishes it answered.
 #
 #   bench/publish-callgrind.sh [path/to/release/herald]
+#
+# LOG_LEVEL (default warn) sets the server's --log-level (info: the access log on,
+# written to a file); KEEP_CALLGRIND=FILE keeps callgrind's output for callgrind_annotate.
 set -euo pipefail
 herald=${1:-target/release/herald}
 work=$(mktemp -d)
@@ -12,7 +15,7 @@ trap 'pkill -INT -f "callgrind.*$work" 2>/dev/null || true; [[ -n "${KEEP_CALLGR
 port=18555
 valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" \
     "$herald" serve --listen-http 127.0.0.1:$port --data-dir "$work/data" \
-    --log-level warn --visitor-subscription-limit 1000 \
+    --log-level "${LOG_LEVEL:-warn}" --visitor-subscription-limit 1000 \
     --visitor-request-limit-burst 1000000000 --visitor-message-daily-limit 4000000000 \
     --visitor-topic-creation-limit-burst 0 >"$work/server.log" 2>&1 &
 server=$!

@@ -11,6 +11,11 @@
 //! still blocks while a pipe reader is merely slow, like every stderr logger.
 //!
 //! One counter for the whole process, because there is one stderr per process.
+//!
+//! The per-request access log has a writer of its own ([`access`]): batched, off the
+//! request path.
+
+pub mod access;
 
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -97,6 +97,12 @@ fn client_tls() -> anyhow::Result<rustls::ClientConfig> {
 /// counted and never panics) and, with `otlp-endpoint` (`--features otel` builds),
 /// the OpenTelemetry trace export; returns the exporter to flush on exit.
 fn init_logging(config: &Config) -> anyhow::Result<herald::otel::Exporter> {
+    // The per-request access log has its own batched writer (herald::logging::access).
+    herald::logging::access::install(match config.log_format {
+        LogFormat::Json => herald::logging::access::Format::Json,
+        LogFormat::Text => herald::logging::access::Format::Text,
+    })
+    .context("cannot start the access log's writer")?;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(format!("herald={0},{0}", config.log_level))
     });

@@ -398,6 +398,11 @@ pub async fn run(
     if let Some(task) = metrics_server {
         let _ = task.await;
     }
+    // Every request's access-log line before the last line.
+    let _ = tokio::task::spawn_blocking(|| {
+        crate::logging::access::flush(std::time::Duration::from_secs(2))
+    })
+    .await;
     tracing::info!("herald stopped");
     Ok(())
 }

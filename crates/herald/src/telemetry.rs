@@ -35,6 +35,7 @@ use prometheus_client::registry::Registry;
 
 use crate::core::Herald;
 use crate::hub::Transport;
+use crate::logging::access;
 use crate::model::topic;
 use crate::store::CommitObserver;
 
@@ -381,6 +382,13 @@ impl Collector for CoreCollector {
             MetricType::Counter,
         )?)?;
 
+        ConstCounter::new(crate::logging::access::dropped()).encode(encoder.encode_descriptor(
+            "herald_access_log_dropped",
+            "Access-log lines dropped because the log's writer fell behind (its queue was full).",
+            None,
+            MetricType::Counter,
+        )?)?;
+
         ConstGauge::new(i64::from(self.herald.store_writes_failing())).encode(
             encoder.encode_descriptor(
                 "herald_store_writes_failing",
@@ -546,22 +554,69 @@ impl RequestInfo {
     }
 
     /// Records the answer: metrics and one access-log line.
-    pub fn finish(&self, metrics: &Metrics, status: u16) {
+    pub fn finish(self, metrics: &Metrics, status: u16) {
         let elapsed = self.start.elapsed();
         metrics.observe_http(self.route, &self.method, status, elapsed);
-        log_request(
-            self.route,
-            self.method.as_str(),
-            &self.path,
+        let RequestInfo {
+            route,
+            method,
+            path,
+            topic,
+            ..
+        } = self;
+        let debug = quiet(route, status);
+        if !access_enabled(debug) {
+            return;
+        }
+        let record = access::Record {
+            time: std::time::SystemTime::now(),
+            debug,
+            method,
+            path,
             status,
-            elapsed,
-            self.topic.as_deref(),
-        );
+            latency: elapsed,
+            topic,
+            route: route.as_str(),
+        };
+        if let Some(record) = access::submit(record) {
+            emit(&record);
+        }
     }
 }
 
-/// One access-log line. Health checks and scrapes that succeed are logged at debug
-/// level (probes every few seconds would drown the log); everything else at info.
+/// Health checks and scrapes that succeed are logged at debug level (probes every
+/// few seconds would drown the log); everything else at info.
+fn quiet(route: Route, status: u16) -> bool {
+    matches!(route, Route::Health | Route::Metrics) && status < 400
+}
+
+/// Whether the log filter (`log-level`, `RUST_LOG`) lets the line through.
+fn access_enabled(debug: bool) -> bool {
+    if debug {
+        tracing::enabled!(target: "herald::access", tracing::Level::DEBUG)
+    } else {
+        tracing::enabled!(target: "herald::access", tracing::Level::INFO)
+    }
+}
+
+/// The line as a `tracing` event, where no access-log writer is installed.
+fn emit(r: &access::Record) {
+    let latency_ms = (r.latency.as_secs_f64() * 1_000_000.0).round() / 1000.0;
+    let (method, path, status, topic, route) = (
+        r.method.as_str(),
+        r.path.as_str(),
+        r.status,
+        r.topic.as_deref(),
+        r.route,
+    );
+    if r.debug {
+        tracing::debug!(target: "herald::access", method, path, status, latency_ms, route, "request");
+    } else {
+        tracing::info!(target: "herald::access", method, path, status, latency_ms, topic, route, "request");
+    }
+}
+
+/// One access-log line, through the access log's writer ([`crate::logging::access`]).
 pub fn log_request(
     route: Route,
     method: &str,
@@ -570,12 +625,22 @@ pub fn log_request(
     elapsed: Duration,
     topic: Option<&str>,
 ) {
-    let latency_ms = (elapsed.as_secs_f64() * 1_000_000.0).round() / 1000.0;
-    let route = route.as_str();
-    if matches!(route, "health" | "metrics") && status < 400 {
-        tracing::debug!(target: "herald::access", method, path, status, latency_ms, route, "request");
-    } else {
-        tracing::info!(target: "herald::access", method, path, status, latency_ms, topic, route, "request");
+    let debug = quiet(route, status);
+    if !access_enabled(debug) {
+        return;
+    }
+    let record = access::Record {
+        time: std::time::SystemTime::now(),
+        debug,
+        method: Method::from_bytes(method.as_bytes()).unwrap_or(Method::GET),
+        path: path.to_string(),
+        status,
+        latency: elapsed,
+        topic: topic.map(str::to_string),
+        route: route.as_str(),
+    };
+    if let Some(record) = access::submit(record) {
+        emit(&record);
     }
 }
 

@@ -43,6 +43,18 @@ pub struct ParamSource<'a> {
     pub query: &'a [(String, String)],
 }
 
+/// A header's value as a parameter: RFC 2047 decoded, trimmed, `None` when empty (or
+/// an RFC 9218 `Priority`).
+fn header_value(name: &str, raw: &axum::http::HeaderValue) -> Option<String> {
+    let text = String::from_utf8_lossy(raw.as_bytes());
+    let decoded = decode_rfc2047(&text);
+    let value = decoded.trim();
+    if value.is_empty() || (name.eq_ignore_ascii_case("priority") && is_rfc9218_priority(value)) {
+        return None;
+    }
+    Some(value.to_string())
+}
+
 impl ParamSource<'_> {
     /// The first non-empty value among `names` (ntfy's `readParam`): every name as a
     /// header first, then every name as a query parameter.
@@ -54,9 +66,7 @@ impl ParamSource<'_> {
     /// are trimmed; empty ones count as absent. An RFC 9218 `Priority: u=N[, i]` header,
     /// which proxies such as Cloudflare add on their own, is ignored.
     pub fn get(&self, names: &[&str]) -> Option<String> {
-        names
-            .iter()
-            .find_map(|name| self.header(name))
+        self.header(names)
             .or_else(|| names.iter().find_map(|name| self.query_param(name)))
     }
 
@@ -66,24 +76,38 @@ impl ParamSource<'_> {
         self.get(names).map_or(default, |v| to_bool(&v))
     }
 
-    fn header(&self, name: &str) -> Option<String> {
-        // A linear scan of the request's few headers, not `HeaderMap::get(&str)`:
-        // `get` parses and hashes the name on every call, and a publish looks up
-        // some sixty aliases, nearly all absent (a quarter of a publish's
-        // instructions under callgrind before this). Names in the map are
-        // lowercase; `iter` yields a repeated header's first value first.
-        let (_, raw) = self
-            .headers
-            .iter()
-            .find(|(key, _)| key.as_str().eq_ignore_ascii_case(name))?;
-        let text = String::from_utf8_lossy(raw.as_bytes());
-        let decoded = decode_rfc2047(&text);
-        let value = decoded.trim();
-        if value.is_empty() || (name.eq_ignore_ascii_case("priority") && is_rfc9218_priority(value))
-        {
-            return None;
+    /// The value of the first of `names` that is a header with a non-empty value.
+    fn header(&self, names: &[&str]) -> Option<String> {
+        // One pass over the request's few headers per parameter, not one per alias,
+        // and no `HeaderMap::get(&str)`, which parses and hashes the name on every
+        // call: a publish looks up some sixty aliases, nearly all absent (a quarter
+        // of a publish's instructions under callgrind with `get`, 9 % with a scan per
+        // alias; docs/BENCHMARKS.md). Names in the map are lowercase; `iter` yields
+        // a repeated header's values together, its first value first.
+        let mut best: Option<(usize, String)> = None;
+        let mut seen = 0u64;
+        for (key, raw) in self.headers.iter() {
+            let key = key.as_str();
+            let Some(i) = names.iter().position(|n| n.eq_ignore_ascii_case(key)) else {
+                continue;
+            };
+            // Of a repeated header only the first value counts.
+            let bit = 1u64 << (i % 64);
+            if seen & bit != 0 {
+                continue;
+            }
+            seen |= bit;
+            if best.as_ref().is_some_and(|(b, _)| *b < i) {
+                continue;
+            }
+            if let Some(value) = header_value(names[i], raw) {
+                best = Some((i, value));
+                if i == 0 {
+                    break;
+                }
+            }
         }
-        Some(value.to_string())
+        best.map(|(_, value)| value)
     }
 
     fn query_param(&self, name: &str) -> Option<String> {
