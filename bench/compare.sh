@@ -2,7 +2,10 @@
 # Reproduces docs/BENCHMARKS.md from a clone, with nothing outside the repository:
 # herald and nats-server measured side by side by `herald bench` (the same client
 # code drives both: ntfy over HTTP/WebSocket, NATS over WebSocket and TCP), plus the
-# herald-only figures (other transports, slow subscribers, idle CPU, start-up).
+# herald-only figures (other transports, slow subscribers, idle CPU, start-up). Every
+# fan-out scenario also runs against the fan-out floor (`herald bench --floor`: one
+# plain send per subscriber socket, crates/herald-bench/src/floor.rs), pinned like the
+# servers, so herald's figure has the physical floor of the same run beside it.
 #
 #   bench/compare.sh [--quick] [--repeat N] [--only REGEX]
 #
@@ -48,6 +51,7 @@ LOADGEN_CPU=${LOADGEN_CPU:-1}
 HERALD_PORT=${HERALD_PORT:-18095}
 NATS_PORT=${NATS_PORT:-14222}
 NATS_WS_PORT=${NATS_WS_PORT:-18080}
+FLOOR_PORT=${FLOOR_PORT:-18097}
 NATS_SERVER_VERSION=${NATS_SERVER_VERSION:-2.15.1}
 QUIET_PCT=${QUIET_PCT:-15}
 if [[ $QUICK == 1 ]]; then QUIET_MAX=${QUIET_MAX:-0}; else QUIET_MAX=${QUIET_MAX:-300}; fi
@@ -127,6 +131,12 @@ start_server() {
             wait_port "$NATS_PORT"
             URL_ARGS=(--url "nats://127.0.0.1:$NATS_PORT" --nats-ws-url "ws://127.0.0.1:$NATS_WS_PORT")
             ;;
+        floor)
+            taskset -c "$SERVER_CPU" "$BIN" bench --floor "127.0.0.1:$FLOOR_PORT" >"$WORK/server.log" 2>&1 &
+            PID=$!
+            wait_port "$FLOOR_PORT"
+            URL_ARGS=(--url "http://127.0.0.1:$FLOOR_PORT")
+            ;;
     esac
 }
 
@@ -155,7 +165,11 @@ run() {
     busy=$(wait_quiet)
     start_server "$server"
     sleep 0.5 # let the server settle before the "before" RSS sample
-    version=$([[ $server == nats ]] && echo "$NATS_VERSION" || "$BIN" --version)
+    case $server in
+        nats) version=$NATS_VERSION ;;
+        floor) version="floor ($("$BIN" --version))" ;;
+        *) version=$("$BIN" --version) ;;
+    esac
     log "$server: $name (host ${busy}% busy before)"
     if taskset -c "$LOADGEN_CPU" "$BIN" bench "${URL_ARGS[@]}" --server-pid "$PID" \
         --quiet --json "$WORK/report.json" "$@" 2>"$WORK/bench.err"; then
@@ -205,8 +219,11 @@ fi
 for rep in $(seq 1 "$REPEAT"); do
     log "repeat $rep/$REPEAT"
     for spec in "${MATRIX[@]}"; do
-        # Interleaved: both servers run each scenario before the next one starts.
-        for server in nats herald; do
+        # Interleaved: both servers (and for a fan-out, the floor) run each scenario
+        # before the next one starts.
+        servers=(nats herald)
+        [[ ${spec%%|*} == fanout* ]] && servers+=(floor)
+        for server in "${servers[@]}"; do
             # shellcheck disable=SC2086 # the argument strings are split on purpose
             run "$OUT/matrix.jsonl" "$server" "${spec%%|*}" -- ${spec#*|} "${SRC[@]}"
         done

@@ -86,6 +86,8 @@ def main(paths):
 
     def label(g):
         row = g["row"]
+        if row["server"] == "floor":
+            return "floor (send loop)"
         name = "herald" if row["server"] == "herald" else row["version"].replace("nats-server: ", "nats-server ")
         return name
 
@@ -131,6 +133,25 @@ def main(paths):
             fmt(m(g, lambda r: get(r, "loadgen", "cpu_pct", "publish")), 1),
             fmt(median(g["busy"])), flags(g["runs"]),
         ]) + " |")
+
+    floors = {g["row"]["scenario"]: g for g in fanout if g["row"]["server"] == "floor"}
+    if floors:
+        print("\n### fanout: herald against the floor of the same run (median of runs)\n")
+        print("| scenario | herald p50 ms | floor p50 ms | herald p99 ms | floor p99 ms | p99 herald ÷ floor | nats p99 ms |")
+        print("|---|---|---|---|---|---|---|")
+        for g in fanout:
+            if g["row"]["server"] != "herald" or g["row"]["scenario"] not in floors:
+                continue
+            name = g["row"]["scenario"]
+            f = floors[name]
+            nats = [n for n in fanout if n["row"]["server"] == "nats" and n["row"]["scenario"] == name]
+            p = lambda grp, q: m(grp, lambda r: ms(get(r, "delivery", "lat_us", q)))
+            hp99, fp99 = p(g, "p99"), p(f, "p99")
+            print("| " + " | ".join([
+                f"`{name}`", fmt(p(g, "p50"), 2), fmt(p(f, "p50"), 2), fmt(hp99, 2), fmt(fp99, 2),
+                fmt(hp99 / fp99 if hp99 and fp99 else None, 2, "×"),
+                fmt(p(nats[0], "p99"), 2) if nats else "–",
+            ]) + " |")
 
     print("\n### publish (median of runs)\n")
     print("| server | scenario | runs | publishers | topics | publish/s | pub p50 ms | pub p99 ms | pub p99.9 ms | deliv p99 ms | delivered | srv cpu% | lg cpu% | host busy% before | flags |")

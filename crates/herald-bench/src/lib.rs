@@ -23,6 +23,13 @@
 //!     --subscribers 1000 --rate 10
 //! ```
 //!
+//! # The fan-out floor
+//!
+//! `herald bench --floor 127.0.0.1:18097` serves a minimal ntfy-shaped endpoint whose
+//! fan-out is a plain loop of one `send` per subscriber socket (`floor.rs`); the same
+//! `herald bench` run against it (`--url http://127.0.0.1:18097`) gives the physical
+//! floor that herald's fan-out rows are compared with (bench/compare.sh prints both).
+//!
 //! A run has three phases. **Connect**: open `--subscribers` streams over
 //! `--topics` topics, transports round robin; a stream counts as established when
 //! its first event (ntfy's `open`) arrives, which is when the server has registered
@@ -70,6 +77,7 @@
 //!   keeps the generator's CPU per delivery low.
 
 mod client;
+mod floor;
 mod grpc;
 mod http;
 mod nats;
@@ -85,5 +93,11 @@ pub use options::add_args;
 
 /// Runs `herald bench` with the parsed command-line arguments.
 pub fn run(matches: &clap::ArgMatches) -> anyhow::Result<()> {
+    if let Some(addr) = matches.get_one::<String>("floor") {
+        let addr = addr
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--floor {addr:?}: {e} (want HOST:PORT)"))?;
+        return floor::serve(addr);
+    }
     run::run(Options::from_matches(matches)?)
 }

@@ -397,6 +397,12 @@ pub fn add_args(cmd: Command) -> Command {
                 .help("Base URL of the server: http://HOST[:PORT][/prefix] for an ntfy-compatible server, nats://HOST[:PORT] for nats-server; a comma list for several nodes of one cluster: subscribers and publishers are spread over them round robin"),
         )
         .arg(
+            Arg::new("floor")
+                .long("floor")
+                .value_name("HOST:PORT")
+                .help("Serve the fan-out floor on HOST:PORT instead of running a benchmark: a minimal ntfy-shaped server (GET /<topic>/ws|json|sse, POST /<topic>) whose fan-out is one plain send per subscriber socket; measure it with another herald bench --url http://HOST:PORT"),
+        )
+        .arg(
             Arg::new("nats-ws-url")
                 .long("nats-ws-url")
                 .value_name("URL")

@@ -7,9 +7,13 @@
 //! - A published event is wrapped once in an [`Arc<SharedEvent>`]; its wire encodings
 //!   (JSON line, SSE frame, raw line, WebSocket text) are computed at most once each
 //!   and shared by every subscriber, never once per subscriber.
-//! - Each topic has its own lock, held while an event is pushed to all its
-//!   subscribers, so every subscriber of a topic sees that topic's events in the same
-//!   order, and in publish order for publishes that do not overlap in time.
+//! - Each topic has an outbox and at most one fan-out task, which sends the outbox's
+//!   events to a snapshot of the subscribers batch after batch, so every subscriber
+//!   of a topic sees that topic's events in the same order, and in publish order for
+//!   publishes that do not overlap in time.
+//! - A topic with many subscribers on a runtime with several worker threads has each
+//!   batch split into shards of its subscribers, sent in parallel; the next batch
+//!   starts when every shard is done, which keeps that order (see `Hub::fan_out`).
 //! - A subscriber whose queue is full (it does not read fast enough) is closed and
 //!   counted; publishers never wait for a subscriber, so memory stays bounded.
 //! - Keepalives come from one shared tick that enqueues a marker for every
@@ -236,6 +240,25 @@ const OUTBOX_LIMIT: usize = 4096;
 /// subscribers does not hold a runtime thread for its whole duration.
 const FANOUT_YIELD_EVERY: usize = 256;
 
+/// Fewest subscribers per shard of a topic's fan-out ([`shard_count`]): below twice
+/// this, a topic is served by its one fan-out task, as on a single core. A shard
+/// costs a task spawn and a join (a few microseconds); 1,024 sends on loopback take
+/// about 15 ms.
+pub(crate) const SHARD_MIN_SUBSCRIBERS: usize = 1024;
+
+/// Into how many shards a fan-out to `subscribers` is split on a runtime with
+/// `workers` threads: one per worker, each of at least `min_per_shard` subscribers.
+fn shard_count(subscribers: usize, min_per_shard: usize, workers: usize) -> usize {
+    (subscribers / min_per_shard.max(1)).clamp(1, workers.max(1))
+}
+
+/// Worker threads of the current runtime (1 outside one, and on a current-thread
+/// runtime). Under `taskset -c 0` tokio starts one worker, so a one-core server
+/// never shards.
+fn worker_threads() -> usize {
+    tokio::runtime::Handle::try_current().map_or(1, |h| h.metrics().num_workers())
+}
+
 /// How a subscriber receives its events, for the per-transport counters.
 ///
 /// Recorded once at registration, so the fan-out path only indexes an array: no
@@ -304,6 +327,8 @@ pub struct Hub {
     all: Mutex<HashMap<u64, Arc<Entry>>>,
     next_id: AtomicU64,
     queue_capacity: usize,
+    /// [`SHARD_MIN_SUBSCRIBERS`], lowered by tests.
+    shard_min: usize,
     /// Public counters.
     pub counters: HubCounters,
 }
@@ -324,8 +349,19 @@ impl Hub {
             all: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             queue_capacity: queue_capacity.max(1),
+            shard_min: SHARD_MIN_SUBSCRIBERS,
             counters: HubCounters::default(),
         })
+    }
+
+    /// A hub that shards fan-outs of `shard_min` or more subscribers per worker.
+    #[cfg(test)]
+    fn with_shard_min(queue_capacity: usize, shard_min: usize) -> Arc<Self> {
+        let mut hub = Hub::new(queue_capacity);
+        if let Some(h) = Arc::get_mut(&mut hub) {
+            h.shard_min = shard_min;
+        }
+        hub
     }
 
     /// How many undelivered events a subscriber may hold before it is cut off.
@@ -442,7 +478,7 @@ impl Hub {
                         outbox.running = true;
                         let hub = self.clone();
                         let topic = topic.clone();
-                        tokio::spawn(async move { hub.fan_out(topic).await });
+                        tokio::spawn(hub.fan_out(topic));
                     }
                     return;
                 }
@@ -454,42 +490,57 @@ impl Hub {
     }
 
     /// The fan-out task of one topic: sends outbox batches until the outbox is empty.
-    async fn fan_out(&self, topic: Arc<Topic>) {
+    ///
+    /// A batch goes to a snapshot of the topic's subscribers. A large topic on a
+    /// runtime with several worker threads is split into shards (contiguous ranges
+    /// of the snapshot, one task each, run in parallel by the workers); the task
+    /// waits for every shard before it takes the next batch. So each subscriber is
+    /// in exactly one shard of a batch and gets the batches in outbox order, whether
+    /// or not the topic is sharded, and whether it is in the same shard from one
+    /// batch to the next (subscribers come and go) does not matter.
+    async fn fan_out(self: Arc<Self>, topic: Arc<Topic>) {
         loop {
-            let batch = {
+            let batch: Arc<[Arc<SharedEvent>]> = {
                 let mut outbox = lock(&topic.outbox);
                 if outbox.events.is_empty() {
                     outbox.running = false;
                     return;
                 }
-                std::mem::take(&mut outbox.events)
+                std::mem::take(&mut outbox.events).into()
             };
             topic.drained.notify_waiters();
-            let subscribers: Vec<Arc<Entry>> = lock(&topic.subscribers).clone();
-            // One relaxed load per batch when the feature is in but tracing is off.
-            #[cfg(feature = "otel")]
-            let traced = crate::otel::enabled() && batch.iter().any(|e| e.trace.is_some());
-            // Summed locally and added once per batch: the per-transport split costs
-            // the fan-out one array index per subscriber.
-            let mut accepted_by = [0u64; TRANSPORTS];
-            for (i, entry) in subscribers.iter().enumerate() {
-                #[cfg(feature = "otel")]
-                let spans =
-                    traced.then(|| crate::otel::deliver_spans(&batch, entry.transport, entry.id));
-                let (outcome, accepted) = entry.sink.deliver_batch(&batch);
-                #[cfg(feature = "otel")]
-                if let Some(spans) = spans {
-                    crate::otel::finish_deliver(spans, outcome, accepted);
+            let subscribers: Arc<[Arc<Entry>]> = lock(&topic.subscribers).as_slice().into();
+            let shards = shard_count(subscribers.len(), self.shard_min, worker_threads());
+            let accepted_by = if shards <= 1 {
+                self.deliver_range(&batch, &subscribers).await
+            } else {
+                let per_shard = subscribers.len().div_ceil(shards);
+                let mut tasks = Vec::with_capacity(shards);
+                // Every shard gets a task of its own (none runs in this one): the
+                // runtime keeps the most recently spawned task in a slot other
+                // workers cannot steal from, so a shard run here would share its
+                // thread with that one instead of running beside it.
+                for start in (0..subscribers.len()).step_by(per_shard) {
+                    let hub = self.clone();
+                    let batch = batch.clone();
+                    let subscribers = subscribers.clone();
+                    let end = (start + per_shard).min(subscribers.len());
+                    tasks.push(tokio::spawn(async move {
+                        hub.deliver_range(&batch, &subscribers[start..end]).await
+                    }));
                 }
-                accepted_by[entry.transport as usize] += accepted as u64;
-                if outcome == DeliverOutcome::Overflowed {
-                    self.counters.dropped_slow.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(subscriber = entry.id, "subscriber too slow, disconnecting");
+                let mut sum = [0u64; TRANSPORTS];
+                for task in tasks {
+                    // A shard only ends early if a sink panicked (a bug); the
+                    // others' deliveries still count.
+                    if let Ok(counts) = task.await {
+                        for (total, n) in sum.iter_mut().zip(counts) {
+                            *total += n;
+                        }
+                    }
                 }
-                if i % FANOUT_YIELD_EVERY == FANOUT_YIELD_EVERY - 1 {
-                    tokio::task::yield_now().await;
-                }
-            }
+                sum
+            };
             let mut accepted_total = 0;
             for (counter, n) in self.counters.delivered_by.iter().zip(accepted_by) {
                 if n > 0 {
@@ -501,6 +552,39 @@ impl Hub {
                 .delivered
                 .fetch_add(accepted_total, Ordering::Relaxed);
         }
+    }
+
+    /// Hands `batch` to each of `subscribers`, in order; returns the events
+    /// accepted per [`Transport`] (summed locally: the per-transport split costs
+    /// the fan-out one array index per subscriber).
+    async fn deliver_range(
+        &self,
+        batch: &[Arc<SharedEvent>],
+        subscribers: &[Arc<Entry>],
+    ) -> [u64; TRANSPORTS] {
+        // One relaxed load per batch when the feature is in but tracing is off.
+        #[cfg(feature = "otel")]
+        let traced = crate::otel::enabled() && batch.iter().any(|e| e.trace.is_some());
+        let mut accepted_by = [0u64; TRANSPORTS];
+        for (i, entry) in subscribers.iter().enumerate() {
+            #[cfg(feature = "otel")]
+            let spans =
+                traced.then(|| crate::otel::deliver_spans(batch, entry.transport, entry.id));
+            let (outcome, accepted) = entry.sink.deliver_batch(batch);
+            #[cfg(feature = "otel")]
+            if let Some(spans) = spans {
+                crate::otel::finish_deliver(spans, outcome, accepted);
+            }
+            accepted_by[entry.transport as usize] += accepted as u64;
+            if outcome == DeliverOutcome::Overflowed {
+                self.counters.dropped_slow.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(subscriber = entry.id, "subscriber too slow, disconnecting");
+            }
+            if i % FANOUT_YIELD_EVERY == FANOUT_YIELD_EVERY - 1 {
+                tokio::task::yield_now().await;
+            }
+        }
+        accepted_by
     }
 
     /// The shared keepalive tick: every subscriber sends its keepalive or ping.
@@ -717,6 +801,115 @@ mod tests {
         assert_eq!(out.len(), 1);
         hub.close_all(CloseReason::Shutdown);
         assert_eq!(s.next_batch(&mut out).await, Err(CloseReason::Shutdown));
+    }
+
+    #[test]
+    fn shards_only_large_topics_and_never_on_one_worker() {
+        assert_eq!(shard_count(100_000, 1024, 1), 1);
+        assert_eq!(shard_count(2047, 1024, 2), 1);
+        assert_eq!(shard_count(2048, 1024, 2), 2);
+        assert_eq!(shard_count(10_000, 1024, 2), 2);
+        assert_eq!(shard_count(10_000, 1024, 4), 4);
+        assert_eq!(shard_count(3000, 1024, 8), 2);
+        assert_eq!(shard_count(0, 1024, 2), 1);
+    }
+
+    /// Drains `sub` until `n` events arrived; their texts.
+    async fn collect(sub: &Subscription, n: usize) -> Vec<String> {
+        let mut got = Vec::new();
+        let mut out = Vec::new();
+        while got.len() < n {
+            out.clear();
+            let next =
+                tokio::time::timeout(std::time::Duration::from_secs(10), sub.next_batch(&mut out));
+            match next.await {
+                Ok(Ok(())) => got.extend(texts(&out)),
+                other => panic!("after {} of {n} events: {other:?}", got.len()),
+            }
+        }
+        got
+    }
+
+    /// The counters are added after the last shard of a batch: wait for them.
+    async fn wait_delivered(hub: &Hub, want: u64) {
+        for _ in 0..500 {
+            if hub.counters.delivered.load(Ordering::Relaxed) == want {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(hub.counters.delivered.load(Ordering::Relaxed), want);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sharded_fan_out_keeps_publish_order_per_subscriber() {
+        let hub = Hub::with_shard_min(10_000, 4);
+        let subs: Vec<Subscription> = (0..64).map(|_| hub.subscribe(&["t".into()])).collect();
+        assert_eq!(shard_count(64, hub.shard_min, worker_threads()), 2);
+        let want: Vec<String> = (0..2000).map(|i| i.to_string()).collect();
+        // Publishes from another task while the subscribers drain concurrently.
+        let publisher = {
+            let hub = hub.clone();
+            let want = want.clone();
+            tokio::spawn(async move {
+                for text in &want {
+                    hub.dispatch(&event("t", text)).await;
+                }
+            })
+        };
+        for sub in &subs {
+            assert_eq!(collect(sub, want.len()).await, want);
+        }
+        publisher.await.unwrap();
+        wait_delivered(&hub, 64 * want.len() as u64).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn subscribers_joining_and_leaving_across_the_threshold() {
+        let hub = Hub::with_shard_min(10_000, 8);
+        let first: Vec<Subscription> = (0..4).map(|_| hub.subscribe(&["t".into()])).collect();
+        hub.dispatch(&event("t", "a")).await; // 4 subscribers: one task
+        // Fan-out is asynchronous: only subscribers registered before it see "a".
+        for sub in &first {
+            assert_eq!(collect(sub, 1).await, ["a"]);
+        }
+        let mut more: Vec<Subscription> = (0..60).map(|_| hub.subscribe(&["t".into()])).collect();
+        hub.dispatch(&event("t", "b")).await; // 64: two shards
+        hub.dispatch(&event("t", "c")).await;
+        let leaving = more.split_off(4); // back to 8 subscribers: one task
+        for sub in &leaving {
+            assert_eq!(collect(sub, 2).await, ["b", "c"]);
+        }
+        drop(leaving);
+        hub.dispatch(&event("t", "d")).await;
+        for sub in &first {
+            assert_eq!(collect(sub, 3).await, ["b", "c", "d"]);
+        }
+        for sub in &more {
+            assert_eq!(collect(sub, 3).await, ["b", "c", "d"]);
+        }
+        assert_eq!(hub.subscriber_count(), 8);
+        wait_delivered(&hub, 4 + 64 * 2 + 8).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn slow_subscribers_of_a_sharded_topic_are_cut_off() {
+        let hub = Hub::with_shard_min(3, 4);
+        // Slow subscribers at both ends of the list, so both shards have some.
+        let slow_a: Vec<Subscription> = (0..4).map(|_| hub.subscribe(&["t".into()])).collect();
+        let fast: Vec<Subscription> = (0..24).map(|_| hub.subscribe(&["t".into()])).collect();
+        let slow_b: Vec<Subscription> = (0..4).map(|_| hub.subscribe(&["t".into()])).collect();
+        for i in 0..10 {
+            hub.dispatch(&event("t", &i.to_string())).await;
+            for sub in &fast {
+                assert_eq!(collect(sub, 1).await, [i.to_string()]);
+            }
+        }
+        let mut out = Vec::new();
+        for sub in slow_a.iter().chain(&slow_b) {
+            assert_eq!(sub.next_batch(&mut out).await, Err(CloseReason::TooSlow));
+        }
+        assert_eq!(hub.counters.dropped_slow.load(Ordering::Relaxed), 8);
     }
 
     #[test]
