@@ -120,6 +120,11 @@ const OPTIONS: &[OptionSpec] = &[
         help: "Undelivered events a subscriber may lag behind before it is disconnected",
     },
     OptionSpec {
+        key: "fanout-shard-size",
+        default: "1024",
+        help: "Split a topic's fan-out over the runtime's worker threads when it has at least this many subscribers per thread (each subscriber still gets events in publish order); `0` never splits",
+    },
+    OptionSpec {
         key: "history-read-limit",
         default: "64",
         help: "Most history reads (`poll=1` answers, `since=` backlogs) in progress at once; more wait up to 3 s, then get `429` with `Retry-After`",
@@ -585,6 +590,9 @@ pub struct Config {
     pub global_topic_limit: usize,
     pub store_sync: SyncMode,
     pub subscriber_queue_size: usize,
+    /// `fanout-shard-size`: subscribers per worker thread from which a topic's
+    /// fan-out is split (`hub`); 0: never.
+    pub fanout_shard_size: usize,
     /// Most history reads in progress at once (`history-read-limit`).
     pub history_read_limit: usize,
     pub shutdown_timeout: Duration,
@@ -844,6 +852,7 @@ impl RawValues {
                 s.parse::<SyncMode>()
                     .map_err(|_| "expected one of: off, normal, full".to_string())
             })?,
+            fanout_shard_size: self.parse("fanout-shard-size", count)?,
             subscriber_queue_size: self.parse("subscriber-queue-size", |s| {
                 let n = count(s)?;
                 if n == 0 {

@@ -354,12 +354,16 @@ impl Hub {
         })
     }
 
-    /// A hub that shards fan-outs of `shard_min` or more subscribers per worker.
-    #[cfg(test)]
-    fn with_shard_min(queue_capacity: usize, shard_min: usize) -> Arc<Self> {
+    /// A hub that shards fan-outs of `shard_min` or more subscribers per worker
+    /// (`fanout-shard-size`); 0: never.
+    pub fn with_shard_min(queue_capacity: usize, shard_min: usize) -> Arc<Self> {
         let mut hub = Hub::new(queue_capacity);
         if let Some(h) = Arc::get_mut(&mut hub) {
-            h.shard_min = shard_min;
+            h.shard_min = if shard_min == 0 {
+                usize::MAX
+            } else {
+                shard_min
+            };
         }
         hub
     }

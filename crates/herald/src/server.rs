@@ -109,7 +109,7 @@ pub async fn run(
     let metrics_listener = bind_optional(config.metrics_listen_http.as_deref()).await?;
     let grpc_listener = bind_optional(config.listen_grpc.as_deref()).await?;
     let store_metrics = Arc::new(StoreMetrics::default());
-    let hub = Hub::new(config.subscriber_queue_size);
+    let hub = Hub::with_shard_min(config.subscriber_queue_size, config.fanout_shard_size);
     let tracker = TaskTracker::new();
     let background = CancellationToken::new();
     // Cluster mode's one way to Redis (TLS, Sentinel, failover): every Redis user
