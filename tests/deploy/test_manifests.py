@@ -342,5 +342,8 @@ def test_dockerfile_matches_manifests() -> None:
     assert "+crt-static" in text and "--profile dist" in text
     # Same static build as the script that tests it.
     script = (ROOT / "scripts" / "build-static.sh").read_text()
-    # The shipped profile is the script's default (CI may pick a quicker one).
+    # The shipped profile is the script's default (what .ci/run builds and checks).
     assert "+crt-static" in script and re.search(r'^PROFILE="\$\{STATIC_PROFILE:-dist\}"$', script, re.M)
+    # Same code generation flags: the size budget is checked on the script's build.
+    for flag in ("-C target-feature=+crt-static", "-C force-unwind-tables=no"):
+        assert flag in text and flag in script, flag
