@@ -32,6 +32,8 @@ TARGET=x86_64-unknown-linux-gnu
 # the shipped binary (and the one .ci/run checks) uses `dist`.
 PROFILE="${STATIC_PROFILE:-dist}"
 MAX_BYTES="${MAX_BYTES:-$((10 * 1024 * 1024))}"
+# Same list as the Dockerfile's builder stage.
+SQLITE_FLAGS="-USQLITE_ENABLE_FTS3 -USQLITE_ENABLE_FTS3_PARENTHESIS -USQLITE_ENABLE_FTS5 -USQLITE_ENABLE_RTREE -USQLITE_ENABLE_DBSTAT_VTAB -USQLITE_ENABLE_JSON1 -DSQLITE_OMIT_JSON"
 RUN_UID=65534
 RUN_GID=65534
 START=$SECONDS
@@ -55,7 +57,10 @@ if [[ "${NO_BUILD:-0}" != 1 ]]; then
     t=$SECONDS
     # --target must be explicit: without it RUSTFLAGS also reach proc-macros and
     # build scripts, which cannot be static (docs/OPERATIONS.md).
-    RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static -C force-unwind-tables=no" \
+    # LIBSQLITE3_FLAGS: libsqlite3-sys's bundled build enables SQLite extensions herald
+    # never uses (full-text search, R-tree, dbstat, JSON); leaving them out saves code.
+    LIBSQLITE3_FLAGS="$SQLITE_FLAGS" \
+        RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static -C force-unwind-tables=no" \
         cargo build --locked --profile "$PROFILE" --target "$TARGET" -p herald --bin herald
     echo "    built in $((SECONDS - t))s"
 fi

@@ -347,3 +347,6 @@ def test_dockerfile_matches_manifests() -> None:
     # Same code generation flags: the size budget is checked on the script's build.
     for flag in ("-C target-feature=+crt-static", "-C force-unwind-tables=no"):
         assert flag in text and flag in script, flag
+    sqlite_flags = re.search(r'^SQLITE_FLAGS="([^"]+)"$', script, re.M)
+    assert sqlite_flags, "build-static.sh must set SQLITE_FLAGS"
+    assert f'LIBSQLITE3_FLAGS="{sqlite_flags.group(1)}"' in text, "Dockerfile's SQLite flags differ"
