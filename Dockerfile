@@ -22,7 +22,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     TARGET="$(uname -m)-unknown-linux-gnu" \
     && LIBSQLITE3_FLAGS="-USQLITE_ENABLE_FTS3 -USQLITE_ENABLE_FTS3_PARENTHESIS -USQLITE_ENABLE_FTS5 -USQLITE_ENABLE_RTREE -USQLITE_ENABLE_DBSTAT_VTAB -USQLITE_ENABLE_JSON1 -DSQLITE_OMIT_JSON" \
-       RUSTFLAGS="-C target-feature=+crt-static -C force-unwind-tables=no" \
+       RUSTFLAGS="-C target-feature=+crt-static" \
        cargo build --locked --profile dist --target "$TARGET" -p herald --bin herald \
     && mkdir -p /out/rootfs/data \
     && cp "target/$TARGET/dist/herald" /out/herald \

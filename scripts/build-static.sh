@@ -60,7 +60,7 @@ if [[ "${NO_BUILD:-0}" != 1 ]]; then
     # LIBSQLITE3_FLAGS: libsqlite3-sys's bundled build enables SQLite extensions herald
     # never uses (full-text search, R-tree, dbstat, JSON); leaving them out saves code.
     LIBSQLITE3_FLAGS="$SQLITE_FLAGS" \
-        RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static -C force-unwind-tables=no" \
+        RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
         cargo build --locked --profile "$PROFILE" --target "$TARGET" -p herald --bin herald
     echo "    built in $((SECONDS - t))s"
 fi
