@@ -342,5 +342,10 @@ def test_dockerfile_matches_manifests() -> None:
     assert "+crt-static" in text and "--profile dist" in text
     # Same static build as the script that tests it.
     script = (ROOT / "scripts" / "build-static.sh").read_text()
-    # The shipped profile is the script's default (CI may pick a quicker one).
+    # The shipped profile is the script's default (what .ci/run builds and checks).
     assert "+crt-static" in script and re.search(r'^PROFILE="\$\{STATIC_PROFILE:-dist\}"$', script, re.M)
+    # Same code generation flags: the size budget is checked on the script's build.
+    assert 'RUSTFLAGS="-C target-feature=+crt-static"' in text
+    sqlite_flags = re.search(r'^SQLITE_FLAGS="([^"]+)"$', script, re.M)
+    assert sqlite_flags, "build-static.sh must set SQLITE_FLAGS"
+    assert f'LIBSQLITE3_FLAGS="{sqlite_flags.group(1)}"' in text, "Dockerfile's SQLite flags differ"
