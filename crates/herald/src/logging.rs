@@ -68,8 +68,13 @@ pub fn write_line(line: &str) {
 }
 
 fn write_or_count(out: &mut impl Write, buf: &[u8]) {
+    write_lines_or_count(out, buf, 1);
+}
+
+/// Writes `buf`, which holds `lines` log lines; a failure counts each as lost.
+fn write_lines_or_count(out: &mut impl Write, buf: &[u8], lines: u64) {
     if out.write_all(buf).is_err() {
-        WRITE_ERRORS.fetch_add(1, Ordering::Relaxed);
+        WRITE_ERRORS.fetch_add(lines, Ordering::Relaxed);
     }
 }
 

@@ -105,8 +105,8 @@ pub fn install(format: Format) -> std::io::Result<()> {
         .name("herald-access-log".into())
         .spawn(|| {
             if let Some(sink) = SINK.get() {
-                run(sink, &mut |bytes| {
-                    super::write_or_count(&mut std::io::stderr().lock(), bytes)
+                run(sink, &mut |bytes, lines| {
+                    super::write_lines_or_count(&mut std::io::stderr().lock(), bytes, lines)
                 });
             }
         })
@@ -164,7 +164,8 @@ fn flush_sink(sink: &Sink, timeout: Duration) {
 }
 
 /// The writer's loop: wait for a record, let a batch collect, write it in one go.
-fn run(sink: &Sink, write: &mut dyn FnMut(&[u8])) {
+/// `write` gets a batch's bytes and how many lines they hold.
+fn run(sink: &Sink, write: &mut dyn FnMut(&[u8], u64)) {
     let mut batch: Vec<Record> = Vec::new();
     let mut out: Vec<u8> = Vec::new();
     let mut stamps = Stamps::default();
@@ -185,11 +186,12 @@ fn run(sink: &Sink, write: &mut dyn FnMut(&[u8])) {
         drop(queue);
 
         out.clear();
+        let lines = batch.len() as u64;
         for record in batch.drain(..) {
             format_line(&mut out, sink.format, &record, &mut stamps);
         }
         if !out.is_empty() {
-            write(&out);
+            write(&out, lines);
         }
         let mut queue = sink.lock();
         queue.flush_done = flushing;
@@ -371,8 +373,10 @@ mod tests {
         assert_eq!(dropped() - before, 3);
         let (tx, rx) = std::sync::mpsc::channel::<usize>();
         std::thread::spawn(move || {
-            run(sink, &mut |bytes| {
-                let _ = tx.send(bytes.iter().filter(|b| **b == b'\n').count());
+            run(sink, &mut |bytes, lines| {
+                let newlines = bytes.iter().filter(|b| **b == b'\n').count();
+                assert_eq!(newlines as u64, lines, "the line count given to the writer");
+                let _ = tx.send(newlines);
             })
         });
         // Everything queued goes out in one write.

@@ -133,7 +133,13 @@ async fn serves_despite_the_log(child: &mut Child, base: &str) {
         let resp = http.get(format!("{base}{probe}")).send().await.unwrap();
         assert_eq!(resp.status(), 200, "{probe}");
     }
-    let m = metrics(base).await;
+    // The access log is written in batches a few milliseconds after the requests.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut m = metrics(base).await;
+    while sample(&m, "herald_log_write_errors_total") < 5.0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        m = metrics(base).await;
+    }
     assert!(
         sample(&m, "herald_log_write_errors_total") >= 5.0,
         "each publish's access-log line is counted as lost:\n{m}"
