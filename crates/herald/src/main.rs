@@ -103,15 +103,29 @@ fn init_logging(config: &Config) -> anyhow::Result<herald::otel::Exporter> {
         LogFormat::Text => herald::logging::access::Format::Text,
     })
     .context("cannot start the access log's writer")?;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!("herald={0},{0}", config.log_level))
-    });
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    // `RUST_LOG` (target=level directives, e.g. `info,herald::access=warn`) overrides
+    // `log-level`. A target filter, not `EnvFilter`: its span and field directives
+    // would bring a regex engine into the binary (docs/BENCHMARKS.md, "Binary size").
+    let fallback = || {
+        format!("herald={0},{0}", config.log_level)
+            .parse::<tracing_subscriber::filter::Targets>()
+            .unwrap_or_default()
+    };
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(directives) => directives.parse().unwrap_or_else(|e| {
+            herald::logging::write_line(&format!(
+                "herald: RUST_LOG ignored ({e}); expected target=level directives"
+            ));
+            fallback()
+        }),
+        Err(_) => fallback(),
+    };
     #[cfg(feature = "otel")]
     if let Some(endpoint) = &config.otlp_endpoint {
-        use tracing_subscriber::Layer as _;
         use tracing_subscriber::filter::{FilterExt as _, filter_fn};
-        use tracing_subscriber::layer::SubscriberExt as _;
-        use tracing_subscriber::util::SubscriberInitExt as _;
         // `filter` (log-level, RUST_LOG) applies to the log only, and the log never
         // sees the trace spans; the trace layer has its own filter (herald::otel).
         let filter = filter.and(filter_fn(|meta| meta.target() != herald::otel::TARGET));
@@ -126,12 +140,11 @@ fn init_logging(config: &Config) -> anyhow::Result<herald::otel::Exporter> {
         tracing::info!(endpoint = %endpoint, service = %config.otlp_service_name, "exporting OpenTelemetry traces");
         return Ok(exporter);
     }
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(herald::logging::StderrLog);
+    let log = tracing_subscriber::fmt::layer().with_writer(herald::logging::StderrLog);
+    let registry = tracing_subscriber::registry();
     match config.log_format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
+        LogFormat::Json => registry.with(log.json().with_filter(filter)).init(),
+        LogFormat::Text => registry.with(log.with_filter(filter)).init(),
     }
     Ok(herald::otel::Exporter::default())
 }
