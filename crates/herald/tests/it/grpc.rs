@@ -486,6 +486,21 @@ async fn auth_matrix_matches_http() {
         .to_string();
     let mut grpc = client(&server).await;
     let bearer = format!("Bearer {token}");
+    // In cluster mode a node learns the CLI's changes from Redis within ~250 ms
+    // (docs/SCALING.md): wait until the last one (the token) is known.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let known = reqwest::Client::new()
+            .get(server.url("/v1/account"))
+            .header("authorization", &bearer)
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200);
+        if known || std::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let admin = basic("ben", "admin-secret");
     let phil = basic("phil", "phil-secret");
     let wrong = basic("phil", "wrong");
@@ -809,7 +824,14 @@ fn bench_over_grpc_delivers_everything_in_order() {
 #[tokio::test]
 async fn file_upload_over_grpc() {
     use crate::attachments::{file_path, files_in, jpeg};
-    let (server, dir) = crate::attachments::server(&["--listen-grpc", "127.0.0.1:0"]);
+    // One node; in cluster mode (HERALD_TEST_REDIS_URL) a directory must be declared
+    // shared, which it trivially is.
+    let (server, dir) = crate::attachments::server(&[
+        "--listen-grpc",
+        "127.0.0.1:0",
+        "--attachment-cache-dir-shared",
+        "true",
+    ]);
     let mut grpc = client(&server).await;
     let body = jpeg(100_000);
     let sent = grpc
