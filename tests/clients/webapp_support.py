@@ -5,6 +5,7 @@ used), axe-core checks, and screenshots kept as artifacts."""
 from __future__ import annotations
 
 import json
+import time
 import threading
 import urllib.request
 from pathlib import Path
@@ -91,6 +92,16 @@ class JsonStream:
                     self.messages.append(ev)
         except Exception:  # noqa: BLE001 (the stream is closed at the end of the test)
             pass
+
+    def only_message(self, timeout: float = 10) -> dict:
+        """Waits for the first message, closes the stream and returns that message,
+        checking it was the only one."""
+        deadline = time.monotonic() + timeout
+        while not self.messages and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.close()
+        assert len(self.messages) == 1, self.messages
+        return self.messages[0]
 
     def close(self) -> None:
         self.resp.close()

@@ -94,6 +94,18 @@ fn ntfy_code(status: &Status) -> u32 {
     info.metadata["code"].parse().expect("numeric code")
 }
 
+/// Each message's result of a `PublishBatch` that must itself succeed.
+async fn batch_results(
+    grpc: &mut HeraldClient<Channel>,
+    batch: proto::PublishBatchRequest,
+) -> Vec<proto::PublishResult> {
+    grpc.publish_batch(batch)
+        .await
+        .expect("batch")
+        .into_inner()
+        .results
+}
+
 async fn next_event(stream: &mut tonic::Streaming<proto::Message>) -> proto::Message {
     tokio::time::timeout(EVENT_TIMEOUT, stream.message())
         .await
@@ -334,12 +346,7 @@ async fn batch_delete_and_clear() {
             publish_req("b1", "last"),
         ],
     };
-    let results = grpc
-        .publish_batch(batch)
-        .await
-        .expect("batch")
-        .into_inner()
-        .results;
+    let results = batch_results(&mut grpc, batch).await;
     assert_eq!(results.len(), 4);
     use proto::publish_result::Result as R;
     let ok: Vec<proto::Message> = results
@@ -437,12 +444,7 @@ async fn idempotency_key_publishes_once() {
             keyed("second", "k-2"),
         ],
     };
-    let results = grpc
-        .publish_batch(batch)
-        .await
-        .expect("batch")
-        .into_inner()
-        .results;
+    let results = batch_results(&mut grpc, batch).await;
     use proto::publish_result::Result as R;
     let batch_ids: Vec<String> = results
         .iter()
@@ -609,12 +611,7 @@ async fn rate_limits_are_resource_exhausted_with_retry() {
     let batch = proto::PublishBatchRequest {
         messages: vec![publish_req("r1", "a")],
     };
-    let results = grpc
-        .publish_batch(batch)
-        .await
-        .expect("batch")
-        .into_inner()
-        .results;
+    let results = batch_results(&mut grpc, batch).await;
     match &results[0].result {
         Some(proto::publish_result::Result::Error(e)) => {
             assert_eq!(
