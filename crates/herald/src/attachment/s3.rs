@@ -5,7 +5,8 @@
 //! signature is in the query string, the payload unsigned); herald sends it with
 //! reqwest on the rustls/ring stack and compiled-in roots it already has. With an
 //! `endpoint` (MinIO, Garage, Ceph, R2, …) requests are path-style; without, AWS's
-//! virtual-hosted style at `s3.REGION.amazonaws.com`. A small client of our own
+//! virtual-hosted style at `s3.REGION.amazonaws.com` (path-style for a bucket name
+//! with dots). A small client of our own
 //! rather than object_store: the latter brought 1.3 MB to the shipped binary
 //! (docs/BENCHMARKS.md, "Binary size"), for the seven requests used here.
 //!
@@ -150,7 +151,9 @@ struct Client {
     prefix: String,
 }
 
-/// One request to send: method, signed URL, optional range and body.
+/// One request to send: method, signed URL, optional range and body. The URL
+/// carries a signature valid for [`SIGNED_FOR`]: errors drop it (`without_url`)
+/// before they reach a log.
 struct Call {
     method: Method,
     url: reqwest::Url,
@@ -162,6 +165,12 @@ impl S3Store {
     pub(crate) fn open(loc: &S3Location) -> Result<S3Store, StoreFailure> {
         let (endpoint, style) = match &loc.endpoint {
             Some(e) => (e.clone(), UrlStyle::Path),
+            // A dotted bucket name as a host name would not match AWS's wildcard
+            // certificate: such buckets are addressed path-style, as AWS's SDKs do.
+            None if loc.bucket.contains('.') => (
+                format!("https://s3.{}.amazonaws.com", loc.region),
+                UrlStyle::Path,
+            ),
             None => (
                 format!("https://s3.{}.amazonaws.com", loc.region),
                 UrlStyle::VirtualHost,
@@ -233,9 +242,10 @@ impl Client {
                 Ok(resp) => return Ok(resp),
                 Err(e) => {
                     if attempt >= TRIES || !(e.is_connect() || e.is_timeout() || e.is_request()) {
+                        let e = http_error(e);
                         return Err(StoreFailure::Io(format!("S3 {what}: {e}")));
                     }
-                    e.to_string()
+                    http_error(e)
                 }
             };
             tracing::debug!(what, attempt, error = %retry, "S3 request failed; retrying");
@@ -410,9 +420,24 @@ async fn failure(what: &str, resp: reqwest::Response) -> StoreFailure {
 }
 
 async fn text(what: &str, resp: reqwest::Response) -> Result<String, StoreFailure> {
-    resp.text()
-        .await
-        .map_err(|e| StoreFailure::Io(format!("S3 {what}: reading the answer: {e}")))
+    resp.text().await.map_err(|e| {
+        let e = http_error(e);
+        StoreFailure::Io(format!("S3 {what}: reading the answer: {e}"))
+    })
+}
+
+/// A reqwest error with its causes (reqwest's own text names only the kind), without
+/// the request's URL and the signature in it.
+fn http_error(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 fn truncate(s: &str, max: usize) -> &str {
@@ -455,7 +480,10 @@ impl AttachmentStore for S3Store {
         let key = self.client.key(&format!("{id}{META_SUFFIX}"));
         match self.client.get(&key, None).await? {
             Some(resp) => Ok(Some(resp.bytes().await.map_err(|e| {
-                StoreFailure::Io(format!("S3 GET {key}: reading the answer: {e}"))
+                StoreFailure::Io(format!(
+                    "S3 GET {key}: reading the answer: {}",
+                    http_error(e)
+                ))
             })?)),
             None => Ok(None),
         }
@@ -475,7 +503,10 @@ impl AttachmentStore for S3Store {
             match resp.chunk().await {
                 Ok(Some(chunk)) => Some((Ok(chunk), Some(resp))),
                 Ok(None) => None,
-                Err(e) => Some((Err(StoreFailure::Io(format!("S3 GET: {e}"))), None)),
+                Err(e) => {
+                    let e = StoreFailure::Io(format!("S3 GET: {}", http_error(e)));
+                    Some((Err(e), None))
+                }
             }
         });
         Ok(Some(Download { body: body.boxed() }))
@@ -817,6 +848,41 @@ mod tests {
             files(&store.list().await.unwrap()),
             [format!("bbbbbbbbbbbb:{}", big.len())]
         );
+    }
+
+    #[test]
+    fn request_urls() {
+        let base = |url: &str| {
+            let store = S3Store::open(&S3Location::parse(url).unwrap()).unwrap();
+            store.client.bucket.base_url().to_string()
+        };
+        assert_eq!(
+            base("s3://a:b@my-bucket/p?region=eu-west-1"),
+            "https://my-bucket.s3.eu-west-1.amazonaws.com/"
+        );
+        assert_eq!(
+            base("s3://a:b@my.bucket"),
+            "https://s3.us-east-1.amazonaws.com/my.bucket/"
+        );
+        assert_eq!(
+            base("s3://a:b@bkt/p?endpoint=https://minio.example:9000"),
+            "https://minio.example:9000/bkt/"
+        );
+    }
+
+    /// A failed request's error names it and its cause, never the presigned URL.
+    #[tokio::test]
+    async fn errors_hold_no_signed_url() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("s3://AK:SECRET@bkt/p?endpoint=http://127.0.0.1:{port}");
+        let store = S3Store::open(&S3Location::parse(&url).unwrap()).unwrap();
+        let e = store.list().await.unwrap_err().to_string();
+        assert!(e.contains("S3 list p/") && e.contains("onnect"), "{e}");
+        assert!(!e.contains("X-Amz") && !e.contains("SECRET"), "{e}");
     }
 
     #[test]
