@@ -737,7 +737,7 @@ async fn cluster_mode_refuses_a_node_local_directory() {
 // Against moto's S3 server (PyPI `moto[server]`, a Python implementation of S3's
 // REST protocol: multipart uploads, ranged GETs, ListObjectsV2), installed by
 // `.ci/run` (`ensure_moto`) into `.venv-s3`, started by each test on a port of its own.
-// It does not check SigV4 signatures; the signing is object_store's (tested there).
+// It does not check SigV4 signatures; the signing is rusty-s3's (tested there).
 
 /// A moto S3 server on a free loopback port, stopped when dropped.
 struct S3Server {
