@@ -96,7 +96,6 @@ where
     let target = Target {
         topic,
         path_sequence_id: request.path_sequence_id,
-        scope: visitor_name(request.publisher),
     };
     publish_with(
         state,
@@ -144,17 +143,14 @@ pub async fn publish_json(state: &AppState, req: Request) -> Result<Response, Ap
     let target = Target {
         topic,
         path_sequence_id: None,
-        scope: visitor_name(publisher),
     };
     publish_with(state, &headers, &query, body, target, publisher).await
 }
 
-/// Where a publish goes, and whose idempotency keys it uses.
+/// Where a publish goes.
 pub(super) struct Target {
     pub(super) topic: String,
     pub(super) path_sequence_id: Option<String>,
-    /// The visitor (`user:<name>` or `ip:<prefix>`): keys are per visitor.
-    pub(super) scope: String,
 }
 
 /// The visitor the dispatcher charged this request to (`user:<name>` or
@@ -199,9 +195,11 @@ const FINGERPRINTED: &[&[&str]] = {
 
 /// The request's idempotency key, if it carries one, with the fingerprint of what
 /// it publishes: topic, path sequence ID, body and every publish parameter.
+/// Keys are per visitor (`publisher`'s, see [`visitor_name`]).
 fn idempotency_key(
     src: &ParamSource<'_>,
     target: &Target,
+    publisher: Option<&Publisher>,
     body: &[u8],
 ) -> Result<Option<IdempotencyKey>, ApiError> {
     let Some(key) = src.get(IDEMPOTENCY_KEY) else {
@@ -219,7 +217,7 @@ fn idempotency_key(
         let value = src.get(names).unwrap_or_default();
         fingerprint.part(names[0], value.as_bytes());
     }
-    IdempotencyKey::new(&target.scope, &key, fingerprint.finish())
+    IdempotencyKey::new(&visitor_name(publisher), &key, fingerprint.finish())
         .map(Some)
         .map_err(|_| ApiError::IDEMPOTENCY_KEY_INVALID)
 }
@@ -324,11 +322,10 @@ async fn publish_body(
     let config = state.herald.config();
     let now = now_unix();
     let src = ParamSource { headers, query };
-    let key = idempotency_key(&src, &target, &body.bytes)?;
+    let key = idempotency_key(&src, &target, publisher, &body.bytes)?;
     let Target {
         topic,
         path_sequence_id,
-        ..
     } = target;
     let limits = PublishLimits {
         delay_min_secs: crate::core::rules::DELAY_MIN_SECS,

@@ -257,7 +257,9 @@ impl Listener {
         // Where axum's router puts it (after the handler's headers, before the
         // listener's), so the header order is the router's.
         if !parts.headers.contains_key(CONTENT_LENGTH) {
-            parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+            parts
+                .headers
+                .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
         }
         // The rest of a body that timed out may never come (as on the API's path).
         let timed_out = parts.status == StatusCode::REQUEST_TIMEOUT;

@@ -36,6 +36,30 @@ pub mod names {
     pub const ID: &[&str] = &["x-id", "id"];
 }
 
+/// Every publish parameter's names ([`names`]), for [`ParamSource::publish_headers`].
+const PUBLISH: &[&[&str]] = &[
+    names::MESSAGE,
+    names::TITLE,
+    names::PRIORITY,
+    names::TAGS,
+    names::DELAY,
+    names::ACTIONS,
+    names::CLICK,
+    names::ATTACH,
+    names::FILENAME,
+    names::ICON,
+    names::EMAIL,
+    names::CALL,
+    names::TEMPLATE,
+    names::CACHE,
+    names::FIREBASE,
+    names::MARKDOWN,
+    names::CONTENT_TYPE,
+    names::UNIFIEDPUSH,
+    names::POLL_ID,
+    names::SEQUENCE_ID,
+];
+
 /// Where parameters come from: the request headers and its decoded query pairs.
 #[derive(Debug, Clone, Copy)]
 pub struct ParamSource<'a> {
@@ -53,6 +77,24 @@ fn header_value(name: &str, raw: &axum::http::HeaderValue) -> Option<String> {
         return None;
     }
     Some(value.to_string())
+}
+
+/// Of `headers`, those a publish parameter is named after ([`PUBLISH`]), in their
+/// order: what [`ParamSource::get`] looks at for a publish. A request's other headers
+/// (`Host`, `Content-Length`, `User-Agent`, ...) are then passed over once instead of
+/// once per parameter; a plain publish usually has no parameter header at all, and
+/// an empty map costs no allocation.
+pub(crate) fn publish_headers(headers: &HeaderMap) -> HeaderMap {
+    headers
+        .iter()
+        .filter(|(name, _)| {
+            let name = name.as_str();
+            PUBLISH
+                .iter()
+                .any(|aliases| aliases.iter().any(|a| a.eq_ignore_ascii_case(name)))
+        })
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect()
 }
 
 impl ParamSource<'_> {
