@@ -30,7 +30,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::{Head, Listener, MAX_HEADERS, read_head};
+use super::{Head, Listener, read_head, uninit_headers};
 use crate::api::publish::{BodyBytes, TopicPublish, publish_to_topic};
 use crate::error::ApiError;
 use crate::model::topic;
@@ -92,6 +92,7 @@ impl Listener {
     ) -> (TcpStream, Outcome) {
         let mut conn = Conn { stream, buf };
         let mut head_len = head_len;
+        let mut idle_timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
         let limits = self.state.limits.config();
         loop {
             let Some(request) = self.plain_publish(&conn.buf[..head_len]) else {
@@ -106,34 +107,50 @@ impl Listener {
             if !keep_alive {
                 return (conn.stream, Outcome::Closed);
             }
-            let next = tokio::time::timeout(
-                limits.header_read_timeout,
-                read_head(
-                    &mut conn.stream,
-                    &mut conn.buf,
-                    limits.max_header_size,
-                    &self.shutdown,
-                ),
-            )
-            .await;
+            // The next head within `header-read-timeout`, as hyper bounds it. One
+            // timer serves the connection's life: armed for the first wait, it is
+            // moved to the current wait's deadline only when it fires early, so a
+            // busy connection does not register and cancel a timer per request.
+            let deadline = Instant::now() + limits.header_read_timeout;
+            let timer =
+                idle_timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+            let next = loop {
+                tokio::select! {
+                    biased;
+                    // Cancel safe: what was read stays in `conn.buf` for the next try.
+                    read = read_head(
+                        &mut conn.stream,
+                        &mut conn.buf,
+                        limits.max_header_size,
+                        &self.shutdown,
+                    ) => break Some(read),
+                    () = timer.as_mut() => {
+                        if Instant::now() >= deadline {
+                            break None;
+                        }
+                        timer.as_mut().reset(deadline);
+                    }
+                }
+            };
             head_len = match next {
-                Ok(Ok(Head::Complete(len))) => len,
+                Some(Ok(Head::Complete(len))) => len,
                 // hyper answers it (`400`, or its own bound on a large head).
-                Ok(Ok(Head::Malformed | Head::TooLarge)) => {
+                Some(Ok(Head::Malformed | Head::TooLarge)) => {
                     let rest = conn.buf.split().freeze();
                     return (conn.stream, Outcome::Fallback(rest));
                 }
                 // Gone, idle past `header-read-timeout`, or shutting down.
-                Ok(Err(_)) | Err(_) => return (conn.stream, Outcome::Closed),
+                Some(Err(_)) | None => return (conn.stream, Outcome::Closed),
             };
         }
     }
 
     /// Whether `head` is a plain publish the direct path serves, and what it says.
     fn plain_publish(&self, head: &[u8]) -> Option<PlainPublish> {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut headers);
-        let Ok(httparse::Status::Complete(_)) = req.parse(head) else {
+        let mut headers = uninit_headers();
+        let mut req = httparse::Request::new(&mut []);
+        let Ok(httparse::Status::Complete(_)) = req.parse_with_uninit_headers(head, &mut headers)
+        else {
             return None;
         };
         let method = match req.method? {

@@ -431,3 +431,24 @@ async fn a_slow_body_is_answered_408_and_a_vanished_client_leaves_no_trace() {
         "still here"
     );
 }
+
+#[tokio::test]
+async fn a_kept_alive_connection_gets_header_read_timeout_per_wait() {
+    let s = TestServer::start(&["--header-read-timeout", "2s"]);
+    let mut stream = connect(&s).await;
+    let mut buf = Vec::new();
+    // Each wait is shorter than the timeout, together they are longer: the
+    // connection's one timer fires during a wait that has not run out and moves on.
+    for i in 0..4 {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(1200)).await;
+        }
+        let request = plain("POST", "idle", "", "still open");
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let a = read_answer(&mut stream, &mut buf).await.expect("answer");
+        assert_eq!(a.status(), 200, "publish {i}: {a:?}");
+    }
+    // Idle past the timeout: closed, as hyper closes an idle kept-alive connection.
+    assert!(closed(&mut stream).await, "left open");
+    assert_eq!(direct_publishes(&s).await, 4.0);
+}
