@@ -198,12 +198,7 @@ impl Listener {
             "ws" => StreamFormat::Ws,
             _ => return None,
         };
-        let mut map = HeaderMap::with_capacity(req.headers.len());
-        for h in req.headers.iter() {
-            let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
-            let value = HeaderValue::from_bytes(h.value).ok()?;
-            map.append(name, value);
-        }
+        let map = header_map(req.headers)?;
         // A GET with a body is unusual enough to leave to hyper.
         if map.contains_key("transfer-encoding")
             || map
@@ -523,6 +518,18 @@ fn parse_head(buf: &[u8], max_head: usize) -> Option<Head> {
         Err(httparse::Error::TooManyHeaders) => Head::TooLarge,
         Err(_) => Head::Malformed,
     })
+}
+
+/// The parsed headers as a `HeaderMap`; `None` for a name or value it refuses
+/// (hyper then answers the request).
+fn header_map(headers: &[httparse::Header<'_>]) -> Option<HeaderMap> {
+    let mut map = HeaderMap::with_capacity(headers.len());
+    for h in headers {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
+        let value = HeaderValue::from_bytes(h.value).ok()?;
+        map.append(name, value);
+    }
+    Some(map)
 }
 
 /// Room for [`MAX_HEADERS`] parsed headers, left uninitialised: `httparse` writes

@@ -24,13 +24,13 @@
 use std::time::Duration;
 
 use axum::http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING, UPGRADE};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::{Head, Listener, read_head, uninit_headers};
+use super::{Head, Listener, header_map, read_head, uninit_headers};
 use crate::api::publish::{BodyBytes, TopicPublish, publish_to_topic};
 use crate::error::ApiError;
 use crate::model::topic;
@@ -170,12 +170,7 @@ impl Listener {
         }
         // The URI as hyper parses it (what the API sees as path and query).
         let uri: Uri = target.parse().ok()?;
-        let mut map = HeaderMap::with_capacity(req.headers.len());
-        for h in req.headers.iter() {
-            let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
-            let value = HeaderValue::from_bytes(h.value).ok()?;
-            map.append(name, value);
-        }
+        let map = header_map(req.headers)?;
         if [TRANSFER_ENCODING, EXPECT, UPGRADE]
             .iter()
             .any(|h| map.contains_key(h))
