@@ -143,6 +143,9 @@ pub struct Metrics {
     /// Cluster mode: limit checks the shared limits could not answer (this node's
     /// own limits applied instead).
     pub limits_shared_unavailable: Counter,
+    /// Publishes answered by the listener's direct path (`listener::publish`),
+    /// without hyper; they are in `http_requests` too.
+    pub direct_publishes: Counter,
 }
 
 impl Metrics {
@@ -202,6 +205,12 @@ impl Metrics {
             "Cluster mode: limit checks that Redis did not answer in time, so this node's own limits applied",
             limits_shared_unavailable.clone(),
         );
+        let direct_publishes = Counter::default();
+        registry.register(
+            "herald_http_direct_publishes",
+            "Publish requests answered by the listener's direct path, without hyper (also counted in herald_http_requests)",
+            direct_publishes.clone(),
+        );
         Metrics {
             registry,
             http_requests,
@@ -210,6 +219,7 @@ impl Metrics {
             scheduled,
             limit_refusals,
             limits_shared_unavailable,
+            direct_publishes,
         }
     }
 

@@ -62,7 +62,6 @@ pub(super) async fn notify(state: &AppState, req: Request) -> Result<Response, A
     let target = super::publish::Target {
         topic,
         path_sequence_id: None,
-        scope: super::publish::visitor_name(publisher),
     };
     publish_with(state, &HeaderMap::new(), &query, body, target, publisher).await?;
     Ok(rejected(&[]))

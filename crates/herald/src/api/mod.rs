@@ -109,44 +109,54 @@ pub fn router(state: AppState) -> Router {
     Router::new().fallback(dispatch).with_state(state)
 }
 
-/// ntfy's route table, in its order of evaluation.
-async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
-    let method = req.method().clone();
-    let path = req.uri().path().to_string();
-    let peer = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip())
-        .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
-    let segments: Vec<&str> = path.strip_prefix('/').unwrap_or(&path).split('/').collect();
-    let client_ip = state.limits.client_ip(peer, req.headers());
-    // ntfy authenticates every request before routing (wrong credentials are a 401
-    // anywhere), then charges the visitor: an authenticated user is its own visitor
-    // (`user:<name>`). herald's own probes and metrics stay open. The
-    // `webhook-admin-token` is no login: on `/v1/webhooks` the webhook API checks it.
-    let webhook_admin = matches!(segments.as_slice(), ["v1", "webhooks", ..])
-        && webhooks::presents_admin_token(&state, req.headers(), req.uri().query());
-    let principal = if account::needs_authentication(&segments) && !webhook_admin {
-        match account::authenticate(&state, req.headers(), req.uri().query(), client_ip)
+/// What the dispatcher establishes about a request before routing it (ntfy's
+/// order: authenticate, then charge the visitor). Every HTTP path that answers a
+/// request itself starts here: the router ([`dispatch`]) and the listener's direct
+/// publish path (`crate::listener::publish`).
+pub(crate) struct Admitted {
+    pub(crate) principal: crate::auth::Principal,
+    pub(crate) visitor: limits::Visitor,
+    pub(crate) publisher: publish::Publisher,
+    pub(crate) client_ip: std::net::IpAddr,
+    charge: Charge,
+    admission: limits::Admission,
+}
+
+/// Authenticates the request (before routing, as ntfy does: wrong credentials are a
+/// 401 anywhere), then charges its visitor (an authenticated user is its own
+/// visitor, `user:<name>`). herald's own probes and metrics stay open. The
+/// `webhook-admin-token` is no login: on `/v1/webhooks` the webhook API checks it.
+/// `Err` is the finished answer (CORS included) to a refused request.
+pub(crate) async fn admit(
+    state: &AppState,
+    method: &Method,
+    segments: &[&str],
+    headers: &axum::http::HeaderMap,
+    query: Option<&str>,
+    peer: std::net::IpAddr,
+) -> Result<Admitted, Response> {
+    let client_ip = state.limits.client_ip(peer, headers);
+    let webhook_admin = matches!(segments, ["v1", "webhooks", ..])
+        && webhooks::presents_admin_token(state, headers, query);
+    let principal = if account::needs_authentication(segments) && !webhook_admin {
+        match account::authenticate(state, headers, query, client_ip)
             .await
-            .and_then(|p| Ok(proxy_auth::apply(&state, req.headers(), peer, p)?))
+            .and_then(|p| Ok(proxy_auth::apply(state, headers, peer, p)?))
         {
             Ok(p) => p,
-            Err(e) => return with_cors(error_response(&state.limits, e)),
+            Err(e) => return Err(with_cors(error_response(&state.limits, e))),
         }
     } else {
         crate::auth::Principal::anonymous()
     };
-    let mut req = req;
-    req.extensions_mut().insert(principal.clone());
     let visitor = state.limits.visitor(client_ip, principal.user_name());
     // Publishes charge an `X-Email` and attachment uploads to this visitor (api::publish).
-    req.extensions_mut().insert(publish::Publisher {
+    let publisher = publish::Publisher {
         visitor: visitor.clone(),
         client_ip,
         user: principal.user_name().map(str::to_string),
-    });
-    let charge = Charge::of(&method, &segments);
+    };
+    let charge = Charge::of(method, segments);
     // Like ntfy's `limitRequests` middleware: charged before the request is parsed.
     // In cluster mode the charge is one round trip to the shared limits.
     let admission = if state.limits.is_shared() {
@@ -158,10 +168,77 @@ async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
             .map(|()| limits::Admission::Local)
     };
     // Refused by a visitor limit: no route runs.
-    let admission = match admission {
-        Ok(admission) => admission,
-        Err(refusal) => return with_cors(refusal_response(&state.limits, refusal, &visitor)),
+    match admission {
+        Ok(admission) => Ok(Admitted {
+            principal,
+            visitor,
+            publisher,
+            client_ip,
+            charge,
+            admission,
+        }),
+        Err(refusal) => Err(with_cors(refusal_response(
+            &state.limits,
+            refusal,
+            &visitor,
+        ))),
+    }
+}
+
+/// The answer to an admitted request whose route produced `result`: a publish's
+/// message is counted against the visitor's daily limit (or, in cluster mode, given
+/// back when it failed), errors get ntfy's shape, and every answer the CORS header.
+pub(crate) async fn conclude(
+    state: &AppState,
+    admitted: Admitted,
+    result: Result<Response, ApiError>,
+) -> Response {
+    if admitted.charge == Charge::Publish {
+        let success = result.as_ref().is_ok_and(|r| r.status().is_success());
+        state
+            .limits
+            .settle_message(&admitted.visitor, admitted.admission, success)
+            .await;
+    }
+    with_cors(result.unwrap_or_else(|e| {
+        if let Some(limit) = http_limit(&e) {
+            state.limits.refused(limit);
+        }
+        error_response(&state.limits, e)
+    }))
+}
+
+/// ntfy's route table, in its order of evaluation.
+async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+        .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
+    let segments: Vec<&str> = path.strip_prefix('/').unwrap_or(&path).split('/').collect();
+    let admitted = match admit(
+        &state,
+        &method,
+        &segments,
+        req.headers(),
+        req.uri().query(),
+        peer,
+    )
+    .await
+    {
+        Ok(admitted) => admitted,
+        Err(refused) => return refused,
     };
+    let (principal, visitor, client_ip) = (
+        admitted.principal.clone(),
+        admitted.visitor.clone(),
+        admitted.client_ip,
+    );
+    let mut req = req;
+    req.extensions_mut().insert(principal.clone());
+    req.extensions_mut().insert(admitted.publisher.clone());
 
     // The web app's pages and files (`web-root`), before the API's routes: a
     // browser's `GET /<topic>` (Accept: text/html) opens the app on that topic.
@@ -256,19 +333,7 @@ async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
         (&Method::GET | &Method::HEAD, [""]) => Ok(info::index()),
         _ => Err(ApiError::NOT_FOUND),
     };
-    if charge == Charge::Publish {
-        let success = result.as_ref().is_ok_and(|r| r.status().is_success());
-        state
-            .limits
-            .settle_message(&visitor, admission, success)
-            .await;
-    }
-    with_cors(result.unwrap_or_else(|e| {
-        if let Some(limit) = http_limit(&e) {
-            state.limits.refused(limit);
-        }
-        error_response(&state.limits, e)
-    }))
+    conclude(&state, admitted, result).await
 }
 
 fn with_cors(mut resp: Response) -> Response {

@@ -38,15 +38,52 @@ pub async fn publish(
     topic: &str,
     path_sequence_id: Option<String>,
 ) -> Result<Response, ApiError> {
-    let topic = single_topic(topic)?;
-    authorize_write(state, &req, &topic)?;
     let query = query_pairs(&req);
     let (parts, body) = req.into_parts();
+    let anonymous = Principal::anonymous();
+    let principal = parts.extensions.get::<Principal>().unwrap_or(&anonymous);
+    let request = TopicPublish {
+        headers: &parts.headers,
+        query: &query,
+        topic,
+        path_sequence_id,
+        principal,
+        publisher: parts.extensions.get::<Publisher>(),
+    };
+    publish_to_topic(state, request, |limit| read_body(body, limit)).await
+}
+
+/// A publish to a topic named by the path, as the dispatcher admitted it.
+pub(crate) struct TopicPublish<'a> {
+    pub(crate) headers: &'a HeaderMap,
+    pub(crate) query: &'a [(String, String)],
+    /// The path's topic, not yet checked.
+    pub(crate) topic: &'a str,
+    pub(crate) path_sequence_id: Option<String>,
+    pub(crate) principal: &'a Principal,
+    pub(crate) publisher: Option<&'a Publisher>,
+}
+
+/// The publish of `request`, in ntfy's order: the topic, write access, then the body
+/// (read by `read` up to the limit it is given) and everything in it. Shared by the
+/// router and the listener's direct publish path, which read the body differently.
+pub(crate) async fn publish_to_topic<F>(
+    state: &AppState,
+    request: TopicPublish<'_>,
+    read: impl FnOnce(usize) -> F,
+) -> Result<Response, ApiError>
+where
+    F: std::future::Future<Output = Result<BodyBytes, ApiError>>,
+{
+    let topic = single_topic(request.topic)?;
+    state
+        .auth
+        .authorize(request.principal, &topic, Permission::Write)?;
     let mut limit = state.herald.config().message_size_limit;
     // A templated body is JSON read up to max(limit, 32 KB), as ntfy.
     let src = ParamSource {
-        headers: &parts.headers,
-        query: &query,
+        headers: request.headers,
+        query: request.query,
     };
     if src
         .get(super::params::names::TEMPLATE)
@@ -55,14 +92,20 @@ pub async fn publish(
     {
         limit = limit.max(crate::template::JSON_BODY_LIMIT);
     }
-    let body = read_body(body, limit).await?;
-    let publisher = parts.extensions.get::<Publisher>();
+    let body = read(limit).await?;
     let target = Target {
         topic,
-        path_sequence_id,
-        scope: visitor_name(publisher),
+        path_sequence_id: request.path_sequence_id,
     };
-    publish_with(state, &parts.headers, &query, body, target, publisher).await
+    publish_with(
+        state,
+        request.headers,
+        request.query,
+        body,
+        target,
+        request.publisher,
+    )
+    .await
 }
 
 /// `PUT`/`POST /` with a JSON body naming the topic (docs/COMPATIBILITY.md §2.6).
@@ -100,17 +143,14 @@ pub async fn publish_json(state: &AppState, req: Request) -> Result<Response, Ap
     let target = Target {
         topic,
         path_sequence_id: None,
-        scope: visitor_name(publisher),
     };
     publish_with(state, &headers, &query, body, target, publisher).await
 }
 
-/// Where a publish goes, and whose idempotency keys it uses.
+/// Where a publish goes.
 pub(super) struct Target {
     pub(super) topic: String,
     pub(super) path_sequence_id: Option<String>,
-    /// The visitor (`user:<name>` or `ip:<prefix>`): keys are per visitor.
-    pub(super) scope: String,
 }
 
 /// The visitor the dispatcher charged this request to (`user:<name>` or
@@ -155,9 +195,11 @@ const FINGERPRINTED: &[&[&str]] = {
 
 /// The request's idempotency key, if it carries one, with the fingerprint of what
 /// it publishes: topic, path sequence ID, body and every publish parameter.
+/// Keys are per visitor (`publisher`'s, see [`visitor_name`]).
 fn idempotency_key(
     src: &ParamSource<'_>,
     target: &Target,
+    publisher: Option<&Publisher>,
     body: &[u8],
 ) -> Result<Option<IdempotencyKey>, ApiError> {
     let Some(key) = src.get(IDEMPOTENCY_KEY) else {
@@ -175,19 +217,19 @@ fn idempotency_key(
         let value = src.get(names).unwrap_or_default();
         fingerprint.part(names[0], value.as_bytes());
     }
-    IdempotencyKey::new(&target.scope, &key, fingerprint.finish())
+    IdempotencyKey::new(&visitor_name(publisher), &key, fingerprint.finish())
         .map(Some)
         .map_err(|_| ApiError::IDEMPOTENCY_KEY_INVALID)
 }
 
 /// The publish body, read up to the message size limit.
-pub(super) struct BodyBytes {
-    pub(super) bytes: Bytes,
+pub(crate) struct BodyBytes {
+    pub(crate) bytes: Bytes,
     /// False when the body reached the limit (ntfy then treats it as an attachment).
-    pub(super) complete: bool,
+    pub(crate) complete: bool,
     /// The unread rest of an incomplete body: streamed into an attachment, and
     /// whatever is left drained before answering.
-    pub(super) rest: Option<axum::body::BodyDataStream>,
+    pub(crate) rest: Option<axum::body::BodyDataStream>,
 }
 
 pub(super) async fn read_body(body: Body, limit: usize) -> Result<BodyBytes, ApiError> {
@@ -280,11 +322,10 @@ async fn publish_body(
     let config = state.herald.config();
     let now = now_unix();
     let src = ParamSource { headers, query };
-    let key = idempotency_key(&src, &target, &body.bytes)?;
+    let key = idempotency_key(&src, &target, publisher, &body.bytes)?;
     let Target {
         topic,
         path_sequence_id,
-        ..
     } = target;
     let limits = PublishLimits {
         delay_min_secs: crate::core::rules::DELAY_MIN_SECS,
@@ -417,7 +458,7 @@ async fn publish_body(
         .idempotency
         .publish(&state.herald, request, key)
         .await?;
-    let m = published.message;
+    let m = &published.event.message;
     if let Some(upload) = upload
         && !published.replayed
     {
@@ -430,10 +471,11 @@ async fn publish_body(
         && !scheduled
         && !published.replayed
     {
-        upstream.poke(&m);
+        upstream.poke(m);
     }
     tracing::debug!(topic = %m.topic, id = %m.id, scheduled, replayed = published.replayed, "published");
-    let mut resp = json_response(StatusCode::OK, encode_json_line(&m).to_vec());
+    // The subscribers' JSON line: the message is encoded once (`Herald::publish_shared`).
+    let mut resp = json_response(StatusCode::OK, published.event.json_line().to_vec());
     if published.replayed {
         // Stripe's header: this answer is the original one, nothing was published.
         resp.headers_mut().insert(

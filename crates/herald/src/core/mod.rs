@@ -68,6 +68,61 @@ pub const HISTORY_READ_WAIT: Duration = Duration::from_secs(3);
 /// The `Retry-After` of a history read refused for want of a place.
 pub const HISTORY_RETRY_AFTER: Duration = Duration::from_secs(1);
 
+/// A future that runs to its end once started, whether or not anyone waits for it:
+/// it is polled in place by its caller, and only if the caller drops it unfinished
+/// (a client that went away) is it handed to a task of its own to finish. So the
+/// common case costs one allocation, not a spawned task and its wake-ups.
+struct RunToEnd<F: std::future::Future + Send + 'static>
+where
+    F::Output: Send + 'static,
+{
+    inner: Option<std::pin::Pin<Box<F>>>,
+}
+
+impl<F: std::future::Future + Send + 'static> RunToEnd<F>
+where
+    F::Output: Send + 'static,
+{
+    fn new(future: F) -> Self {
+        RunToEnd {
+            inner: Some(Box::pin(future)),
+        }
+    }
+}
+
+impl<F: std::future::Future + Send + 'static> std::future::Future for RunToEnd<F>
+where
+    F::Output: Send + 'static,
+{
+    type Output = F::Output;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let Some(inner) = self.inner.as_mut() else {
+            // Polled again after it finished: nothing more will come.
+            return std::task::Poll::Pending;
+        };
+        let output = std::task::ready!(inner.as_mut().poll(cx));
+        self.inner = None;
+        std::task::Poll::Ready(output)
+    }
+}
+
+impl<F: std::future::Future + Send + 'static> Drop for RunToEnd<F>
+where
+    F::Output: Send + 'static,
+{
+    fn drop(&mut self) {
+        if let Some(inner) = self.inner.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(inner);
+        }
+    }
+}
+
 /// Why a history read failed.
 #[derive(Debug, thiserror::Error)]
 pub enum HistoryError {
@@ -209,7 +264,9 @@ impl Herald {
     }
 
     /// Publishes an event (`message`, `message_delete` or `message_clear`) and returns
-    /// it as stored (a cached event gets its final, ordered ID here).
+    /// it as stored (a cached event gets its final, ordered ID here), wrapped for
+    /// delivery: its encodings (`SharedEvent::encoded`) are the subscribers', so the
+    /// answer to the publisher reuses them.
     ///
     /// A cached event is committed first; a scheduled one is only stored and goes out
     /// when due; an uncached one (`Cache: no`) goes straight to the subscribers.
@@ -217,7 +274,7 @@ impl Herald {
     async fn publish_event(
         self: &Arc<Self>,
         mut message: Message,
-    ) -> Result<Message, PublishError> {
+    ) -> Result<Arc<SharedEvent>, PublishError> {
         let scheduled = message.time > now_unix();
         // Scheduled messages take a ticket too (they skip the hand-off wait): their IDs
         // then follow commit order like every stored message, which the webhook feed
@@ -227,12 +284,11 @@ impl Herald {
         let ticket = (message.expires.is_some() && !self.store.commit_delivers())
             .then(|| Ticket::take(self.clone(), &mut message));
         let this = self.clone();
-        // Spawned, so that a client going away mid-request cannot stop a publish
-        // between its commit and its hand-off to the broker (which would also hold
-        // up the later messages waiting for their turn behind it).
-        tokio::spawn(async move { this.publish_traced(message, scheduled, ticket).await })
-            .await
-            .unwrap_or(Err(PublishError::Aborted))
+        // Run to its end even if the caller stops waiting, so that a client going
+        // away mid-request cannot stop a publish between its commit and its hand-off
+        // to the broker (which would also hold up the later messages waiting for
+        // their turn behind it). Polled in place: no task per publish.
+        RunToEnd::new(async move { this.publish_traced(message, scheduled, ticket).await }).await
     }
 
     async fn publish_traced(
@@ -240,7 +296,7 @@ impl Herald {
         message: Message,
         scheduled: bool,
         ticket: Option<Ticket>,
-    ) -> Result<Message, PublishError> {
+    ) -> Result<Arc<SharedEvent>, PublishError> {
         #[cfg(feature = "otel")]
         if crate::otel::enabled() {
             use tracing::Instrument;
@@ -264,36 +320,41 @@ impl Herald {
         scheduled: bool,
         ticket: Option<Ticket>,
         wrap: impl FnOnce(Message) -> Arc<SharedEvent>,
-    ) -> Result<Message, PublishError> {
+    ) -> Result<Arc<SharedEvent>, PublishError> {
         // Publishes are accepted while draining: hyper only lets requests that
         // were already on a connection through, and the store closes after them.
-        let cached = message.expires.is_some();
-        let message = if cached || scheduled {
-            self.store.append(message).await?
-        } else {
-            message
-        };
+        let stored = message.expires.is_some() || scheduled;
+        if stored && self.store.commit_delivers() {
+            // The store gives the message its ID; the commit already put it, in
+            // order, on the log every node reads (scheduled ones once due).
+            let message = self.store.append(message).await?;
+            self.published.fetch_add(1, Ordering::Relaxed);
+            if scheduled {
+                self.scheduler_wakeup.notify_one();
+            }
+            return Ok(wrap(message));
+        }
+        // The message is final: encoded once, for the stored row, the subscribers
+        // and the answer alike (`wire::full_json`).
+        let event = wrap(message);
+        if stored {
+            let json = event.encoded(crate::wire::Framing::WsText).clone();
+            self.store.append_encoded(&event.message, json).await?;
+        }
         self.published.fetch_add(1, Ordering::Relaxed);
         if scheduled {
             self.scheduler_wakeup.notify_one();
-            return Ok(message);
-        }
-        if cached && self.store.commit_delivers() {
-            // The commit already put it, in order, on the log every node reads.
-            return Ok(message);
+            return Ok(event);
         }
         if let Some(ticket) = &ticket {
             self.sequencer.wait_turn(ticket.number).await;
         }
-        self.broker
-            .publish(wrap(message.clone()))
-            .await
-            .map_err(|e| {
-                tracing::error!(error = %e, "broker publish failed");
-                PublishError::Broker(e)
-            })?;
+        self.broker.publish(event.clone()).await.map_err(|e| {
+            tracing::error!(error = %e, "broker publish failed");
+            PublishError::Broker(e)
+        })?;
         drop(ticket);
-        Ok(message)
+        Ok(event)
     }
 
     /// Reads the whole history `query` selects at once. For tests and small reads:
@@ -703,6 +764,29 @@ mod tests {
     use crate::store::Since;
     use crate::store::sqlite::{SqliteOptions, SqliteStore};
 
+    #[tokio::test]
+    async fn a_publish_its_caller_drops_still_runs_to_its_end() {
+        let gate = Arc::new(Notify::new());
+        let (done, finished) = tokio::sync::oneshot::channel();
+        let waiting = gate.clone();
+        let mut publish = RunToEnd::new(async move {
+            waiting.notified().await;
+            let _ = done.send(());
+        });
+        // Started, then dropped by its caller (a client that went away).
+        let polled = tokio::time::timeout(Duration::from_millis(20), &mut publish).await;
+        assert!(polled.is_err(), "still waiting at the gate");
+        drop(publish);
+        gate.notify_one();
+        let finished = tokio::time::timeout(Duration::from_secs(5), finished).await;
+        assert!(
+            matches!(finished, Ok(Ok(()))),
+            "the rest ran on a task of its own"
+        );
+        // Awaited to its end, it is simply the future's output.
+        assert_eq!(RunToEnd::new(async { 7 }).await, 7);
+    }
+
     pub(super) fn herald(dir: &tempfile::TempDir) -> Arc<Herald> {
         let config = Arc::new(Config::with_data_dir(dir.path()));
         let store = SqliteStore::open(&dir.path().join("m.db"), SqliteOptions::default()).unwrap();
@@ -737,8 +821,9 @@ mod tests {
                         .publish_event(cached("t", format!("{p}-{i}")))
                         .await
                         .unwrap();
+                    let m = &m.message;
                     assert_eq!(m.sequence_id.as_deref(), Some(m.id.as_str()));
-                    acked.push(m.id);
+                    acked.push(m.id.clone());
                 }
                 acked
             }));
@@ -877,7 +962,7 @@ mod tests {
                     if i % 3 == 0 {
                         m.time += 3600; // scheduled
                     }
-                    acked.push(herald.publish_event(m).await.unwrap().id);
+                    acked.push(herald.publish_event(m).await.unwrap().message.id.clone());
                 }
                 acked
             }));

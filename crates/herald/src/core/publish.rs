@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use super::Herald;
 use crate::broker::BrokerError;
+use crate::hub::SharedEvent;
 use crate::model::{Action, Attachment, EventKind, Message};
 use crate::store::StoreError;
 
@@ -144,6 +145,16 @@ impl Herald {
         self: &Arc<Self>,
         request: PublishRequest,
     ) -> Result<Message, PublishError> {
+        Ok(self.publish_shared(request).await?.message.clone())
+    }
+
+    /// [`Self::publish`], returning the event as the subscribers got it: its
+    /// encodings (`SharedEvent::encoded`, `json_line` for an answer) are built once
+    /// for everyone.
+    pub async fn publish_shared(
+        self: &Arc<Self>,
+        request: PublishRequest,
+    ) -> Result<Arc<SharedEvent>, PublishError> {
         let cache_secs = i64::try_from(self.config.cache_duration.as_secs()).unwrap_or(i64::MAX);
         let mut email = None;
         let (message, replaces_scheduled) = match request.kind {
@@ -185,14 +196,14 @@ impl Herald {
                 .cancel_scheduled(&message.topic, sequence_id)
                 .await?;
         }
-        let message = self.publish_event(message).await?;
+        let event = self.publish_event(message).await?;
         if let (Some(email), Some(outbox)) = (email, self.outbox.get().cloned()) {
             // Spawned, like the commit: once committed, the mail is queued even if
             // the client goes away meanwhile; the publish is answered after that.
-            let m = message.clone();
-            let _ = tokio::spawn(async move { outbox.queue(&m, &email).await }).await;
+            let m = event.clone();
+            let _ = tokio::spawn(async move { outbox.queue(&m.message, &email).await }).await;
         }
-        Ok(message)
+        Ok(event)
     }
 
     /// Sends the mails of publishes that ask for one (`X-Email`) to `outbox`; set

@@ -216,7 +216,7 @@ impl HeraldService {
         {
             upload.keep();
         }
-        let m = published.message;
+        let m = published.event.message.clone();
         tracing::debug!(topic = %m.topic, id = %m.id, replayed = published.replayed, "published over gRPC");
         Ok(m)
     }

@@ -36,7 +36,7 @@ use sha2::{Digest, Sha256};
 
 use crate::core::Herald;
 use crate::core::publish::{PublishError, PublishRequest};
-use crate::model::Message;
+use crate::hub::SharedEvent;
 
 /// Longest key accepted (Stripe's limit).
 pub const MAX_KEY_LEN: usize = 255;
@@ -180,7 +180,8 @@ pub enum IdempotencyError {
 /// A publish's answer, and whether it is the replay of an earlier one.
 #[derive(Debug, Clone)]
 pub struct Published {
-    pub message: Message,
+    /// The message, with its encodings (the answer's `json_line` is the subscribers').
+    pub event: Arc<SharedEvent>,
     /// True when this request did not publish: the message is the one an earlier
     /// request with the same key published.
     pub replayed: bool,
@@ -244,9 +245,9 @@ impl Idempotency {
         key: Option<IdempotencyKey>,
     ) -> Result<Published, IdempotencyError> {
         let Some(key) = key.filter(|_| self.enabled()) else {
-            let message = herald.publish(request).await?;
+            let event = herald.publish_shared(request).await?;
             return Ok(Published {
-                message,
+                event,
                 replayed: false,
             });
         };
@@ -291,19 +292,19 @@ async fn publish_claimed(
     key: &IdempotencyKey,
     window: Duration,
 ) -> Result<Published, IdempotencyError> {
-    match herald.publish(request).await {
-        Ok(message) => {
-            let recorded = match serde_json::to_string(&message) {
-                Ok(response) => store.complete(&key.id, response.as_bytes(), window).await,
-                Err(e) => Err(KeyStoreError::Failed(e.to_string())),
-            };
+    match herald.publish_shared(request).await {
+        Ok(event) => {
+            // The message as `serde_json` writes it (what `replay` reads), already
+            // encoded for the store and the subscribers.
+            let response = event.encoded(crate::wire::Framing::WsText);
+            let recorded = store.complete(&key.id, response, window).await;
             // The message is out: answer it. Unrecorded, the key frees up when its
             // lease ends, and a later repeat would publish again.
             if let Err(e) = recorded {
                 tracing::warn!(error = %e, "idempotency key not recorded after its publish");
             }
             Ok(Published {
-                message,
+                event,
                 replayed: false,
             })
         }
@@ -323,7 +324,7 @@ fn replay(response: &[u8]) -> Result<Published, IdempotencyError> {
         .and_then(|json| serde_json::from_str(json).map_err(|e| e.to_string()))
         .map_err(|e| KeyStoreError::Failed(format!("stored response unreadable: {e}")))?;
     Ok(Published {
-        message,
+        event: SharedEvent::new(message),
         replayed: true,
     })
 }
@@ -438,7 +439,7 @@ mod tests {
         let mut fresh = 0;
         for task in tasks {
             let published = task.await.unwrap().unwrap();
-            ids.insert(published.message.id.clone());
+            ids.insert(published.event.message.id.clone());
             fresh += usize::from(!published.replayed);
         }
         assert_eq!((ids.len(), fresh), (1, 1));

@@ -7,23 +7,26 @@
 //! are written to it straight from the fan-out (one `send` per subscriber, no task
 //! wake-up), and the connection keeps no HTTP machinery or buffers while idle.
 //!
-//! The listener reads only the first request head of a connection. Anything it does
-//! not take — other routes, polls, invalid or unusual requests, requests that would
-//! be refused — goes to hyper with the bytes already read replayed in front
-//! ([`rewind::Rewind`]), so hyper and the API produce the answer, errors included,
-//! exactly as they would have without the direct path.
+//! Plain publishes, most of the rest of the traffic, are answered by [`publish`] on a
+//! keep-alive loop without hyper, through the API's own functions. Anything the
+//! listener does not take — other routes, polls, invalid or unusual requests,
+//! subscriptions that would be refused — goes to hyper with the bytes already read
+//! replayed in front ([`rewind::Rewind`]), at the first request or after plain
+//! publishes, so hyper and the API produce the answer, errors included, exactly as
+//! they would have without the direct paths.
 //!
 //! The listener is also the first line of defence ([`crate::limits`]): it refuses
 //! connections over `connection-limit` (a static `503`, no task), cuts off a client
 //! whose request head takes longer than `header-read-timeout` (slowloris), answers a
 //! head over `max-header-size` or with too many headers with `431`, and leaves long
-//! URLs to the API's `414`. Request bodies, which only the API reads, get a deadline
-//! of their own (`body-read-timeout`, [`timed_body`]). On the direct path, visitor limits are checked last and
+//! URLs to the API's `414`. Request bodies get a deadline of their own
+//! (`body-read-timeout`: [`timed_body`] on hyper's path, the same deadline in [`publish`]). On the direct path, visitor limits are checked last and
 //! without charging anything when they refuse, so the API charges and answers a
 //! refused subscription exactly once. In cluster mode that check is a Redis call
 //! (shared limits), made by the connection's task after the synchronous planning.
 
 pub mod direct;
+mod publish;
 pub mod rewind;
 pub(crate) mod timed_body;
 
@@ -33,7 +36,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::extract::ConnectInfo;
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -103,7 +106,7 @@ impl Listener {
     ) {
         let _ = stream.set_nodelay(true);
         let limits = self.state.limits.config();
-        let mut head = Vec::with_capacity(1024);
+        let mut head = BytesMut::with_capacity(1024);
         let parsed = tokio::time::timeout(
             limits.header_read_timeout,
             read_head(
@@ -118,7 +121,7 @@ impl Listener {
             Ok(Ok(Head::Complete(len))) => len,
             // Unparsable: hyper answers it properly.
             Ok(Ok(Head::Malformed)) => {
-                return Box::pin(self.hand_to_hyper(stream, peer, Bytes::from(head), permit)).await;
+                return Box::pin(self.hand_to_hyper(stream, peer, head.freeze(), permit)).await;
             }
             Ok(Ok(Head::TooLarge)) => {
                 self.state.limits.refused(Limit::HeaderSize);
@@ -139,7 +142,7 @@ impl Listener {
             {
                 // Refused (nothing was taken): the API charges and answers it.
                 drop(plan);
-                return Box::pin(self.hand_to_hyper(stream, peer, Bytes::from(head), permit)).await;
+                return Box::pin(self.hand_to_hyper(stream, peer, head.freeze(), permit)).await;
             }
             plan.connection = Some(permit);
             let leftover = Bytes::copy_from_slice(&head[head_len..]);
@@ -156,9 +159,16 @@ impl Listener {
             ))
             .await;
         } else {
-            // Boxed so that hyper's connection state is allocated only for the
-            // connections hyper serves, not reserved in every connection's task.
-            Box::pin(self.hand_to_hyper(stream, peer, Bytes::from(head), permit)).await;
+            // Plain publishes are answered here until a request comes that hyper
+            // must answer (boxed, like hyper's state below: only the connections
+            // that publish carry it).
+            let (stream, outcome) =
+                Box::pin(self.serve_publishes(stream, peer, head, head_len)).await;
+            if let publish::Outcome::Fallback(rest) = outcome {
+                // Boxed so that hyper's connection state is allocated only for the
+                // connections hyper serves, not reserved in every connection's task.
+                Box::pin(self.hand_to_hyper(stream, peer, rest, permit)).await;
+            }
         }
     }
 
@@ -188,12 +198,7 @@ impl Listener {
             "ws" => StreamFormat::Ws,
             _ => return None,
         };
-        let mut map = HeaderMap::with_capacity(req.headers.len());
-        for h in req.headers.iter() {
-            let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
-            let value = HeaderValue::from_bytes(h.value).ok()?;
-            map.append(name, value);
-        }
+        let map = header_map(req.headers)?;
         // A GET with a body is unusual enough to leave to hyper.
         if map.contains_key("transfer-encoding")
             || map
@@ -455,10 +460,17 @@ enum Head {
 /// there; a request that has started arriving is read to the end and served.
 async fn read_head(
     stream: &mut TcpStream,
-    buf: &mut Vec<u8>,
+    buf: &mut BytesMut,
     max_head: usize,
     shutdown: &CancellationToken,
 ) -> std::io::Result<Head> {
+    // A pipelined request may be in the buffer already.
+    if !buf.is_empty()
+        && ends_a_head(&buf[..])
+        && let Some(head) = parse_head(&buf[..], max_head)
+    {
+        return Ok(head);
+    }
     loop {
         if buf.len() >= max_head {
             return Ok(Head::TooLarge);
@@ -489,16 +501,41 @@ async fn read_head(
         if !ends_a_head(&buf[scan_from..]) {
             continue;
         }
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut headers);
-        return Ok(match req.parse(buf) {
-            Ok(httparse::Status::Complete(len)) if len > max_head => Head::TooLarge,
-            Ok(httparse::Status::Complete(len)) => Head::Complete(len),
-            Ok(httparse::Status::Partial) => continue,
-            Err(httparse::Error::TooManyHeaders) => Head::TooLarge,
-            Err(_) => Head::Malformed,
-        });
+        if let Some(head) = parse_head(&buf[..], max_head) {
+            return Ok(head);
+        }
     }
+}
+
+/// What the request head at the front of `buf` is; `None` while it is incomplete.
+fn parse_head(buf: &[u8], max_head: usize) -> Option<Head> {
+    let mut headers = uninit_headers();
+    let mut req = httparse::Request::new(&mut []);
+    Some(match req.parse_with_uninit_headers(buf, &mut headers) {
+        Ok(httparse::Status::Complete(len)) if len > max_head => Head::TooLarge,
+        Ok(httparse::Status::Complete(len)) => Head::Complete(len),
+        Ok(httparse::Status::Partial) => return None,
+        Err(httparse::Error::TooManyHeaders) => Head::TooLarge,
+        Err(_) => Head::Malformed,
+    })
+}
+
+/// The parsed headers as a `HeaderMap`; `None` for a name or value it refuses
+/// (hyper then answers the request).
+fn header_map(headers: &[httparse::Header<'_>]) -> Option<HeaderMap> {
+    let mut map = HeaderMap::with_capacity(headers.len());
+    for h in headers {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
+        let value = HeaderValue::from_bytes(h.value).ok()?;
+        map.append(name, value);
+    }
+    Some(map)
+}
+
+/// Room for [`MAX_HEADERS`] parsed headers, left uninitialised: `httparse` writes
+/// only the ones it parses, so a request does not pay for filling 100 slots (3 KB).
+fn uninit_headers<'b>() -> [std::mem::MaybeUninit<httparse::Header<'b>>; MAX_HEADERS] {
+    [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS]
 }
 
 /// Whether `bytes` hold an empty line after a line end: `\n\n` or `\n\r\n`, so a

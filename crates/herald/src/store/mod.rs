@@ -130,6 +130,19 @@ pub trait Store: Send + Sync + 'static {
     /// message's own ID follows it); others return it unchanged.
     async fn append(&self, message: Message) -> Result<Message, StoreError>;
 
+    /// [`Self::append`] for a store that does not [`Self::commit_delivers`], with the
+    /// message's JSON already encoded as `serde_json` writes a [`Message`]: a store
+    /// that keeps that form uses these bytes instead of encoding the message again
+    /// (the core encodes each published message once, `wire::full_json`).
+    async fn append_encoded(
+        &self,
+        message: &Message,
+        json: bytes::Bytes,
+    ) -> Result<(), StoreError> {
+        let _ = json;
+        self.append(message.clone()).await.map(drop)
+    }
+
     /// Whether committing a message also delivers it to every node's subscribers, in
     /// commit order (the Redis store: one shared log is history and fan-out). Then the
     /// core neither orders cached publishes itself nor hands them (or due scheduled

@@ -100,11 +100,11 @@ impl Framing {
     /// and share them between, e.g., `/json` over hyper and over the direct path.
     pub fn inner(self) -> Option<Framing> {
         match self {
-            Framing::JsonChunk | Framing::SseFrame => Some(Framing::JsonLine),
+            Framing::JsonChunk | Framing::SseFrame | Framing::WsText => Some(Framing::JsonLine),
             Framing::SseChunk => Some(Framing::SseFrame),
             Framing::RawChunk => Some(Framing::RawLine),
             Framing::WsFrame => Some(Framing::WsText),
-            Framing::JsonLine | Framing::RawLine | Framing::WsText => None,
+            Framing::JsonLine | Framing::RawLine => None,
         }
     }
 }
@@ -117,7 +117,7 @@ pub fn encode(message: &Message, framing: Framing, inner: &[u8]) -> Bytes {
         Framing::JsonLine => json_line(message),
         Framing::SseFrame => sse_frame(message, inner),
         Framing::RawLine => raw_line(message),
-        Framing::WsText => Bytes::from(serde_json::to_vec(message).unwrap_or_default()),
+        Framing::WsText => full_json(message, inner),
         Framing::JsonChunk | Framing::SseChunk | Framing::RawChunk => http_chunk(inner),
         Framing::WsFrame => ws::frame(ws::OP_TEXT, inner),
     }
@@ -140,6 +140,38 @@ pub fn json_line(message: &Message) -> Bytes {
     let mut buf = serde_json::to_vec(&message.for_json()).unwrap_or_default();
     buf.push(b'\n');
     Bytes::from(buf)
+}
+
+/// `message` as `serde_json` writes a [`Message`] (the stored row, WebSocket text),
+/// given its JSON line: the two differ only by the `sequence_id` the line leaves out
+/// when it equals the ID (ntfy's `ForJSON`), which goes back in its place, right
+/// after `id`. So a published message is serialized once, not once per form.
+pub fn full_json(message: &Message, json_line: &[u8]) -> Bytes {
+    let json = json_line.strip_suffix(b"\n").unwrap_or(json_line);
+    if message.sequence_id.as_deref() != Some(message.id.as_str()) {
+        return Bytes::copy_from_slice(json);
+    }
+    const START: &[u8] = b"{\"id\":\"";
+    let id = message.id.as_bytes();
+    let id_end = START.len() + id.len();
+    // An ID that JSON escapes would not be found verbatim: encoded in full instead.
+    let plain = id
+        .iter()
+        .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_');
+    if !plain
+        || json.get(..START.len()) != Some(START)
+        || json.get(START.len()..id_end) != Some(id)
+        || json.get(id_end) != Some(&b'"')
+    {
+        return Bytes::from(serde_json::to_vec(message).unwrap_or_default());
+    }
+    let mut out = Vec::with_capacity(json.len() + id.len() + 18);
+    out.extend_from_slice(&json[..=id_end]);
+    out.extend_from_slice(b",\"sequence_id\":\"");
+    out.extend_from_slice(id);
+    out.push(b'"');
+    out.extend_from_slice(&json[id_end + 1..]);
+    Bytes::from(out)
 }
 
 /// `message` as an SSE frame, given its JSON line.
@@ -200,6 +232,31 @@ mod tests {
         let framed = ws::frame(ws::OP_TEXT, &long);
         assert_eq!(&framed[..4], &[0x81, 126, 0x01, 0x2c]);
         assert_eq!(&ws::close_frame(1001)[..], &[0x88, 2, 0x03, 0xe9]);
+    }
+
+    #[test]
+    fn the_full_json_is_the_line_with_its_sequence_id() {
+        let mut m = Message::new(EventKind::Message, "t");
+        m.title = "a \"quoted\" title".into();
+        m.expires = Some(9);
+        let cases = [None, Some(m.id.clone()), Some("other".to_string())];
+        for sequence_id in cases {
+            m.sequence_id = sequence_id.clone();
+            let full = full_json(&m, &json_line(&m));
+            let expected = serde_json::to_vec(&m).unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&full),
+                String::from_utf8_lossy(&expected),
+                "{sequence_id:?}"
+            );
+        }
+        // An ID JSON would escape is encoded in full.
+        m.id = "a\"b".into();
+        m.sequence_id = Some(m.id.clone());
+        assert_eq!(
+            &full_json(&m, &json_line(&m))[..],
+            &serde_json::to_vec(&m).unwrap()[..]
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod bench;
 mod cli_config;
 mod client;
 mod cluster;
+mod direct_publish;
 mod durability;
 mod failover;
 mod files;

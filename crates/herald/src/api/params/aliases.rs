@@ -36,6 +36,31 @@ pub mod names {
     pub const ID: &[&str] = &["x-id", "id"];
 }
 
+/// Every publish parameter's names ([`names`]): what `is_publish_name` matches.
+#[cfg(test)]
+const PUBLISH: &[&[&str]] = &[
+    names::MESSAGE,
+    names::TITLE,
+    names::PRIORITY,
+    names::TAGS,
+    names::DELAY,
+    names::ACTIONS,
+    names::CLICK,
+    names::ATTACH,
+    names::FILENAME,
+    names::ICON,
+    names::EMAIL,
+    names::CALL,
+    names::TEMPLATE,
+    names::CACHE,
+    names::FIREBASE,
+    names::MARKDOWN,
+    names::CONTENT_TYPE,
+    names::UNIFIEDPUSH,
+    names::POLL_ID,
+    names::SEQUENCE_ID,
+];
+
 /// Where parameters come from: the request headers and its decoded query pairs.
 #[derive(Debug, Clone, Copy)]
 pub struct ParamSource<'a> {
@@ -53,6 +78,90 @@ fn header_value(name: &str, raw: &axum::http::HeaderValue) -> Option<String> {
         return None;
     }
     Some(value.to_string())
+}
+
+/// Of `headers`, those a publish parameter is named after ([`names`]), in their
+/// order: what [`ParamSource::get`] looks at for a publish. A request's other headers
+/// (`Host`, `Content-Length`, `User-Agent`, ...) are then passed over once instead of
+/// once per parameter; a plain publish usually has no parameter header at all, and
+/// an empty map costs no allocation.
+pub(crate) fn publish_headers(headers: &HeaderMap) -> HeaderMap {
+    headers
+        .iter()
+        .filter(|(name, _)| is_publish_name(name.as_str()))
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect()
+}
+
+/// Whether `name` (lowercase, as a `HeaderName` is) is one of the publish parameters'
+/// names: one `match` (by length, then bytes) instead of a comparison per alias. A
+/// unit test keeps it equal to the lists in [`names`].
+fn is_publish_name(name: &str) -> bool {
+    matches!(
+        name,
+        "x-message"
+            | "message"
+            | "m"
+            | "x-title"
+            | "title"
+            | "t"
+            | "x-priority"
+            | "priority"
+            | "prio"
+            | "p"
+            | "x-tags"
+            | "tags"
+            | "tag"
+            | "ta"
+            | "x-delay"
+            | "delay"
+            | "x-at"
+            | "at"
+            | "x-in"
+            | "in"
+            | "x-actions"
+            | "actions"
+            | "action"
+            | "x-click"
+            | "click"
+            | "x-attach"
+            | "attach"
+            | "a"
+            | "x-filename"
+            | "filename"
+            | "file"
+            | "f"
+            | "x-icon"
+            | "icon"
+            | "x-email"
+            | "x-e-mail"
+            | "email"
+            | "e-mail"
+            | "mail"
+            | "e"
+            | "x-call"
+            | "call"
+            | "x-template"
+            | "template"
+            | "tpl"
+            | "x-cache"
+            | "cache"
+            | "x-firebase"
+            | "firebase"
+            | "x-markdown"
+            | "markdown"
+            | "md"
+            | "content-type"
+            | "content_type"
+            | "x-unifiedpush"
+            | "unifiedpush"
+            | "up"
+            | "x-poll-id"
+            | "poll-id"
+            | "x-sequence-id"
+            | "sequence-id"
+            | "sid"
+    )
 }
 
 impl ParamSource<'_> {
@@ -146,6 +255,26 @@ fn is_rfc9218_priority(value: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn publish_names_are_exactly_the_publish_parameters() {
+        for aliases in PUBLISH {
+            for alias in *aliases {
+                assert!(is_publish_name(alias), "{alias}");
+            }
+        }
+        let all: Vec<&str> = PUBLISH.iter().flat_map(|a| a.iter().copied()).collect();
+        for other in [
+            "host",
+            "content-length",
+            "user-agent",
+            "accept",
+            "x-poll",
+            "since",
+        ] {
+            assert!(!all.contains(&other) && !is_publish_name(other), "{other}");
+        }
+    }
     use crate::api::params::test_support::*;
     use crate::error::ApiError;
     use axum::http::HeaderValue;

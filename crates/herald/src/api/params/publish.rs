@@ -110,6 +110,14 @@ pub fn parse_publish(
     limits: &PublishLimits,
     now: i64,
 ) -> Result<PublishParams, ApiError> {
+    // Only the headers a parameter is named after, looked at once each (the
+    // request's own, `all`, for the few read by their HTTP meaning).
+    let all = src;
+    let headers = super::aliases::publish_headers(src.headers);
+    let src = &ParamSource {
+        headers: &headers,
+        query: src.query,
+    };
     let mut cache = src.get_bool(names::CACHE, true);
     let mut firebase = src.get_bool(names::FIREBASE, true);
     let title = src.get(names::TITLE).unwrap_or_default();
@@ -182,7 +190,7 @@ pub fn parse_publish(
             .get(names::CONTENT_TYPE)
             .is_some_and(|ct| is_markdown_content_type(&ct));
     let mut unifiedpush = src.get_bool(names::UNIFIEDPUSH, false)
-        || src
+        || all
             .headers
             .get(header::CONTENT_ENCODING)
             .is_some_and(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"aes128gcm"));

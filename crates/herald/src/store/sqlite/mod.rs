@@ -260,8 +260,18 @@ impl SqliteStore {
 impl Store for SqliteStore {
     async fn append(&self, message: Message) -> Result<Message, StoreError> {
         // Serialise here, on the caller's task, to keep the single writer thread lean.
-        let json = serde_json::to_string(&message)
+        let json = serde_json::to_vec(&message)
             .map_err(|e| StoreError::Backend(format!("encoding message: {e}")))?;
+        self.append_encoded(&message, bytes::Bytes::from(json))
+            .await?;
+        Ok(message)
+    }
+
+    async fn append_encoded(
+        &self,
+        message: &Message,
+        json: bytes::Bytes,
+    ) -> Result<(), StoreError> {
         let row = NewRow {
             published: message.time <= now_unix(),
             event: message.event.as_str(),
@@ -272,8 +282,7 @@ impl Store for SqliteStore {
             sequence_id: message.sequence_id.clone(),
             json,
         };
-        self.submit(|reply| Op::Append { row, reply }).await?;
-        Ok(message)
+        self.submit(|reply| Op::Append { row, reply }).await
     }
 
     async fn query(&self, query: Query) -> Result<Vec<Message>, StoreError> {

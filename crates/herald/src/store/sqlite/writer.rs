@@ -143,7 +143,8 @@ pub(super) struct NewRow {
     pub(super) published: bool,
     pub(super) sequence_id: Option<String>,
     pub(super) event: &'static str,
-    pub(super) json: String,
+    /// The message as `serde_json` writes it (UTF-8).
+    pub(super) json: bytes::Bytes,
 }
 
 /// A write operation queued for the writer thread.
@@ -306,6 +307,9 @@ impl BatchFailure {
 }
 
 fn insert(conn: &Connection, row: &NewRow) -> Result<(), StoreError> {
+    // Stored as text, as ever: the bytes are JSON, so UTF-8.
+    let json = std::str::from_utf8(&row.json)
+        .map_err(|e| StoreError::Backend(format!("message JSON is not UTF-8: {e}")))?;
     let mut stmt = conn
         .prepare_cached(
             "INSERT INTO messages (id, topic, time, expires, published, sequence_id, event, json)
@@ -320,7 +324,7 @@ fn insert(conn: &Connection, row: &NewRow) -> Result<(), StoreError> {
         row.published,
         row.sequence_id,
         row.event,
-        row.json,
+        json,
     ])
     .map_err(backend)?;
     Ok(())
