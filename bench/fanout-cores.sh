@@ -27,7 +27,8 @@
 #
 # OUT=DIR puts the results elsewhere (default bench/results/<date>-cores, or
 # <date>-cores-kernel with LATENCY=kernel); DURATION=S changes the 10 s window;
-# BIN=PATH runs that herald binary instead of building one.
+# BIN=PATH runs that herald binary instead of building one; FLOOR=0 leaves out the
+# floor (at saturating rates it only falls behind: it never batches).
 #
 # Needs: Linux (taskset, chrt, /proc), cargo, python3, 2 CPUs, ulimit -n above SUBSCRIBERS.
 set -euo pipefail
@@ -109,7 +110,7 @@ one() {
 }
 
 for rep in $(seq 1 "$REPEAT"); do
-    one "$rep" floor 0
+    if [[ ${FLOOR:-1} != 0 ]]; then one "$rep" floor 0; fi
     one "$rep" herald 0
     one "$rep" herald 0,1
 done

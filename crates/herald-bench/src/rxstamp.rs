@@ -8,9 +8,9 @@
 //! (`CLOCK_REALTIME`) and `recvmsg` returns the stamp of the last segment it
 //! copied, so arrival no longer depends on when the generator gets to read.
 //!
-//! Where the stamp is taken (the kernel's `Documentation/networking/timestamping.rst`:
-//! `SOF_TIMESTAMPING_RX_SOFTWARE` "just after a device driver hands a packet to the
-//! kernel receive stack"): on loopback the driver is `loopback_xmit`, which runs
+//! Where the stamp is taken (the kernel's `Documentation/networking/timestamping.rst`,
+//! `SOF_TIMESTAMPING_RX_SOFTWARE`: when a device driver hands the packet to the
+//! kernel's receive stack): on loopback the driver is `loopback_xmit`, which runs
 //! inside the *sender's* `send`, so the stamp is the moment the server's write of
 //! that subscriber's bytes reached the receiving side of the stack
 //! (`net.core.netdev_tstamp_prequeue=1`, the default, stamps before the backlog
