@@ -15,10 +15,22 @@
 # bench/results/<date>-cores/runs.jsonl; the table (p50/p99 per run, and each herald
 # p99 divided by the floor's of the same repeat) to stdout and summary.md there.
 #
+# LATENCY=kernel: the generator runs with `--rx-timestamps` (latency ends at the
+# kernel's receive timestamp of each event's bytes, which on loopback is taken in
+# the server's send) and at the lowest priority (`chrt -i 0`, SCHED_IDLE), so on
+# CPU 1 the server's second worker always preempts it and the generator reads its
+# events when the server is done: the server's fan-out, not the generator's reads,
+# is what is timed. Default LATENCY=read: latency ends when the generator reads.
+#
 # Before each run it waits (up to QUIET_MAX s, default 60) for the host to be less
 # than QUIET_PCT % busy (default 30), and records how busy it was.
 #
-# Needs: Linux (taskset, /proc), cargo, python3, 2 CPUs, ulimit -n above SUBSCRIBERS.
+# OUT=DIR puts the results elsewhere (default bench/results/<date>-cores, or
+# <date>-cores-kernel with LATENCY=kernel); DURATION=S changes the 10 s window;
+# BIN=PATH runs that herald binary instead of building one; FLOOR=0 leaves out the
+# floor (at saturating rates it only falls behind: it never batches).
+#
+# Needs: Linux (taskset, chrt, /proc), cargo, python3, 2 CPUs, ulimit -n above SUBSCRIBERS.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 REPEAT=${1:-3}
@@ -27,15 +39,26 @@ RATE=${3:-1}
 PORT=${PORT:-18095}
 QUIET_PCT=${QUIET_PCT:-30}
 QUIET_MAX=${QUIET_MAX:-60}
-OUT="$ROOT/bench/results/$(date -u +%Y-%m-%d)-cores"
+DURATION=${DURATION:-10}
+LATENCY=${LATENCY:-read}
+GEN=(taskset -c 1)
+GEN_ARGS=()
+case $LATENCY in
+    read) SUFFIX= ;;
+    kernel) SUFFIX=-kernel; GEN+=(chrt -i 0); GEN_ARGS+=(--rx-timestamps) ;;
+    *) echo "LATENCY must be read or kernel" >&2; exit 2 ;;
+esac
+OUT=${OUT:-"$ROOT/bench/results/$(date -u +%Y-%m-%d)-cores$SUFFIX"}
 mkdir -p "$OUT"
 : >"$OUT/runs.jsonl"
 log() { printf '%s %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-log "building herald (release)"
-cargo build --release --locked -p herald --manifest-path "$ROOT/Cargo.toml" >&2
-BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/herald"
+if [[ -z ${BIN:-} ]]; then
+    log "building herald (release)"
+    cargo build --release --locked -p herald --manifest-path "$ROOT/Cargo.toml" >&2
+    BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/herald"
+fi
 WORK=$(mktemp -d)
 PID=
 stop() { if [[ -n $PID ]]; then kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; PID=; fi; }
@@ -75,8 +98,9 @@ one() {
     for _ in $(seq 1 200); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.05; done
     sleep 0.5
     log "repeat $rep: $name on CPU $cpus (host ${host}% busy before)"
-    if taskset -c 1 "$BIN" bench --url "http://127.0.0.1:$PORT" --subscribers "$SUBS" --rate "$RATE" \
-        --duration 10 --src-ips 16 --server-pid "$PID" --quiet --json "$WORK/r.json" 2>"$WORK/err"; then
+    if "${GEN[@]}" "$BIN" bench --url "http://127.0.0.1:$PORT" --subscribers "$SUBS" --rate "$RATE" \
+        --duration "$DURATION" --src-ips 16 --server-pid "$PID" "${GEN_ARGS[@]}" \
+        --quiet --json "$WORK/r.json" 2>"$WORK/err"; then
         python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(json.dumps({"repeat":int(sys.argv[2]),"server":sys.argv[3],"cpus":sys.argv[4],"host_busy_pct_before":int(sys.argv[5]),"report":r}))' \
             "$WORK/r.json" "$rep" "$name" "$cpus" "$host" >>"$OUT/runs.jsonl"
     else
@@ -86,7 +110,7 @@ one() {
 }
 
 for rep in $(seq 1 "$REPEAT"); do
-    one "$rep" floor 0
+    if [[ ${FLOOR:-1} != 0 ]]; then one "$rep" floor 0; fi
     one "$rep" herald 0
     one "$rep" herald 0,1
 done
@@ -95,8 +119,8 @@ python3 - "$OUT/runs.jsonl" <<'PY' | tee "$OUT/summary.md"
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 def lat(r, q): return r["report"]["delivery"]["lat_us"][q] / 1000
-print("| repeat | server | CPUs | delivered | p50 ms | p99 ms | p99 ÷ floor p99 | srv cpu% | lg cpu% | host busy% before |")
-print("|---|---|---|---|---|---|---|---|---|---|")
+print("| repeat | server | CPUs | delivered | deliveries/s | p50 ms | p99 ms | max ms | p99 ÷ floor p99 | srv cpu% | lg cpu% | latency to (unstamped) | host busy% before |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for rep in sorted({r["repeat"] for r in rows}):
     runs = [r for r in rows if r["repeat"] == rep]
     floor = next((r for r in runs if r["server"] == "floor"), None)
@@ -105,5 +129,9 @@ for rep in sorted({r["repeat"] for r in rows}):
         ratio = f'{lat(r, "p99") / lat(floor, "p99"):.2f}×' if floor else "–"
         srv = (d.get("server") or {}).get("cpu_pct", {}).get("publish")
         lg = d["loadgen"]["cpu_pct"].get("publish")
-        print(f'| {rep} | {r["server"]} | {r["cpus"]} | {d["delivery"]["ratio"] * 100:.2f} % | {lat(r, "p50"):.1f} | {lat(r, "p99"):.1f} | {ratio} | {srv:.0f} | {lg:.0f} | {r["host_busy_pct_before"]} |')
+        dv = d["delivery"]
+        to = dv.get("latency_to", "read")
+        if "rx_unstamped" in dv:
+            to += f' ({dv["rx_unstamped"]})'
+        print(f'| {rep} | {r["server"]} | {r["cpus"]} | {dv["ratio"] * 100:.2f} % | {dv.get("per_s") or 0:.0f} | {lat(r, "p50"):.1f} | {lat(r, "p99"):.1f} | {lat(r, "max"):.1f} | {ratio} | {srv:.0f} | {lg:.0f} | {to} | {r["host_busy_pct_before"]} |')
 PY

@@ -17,6 +17,7 @@ use crate::grpc::{GrpcConn, GrpcStream};
 use crate::http::{Conn, HttpError, LineReader};
 use crate::nats::{NatsConn, publish_with_ack};
 use crate::options::{Options, Protocol, Target, Transport};
+use crate::rxstamp::RxStream;
 use crate::stamp::{Arrival, SeqTracker, Stamp, find};
 use crate::stats::{Clock, Shared};
 
@@ -68,7 +69,7 @@ pub(crate) async fn connect(
 /// An open subscription, positioned after its `open` event.
 enum Session {
     Ws {
-        ws: Box<WebSocketStream<TcpStream>>,
+        ws: Box<WebSocketStream<RxStream>>,
         /// The last text frame, returned by `event`.
         text: Utf8Bytes,
     },
@@ -112,6 +113,8 @@ impl Session {
         let stream = connect(target.addr, source)
             .await
             .map_err(|e| format!("connect: {e}"))?;
+        let stream = RxStream::new(stream, ctx.opts.rx_timestamps)
+            .map_err(|e| format!("receive timestamps: {e}"))?;
         let mut session = match transport {
             Transport::Ws => {
                 let url = format!(
@@ -143,7 +146,7 @@ impl Session {
                     "GET {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: herald-bench\r\nAccept: */*\r\n\r\n",
                     target.authority
                 );
-                let mut conn = Conn::new(stream);
+                let mut conn = Conn::over(stream);
                 conn.send(request.as_bytes())
                     .await
                     .map_err(|e| format!("send: {e}"))?;
@@ -306,6 +309,16 @@ impl Session {
         }
     }
 
+    /// Kernel receive time (`CLOCK_REALTIME` ns) of the event `next_event` found,
+    /// with `--rx-timestamps` (ntfy WebSocket and HTTP streams only).
+    fn rx_ns(&self) -> Option<u64> {
+        match self {
+            Session::Ws { ws, .. } => ws.get_ref().last_rx_ns(),
+            Session::Http { lines, .. } => lines.last_rx_ns(),
+            Session::Nats { .. } | Session::Grpc { .. } => None,
+        }
+    }
+
     /// The JSON text of the event `next_event` found.
     fn event(&self) -> &[u8] {
         match self {
@@ -363,7 +376,7 @@ pub(crate) async fn subscriber(ctx: Rc<Ctx>, index: usize, permit: OwnedSemaphor
     let mut trackers = vec![SeqTracker::default(); opts.publishers];
     let end = loop {
         match session.next_event().await {
-            Ok(true) => on_event(&ctx, session.event(), &mut trackers),
+            Ok(true) => on_event(&ctx, session.event(), session.rx_ns(), &mut trackers),
             Ok(false) => break "stream ended".to_string(),
             Err(e) => break e,
         }
@@ -376,13 +389,21 @@ pub(crate) async fn subscriber(ctx: Rc<Ctx>, index: usize, permit: OwnedSemaphor
     ));
 }
 
-/// Accounts one received event.
-fn on_event(ctx: &Ctx, event: &[u8], trackers: &mut [SeqTracker]) {
+/// Accounts one received event; `rx_ns` is its kernel receive time, if taken.
+fn on_event(ctx: &Ctx, event: &[u8], rx_ns: Option<u64>, trackers: &mut [SeqTracker]) {
     let Some(stamp) = Stamp::find(event) else {
         return; // keepalive, or a message without a stamp
     };
-    let now = ctx.clock.now_ns();
     let mut s = ctx.stats.borrow_mut();
+    let now = match rx_ns {
+        Some(rx) if ctx.opts.rx_timestamps => ctx.clock.realtime_to_ns(rx),
+        _ => {
+            if ctx.opts.rx_timestamps {
+                s.rx_unstamped += 1;
+            }
+            ctx.clock.now_ns()
+        }
+    };
     if stamp.nonce != ctx.nonce {
         s.foreign += 1;
         return;

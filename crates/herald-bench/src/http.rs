@@ -13,6 +13,8 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::rxstamp::RxStream;
+
 /// Largest response head accepted; anything bigger is not an ntfy server.
 const MAX_HEAD: usize = 64 * 1024;
 /// Longest chunk-size or trailer line accepted.
@@ -256,12 +258,17 @@ impl BodyDecoder {
 /// One HTTP/1.1 connection with its read buffer.
 #[derive(Debug)]
 pub(crate) struct Conn {
-    stream: TcpStream,
+    stream: RxStream,
     buf: BytesMut,
 }
 
 impl Conn {
     pub(crate) fn new(stream: TcpStream) -> Self {
+        Conn::over(RxStream::plain(stream))
+    }
+
+    /// A connection over a stream that may carry receive timestamps.
+    pub(crate) fn over(stream: RxStream) -> Self {
         Conn {
             stream,
             buf: BytesMut::with_capacity(16 * 1024),
@@ -381,6 +388,11 @@ impl LineReader {
                 };
             }
         }
+    }
+
+    /// Kernel receive time of the last bytes read (see [`RxStream::last_rx_ns`]).
+    pub(crate) fn last_rx_ns(&self) -> Option<u64> {
+        self.conn.stream.last_rx_ns()
     }
 
     /// The bytes of a line returned by [`Self::next_line`] (valid until the next call).

@@ -59,6 +59,14 @@
 //! RSS every 250 ms for the peak); the generator's own CPU is always reported, so a
 //! saturated generator is visible.
 //!
+//! With `--rx-timestamps` (`rxstamp.rs`) a delivery ends not when this process
+//! reads the event but at the kernel's receive timestamp of its bytes
+//! (`SO_TIMESTAMPNS`, `CLOCK_REALTIME`, converted to the run clock by the offset
+//! sampled at start). On loopback that stamp is taken inside the server's `send`,
+//! so the latency is the server's (publish handling and fan-out up to that
+//! subscriber's write) and the generator can run at low priority (`chrt -i 0`) on
+//! a core the server also uses, reading its events after the server is done.
+//!
 //! # Design
 //!
 //! - One thread (a current-thread runtime plus a `LocalSet`): counters are plain
@@ -85,6 +93,7 @@ mod options;
 mod progress;
 mod report;
 mod run;
+mod rxstamp;
 mod stamp;
 mod stats;
 

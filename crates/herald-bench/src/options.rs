@@ -174,6 +174,9 @@ pub(crate) struct Options {
     pub(crate) server_pid: Option<u32>,
     pub(crate) json: Option<PathBuf>,
     pub(crate) quiet: bool,
+    /// Delivery latency up to the kernel's receive timestamp of the event's bytes
+    /// (`--rx-timestamps`, `rxstamp.rs`) instead of up to this process's read.
+    pub(crate) rx_timestamps: bool,
 }
 
 impl Options {
@@ -290,8 +293,18 @@ impl Options {
             server_pid: m.get_one::<u32>("server-pid").copied(),
             json: m.get_one::<PathBuf>("json").cloned(),
             quiet: m.get_flag("quiet"),
+            rx_timestamps: m.get_flag("rx-timestamps"),
             url,
         };
+        ensure!(
+            !options.rx_timestamps
+                || (options.protocol() == Protocol::Ntfy
+                    && options
+                        .transports
+                        .iter()
+                        .all(|t| matches!(t, Transport::Ws | Transport::Sse | Transport::Json))),
+            "--rx-timestamps needs ntfy ws, sse or json subscribers (not NATS or gRPC)"
+        );
         ensure!(options.topics >= 1, "--topics must be at least 1");
         ensure!(
             options.connect_concurrency >= 1,
@@ -534,6 +547,12 @@ pub fn add_args(cmd: Command) -> Command {
                 .action(ArgAction::SetTrue)
                 .help("No progress bar and no human-readable summary (JSON only)"),
         )
+        .arg(
+            Arg::new("rx-timestamps")
+                .long("rx-timestamps")
+                .action(ArgAction::SetTrue)
+                .help("Delivery latency up to the kernel's receive timestamp of each event's bytes (SO_TIMESTAMPNS; on loopback taken in the server's send) instead of up to when this process reads the event: the generator's own read cost and scheduling drop out, so it can run at low priority (chrt -i 0) on a core the server also uses. ntfy ws/sse/json subscribers; Linux"),
+        )
 }
 
 #[cfg(test)]
@@ -597,6 +616,29 @@ mod tests {
         assert!(parse(&["--transport", "mqtt"]).is_err());
         assert!(parse(&["--transport", "tcp"]).is_err(), "tcp is NATS only");
         assert!(parse(&["--url", "http://[::1]:80", "--src-ips", "2"]).is_err());
+    }
+
+    #[test]
+    fn rx_timestamps_only_for_ntfy_streams() {
+        assert!(!parse(&[]).expect("defaults").rx_timestamps);
+        let o = parse(&["--rx-timestamps", "--transport", "ws,sse,json"]).expect("ntfy streams");
+        assert!(o.rx_timestamps);
+        let grpc = [
+            "--rx-timestamps",
+            "--transport",
+            "ws,grpc",
+            "--grpc-url",
+            "http://127.0.0.1:9000",
+        ];
+        assert!(parse(&grpc).is_err());
+        let nats = [
+            "--rx-timestamps",
+            "--url",
+            "nats://127.0.0.1:4222",
+            "--transport",
+            "tcp",
+        ];
+        assert!(parse(&nats).is_err());
     }
 }
 

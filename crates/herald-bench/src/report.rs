@@ -152,6 +152,12 @@ impl Run<'_> {
                 duplicates: s.duplicates,
                 out_of_order: s.out_of_order,
                 foreign: s.foreign,
+                latency_to: if opts.rx_timestamps {
+                    "kernel receive timestamp"
+                } else {
+                    "read"
+                },
+                rx_unstamped: opts.rx_timestamps.then_some(s.rx_unstamped),
                 protocol_errors: s.protocol_errors,
                 per_s: self.deliveries_per_sec(&s).map(round2),
                 offered_per_s: opts
@@ -241,7 +247,19 @@ impl Run<'_> {
             self.deliveries_per_sec(&s)
                 .map_or("-".to_string(), |r| format!("{r:.0}")),
         );
-        let _ = writeln!(out, "  latency    {}", percentile_line(&s.delivery_lat));
+        let _ = writeln!(
+            out,
+            "  latency    {}{}",
+            percentile_line(&s.delivery_lat),
+            if self.ctx.opts.rx_timestamps {
+                format!(
+                    " (to the kernel receive timestamp; {} unstamped)",
+                    s.rx_unstamped
+                )
+            } else {
+                String::new()
+            }
+        );
         out.push_str(&ascii_histogram(&s.delivery_lat));
         if let Some((pid, samples)) = self.server {
             let mib = |kib: Option<u64>| {
@@ -433,13 +451,20 @@ struct DeliveryFigures {
     out_of_order: u64,
     /// Messages of another run (other nonce) on the same topics.
     foreign: u64,
+    /// What `lat_us` ends at: "read" (this process read the event) or "kernel
+    /// receive timestamp" (`--rx-timestamps`: the event's bytes reached the socket).
+    latency_to: &'static str,
+    /// With `--rx-timestamps`: deliveries without a kernel stamp (timed at the read).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rx_unstamped: Option<u64>,
     protocol_errors: u64,
     /// Deliveries / (last delivery - start of publishing).
     per_s: Option<f64>,
     /// rate x subscribers per topic (open loop).
     offered_per_s: Option<f64>,
     drain_s: f64,
-    /// Send (just before the POST is written) to receipt by the subscriber.
+    /// Send (just before the POST is written) to receipt by the subscriber: its
+    /// read, or with `--rx-timestamps` the kernel's receive timestamp.
     lat_us: Latency,
 }
 

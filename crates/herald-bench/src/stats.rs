@@ -5,7 +5,7 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
 
@@ -20,13 +20,28 @@ const MAX_LATENCY_US: u64 = 3_600_000_000;
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Clock {
     epoch: Instant,
+    /// `CLOCK_REALTIME` at `epoch`, in ns since the Unix epoch: converts kernel
+    /// receive timestamps (`rxstamp.rs`) to this clock.
+    realtime_epoch_ns: u64,
 }
 
 impl Clock {
     pub(crate) fn new() -> Self {
+        // Read back to back: the pair is off by the time between the two calls
+        // (tens of ns); NTP slewing moves real time by at most 0.05 % over a run.
+        let epoch = Instant::now();
+        let realtime_epoch_ns = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
         Clock {
-            epoch: Instant::now(),
+            epoch,
+            realtime_epoch_ns,
         }
+    }
+
+    /// A `CLOCK_REALTIME` instant (ns since the Unix epoch) on this clock.
+    pub(crate) fn realtime_to_ns(&self, realtime_ns: u64) -> u64 {
+        realtime_ns.saturating_sub(self.realtime_epoch_ns)
     }
 
     pub(crate) fn now_ns(&self) -> u64 {
@@ -71,6 +86,9 @@ pub(crate) struct Stats {
     pub(crate) foreign: u64,
     /// Events that broke the protocol (first event not `open`, bad stamp fields).
     pub(crate) protocol_errors: u64,
+    /// With `--rx-timestamps`: deliveries whose read carried no kernel timestamp
+    /// (their latency is taken at the read instead).
+    pub(crate) rx_unstamped: u64,
     pub(crate) first_delivery_ns: Option<u64>,
     pub(crate) last_delivery_ns: u64,
     pub(crate) delivery_lat: Histogram<u64>,
@@ -98,6 +116,7 @@ impl Stats {
             duplicates: 0,
             out_of_order: 0,
             foreign: 0,
+            rx_unstamped: 0,
             protocol_errors: 0,
             first_delivery_ns: None,
             last_delivery_ns: 0,

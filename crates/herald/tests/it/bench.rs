@@ -115,6 +115,11 @@ fn closed_loop_reports_on_stdout_with_summary() {
         "{report:#}"
     );
     assert_clean_delivery(&report);
+    assert_eq!(report["delivery"]["latency_to"], "read", "{report:#}");
+    assert!(
+        report["delivery"].get("rx_unstamped").is_none(),
+        "{report:#}"
+    );
     let summary = String::from_utf8_lossy(&output.stderr);
     for needle in ["connections  3 open", "delivery ", "latency    p50", "<= "] {
         assert!(
@@ -122,6 +127,43 @@ fn closed_loop_reports_on_stdout_with_summary() {
             "{needle:?} in summary:\n{summary}"
         );
     }
+}
+
+/// `--rx-timestamps`: latencies end at the kernel's receive timestamp, and every
+/// delivery still arrives exactly once and in order over all three transports.
+#[test]
+fn rx_timestamps_time_deliveries_by_the_kernel() {
+    let server = TestServer::start(&[]);
+    let output = bench(
+        &server,
+        &[
+            "--subscribers",
+            "6",
+            "--transport",
+            "ws,sse,json",
+            "--rate",
+            "20",
+            "--duration",
+            "1",
+            "--rx-timestamps",
+        ],
+    );
+    let report: Value = serde_json::from_slice(&output.stdout).expect("JSON report on stdout");
+    assert_clean_delivery(&report);
+    let d = &report["delivery"];
+    assert_eq!(d["latency_to"], "kernel receive timestamp", "{report:#}");
+    // Stamps can be missing only right after the host's first socket asked for
+    // them (the kernel turns them on through deferred work): not for all.
+    let unstamped = d["rx_unstamped"].as_u64().expect("rx_unstamped counted");
+    assert!(
+        unstamped < d["delivered"].as_u64().unwrap_or(0),
+        "{report:#}"
+    );
+    let summary = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        summary.contains("to the kernel receive timestamp"),
+        "summary:\n{summary}"
+    );
 }
 
 /// The NATS server the NATS runs use: the machine's (CI starts it, `.ci/run`).
