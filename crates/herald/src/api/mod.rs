@@ -423,8 +423,12 @@ pub fn json_response(status: StatusCode, body: impl Into<Vec<u8>>) -> Response {
 
 /// The query string as ordered `(name, value)` pairs (names kept as sent).
 pub fn query_pairs(req: &Request) -> Vec<(String, String)> {
-    req.uri()
-        .query()
+    parse_query(req.uri().query())
+}
+
+/// A query string's decoded name/value pairs, in order.
+pub(crate) fn parse_query(query: Option<&str>) -> Vec<(String, String)> {
+    query
         .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
         .unwrap_or_default()
 }

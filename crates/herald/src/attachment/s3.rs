@@ -287,12 +287,7 @@ impl Client {
             .bucket
             .delete_object(self.creds(), key)
             .sign(SIGNED_FOR);
-        let resp = self.send(&what, Call::new(Method::DELETE, url)).await?;
-        if resp.status().is_success() || resp.status() == StatusCode::NOT_FOUND {
-            Ok(())
-        } else {
-            Err(failure(&what, resp).await)
-        }
+        self.send_delete(&what, url).await
     }
 
     /// `GET key` (a range of it); `None` if there is no such object.
@@ -389,11 +384,16 @@ impl Client {
             .bucket
             .abort_multipart_upload(self.creds(), key, upload_id)
             .sign(SIGNED_FOR);
-        let resp = self.send(&what, Call::new(Method::DELETE, url)).await?;
+        self.send_delete(&what, url).await
+    }
+
+    /// Sends a signed `DELETE`; what it deletes being gone already is no error.
+    async fn send_delete(&self, what: &str, url: url::Url) -> Result<(), StoreFailure> {
+        let resp = self.send(what, Call::new(Method::DELETE, url)).await?;
         if resp.status().is_success() || resp.status() == StatusCode::NOT_FOUND {
             Ok(())
         } else {
-            Err(failure(&what, resp).await)
+            Err(failure(what, resp).await)
         }
     }
 }

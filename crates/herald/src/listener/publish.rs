@@ -237,9 +237,7 @@ impl Listener {
         {
             Err(refused) => refused,
             Ok(admitted) => {
-                let pairs: Vec<(String, String)> = query
-                    .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
-                    .unwrap_or_default();
+                let pairs = crate::api::parse_query(query);
                 let publish = TopicPublish {
                     headers: &request.headers,
                     query: &pairs,
