@@ -23,7 +23,7 @@ use crate::store::redis::{Delivered, RedisStore};
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
 use crate::telemetry::{Metrics, RequestInfo, StoreMetrics};
 use crate::webhook::Webhooks;
-use crate::webhook::dispatcher::WakingBroker;
+use crate::webhook::dispatcher::{FeedWake, WakingBroker};
 use crate::webhook::metrics::WebhookMetrics;
 use crate::webhook::redis::{LogFeed, RedisWebhookStore};
 use crate::webhook::sqlite::SqliteWebhookStore;
@@ -138,10 +138,10 @@ pub async fn run(
         }
     };
     // Publishes wake the webhook feed (see crate::webhook).
-    let feed_wake = Arc::new(tokio::sync::Notify::new());
+    let feed_wake = FeedWake::new();
     let broker: Arc<dyn Broker> = Arc::new(WakingBroker::new(broker, feed_wake.clone()));
     // Publishes wake the Web Push feed too, when it is on (see crate::webpush).
-    let push_wake = Arc::new(tokio::sync::Notify::new());
+    let push_wake = FeedWake::new();
     let broker: Arc<dyn Broker> = if config.web.push.is_some() {
         Arc::new(WakingBroker::new(broker, push_wake.clone()))
     } else {
@@ -460,7 +460,7 @@ fn cluster_webhooks(
     url: &RedisConnector,
     herald: &Arc<Herald>,
     metrics: &WebhookMetrics,
-    feed_wake: Arc<tokio::sync::Notify>,
+    feed_wake: Arc<FeedWake>,
 ) -> anyhow::Result<Arc<Webhooks>> {
     let prefix = &config.redis_key_prefix;
     let store = RedisWebhookStore::open(url, prefix, config.webhooks.concurrency)

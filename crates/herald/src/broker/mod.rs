@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::hub::{Hub, SharedEvent};
+use crate::hub::{FanOut, HandOff, Hub, SharedEvent};
 
 /// Why an event could not be handed to the broker.
 #[derive(Debug, thiserror::Error)]
@@ -27,8 +27,20 @@ pub enum BrokerError {
 /// `publish` one after another for the same topic reach every hub in that order.
 #[async_trait]
 pub trait Broker: Send + Sync + 'static {
-    /// Delivers `event` to the subscribers of its topic on every node.
-    async fn publish(&self, event: Arc<SharedEvent>) -> Result<(), BrokerError>;
+    /// Delivers `event` to the subscribers of its topic on every node. When this
+    /// node's hub leaves the topic's fan-out to the caller ([`FanOut`]), it is
+    /// returned: the caller runs it once it holds nothing up (the core: after its
+    /// publish released the sequencer's turn); dropped, it runs there and then.
+    async fn publish(&self, event: Arc<SharedEvent>) -> Result<Option<FanOut>, BrokerError>;
+
+    /// [`Self::publish`] without waiting, for a broker that can hand `event` on at
+    /// once: `Some` with what `publish` would have returned, or `None` when the
+    /// caller must await `publish` (the default; the local broker when the topic's
+    /// outbox is full). Spares the publish path a boxed future per broker layer.
+    fn try_publish(&self, event: &Arc<SharedEvent>) -> Option<Option<FanOut>> {
+        let _ = event;
+        None
+    }
 
     /// Whether the broker can currently deliver (readiness probe).
     fn is_connected(&self) -> bool;
@@ -49,9 +61,15 @@ impl LocalBroker {
 
 #[async_trait]
 impl Broker for LocalBroker {
-    async fn publish(&self, event: Arc<SharedEvent>) -> Result<(), BrokerError> {
-        self.hub.dispatch(&event).await;
-        Ok(())
+    async fn publish(&self, event: Arc<SharedEvent>) -> Result<Option<FanOut>, BrokerError> {
+        Ok(self.hub.hand_off(&event).await)
+    }
+
+    fn try_publish(&self, event: &Arc<SharedEvent>) -> Option<Option<FanOut>> {
+        match self.hub.try_hand_off(event) {
+            HandOff::Queued(fan_out) => Some(fan_out),
+            HandOff::Full => None,
+        }
     }
 
     fn is_connected(&self) -> bool {

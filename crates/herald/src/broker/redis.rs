@@ -105,7 +105,10 @@ impl RedisBroker {
 
 #[async_trait]
 impl Broker for RedisBroker {
-    async fn publish(&self, event: Arc<SharedEvent>) -> Result<(), BrokerError> {
+    async fn publish(
+        &self,
+        event: Arc<SharedEvent>,
+    ) -> Result<Option<crate::hub::FanOut>, BrokerError> {
         let message = &event.message;
         let unavailable = |e: crate::store::StoreError| BrokerError::Unavailable(e.to_string());
         let json = encode(message).map_err(unavailable)?;
@@ -113,7 +116,8 @@ impl Broker for RedisBroker {
             .append(&message.topic, &json, false)
             .await
             .map_err(unavailable)?;
-        Ok(())
+        // This node's reader hands it to the hub, like every node's.
+        Ok(None)
     }
 
     fn is_connected(&self) -> bool {

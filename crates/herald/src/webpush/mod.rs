@@ -37,12 +37,13 @@ pub struct WebPushConfig {
 
 /// The Web Push service for this node, started: the SQLite store and this node's
 /// committed messages, or with `redis-url` the shared store and the cluster log.
-/// `wake` is notified after each publish (a `WakingBroker` around the broker).
+/// `wake` is poked after each publish (a `WakingBroker` around the broker) while
+/// the feed wants it (it has subscriptions).
 pub(crate) fn start(
     config: &crate::config::Config,
     push: &WebPushConfig,
     herald: &Arc<crate::core::Herald>,
-    wake: Arc<tokio::sync::Notify>,
+    wake: Arc<crate::webhook::dispatcher::FeedWake>,
     redis: Option<&crate::cluster::connector::RedisConnector>,
 ) -> anyhow::Result<Arc<WebPush>> {
     use anyhow::Context as _;

@@ -24,6 +24,7 @@ use super::WebPushConfig;
 use super::ece;
 use super::store::{NewPush, PushJob, PushStore, PushStoreError, PushSubscription};
 use crate::model::{EventKind, Message};
+use crate::webhook::dispatcher::FeedWake;
 use crate::webhook::feed::FeedSource;
 
 /// ntfy's limit of topics per subscription.
@@ -109,7 +110,8 @@ pub struct WebPush {
     base_url: String,
     store: Arc<dyn PushStore>,
     source: Arc<dyn FeedSource>,
-    wake: Arc<Notify>,
+    /// Poked by publishes while wanted: while there are subscriptions.
+    wake: Arc<FeedWake>,
     send_wake: Notify,
     client: reqwest::Client,
     pub(crate) metrics: PushMetrics,
@@ -131,7 +133,7 @@ impl WebPush {
         base_url: String,
         store: Arc<dyn PushStore>,
         source: Arc<dyn FeedSource>,
-        wake: Arc<Notify>,
+        wake: Arc<FeedWake>,
     ) -> anyhow::Result<Arc<WebPush>> {
         let client = reqwest::Client::builder()
             .tls_backend_preconfigured(crate::webhook::client::tls_config()?)
@@ -213,6 +215,9 @@ impl WebPush {
             self.store.remove(&sub.endpoint).await?;
         } else {
             self.store.upsert(sub).await?;
+            // Publishes wake the feed again (it turns them off when it finds no
+            // subscription; another node's registration is seen at its next poll).
+            self.wake.set_wanted(true);
         }
         Ok(())
     }
@@ -285,6 +290,7 @@ impl WebPush {
             return Ok(None);
         };
         let subs = self.store.subscriptions().await?;
+        self.wake.set_wanted(!subs.is_empty());
         let mut jobs = Vec::new();
         for m in batch
             .messages
