@@ -125,8 +125,15 @@ pub fn encode(message: &Message, framing: Framing, inner: &[u8]) -> Bytes {
 
 /// `data` as one HTTP/1.1 chunk of a chunked response body.
 pub fn http_chunk(data: &[u8]) -> Bytes {
-    let mut buf = Vec::with_capacity(data.len() + 12);
-    buf.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+    let mut buf = Vec::with_capacity(data.len() + 20);
+    // The length in hex, without `format!`'s temporary string.
+    let digits = (usize::BITS - data.len().leading_zeros())
+        .div_ceil(4)
+        .max(1);
+    for shift in (0..digits).rev() {
+        buf.push(b"0123456789abcdef"[(data.len() >> (shift * 4)) & 0xf]);
+    }
+    buf.extend_from_slice(b"\r\n");
     buf.extend_from_slice(data);
     buf.extend_from_slice(b"\r\n");
     Bytes::from(buf)
@@ -136,10 +143,42 @@ pub fn http_chunk(data: &[u8]) -> Bytes {
 pub const HTTP_LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
 /// `message` as a JSON line in ntfy's `ForJSON` form.
+///
+/// Written into a buffer sized for it up front: grown from empty, as
+/// `serde_json::to_vec` does, a typical message's line was reallocated (and copied)
+/// six or seven times.
 pub fn json_line(message: &Message) -> Bytes {
-    let mut buf = serde_json::to_vec(&message.for_json()).unwrap_or_default();
+    let mut buf = Vec::with_capacity(json_capacity(message));
+    if serde_json::to_writer(&mut buf, &message.for_json()).is_err() {
+        // Serializing a `Message` into memory has nothing that can fail; were it
+        // to, the line is empty, as before.
+        buf.clear();
+    }
     buf.push(b'\n');
     Bytes::from(buf)
+}
+
+/// Enough bytes for `message`'s JSON line unless its text needs much escaping:
+/// the keys, numbers and punctuation of every field, plus its strings' lengths.
+fn json_capacity(message: &Message) -> usize {
+    const FIXED: usize = 192;
+    let texts = [
+        &message.id,
+        &message.topic,
+        &message.title,
+        &message.message,
+        &message.click,
+        &message.icon,
+        &message.poll_id,
+        &message.content_type,
+        &message.encoding,
+    ];
+    FIXED
+        + texts.iter().map(|t| t.len()).sum::<usize>()
+        + message.sequence_id.as_ref().map_or(0, |s| s.len() + 18)
+        + message.tags.iter().map(|t| t.len() + 3).sum::<usize>()
+        + message.actions.len() * 256
+        + message.attachment.as_ref().map_or(0, |_| 512)
 }
 
 /// `message` as `serde_json` writes a [`Message`] (the stored row, WebSocket text),
@@ -227,6 +266,14 @@ mod tests {
     #[test]
     fn chunk_and_frame_layout() {
         assert_eq!(&http_chunk(b"hello")[..], b"5\r\nhello\r\n");
+        assert_eq!(&http_chunk(b"")[..], b"0\r\n\r\n");
+        for len in [15, 16, 255, 256, 4095, 4096, 70_000] {
+            let data = vec![b'x'; len];
+            let chunk = http_chunk(&data);
+            let head = format!("{len:x}\r\n");
+            assert!(chunk.starts_with(head.as_bytes()), "{len}");
+            assert_eq!(chunk.len(), head.len() + len + 2);
+        }
         assert_eq!(&ws::frame(ws::OP_TEXT, b"hi")[..], b"\x81\x02hi");
         let long = vec![b'x'; 300];
         let framed = ws::frame(ws::OP_TEXT, &long);
@@ -257,6 +304,23 @@ mod tests {
             &full_json(&m, &json_line(&m))[..],
             &serde_json::to_vec(&m).unwrap()[..]
         );
+    }
+
+    #[test]
+    fn a_json_line_is_serde_jsons_for_json_form_and_fits_its_buffer() {
+        let mut m = Message::new(EventKind::Message, "t");
+        m.message = "x".repeat(300);
+        m.title = "a \"quoted\" title\n".into();
+        m.tags = vec!["warning".into(), "skull".into()];
+        m.priority = 4;
+        m.click = "https://example.com/".into();
+        m.expires = Some(9);
+        m.sequence_id = Some("seq".into());
+        let line = json_line(&m);
+        let mut expected = serde_json::to_vec(&m.for_json()).unwrap();
+        expected.push(b'\n');
+        assert_eq!(&line[..], &expected[..]);
+        assert!(line.len() <= json_capacity(&m), "no reallocation");
     }
 
     #[test]
