@@ -12,7 +12,7 @@ set -euo pipefail
 herald=${1:-target/release/herald}
 work=$(mktemp -d)
 trap 'pkill -INT -f "callgrind.*$work" 2>/dev/null || true; [[ -n "${KEEP_CALLGRIND:-}" ]] && cp "$work/cg.out" "$KEEP_CALLGRIND"; rm -rf "$work"' EXIT
-port=18555
+port=${PORT:-18555}  # PORT=...: another port, for runs side by side
 valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" \
     "$herald" serve --listen-http 127.0.0.1:$port --data-dir "$work/data" \
     --log-level "${LOG_LEVEL:-warn}" --visitor-subscription-limit 1000 \
