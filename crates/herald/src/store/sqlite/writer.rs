@@ -586,3 +586,69 @@ fn rollback(conn: &Connection) {
         tracing::error!(error = %e, "store rollback failed");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: &str) -> NewRow {
+        NewRow {
+            id: id.into(),
+            topic: "t".into(),
+            time: 1,
+            expires: None,
+            published: true,
+            sequence_id: None,
+            event: "message",
+            json: bytes::Bytes::from_static(b"{}"),
+        }
+    }
+
+    #[test]
+    fn operations_queued_during_a_batch_join_its_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open_writer(&dir.path().join("m.db"), SyncMode::Normal).unwrap();
+        super::super::schema::migrate(&conn).unwrap();
+        let commits = AtomicU64::new(0);
+        let health = WriterHealth {
+            failing: AtomicBool::new(false),
+            alive: AtomicBool::new(true),
+        };
+        let writer = Writer {
+            conn,
+            commits: &commits,
+            observer: None,
+            health: &health,
+        };
+        let mut stmts = Prepared::new(&writer.conn).unwrap();
+        let (tx, mut queue) = mpsc::channel(8);
+        let mut answers = Vec::new();
+        let mut op = |id: &str| {
+            let (reply, answer) = oneshot::channel();
+            answers.push(answer);
+            Op::Append {
+                row: row(id),
+                reply,
+            }
+        };
+        let first = op("a");
+        // Sent after the batch was drained, before its commit.
+        for id in ["b", "c", "d"] {
+            tx.try_send(op(id)).map_err(|_| ()).unwrap();
+        }
+        let carry = writer.run_batch(&mut stmts, vec![first], &mut queue, 3);
+        assert!(carry.is_empty());
+        assert_eq!(commits.load(Ordering::Relaxed), 1, "one commit");
+        let count: i64 = writer
+            .conn
+            .query_row("SELECT COUNT(*) FROM messages", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(count, 3, "the first, and two sent meanwhile (max_batch 3)");
+        let mut answers = answers.into_iter();
+        for answer in answers.by_ref().take(3) {
+            assert!(matches!(answer.blocking_recv(), Ok(Ok(()))));
+        }
+        // `max_batch` still bounds the batch: the fourth waits in the queue.
+        assert!(queue.try_recv().is_ok());
+    }
+}
