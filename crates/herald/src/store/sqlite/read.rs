@@ -27,7 +27,7 @@ pub(super) fn open_reader(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
-/// Brings the schema to [`SCHEMA_VERSION`]; refuses a file from a newer herald./// A fixed set of read-only connections; a read borrows one for its duration.
+/// A fixed set of read-only connections; a read borrows one for its duration.
 pub(super) struct ReadPool {
     /// `None` once the store is closed.
     idle: Mutex<Option<Vec<Connection>>>,
