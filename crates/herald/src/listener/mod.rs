@@ -464,10 +464,26 @@ async fn read_head(
     max_head: usize,
     shutdown: &CancellationToken,
 ) -> std::io::Result<Head> {
+    read_head_by(stream, buf, max_head, shutdown, |buf| {
+        parse_head(buf, max_head)
+    })
+    .await
+}
+
+/// [`read_head`], with `parse` (which gets the whole buffer, and answers `None`
+/// while the head is incomplete) in place of [`parse_head`]: the direct publish
+/// path parses the head once for both questions, its end and its meaning.
+async fn read_head_by(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    max_head: usize,
+    shutdown: &CancellationToken,
+    mut parse: impl FnMut(&[u8]) -> Option<Head>,
+) -> std::io::Result<Head> {
     // A pipelined request may be in the buffer already.
     if !buf.is_empty()
         && ends_a_head(&buf[..])
-        && let Some(head) = parse_head(&buf[..], max_head)
+        && let Some(head) = parse(&buf[..])
     {
         return Ok(head);
     }
@@ -501,7 +517,7 @@ async fn read_head(
         if !ends_a_head(&buf[scan_from..]) {
             continue;
         }
-        if let Some(head) = parse_head(&buf[..], max_head) {
+        if let Some(head) = parse(&buf[..]) {
             return Ok(head);
         }
     }
