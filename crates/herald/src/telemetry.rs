@@ -244,6 +244,32 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
+    /// The series [`Metrics::observe_http`] would update for `route`, `method` and
+    /// `status`, as handles to keep: a connection that answers many requests of one
+    /// kind (the direct publish path) updates them without looking the labels up
+    /// again. Creates the series, as the first observation would.
+    pub(crate) fn http_series(
+        &self,
+        route: Route,
+        method: &Method,
+        status: u16,
+    ) -> (Counter, Histogram) {
+        let route = route.as_str();
+        let counter = self
+            .http_requests
+            .get_or_create(&HttpLabels {
+                route,
+                method: method_label(method),
+                status,
+            })
+            .clone();
+        let histogram = self
+            .http_duration
+            .get_or_create(&RouteLabels { route })
+            .clone();
+        (counter, histogram)
+    }
+
     /// The exposition text. Reads the store's counts first (a failing store leaves
     /// the previous values).
     pub async fn render(&self, herald: &Herald) -> String {
@@ -578,19 +604,51 @@ impl RequestInfo {
         if !access_enabled(debug) {
             return;
         }
-        let record = access::Record {
-            time: std::time::SystemTime::now(),
+        let record = access::Record::new(
+            std::time::SystemTime::now(),
             debug,
             method,
-            path,
+            (path.as_str(), topic.as_deref()),
             status,
-            latency: elapsed,
-            topic,
-            route: route.as_str(),
-        };
+            elapsed,
+            route.as_str(),
+        );
         if let Some(record) = access::submit(record) {
             emit(&record);
         }
+    }
+}
+
+/// Records a plain publish answered by the listener's direct path
+/// (`listener::publish`) as [`RequestInfo::new`] and [`RequestInfo::finish`] record
+/// the same request (route `Publish`, the path's one segment its topic): the request
+/// metrics through `series` (the handles [`Metrics::http_series`] gives for its route,
+/// method and `status`) and the access-log line. Nothing is classified, and the path
+/// is copied only when the line is written.
+pub(crate) fn finish_direct_publish(
+    series: &(Counter, Histogram),
+    method: &Method,
+    path: &str,
+    status: u16,
+    start: Instant,
+) {
+    let elapsed = start.elapsed();
+    series.0.inc();
+    series.1.observe(elapsed.as_secs_f64());
+    if !access_enabled(false) {
+        return;
+    }
+    let record = access::Record::new(
+        std::time::SystemTime::now(),
+        false,
+        method.clone(),
+        (path, path.strip_prefix('/')),
+        status,
+        elapsed,
+        Route::Publish.as_str(),
+    );
+    if let Some(record) = access::submit(record) {
+        emit(&record);
     }
 }
 
@@ -612,13 +670,8 @@ fn access_enabled(debug: bool) -> bool {
 /// The line as a `tracing` event, where no access-log writer is installed.
 fn emit(r: &access::Record) {
     let latency_ms = (r.latency.as_secs_f64() * 1_000_000.0).round() / 1000.0;
-    let (method, path, status, topic, route) = (
-        r.method.as_str(),
-        r.path.as_str(),
-        r.status,
-        r.topic.as_deref(),
-        r.route,
-    );
+    let (method, path, status, topic, route) =
+        (r.method.as_str(), r.path(), r.status, r.topic(), r.route);
     if r.debug {
         tracing::debug!(target: "herald::access", method, path, status, latency_ms, route, "request");
     } else {
@@ -639,16 +692,15 @@ pub fn log_request(
     if !access_enabled(debug) {
         return;
     }
-    let record = access::Record {
-        time: std::time::SystemTime::now(),
+    let record = access::Record::new(
+        std::time::SystemTime::now(),
         debug,
-        method: Method::from_bytes(method.as_bytes()).unwrap_or(Method::GET),
-        path: path.to_string(),
+        Method::from_bytes(method.as_bytes()).unwrap_or(Method::GET),
+        (path, topic),
         status,
-        latency: elapsed,
-        topic: topic.map(str::to_string),
-        route: route.as_str(),
-    };
+        elapsed,
+        route.as_str(),
+    );
     if let Some(record) = access::submit(record) {
         emit(&record);
     }

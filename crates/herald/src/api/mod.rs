@@ -421,6 +421,22 @@ pub fn json_response(status: StatusCode, body: impl Into<Vec<u8>>) -> Response {
     resp
 }
 
+/// [`json_response`] for a body already held as [`Bytes`](axum::body::Bytes) (an
+/// event's encoded JSON line, shared with its subscribers): not copied when it
+/// already ends with its newline.
+pub(crate) fn json_response_shared(status: StatusCode, body: &axum::body::Bytes) -> Response {
+    if body.last() != Some(&b'\n') {
+        return json_response(status, body.to_vec());
+    }
+    let mut resp = Response::new(Body::from(body.clone()));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
 /// The query string as ordered `(name, value)` pairs (names kept as sent).
 pub fn query_pairs(req: &Request) -> Vec<(String, String)> {
     parse_query(req.uri().query())

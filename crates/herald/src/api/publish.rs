@@ -285,6 +285,17 @@ pub(super) fn authorize_write(
 }
 
 pub(super) fn single_topic(topic: &str) -> Result<String, ApiError> {
+    use crate::subscribe::TopicListError;
+    // One name (every publish path but a list's): the list's checks, without the list.
+    if !topic.contains(',') {
+        return if !crate::model::topic::is_valid_name(topic) {
+            Err(TopicListError::Invalid.into())
+        } else if crate::model::topic::DEFAULT_DISALLOWED_TOPICS.contains(&topic) {
+            Err(TopicListError::Disallowed.into())
+        } else {
+            Ok(topic.to_string())
+        };
+    }
     let mut topics = parse_topics(topic)?;
     match (topics.pop(), topics.is_empty()) {
         (Some(t), true) => Ok(t),
@@ -475,7 +486,7 @@ async fn publish_body(
     }
     tracing::debug!(topic = %m.topic, id = %m.id, scheduled, replayed = published.replayed, "published");
     // The subscribers' JSON line: the message is encoded once (`Herald::publish_shared`).
-    let mut resp = json_response(StatusCode::OK, published.event.json_line().to_vec());
+    let mut resp = super::json_response_shared(StatusCode::OK, published.event.json_line());
     if published.replayed {
         // Stripe's header: this answer is the original one, nothing was published.
         resp.headers_mut().insert(
@@ -554,6 +565,18 @@ mod tests {
         );
         assert_eq!(attachment_name_from_url("https://x.org/"), "attachment");
         assert_eq!(attachment_name_from_url("https://x.org"), "attachment");
+    }
+
+    #[test]
+    fn a_single_topic_is_checked_as_a_list_of_one() {
+        for name in ["alerts", "a,a", "a,b", "docs", "", "a b", "x,docs", ","] {
+            let as_list =
+                parse_topics(name).and_then(|mut topics| match (topics.pop(), topics.is_empty()) {
+                    (Some(t), true) => Ok(t),
+                    _ => Err(ApiError::TOPIC_INVALID),
+                });
+            assert_eq!(single_topic(name), as_list, "{name:?}");
+        }
     }
 
     #[test]

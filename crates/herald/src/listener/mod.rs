@@ -464,10 +464,26 @@ async fn read_head(
     max_head: usize,
     shutdown: &CancellationToken,
 ) -> std::io::Result<Head> {
+    read_head_by(stream, buf, max_head, shutdown, |buf| {
+        parse_head(buf, max_head)
+    })
+    .await
+}
+
+/// [`read_head`], with `parse` (which gets the whole buffer, and answers `None`
+/// while the head is incomplete) in place of [`parse_head`]: the direct publish
+/// path parses the head once for both questions, its end and its meaning.
+async fn read_head_by(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    max_head: usize,
+    shutdown: &CancellationToken,
+    mut parse: impl FnMut(&[u8]) -> Option<Head>,
+) -> std::io::Result<Head> {
     // A pipelined request may be in the buffer already.
     if !buf.is_empty()
         && ends_a_head(&buf[..])
-        && let Some(head) = parse_head(&buf[..], max_head)
+        && let Some(head) = parse(&buf[..])
     {
         return Ok(head);
     }
@@ -501,7 +517,7 @@ async fn read_head(
         if !ends_a_head(&buf[scan_from..]) {
             continue;
         }
-        if let Some(head) = parse_head(&buf[..], max_head) {
+        if let Some(head) = parse(&buf[..]) {
             return Ok(head);
         }
     }
@@ -542,11 +558,42 @@ fn uninit_headers<'b>() -> [std::mem::MaybeUninit<httparse::Header<'b>>; MAX_HEA
 /// head with bare-LF line endings is parsed as soon as it is complete rather than
 /// left waiting for a `\r\n\r\n` that never comes.
 fn ends_a_head(bytes: &[u8]) -> bool {
-    bytes
+    let mut from = 0;
+    while let Some(i) = find_newline(&bytes[from..]) {
+        let at = from + i;
+        if matches!(&bytes[at + 1..], [b'\n', ..] | [b'\r', b'\n', ..]) {
+            return true;
+        }
+        from = at + 1;
+    }
+    false
+}
+
+/// The first `\n` in `bytes`, looked for eight bytes at a time: every read of a
+/// request is scanned for the end of its head, and a byte-by-byte loop was a tenth
+/// of the keep-alive wait's instructions (docs/BENCHMARKS.md, "The request path").
+fn find_newline(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    const NEWLINES: u64 = u64::from_ne_bytes([b'\n'; 8]);
+    let mut chunks = bytes.chunks_exact(8);
+    let mut base = 0;
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        // A byte of `x` is zero where the chunk has a `\n`; the expression is non-zero
+        // exactly when one is (the classic test for a zero byte in a word).
+        let x = u64::from_ne_bytes(word) ^ NEWLINES;
+        if x.wrapping_sub(ONES) & !x & HIGHS != 0 {
+            return chunk.iter().position(|&b| b == b'\n').map(|i| base + i);
+        }
+        base += 8;
+    }
+    chunks
+        .remainder()
         .iter()
-        .enumerate()
-        .filter(|(_, b)| **b == b'\n')
-        .any(|(i, _)| matches!(&bytes[i + 1..], [b'\n', ..] | [b'\r', b'\n', ..]))
+        .position(|&b| b == b'\n')
+        .map(|i| base + i)
 }
 
 /// The `Sec-WebSocket-Accept` value for a valid RFC 6455 upgrade request.
@@ -584,6 +631,29 @@ mod tests {
         assert!(!ends_a_head(b"GET / HTTP/1.1\r\nHost: x\r\n"));
         assert!(!ends_a_head(b"GET / HTTP/1.1\nHost: x\n"));
         assert!(!ends_a_head(b"\n\r"));
+        // Every place of the line ends against the eight-byte chunks, and bytes that
+        // differ from `\n` in one bit or have the high bit set around them.
+        for len in 0..40 {
+            for at in 0..len {
+                for filler in [b'x', 0x0b, 0x8a, 0x00, 0xff] {
+                    let mut bytes = vec![filler; len];
+                    bytes[at] = b'\n';
+                    let simple = bytes.iter().position(|&b| b == b'\n');
+                    assert_eq!(find_newline(&bytes), simple, "{bytes:?}");
+                    if at + 1 < len {
+                        bytes[at + 1] = b'\n';
+                        assert!(ends_a_head(&bytes), "{bytes:?}");
+                        bytes[at + 1] = b'\r';
+                        assert_eq!(
+                            ends_a_head(&bytes),
+                            at + 2 < len && bytes[at + 2] == b'\n',
+                            "{bytes:?}"
+                        );
+                    }
+                }
+            }
+            assert_eq!(find_newline(&vec![b'a'; len]), None);
+        }
     }
 
     #[test]

@@ -21,20 +21,23 @@
 //! an unusual head — goes to hyper, with every byte read so far replayed in front,
 //! also in the middle of a connection (after pipelined or kept-alive publishes).
 
+use std::ops::Range;
 use std::time::Duration;
 
 use axum::http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING, UPGRADE};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use bytes::{Bytes, BytesMut};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::{Head, Listener, header_map, read_head, uninit_headers};
+use super::{Head, Listener, read_head_by, uninit_headers};
 use crate::api::publish::{BodyBytes, TopicPublish, publish_to_topic};
 use crate::error::ApiError;
 use crate::model::topic;
-use crate::telemetry::RequestInfo;
+use crate::telemetry::{Route, finish_direct_publish};
 
 /// How a connection left the direct publish path.
 pub(super) enum Outcome {
@@ -45,11 +48,22 @@ pub(super) enum Outcome {
     Fallback(Bytes),
 }
 
-/// A plain publish's head, parsed and checked.
+/// What a scan of a complete head found: a plain publish, its headers aside (as
+/// ranges of the head, until the head is split off the connection's buffer).
+struct Found {
+    method: Method,
+    /// The request target (path and query).
+    target: Range<usize>,
+    content_length: usize,
+    http10: bool,
+    keep_alive: bool,
+}
+
+/// A plain publish's head, parsed and checked (its headers are in [`Conn::headers`]).
 struct PlainPublish {
     method: Method,
+    /// Its path and query, pointing into the head's bytes.
     uri: Uri,
-    headers: HeaderMap,
     content_length: usize,
     http10: bool,
     /// What hyper would decide: HTTP/1.1 unless `Connection: close`, HTTP/1.0 only
@@ -57,10 +71,22 @@ struct PlainPublish {
     keep_alive: bool,
 }
 
-/// The connection: its socket and what was read from it but not yet used.
+/// The connection: its socket, what was read from it but not yet used, and what its
+/// requests reuse.
 struct Conn {
     stream: TcpStream,
     buf: BytesMut,
+    /// The current request's headers. The map is cleared between requests rather than
+    /// built anew, so its tables are allocated once per connection, and its values
+    /// are slices of the head's bytes rather than copies.
+    headers: HeaderMap,
+    /// The answer's bytes, laid out here and written at once; kept for the next one.
+    out: Vec<u8>,
+    /// The request metrics' series of the last answer (`herald_http_requests` by
+    /// method and status, the publish route's duration histogram), kept while the
+    /// next answer has the same method and status: a label lookup per connection
+    /// rather than per request.
+    series: Option<(Method, u16, (Counter, Histogram))>,
 }
 
 impl Conn {
@@ -90,20 +116,45 @@ impl Listener {
         buf: BytesMut,
         head_len: usize,
     ) -> (TcpStream, Outcome) {
-        let mut conn = Conn { stream, buf };
-        let mut head_len = head_len;
+        let mut conn = Conn {
+            stream,
+            buf,
+            headers: HeaderMap::new(),
+            out: Vec::new(),
+            series: None,
+        };
+        let mut fields = Vec::new();
         let mut idle_timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
         let limits = self.state.limits.config();
+        let max_head = limits.max_header_size;
+        // The listener parsed the first head to route it; it is scanned here once
+        // more. Every later head is parsed once, by the scan, as it arrives.
+        let mut scanned = None;
+        let first = self.scan(&conn.buf[..], max_head, &mut fields, &mut scanned);
+        if !matches!(first, Some(Head::Complete(len)) if len == head_len) {
+            scanned = None;
+        }
+        let mut head_len = head_len;
         loop {
-            let Some(request) = self.plain_publish(&conn.buf[..head_len]) else {
+            let Some(found) = scanned.take() else {
+                // Not a plain publish: hyper reads it from the start.
                 let rest = conn.buf.split().freeze();
                 return (conn.stream, Outcome::Fallback(rest));
             };
-            let _ = conn.buf.split_to(head_len);
+            // The head's bytes stay shared by the header values and the URI that
+            // point into them until the answer is written.
+            let head = conn.buf.split_to(head_len).freeze();
+            let Some(request) = plain_publish(&head, found, &mut fields, &mut conn.headers) else {
+                conn.headers.clear();
+                return (conn.stream, Outcome::Fallback(rejoin(head, conn.buf)));
+            };
             let keep_alive = match self.answer(&mut conn, peer, request).await {
                 Ok(keep_alive) => keep_alive,
                 Err(_) => return (conn.stream, Outcome::Closed),
             };
+            // Nothing points into the head any more: the buffer's space it took can be
+            // reused for the next one instead of a new allocation.
+            drop(head);
             if !keep_alive {
                 return (conn.stream, Outcome::Closed);
             }
@@ -117,12 +168,14 @@ impl Listener {
             let next = loop {
                 tokio::select! {
                     biased;
-                    // Cancel safe: what was read stays in `conn.buf` for the next try.
-                    read = read_head(
+                    // Cancel safe: what was read stays in `conn.buf` for the next try,
+                    // and a scan that found a whole head completes the read.
+                    read = read_head_by(
                         &mut conn.stream,
                         &mut conn.buf,
-                        limits.max_header_size,
+                        max_head,
                         &self.shutdown,
+                        |buf| self.scan(buf, max_head, &mut fields, &mut scanned),
                     ) => break Some(read),
                     () = timer.as_mut() => {
                         if Instant::now() >= deadline {
@@ -145,14 +198,40 @@ impl Listener {
         }
     }
 
-    /// Whether `head` is a plain publish the direct path serves, and what it says.
-    fn plain_publish(&self, head: &[u8]) -> Option<PlainPublish> {
+    /// Parses the request head at the front of `buf` once, for two answers: what
+    /// the listener's `parse_head` makes of it (`None` while it is incomplete), and,
+    /// when it is complete, in `found`, whether it is a plain publish the direct path
+    /// serves and what it says, with its headers in `fields` (as ranges of `buf`).
+    fn scan(
+        &self,
+        buf: &[u8],
+        max_head: usize,
+        fields: &mut Vec<(HeaderName, Range<usize>)>,
+        found: &mut Option<Found>,
+    ) -> Option<Head> {
         let mut headers = uninit_headers();
         let mut req = httparse::Request::new(&mut []);
-        let Ok(httparse::Status::Complete(_)) = req.parse_with_uninit_headers(head, &mut headers)
-        else {
-            return None;
-        };
+        Some(match req.parse_with_uninit_headers(buf, &mut headers) {
+            Ok(httparse::Status::Complete(len)) if len > max_head => Head::TooLarge,
+            Ok(httparse::Status::Complete(len)) => {
+                fields.clear();
+                *found = self.plain(&req, buf, fields);
+                Head::Complete(len)
+            }
+            Ok(httparse::Status::Partial) => return None,
+            Err(httparse::Error::TooManyHeaders) => Head::TooLarge,
+            Err(_) => Head::Malformed,
+        })
+    }
+
+    /// Whether the parsed `req` (a head of `buf`) is a plain publish the direct path
+    /// serves, and what it says; its headers go into `fields`.
+    fn plain(
+        &self,
+        req: &httparse::Request<'_, '_>,
+        buf: &[u8],
+        fields: &mut Vec<(HeaderName, Range<usize>)>,
+    ) -> Option<Found> {
         let method = match req.method? {
             "POST" => Method::POST,
             "PUT" => Method::PUT,
@@ -168,37 +247,40 @@ impl Listener {
         if !topic::is_valid_name(&path[1..]) {
             return None;
         }
-        // The URI as hyper parses it (what the API sees as path and query).
-        let uri: Uri = target.parse().ok()?;
-        let map = header_map(req.headers)?;
-        if [TRANSFER_ENCODING, EXPECT, UPGRADE]
-            .iter()
-            .any(|h| map.contains_key(h))
-        {
-            return None;
+        let mut lengths = 0;
+        let mut content_length = 0;
+        let mut connection_close = false;
+        let mut connection_keep_alive = false;
+        for h in req.headers.iter() {
+            let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
+            if name == TRANSFER_ENCODING || name == EXPECT || name == UPGRADE {
+                return None;
+            } else if name == CONTENT_LENGTH {
+                lengths += 1;
+                // Several: hyper's rules for them are its own.
+                if lengths > 1 {
+                    return None;
+                }
+                content_length = parse_length(h.value)?;
+            } else if name == CONNECTION {
+                connection_close |= lists_token(h.value, "close");
+                connection_keep_alive |= lists_token(h.value, "keep-alive");
+            }
+            fields.push((name, range_in(buf, h.value)));
         }
-        let mut lengths = map.get_all(CONTENT_LENGTH).iter();
-        let content_length = match (lengths.next(), lengths.next()) {
-            (None, _) => 0,
-            (Some(v), None) => parse_length(v.as_bytes())?,
-            // Several: hyper's rules for them are its own.
-            (Some(_), Some(_)) => return None,
-        };
         // As long as the limit or longer: an attachment or `413`, the API's.
         if content_length >= self.state.herald.config().message_size_limit {
             return None;
         }
         let http10 = req.version? == 0;
-        let connection = map.get_all(CONNECTION);
         let keep_alive = if http10 {
-            connection.iter().any(|v| has_token(v, "keep-alive"))
+            connection_keep_alive
         } else {
-            !connection.iter().any(|v| has_token(v, "close"))
+            !connection_close
         };
-        Some(PlainPublish {
+        Some(Found {
             method,
-            uri,
-            headers: map,
+            target: range_in(buf, target.as_bytes()),
             content_length,
             http10,
             keep_alive,
@@ -213,23 +295,20 @@ impl Listener {
         request: PlainPublish,
     ) -> std::io::Result<bool> {
         let state = &self.state;
-        let info = RequestInfo::new(
-            &request.method,
-            request.uri.path(),
-            request.uri.query(),
-            &request.headers,
-        );
+        let start = std::time::Instant::now();
         // The body's deadline runs from the head's arrival, as the API's (`TimedBody`).
-        let deadline = Instant::now() + state.limits.config().body_read_timeout;
+        let deadline = Instant::from_std(start) + state.limits.config().body_read_timeout;
         let path = request.uri.path();
         let segments = [&path[1..]];
         let query = request.uri.query();
+        // Lent to the request while `conn` reads its body; back before the next one.
+        let mut headers = std::mem::take(&mut conn.headers);
         let mut body_read = false;
         let response = match crate::api::admit(
             state,
             &request.method,
             &segments,
-            &request.headers,
+            &headers,
             query,
             peer.ip(),
         )
@@ -239,7 +318,7 @@ impl Listener {
             Ok(admitted) => {
                 let pairs = crate::api::parse_query(query);
                 let publish = TopicPublish {
-                    headers: &request.headers,
+                    headers: &headers,
                     query: &pairs,
                     topic: segments[0],
                     path_sequence_id: None,
@@ -262,28 +341,38 @@ impl Listener {
                 crate::api::conclude(state, admitted, result).await
             }
         };
+        headers.clear();
+        conn.headers = headers;
         let (mut parts, body) = response.into_parts();
         let body = body_bytes(body).await;
-        // Where axum's router puts it (after the handler's headers, before the
-        // listener's), so the header order is the router's.
-        if !parts.headers.contains_key(CONTENT_LENGTH) {
-            parts
-                .headers
-                .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
-        }
         // The rest of a body that timed out may never come (as on the API's path).
         let timed_out = parts.status == StatusCode::REQUEST_TIMEOUT;
-        if timed_out {
-            parts
-                .headers
-                .insert(CONNECTION, HeaderValue::from_static("close"));
+        let status = parts.status.as_u16();
+        if !matches!(&conn.series, Some((m, s, _)) if *m == request.method && *s == status) {
+            let series = state
+                .metrics
+                .http_series(Route::Publish, &request.method, status);
+            conn.series = Some((request.method.clone(), status, series));
         }
-        info.finish(&state.metrics, parts.status.as_u16());
+        if let Some((_, _, series)) = &conn.series {
+            finish_direct_publish(series, &request.method, path, status, start);
+        }
         state.metrics.direct_publishes.inc();
         let keep_alive = request.keep_alive && !timed_out && !self.shutdown.is_cancelled();
-        let mut out = Vec::with_capacity(256 + body.len());
-        encode_response(&mut parts, &body, request.http10, keep_alive, &mut out);
-        conn.stream.write_all(&out).await?;
+        let mut out = std::mem::take(&mut conn.out);
+        out.clear();
+        out.reserve(256 + body.len());
+        encode_response(
+            &mut parts,
+            &body,
+            request.http10,
+            keep_alive,
+            timed_out,
+            &mut out,
+        );
+        let written = conn.stream.write_all(&out).await;
+        conn.out = out;
+        written?;
         if !keep_alive {
             return Ok(false);
         }
@@ -299,13 +388,79 @@ impl Listener {
     }
 }
 
-/// The bytes of an answer's body (the API's answers to a publish are whole).
+/// The plain publish `found` in `head` (split off the connection's buffer), its
+/// headers (`fields`, taken) in `map`: the values and the URI are slices of the
+/// head's bytes, checked as `HeaderValue::from_bytes` and `Uri`'s parser check a
+/// copy. `None` for a value or target they refuse (hyper then answers).
+fn plain_publish(
+    head: &Bytes,
+    found: Found,
+    fields: &mut Vec<(HeaderName, Range<usize>)>,
+    map: &mut HeaderMap,
+) -> Option<PlainPublish> {
+    let within = |range: &Range<usize>| range.start <= range.end && range.end <= head.len();
+    // The URI as hyper parses it (what the API sees as path and query).
+    if !within(&found.target) {
+        return None;
+    }
+    let uri = Uri::from_maybe_shared(head.slice(found.target)).ok()?;
+    for (name, range) in fields.drain(..) {
+        if !within(&range) {
+            return None;
+        }
+        let value = HeaderValue::from_maybe_shared(head.slice(range)).ok()?;
+        map.append(name, value);
+    }
+    Some(PlainPublish {
+        method: found.method,
+        uri,
+        content_length: found.content_length,
+        http10: found.http10,
+        keep_alive: found.keep_alive,
+    })
+}
+
+/// Where `part`, a slice of `buf`, lies in it.
+fn range_in(buf: &[u8], part: &[u8]) -> Range<usize> {
+    let start = (part.as_ptr() as usize).saturating_sub(buf.as_ptr() as usize);
+    start..start + part.len()
+}
+
+/// Whether a `Connection` value lists `token` (comma-separated, any case), as
+/// [`has_token`] reads a `HeaderValue`: nothing, unless it is visible ASCII.
+fn lists_token(value: &[u8], token: &str) -> bool {
+    std::str::from_utf8(value)
+        .ok()
+        .filter(|s| s.bytes().all(|b| b == b'\t' || (32..127).contains(&b)))
+        .is_some_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+}
+
+/// The bytes of an answer's body (the API's answers to a publish are whole, one
+/// frame: taken as they are, not collected into a list and joined).
 async fn body_bytes(body: axum::body::Body) -> Bytes {
     use http_body_util::BodyExt;
-    match body.collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(_) => Bytes::new(),
+    let mut body = body;
+    let mut whole = Bytes::new();
+    let mut joined: Option<BytesMut> = None;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return Bytes::new();
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        match &mut joined {
+            Some(joined) => joined.extend_from_slice(&data),
+            None if whole.is_empty() => whole = data,
+            None => {
+                let mut both = BytesMut::with_capacity(whole.len() + data.len());
+                both.extend_from_slice(&whole);
+                both.extend_from_slice(&data);
+                joined = Some(both);
+            }
+        }
     }
+    joined.map_or(whole, BytesMut::freeze)
 }
 
 /// A `Content-Length` value as hyper accepts it: digits only.
@@ -324,13 +479,97 @@ fn has_token(value: &HeaderValue, token: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// The head the direct path split off, put back in front of what follows it, for
+/// hyper to read the request anew: in place when nothing else holds the head's
+/// bytes (they are contiguous with `rest`), else copied.
+fn rejoin(head: Bytes, rest: BytesMut) -> Bytes {
+    match head.try_into_mut() {
+        Ok(mut joined) => {
+            joined.unsplit(rest);
+            joined.freeze()
+        }
+        Err(head) => {
+            let mut joined = BytesMut::with_capacity(head.len() + rest.len());
+            joined.extend_from_slice(&head);
+            joined.extend_from_slice(&rest);
+            joined.freeze()
+        }
+    }
+}
+
+/// Lays out an answer as hyper's HTTP/1 server does for the same response and
+/// connection (see [`encode_general`]), for the API's answers to a publish, whose
+/// headers have no `Connection`, `Content-Length` or `Date`: those, as the router
+/// and hyper add them, follow the handler's headers directly, with no change to the
+/// response's map. `timed_out`: a `408`, after which the connection closes (the
+/// API's path says so with `Connection: close`).
+fn encode_response(
+    parts: &mut axum::http::response::Parts,
+    body: &[u8],
+    http10: bool,
+    keep_alive: bool,
+    timed_out: bool,
+    out: &mut Vec<u8>,
+) {
+    use axum::http::header::DATE;
+    let headers = &mut parts.headers;
+    if headers.contains_key(CONNECTION)
+        || headers.contains_key(CONTENT_LENGTH)
+        || headers.contains_key(DATE)
+    {
+        // Where axum's router puts them (after the handler's headers, before the
+        // listener's), so the header order is the router's.
+        if !headers.contains_key(CONTENT_LENGTH) {
+            headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+        }
+        if timed_out {
+            headers.insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        encode_general(parts, body, http10, keep_alive, out);
+        return;
+    }
+    status_line(parts.status, http10, out);
+    // A repeated header's values follow its first, as `keys` and `get_all` give them.
+    for (name, value) in headers.iter() {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"content-length: ");
+    out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
+    out.extend_from_slice(b"\r\n");
+    if timed_out || (!http10 && !keep_alive) {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if http10 && keep_alive {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"date: ");
+    http_date(out);
+    out.extend_from_slice(b"\r\n\r\n");
+    out.extend_from_slice(body);
+}
+
+/// `HTTP/1.x <code> <reason>`, as hyper writes it.
+fn status_line(status: StatusCode, http10: bool, out: &mut Vec<u8>) {
+    if !http10 && status == StatusCode::OK {
+        out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+    } else {
+        out.extend_from_slice(if http10 { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
+        out.extend_from_slice(status.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(status.canonical_reason().unwrap_or("<none>").as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
 /// Lays out an answer as hyper's HTTP/1 server does for the same response and
 /// connection: its status line (`HTTP/1.0` to an HTTP/1.0 client), the `Connection`
 /// header hyper adds (`keep-alive` to an HTTP/1.0 client that asked for it, `close`
 /// when the connection ends), the headers in their order (names lower case, one
 /// line per value, `Connection` values joined), `content-length` unless the
 /// headers have it, and `date`.
-fn encode_response(
+fn encode_general(
     parts: &mut axum::http::response::Parts,
     body: &[u8],
     http10: bool,
@@ -353,16 +592,7 @@ fn encode_response(
     {
         headers.append(CONNECTION, HeaderValue::from_static("close"));
     }
-    let status = parts.status;
-    if !http10 && status == StatusCode::OK {
-        out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
-    } else {
-        out.extend_from_slice(if http10 { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
-        out.extend_from_slice(status.as_str().as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(status.canonical_reason().unwrap_or("<none>").as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+    status_line(parts.status, http10, out);
     let mut wrote_length = false;
     let mut wrote_date = false;
     for name in headers.keys() {
@@ -438,6 +668,8 @@ mod tests {
         assert_eq!(parse_length(b"99999999999999999999"), None);
     }
 
+    /// hyper's layout of a closing answer: the router's `content-length` after the
+    /// handler's headers, then hyper's `connection` and `date`.
     #[test]
     fn answers_are_laid_out_as_hyper_does() {
         let resp = axum::http::Response::builder()
@@ -450,15 +682,124 @@ mod tests {
             panic!("a valid response");
         };
         let mut out = Vec::new();
-        encode_response(&mut parts, b"{}\n", false, false, &mut out);
+        encode_response(&mut parts, b"{}\n", false, false, false, &mut out);
         let text = String::from_utf8_lossy(&out);
         assert!(
             text.starts_with(
                 "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\n\
-                 access-control-allow-origin: *\r\nconnection: close\r\ncontent-length: 3\r\ndate: "
+                 access-control-allow-origin: *\r\ncontent-length: 3\r\nconnection: close\r\ndate: "
             ),
             "{text}"
         );
         assert!(text.ends_with(" GMT\r\n\r\n{}\n"), "{text}");
+    }
+
+    /// A response of `status` with the API's headers for a publish answer (and
+    /// `extra`, which sends it the general way).
+    fn parts(status: StatusCode, extra: &[(&str, &str)]) -> axum::http::response::Parts {
+        let mut builder = axum::http::Response::builder()
+            .status(status)
+            .header("content-type", "application/json")
+            .header("access-control-allow-origin", "*");
+        for (name, value) in extra {
+            builder = builder.header(*name, *value);
+        }
+        match builder.body(()) {
+            Ok(r) => r.into_parts().0,
+            Err(e) => panic!("a valid response: {e}"),
+        }
+    }
+
+    /// Lays out `parts` the way the listener did before the fast layout: the router's
+    /// `content-length`, the `408`'s `Connection: close`, then [`encode_general`].
+    fn general(
+        mut parts: axum::http::response::Parts,
+        body: &[u8],
+        http10: bool,
+        keep_alive: bool,
+        timed_out: bool,
+    ) -> Vec<u8> {
+        if !parts.headers.contains_key(CONTENT_LENGTH) {
+            parts
+                .headers
+                .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+        }
+        if timed_out {
+            parts
+                .headers
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        let mut out = Vec::new();
+        encode_general(&mut parts, body, http10, keep_alive, &mut out);
+        out
+    }
+
+    #[test]
+    fn the_fast_layout_is_the_general_one() {
+        let extras: [&[(&str, &str)]; 5] = [
+            &[],
+            &[("retry-after", "3")],
+            &[("idempotent-replayed", "true"), ("x-a", "1"), ("x-a", "2")],
+            &[("connection", "keep-alive")],
+            &[("content-length", "2")],
+        ];
+        for extra in extras {
+            for status in [
+                StatusCode::OK,
+                StatusCode::REQUEST_TIMEOUT,
+                StatusCode::TOO_MANY_REQUESTS,
+            ] {
+                for http10 in [false, true] {
+                    for keep_alive in [false, true] {
+                        let timed_out = status == StatusCode::REQUEST_TIMEOUT;
+                        let keep_alive = keep_alive && !timed_out;
+                        let body = b"{\"id\":\"x\"}\n";
+                        let want =
+                            general(parts(status, extra), body, http10, keep_alive, timed_out);
+                        let mut got = Vec::new();
+                        let mut p = parts(status, extra);
+                        encode_response(&mut p, body, http10, keep_alive, timed_out, &mut got);
+                        assert_eq!(
+                            String::from_utf8_lossy(&got),
+                            String::from_utf8_lossy(&want),
+                            "{status} {extra:?} http10={http10} keep_alive={keep_alive}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn bodies_are_whole() {
+        let one = axum::body::Body::from("{}\n");
+        assert_eq!(&body_bytes(one).await[..], b"{}\n");
+        let frames = futures_util::stream::iter([
+            Ok::<_, std::io::Error>(Bytes::from_static(b"a")),
+            Ok(Bytes::new()),
+            Ok(Bytes::from_static(b"bc")),
+            Ok(Bytes::from_static(b"d")),
+        ]);
+        let many = axum::body::Body::from_stream(frames);
+        assert_eq!(&body_bytes(many).await[..], b"abcd");
+        let failing = futures_util::stream::iter([
+            Ok(Bytes::from_static(b"a")),
+            Err(std::io::Error::other("gone")),
+        ]);
+        let failing = axum::body::Body::from_stream(failing);
+        assert!(body_bytes(failing).await.is_empty());
+    }
+
+    #[test]
+    fn a_head_is_put_back_in_front_of_what_follows() {
+        let mut buf = BytesMut::from(&b"POST /t HTTP/1.1\r\n\r\nrest"[..]);
+        let head = buf.split_to(20).freeze();
+        assert_eq!(&rejoin(head, buf)[..], b"POST /t HTTP/1.1\r\n\r\nrest");
+        // Still shared (a header value points into it): copied.
+        let mut buf = BytesMut::from(&b"PUT /t HTTP/1.1\r\n\r\nmore"[..]);
+        let head = buf.split_to(19).freeze();
+        let held = head.slice(0..3);
+        assert_eq!(&rejoin(head, buf)[..], b"PUT /t HTTP/1.1\r\n\r\nmore");
+        assert_eq!(&held[..], b"PUT");
     }
 }

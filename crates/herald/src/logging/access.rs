@@ -54,11 +54,66 @@ pub(crate) struct Record {
     /// Debug level (successful probes and scrapes) rather than info.
     pub debug: bool,
     pub method: axum::http::Method,
-    pub path: String,
+    /// The path and the topic, in one string (see [`Record::new`]).
+    text: PathAndTopic,
     pub status: u16,
     pub latency: Duration,
-    pub topic: Option<String>,
     pub route: &'static str,
+}
+
+/// A record's path and topic in one allocation: the topic is usually a segment of
+/// the path, and then only where it is; otherwise its text follows the path's.
+#[derive(Debug)]
+struct PathAndTopic {
+    text: String,
+    path_len: usize,
+    topic: Option<std::ops::Range<usize>>,
+}
+
+impl Record {
+    /// A record of a request to `path` about `topic`: one allocation, the path's.
+    pub(crate) fn new(
+        time: SystemTime,
+        debug: bool,
+        method: axum::http::Method,
+        (path, topic): (&str, Option<&str>),
+        status: u16,
+        latency: Duration,
+        route: &'static str,
+    ) -> Record {
+        let mut text = String::from(path);
+        let topic = topic.map(|topic| match path.find(topic) {
+            Some(at) => at..at + topic.len(),
+            None => {
+                text.push_str(topic);
+                path.len()..text.len()
+            }
+        });
+        Record {
+            time,
+            debug,
+            method,
+            text: PathAndTopic {
+                text,
+                path_len: path.len(),
+                topic,
+            },
+            status,
+            latency,
+            route,
+        }
+    }
+
+    /// The request's path, without the query string.
+    pub(crate) fn path(&self) -> &str {
+        &self.text.text[..self.text.path_len]
+    }
+
+    /// The topic (or topic list) the request is about, when the path names one.
+    pub(crate) fn topic(&self) -> Option<&str> {
+        let range = self.text.topic.clone()?;
+        self.text.text.get(range)
+    }
 }
 
 struct Sink {
@@ -241,13 +296,13 @@ pub(crate) fn format_line(out: &mut Vec<u8>, format: Format, r: &Record, stamps:
             });
             json_string(out, r.method.as_str());
             out.extend_from_slice(b",\"path\":");
-            json_string(out, &r.path);
+            json_string(out, r.path());
             let _ = write!(
                 out,
                 ",\"status\":{},\"latency_ms\":{ms}.{frac:03}",
                 r.status
             );
-            if let Some(topic) = &r.topic {
+            if let Some(topic) = r.topic() {
                 out.extend_from_slice(b",\"topic\":");
                 json_string(out, topic);
             }
@@ -264,9 +319,9 @@ pub(crate) fn format_line(out: &mut Vec<u8>, format: Format, r: &Record, stamps:
             });
             quoted(out, r.method.as_str());
             out.extend_from_slice(b" path=");
-            quoted(out, &r.path);
+            quoted(out, r.path());
             let _ = write!(out, " status={} latency_ms={ms}.{frac:03}", r.status);
-            if let Some(topic) = &r.topic {
+            if let Some(topic) = r.topic() {
                 out.extend_from_slice(b" topic=");
                 quoted(out, topic);
             }
@@ -300,16 +355,26 @@ mod tests {
     use super::*;
 
     fn record(path: &str, topic: Option<&str>) -> Record {
-        Record {
-            time: SystemTime::UNIX_EPOCH + Duration::from_micros(1_764_840_000_123_456),
-            debug: false,
-            method: axum::http::Method::PUT,
-            path: path.into(),
-            status: 200,
-            latency: Duration::from_micros(1_234),
-            topic: topic.map(str::to_string),
-            route: "publish",
-        }
+        Record::new(
+            SystemTime::UNIX_EPOCH + Duration::from_micros(1_764_840_000_123_456),
+            false,
+            axum::http::Method::PUT,
+            (path, topic),
+            200,
+            Duration::from_micros(1_234),
+            "publish",
+        )
+    }
+
+    #[test]
+    fn a_records_topic_is_in_its_path_or_after_it() {
+        let r = record("/a,b/json", Some("a,b"));
+        assert_eq!((r.path(), r.topic()), ("/a,b/json", Some("a,b")));
+        assert_eq!(r.text.text, "/a,b/json");
+        let r = record("/x/json", Some("other"));
+        assert_eq!((r.path(), r.topic()), ("/x/json", Some("other")));
+        let r = record("/v1/health", None);
+        assert_eq!((r.path(), r.topic()), ("/v1/health", None));
     }
 
     #[test]

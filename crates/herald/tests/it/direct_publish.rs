@@ -452,3 +452,83 @@ async fn a_kept_alive_connection_gets_header_read_timeout_per_wait() {
     assert!(closed(&mut stream).await, "left open");
     assert_eq!(direct_publishes(&s).await, 4.0);
 }
+
+#[tokio::test]
+async fn heads_parameters_and_queries_the_direct_path_reads_itself_are_the_apis() {
+    let s = TestServer::start(&[]);
+    // Headers are taken from the head's bytes as they are: a custom name, a repeated
+    // parameter (the first counts), UTF-8 in a value, tokens in `Connection`; a
+    // request without any parameter but an encrypted body (UnifiedPush); Markdown.
+    for (i, headers) in [
+        "X-Custom: 1\r\nX-Tags: a\r\nX-Tags: b\r\nTitle: caf\u{e9}\r\n",
+        "Connection: keep-alive, x-foo\r\nUser-Agent: test\r\nAccept: */*\r\n",
+        "Content-Encoding: aes128gcm\r\n",
+        "Content-Type: text/markdown\r\n",
+        "",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let topic = format!("h{i}");
+        let a = same_answer(
+            &s,
+            &plain("POST", &topic, headers, "some text"),
+            &chunked("POST", &topic, headers, "some text"),
+        )
+        .await;
+        assert_eq!(a.status(), 200, "{headers:?}: {a:?}");
+    }
+    // Queries: empty, a fragment, an encoded value, a parameter with no value.
+    for target in ["q?", "q?title=a%20b#frag", "q?tags=x,y&priority=", "q?x"] {
+        let a = same_answer(
+            &s,
+            &plain("PUT", target, "", "text"),
+            &chunked("PUT", target, "", "text"),
+        )
+        .await;
+        assert_eq!(a.status(), 200, "{target:?}: {a:?}");
+    }
+    // A head the direct path refuses after reading its headers goes to hyper whole.
+    for headers in ["Expect: 100-continue\r\n", "Content-Length: 4\r\n"] {
+        let before = direct_publishes(&s).await;
+        let a = ask(&s, &plain("POST", "q", headers, "abcd")).await;
+        assert_ne!(a.status(), 0, "{a:?}");
+        assert_eq!(direct_publishes(&s).await, before, "{headers:?}");
+    }
+}
+
+#[tokio::test]
+async fn request_metrics_follow_each_answers_method_and_status() {
+    let s = TestServer::start(&[]);
+    let mut stream = connect(&s).await;
+    let mut buf = Vec::new();
+    // One connection, its answers' method and status changing along the way.
+    let requests = [
+        plain("POST", "m", "", "a"),
+        plain("POST", "m", "", "b"),
+        plain("PUT", "m", "", "c"),
+        plain("POST", "m", "Priority: 9\r\n", "d"),
+        plain("POST", "m", "", "e"),
+        plain("PUT", "m", "Priority: 9\r\n", "f"),
+    ];
+    for request in &requests {
+        stream.write_all(request.as_bytes()).await.expect("write");
+        read_answer(&mut stream, &mut buf).await.expect("answer");
+    }
+    let text = s.get("/metrics").await.text().await.expect("metrics");
+    for (method, status, count) in [
+        ("POST", 200, 3),
+        ("PUT", 200, 1),
+        ("POST", 400, 1),
+        ("PUT", 400, 1),
+    ] {
+        let line = format!(
+            "herald_http_requests_total{{route=\"publish\",method=\"{method}\",status=\"{status}\"}} {count}"
+        );
+        assert!(text.contains(&line), "{line} in:\n{text}");
+    }
+    assert!(
+        text.contains("herald_http_request_duration_seconds_count{route=\"publish\"} 6"),
+        "{text}"
+    );
+}

@@ -114,6 +114,10 @@ pub fn parse_publish(
     // request's own, `all`, for the few read by their HTTP meaning).
     let all = src;
     let headers = super::aliases::publish_headers(src.headers);
+    if headers.is_empty() && src.query.is_empty() {
+        // No parameter at all (most publishes): every lookup below would miss.
+        return Ok(no_parameters(all));
+    }
     let src = &ParamSource {
         headers: &headers,
         query: src.query,
@@ -189,11 +193,7 @@ pub fn parse_publish(
         || src
             .get(names::CONTENT_TYPE)
             .is_some_and(|ct| is_markdown_content_type(&ct));
-    let mut unifiedpush = src.get_bool(names::UNIFIEDPUSH, false)
-        || all
-            .headers
-            .get(header::CONTENT_ENCODING)
-            .is_some_and(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"aes128gcm"));
+    let mut unifiedpush = src.get_bool(names::UNIFIEDPUSH, false) || is_aes128gcm(all);
     if unifiedpush {
         firebase = false;
     }
@@ -233,6 +233,41 @@ pub fn parse_publish(
     })
 }
 
+/// What [`parse_publish`] finds in a request that names no parameter, neither as a
+/// header nor in its query: the defaults, and UnifiedPush when the body is
+/// `Content-Encoding: aes128gcm`.
+fn no_parameters(all: &ParamSource<'_>) -> PublishParams {
+    let unifiedpush = is_aes128gcm(all);
+    PublishParams {
+        message: None,
+        title: String::new(),
+        priority: 0,
+        tags: Vec::new(),
+        delay: None,
+        actions: Vec::new(),
+        click: String::new(),
+        icon: String::new(),
+        attach: None,
+        filename: None,
+        markdown: false,
+        cache: true,
+        firebase: !unifiedpush,
+        unifiedpush,
+        poll_id: None,
+        sequence_id: None,
+        template: None,
+        priority_template: None,
+        email: None,
+    }
+}
+
+/// A body encrypted for UnifiedPush (RFC 8291), whatever the parameters say.
+fn is_aes128gcm(all: &ParamSource<'_>) -> bool {
+    all.headers
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"aes128gcm"))
+}
+
 /// `text/markdown`, ignoring case and any `; charset=...` parameters.
 fn is_markdown_content_type(value: &str) -> bool {
     value
@@ -245,6 +280,40 @@ fn is_markdown_content_type(value: &str) -> bool {
 mod tests {
     use super::*;
     use crate::api::params::test_support::*;
+
+    /// The answer without any parameter is the one every lookup missing gives.
+    #[test]
+    fn no_parameters_are_the_lookups_defaults() {
+        for headers in [
+            &[][..],
+            &[("Host", "x"), ("Content-Length", "3")][..],
+            &[("Content-Encoding", " AES128GCM ")][..],
+            &[("Content-Encoding", "gzip")][..],
+        ] {
+            let all = header_map(headers);
+            let none = Vec::new();
+            let src = ParamSource {
+                headers: &all,
+                query: &none,
+            };
+            // The full lookup, forced by an ignored query parameter.
+            let forced = query(&[("ignored", "1")]);
+            let full = parse_publish(
+                &ParamSource {
+                    headers: &all,
+                    query: &forced,
+                },
+                &PublishLimits::default(),
+                NOW,
+            );
+            assert_eq!(
+                parse_publish(&src, &PublishLimits::default(), NOW),
+                full,
+                "{headers:?}"
+            );
+            assert_eq!(Ok(no_parameters(&src)), full, "{headers:?}");
+        }
+    }
 
     #[test]
     fn publish_defaults() {
