@@ -671,6 +671,145 @@ mod tests {
         assert_eq!(ids(&left), ids(&keep));
     }
 
+    /// Rows whose expiry is not covered by an `expiry_ranges` row of their second: a
+    /// prune would never find them.
+    fn uncovered_rows(path: &Path) -> i64 {
+        Connection::open(path)
+            .unwrap()
+            .query_row(
+                "SELECT COUNT(*) FROM messages m WHERE m.expires IS NOT NULL AND NOT EXISTS
+                 (SELECT 1 FROM expiry_ranges r
+                  WHERE r.expires = m.expires AND m.pk BETWEEN r.lo AND r.hi)",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+    }
+
+    /// Random publishes (expiring in a few interleaved seconds, some far from their
+    /// second's other rows, some never), scheduled messages and cancels, and prunes at
+    /// a clock that moves on: after each prune exactly the rows that expired are gone.
+    #[tokio::test]
+    async fn prune_deletes_exactly_the_expired_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("messages.db");
+        let store = SqliteStore::open(&path, SqliteOptions::default()).unwrap();
+        let mut rng = fastrand::Rng::with_seed(19);
+        let base = now_unix();
+        let mut clock = base;
+        let mut model: Vec<Message> = Vec::new();
+        for round in 0..40 {
+            for _ in 0..rng.usize(1..30) {
+                let mut m = msg("t", clock);
+                m.expires = match rng.u8(0..10) {
+                    0 => None,
+                    // a scheduled message, due later, expiring long after
+                    1 => {
+                        m.time = clock + rng.i64(5..50);
+                        Some(m.time + 20)
+                    }
+                    _ => Some(clock + rng.i64(1..6)),
+                };
+                store.append(m.clone()).await.unwrap();
+                model.push(m);
+            }
+            if round % 7 == 3 {
+                let scheduled = model.iter().find(|m| m.time > clock).cloned();
+                if let Some(m) = scheduled {
+                    assert_eq!(store.cancel_scheduled("t", &m.id).await.unwrap(), 1);
+                    model.retain(|k| k.id != m.id);
+                }
+            }
+            clock += rng.i64(0..4);
+            let expired = model
+                .iter()
+                .filter(|m| m.expires.is_some_and(|e| e < clock))
+                .count();
+            assert_eq!(store.prune_expired(clock).await.unwrap(), expired as u64);
+            model.retain(|m| m.expires.is_none_or(|e| e >= clock));
+            let mut left = store.query(q(&["t"], Since::All, true)).await.unwrap();
+            let mut want = model.clone();
+            left.sort_by(|a, b| a.id.cmp(&b.id));
+            want.sort_by(|a, b| a.id.cmp(&b.id));
+            assert_eq!(
+                ids(&left),
+                ids(&want),
+                "round {round}, clock {}",
+                clock - base
+            );
+            assert_eq!(uncovered_rows(&path), 0);
+        }
+        let ranges: i64 = Connection::open(&path)
+            .unwrap()
+            .query_row(
+                "SELECT COUNT(*) FROM expiry_ranges WHERE expires < ?1",
+                [clock],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(ranges, 0, "the ranges of pruned seconds are gone");
+    }
+
+    /// A version-1 file (an `expires` index, no ranges) upgrades in place: its rows
+    /// get ranges, the index goes, and the prune finds the expired rows.
+    #[tokio::test]
+    async fn version_1_files_upgrade_and_prune() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("messages.db");
+        let now = now_unix();
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(&format!(
+                "{} PRAGMA user_version = 1;",
+                super::schema::SCHEMA_V1
+            ))
+            .unwrap();
+            for (i, expires) in [
+                Some(now - 5),
+                None,
+                Some(now + 60),
+                Some(now - 5),
+                Some(now - 2),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                conn.execute(
+                    "INSERT INTO messages (id, topic, time, expires, published, event, json)
+                     VALUES (?1, 't', ?2, ?3, 1, 'message', ?4)",
+                    rusqlite::params![
+                        MessageId::generate().into_string(),
+                        now - 10,
+                        expires,
+                        format!("{{\"id\":\"x{i}\"}}")
+                    ],
+                )
+                .unwrap();
+            }
+        }
+        let store = SqliteStore::open(&path, SqliteOptions::default()).unwrap();
+        assert_eq!(uncovered_rows(&path), 0);
+        let conn = Connection::open(&path).unwrap();
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let index: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE name = 'messages_expires'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(index, 0, "the expires index is dropped");
+        assert_eq!(store.prune_expired(now).await.unwrap(), 3);
+        let left: i64 = conn
+            .query_row("SELECT COUNT(*) FROM messages", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(left, 2, "the row without expiry and the one expiring later");
+        store.close().await;
+    }
+
     #[tokio::test]
     async fn reopening_keeps_everything() {
         let dir = tempfile::tempdir().unwrap();

@@ -19,7 +19,9 @@
 //!   savepoint per operation: they cost a copy of every page an operation touches
 //!   (the sub-journal), a tenth of a publish's instructions under callgrind.
 //! - A large expiry prune deletes in chunks, one chunk per batch, so it never holds
-//!   the writer (and the publishes queued behind it) for long.
+//!   the writer (and the publishes queued behind it) for long. It finds the expired
+//!   rows through `expiry_ranges` (schema.rs), which the writer keeps up to date once
+//!   per commit ([`ExpiryRanges`]) instead of an index that every insert would pay for.
 //! - A failed batch does not stop the writer: it rolls back, answers its operations
 //!   with [`StoreError::Full`] (disk full) or [`StoreError::Unavailable`], and marks
 //!   writes as failing until a later commit succeeds ([`Store::writes_failing`](crate::store::Store::writes_failing),
@@ -47,6 +49,16 @@ use crate::store::{CommitObserver, StoreError};
 /// realistic publish rate, small enough that publishes queued behind it wait only a
 /// few milliseconds. (Tiny in tests so that chunking is exercised.)
 pub(super) const PRUNE_CHUNK: i64 = if cfg!(test) { 7 } else { 5_000 };
+/// Expiry ranges a prune chunk looks at, at most (each costs one range delete).
+const PRUNE_RANGES: i64 = if cfg!(test) { 3 } else { 512 };
+/// A row joins the newest range of its expiry second only if at most this many rows
+/// were inserted since that range ends: a prune scans a range whole, rows of other
+/// seconds included, so this bounds the rows it reads for nothing.
+const RANGE_GAP: i64 = if cfg!(test) { 4 } else { 1_024 };
+/// Expiry seconds whose newest range the writer remembers. Publishes use one or two
+/// at a time; scheduled messages may spread over many, so past this the map starts
+/// over (later rows then open new ranges, which costs only range rows).
+const RANGES_REMEMBERED: usize = 1_024;
 
 #[derive(Debug)]
 pub(super) struct WriterHealth {
@@ -192,9 +204,9 @@ impl Op {
 
     /// Runs the operation's statements inside the open transaction. The answer is
     /// held back until the commit.
-    fn apply(self, conn: &Connection, insert_stmt: &mut Statement<'_>) -> Done {
+    fn apply(self, conn: &Connection, stmts: &mut Prepared<'_>) -> Done {
         match self {
-            Op::Append { row, reply } => Done::Unit(reply, insert(insert_stmt, &row)),
+            Op::Append { row, reply } => Done::Unit(reply, insert(conn, stmts, &row)),
             Op::Cancel {
                 topic,
                 sequence_id,
@@ -205,14 +217,17 @@ impl Op {
                 now,
                 deleted,
                 reply,
-            } => match prune_chunk(conn, now) {
-                Ok(n) if n >= PRUNE_CHUNK as u64 => Done::MorePrune {
-                    now,
-                    deleted: deleted + n,
-                    reply,
-                },
-                result => Done::Count(reply, result.map(|n| deleted + n)),
-            },
+            } => {
+                stmts.ranges.forget_before(now);
+                match prune_chunk(conn, now) {
+                    Ok(PruneChunk { deleted: n, more }) if more => Done::MorePrune {
+                        now,
+                        deleted: deleted + n,
+                        reply,
+                    },
+                    result => Done::Count(reply, result.map(|chunk| deleted + chunk.deleted)),
+                }
+            }
             Op::Ping { reply } => Done::Unit(reply, Ok(())),
         }
     }
@@ -310,10 +325,14 @@ impl BatchFailure {
 /// The statements every batch runs, prepared once and kept by the writer: through
 /// rusqlite's statement cache each use hashed the SQL text twice (lookup and return)
 /// and cleared the bindings, about 2,000 instructions per publish under callgrind.
+/// With them, the writer's memory of the expiry ranges, which is only valid together
+/// with its statements' connection.
 pub(super) struct Prepared<'c> {
     begin: Statement<'c>,
     commit: Statement<'c>,
     insert: Statement<'c>,
+    upsert_range: Statement<'c>,
+    ranges: ExpiryRanges,
 }
 
 impl<'c> Prepared<'c> {
@@ -325,25 +344,114 @@ impl<'c> Prepared<'c> {
                 "INSERT INTO messages (id, topic, time, expires, published, sequence_id, event, json)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?,
+            // A range only grows: a key that comes round again (the table emptied,
+            // SQLite reuses row keys) must not shrink a range that still has rows.
+            upsert_range: conn.prepare(
+                "INSERT INTO expiry_ranges (expires, lo, hi) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (expires, lo) DO UPDATE SET hi = MAX(hi, excluded.hi)",
+            )?,
+            ranges: ExpiryRanges::default(),
         })
     }
 }
 
-fn insert(stmt: &mut Statement<'_>, row: &NewRow) -> Result<(), StoreError> {
+/// The writer's side of `expiry_ranges` (schema.rs). Rows are inserted in publish
+/// order and expire `cache-duration` after it, so the rows of one expiry second are
+/// consecutive keys: the writer extends that second's newest range in memory as it
+/// inserts, and writes each changed range once, just before the commit.
+///
+/// Every stored row with an expiry is inside a range row of its second, committed
+/// with it; a range may also span rows of other seconds (a scheduled message
+/// inserted in between), which a prune reads and leaves. After a failed batch the
+/// memory may hold a range that was never written: a later write of it covers more
+/// rows than it needs to, never fewer.
+#[derive(Debug, Default)]
+pub(super) struct ExpiryRanges {
+    /// (expiry second, first key, last key) of each second's newest range, the
+    /// most recently used last: publishes hit the last entry or the one before.
+    newest: Vec<(i64, i64, i64)>,
+    /// Indexes into `newest` of the ranges the batch under way changed.
+    changed: Vec<usize>,
+}
+
+impl ExpiryRanges {
+    /// Records that the row with key `pk` expires at `expires`.
+    fn note(&mut self, expires: i64, pk: i64) {
+        let at = match self.newest.iter().rposition(|r| r.0 == expires) {
+            Some(at) => {
+                let (_, lo, hi) = &mut self.newest[at];
+                if pk >= *lo && pk <= *hi {
+                    return;
+                }
+                if pk > *hi && pk - *hi <= RANGE_GAP {
+                    *hi = pk;
+                } else {
+                    (*lo, *hi) = (pk, pk);
+                }
+                at
+            }
+            None => {
+                if self.newest.len() >= RANGES_REMEMBERED {
+                    // Forgetting is safe only for ranges already written.
+                    self.flush_pending_first();
+                }
+                self.newest.push((expires, pk, pk));
+                self.newest.len() - 1
+            }
+        };
+        if !self.changed.contains(&at) {
+            self.changed.push(at);
+        }
+    }
+
+    /// Keeps only the ranges the batch under way changed (they are still to be
+    /// written): called when the memory is full.
+    fn flush_pending_first(&mut self) {
+        let kept: Vec<(i64, i64, i64)> = self.changed.iter().map(|&i| self.newest[i]).collect();
+        self.changed = (0..kept.len()).collect();
+        self.newest = kept;
+    }
+
+    /// Writes the ranges the batch changed (inside its transaction).
+    fn flush(&mut self, upsert: &mut Statement<'_>) -> rusqlite::Result<()> {
+        for at in self.changed.drain(..) {
+            if let Some(&(expires, lo, hi)) = self.newest.get(at) {
+                upsert.execute(rusqlite::params![expires, lo, hi])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Seconds before `now` get no new rows (a message expires after it is
+    /// published): the prune deletes their ranges, so their memory goes too.
+    /// Called between batches only (`changed` is empty then).
+    fn forget_before(&mut self, now: i64) {
+        if self.changed.is_empty() {
+            self.newest.retain(|r| r.0 >= now);
+        }
+    }
+}
+
+fn insert(conn: &Connection, stmts: &mut Prepared<'_>, row: &NewRow) -> Result<(), StoreError> {
     // Stored as text, as ever: the bytes are JSON, so UTF-8.
     let json = std::str::from_utf8(&row.json)
         .map_err(|e| StoreError::Backend(format!("message JSON is not UTF-8: {e}")))?;
-    stmt.execute(rusqlite::params![
-        row.id,
-        row.topic,
-        row.time,
-        row.expires,
-        row.published,
-        row.sequence_id,
-        row.event,
-        json,
-    ])
-    .map_err(backend)?;
+    stmts
+        .insert
+        .execute(rusqlite::params![
+            row.id,
+            row.topic,
+            row.time,
+            row.expires,
+            row.published,
+            row.sequence_id,
+            row.event,
+            json,
+        ])
+        .map_err(backend)?;
+    if let Some(expires) = row.expires {
+        stmts.ranges.note(expires, conn.last_insert_rowid());
+    }
     Ok(())
 }
 
@@ -375,15 +483,51 @@ fn take_due(conn: &Connection, now: i64) -> Result<Vec<Message>, StoreError> {
     Ok(due)
 }
 
-fn prune_chunk(conn: &Connection, now: i64) -> Result<u64, StoreError> {
-    let n = conn
+/// What one prune chunk did.
+struct PruneChunk {
+    deleted: u64,
+    /// Whether expired rows (or ranges to look at) may be left for another chunk.
+    more: bool,
+}
+
+/// Deletes up to [`PRUNE_CHUNK`] expired rows, going through the ranges of the
+/// seconds before `now`, oldest first. A range whose rows are all gone goes too.
+fn prune_chunk(conn: &Connection, now: i64) -> Result<PruneChunk, StoreError> {
+    let ranges: Vec<(i64, i64, i64)> = conn
         .prepare_cached(
-            "DELETE FROM messages WHERE pk IN
-             (SELECT pk FROM messages WHERE expires < ?1 LIMIT ?2)",
+            "SELECT expires, lo, hi FROM expiry_ranges WHERE expires < ?1
+             ORDER BY expires, lo LIMIT ?2",
         )
-        .and_then(|mut stmt| stmt.execute([now, PRUNE_CHUNK]))
+        .and_then(|mut stmt| {
+            stmt.query_map([now, PRUNE_RANGES], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?
+            .collect()
+        })
         .map_err(backend)?;
-    Ok(n as u64)
+    let mut left = PRUNE_CHUNK;
+    for &(expires, lo, hi) in &ranges {
+        // `expires < now` keeps the rows of later seconds that share the range.
+        let n = conn
+            .prepare_cached(
+                "DELETE FROM messages WHERE pk IN (SELECT pk FROM messages
+                 WHERE pk BETWEEN ?1 AND ?2 AND expires < ?3 LIMIT ?4)",
+            )
+            .and_then(|mut stmt| stmt.execute([lo, hi, now, left]))
+            .map_err(backend)?;
+        left -= n as i64;
+        if left <= 0 {
+            // The range may hold more: it stays for the next chunk.
+            break;
+        }
+        conn.prepare_cached("DELETE FROM expiry_ranges WHERE expires = ?1 AND lo = ?2")
+            .and_then(|mut stmt| stmt.execute([expires, lo]))
+            .map_err(backend)?;
+    }
+    Ok(PruneChunk {
+        deleted: (PRUNE_CHUNK - left.max(0)) as u64,
+        more: left <= 0 || ranges.len() as i64 >= PRUNE_RANGES,
+    })
 }
 
 /// The writer thread's state: the only read-write connection and what it reports.
@@ -463,6 +607,8 @@ impl Writer<'_> {
         let conn = &self.conn;
         let size = batch.len();
         let started = Instant::now();
+        // Left over only by a batch that failed: its rows are gone.
+        stmts.ranges.changed.clear();
         if let Err(e) = stmts.begin.execute([]) {
             let failure = BatchFailure::from_sqlite("starting a transaction", &e);
             self.failed(&failure, size);
@@ -495,7 +641,7 @@ impl Writer<'_> {
                 },
                 None => break,
             };
-            match apply_in_batch(conn, &mut stmts.insert, op) {
+            match apply_in_batch(conn, stmts, op) {
                 Ok(d) => done.push(d),
                 Err(d) => {
                     // The transaction itself is broken: nothing of this batch may commit.
@@ -514,6 +660,13 @@ impl Writer<'_> {
         }
 
         let size = done.len();
+        if let Err(e) = stmts.ranges.flush(&mut stmts.upsert_range) {
+            let failure = BatchFailure::from_sqlite("recording expiry ranges", &e);
+            rollback(conn);
+            self.failed(&failure, size);
+            done.into_iter().for_each(|d| d.fail(&failure));
+            return Vec::new();
+        }
         match stmts.commit.execute([]) {
             Ok(_) => {
                 self.commits.fetch_add(1, Ordering::Relaxed);
@@ -553,18 +706,14 @@ impl Writer<'_> {
 /// The write a batch makes while writes are failing, to prove that pages can be
 /// written again: rewriting the schema version (unchanged) dirties the database
 /// header page, which the commit must then write out (to the WAL).
-pub(super) const PROBE_WRITE: &str = "PRAGMA user_version = 1";
+pub(super) const PROBE_WRITE: &str = "PRAGMA user_version = 2";
 
 /// Applies one operation within the batch's transaction. An operation that fails
 /// alone was undone by SQLite alone (`Ok` carrying its error: each operation writes
 /// with one statement, and a failed statement is rolled back by itself); `Err` means
 /// SQLite abandoned the enclosing transaction.
-fn apply_in_batch(
-    conn: &Connection,
-    insert_stmt: &mut Statement<'_>,
-    op: Op,
-) -> Result<Done, Done> {
-    let done = op.apply(conn, insert_stmt);
+fn apply_in_batch(conn: &Connection, stmts: &mut Prepared<'_>, op: Op) -> Result<Done, Done> {
+    let done = op.apply(conn, stmts);
     // Some errors (I/O, disk full) make SQLite roll back the whole transaction; later
     // statements would then run in autocommit mode, outside the batch.
     if conn.is_autocommit() {
