@@ -32,8 +32,8 @@ use crate::model::{Message, now_unix};
 use read::{READ_CONNECTIONS, ReadPool, decode_rows, open_reader, run_page, run_query};
 use schema::migrate;
 use writer::{
-    AliveGuard, NewRow, Op, Reply, Writer, WriterHealth, checkpointer_loop, open_checkpointer,
-    open_writer,
+    AliveGuard, NewRow, Op, Reply, Writer, WriterHealth, answer_on_runtime, checkpointer_loop,
+    open_checkpointer, open_writer,
 };
 
 /// How long a connection waits for a lock held by another connection (a checkpoint,
@@ -185,6 +185,7 @@ impl SqliteStore {
             failing: AtomicBool::new(false),
             alive: AtomicBool::new(true),
         });
+        let answers = answer_on_runtime();
         let thread = std::thread::Builder::new()
             .name("herald-store-writer".into())
             .spawn({
@@ -197,6 +198,7 @@ impl SqliteStore {
                         commits: &commits,
                         observer: observer.as_deref(),
                         health: &health,
+                        answers,
                     };
                     writer.run(rx, max_batch);
                 }
@@ -837,6 +839,50 @@ mod tests {
             }
         );
         store.close().await;
+    }
+
+    /// On a multi-threaded runtime a batch's answers go through a task on the
+    /// runtime (`writer::answer_on_runtime`); every publisher still hears back once
+    /// its row is committed, and a failing one hears its own error.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn answers_come_through_the_runtime() {
+        assert!(writer::answer_on_runtime().is_some());
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(open(&dir));
+        let now = now_unix();
+        let duplicate = msg("t", now);
+        store.append(duplicate.clone()).await.unwrap();
+        let tasks: Vec<_> = (0..300)
+            .map(|i| {
+                let store = Arc::clone(&store);
+                let m = if i == 150 {
+                    duplicate.clone()
+                } else {
+                    msg("t", now)
+                };
+                tokio::spawn(async move { store.append(m).await })
+            })
+            .collect();
+        let mut failed = 0;
+        for task in tasks {
+            let answered = tokio::time::timeout(Duration::from_secs(20), task).await;
+            if answered
+                .expect("every publisher is answered")
+                .unwrap()
+                .is_err()
+            {
+                failed += 1;
+            }
+        }
+        assert_eq!(failed, 1, "only the duplicate ID fails");
+        let stats = store.stats().await.unwrap();
+        assert_eq!(stats.messages, 300);
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_single_threaded_runtime_gets_its_answers_from_the_writer() {
+        assert!(writer::answer_on_runtime().is_none());
     }
 
     #[tokio::test]
