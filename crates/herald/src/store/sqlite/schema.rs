@@ -6,7 +6,7 @@
 //!
 //! Every index is a B-tree that each publish inserts into, and under callgrind each
 //! of them cost about 4,000 instructions of a ~62,000-instruction durable publish
-//! (docs/BENCHMARKS.md, "Store indexes (round 4)"). So the schema keeps only the
+//! (docs/BENCHMARKS.md, "Store indexes and the writer's answers (round 4)"). So the schema keeps only the
 //! indexes that reads need (`id` for `since=<id>` across topics, `(topic, time, id)`
 //! for a topic's history) and the two partial ones that only scheduled messages pay
 //! for. Expiry (version 2) has no index of its own: `expiry_ranges` records, per
