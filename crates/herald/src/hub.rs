@@ -67,6 +67,32 @@ impl SharedEvent {
     /// The event in `framing` ([`crate::wire`]), built on first use; a wrapping
     /// framing reuses the cached bytes it wraps.
     pub fn encoded(&self, framing: Framing) -> &Bytes {
+        if let Some(bytes) = self.encoded[framing as usize].get() {
+            return bytes;
+        }
+        if matches!(
+            framing,
+            Framing::JsonLine | Framing::WsText | Framing::WsFrame
+        ) {
+            // Built together, in one buffer (`wire::MessageEncodings`). Another
+            // thread may build them at the same time: either's bytes are the same.
+            let all = wire::MessageEncodings::new(&self.message);
+            let mut mine = None;
+            for (f, bytes) in [
+                (Framing::JsonLine, all.json_line),
+                (Framing::WsText, all.ws_text),
+                (Framing::WsFrame, all.ws_frame),
+            ] {
+                if f == framing {
+                    mine = Some(bytes);
+                } else {
+                    let _ = self.encoded[f as usize].set(bytes);
+                }
+            }
+            if let Some(bytes) = mine {
+                return self.encoded[framing as usize].get_or_init(|| bytes);
+            }
+        }
         self.encoded[framing as usize].get_or_init(|| {
             let inner = framing.inner().map(|inner| self.encoded(inner));
             wire::encode(&self.message, framing, inner.map_or(&[][..], |b| &b[..]))
