@@ -283,6 +283,14 @@ impl Herald {
         // out of the way.
         let ticket = (message.expires.is_some() && !self.store.commit_delivers())
             .then(|| Ticket::take(self.clone(), &mut message));
+        if message.id.is_empty() {
+            // Not sequenced here (a drafted publish comes without an ID; the
+            // sequencer gives the sequenced ones theirs).
+            give_id(
+                &mut message,
+                crate::model::MessageId::generate().into_string(),
+            );
+        }
         let this = self.clone();
         // Run to its end even if the caller stops waiting, so that a client going
         // away mid-request cannot stop a publish between its commit and its hand-off
@@ -627,8 +635,9 @@ struct SequencerState {
 
 /// One ticket in flight.
 struct Slot {
-    /// The message's ID (for [`Sequencer::visible_bound`]).
-    id: String,
+    /// The message's ID (for [`Sequencer::visible_bound`]), kept without a
+    /// string of its own: it is read only when a history read starts.
+    id: [u8; crate::model::id::ID_LEN],
     done: bool,
     /// The publish waiting for this ticket's turn, if it is waiting.
     waiter: Option<std::task::Waker>,
@@ -643,16 +652,11 @@ impl Sequencer {
     /// the message's own ID follows it).
     fn take(&self, message: &mut Message) -> u64 {
         let mut st = self.lock();
-        let old = std::mem::replace(
-            &mut message.id,
-            crate::model::MessageId::generate().into_string(),
-        );
-        if message.sequence_id.as_deref() == Some(old.as_str()) {
-            message.sequence_id = Some(message.id.clone());
-        }
+        let id = crate::model::MessageId::generate_ascii();
+        give_id(message, crate::model::id::ascii_string(&id));
         let ticket = st.front + st.in_flight.len() as u64;
         st.in_flight.push_back(Slot {
-            id: message.id.clone(),
+            id,
             done: false,
             waiter: None,
         });
@@ -711,10 +715,19 @@ impl Sequencer {
     fn visible_bound(&self) -> String {
         let st = self.lock();
         match st.in_flight.front() {
-            Some(slot) => slot.id.clone(),
+            Some(slot) => crate::model::id::ascii_string(&slot.id),
             None => crate::model::MessageId::generate().into_string(),
         }
     }
+}
+
+/// Gives `message` the ID `id`; a `sequence_id` that was the message's own ID (a
+/// drafted message's is its empty one) follows it.
+fn give_id(message: &mut Message, id: String) {
+    if message.sequence_id.as_deref() == Some(message.id.as_str()) {
+        message.sequence_id = Some(id.clone());
+    }
+    message.id = id;
 }
 
 /// A history read in progress, taken a page at a time ([`Herald::history_pages`]).
