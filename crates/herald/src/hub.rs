@@ -64,6 +64,28 @@ impl SharedEvent {
         })
     }
 
+    /// The message back out of `this` (without a copy when no one else holds the
+    /// event yet), and what wraps its replacement as `this` was wrapped: for a
+    /// store that gives the message its ID as it commits it.
+    pub(crate) fn into_parts(this: Arc<Self>) -> (Message, Rewrap) {
+        match Arc::try_unwrap(this) {
+            Ok(event) => (
+                event.message,
+                Rewrap {
+                    #[cfg(feature = "otel")]
+                    trace: event.trace,
+                },
+            ),
+            Err(this) => (
+                this.message.clone(),
+                Rewrap {
+                    #[cfg(feature = "otel")]
+                    trace: this.trace.clone(),
+                },
+            ),
+        }
+    }
+
     /// The event in `framing` ([`crate::wire`]), built on first use; a wrapping
     /// framing reuses the cached bytes it wraps.
     pub fn encoded(&self, framing: Framing) -> &Bytes {
@@ -117,6 +139,24 @@ impl SharedEvent {
     /// WebSocket text payload.
     pub fn ws_text(&self) -> &Bytes {
         self.encoded(Framing::WsText)
+    }
+}
+
+/// How an event taken apart by [`SharedEvent::into_parts`] was wrapped.
+pub(crate) struct Rewrap {
+    #[cfg(feature = "otel")]
+    trace: Option<crate::otel::TraceContext>,
+}
+
+impl Rewrap {
+    /// `message`, wrapped as the event it came from was.
+    pub(crate) fn wrap(self, message: Message) -> Arc<SharedEvent> {
+        Arc::new(SharedEvent {
+            message,
+            encoded: Default::default(),
+            #[cfg(feature = "otel")]
+            trace: self.trace,
+        })
     }
 }
 

@@ -291,60 +291,55 @@ impl Herald {
                 crate::model::MessageId::generate().into_string(),
             );
         }
+        // Wrapped for delivery now, so that the futures below move a pointer, not
+        // the message (each move of it was a ~300-byte copy).
+        #[cfg(feature = "otel")]
+        let (event, span) = if crate::otel::enabled() {
+            let span = crate::otel::publish_span(&message);
+            let trace = crate::otel::context(&span);
+            (SharedEvent::traced(message, trace), Some(span))
+        } else {
+            (SharedEvent::new(message), None)
+        };
+        #[cfg(not(feature = "otel"))]
+        let event = SharedEvent::new(message);
         let this = self.clone();
         // Run to its end even if the caller stops waiting, so that a client going
         // away mid-request cannot stop a publish between its commit and its hand-off
         // to the broker (which would also hold up the later messages waiting for
         // their turn behind it). Polled in place: no task per publish.
-        RunToEnd::new(async move { this.publish_traced(message, scheduled, ticket).await }).await
-    }
-
-    async fn publish_traced(
-        &self,
-        message: Message,
-        scheduled: bool,
-        ticket: Option<Ticket>,
-    ) -> Result<Arc<SharedEvent>, PublishError> {
         #[cfg(feature = "otel")]
-        if crate::otel::enabled() {
+        if let Some(span) = span {
             use tracing::Instrument;
-            let span = crate::otel::publish_span(&message);
-            let trace = crate::otel::context(&span);
-            return self
-                .publish_with(message, scheduled, ticket, move |m| {
-                    SharedEvent::traced(m, trace)
-                })
-                .instrument(span)
-                .await;
+            let publish = async move { this.publish_with(event, scheduled, ticket).await };
+            return RunToEnd::new(publish.instrument(span)).await;
         }
-        self.publish_with(message, scheduled, ticket, SharedEvent::new)
-            .await
+        RunToEnd::new(async move { this.publish_with(event, scheduled, ticket).await }).await
     }
 
-    /// [`Self::publish`], wrapping the message for the broker with `wrap`.
+    /// [`Self::publish_event`] of the wrapped `event`.
     async fn publish_with(
         &self,
-        message: Message,
+        event: Arc<SharedEvent>,
         scheduled: bool,
         ticket: Option<Ticket>,
-        wrap: impl FnOnce(Message) -> Arc<SharedEvent>,
     ) -> Result<Arc<SharedEvent>, PublishError> {
         // Publishes are accepted while draining: hyper only lets requests that
         // were already on a connection through, and the store closes after them.
-        let stored = message.expires.is_some() || scheduled;
+        let stored = event.message.expires.is_some() || scheduled;
         if stored && self.store.commit_delivers() {
             // The store gives the message its ID; the commit already put it, in
             // order, on the log every node reads (scheduled ones once due).
+            let (message, rewrap) = SharedEvent::into_parts(event);
             let message = self.store.append(message).await?;
             self.published.fetch_add(1, Ordering::Relaxed);
             if scheduled {
                 self.scheduler_wakeup.notify_one();
             }
-            return Ok(wrap(message));
+            return Ok(rewrap.wrap(message));
         }
         // The message is final: encoded once, for the stored row, the subscribers
-        // and the answer alike (`wire::full_json`).
-        let event = wrap(message);
+        // and the answer alike (`wire::MessageEncodings`).
         if stored {
             let json = event.encoded(crate::wire::Framing::WsText).clone();
             self.store.append_encoded(&event.message, json).await?;
