@@ -789,6 +789,10 @@ pub enum HandOff {
     Full,
 }
 
+/// Largest outbox buffer (in events) a topic keeps between its batches: a burst's
+/// larger one is freed.
+const REUSED_OUTBOX_MAX: usize = 16;
+
 /// Most subscribers of a topic whose fan-out a publisher delivers itself (see
 /// [`FanOut`]): each costs the publisher's answer a non-blocking `send`.
 pub(crate) const INLINE_MAX_SUBSCRIBERS: usize = 16;
@@ -813,15 +817,21 @@ impl FanOut {
         };
         let hub = &self.hub;
         if lock(&topic.subscribers).len() <= INLINE_MAX_SUBSCRIBERS {
-            let Some(batch) = Hub::next_batch(&topic) else {
+            let Some(mut batch) = Hub::next_batch(&topic) else {
                 return;
             };
             hub.deliver_locked(&topic, &batch);
+            batch.clear();
             // Done, unless events arrived while it was delivering: those go to a
             // task, so a publisher delivers at most one batch before it answers.
             let mut outbox = lock(&topic.outbox);
             if outbox.events.is_empty() {
                 outbox.running = false;
+                // The outbox keeps the batch's (small) buffer for its next events,
+                // rather than allocating one per publish.
+                if outbox.events.capacity() == 0 && batch.capacity() <= REUSED_OUTBOX_MAX {
+                    outbox.events = batch;
+                }
                 return;
             }
         }
@@ -1185,6 +1195,11 @@ mod tests {
         assert!(next.is_some());
         drop(next); // dropped unrun, it runs
         assert_eq!(collect(&subs[0], 3).await, ["a", "b", "c"]);
+        // The outbox kept the delivered batch's buffer, emptied, for the next one.
+        let topic = read(&hub.topics).get("t").cloned().unwrap();
+        let outbox = lock(&topic.outbox);
+        assert!(outbox.events.is_empty());
+        assert!(outbox.events.capacity() > 0);
     }
 
     #[tokio::test(flavor = "current_thread")]
