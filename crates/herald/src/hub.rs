@@ -37,6 +37,10 @@ use crate::wire::{self, FRAMINGS, Framing};
 #[derive(Debug)]
 pub struct SharedEvent {
     pub message: Message,
+    /// The JSON line, WebSocket text and WebSocket frame, built together on first
+    /// use (`wire::MessageEncodings`): one initialisation, not one per framing.
+    json: OnceLock<wire::MessageEncodings>,
+    /// The other framings, each built on first use.
     encoded: [OnceLock<Bytes>; FRAMINGS],
     /// The `publish` span's context when the event is traced (see [`crate::otel`]).
     #[cfg(feature = "otel")]
@@ -48,6 +52,7 @@ impl SharedEvent {
     pub fn new(message: Message) -> Arc<Self> {
         Arc::new(SharedEvent {
             message,
+            json: OnceLock::new(),
             encoded: Default::default(),
             #[cfg(feature = "otel")]
             trace: None,
@@ -59,6 +64,7 @@ impl SharedEvent {
     pub fn traced(message: Message, trace: crate::otel::TraceContext) -> Arc<Self> {
         Arc::new(SharedEvent {
             message,
+            json: OnceLock::new(),
             encoded: Default::default(),
             trace: Some(trace),
         })
@@ -89,36 +95,19 @@ impl SharedEvent {
     /// The event in `framing` ([`crate::wire`]), built on first use; a wrapping
     /// framing reuses the cached bytes it wraps.
     pub fn encoded(&self, framing: Framing) -> &Bytes {
-        if let Some(bytes) = self.encoded[framing as usize].get() {
-            return bytes;
+        let json = || {
+            self.json
+                .get_or_init(|| wire::MessageEncodings::new(&self.message))
+        };
+        match framing {
+            Framing::JsonLine => &json().json_line,
+            Framing::WsText => &json().ws_text,
+            Framing::WsFrame => &json().ws_frame,
+            _ => self.encoded[framing as usize].get_or_init(|| {
+                let inner = framing.inner().map(|inner| self.encoded(inner));
+                wire::encode(&self.message, framing, inner.map_or(&[][..], |b| &b[..]))
+            }),
         }
-        if matches!(
-            framing,
-            Framing::JsonLine | Framing::WsText | Framing::WsFrame
-        ) {
-            // Built together, in one buffer (`wire::MessageEncodings`). Another
-            // thread may build them at the same time: either's bytes are the same.
-            let all = wire::MessageEncodings::new(&self.message);
-            let mut mine = None;
-            for (f, bytes) in [
-                (Framing::JsonLine, all.json_line),
-                (Framing::WsText, all.ws_text),
-                (Framing::WsFrame, all.ws_frame),
-            ] {
-                if f == framing {
-                    mine = Some(bytes);
-                } else {
-                    let _ = self.encoded[f as usize].set(bytes);
-                }
-            }
-            if let Some(bytes) = mine {
-                return self.encoded[framing as usize].get_or_init(|| bytes);
-            }
-        }
-        self.encoded[framing as usize].get_or_init(|| {
-            let inner = framing.inner().map(|inner| self.encoded(inner));
-            wire::encode(&self.message, framing, inner.map_or(&[][..], |b| &b[..]))
-        })
     }
 
     /// `/json` framing: ntfy's `ForJSON` object and a newline.
@@ -153,6 +142,7 @@ impl Rewrap {
     pub(crate) fn wrap(self, message: Message) -> Arc<SharedEvent> {
         Arc::new(SharedEvent {
             message,
+            json: OnceLock::new(),
             encoded: Default::default(),
             #[cfg(feature = "otel")]
             trace: self.trace,
