@@ -37,6 +37,10 @@ use crate::wire::{self, FRAMINGS, Framing};
 #[derive(Debug)]
 pub struct SharedEvent {
     pub message: Message,
+    /// The JSON line, WebSocket text and WebSocket frame, built together on first
+    /// use (`wire::MessageEncodings`): one initialisation, not one per framing.
+    json: OnceLock<wire::MessageEncodings>,
+    /// The other framings, each built on first use.
     encoded: [OnceLock<Bytes>; FRAMINGS],
     /// The `publish` span's context when the event is traced (see [`crate::otel`]).
     #[cfg(feature = "otel")]
@@ -48,6 +52,7 @@ impl SharedEvent {
     pub fn new(message: Message) -> Arc<Self> {
         Arc::new(SharedEvent {
             message,
+            json: OnceLock::new(),
             encoded: Default::default(),
             #[cfg(feature = "otel")]
             trace: None,
@@ -59,18 +64,50 @@ impl SharedEvent {
     pub fn traced(message: Message, trace: crate::otel::TraceContext) -> Arc<Self> {
         Arc::new(SharedEvent {
             message,
+            json: OnceLock::new(),
             encoded: Default::default(),
             trace: Some(trace),
         })
     }
 
+    /// The message back out of `this` (without a copy when no one else holds the
+    /// event yet), and what wraps its replacement as `this` was wrapped: for a
+    /// store that gives the message its ID as it commits it.
+    pub(crate) fn into_parts(this: Arc<Self>) -> (Message, Rewrap) {
+        match Arc::try_unwrap(this) {
+            Ok(event) => (
+                event.message,
+                Rewrap {
+                    #[cfg(feature = "otel")]
+                    trace: event.trace,
+                },
+            ),
+            Err(this) => (
+                this.message.clone(),
+                Rewrap {
+                    #[cfg(feature = "otel")]
+                    trace: this.trace.clone(),
+                },
+            ),
+        }
+    }
+
     /// The event in `framing` ([`crate::wire`]), built on first use; a wrapping
     /// framing reuses the cached bytes it wraps.
     pub fn encoded(&self, framing: Framing) -> &Bytes {
-        self.encoded[framing as usize].get_or_init(|| {
-            let inner = framing.inner().map(|inner| self.encoded(inner));
-            wire::encode(&self.message, framing, inner.map_or(&[][..], |b| &b[..]))
-        })
+        let json = || {
+            self.json
+                .get_or_init(|| wire::MessageEncodings::new(&self.message))
+        };
+        match framing {
+            Framing::JsonLine => &json().json_line,
+            Framing::WsText => &json().ws_text,
+            Framing::WsFrame => &json().ws_frame,
+            _ => self.encoded[framing as usize].get_or_init(|| {
+                let inner = framing.inner().map(|inner| self.encoded(inner));
+                wire::encode(&self.message, framing, inner.map_or(&[][..], |b| &b[..]))
+            }),
+        }
     }
 
     /// `/json` framing: ntfy's `ForJSON` object and a newline.
@@ -91,6 +128,25 @@ impl SharedEvent {
     /// WebSocket text payload.
     pub fn ws_text(&self) -> &Bytes {
         self.encoded(Framing::WsText)
+    }
+}
+
+/// How an event taken apart by [`SharedEvent::into_parts`] was wrapped.
+pub(crate) struct Rewrap {
+    #[cfg(feature = "otel")]
+    trace: Option<crate::otel::TraceContext>,
+}
+
+impl Rewrap {
+    /// `message`, wrapped as the event it came from was.
+    pub(crate) fn wrap(self, message: Message) -> Arc<SharedEvent> {
+        Arc::new(SharedEvent {
+            message,
+            json: OnceLock::new(),
+            encoded: Default::default(),
+            #[cfg(feature = "otel")]
+            trace: self.trace,
+        })
     }
 }
 
@@ -723,6 +779,10 @@ pub enum HandOff {
     Full,
 }
 
+/// Largest outbox buffer (in events) a topic keeps between its batches: a burst's
+/// larger one is freed.
+const REUSED_OUTBOX_MAX: usize = 16;
+
 /// Most subscribers of a topic whose fan-out a publisher delivers itself (see
 /// [`FanOut`]): each costs the publisher's answer a non-blocking `send`.
 pub(crate) const INLINE_MAX_SUBSCRIBERS: usize = 16;
@@ -747,15 +807,21 @@ impl FanOut {
         };
         let hub = &self.hub;
         if lock(&topic.subscribers).len() <= INLINE_MAX_SUBSCRIBERS {
-            let Some(batch) = Hub::next_batch(&topic) else {
+            let Some(mut batch) = Hub::next_batch(&topic) else {
                 return;
             };
             hub.deliver_locked(&topic, &batch);
+            batch.clear();
             // Done, unless events arrived while it was delivering: those go to a
             // task, so a publisher delivers at most one batch before it answers.
             let mut outbox = lock(&topic.outbox);
             if outbox.events.is_empty() {
                 outbox.running = false;
+                // The outbox keeps the batch's (small) buffer for its next events,
+                // rather than allocating one per publish.
+                if outbox.events.capacity() == 0 && batch.capacity() <= REUSED_OUTBOX_MAX {
+                    outbox.events = batch;
+                }
                 return;
             }
         }
@@ -1119,6 +1185,11 @@ mod tests {
         assert!(next.is_some());
         drop(next); // dropped unrun, it runs
         assert_eq!(collect(&subs[0], 3).await, ["a", "b", "c"]);
+        // The outbox kept the delivered batch's buffer, emptied, for the next one.
+        let topic = read(&hub.topics).get("t").cloned().unwrap();
+        let outbox = lock(&topic.outbox);
+        assert!(outbox.events.is_empty());
+        assert!(outbox.events.capacity() > 0);
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -222,7 +222,8 @@ impl MessageDraft {
     /// The message this draft publishes on `topic`, with `cache-duration` of
     /// `cache_secs`.
     fn into_message(self, topic: String, cache_secs: i64) -> Message {
-        let mut m = Message::new(EventKind::Message, topic);
+        // No ID yet: `publish_event` gives it one, in order.
+        let mut m = Message::without_id(EventKind::Message, topic);
         if let Some(due) = self.due {
             m.time = due;
         }
@@ -272,7 +273,7 @@ impl MessageDraft {
 /// A sequence's `message_delete` or `message_clear` event, kept in the history like
 /// a message (so that clients catching up see it) unless caching is off.
 fn sequence_event(kind: EventKind, topic: String, sequence_id: String, cache_secs: i64) -> Message {
-    let mut m = Message::new(kind, topic);
+    let mut m = Message::without_id(kind, topic);
     m.sequence_id = Some(sequence_id);
     if cache_secs > 0 {
         m.expires = Some(m.time.saturating_add(cache_secs));
@@ -348,6 +349,34 @@ mod tests {
         }
         .into_message("t".into(), 0);
         assert_eq!(m.message, "You received a file: f.jpg");
+    }
+
+    /// A draft has no ID; the publish gives it one, sequenced or not, and a
+    /// sequence named after the message follows it.
+    #[tokio::test]
+    async fn a_published_message_gets_one_id_and_its_sequence_follows_it() {
+        assert_eq!(draft().into_message("t".into(), 3600).id, "");
+        let dir = tempfile::tempdir().unwrap();
+        let herald = crate::core::tests::herald(&dir);
+        for cache in [true, false] {
+            let publish = request(PublishKind::Message(Box::new(MessageDraft {
+                cache,
+                ..draft()
+            })));
+            let m = herald.publish(publish).await.unwrap();
+            assert!(crate::model::id::is_valid(&m.id), "{cache}: {:?}", m.id);
+            assert_eq!(m.sequence_id.as_deref(), Some(m.id.as_str()), "{cache}");
+        }
+        let named = herald.publish(in_sequence("s", None)).await.unwrap();
+        assert!(crate::model::id::is_valid(&named.id));
+        assert_eq!(named.sequence_id.as_deref(), Some("s"));
+        let delete = PublishKind::Delete {
+            sequence_id: "s".into(),
+        };
+        let deleted = herald.publish(request(delete)).await.unwrap();
+        assert!(crate::model::id::is_valid(&deleted.id));
+        assert!(deleted.id > named.id, "IDs keep publish order");
+        herald.store.close().await;
     }
 
     fn request(kind: PublishKind) -> PublishRequest {

@@ -32,6 +32,16 @@ impl MessageId {
 
     /// A new ID for wall-clock time `now_ms` (monotonic even if the clock steps back).
     pub fn generate_at(now_ms: u64) -> Self {
+        MessageId(ascii_string(&Self::generate_ascii_at(now_ms)))
+    }
+
+    /// [`Self::generate`] as its 12 ASCII bytes, for a caller that keeps a copy of
+    /// the ID beside the message's string (the sequencer) without allocating one.
+    pub(crate) fn generate_ascii() -> [u8; ID_LEN] {
+        Self::generate_ascii_at(super::now_unix_ms().max(0) as u64)
+    }
+
+    fn generate_ascii_at(now_ms: u64) -> [u8; ID_LEN] {
         let (ms, counter) = {
             let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
             let next = if now_ms > last.0 {
@@ -49,7 +59,7 @@ impl MessageId {
         let mut buf = [0u8; ID_LEN];
         encode(ms, &mut buf[..TIME_DIGITS]);
         encode(counter, &mut buf[TIME_DIGITS..]);
-        MessageId(ascii_string(&buf))
+        buf
     }
 
     /// The smallest possible ID created at `ms`: every ID generated at or after `ms`
@@ -119,15 +129,15 @@ fn digit_value(b: u8) -> Option<u64> {
     }
 }
 
-/// Writes `value` as fixed-width base 62 into `out` (most significant digit first).
 /// `ascii` (the alphabet's bytes) as a string, copied in one go: collected char by
 /// char, as before, it cost about 540 instructions per ID, and every publish takes
 /// two IDs.
-fn ascii_string(ascii: &[u8]) -> String {
+pub(crate) fn ascii_string(ascii: &[u8]) -> String {
     // The alphabet is ASCII, so this is never empty for an ID.
     std::str::from_utf8(ascii).map_or_else(|_| String::new(), str::to_owned)
 }
 
+/// Writes `value` as fixed-width base 62 into `out` (most significant digit first).
 fn encode(mut value: u64, out: &mut [u8]) {
     for slot in out.iter_mut().rev() {
         *slot = ALPHABET[(value % 62) as usize];

@@ -8,6 +8,7 @@
 //! one (e.g. SSE framing) reaches every path. Formats follow ntfy
 //! (https://docs.ntfy.sh/subscribe/api/).
 
+mod json;
 pub mod ws;
 
 use bytes::Bytes;
@@ -149,13 +150,61 @@ pub const HTTP_LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 /// six or seven times.
 pub fn json_line(message: &Message) -> Bytes {
     let mut buf = Vec::with_capacity(json_capacity(message));
-    if serde_json::to_writer(&mut buf, &message.for_json()).is_err() {
-        // Serializing a `Message` into memory has nothing that can fail; were it
-        // to, the line is empty, as before.
-        buf.clear();
-    }
+    json::write_message(&mut buf, message, json::Form::ForJson);
     buf.push(b'\n');
     Bytes::from(buf)
+}
+
+/// A message's JSON line ([`Framing::JsonLine`]), WebSocket text
+/// ([`Framing::WsText`]) and WebSocket frame ([`Framing::WsFrame`]), built together
+/// in one buffer: a published event needs all three (the answer, the stored row,
+/// each WebSocket subscriber), and built one from another they were three
+/// allocations and two copies of the line, then three frees.
+///
+/// The buffer holds the frame (its header right before the text, so the text is
+/// the frame's tail) and then, when the two forms differ (the `sequence_id` that
+/// `ForJSON` leaves out), the line, cut from the text without encoding again.
+#[derive(Debug, Clone)]
+pub(crate) struct MessageEncodings {
+    pub(crate) json_line: Bytes,
+    pub(crate) ws_text: Bytes,
+    pub(crate) ws_frame: Bytes,
+}
+
+impl MessageEncodings {
+    pub(crate) fn new(message: &Message) -> Self {
+        // The longest header (10 bytes) is reserved; the frame starts where its
+        // actual header does.
+        const HEAD: usize = 10;
+        let own_sequence = message.sequence_id.as_deref() == Some(message.id.as_str());
+        let json = json_capacity(message);
+        let mut buf = Vec::with_capacity(HEAD + json + if own_sequence { json } else { 0 });
+        buf.resize(HEAD, 0);
+        let sequence = json::write_message(&mut buf, message, json::Form::Full);
+        let text_end = buf.len();
+        let header = ws::frame_header(ws::OP_TEXT, text_end - HEAD);
+        let frame_start = HEAD - header.len();
+        buf[frame_start..HEAD].copy_from_slice(&header);
+        let line = match sequence {
+            // `sequence_id` is the ID: the line is the text without it.
+            Some(entry) if own_sequence => {
+                buf.extend_from_within(HEAD..entry.start);
+                buf.extend_from_within(entry.end..text_end);
+                buf.push(b'\n');
+                text_end..buf.len()
+            }
+            _ => {
+                buf.push(b'\n');
+                HEAD..buf.len()
+            }
+        };
+        let all = Bytes::from(buf);
+        MessageEncodings {
+            json_line: all.slice(line),
+            ws_text: all.slice(HEAD..text_end),
+            ws_frame: all.slice(frame_start..text_end),
+        }
+    }
 }
 
 /// Enough bytes for `message`'s JSON line unless its text needs much escaping:
@@ -202,7 +251,9 @@ pub fn full_json(message: &Message, json_line: &[u8]) -> Bytes {
         || json.get(START.len()..id_end) != Some(id)
         || json.get(id_end) != Some(&b'"')
     {
-        return Bytes::from(serde_json::to_vec(message).unwrap_or_default());
+        let mut full = Vec::with_capacity(json_capacity(message) + id.len() + 18);
+        json::write_message(&mut full, message, json::Form::Full);
+        return Bytes::from(full);
     }
     let mut out = Vec::with_capacity(json.len() + id.len() + 18);
     out.extend_from_slice(&json[..=id_end]);
@@ -321,6 +372,35 @@ mod tests {
         expected.push(b'\n');
         assert_eq!(&line[..], &expected[..]);
         assert!(line.len() <= json_capacity(&m), "no reallocation");
+    }
+
+    #[test]
+    fn the_encodings_built_together_are_the_ones_built_apart() {
+        let mut m = Message::new(EventKind::Message, "t");
+        m.message = "a \"quoted\"\nmessage".into();
+        m.expires = Some(9);
+        let long = "x".repeat(200);
+        let ids = [m.id.clone(), "a\"b".to_string()];
+        for (id, sequence_id, text) in ids
+            .iter()
+            .flat_map(|id| [None, Some(id.clone()), Some("other".into())].map(|s| (id, s)))
+            .flat_map(|(id, s)| [("short", id, s.clone()), (long.as_str(), id, s)])
+            .map(|(text, id, s)| (id.clone(), s, text))
+        {
+            m.id = id;
+            m.sequence_id = sequence_id;
+            m.message = text.into();
+            let all = MessageEncodings::new(&m);
+            let line = json_line(&m);
+            let text = full_json(&m, &line);
+            assert_eq!(&all.json_line[..], &line[..], "{m:?}");
+            assert_eq!(&all.ws_text[..], &text[..], "{m:?}");
+            assert_eq!(
+                &all.ws_frame[..],
+                &ws::frame(ws::OP_TEXT, &text)[..],
+                "{m:?}"
+            );
+        }
     }
 
     #[test]

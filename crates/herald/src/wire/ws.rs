@@ -18,21 +18,50 @@ pub const OP_PONG: u8 = 0xA;
 
 /// An unmasked, final server frame with `opcode` (RFC 6455 §5.2).
 pub fn frame(opcode: u8, payload: &[u8]) -> Bytes {
-    let mut buf = Vec::with_capacity(payload.len() + 10);
-    buf.push(0x80 | opcode);
-    match payload.len() {
-        n if n < 126 => buf.push(n as u8),
-        n if n <= u16::MAX as usize => {
-            buf.push(126);
-            buf.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            buf.push(127);
-            buf.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
+    let header = frame_header(opcode, payload.len());
+    let mut buf = Vec::with_capacity(payload.len() + header.len());
+    buf.extend_from_slice(&header);
     buf.extend_from_slice(payload);
     Bytes::from(buf)
+}
+
+/// The header of an unmasked, final frame with a payload of `len` bytes.
+pub(crate) fn frame_header(opcode: u8, len: usize) -> FrameHeader {
+    let mut bytes = [0u8; 10];
+    bytes[0] = 0x80 | opcode;
+    let len_bytes = match len {
+        n if n < 126 => {
+            bytes[1] = n as u8;
+            2
+        }
+        n if n <= u16::MAX as usize => {
+            bytes[1] = 126;
+            bytes[2..4].copy_from_slice(&(n as u16).to_be_bytes());
+            4
+        }
+        n => {
+            bytes[1] = 127;
+            bytes[2..10].copy_from_slice(&(n as u64).to_be_bytes());
+            10
+        }
+    };
+    FrameHeader {
+        bytes,
+        len: len_bytes,
+    }
+}
+
+/// A frame header (2, 4 or 10 bytes), without an allocation.
+pub(crate) struct FrameHeader {
+    bytes: [u8; 10],
+    len: usize,
+}
+
+impl std::ops::Deref for FrameHeader {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
 }
 
 /// A close frame carrying `code`.
