@@ -85,10 +85,11 @@ where
         headers: request.headers,
         query: request.query,
     };
-    if src
-        .get(super::params::names::TEMPLATE)
-        .and_then(|t| crate::template::Mode::parse(&t))
-        .is_some()
+    if !src.is_bare()
+        && src
+            .get(super::params::names::TEMPLATE)
+            .and_then(|t| crate::template::Mode::parse(&t))
+            .is_some()
     {
         limit = limit.max(crate::template::JSON_BODY_LIMIT);
     }
@@ -202,6 +203,11 @@ fn idempotency_key(
     publisher: Option<&Publisher>,
     body: &[u8],
 ) -> Result<Option<IdempotencyKey>, ApiError> {
+    // A request naming no parameter (most) has no key either: one pass over its
+    // headers, not one per alias.
+    if src.is_bare() {
+        return Ok(None);
+    }
     let Some(key) = src.get(IDEMPOTENCY_KEY) else {
         return Ok(None);
     };
@@ -576,6 +582,60 @@ mod tests {
                     _ => Err(ApiError::TOPIC_INVALID),
                 });
             assert_eq!(single_topic(name), as_list, "{name:?}");
+        }
+    }
+
+    #[test]
+    fn idempotency_names_are_the_keys_names() {
+        for name in IDEMPOTENCY_KEY {
+            assert!(super::super::params::is_idempotency_name(name), "{name}");
+        }
+        assert!(!super::super::params::is_idempotency_name("idempotency"));
+    }
+
+    /// A bare request (the lookups' fast path) is exactly one where the template,
+    /// the idempotency key and every fingerprinted parameter are absent.
+    #[test]
+    fn a_bare_request_has_no_parameter() {
+        use axum::http::{HeaderName, HeaderValue};
+        type Pairs<'a> = &'a [(&'a str, &'a str)];
+        let cases: &[(Pairs<'_>, Pairs<'_>)] = &[
+            (&[], &[]),
+            (
+                &[("host", "x"), ("user-agent", "y"), ("content-length", "3")],
+                &[],
+            ),
+            (&[("host", "x"), ("x-title", "t")], &[]),
+            (&[("Idempotency-Key", "k")], &[]),
+            (&[("X-Idempotency-Key", "k")], &[]),
+            (&[("content-type", "text/plain")], &[]),
+            (&[("tpl", "yes")], &[]),
+            (&[], &[("idempotency_key", "k")]),
+            (&[], &[("unrelated", "1")]),
+        ];
+        for (headers, query) in cases {
+            let mut map = HeaderMap::new();
+            for (name, value) in *headers {
+                map.append(
+                    HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                    HeaderValue::from_str(value).unwrap(),
+                );
+            }
+            let query: Vec<(String, String)> = query
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let src = ParamSource {
+                headers: &map,
+                query: &query,
+            };
+            let any = src.get(IDEMPOTENCY_KEY).is_some()
+                || FINGERPRINTED.iter().any(|names| src.get(names).is_some());
+            if src.is_bare() {
+                assert!(!any, "{headers:?} {query:?}");
+            } else if query.is_empty() {
+                assert!(any, "{headers:?}");
+            }
         }
     }
 
