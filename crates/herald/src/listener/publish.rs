@@ -76,10 +76,6 @@ struct PlainPublish {
 struct Conn {
     stream: TcpStream,
     buf: BytesMut,
-    /// The current request's headers. The map is cleared between requests rather than
-    /// built anew, so its tables are allocated once per connection, and its values
-    /// are slices of the head's bytes rather than copies.
-    headers: HeaderMap,
     /// The answer's bytes, laid out here and written at once; kept for the next one.
     out: Vec<u8>,
     /// The request metrics' series of the last answer (`herald_http_requests` by
@@ -119,11 +115,20 @@ impl Listener {
         let mut conn = Conn {
             stream,
             buf,
-            headers: HeaderMap::new(),
             out: Vec::new(),
             series: None,
         };
+        // The current request's headers. The map is cleared between requests rather
+        // than built anew, so its tables are allocated once per connection, and its
+        // values are slices of the head's bytes rather than copies.
+        let mut headers = HeaderMap::new();
         let mut fields = Vec::new();
+        // Shutdown, watched while the connection waits for a head: registered once
+        // per connection rather than once per request. As `read_head` does, an idle
+        // connection then closes, and one whose next request has started arriving is
+        // served.
+        let mut shutdown = std::pin::pin!(self.shutdown.cancelled());
+        let mut watching = true;
         let mut idle_timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
         let limits = self.state.limits.config();
         let max_head = limits.max_header_size;
@@ -144,11 +149,13 @@ impl Listener {
             // The head's bytes stay shared by the header values and the URI that
             // point into them until the answer is written.
             let head = conn.buf.split_to(head_len).freeze();
-            let Some(request) = plain_publish(&head, found, &mut fields, &mut conn.headers) else {
-                conn.headers.clear();
+            let Some(request) = plain_publish(&head, found, &mut fields, &mut headers) else {
+                headers.clear();
                 return (conn.stream, Outcome::Fallback(rejoin(head, conn.buf)));
             };
-            let keep_alive = match self.answer(&mut conn, peer, request).await {
+            let answered = self.answer(&mut conn, &headers, peer, request).await;
+            headers.clear();
+            let keep_alive = match answered {
                 Ok(keep_alive) => keep_alive,
                 Err(_) => return (conn.stream, Outcome::Closed),
             };
@@ -174,7 +181,7 @@ impl Listener {
                         &mut conn.stream,
                         &mut conn.buf,
                         max_head,
-                        &self.shutdown,
+                        None,
                         |buf| self.scan(buf, max_head, &mut fields, &mut scanned),
                     ) => break Some(read),
                     () = timer.as_mut() => {
@@ -182,6 +189,16 @@ impl Listener {
                             break None;
                         }
                         timer.as_mut().reset(deadline);
+                    }
+                    // Nothing of the next request yet: what may have just arrived is
+                    // taken, else the connection closes.
+                    () = shutdown.as_mut(), if watching && conn.buf.is_empty() => {
+                        watching = false;
+                        conn.buf.reserve(1024);
+                        match conn.stream.try_read_buf(&mut conn.buf) {
+                            Ok(n) if n > 0 => {}
+                            _ => break None,
+                        }
                     }
                 }
             };
@@ -252,6 +269,9 @@ impl Listener {
         let mut connection_close = false;
         let mut connection_keep_alive = false;
         for h in req.headers.iter() {
+            if self.unread(h.name) {
+                continue;
+            }
             let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
             if name == TRANSFER_ENCODING || name == EXPECT || name == UPGRADE {
                 return None;
@@ -287,10 +307,36 @@ impl Listener {
         })
     }
 
+    /// Whether the header `name` (as sent, any case) is one that nothing a plain
+    /// publish runs reads, so it is left out of the request's map: `Host` and
+    /// `User-Agent`, which nearly every client sends. The API's publish reads its
+    /// parameters, credentials, `Content-Length` and `Content-Encoding`, and the two
+    /// configurable names (`proxy-forwarded-header`, `auth-user-header`), which are
+    /// kept whatever they are. httparse checked the value as `HeaderValue` would
+    /// (visible ASCII, tab and obs-text), so leaving it out changes no answer.
+    fn unread(&self, name: &str) -> bool {
+        (name.eq_ignore_ascii_case("host") || name.eq_ignore_ascii_case("user-agent"))
+            && !self
+                .state
+                .limits
+                .config()
+                .proxy_forwarded_header
+                .as_str()
+                .eq_ignore_ascii_case(name)
+            && !self
+                .state
+                .herald
+                .config()
+                .auth_user_header
+                .as_deref()
+                .is_some_and(|h| h.eq_ignore_ascii_case(name))
+    }
+
     /// Answers one plain publish; `Ok(true)` when the connection stays open.
     async fn answer(
         &self,
         conn: &mut Conn,
+        headers: &HeaderMap,
         peer: std::net::SocketAddr,
         request: PlainPublish,
     ) -> std::io::Result<bool> {
@@ -301,48 +347,38 @@ impl Listener {
         let path = request.uri.path();
         let segments = [&path[1..]];
         let query = request.uri.query();
-        // Lent to the request while `conn` reads its body; back before the next one.
-        let mut headers = std::mem::take(&mut conn.headers);
         let mut body_read = false;
-        let response = match crate::api::admit(
-            state,
-            &request.method,
-            &segments,
-            &headers,
-            query,
-            peer.ip(),
-        )
-        .await
-        {
-            Err(refused) => refused,
-            Ok(admitted) => {
-                let pairs = crate::api::parse_query(query);
-                let publish = TopicPublish {
-                    headers: &headers,
-                    query: &pairs,
-                    topic: segments[0],
-                    path_sequence_id: None,
-                    principal: &admitted.principal,
-                    publisher: Some(&admitted.publisher),
-                };
-                let len = request.content_length;
-                let result = publish_to_topic(state, publish, |_limit| {
-                    body_read = true;
-                    let read = conn.read_body(len, deadline);
-                    async move {
-                        Ok::<_, ApiError>(BodyBytes {
-                            bytes: read.await?,
-                            complete: true,
-                            rest: None,
-                        })
-                    }
-                })
-                .await;
-                crate::api::conclude(state, admitted, result).await
-            }
-        };
-        headers.clear();
-        conn.headers = headers;
+        let response =
+            match crate::api::admit(state, &request.method, &segments, headers, query, peer.ip())
+                .await
+            {
+                Err(refused) => refused,
+                Ok(admitted) => {
+                    let pairs = crate::api::parse_query(query);
+                    let publish = TopicPublish {
+                        headers,
+                        query: &pairs,
+                        topic: segments[0],
+                        path_sequence_id: None,
+                        principal: &admitted.principal,
+                        publisher: Some(&admitted.publisher),
+                    };
+                    let len = request.content_length;
+                    let result = publish_to_topic(state, publish, |_limit| {
+                        body_read = true;
+                        let read = conn.read_body(len, deadline);
+                        async move {
+                            Ok::<_, ApiError>(BodyBytes {
+                                bytes: read.await?,
+                                complete: true,
+                                rest: None,
+                            })
+                        }
+                    })
+                    .await;
+                    crate::api::conclude(state, admitted, result).await
+                }
+            };
         let (mut parts, body) = response.into_parts();
         let body = body_bytes(body).await;
         // The rest of a body that timed out may never come (as on the API's path).
@@ -513,9 +549,11 @@ fn encode_response(
 ) {
     use axum::http::header::DATE;
     let headers = &mut parts.headers;
-    if headers.contains_key(CONNECTION)
-        || headers.contains_key(CONTENT_LENGTH)
-        || headers.contains_key(DATE)
+    // One pass over the answer's few headers (standard names compare as a tag), not
+    // a hashed lookup per name.
+    if headers
+        .keys()
+        .any(|name| name == CONNECTION || name == CONTENT_LENGTH || name == DATE)
     {
         // Where axum's router puts them (after the handler's headers, before the
         // listener's), so the header order is the router's.
