@@ -46,6 +46,7 @@ pub async fn publish(
         headers: &parts.headers,
         query: &query,
         topic,
+        topic_is_name: false,
         path_sequence_id,
         principal,
         publisher: parts.extensions.get::<Publisher>(),
@@ -57,8 +58,11 @@ pub async fn publish(
 pub(crate) struct TopicPublish<'a> {
     pub(crate) headers: &'a HeaderMap,
     pub(crate) query: &'a [(String, String)],
-    /// The path's topic, not yet checked.
+    /// The path's topic.
     pub(crate) topic: &'a str,
+    /// Whether `topic` was checked as a topic name already (by the listener's direct
+    /// path, to route the request): only the reserved names are left to refuse.
+    pub(crate) topic_is_name: bool,
     pub(crate) path_sequence_id: Option<String>,
     pub(crate) principal: &'a Principal,
     pub(crate) publisher: Option<&'a Publisher>,
@@ -75,7 +79,12 @@ pub(crate) async fn publish_to_topic<F>(
 where
     F: std::future::Future<Output = Result<BodyBytes, ApiError>>,
 {
-    let topic = single_topic(request.topic)?;
+    let topic = if request.topic_is_name {
+        debug_assert!(crate::model::topic::is_valid_name(request.topic));
+        allowed_topic(request.topic)?
+    } else {
+        single_topic(request.topic)?
+    };
     state
         .auth
         .authorize(request.principal, &topic, Permission::Write)?;
@@ -290,16 +299,23 @@ pub(super) fn authorize_write(
     Ok(state.auth.authorize(principal, topic, Permission::Write)?)
 }
 
+/// A valid topic name, unless it is reserved.
+fn allowed_topic(topic: &str) -> Result<String, ApiError> {
+    if crate::model::topic::DEFAULT_DISALLOWED_TOPICS.contains(&topic) {
+        Err(crate::subscribe::TopicListError::Disallowed.into())
+    } else {
+        Ok(topic.to_string())
+    }
+}
+
 pub(super) fn single_topic(topic: &str) -> Result<String, ApiError> {
     use crate::subscribe::TopicListError;
     // One name (every publish path but a list's): the list's checks, without the list.
     if !topic.contains(',') {
         return if !crate::model::topic::is_valid_name(topic) {
             Err(TopicListError::Invalid.into())
-        } else if crate::model::topic::DEFAULT_DISALLOWED_TOPICS.contains(&topic) {
-            Err(TopicListError::Disallowed.into())
         } else {
-            Ok(topic.to_string())
+            allowed_topic(topic)
         };
     }
     let mut topics = parse_topics(topic)?;
@@ -582,6 +598,10 @@ mod tests {
                     _ => Err(ApiError::TOPIC_INVALID),
                 });
             assert_eq!(single_topic(name), as_list, "{name:?}");
+            // A name the listener checked already: the same answer.
+            if crate::model::topic::is_valid_name(name) {
+                assert_eq!(allowed_topic(name), as_list, "{name:?}");
+            }
         }
     }
 

@@ -359,6 +359,8 @@ impl Listener {
                         headers,
                         query: &pairs,
                         topic: segments[0],
+                        // `plain` routed it here as a topic name.
+                        topic_is_name: true,
                         path_sequence_id: None,
                         principal: &admitted.principal,
                         publisher: Some(&admitted.publisher),
@@ -501,10 +503,18 @@ async fn body_bytes(body: axum::body::Body) -> Bytes {
 
 /// A `Content-Length` value as hyper accepts it: digits only.
 fn parse_length(value: &[u8]) -> Option<usize> {
-    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+    if value.is_empty() || value.len() > 19 {
         return None;
     }
-    std::str::from_utf8(value).ok()?.parse().ok()
+    // Nineteen digits fit a `u64`: no overflow to check on the way.
+    let mut n = 0u64;
+    for &b in value {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        n = n * 10 + u64::from(b - b'0');
+    }
+    usize::try_from(n).ok()
 }
 
 /// Whether a `Connection` value lists `token` (comma-separated, any case).
@@ -704,6 +714,12 @@ mod tests {
         assert_eq!(parse_length(b" 1"), None);
         assert_eq!(parse_length(b""), None);
         assert_eq!(parse_length(b"99999999999999999999"), None);
+        assert_eq!(
+            parse_length(b"9999999999999999999"),
+            usize::try_from(9_999_999_999_999_999_999u64).ok()
+        );
+        assert_eq!(parse_length(b"0042"), Some(42));
+        assert_eq!(parse_length(b"1a"), None);
     }
 
     /// hyper's layout of a closing answer: the router's `content-length` after the
