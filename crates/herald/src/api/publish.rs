@@ -445,10 +445,13 @@ async fn publish_body(
         if let Some(p) = out.priority {
             draft.priority = super::params::parse_priority(&p)?;
         }
-    } else if params.filename.is_some()
-        || !body.complete
-        || std::str::from_utf8(&body.bytes).is_err()
+    } else if let Some(text) = (params.filename.is_none() && body.complete)
+        .then(|| std::str::from_utf8(&body.bytes).ok())
+        .flatten()
     {
+        // A whole UTF-8 body without a file name is the message (checked once).
+        draft.text = pick_text(text, params.message);
+    } else {
         let Some(attachments) = &state.attachments else {
             return Err(ApiError::ATTACHMENTS_NOT_ALLOWED);
         };
@@ -474,10 +477,6 @@ async fn publish_body(
         draft.attachment = Some(pending.attachment().clone());
         draft.text = params.message.unwrap_or_default();
         upload = Some(pending);
-    } else {
-        let text =
-            std::str::from_utf8(&body.bytes).map_err(|_| ApiError::ATTACHMENTS_NOT_ALLOWED)?;
-        draft.text = pick_text(text, params.message);
     }
 
     let scheduled = draft.due.is_some();

@@ -259,7 +259,11 @@ impl Listener {
         if !target.starts_with('/') || target.len() > self.state.limits.config().max_url_length {
             return None;
         }
-        let path = target.split_once('?').map_or(target, |(p, _)| p);
+        // A byte search: `split_once` searches for a `char`, at twice the cost here.
+        let path = match target.bytes().position(|b| b == b'?') {
+            Some(end) => &target[..end],
+            None => target,
+        };
         // `/<topic>` only: no other route has one segment for these methods.
         if !topic::is_valid_name(&path[1..]) {
             return None;
