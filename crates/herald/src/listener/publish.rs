@@ -273,19 +273,25 @@ impl Listener {
         let mut connection_close = false;
         let mut connection_keep_alive = false;
         for h in req.headers.iter() {
-            if self.unread(h.name) {
-                continue;
-            }
-            let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
-            if name == TRANSFER_ENCODING || name == EXPECT || name == UPGRADE {
-                return None;
-            } else if name == CONTENT_LENGTH {
+            // Every publish has one: compared as bytes, no `HeaderName` unless kept.
+            if h.name.eq_ignore_ascii_case("content-length") {
                 lengths += 1;
                 // Several: hyper's rules for them are its own.
                 if lengths > 1 {
                     return None;
                 }
                 content_length = parse_length(h.value)?;
+                if !self.unread(h.name) {
+                    fields.push((CONTENT_LENGTH, range_in(buf, h.value)));
+                }
+                continue;
+            }
+            if self.unread(h.name) {
+                continue;
+            }
+            let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
+            if name == TRANSFER_ENCODING || name == EXPECT || name == UPGRADE {
+                return None;
             } else if name == CONNECTION {
                 connection_close |= lists_token(h.value, "close");
                 connection_keep_alive |= lists_token(h.value, "keep-alive");
@@ -313,13 +319,17 @@ impl Listener {
 
     /// Whether the header `name` (as sent, any case) is one that nothing a plain
     /// publish runs reads, so it is left out of the request's map: `Host` and
-    /// `User-Agent`, which nearly every client sends. The API's publish reads its
-    /// parameters, credentials, `Content-Length` and `Content-Encoding`, and the two
-    /// configurable names (`proxy-forwarded-header`, `auth-user-header`), which are
-    /// kept whatever they are. httparse checked the value as `HeaderValue` would
-    /// (visible ASCII, tab and obs-text), so leaving it out changes no answer.
+    /// `User-Agent`, which nearly every client sends, and `Content-Length` when
+    /// attachments are off (only an attachment upload reads it from the map; the
+    /// direct path has the length from its scan). The API's publish reads its
+    /// parameters, credentials and `Content-Encoding`, and the two configurable
+    /// names (`proxy-forwarded-header`, `auth-user-header`), which are kept whatever
+    /// they are. httparse checked the value as `HeaderValue` would (visible ASCII,
+    /// tab and obs-text), so leaving it out changes no answer.
     fn unread(&self, name: &str) -> bool {
-        (name.eq_ignore_ascii_case("host") || name.eq_ignore_ascii_case("user-agent"))
+        (name.eq_ignore_ascii_case("host")
+            || name.eq_ignore_ascii_case("user-agent")
+            || (name.eq_ignore_ascii_case("content-length") && self.state.attachments.is_none()))
             && !self
                 .state
                 .limits
