@@ -59,6 +59,24 @@ struct Found {
     keep_alive: bool,
 }
 
+/// Which of the headers a plain publish does not read are left out of its map
+/// ([`Listener::unread`]).
+#[derive(Clone, Copy)]
+struct Unread {
+    host: bool,
+    user_agent: bool,
+    content_length: bool,
+}
+
+impl Unread {
+    /// Whether the header `name` (as sent, any case) is left out.
+    fn has(self, name: &str) -> bool {
+        (self.host && name.eq_ignore_ascii_case("host"))
+            || (self.user_agent && name.eq_ignore_ascii_case("user-agent"))
+            || (self.content_length && name.eq_ignore_ascii_case("content-length"))
+    }
+}
+
 /// A plain publish's head, parsed and checked (its headers are in [`Conn::headers`]).
 struct PlainPublish {
     method: Method,
@@ -272,6 +290,7 @@ impl Listener {
         let mut content_length = 0;
         let mut connection_close = false;
         let mut connection_keep_alive = false;
+        let unread = self.unread();
         for h in req.headers.iter() {
             // Every publish has one: compared as bytes, no `HeaderName` unless kept.
             if h.name.eq_ignore_ascii_case("content-length") {
@@ -281,12 +300,12 @@ impl Listener {
                     return None;
                 }
                 content_length = parse_length(h.value)?;
-                if !self.unread(h.name) {
+                if !unread.has(h.name) {
                     fields.push((CONTENT_LENGTH, range_in(buf, h.value)));
                 }
                 continue;
             }
-            if self.unread(h.name) {
+            if unread.has(h.name) {
                 continue;
             }
             let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
@@ -317,8 +336,8 @@ impl Listener {
         })
     }
 
-    /// Whether the header `name` (as sent, any case) is one that nothing a plain
-    /// publish runs reads, so it is left out of the request's map: `Host` and
+    /// The headers that nothing a plain publish runs reads, so they are left out of
+    /// the request's map (read from the configuration once per head): `Host` and
     /// `User-Agent`, which nearly every client sends, and `Content-Length` when
     /// attachments are off (only an attachment upload reads it from the map; the
     /// direct path has the length from its scan). The API's publish reads its
@@ -326,24 +345,19 @@ impl Listener {
     /// names (`proxy-forwarded-header`, `auth-user-header`), which are kept whatever
     /// they are. httparse checked the value as `HeaderValue` would (visible ASCII,
     /// tab and obs-text), so leaving it out changes no answer.
-    fn unread(&self, name: &str) -> bool {
-        (name.eq_ignore_ascii_case("host")
-            || name.eq_ignore_ascii_case("user-agent")
-            || (name.eq_ignore_ascii_case("content-length") && self.state.attachments.is_none()))
-            && !self
-                .state
-                .limits
-                .config()
-                .proxy_forwarded_header
-                .as_str()
-                .eq_ignore_ascii_case(name)
-            && !self
-                .state
-                .herald
-                .config()
-                .auth_user_header
-                .as_deref()
-                .is_some_and(|h| h.eq_ignore_ascii_case(name))
+    fn unread(&self) -> Unread {
+        let forwarded = self.state.limits.config().proxy_forwarded_header.as_str();
+        let herald = self.state.herald.config();
+        let auth_user = herald.auth_user_header.as_deref();
+        let kept = |name: &str| {
+            forwarded.eq_ignore_ascii_case(name)
+                || auth_user.is_some_and(|h| h.eq_ignore_ascii_case(name))
+        };
+        Unread {
+            host: !kept("host"),
+            user_agent: !kept("user-agent"),
+            content_length: self.state.attachments.is_none() && !kept("content-length"),
+        }
     }
 
     /// Answers one plain publish; `Ok(true)` when the connection stays open.
@@ -719,6 +733,17 @@ fn http_date(out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unread_headers_match_in_any_case_and_only_when_left_out() {
+        let unread = Unread {
+            host: true,
+            user_agent: false,
+            content_length: true,
+        };
+        assert!(unread.has("Host") && unread.has("HOST") && unread.has("content-LENGTH"));
+        assert!(!unread.has("User-Agent") && !unread.has("hostx") && !unread.has("x-title"));
+    }
 
     #[test]
     fn content_lengths_are_digits_only() {
