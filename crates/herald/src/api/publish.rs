@@ -46,6 +46,7 @@ pub async fn publish(
         headers: &parts.headers,
         query: &query,
         topic,
+        topic_is_name: false,
         path_sequence_id,
         principal,
         publisher: parts.extensions.get::<Publisher>(),
@@ -57,8 +58,11 @@ pub async fn publish(
 pub(crate) struct TopicPublish<'a> {
     pub(crate) headers: &'a HeaderMap,
     pub(crate) query: &'a [(String, String)],
-    /// The path's topic, not yet checked.
+    /// The path's topic.
     pub(crate) topic: &'a str,
+    /// Whether `topic` was checked as a topic name already (by the listener's direct
+    /// path, to route the request): only the reserved names are left to refuse.
+    pub(crate) topic_is_name: bool,
     pub(crate) path_sequence_id: Option<String>,
     pub(crate) principal: &'a Principal,
     pub(crate) publisher: Option<&'a Publisher>,
@@ -75,7 +79,12 @@ pub(crate) async fn publish_to_topic<F>(
 where
     F: std::future::Future<Output = Result<BodyBytes, ApiError>>,
 {
-    let topic = single_topic(request.topic)?;
+    let topic = if request.topic_is_name {
+        debug_assert!(crate::model::topic::is_valid_name(request.topic));
+        allowed_topic(request.topic)?
+    } else {
+        single_topic(request.topic)?
+    };
     state
         .auth
         .authorize(request.principal, &topic, Permission::Write)?;
@@ -85,10 +94,11 @@ where
         headers: request.headers,
         query: request.query,
     };
-    if src
-        .get(super::params::names::TEMPLATE)
-        .and_then(|t| crate::template::Mode::parse(&t))
-        .is_some()
+    if !src.is_bare()
+        && src
+            .get(super::params::names::TEMPLATE)
+            .and_then(|t| crate::template::Mode::parse(&t))
+            .is_some()
     {
         limit = limit.max(crate::template::JSON_BODY_LIMIT);
     }
@@ -202,6 +212,11 @@ fn idempotency_key(
     publisher: Option<&Publisher>,
     body: &[u8],
 ) -> Result<Option<IdempotencyKey>, ApiError> {
+    // A request naming no parameter (most) has no key either: one pass over its
+    // headers, not one per alias.
+    if src.is_bare() {
+        return Ok(None);
+    }
     let Some(key) = src.get(IDEMPOTENCY_KEY) else {
         return Ok(None);
     };
@@ -284,16 +299,23 @@ pub(super) fn authorize_write(
     Ok(state.auth.authorize(principal, topic, Permission::Write)?)
 }
 
+/// A valid topic name, unless it is reserved.
+fn allowed_topic(topic: &str) -> Result<String, ApiError> {
+    if crate::model::topic::DEFAULT_DISALLOWED_TOPICS.contains(&topic) {
+        Err(crate::subscribe::TopicListError::Disallowed.into())
+    } else {
+        Ok(topic.to_string())
+    }
+}
+
 pub(super) fn single_topic(topic: &str) -> Result<String, ApiError> {
     use crate::subscribe::TopicListError;
     // One name (every publish path but a list's): the list's checks, without the list.
     if !topic.contains(',') {
         return if !crate::model::topic::is_valid_name(topic) {
             Err(TopicListError::Invalid.into())
-        } else if crate::model::topic::DEFAULT_DISALLOWED_TOPICS.contains(&topic) {
-            Err(TopicListError::Disallowed.into())
         } else {
-            Ok(topic.to_string())
+            allowed_topic(topic)
         };
     }
     let mut topics = parse_topics(topic)?;
@@ -423,10 +445,13 @@ async fn publish_body(
         if let Some(p) = out.priority {
             draft.priority = super::params::parse_priority(&p)?;
         }
-    } else if params.filename.is_some()
-        || !body.complete
-        || std::str::from_utf8(&body.bytes).is_err()
+    } else if let Some(text) = (params.filename.is_none() && body.complete)
+        .then(|| std::str::from_utf8(&body.bytes).ok())
+        .flatten()
     {
+        // A whole UTF-8 body without a file name is the message (checked once).
+        draft.text = pick_text(text, params.message);
+    } else {
         let Some(attachments) = &state.attachments else {
             return Err(ApiError::ATTACHMENTS_NOT_ALLOWED);
         };
@@ -452,10 +477,6 @@ async fn publish_body(
         draft.attachment = Some(pending.attachment().clone());
         draft.text = params.message.unwrap_or_default();
         upload = Some(pending);
-    } else {
-        let text =
-            std::str::from_utf8(&body.bytes).map_err(|_| ApiError::ATTACHMENTS_NOT_ALLOWED)?;
-        draft.text = pick_text(text, params.message);
     }
 
     let scheduled = draft.due.is_some();
@@ -576,6 +597,64 @@ mod tests {
                     _ => Err(ApiError::TOPIC_INVALID),
                 });
             assert_eq!(single_topic(name), as_list, "{name:?}");
+            // A name the listener checked already: the same answer.
+            if crate::model::topic::is_valid_name(name) {
+                assert_eq!(allowed_topic(name), as_list, "{name:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn idempotency_names_are_the_keys_names() {
+        for name in IDEMPOTENCY_KEY {
+            assert!(super::super::params::is_idempotency_name(name), "{name}");
+        }
+        assert!(!super::super::params::is_idempotency_name("idempotency"));
+    }
+
+    /// A bare request (the lookups' fast path) is exactly one where the template,
+    /// the idempotency key and every fingerprinted parameter are absent.
+    #[test]
+    fn a_bare_request_has_no_parameter() {
+        use axum::http::{HeaderName, HeaderValue};
+        type Pairs<'a> = &'a [(&'a str, &'a str)];
+        let cases: &[(Pairs<'_>, Pairs<'_>)] = &[
+            (&[], &[]),
+            (
+                &[("host", "x"), ("user-agent", "y"), ("content-length", "3")],
+                &[],
+            ),
+            (&[("host", "x"), ("x-title", "t")], &[]),
+            (&[("Idempotency-Key", "k")], &[]),
+            (&[("X-Idempotency-Key", "k")], &[]),
+            (&[("content-type", "text/plain")], &[]),
+            (&[("tpl", "yes")], &[]),
+            (&[], &[("idempotency_key", "k")]),
+            (&[], &[("unrelated", "1")]),
+        ];
+        for (headers, query) in cases {
+            let mut map = HeaderMap::new();
+            for (name, value) in *headers {
+                map.append(
+                    HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                    HeaderValue::from_str(value).unwrap(),
+                );
+            }
+            let query: Vec<(String, String)> = query
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let src = ParamSource {
+                headers: &map,
+                query: &query,
+            };
+            let any = src.get(IDEMPOTENCY_KEY).is_some()
+                || FINGERPRINTED.iter().any(|names| src.get(names).is_some());
+            if src.is_bare() {
+                assert!(!any, "{headers:?} {query:?}");
+            } else if query.is_empty() {
+                assert!(any, "{headers:?}");
+            }
         }
     }
 

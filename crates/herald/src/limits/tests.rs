@@ -248,3 +248,38 @@ fn retry_after_rounds_up() {
     assert_eq!(retry_secs(Duration::ZERO), 1);
     assert_eq!(retry_secs(Duration::MAX), u64::MAX);
 }
+
+/// Addresses (consecutive ones, and /64 prefixes that differ only in their upper
+/// bits) and users spread over every shard, none holding much more than its share.
+#[test]
+fn visitors_spread_over_the_shards() {
+    let l = limits_with(|_| {});
+    let keys: Vec<Vec<VisitorKey>> = vec![
+        (0..1600u32)
+            .map(|i| VisitorKey::V4(0x0a00_0000 + i))
+            .collect(),
+        (0..1600u128)
+            .map(|i| VisitorKey::V6((0x2001_0db8 << 96) | (i << 64)))
+            .collect(),
+        (0..1600)
+            .map(|i| VisitorKey::User(format!("u{i}").into()))
+            .collect(),
+    ];
+    for keys in keys {
+        let mut counts = [0usize; SHARDS];
+        for key in &keys {
+            let shard = l.shard(key) as *const _;
+            let index = l
+                .shards
+                .iter()
+                .position(|s| std::ptr::eq(s, shard))
+                .unwrap();
+            counts[index] += 1;
+        }
+        let share = keys.len() / SHARDS;
+        assert!(
+            counts.iter().all(|&c| c > share / 2 && c < share * 2),
+            "{counts:?}"
+        );
+    }
+}

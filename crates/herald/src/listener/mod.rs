@@ -464,7 +464,7 @@ async fn read_head(
     max_head: usize,
     shutdown: &CancellationToken,
 ) -> std::io::Result<Head> {
-    read_head_by(stream, buf, max_head, shutdown, |buf| {
+    read_head_by(stream, buf, max_head, Some(shutdown), |buf| {
         parse_head(buf, max_head)
     })
     .await
@@ -472,12 +472,14 @@ async fn read_head(
 
 /// [`read_head`], with `parse` (which gets the whole buffer, and answers `None`
 /// while the head is incomplete) in place of [`parse_head`]: the direct publish
-/// path parses the head once for both questions, its end and its meaning.
+/// path parses the head once for both questions, its end and its meaning. Without
+/// `shutdown` the caller watches it (the direct path keeps one registration per
+/// connection instead of one per request).
 async fn read_head_by(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
     max_head: usize,
-    shutdown: &CancellationToken,
+    shutdown: Option<&CancellationToken>,
     mut parse: impl FnMut(&[u8]) -> Option<Head>,
 ) -> std::io::Result<Head> {
     // A pipelined request may be in the buffer already.
@@ -493,7 +495,7 @@ async fn read_head_by(
         }
         let before = buf.len();
         buf.reserve(1024);
-        let n = if buf.is_empty() {
+        let n = if let Some(shutdown) = shutdown.filter(|_| buf.is_empty()) {
             tokio::select! {
                 // `read_buf` is cancel safe: nothing is lost if shutdown wins.
                 r = stream.read_buf(buf) => r?,

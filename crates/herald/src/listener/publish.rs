@@ -59,6 +59,24 @@ struct Found {
     keep_alive: bool,
 }
 
+/// Which of the headers a plain publish does not read are left out of its map
+/// ([`Listener::unread`]).
+#[derive(Clone, Copy)]
+struct Unread {
+    host: bool,
+    user_agent: bool,
+    content_length: bool,
+}
+
+impl Unread {
+    /// Whether the header `name` (as sent, any case) is left out.
+    fn has(self, name: &str) -> bool {
+        (self.host && name.eq_ignore_ascii_case("host"))
+            || (self.user_agent && name.eq_ignore_ascii_case("user-agent"))
+            || (self.content_length && name.eq_ignore_ascii_case("content-length"))
+    }
+}
+
 /// A plain publish's head, parsed and checked (its headers are in [`Conn::headers`]).
 struct PlainPublish {
     method: Method,
@@ -76,10 +94,6 @@ struct PlainPublish {
 struct Conn {
     stream: TcpStream,
     buf: BytesMut,
-    /// The current request's headers. The map is cleared between requests rather than
-    /// built anew, so its tables are allocated once per connection, and its values
-    /// are slices of the head's bytes rather than copies.
-    headers: HeaderMap,
     /// The answer's bytes, laid out here and written at once; kept for the next one.
     out: Vec<u8>,
     /// The request metrics' series of the last answer (`herald_http_requests` by
@@ -119,11 +133,20 @@ impl Listener {
         let mut conn = Conn {
             stream,
             buf,
-            headers: HeaderMap::new(),
             out: Vec::new(),
             series: None,
         };
+        // The current request's headers. The map is cleared between requests rather
+        // than built anew, so its tables are allocated once per connection, and its
+        // values are slices of the head's bytes rather than copies.
+        let mut headers = HeaderMap::new();
         let mut fields = Vec::new();
+        // Shutdown, watched while the connection waits for a head: registered once
+        // per connection rather than once per request. As `read_head` does, an idle
+        // connection then closes, and one whose next request has started arriving is
+        // served.
+        let mut shutdown = std::pin::pin!(self.shutdown.cancelled());
+        let mut watching = true;
         let mut idle_timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
         let limits = self.state.limits.config();
         let max_head = limits.max_header_size;
@@ -144,11 +167,13 @@ impl Listener {
             // The head's bytes stay shared by the header values and the URI that
             // point into them until the answer is written.
             let head = conn.buf.split_to(head_len).freeze();
-            let Some(request) = plain_publish(&head, found, &mut fields, &mut conn.headers) else {
-                conn.headers.clear();
+            let Some(request) = plain_publish(&head, found, &mut fields, &mut headers) else {
+                headers.clear();
                 return (conn.stream, Outcome::Fallback(rejoin(head, conn.buf)));
             };
-            let keep_alive = match self.answer(&mut conn, peer, request).await {
+            let answered = self.answer(&mut conn, &headers, peer, request).await;
+            headers.clear();
+            let keep_alive = match answered {
                 Ok(keep_alive) => keep_alive,
                 Err(_) => return (conn.stream, Outcome::Closed),
             };
@@ -174,7 +199,7 @@ impl Listener {
                         &mut conn.stream,
                         &mut conn.buf,
                         max_head,
-                        &self.shutdown,
+                        None,
                         |buf| self.scan(buf, max_head, &mut fields, &mut scanned),
                     ) => break Some(read),
                     () = timer.as_mut() => {
@@ -182,6 +207,16 @@ impl Listener {
                             break None;
                         }
                         timer.as_mut().reset(deadline);
+                    }
+                    // Nothing of the next request yet: what may have just arrived is
+                    // taken, else the connection closes.
+                    () = shutdown.as_mut(), if watching && conn.buf.is_empty() => {
+                        watching = false;
+                        conn.buf.reserve(1024);
+                        match conn.stream.try_read_buf(&mut conn.buf) {
+                            Ok(n) if n > 0 => {}
+                            _ => break None,
+                        }
                     }
                 }
             };
@@ -242,7 +277,11 @@ impl Listener {
         if !target.starts_with('/') || target.len() > self.state.limits.config().max_url_length {
             return None;
         }
-        let path = target.split_once('?').map_or(target, |(p, _)| p);
+        // A byte search: `split_once` searches for a `char`, at twice the cost here.
+        let path = match target.bytes().position(|b| b == b'?') {
+            Some(end) => &target[..end],
+            None => target,
+        };
         // `/<topic>` only: no other route has one segment for these methods.
         if !topic::is_valid_name(&path[1..]) {
             return None;
@@ -251,17 +290,27 @@ impl Listener {
         let mut content_length = 0;
         let mut connection_close = false;
         let mut connection_keep_alive = false;
+        let unread = self.unread();
         for h in req.headers.iter() {
-            let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
-            if name == TRANSFER_ENCODING || name == EXPECT || name == UPGRADE {
-                return None;
-            } else if name == CONTENT_LENGTH {
+            // Every publish has one: compared as bytes, no `HeaderName` unless kept.
+            if h.name.eq_ignore_ascii_case("content-length") {
                 lengths += 1;
                 // Several: hyper's rules for them are its own.
                 if lengths > 1 {
                     return None;
                 }
                 content_length = parse_length(h.value)?;
+                if !unread.has(h.name) {
+                    fields.push((CONTENT_LENGTH, range_in(buf, h.value)));
+                }
+                continue;
+            }
+            if unread.has(h.name) {
+                continue;
+            }
+            let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
+            if name == TRANSFER_ENCODING || name == EXPECT || name == UPGRADE {
+                return None;
             } else if name == CONNECTION {
                 connection_close |= lists_token(h.value, "close");
                 connection_keep_alive |= lists_token(h.value, "keep-alive");
@@ -287,10 +336,35 @@ impl Listener {
         })
     }
 
+    /// The headers that nothing a plain publish runs reads, so they are left out of
+    /// the request's map (read from the configuration once per head): `Host` and
+    /// `User-Agent`, which nearly every client sends, and `Content-Length` when
+    /// attachments are off (only an attachment upload reads it from the map; the
+    /// direct path has the length from its scan). The API's publish reads its
+    /// parameters, credentials and `Content-Encoding`, and the two configurable
+    /// names (`proxy-forwarded-header`, `auth-user-header`), which are kept whatever
+    /// they are. httparse checked the value as `HeaderValue` would (visible ASCII,
+    /// tab and obs-text), so leaving it out changes no answer.
+    fn unread(&self) -> Unread {
+        let forwarded = self.state.limits.config().proxy_forwarded_header.as_str();
+        let herald = self.state.herald.config();
+        let auth_user = herald.auth_user_header.as_deref();
+        let kept = |name: &str| {
+            forwarded.eq_ignore_ascii_case(name)
+                || auth_user.is_some_and(|h| h.eq_ignore_ascii_case(name))
+        };
+        Unread {
+            host: !kept("host"),
+            user_agent: !kept("user-agent"),
+            content_length: self.state.attachments.is_none() && !kept("content-length"),
+        }
+    }
+
     /// Answers one plain publish; `Ok(true)` when the connection stays open.
     async fn answer(
         &self,
         conn: &mut Conn,
+        headers: &HeaderMap,
         peer: std::net::SocketAddr,
         request: PlainPublish,
     ) -> std::io::Result<bool> {
@@ -301,48 +375,40 @@ impl Listener {
         let path = request.uri.path();
         let segments = [&path[1..]];
         let query = request.uri.query();
-        // Lent to the request while `conn` reads its body; back before the next one.
-        let mut headers = std::mem::take(&mut conn.headers);
         let mut body_read = false;
-        let response = match crate::api::admit(
-            state,
-            &request.method,
-            &segments,
-            &headers,
-            query,
-            peer.ip(),
-        )
-        .await
-        {
-            Err(refused) => refused,
-            Ok(admitted) => {
-                let pairs = crate::api::parse_query(query);
-                let publish = TopicPublish {
-                    headers: &headers,
-                    query: &pairs,
-                    topic: segments[0],
-                    path_sequence_id: None,
-                    principal: &admitted.principal,
-                    publisher: Some(&admitted.publisher),
-                };
-                let len = request.content_length;
-                let result = publish_to_topic(state, publish, |_limit| {
-                    body_read = true;
-                    let read = conn.read_body(len, deadline);
-                    async move {
-                        Ok::<_, ApiError>(BodyBytes {
-                            bytes: read.await?,
-                            complete: true,
-                            rest: None,
-                        })
-                    }
-                })
-                .await;
-                crate::api::conclude(state, admitted, result).await
-            }
-        };
-        headers.clear();
-        conn.headers = headers;
+        let response =
+            match crate::api::admit(state, &request.method, &segments, headers, query, peer.ip())
+                .await
+            {
+                Err(refused) => refused,
+                Ok(admitted) => {
+                    let pairs = crate::api::parse_query(query);
+                    let publish = TopicPublish {
+                        headers,
+                        query: &pairs,
+                        topic: segments[0],
+                        // `plain` routed it here as a topic name.
+                        topic_is_name: true,
+                        path_sequence_id: None,
+                        principal: &admitted.principal,
+                        publisher: Some(&admitted.publisher),
+                    };
+                    let len = request.content_length;
+                    let result = publish_to_topic(state, publish, |_limit| {
+                        body_read = true;
+                        let read = conn.read_body(len, deadline);
+                        async move {
+                            Ok::<_, ApiError>(BodyBytes {
+                                bytes: read.await?,
+                                complete: true,
+                                rest: None,
+                            })
+                        }
+                    })
+                    .await;
+                    crate::api::conclude(state, admitted, result).await
+                }
+            };
         let (mut parts, body) = response.into_parts();
         let body = body_bytes(body).await;
         // The rest of a body that timed out may never come (as on the API's path).
@@ -465,10 +531,18 @@ async fn body_bytes(body: axum::body::Body) -> Bytes {
 
 /// A `Content-Length` value as hyper accepts it: digits only.
 fn parse_length(value: &[u8]) -> Option<usize> {
-    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+    if value.is_empty() || value.len() > 19 {
         return None;
     }
-    std::str::from_utf8(value).ok()?.parse().ok()
+    // Nineteen digits fit a `u64`: no overflow to check on the way.
+    let mut n = 0u64;
+    for &b in value {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        n = n * 10 + u64::from(b - b'0');
+    }
+    usize::try_from(n).ok()
 }
 
 /// Whether a `Connection` value lists `token` (comma-separated, any case).
@@ -513,9 +587,11 @@ fn encode_response(
 ) {
     use axum::http::header::DATE;
     let headers = &mut parts.headers;
-    if headers.contains_key(CONNECTION)
-        || headers.contains_key(CONTENT_LENGTH)
-        || headers.contains_key(DATE)
+    // One pass over the answer's few headers (standard names compare as a tag), not
+    // a hashed lookup per name.
+    if headers
+        .keys()
+        .any(|name| name == CONNECTION || name == CONTENT_LENGTH || name == DATE)
     {
         // Where axum's router puts them (after the handler's headers, before the
         // listener's), so the header order is the router's.
@@ -659,6 +735,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn unread_headers_match_in_any_case_and_only_when_left_out() {
+        let unread = Unread {
+            host: true,
+            user_agent: false,
+            content_length: true,
+        };
+        assert!(unread.has("Host") && unread.has("HOST") && unread.has("content-LENGTH"));
+        assert!(!unread.has("User-Agent") && !unread.has("hostx") && !unread.has("x-title"));
+    }
+
+    #[test]
     fn content_lengths_are_digits_only() {
         assert_eq!(parse_length(b"12"), Some(12));
         assert_eq!(parse_length(b"0"), Some(0));
@@ -666,6 +753,12 @@ mod tests {
         assert_eq!(parse_length(b" 1"), None);
         assert_eq!(parse_length(b""), None);
         assert_eq!(parse_length(b"99999999999999999999"), None);
+        assert_eq!(
+            parse_length(b"9999999999999999999"),
+            usize::try_from(9_999_999_999_999_999_999u64).ok()
+        );
+        assert_eq!(parse_length(b"0042"), Some(42));
+        assert_eq!(parse_length(b"1a"), None);
     }
 
     /// hyper's layout of a closing answer: the router's `content-length` after the

@@ -478,6 +478,47 @@ async fn heads_parameters_and_queries_the_direct_path_reads_itself_are_the_apis(
         .await;
         assert_eq!(a.status(), 200, "{headers:?}: {a:?}");
     }
+    // Names in any case, the headers the direct path leaves out of its map (`Host`,
+    // `User-Agent`, in odd case and repeated), idempotency keys (each sent twice: the
+    // second answer is the replay; hyper gets its own key), credentials it must
+    // refuse, a forwarded-for address, a template: whatever the answer, the API's.
+    for (direct, hyper) in [
+        (
+            "hOsT: x\r\nUSER-AGENT: a\r\nuser-agent: b\r\nx-TITLE: t\r\nTITLE: u\r\n",
+            "hOsT: x\r\nUSER-AGENT: a\r\nuser-agent: b\r\nx-TITLE: t\r\nTITLE: u\r\n",
+        ),
+        ("Idempotency-Key: k1\r\n", "Idempotency-Key: k2\r\n"),
+        ("Idempotency-Key: k1\r\n", "Idempotency-Key: k2\r\n"),
+        (
+            "X-IDEMPOTENCY-KEY: k3\r\nTags: a\r\n",
+            "X-IDEMPOTENCY-KEY: k4\r\nTags: a\r\n",
+        ),
+        (
+            "X-IDEMPOTENCY-KEY: k3\r\nTags: a\r\n",
+            "X-IDEMPOTENCY-KEY: k4\r\nTags: a\r\n",
+        ),
+        (
+            "Authorization: Bearer tk_nosuchtoken0000000000000000000\r\n",
+            "Authorization: Bearer tk_nosuchtoken0000000000000000000\r\n",
+        ),
+        (
+            "Authorization: Basic Zm9vOmJhcg==\r\n",
+            "Authorization: Basic Zm9vOmJhcg==\r\n",
+        ),
+        (
+            "X-Forwarded-For: 10.1.2.3\r\n",
+            "X-Forwarded-For: 10.1.2.3\r\n",
+        ),
+        ("Tpl: yes\r\n", "Tpl: yes\r\n"),
+    ] {
+        let a = same_answer(
+            &s,
+            &plain("POST", "c", direct, "{\"a\":1}"),
+            &chunked("POST", "c", hyper, "{\"a\":1}"),
+        )
+        .await;
+        assert_ne!(a.status(), 0, "{direct:?}: {a:?}");
+    }
     // Queries: empty, a fragment, an encoded value, a parameter with no value.
     for target in ["q?", "q?title=a%20b#frag", "q?tags=x,y&priority=", "q?x"] {
         let a = same_answer(

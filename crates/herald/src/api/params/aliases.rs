@@ -164,7 +164,29 @@ fn is_publish_name(name: &str) -> bool {
     )
 }
 
+/// Whether `name` (lowercase) is one of the idempotency key's header names
+/// (`api::publish`'s `IDEMPOTENCY_KEY`, kept equal by a unit test there).
+pub(crate) fn is_idempotency_name(name: &str) -> bool {
+    matches!(
+        name,
+        "idempotency-key" | "x-idempotency-key" | "idempotency_key"
+    )
+}
+
 impl ParamSource<'_> {
+    /// Whether the request names no parameter at all: no query, and no header named
+    /// after a publish parameter or an idempotency key. Every [`ParamSource::get`] of
+    /// those names then misses, so a publish skips them with one pass over the
+    /// request's few headers (a plain publish has `Host`, `User-Agent`,
+    /// `Content-Length`) instead of one per parameter.
+    pub(crate) fn is_bare(&self) -> bool {
+        self.query.is_empty()
+            && !self
+                .headers
+                .keys()
+                .any(|name| is_publish_name(name.as_str()) || is_idempotency_name(name.as_str()))
+    }
+
     /// The first non-empty value among `names` (ntfy's `readParam`): every name as a
     /// header first, then every name as a query parameter.
     ///

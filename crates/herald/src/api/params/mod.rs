@@ -18,6 +18,8 @@ mod subscribe;
 #[cfg(test)]
 mod test_support;
 
+#[cfg(test)]
+pub(crate) use aliases::is_idempotency_name;
 pub use aliases::{ParamSource, names};
 pub use json_publish::{JsonPublish, parse_json_publish};
 pub use publish::{PublishLimits, PublishParams, parse_priority, parse_publish};

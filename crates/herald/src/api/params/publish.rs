@@ -113,11 +113,12 @@ pub fn parse_publish(
     // Only the headers a parameter is named after, looked at once each (the
     // request's own, `all`, for the few read by their HTTP meaning).
     let all = src;
-    let headers = super::aliases::publish_headers(src.headers);
-    if headers.is_empty() && src.query.is_empty() {
-        // No parameter at all (most publishes): every lookup below would miss.
+    if src.is_bare() {
+        // No parameter at all (most publishes): every lookup below would miss, and
+        // the filtered map below is not worth building.
         return Ok(no_parameters(all));
     }
+    let headers = super::aliases::publish_headers(src.headers);
     let src = &ParamSource {
         headers: &headers,
         query: src.query,
