@@ -285,8 +285,6 @@ impl Stamps {
 
 /// Appends one line in `tracing-subscriber`'s shape for the same event.
 pub(crate) fn format_line(out: &mut Vec<u8>, format: Format, r: &Record, stamps: &mut Stamps) {
-    let micros = r.latency.as_micros();
-    let (ms, frac) = (micros / 1000, micros % 1000);
     match format {
         Format::Json => {
             out.extend_from_slice(b"{\"timestamp\":\"");
@@ -302,9 +300,7 @@ pub(crate) fn format_line(out: &mut Vec<u8>, format: Format, r: &Record, stamps:
             out.extend_from_slice(b",\"status\":");
             push_decimal(out, u128::from(r.status));
             out.extend_from_slice(b",\"latency_ms\":");
-            push_decimal(out, ms);
-            out.push(b'.');
-            push_padded(out, frac, 3);
+            push_millis(out, r.latency);
             if let Some(topic) = r.topic() {
                 out.extend_from_slice(b",\"topic\":");
                 json_string(out, topic);
@@ -326,9 +322,7 @@ pub(crate) fn format_line(out: &mut Vec<u8>, format: Format, r: &Record, stamps:
             out.extend_from_slice(b" status=");
             push_decimal(out, u128::from(r.status));
             out.extend_from_slice(b" latency_ms=");
-            push_decimal(out, ms);
-            out.push(b'.');
-            push_padded(out, frac, 3);
+            push_millis(out, r.latency);
             if let Some(topic) = r.topic() {
                 out.extend_from_slice(b" topic=");
                 quoted(out, topic);
@@ -362,6 +356,14 @@ fn push_decimal(out: &mut Vec<u8>, mut n: u128) {
         }
     }
     out.extend_from_slice(&digits[at..]);
+}
+
+/// `latency` in milliseconds with three decimals, as `{ms}.{frac:03}` writes it.
+fn push_millis(out: &mut Vec<u8>, latency: Duration) {
+    let micros = latency.as_micros();
+    push_decimal(out, micros / 1000);
+    out.push(b'.');
+    push_padded(out, micros % 1000, 3);
 }
 
 /// `n` in decimal, zero-padded to `width` digits (`write!(out, "{n:0width$}")`).
