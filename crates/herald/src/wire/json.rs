@@ -58,28 +58,10 @@ pub(crate) fn write_message(out: &mut Vec<u8>, m: &Message, form: Form) -> Optio
         out.extend_from_slice(b",\"priority\":");
         write_i64(out, i64::from(m.priority));
     }
-    if !m.tags.is_empty() {
-        out.extend_from_slice(b",\"tags\":[");
-        for (i, tag) in m.tags.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            write_str(out, tag);
-        }
-        out.push(b']');
-    }
+    optional_array(out, b",\"tags\":[", &m.tags, |out, tag| write_str(out, tag));
     optional_str(out, b",\"click\":", &m.click);
     optional_str(out, b",\"icon\":", &m.icon);
-    if !m.actions.is_empty() {
-        out.extend_from_slice(b",\"actions\":[");
-        for (i, action) in m.actions.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            write_action(out, action);
-        }
-        out.push(b']');
-    }
+    optional_array(out, b",\"actions\":[", &m.actions, write_action);
     if let Some(attachment) = &m.attachment {
         out.extend_from_slice(b",\"attachment\":");
         write_attachment(out, attachment);
@@ -130,6 +112,22 @@ fn write_attachment(out: &mut Vec<u8>, a: &Attachment) {
 }
 
 /// `key` (with its leading comma and trailing colon) and `value`, unless empty.
+/// `key` (which opens the array) and `items`, each written by `write`; nothing when
+/// there are none (the fields serde skips when empty).
+fn optional_array<T>(out: &mut Vec<u8>, key: &[u8], items: &[T], write: impl Fn(&mut Vec<u8>, &T)) {
+    if items.is_empty() {
+        return;
+    }
+    out.extend_from_slice(key);
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write(out, item);
+    }
+    out.push(b']');
+}
+
 fn optional_str(out: &mut Vec<u8>, key: &[u8], value: &str) {
     if !value.is_empty() {
         out.extend_from_slice(key);

@@ -67,25 +67,28 @@ pub(super) fn migrate(conn: &Connection) -> Result<(), StoreError> {
         )));
     }
     if version < 1 {
-        // The DDL and the version bump commit together, so a crash cannot leave a
-        // half-created schema marked as current.
-        conn.execute_batch(&format!(
-            "BEGIN IMMEDIATE; {SCHEMA_V1} PRAGMA user_version = 1; COMMIT;"
-        ))
-        .map_err(|e| {
-            let _ = conn.execute_batch("ROLLBACK");
-            StoreError::Backend(format!("creating the store schema: {e}"))
-        })?;
+        step(conn, SCHEMA_V1, 1, "creating the store schema")?;
     }
     if version < 2 {
-        conn.execute_batch(&format!(
-            "BEGIN IMMEDIATE; {MIGRATE_V2} PRAGMA user_version = 2; COMMIT;"
-        ))
-        .map_err(|e| {
-            let _ = conn.execute_batch("ROLLBACK");
-            StoreError::Backend(format!("upgrading the store schema to version 2: {e}"))
-        })?;
+        step(
+            conn,
+            MIGRATE_V2,
+            2,
+            "upgrading the store schema to version 2",
+        )?;
     }
-    // Later versions: `if version < 3 { ... }`, each in its own transaction.
+    // Later versions: `if version < 3 { ... }`, each a `step` of its own.
     Ok(())
+}
+
+/// Runs `sql` and sets the version to `to` in one transaction, so a crash cannot
+/// leave a half-applied step marked as done.
+fn step(conn: &Connection, sql: &str, to: i64, what: &str) -> Result<(), StoreError> {
+    conn.execute_batch(&format!(
+        "BEGIN IMMEDIATE; {sql} PRAGMA user_version = {to}; COMMIT;"
+    ))
+    .map_err(|e| {
+        let _ = conn.execute_batch("ROLLBACK");
+        StoreError::Backend(format!("{what}: {e}"))
+    })
 }
