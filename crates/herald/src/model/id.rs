@@ -21,8 +21,69 @@ const COUNTER_SPACE: u64 = 62 * 62 * 62 * 62;
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct MessageId(String);
 
-/// Last (millisecond, counter) handed out, so IDs from this process never go backwards.
-static LAST: Mutex<(u64, u64)> = Mutex::new((0, 0));
+/// The generator of this process's IDs.
+static CLOCK: IdClock = IdClock::new();
+
+/// How far ahead of the wall clock a stored ID may be and still hold new IDs back
+/// ([`never_below`]): a clock stepped back by NTP or a restored VM is seconds to
+/// hours behind; an ID further ahead is not trusted to pin every new ID to its time.
+const MAX_AHEAD_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// Last (millisecond, counter) handed out, so IDs never go backwards: not within the
+/// process (the clock may step back), and, once [`never_below`] was told the newest
+/// stored ID, not across a restart either.
+struct IdClock {
+    last: Mutex<(u64, u64)>,
+}
+
+impl IdClock {
+    const fn new() -> Self {
+        IdClock {
+            last: Mutex::new((0, 0)),
+        }
+    }
+
+    /// The (millisecond, counter) of the next ID at wall-clock time `now_ms`.
+    fn next(&self, now_ms: u64) -> (u64, u64) {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let next = if now_ms > last.0 {
+            // Random start in the lower half leaves room to count up within the ms
+            // and makes cross-node collisions in the same millisecond unlikely.
+            (now_ms, fastrand::u64(0..COUNTER_SPACE / 2))
+        } else if last.1 + 1 < COUNTER_SPACE {
+            (last.0, last.1 + 1)
+        } else {
+            (last.0 + 1, 0)
+        };
+        *last = next;
+        next
+    }
+
+    /// Makes every later ID greater than the one made of `(ms, counter)`, unless
+    /// `ms` is more than [`MAX_AHEAD_MS`] past `now_ms`. Whether it was applied.
+    fn never_below(&self, (ms, counter): (u64, u64), now_ms: u64) -> bool {
+        if ms > now_ms.saturating_add(MAX_AHEAD_MS) {
+            return false;
+        }
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        *last = (*last).max((ms, counter));
+        true
+    }
+}
+
+/// Makes every ID this process generates from now on greater than `id`: the newest
+/// ID a store holds, or a feed's cursor, when the server starts. Without it, a clock
+/// that stepped back while the server was down would give new messages smaller IDs
+/// than older ones, and a client or webhook feed that asks for "after `id`" would
+/// never see them. An ID that does not decode, or lies more than a day ahead of the
+/// clock, is ignored (and `false` returned): pinning every new ID to a time that far
+/// off would do more harm than the order it keeps.
+pub fn never_below(id: &str) -> bool {
+    match parts(id) {
+        Some(at) => CLOCK.never_below(at, super::now_unix_ms().max(0) as u64),
+        None => false,
+    }
+}
 
 impl MessageId {
     /// A new ID, greater than every ID this process generated before.
@@ -42,20 +103,7 @@ impl MessageId {
     }
 
     fn generate_ascii_at(now_ms: u64) -> [u8; ID_LEN] {
-        let (ms, counter) = {
-            let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
-            let next = if now_ms > last.0 {
-                // Random start in the lower half leaves room to count up within the ms
-                // and makes cross-node collisions in the same millisecond unlikely.
-                (now_ms, fastrand::u64(0..COUNTER_SPACE / 2))
-            } else if last.1 + 1 < COUNTER_SPACE {
-                (last.0, last.1 + 1)
-            } else {
-                (last.0 + 1, 0)
-            };
-            *last = next;
-            next
-        };
+        let (ms, counter) = CLOCK.next(now_ms);
         let mut buf = [0u8; ID_LEN];
         encode(ms, &mut buf[..TIME_DIGITS]);
         encode(counter, &mut buf[TIME_DIGITS..]);
@@ -159,6 +207,35 @@ mod tests {
             assert!(next > prev, "{next:?} <= {prev:?}");
             prev = next;
         }
+    }
+
+    #[test]
+    fn a_stored_id_ahead_of_the_clock_holds_new_ids_above_it() {
+        let clock = IdClock::new();
+        let now = 1_700_000_000_000;
+        // The newest stored ID is an hour ahead: the clock stepped back while down.
+        let stored = (now + 3_600_000, 1_000);
+        assert!(clock.never_below(stored, now));
+        let mut prev = stored;
+        for _ in 0..1_000 {
+            let next = clock.next(now);
+            assert!(next > prev, "{next:?} <= {prev:?}");
+            prev = next;
+        }
+        // Once the clock passes the stored time, IDs follow the clock again.
+        assert_eq!(clock.next(now + 3_600_001).0, now + 3_600_001);
+    }
+
+    #[test]
+    fn an_older_stored_id_changes_nothing_and_one_far_ahead_is_ignored() {
+        let clock = IdClock::new();
+        let now = 1_700_000_000_000;
+        let first = clock.next(now);
+        assert!(clock.never_below((now - 5_000, 7), now));
+        assert!(clock.next(now) > first);
+        assert!(!clock.never_below((now + MAX_AHEAD_MS + 1, 0), now));
+        assert_eq!(clock.next(now + 1).0, now + 1);
+        assert!(!never_below("not an id"));
     }
 
     #[test]

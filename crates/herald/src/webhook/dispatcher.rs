@@ -523,6 +523,9 @@ impl Webhooks {
     async fn initial_cursor(&self) -> Result<String, WebhookError> {
         loop {
             if let Some(c) = self.store.cursor().await? {
+                // The cursor may be newer than every stored message (they expired):
+                // new IDs must still sort after it, or the feed would skip them.
+                crate::model::id::never_below(&c);
                 return Ok(c);
             }
             // First start: webhooks see what is published from now on. Another node

@@ -170,6 +170,7 @@ impl SqliteStore {
             .map_err(|e| StoreError::Backend(format!("preparing {}: {e}", path.display())))?;
         let conn = open_writer(path, options.sync)?;
         migrate(&conn)?;
+        keep_ids_above_stored(&conn)?;
 
         // Readers open after the migration so they see the schema (and the WAL files
         // the writer created).
@@ -432,6 +433,25 @@ impl Store for SqliteStore {
 
 // ---------------------------------------------------------------------------------
 // Connections and schema
+
+/// New IDs must sort after every stored one even if the clock went back while the
+/// server was down (`model::id::never_below`): `since=<id>` and the webhook feed
+/// select "after this ID". One step down the `id` index.
+fn keep_ids_above_stored(conn: &Connection) -> Result<(), StoreError> {
+    let newest: Option<String> = conn
+        .query_row("SELECT max(id) FROM messages", [], |row| row.get(0))
+        .map_err(backend)?;
+    if let Some(id) = newest
+        && !crate::model::id::never_below(&id)
+    {
+        tracing::warn!(
+            id,
+            "the newest stored message ID is more than a day ahead of the clock (or \
+             malformed); new IDs follow the clock and may sort before it"
+        );
+    }
+    Ok(())
+}
 
 fn backend(e: rusqlite::Error) -> StoreError {
     if is_disk_full(&e) {
