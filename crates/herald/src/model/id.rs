@@ -71,6 +71,12 @@ impl IdClock {
     }
 }
 
+/// The millisecond of the newest ID this process has generated or been held above
+/// ([`never_below`]): later than the clock after the clock went back.
+pub fn newest_issued_ms() -> u64 {
+    CLOCK.last.lock().unwrap_or_else(|p| p.into_inner()).0
+}
+
 /// Makes every ID this process generates from now on greater than `id`: the newest
 /// ID a store holds, or a feed's cursor, when the server starts. Without it, a clock
 /// that stepped back while the server was down would give new messages smaller IDs

@@ -10,9 +10,10 @@ use crate::model::{Message, id as message_id};
 use crate::store::Since;
 
 /// Turns `since=` into a store query bound. An ID that herald could have issued
-/// recently (its embedded time is within the retention window) selects what came
-/// after it, even if that message is gone; any other ID selects everything, as ntfy
-/// does for unknown IDs.
+/// recently (its embedded time is within the retention window, and not ahead of the
+/// clock or of the newest ID issued, which is ahead of the clock after the clock
+/// went back) selects what came after it, even if that message is gone; any other ID
+/// selects everything, as ntfy does for unknown IDs.
 pub fn resolve_since(since: &SinceParam, poll: bool, now: i64, cache_secs: i64) -> Since {
     match since {
         SinceParam::Unset if poll => Since::All,
@@ -23,7 +24,8 @@ pub fn resolve_since(since: &SinceParam, poll: bool, now: i64, cache_secs: i64) 
         SinceParam::Id(id) => {
             let plausible = message_id::timestamp_ms(id).is_some_and(|ms| {
                 let secs = (ms / 1000) as i64;
-                secs >= now - cache_secs - 86_400 && secs <= now + 60
+                secs >= now - cache_secs - 86_400
+                    && (secs <= now + 60 || ms <= message_id::newest_issued_ms())
             });
             if plausible {
                 Since::AfterId(id.clone())
