@@ -73,7 +73,7 @@ impl IdClock {
 
 /// The millisecond of the newest ID this process has generated or been held above
 /// ([`never_below`]): later than the clock after the clock went back.
-pub fn newest_issued_ms() -> u64 {
+pub(crate) fn newest_issued_ms() -> u64 {
     CLOCK.last.lock().unwrap_or_else(|p| p.into_inner()).0
 }
 
@@ -84,7 +84,7 @@ pub fn newest_issued_ms() -> u64 {
 /// never see them. An ID that does not decode, or lies more than a day ahead of the
 /// clock, is ignored (and `false` returned): pinning every new ID to a time that far
 /// off would do more harm than the order it keeps.
-pub fn never_below(id: &str) -> bool {
+pub(crate) fn never_below(id: &str) -> bool {
     match parts(id) {
         Some(at) => CLOCK.never_below(at, super::now_unix_ms().max(0) as u64),
         None => false,
