@@ -40,54 +40,6 @@ async fn graceful_restart_keeps_history_in_order() {
     );
 }
 
-/// The clock stepped back while the server was down: the newest stored message has
-/// an ID (a time) two minutes ahead of now. New messages must still get greater IDs,
-/// or a client polling `since=<that id>` (as ntfy's apps do) would not see them; and
-/// that ID, though ahead of the clock, is still taken as a marker (not as unknown,
-/// which would replay everything).
-#[tokio::test]
-async fn ids_stay_above_stored_ones_after_the_clock_went_back() {
-    let mut s = TestServer::start(&[]);
-    let old_id = s.publish("clock", "before").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let status = s.stop();
-    assert!(status.success(), "graceful shutdown exited with {status}");
-
-    // Move the stored message two minutes into the future, as a clock now two
-    // minutes behind the one that wrote it would see it.
-    let (ms, counter) = herald::model::id::parts(&old_id).unwrap();
-    let ahead = herald::model::id::from_parts(ms + 120_000, counter).unwrap();
-    let db = rusqlite::Connection::open(s.data_path().join("messages.db")).unwrap();
-    let changed = db
-        .execute(
-            "UPDATE messages SET id = ?1, json = replace(json, ?2, ?1) WHERE id = ?2",
-            [&ahead, &old_id],
-        )
-        .unwrap();
-    assert_eq!(changed, 1);
-    drop(db);
-
-    s.start_again();
-    let new_id = s.publish("clock", "after").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    assert!(
-        new_id > ahead,
-        "new ID {new_id} sorts before stored {ahead}"
-    );
-    assert_eq!(
-        texts(&s.poll("clock", &format!("since={ahead}")).await),
-        ["after"]
-    );
-    assert_eq!(
-        texts(&s.poll("clock", "since=all").await),
-        ["before", "after"]
-    );
-}
-
 #[tokio::test]
 async fn scheduled_message_survives_restart_and_fires() {
     let mut s = TestServer::start(&[]);
