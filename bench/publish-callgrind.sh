@@ -7,7 +7,8 @@
 #   bench/publish-callgrind.sh [path/to/release/herald]
 #
 # LOG_LEVEL (default warn) sets the server's --log-level (info: the access log on,
-# written to a file); KEEP_CALLGRIND=FILE keeps callgrind's output for callgrind_annotate.
+# written to a file); STORE_ENGINE (default sqlite) the --store-engine (`log`: the
+# append-only log store); KEEP_CALLGRIND=FILE keeps callgrind's output for callgrind_annotate.
 set -euo pipefail
 herald=${1:-target/release/herald}
 work=$(mktemp -d)
@@ -15,7 +16,8 @@ trap 'pkill -INT -f "callgrind.*$work" 2>/dev/null || true; [[ -n "${KEEP_CALLGR
 port=${PORT:-18555}  # PORT=...: another port, for runs side by side
 valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" \
     "$herald" serve --listen-http 127.0.0.1:$port --data-dir "$work/data" \
-    --log-level "${LOG_LEVEL:-warn}" --visitor-subscription-limit 1000 \
+    --log-level "${LOG_LEVEL:-warn}" --store-engine "${STORE_ENGINE:-sqlite}" \
+    --visitor-subscription-limit 1000 \
     --visitor-request-limit-burst 1000000000 --visitor-message-daily-limit 4000000000 \
     --visitor-topic-creation-limit-burst 0 >"$work/server.log" 2>&1 &
 server=$!

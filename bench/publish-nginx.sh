@@ -8,8 +8,9 @@
 # its three herald servers, right after the first binary's, against the same nginx figure.
 # Needs nginx and wrk on PATH (Debian: `apt-get install nginx-light wrk`). Each round
 # starts, in turn, nginx, herald without a store (`--cache-duration 0`), herald durable
-# at `--log-level warn`, and herald durable at the default log level (`info`, the
-# per-request access log on, written to a file as a deployment would), each pinned to
+# at `--log-level warn`, herald durable at the default log level (`info`, the
+# per-request access log on, written to a file as a deployment would), and herald
+# durable on the log store (`--store-engine log`, at `warn`), each pinned to
 # SERVER_CPU (default 0), and drives each with
 # `wrk -t1 -c64 -d${SECS}s` on LOADGEN_CPU (default 1) POSTing 64-byte bodies to one topic.
 # Prints, per round and binary, requests/s and requests per second of server CPU time,
@@ -135,17 +136,24 @@ for round in $(seq "$rounds"); do
         log_lines=$(grep -c "herald::access" "$work/server.log" || true)
         stop
 
+        herald_serve "$bin" --log-level warn --store-engine log
+        wait_up
+        read -r durable_log log_cpu < <(run_wrk)
+        stop
+
         python3 - "$round" "$bin" "$log_lines" "$nginx_rps" "$nostore" "$durable" "$durable_info" \
-            "$nginx_cpu" "$nostore_cpu" "$durable_cpu" "$info_cpu" <<'PY'
+            "$nginx_cpu" "$nostore_cpu" "$durable_cpu" "$info_cpu" "$durable_log" "$log_cpu" <<'PY'
 import sys
 r, binary, lines = sys.argv[1:4]
-nginx, nostore, durable, info, c_nginx, c_nostore, c_durable, c_info = map(float, sys.argv[4:12])
+nginx, nostore, durable, info, c_nginx, c_nostore, c_durable, c_info, logstore, c_log = map(
+    float, sys.argv[4:14])
 print(f"round {r} {binary}: requests/s: nginx {nginx:,.0f} | no-store {nostore:,.0f} ({nostore/nginx:.0%}) "
       f"| durable warn {durable:,.0f} ({durable/nginx:.0%}) | durable info {info:,.0f} ({info/nginx:.0%}; "
-      f"{lines} access lines)")
+      f"{lines} access lines) | durable log store {logstore:,.0f} ({logstore/nginx:.0%})")
 print(f"round {r} {binary}: per server CPU second: nginx {c_nginx:,.0f} | no-store {c_nostore:,.0f} "
       f"({c_nostore/c_nginx:.0%}) | durable warn {c_durable:,.0f} ({c_durable/c_nginx:.0%}) "
-      f"| durable info {c_info:,.0f} ({c_info/c_nginx:.0%}; the log costs {1 - c_info/c_durable:.1%})")
+      f"| durable info {c_info:,.0f} ({c_info/c_nginx:.0%}; the log costs {1 - c_info/c_durable:.1%}) "
+      f"| durable log store {c_log:,.0f} ({c_log/c_nginx:.0%})")
 PY
     done
 done

@@ -115,6 +115,11 @@ const OPTIONS: &[OptionSpec] = &[
         help: "Store durability: `normal` (survives a process crash), `full` (also power loss, fsync per commit), `off`",
     },
     OptionSpec {
+        key: "store-engine",
+        default: "sqlite",
+        help: "Message store on disk: `sqlite` (the file `cache-file`) or `log` (an append-only log in the directory `cache-file` with the extension `.log`, its index in memory; imports `cache-file` if it exists). See docs/OPERATIONS.md",
+    },
+    OptionSpec {
         key: "subscriber-queue-size",
         default: "1024",
         help: "Undelivered events a subscriber may lag behind before it is disconnected",
@@ -560,6 +565,15 @@ pub enum ConfigError {
     File { path: PathBuf, reason: String },
 }
 
+/// The embedded message store (`store-engine`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreEngine {
+    /// `crate::store::sqlite`: one SQLite file, `cache-file`.
+    Sqlite,
+    /// `crate::store::log`: an append-only log in [`Config::log_dir`].
+    Log,
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -589,6 +603,8 @@ pub struct Config {
     pub visitor_subscription_limit: usize,
     pub global_topic_limit: usize,
     pub store_sync: SyncMode,
+    /// `store-engine`: which embedded store holds the message cache.
+    pub store_engine: StoreEngine,
     pub subscriber_queue_size: usize,
     /// `fanout-shard-size`: subscribers per worker thread from which a topic's
     /// fan-out is split (`hub`); 0: never.
@@ -649,6 +665,12 @@ impl Config {
         );
         raw.into_config()
             .unwrap_or_else(|e| unreachable!("built-in defaults are valid: {e}"))
+    }
+
+    /// The log store's directory (`store-engine = log`): `cache-file` with the
+    /// extension `.log` (`<data-dir>/messages.log` by default).
+    pub fn log_dir(&self) -> PathBuf {
+        self.cache_file.with_extension("log")
     }
 }
 
@@ -851,6 +873,11 @@ impl RawValues {
             store_sync: self.parse("store-sync", |s| {
                 s.parse::<SyncMode>()
                     .map_err(|_| "expected one of: off, normal, full".to_string())
+            })?,
+            store_engine: self.parse("store-engine", |s| match s {
+                "sqlite" => Ok(StoreEngine::Sqlite),
+                "log" => Ok(StoreEngine::Log),
+                _ => Err("expected one of: sqlite, log".to_string()),
             })?,
             fanout_shard_size: self.parse("fanout-shard-size", count)?,
             subscriber_queue_size: self.parse("subscriber-queue-size", |s| {

@@ -15,10 +15,12 @@ use crate::broker::redis::RedisBroker;
 use crate::broker::{Broker, LocalBroker};
 use crate::cluster::connector::RedisConnector;
 use crate::config::Config;
+use crate::config::StoreEngine;
 use crate::core::Herald;
 use crate::hub::{CloseReason, Hub};
 use crate::listener::Listener;
 use crate::store::Store;
+use crate::store::log::{LogOptions, LogStore};
 use crate::store::redis::{Delivered, RedisStore};
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
 use crate::telemetry::{Metrics, RequestInfo, StoreMetrics};
@@ -123,18 +125,8 @@ pub async fn run(
     let (store, broker): (Arc<dyn Store>, Arc<dyn Broker>) = match &redis {
         Some(url) => cluster_backends(&config, url, &hub, &tracker, &background).await?,
         None => {
-            let store = SqliteStore::open_observed(
-                &config.cache_file,
-                SqliteOptions {
-                    sync: config.store_sync,
-                    ..SqliteOptions::default()
-                },
-                Some(store_metrics.clone()),
-            )
-            .with_context(|| {
-                format!("cannot open message store {}", config.cache_file.display())
-            })?;
-            (Arc::new(store), Arc::new(LocalBroker::new(hub.clone())))
+            let store = open_embedded_store(&config, &store_metrics)?;
+            (store, Arc::new(LocalBroker::new(hub.clone())))
         }
     };
     // Publishes wake the webhook feed (see crate::webhook).
@@ -405,6 +397,38 @@ pub async fn run(
     .await;
     tracing::info!("herald stopped");
     Ok(())
+}
+
+/// The embedded message store `store-engine` chooses, reporting its writes to
+/// `metrics`.
+fn open_embedded_store(
+    config: &Config,
+    metrics: &Arc<StoreMetrics>,
+) -> anyhow::Result<Arc<dyn Store>> {
+    let observer: Arc<dyn crate::store::CommitObserver> = metrics.clone();
+    Ok(match config.store_engine {
+        StoreEngine::Sqlite => {
+            let options = SqliteOptions {
+                sync: config.store_sync,
+                ..SqliteOptions::default()
+            };
+            let store = SqliteStore::open_observed(&config.cache_file, options, Some(observer))
+                .with_context(|| {
+                    format!("cannot open message store {}", config.cache_file.display())
+                })?;
+            Arc::new(store)
+        }
+        StoreEngine::Log => {
+            let dir = config.log_dir();
+            let options = LogOptions {
+                sync: config.store_sync,
+                ..LogOptions::default()
+            };
+            let store = LogStore::open(&dir, options, Some(&config.cache_file), Some(observer))
+                .with_context(|| format!("cannot open message store {}", dir.display()))?;
+            Arc::new(store)
+        }
+    })
 }
 
 /// The Redis store and broker of a cluster node (`redis-url`, docs/SCALING.md); the

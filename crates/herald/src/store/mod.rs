@@ -20,6 +20,7 @@
 //!   shared, ordered log feeds history and every node's hub) assigns the ID of an
 //!   immediately published message itself and returns it from [`Store::append`].
 
+pub mod log;
 pub(crate) mod redis;
 pub mod sqlite;
 
@@ -215,6 +216,32 @@ pub trait Store: Send + Sync + 'static {
 
     /// Commits whatever is pending and stops accepting writes.
     async fn close(&self);
+}
+
+/// Starts a task on the current runtime that calls `send` on every item of each
+/// batch it is handed, when the runtime is multi-threaded (its workers always run
+/// it); `None` on a single-threaded runtime or outside one, where nothing
+/// guarantees the runtime is driven when a store's writer thread commits.
+///
+/// A writer thread answering each caller itself wakes each caller's task from
+/// outside the runtime, one eventfd write (and, on a shared core, one switch) per
+/// answer; handing a committed batch over as one message costs one wake-up, and the
+/// task's answers wake the callers from within the runtime (sqlite/writer.rs,
+/// `AnswerSender`, has the measurement).
+pub(crate) fn answer_task<T: Send + 'static>(
+    send: fn(T),
+) -> Option<tokio::sync::mpsc::UnboundedSender<Vec<T>>> {
+    let runtime = tokio::runtime::Handle::try_current().ok()?;
+    if runtime.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
+        return None;
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<T>>();
+    runtime.spawn(async move {
+        while let Some(answers) = rx.recv().await {
+            answers.into_iter().for_each(send);
+        }
+    });
+    Some(tx)
 }
 
 /// Helpers for the stores' contract tests.

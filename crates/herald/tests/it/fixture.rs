@@ -70,6 +70,7 @@ impl TestServer {
         args.extend(launch.args);
         herald::webhook::client::install_tls_provider();
         args.extend(redis_backend_args(&args));
+        args.extend(store_engine_args(&args));
         let client = reqwest::Client::builder()
             .no_proxy()
             .build()
@@ -210,6 +211,14 @@ impl TestServer {
     pub fn start_again(&mut self) {
         assert!(self.child.is_none(), "server still running");
         self.spawn();
+    }
+
+    /// Sets option `flag` to `value` for the next start (replacing the value it had).
+    pub fn set_arg(&mut self, flag: &str, value: &str) {
+        match self.args.iter().position(|a| a == flag) {
+            Some(at) if at + 1 < self.args.len() => self.args[at + 1] = value.to_string(),
+            _ => self.args.extend([flag.to_string(), value.to_string()]),
+        }
     }
 
     /// SIGKILL the server and reap it.
@@ -579,6 +588,23 @@ where
         assert!(Instant::now() < deadline, "timed out waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// With `HERALD_TEST_STORE_ENGINE` set (`.ci/run` sets `log` for a subset of the
+/// suite), every server that chooses neither its store engine nor Redis uses that
+/// embedded store: the same tests on the log store.
+fn store_engine_args(args: &[String]) -> Vec<String> {
+    let Ok(engine) = std::env::var("HERALD_TEST_STORE_ENGINE") else {
+        return Vec::new();
+    };
+    if engine.is_empty()
+        || args
+            .iter()
+            .any(|a| a == "--store-engine" || a == "--redis-url")
+    {
+        return Vec::new();
+    }
+    vec!["--store-engine".into(), engine]
 }
 
 /// With `HERALD_TEST_REDIS_URL` set (`.ci/run` does for a subset of the suite), every

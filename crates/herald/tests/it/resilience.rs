@@ -278,7 +278,7 @@ async fn a_full_disk_refuses_publishes_with_507_and_recovers_without_restart() {
     }
     let refused = refused.expect("publishes kept succeeding on a full disk");
     expect_error(refused, 507, 50702).await;
-    let again = s.client.put(s.url("/full")).body("small").send().await;
+    let again = s.client.put(s.url("/full")).body(body.clone()).send().await;
     expect_error(again.expect("publish answered"), 507, 50702).await;
 
     let (status, ready) = readyz(&s).await;
@@ -319,7 +319,8 @@ async fn a_full_disk_refuses_publishes_with_507_and_recovers_without_restart() {
 /// which would replay everything).
 #[tokio::test]
 async fn ids_stay_above_stored_ones_after_the_clock_went_back() {
-    let mut s = TestServer::start(&[]);
+    // It edits messages.db: the SQLite store, whatever HERALD_TEST_STORE_ENGINE says.
+    let mut s = TestServer::start(&["--store-engine", "sqlite"]);
     let old_id = s.publish("clock", "before").await["id"]
         .as_str()
         .unwrap()
@@ -358,4 +359,77 @@ async fn ids_stay_above_stored_ones_after_the_clock_went_back() {
         texts(&s.poll("clock", "since=all").await),
         ["before", "after"]
     );
+}
+
+/// A data directory switched from the SQLite store to the log store
+/// (`store-engine = log`) keeps every stored message, published and scheduled: the
+/// log imports `messages.db` once. Then the log keeps every acknowledged publish
+/// through a `kill -9`, in order, and `since=<id>` goes on working.
+#[tokio::test]
+async fn switching_to_the_log_store_keeps_every_message_and_survives_a_crash() {
+    let mut s = TestServer::start(&["--store-engine", "sqlite"]);
+    let mut acked = Vec::new();
+    for i in 0..5 {
+        acked.push(s.publish("switch", &format!("m{i}")).await["id"].clone());
+    }
+    let scheduled = s
+        .client
+        .put(s.url("/switch"))
+        .header("X-Delay", "1h")
+        .body("later")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(scheduled.status(), 200);
+    assert_eq!(s.stop().code(), Some(0));
+
+    s.set_arg("--store-engine", "log");
+    s.start_again();
+    let ids = |events: &[Value]| events.iter().map(|m| m["id"].clone()).collect::<Vec<_>>();
+    assert_eq!(ids(&s.poll("switch", "since=all").await), acked);
+    let with_scheduled = s.poll("switch", "since=all&scheduled=1").await;
+    assert_eq!(with_scheduled.len(), 6, "{with_scheduled:?}");
+    assert_eq!(with_scheduled[5]["message"], "later");
+    assert!(s.data_path().join("messages.log").is_dir());
+    assert!(s.data_path().join("messages.db.imported").exists());
+    assert!(!s.data_path().join("messages.db").exists());
+
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let publishers: Vec<_> = (0..4)
+        .map(|p| {
+            let (client, url, tx) = (s.client.clone(), s.url("/switch"), tx.clone());
+            tokio::spawn(async move {
+                for i in 0..25 {
+                    let resp = client
+                        .put(&url)
+                        .body(format!("p{p}-{i}"))
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(resp.status(), 200);
+                    let id = resp.json::<Value>().await.unwrap()["id"].clone();
+                    tx.send(id).unwrap();
+                }
+            })
+        })
+        .collect();
+    for p in publishers {
+        p.await.unwrap();
+    }
+    drop(tx);
+    while let Some(id) = rx.recv().await {
+        acked.push(id);
+    }
+    s.kill9();
+    s.start_again();
+    let stored = ids(&s.poll("switch", "since=all").await);
+    let mut want = acked.clone();
+    want.sort_by(|a, b| a.as_str().cmp(&b.as_str()));
+    assert_eq!(stored, want, "every acknowledged publish, in ID order");
+    let marker = want[50].as_str().unwrap().to_string();
+    let after = ids(&s.poll("switch", &format!("since={marker}")).await);
+    assert_eq!(after, want[51..].to_vec());
+    // New IDs sort after the stored ones.
+    let next = s.publish("switch", "after the crash").await["id"].clone();
+    assert!(next.as_str() > want.last().unwrap().as_str());
 }

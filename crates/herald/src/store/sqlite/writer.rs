@@ -281,17 +281,7 @@ pub(super) type AnswerSender = tokio::sync::mpsc::UnboundedSender<Vec<Answer>>;
 /// outside one, there is no guarantee the runtime is being driven when the writer
 /// commits, so the writer answers by itself (`None`).
 pub(super) fn answer_on_runtime() -> Option<AnswerSender> {
-    let runtime = tokio::runtime::Handle::try_current().ok()?;
-    if runtime.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
-        return None;
-    }
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<Answer>>();
-    runtime.spawn(async move {
-        while let Some(answers) = rx.recv().await {
-            answers.into_iter().for_each(Answer::send);
-        }
-    });
-    Some(tx)
+    crate::store::answer_task(Answer::send)
 }
 
 impl Done {

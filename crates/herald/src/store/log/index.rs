@@ -1,0 +1,395 @@
+//! The in-memory index over the log: every stored message's filter fields and where
+//! its JSON lies, in the orders the reads need.
+//!
+//! The log itself is only appended to; the index is what makes it a store. It is
+//! rebuilt from the segments at start (`LogStore::open`) and changed by the writer
+//! thread after each write succeeded, so readers never see a message whose record is
+//! not in the file. Per message it holds one entry in each of three ordered sets
+//! (ID order for `since=<id>` across topics and the webhook feed, `(time, id)` per
+//! topic for history, `(expires, id)` for the expiry sweep), plus the pending
+//! scheduled messages in `(time, id)` order: roughly 250 bytes per message in all,
+//! whatever the message's size (docs/BENCHMARKS.md, "The log store").
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs::File;
+use std::ops::Bound;
+use std::sync::Arc;
+
+use crate::store::{Query, Since};
+
+/// A message ID as the index keeps it: its bytes, big-endian in a `u128`, padded with
+/// zeros. Ordered as the ID strings are (herald's IDs are 12 ASCII characters, and no
+/// ID holds a NUL), but compared without following a pointer: the sets hold hundreds
+/// of thousands of keys, and a string key cost a cache miss per comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(super) struct Id(u128);
+
+impl Id {
+    /// Sorts before every ID.
+    pub(super) const MIN: Id = Id(0);
+    /// Longest ID the log stores.
+    pub(super) const MAX_LEN: usize = 16;
+
+    /// The key of a stored ID; `None` for one longer than [`Id::MAX_LEN`] or with a NUL.
+    pub(super) fn of(id: &str) -> Option<Id> {
+        (id.len() <= Self::MAX_LEN && !id.as_bytes().contains(&0)).then(|| Self::bound(id))
+    }
+
+    /// A key that compares with stored IDs as `marker` does: exact for an ID, and for
+    /// a longer string its first 16 bytes (no stored ID lies between the two).
+    pub(super) fn bound(marker: &str) -> Id {
+        let mut bytes = [0u8; 16];
+        let n = marker.len().min(16);
+        bytes[..n].copy_from_slice(&marker.as_bytes()[..n]);
+        Id(u128::from_be_bytes(bytes))
+    }
+}
+
+impl std::fmt::Display for Id {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let bytes = self.0.to_be_bytes();
+        let len = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+        f.write_str(&String::from_utf8_lossy(&bytes[..len]))
+    }
+}
+
+/// Where a message's JSON is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Loc {
+    pub(super) segment: u64,
+    pub(super) offset: u64,
+    pub(super) len: u32,
+    /// The whole record's length, for the segment's live-bytes count.
+    pub(super) record_len: u32,
+}
+
+/// What the index keeps of a message.
+#[derive(Debug)]
+pub(super) struct Entry {
+    pub(super) topic: Arc<str>,
+    pub(super) time: i64,
+    pub(super) expires: Option<i64>,
+    pub(super) published: bool,
+    /// Only kept while the message is scheduled: cancelling looks it up.
+    pub(super) sequence_id: Option<Box<str>>,
+    pub(super) loc: Loc,
+}
+
+/// A segment as the index sees it.
+pub(super) struct Segment {
+    /// Opened for reading; readers keep their own clone, so a segment removed while
+    /// they read stays readable to them.
+    pub(super) file: Arc<File>,
+    /// Messages whose current record is in this segment.
+    pub(super) live: u64,
+    pub(super) live_bytes: u64,
+    /// The segment's length in the file.
+    pub(super) size: u64,
+}
+
+/// A message a read selected: enough to order it and to read its JSON.
+pub(super) struct Hit {
+    pub(super) time: i64,
+    pub(super) id: Id,
+    pub(super) file: Arc<File>,
+    pub(super) loc: Loc,
+}
+
+#[derive(Default)]
+pub(super) struct Index {
+    by_id: BTreeMap<Id, Entry>,
+    by_topic: HashMap<Arc<str>, BTreeSet<(i64, Id)>>,
+    /// Scheduled messages not yet handed out, by `(time, id)`.
+    due: BTreeSet<(i64, Id)>,
+    expiry: BTreeSet<(i64, Id)>,
+    pub(super) segments: BTreeMap<u64, Segment>,
+}
+
+impl Index {
+    pub(super) fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub(super) fn scheduled(&self) -> usize {
+        self.due.len()
+    }
+
+    pub(super) fn contains(&self, id: Id) -> bool {
+        self.by_id.contains_key(&id)
+    }
+
+    pub(super) fn newest_id(&self) -> Option<String> {
+        self.by_id.keys().next_back().map(Id::to_string)
+    }
+
+    pub(super) fn next_due(&self) -> Option<i64> {
+        self.due.first().map(|(time, _)| *time)
+    }
+
+    /// Adds a message (replacing one with the same ID: a record rewritten by
+    /// compaction is read again at start).
+    pub(super) fn insert(&mut self, id: Id, entry: Entry) {
+        let (time, published, expires, loc) =
+            (entry.time, entry.published, entry.expires, entry.loc);
+        // `entry.topic` is the index's copy ([`Index::shared_topic`]) once the topic
+        // has messages.
+        let topic = entry.topic.clone();
+        if let Some(old) = self.by_id.insert(id, entry) {
+            self.unlink(id, &old);
+        }
+        if let Some(segment) = self.segments.get_mut(&loc.segment) {
+            segment.live += 1;
+            segment.live_bytes += u64::from(loc.record_len);
+        }
+        let key = (time, id);
+        if !published {
+            self.due.insert(key);
+        }
+        if let Some(expires) = expires {
+            self.expiry.insert((expires, id));
+        }
+        match self.by_topic.get_mut(&*topic) {
+            Some(set) => {
+                set.insert(key);
+            }
+            None => {
+                self.by_topic.entry(topic).or_default().insert(key);
+            }
+        }
+    }
+
+    /// The index's copy of `topic`'s name, so that its messages share one.
+    pub(super) fn shared_topic(&self, topic: String) -> Arc<str> {
+        match self.by_topic.get_key_value(topic.as_str()) {
+            Some((shared, _)) => shared.clone(),
+            None => Arc::from(topic),
+        }
+    }
+
+    /// Forgets a message; returns its entry.
+    pub(super) fn remove(&mut self, id: Id) -> Option<Entry> {
+        let entry = self.by_id.remove(&id)?;
+        self.unlink(id, &entry);
+        Some(entry)
+    }
+
+    /// Takes a message, no longer in `by_id`, out of the other sets and its
+    /// segment's counts.
+    fn unlink(&mut self, id: Id, entry: &Entry) {
+        if let Some(segment) = self.segments.get_mut(&entry.loc.segment) {
+            segment.live -= 1;
+            segment.live_bytes -= u64::from(entry.loc.record_len);
+        }
+        let key = (entry.time, id);
+        if let Some(set) = self.by_topic.get_mut(&*entry.topic) {
+            set.remove(&key);
+            if set.is_empty() {
+                self.by_topic.remove(&*entry.topic);
+            }
+        }
+        if !entry.published {
+            self.due.remove(&key);
+        }
+        if let Some(expires) = entry.expires {
+            self.expiry.remove(&(expires, id));
+        }
+    }
+
+    /// Marks a scheduled message as handed out (published). `false`: not stored or
+    /// already published.
+    pub(super) fn publish(&mut self, id: Id) -> bool {
+        let Some(entry) = self.by_id.get_mut(&id) else {
+            return false;
+        };
+        if entry.published {
+            return false;
+        }
+        entry.published = true;
+        entry.sequence_id = None;
+        let key = (entry.time, id);
+        self.due.remove(&key);
+        true
+    }
+
+    /// Moves a message's current record (compaction rewrote it elsewhere).
+    pub(super) fn relocate(&mut self, id: Id, loc: Loc) {
+        let Some(entry) = self.by_id.get_mut(&id) else {
+            return;
+        };
+        let old = std::mem::replace(&mut entry.loc, loc);
+        if let Some(segment) = self.segments.get_mut(&old.segment) {
+            segment.live -= 1;
+            segment.live_bytes -= u64::from(old.record_len);
+        }
+        if let Some(segment) = self.segments.get_mut(&loc.segment) {
+            segment.live += 1;
+            segment.live_bytes += u64::from(loc.record_len);
+        }
+    }
+
+    /// The scheduled messages due at or before `now`, in `(time, id)` order.
+    pub(super) fn due_until(&self, now: i64) -> Vec<Id> {
+        self.due
+            .range(..(now.saturating_add(1), Id::MIN))
+            .map(|&(_, id)| id)
+            .collect()
+    }
+
+    /// The scheduled messages of `topic` in sequence `sequence_id` (a message without
+    /// one is its own sequence: its ID).
+    pub(super) fn scheduled_in_sequence(&self, topic: &str, sequence_id: &str) -> Vec<Id> {
+        self.due
+            .iter()
+            .filter(|(_, id)| {
+                self.by_id.get(id).is_some_and(|e| {
+                    &*e.topic == topic
+                        && match e.sequence_id.as_deref() {
+                            Some(sequence) => sequence == sequence_id,
+                            None => Id::of(sequence_id) == Some(*id),
+                        }
+                })
+            })
+            .map(|&(_, id)| id)
+            .collect()
+    }
+
+    /// The messages whose `expires` is before `now`.
+    pub(super) fn expired(&self, now: i64) -> Vec<Id> {
+        self.expiry
+            .range(..(now, Id::MIN))
+            .map(|&(_, id)| id)
+            .collect()
+    }
+
+    /// The messages whose current record is in `segment`.
+    pub(super) fn live_in(&self, segment: u64) -> Vec<(Id, Hit, bool)> {
+        self.by_id
+            .iter()
+            .filter(|(_, e)| e.loc.segment == segment)
+            .filter_map(|(&id, e)| Some((id, self.hit(id, e)?, e.published)))
+            .collect()
+    }
+
+    fn hit(&self, id: Id, entry: &Entry) -> Option<Hit> {
+        let segment = self.segments.get(&entry.loc.segment)?;
+        Some(Hit {
+            time: entry.time,
+            id,
+            file: segment.file.clone(),
+            loc: entry.loc,
+        })
+    }
+
+    pub(super) fn get(&self, id: Id) -> Option<Hit> {
+        self.hit(id, self.by_id.get(&id)?)
+    }
+
+    /// Up to `limit` messages with an ID greater than `after`, in ID order.
+    pub(super) fn after_id(&self, after: &str, limit: usize) -> Vec<Hit> {
+        self.by_id
+            .range((Bound::Excluded(Id::bound(after)), Bound::Unbounded))
+            .filter_map(|(&id, entry)| self.hit(id, entry))
+            .take(limit)
+            .collect()
+    }
+
+    /// The messages of `query` (not `Since::Latest`) after `(time, id)`, at most
+    /// `limit` per topic (`None`: all), merged in `(time, id)` order. `true` with
+    /// them if a topic may have more than it gave.
+    pub(super) fn select(
+        &self,
+        query: &Query,
+        after: Option<&(i64, String)>,
+        limit: Option<usize>,
+    ) -> (Vec<Hit>, bool) {
+        let published_only = !query.include_scheduled;
+        let marker = match &query.since {
+            Since::AfterId(marker) => Id::bound(marker),
+            _ => Id::MIN,
+        };
+        let matches = |id: Id, entry: &Entry| -> bool {
+            match &query.since {
+                Since::None | Since::Latest => false,
+                Since::All | Since::Time(_) => entry.published || !published_only,
+                // With `scheduled=1`, pending messages count as "after" any marker:
+                // they are not delivered yet (as ntfy).
+                Since::AfterId(_) => {
+                    if published_only {
+                        entry.published && id > marker
+                    } else {
+                        id > marker || !entry.published
+                    }
+                }
+            }
+        };
+        let start = match (&query.since, after) {
+            (_, Some((time, id))) => Bound::Excluded((*time, Id::bound(id))),
+            (Since::Time(t), None) => Bound::Included((*t, Id::MIN)),
+            _ => Bound::Unbounded,
+        };
+        let since_time = match query.since {
+            Since::Time(t) => Some(t),
+            _ => None,
+        };
+        let mut topics: Vec<&str> = query.topics.iter().map(String::as_str).collect();
+        topics.sort_unstable();
+        topics.dedup();
+        let mut hits = Vec::new();
+        let mut more = false;
+        for topic in topics {
+            let Some(set) = self.by_topic.get(topic) else {
+                continue;
+            };
+            let mut found = 0;
+            for &(time, id) in set.range((start, Bound::Unbounded)) {
+                if since_time.is_some_and(|t| time < t) {
+                    continue;
+                }
+                let Some(entry) = self.by_id.get(&id) else {
+                    continue;
+                };
+                if !matches(id, entry) {
+                    continue;
+                }
+                if limit.is_some_and(|l| found >= l) {
+                    more = true;
+                    break;
+                }
+                if let Some(hit) = self.hit(id, entry) {
+                    hits.push(hit);
+                    found += 1;
+                }
+            }
+        }
+        hits.sort_by_key(|hit| (hit.time, hit.id));
+        if let Some(limit) = limit
+            && hits.len() > limit
+        {
+            hits.truncate(limit);
+            more = true;
+        }
+        (hits, more)
+    }
+
+    /// Per topic of `topics`, its published messages newest first, at most `depth`:
+    /// the latest one, and the ones before it in case it does not decode.
+    pub(super) fn latest(&self, topics: &[String], depth: usize) -> Vec<Vec<Hit>> {
+        let mut topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+        topics.sort_unstable();
+        topics.dedup();
+        topics
+            .into_iter()
+            .filter_map(|topic| self.by_topic.get(topic))
+            .map(|set| {
+                set.iter()
+                    .rev()
+                    .filter_map(|&(_, id)| {
+                        let entry = self.by_id.get(&id)?;
+                        entry.published.then(|| self.hit(id, entry)).flatten()
+                    })
+                    .take(depth)
+                    .collect()
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,437 @@
+use std::sync::Arc;
+
+use super::*;
+use crate::model::EventKind;
+use crate::store::contract::{pages_match_query, read_pages};
+use crate::store::sqlite::{SqliteOptions, SqliteStore};
+
+fn options() -> LogOptions {
+    LogOptions::default()
+}
+
+fn open_with(dir: &Path, options: LogOptions) -> LogStore {
+    LogStore::open(&dir.join("messages.log"), options, None, None).unwrap()
+}
+
+fn msg(topic: &str, time: i64) -> Message {
+    let mut m = Message::new(EventKind::Message, topic);
+    m.time = time;
+    m.expires = Some(time + 3600);
+    m.message = format!("at {time}");
+    m
+}
+
+fn q(topics: &[&str], since: Since, include_scheduled: bool) -> Query {
+    Query {
+        topics: topics.iter().map(|t| t.to_string()).collect(),
+        since,
+        include_scheduled,
+    }
+}
+
+fn ids<'a>(messages: impl IntoIterator<Item = &'a Message>) -> Vec<&'a str> {
+    messages.into_iter().map(|m| m.id.as_str()).collect()
+}
+
+/// Everything a reader can see of a store, to compare two stores.
+async fn view(store: &dyn Store, topics: &[&str], markers: &[String], at: i64) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut sinces = vec![Since::All, Since::Latest, Since::None, Since::Time(0)];
+    sinces.extend(markers.iter().map(|m| Since::AfterId(m.clone())));
+    sinces.push(Since::Time(at));
+    for scheduled in [false, true] {
+        for since in &sinces {
+            for set in [topics, &topics[..1], &topics[1..]] {
+                let query = q(set, since.clone(), scheduled);
+                let got = store.query(query.clone()).await.unwrap();
+                out.push(format!("{query:?} -> {:?}", ids(&got)));
+                pages_match_query(store, &query).await;
+            }
+        }
+    }
+    let feed = store.after_id("", 10_000).await.unwrap();
+    out.push(format!("feed {:?}", ids(&feed)));
+    if let Some(m) = markers.first() {
+        let feed = store.after_id(m, 5).await.unwrap();
+        out.push(format!("feed after {m} {:?}", ids(&feed)));
+    }
+    out.push(format!("{:?}", store.stats().await.unwrap()));
+    out.push(format!("next due {:?}", store.next_due().await.unwrap()));
+    out
+}
+
+/// The log store answers every read as the SQLite store does, through random
+/// publishes (several topics, past and scheduled times, sequences), cancels,
+/// hand-outs of due messages and expiry sweeps, and across restarts of the log
+/// (with segments small enough that they roll, are removed and compacted).
+#[tokio::test]
+async fn answers_as_the_sqlite_store_does_through_random_operations() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite =
+        SqliteStore::open(&dir.path().join("messages.db"), SqliteOptions::default()).unwrap();
+    let small = LogOptions {
+        segment_bytes: 2_000,
+        ..options()
+    };
+    let mut log = open_with(dir.path(), small);
+    let mut rng = fastrand::Rng::with_seed(7);
+    let now = now_unix();
+    // Every expiry lies ahead of the real clock, so a restart skips none of them
+    // and only the sweeps (at a clock of their own) forget messages.
+    let expiry_base = now + 100_000;
+    let mut sweep_clock = expiry_base;
+    let topics = ["a", "b", "c"];
+    let mut markers = Vec::new();
+    for step in 0..400 {
+        match rng.u32(0..100) {
+            0..70 => {
+                let topic = topics[rng.usize(0..topics.len())];
+                let scheduled = rng.u32(0..5) == 0;
+                let time = if scheduled {
+                    now + 1_000 + rng.i64(0..50)
+                } else {
+                    now - rng.i64(0..50)
+                };
+                let mut m = msg(topic, time);
+                m.expires = match rng.u32(0..10) {
+                    0 => None,
+                    // As in service: a message expires after the last sweep's clock.
+                    _ => Some(sweep_clock + rng.i64(0..100)),
+                };
+                if rng.bool() {
+                    m.sequence_id = Some(format!("s{}", rng.u32(0..4)));
+                }
+                if rng.u32(0..10) == 0 {
+                    markers.push(m.id.clone());
+                }
+                sqlite.append(m.clone()).await.unwrap();
+                log.append(m).await.unwrap();
+            }
+            70..80 => {
+                let topic = topics[rng.usize(0..topics.len())];
+                let sequence = format!("s{}", rng.u32(0..4));
+                assert_eq!(
+                    sqlite.cancel_scheduled(topic, &sequence).await.unwrap(),
+                    log.cancel_scheduled(topic, &sequence).await.unwrap(),
+                    "step {step}: cancel {topic} {sequence}"
+                );
+            }
+            80..88 => {
+                let at = now + 1_000 + rng.i64(0..50);
+                let a = sqlite.take_due(at).await.unwrap();
+                let b = log.take_due(at).await.unwrap();
+                assert_eq!(a, b, "step {step}: take_due {at}");
+            }
+            88..95 => {
+                sweep_clock += rng.i64(0..8);
+                assert_eq!(
+                    sqlite.prune_expired(sweep_clock).await.unwrap(),
+                    log.prune_expired(sweep_clock).await.unwrap(),
+                    "step {step}: prune at {sweep_clock}"
+                );
+            }
+            _ => {
+                // Dropped without close half the time: acknowledged writes are in the
+                // file already.
+                if rng.bool() {
+                    log.close().await;
+                }
+                drop(log);
+                log = open_with(dir.path(), small);
+            }
+        }
+        if step % 80 == 79 {
+            assert_eq!(
+                view(&sqlite, &topics, &markers, now + 1_020).await,
+                view(&log, &topics, &markers, now + 1_020).await,
+                "step {step}"
+            );
+        }
+    }
+    let segments = list_segments(&dir.path().join("messages.log")).unwrap();
+    assert!(segments.len() > 1, "segments rolled: {segments:?}");
+    assert!(segments[0] > 1, "old segments were removed: {segments:?}");
+    log.close().await;
+    let log = open_with(dir.path(), small);
+    assert_eq!(
+        view(&sqlite, &topics, &markers, now + 1_020).await,
+        view(&log, &topics, &markers, now + 1_020).await,
+        "after the last restart"
+    );
+}
+
+#[tokio::test]
+async fn a_torn_tail_is_cut_and_what_came_before_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = now_unix();
+    let (first, second) = (msg("t", now - 2), msg("t", now - 1));
+    {
+        let store = open_with(dir.path(), options());
+        store.append(first.clone()).await.unwrap();
+        store.append(second.clone()).await.unwrap();
+        store.close().await;
+    }
+    let path = segment_path(&dir.path().join("messages.log"), 1);
+    let len = std::fs::metadata(&path).unwrap().len();
+    // A crash in the middle of the second record's write.
+    OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(len - 5)
+        .unwrap();
+    let store = open_with(dir.path(), options());
+    let all = store.query(q(&["t"], Since::All, false)).await.unwrap();
+    assert_eq!(all, vec![first.clone()]);
+    // Appends go on where the intact records end.
+    let third = msg("t", now);
+    store.append(third.clone()).await.unwrap();
+    store.close().await;
+    let store = open_with(dir.path(), options());
+    let all = store.query(q(&["t"], Since::All, false)).await.unwrap();
+    assert_eq!(all, vec![first, third]);
+}
+
+#[tokio::test]
+async fn a_file_that_is_not_a_segment_stops_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("messages.log");
+    std::fs::create_dir(&log).unwrap();
+    std::fs::write(segment_path(&log, 1), b"SQLite format 3\0").unwrap();
+    let err = LogStore::open(&log, options(), None, None).unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
+    assert_eq!(
+        std::fs::read(segment_path(&log, 1)).unwrap(),
+        b"SQLite format 3\0",
+        "left as it was"
+    );
+}
+
+#[tokio::test]
+async fn messages_that_expired_while_stopped_are_not_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = now_unix();
+    let mut old = msg("t", now - 100);
+    old.expires = Some(now - 50);
+    let kept = msg("t", now - 10);
+    {
+        let store = open_with(dir.path(), options());
+        store.append(old).await.unwrap();
+        store.append(kept.clone()).await.unwrap();
+        store.close().await;
+    }
+    let store = open_with(dir.path(), options());
+    let all = store.query(q(&["t"], Since::All, false)).await.unwrap();
+    assert_eq!(all, vec![kept]);
+    assert_eq!(store.stats().await.unwrap().messages, 1);
+}
+
+#[tokio::test]
+async fn duplicate_ids_are_refused_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_with(dir.path(), options());
+    let now = now_unix();
+    let first = msg("t", now);
+    store.append(first.clone()).await.unwrap();
+    let other = msg("t", now);
+    let (dup, ok) = tokio::join!(store.append(first.clone()), store.append(other.clone()));
+    assert!(matches!(dup, Err(StoreError::Backend(_))), "{dup:?}");
+    ok.unwrap();
+    // Two of one ID in the same write: the first stands.
+    let twin = msg("t", now);
+    let (a, b) = tokio::join!(store.append(twin.clone()), store.append(twin.clone()));
+    assert!(a.is_ok() != b.is_ok(), "{a:?} {b:?}");
+    store.close().await;
+    let store = open_with(dir.path(), options());
+    let all = store.query(q(&["t"], Since::All, false)).await.unwrap();
+    assert_eq!(ids(&all), ids([&first, &other, &twin]));
+}
+
+#[tokio::test]
+async fn concurrent_appends_share_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(open_with(dir.path(), options()));
+    let now = now_unix();
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move { store.append(msg(&format!("t{}", i % 7), now)).await })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    assert!(
+        store.commits() < 200,
+        "200 appends took {} writes",
+        store.commits()
+    );
+    let topics: Vec<String> = (0..7).map(|i| format!("t{i}")).collect();
+    let all = store
+        .query(Query {
+            topics,
+            since: Since::All,
+            include_scheduled: false,
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 200);
+}
+
+/// On a multi-threaded runtime a write's answers go through a task on the runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_come_through_the_runtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(open_with(dir.path(), options()));
+    let now = now_unix();
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move { store.append(msg("t", now)).await })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    assert_eq!(store.stats().await.unwrap().messages, 50);
+}
+
+#[tokio::test]
+async fn paging_skips_a_damaged_message_and_refuses_foreign_cursors() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_with(dir.path(), options());
+    let now = now_unix();
+    let mut bad = msg("t", now - 5);
+    bad.id = crate::model::MessageId::generate().into_string();
+    // JSON that does not decode as a message, in an intact record.
+    store
+        .append_encoded(&bad, bytes::Bytes::from_static(b"{not json"))
+        .await
+        .unwrap();
+    let good = msg("t", now - 1);
+    store.append(good.clone()).await.unwrap();
+    let query = q(&["t"], Since::All, false);
+    assert_eq!(
+        store.query(query.clone()).await.unwrap(),
+        vec![good.clone()]
+    );
+    let (paged, _) = read_pages(&store, &query, 1).await;
+    assert_eq!(paged, vec![good.clone()]);
+    let latest = store.query(q(&["t"], Since::Latest, false)).await.unwrap();
+    assert_eq!(latest, vec![good]);
+    let foreign = Cursor::Position {
+        after: (1, 0),
+        upto: None,
+    };
+    assert!(
+        store
+            .history_page(&query, Some(&foreign), 10)
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn an_old_segment_held_by_one_scheduled_message_is_compacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = LogOptions {
+        segment_bytes: 1_500,
+        ..options()
+    };
+    let store = open_with(dir.path(), small);
+    let now = now_unix();
+    let far = msg("t", now + 86_400);
+    store.append(far.clone()).await.unwrap();
+    for i in 0..40 {
+        let mut m = msg("t", now - 100 + i);
+        m.expires = Some(now + 100);
+        store.append(m).await.unwrap();
+    }
+    let log = dir.path().join("messages.log");
+    assert!(list_segments(&log).unwrap().len() > 3);
+    assert_eq!(store.prune_expired(now + 200).await.unwrap(), 40);
+    // Only the head is left, holding the scheduled message written again.
+    let segments = list_segments(&log).unwrap();
+    assert_eq!(segments.len(), 1, "{segments:?}");
+    let pending = store.query(q(&["t"], Since::All, true)).await.unwrap();
+    assert_eq!(pending, vec![far.clone()]);
+    store.close().await;
+    let store = open_with(dir.path(), small);
+    assert_eq!(store.next_due().await.unwrap(), Some(far.time));
+    let due = store.take_due(far.time).await.unwrap();
+    assert_eq!(due, vec![far]);
+}
+
+#[tokio::test]
+async fn a_sqlite_store_is_imported_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("messages.db");
+    let now = now_unix();
+    let published = msg("t", now - 10);
+    let mut scheduled = msg("t", now + 600);
+    scheduled.sequence_id = Some("s".into());
+    {
+        let sqlite = SqliteStore::open(&db, SqliteOptions::default()).unwrap();
+        sqlite.append(published.clone()).await.unwrap();
+        sqlite.append(scheduled.clone()).await.unwrap();
+        sqlite.close().await;
+    }
+    let log_dir = dir.path().join("messages.log");
+    let store = LogStore::open(&log_dir, options(), Some(&db), None).unwrap();
+    let all = store.query(q(&["t"], Since::All, true)).await.unwrap();
+    assert_eq!(all, vec![published.clone(), scheduled.clone()]);
+    assert_eq!(store.cancel_scheduled("t", "s").await.unwrap(), 1);
+    store.close().await;
+    assert!(!db.exists());
+    assert!(dir.path().join("messages.db.imported").exists());
+    // The next start reads the log, and imports nothing again.
+    let store = LogStore::open(&log_dir, options(), Some(&db), None).unwrap();
+    let all = store.query(q(&["t"], Since::All, true)).await.unwrap();
+    assert_eq!(all, vec![published]);
+}
+
+#[tokio::test]
+async fn close_finishes_and_then_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_with(dir.path(), options());
+    let m = msg("t", now_unix());
+    store.append(m.clone()).await.unwrap();
+    store.close().await;
+    assert!(matches!(
+        store.append(msg("t", now_unix())).await,
+        Err(StoreError::Closed)
+    ));
+    assert!(matches!(
+        store.query(q(&["t"], Since::All, false)).await,
+        Err(StoreError::Closed)
+    ));
+    assert!(!store.is_alive());
+    let store = open_with(dir.path(), options());
+    assert_eq!(
+        store.query(q(&["t"], Since::All, false)).await.unwrap(),
+        vec![m]
+    );
+}
+
+#[tokio::test]
+async fn every_sync_mode_keeps_what_it_acknowledged() {
+    for sync in [SyncMode::Off, SyncMode::Normal, SyncMode::Full] {
+        let dir = tempfile::tempdir().unwrap();
+        let options = LogOptions {
+            sync,
+            segment_bytes: 600,
+            ..options()
+        };
+        let store = open_with(dir.path(), options);
+        let mut sent = Vec::new();
+        for i in 0..10 {
+            let m = msg("t", now_unix() - 20 + i);
+            store.append(m.clone()).await.unwrap();
+            sent.push(m);
+        }
+        drop(store);
+        let store = open_with(dir.path(), options);
+        let all = store.query(q(&["t"], Since::All, false)).await.unwrap();
+        assert_eq!(all, sent, "{sync}");
+    }
+}

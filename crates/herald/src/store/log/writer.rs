@@ -1,0 +1,645 @@
+//! The writer thread: the only one that writes the log, with group commit.
+//!
+//! - Every write operation (`append`, `take_due`, `cancel_scheduled`,
+//!   `prune_expired`, the readiness ping) is sent to this thread over a bounded
+//!   channel with a oneshot reply sender, as in the SQLite store.
+//! - The writer blocks for the first operation, yields once so that publishers about
+//!   to send theirs can, drains the queue (up to `max_batch`), and writes each run of
+//!   consecutive appends with ONE `pwrite` (and, with `store-sync = full`, one
+//!   `fdatasync`). Only then does it enter them into the index and answer: a caller
+//!   hears "ok" only once its record is in the file, and readers only see messages
+//!   whose records are.
+//! - The other operations are rare; each runs on its own, after the appends queued
+//!   before it, against an index that holds them.
+//! - A failed write does not stop the writer: the segment is cut back to where the
+//!   write began (a record of a failed batch must not come back at the next start),
+//!   every operation of the write gets [`StoreError::Full`] or
+//!   [`StoreError::Unavailable`], and writes count as failing until one succeeds.
+//! - An expiry sweep writes one `Expired` mark (its clock), not one per message:
+//!   rebuilding the index skips every message that expired before the latest mark
+//!   or before the start. Whole segments go once no current record is left in them, oldest first, so that
+//!   a `Published` or `Removed` mark never outlives the record it applies to. An old
+//!   segment held by a few long-lived messages (scheduled far ahead) is compacted:
+//!   those records are written again at the head and the segment removed.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::index::{Entry, Id, Index, Loc, Segment};
+use super::segment::{Encoder, MAGIC, Put, RECORD_HEADER, segment_path};
+use super::{read_message, write_index};
+use crate::model::Message;
+use crate::store::sqlite::SyncMode;
+use crate::store::{CommitObserver, StoreError};
+
+pub(super) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+/// A message about to be appended, prepared off the writer thread.
+pub(super) struct NewRecord {
+    pub(super) id: String,
+    pub(super) topic: String,
+    pub(super) time: i64,
+    pub(super) expires: Option<i64>,
+    pub(super) published: bool,
+    pub(super) sequence_id: Option<String>,
+    /// The message as `serde_json` writes it.
+    pub(super) json: bytes::Bytes,
+}
+
+/// A write operation queued for the writer thread.
+pub(super) enum Op {
+    Append {
+        record: NewRecord,
+        reply: Reply<()>,
+    },
+    Cancel {
+        topic: String,
+        sequence_id: String,
+        reply: Reply<u64>,
+    },
+    TakeDue {
+        now: i64,
+        reply: Reply<Vec<Message>>,
+    },
+    Prune {
+        now: i64,
+        reply: Reply<u64>,
+    },
+    Ping {
+        reply: Reply<()>,
+    },
+}
+
+/// What the probes and metrics read without asking the writer.
+#[derive(Debug)]
+pub(super) struct Health {
+    /// Set when a write fails, cleared when a later one succeeds.
+    pub(super) failing: AtomicBool,
+    /// Cleared when the writer thread ends, however it ends.
+    pub(super) alive: AtomicBool,
+}
+
+/// Clears [`Health::alive`] when the writer thread ends, panic included.
+pub(super) struct AliveGuard(pub(super) Arc<Health>);
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.0.alive.store(false, Ordering::Relaxed);
+    }
+}
+
+/// An append's answer after its write.
+pub(super) type Answer = (Reply<()>, Result<(), StoreError>);
+
+fn send_answer((reply, result): Answer) {
+    // Fails only if the caller stopped waiting.
+    let _ = reply.send(result);
+}
+
+pub(super) fn answer_on_runtime() -> Option<tokio::sync::mpsc::UnboundedSender<Vec<Answer>>> {
+    crate::store::answer_task(send_answer)
+}
+
+/// The segment being appended to.
+pub(super) struct Head {
+    pub(super) number: u64,
+    pub(super) file: File,
+    /// Where the next record goes: everything before it is intact records.
+    pub(super) len: u64,
+}
+
+/// Opens (creating) segment `number` for appending, with its header written.
+pub(super) fn create_segment(
+    dir: &std::path::Path,
+    number: u64,
+    sync: SyncMode,
+) -> std::io::Result<Head> {
+    let path = segment_path(dir, number);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)?;
+    file.write_all_at(MAGIC, 0)?;
+    if sync != SyncMode::Off {
+        file.sync_all()?;
+        // The new name must survive a power loss too.
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(Head {
+        number,
+        file,
+        len: MAGIC.len() as u64,
+    })
+}
+
+pub(super) struct Writer {
+    pub(super) dir: PathBuf,
+    pub(super) index: Arc<RwLock<Index>>,
+    pub(super) head: Head,
+    pub(super) sync: SyncMode,
+    pub(super) segment_bytes: u64,
+    pub(super) commits: Arc<AtomicU64>,
+    pub(super) observer: Option<Arc<dyn CommitObserver>>,
+    pub(super) health: Arc<Health>,
+    pub(super) answers: Option<tokio::sync::mpsc::UnboundedSender<Vec<Answer>>>,
+    pub(super) encoder: Encoder,
+    /// The log directory's lock (`LOCK`), released when the thread ends.
+    pub(super) _lock: File,
+}
+
+/// Why a write failed: nothing of it counts.
+struct WriteFailure {
+    disk_full: bool,
+    text: String,
+}
+
+impl WriteFailure {
+    fn from_io(context: &str, e: &std::io::Error) -> Self {
+        WriteFailure {
+            disk_full: matches!(
+                e.kind(),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+            ),
+            text: format!("{context}: {e}"),
+        }
+    }
+
+    fn error(&self) -> StoreError {
+        if self.disk_full {
+            StoreError::Full(self.text.clone())
+        } else {
+            StoreError::Unavailable(self.text.clone())
+        }
+    }
+}
+
+impl Writer {
+    /// Runs operations until every sender is gone and the queue is empty.
+    pub(super) fn run(mut self, mut queue: mpsc::Receiver<Op>, max_batch: usize) {
+        let mut batch = Vec::with_capacity(max_batch);
+        while let Some(op) = queue.blocking_recv() {
+            batch.push(op);
+            // As the SQLite writer: the first operation wakes this thread before the
+            // publishers about to send theirs have run; one yield lets them, so they
+            // share this write.
+            std::thread::yield_now();
+            while batch.len() < max_batch {
+                match queue.try_recv() {
+                    Ok(op) => batch.push(op),
+                    Err(_) => break,
+                }
+            }
+            // A panic (a bug: I/O errors are results) must not end the thread; the
+            // batch's callers see their replies dropped (`Closed`).
+            let ops = std::mem::take(&mut batch);
+            let ran =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_batch(ops)));
+            if ran.is_err() {
+                self.failed(
+                    WriteFailure {
+                        disk_full: false,
+                        text: "store batch panicked".into(),
+                    },
+                    0,
+                );
+            }
+        }
+        if self.sync != SyncMode::Off
+            && let Err(e) = self.head.file.sync_data()
+        {
+            tracing::warn!(error = %e, "syncing the log at close");
+        }
+        tracing::debug!("log store writer stopped");
+    }
+
+    /// Runs the batch in order: each run of appends as one write, the rest one by one.
+    fn run_batch(&mut self, ops: Vec<Op>) {
+        let mut appends = Vec::new();
+        for op in ops {
+            match op {
+                Op::Append { record, reply } => appends.push((record, reply)),
+                other => {
+                    if !appends.is_empty() {
+                        self.append(std::mem::take(&mut appends));
+                    }
+                    self.run_other(other);
+                }
+            }
+        }
+        if !appends.is_empty() {
+            self.append(appends);
+        }
+    }
+
+    fn run_other(&mut self, op: Op) {
+        match op {
+            Op::Append { .. } => {}
+            Op::TakeDue { now, reply } => {
+                let _ = reply.send(self.take_due(now));
+            }
+            Op::Cancel {
+                topic,
+                sequence_id,
+                reply,
+            } => {
+                let _ = reply.send(self.cancel(&topic, &sequence_id));
+            }
+            Op::Prune { now, reply } => {
+                let _ = reply.send(self.prune(now));
+            }
+            Op::Ping { reply } => {
+                let result = if self.health.failing.load(Ordering::Relaxed) {
+                    self.probe()
+                } else {
+                    Ok(())
+                };
+                let _ = reply.send(result);
+            }
+        }
+    }
+
+    /// While writes are failing: whether the disk takes a page at the head again. A
+    /// short write could still land in the file's last, already allocated page on a
+    /// full disk, so the probe writes a page-sized record, then cuts it off again.
+    fn probe(&mut self) -> Result<(), StoreError> {
+        self.encoder.buf.clear();
+        self.encoder.noop(PROBE_BYTES);
+        let base = self
+            .write_encoded("writing the readiness probe", 1)
+            .map_err(|f| f.error())?;
+        self.head
+            .file
+            .set_len(base)
+            .map_err(|e| StoreError::Unavailable(format!("cutting the readiness probe: {e}")))?;
+        self.head.len = base;
+        if let Some(segment) = write_index(&self.index).segments.get_mut(&self.head.number) {
+            segment.size = base;
+        }
+        Ok(())
+    }
+
+    /// Writes the appends' records with one write, then indexes and answers them.
+    fn append(&mut self, appends: Vec<(NewRecord, Reply<()>)>) {
+        self.encoder.buf.clear();
+        // (key, record, reply, offset of its JSON in the buffer, length of its record)
+        let mut written = Vec::with_capacity(appends.len());
+        let mut answers: Vec<Answer> = Vec::with_capacity(appends.len());
+        {
+            let index = read_index(&self.index);
+            // A second message with an ID of this write is refused too. IDs come from
+            // a monotonic generator, so this is for bugs: the check sorts the keys and
+            // keeps a set only if it found a repeat.
+            let mut in_write = repeats_in(&appends).then(std::collections::HashSet::new);
+            for (record, reply) in appends {
+                let Some(id) = Id::of(&record.id) else {
+                    let error = format!(
+                        "message ID {:?} is longer than the log store keeps ({} bytes)",
+                        record.id,
+                        Id::MAX_LEN
+                    );
+                    answers.push((reply, Err(StoreError::Backend(error))));
+                    continue;
+                };
+                let repeat = in_write.as_mut().is_some_and(|seen| !seen.insert(id));
+                if repeat || index.contains(id) {
+                    let error = format!("a message with ID {} is already stored", record.id);
+                    answers.push((reply, Err(StoreError::Backend(error))));
+                    continue;
+                }
+                let start = self.encoder.buf.len();
+                match self.encoder.put(&Put {
+                    published: record.published,
+                    time: record.time,
+                    expires: record.expires,
+                    id: &record.id,
+                    topic: &record.topic,
+                    sequence_id: record.sequence_id.as_deref(),
+                    json: &record.json,
+                }) {
+                    Ok(json_at) => {
+                        let record_len = self.encoder.buf.len() - start;
+                        written.push((id, record, reply, json_at, record_len));
+                    }
+                    Err(e) => answers.push((reply, Err(StoreError::Backend(e.to_string())))),
+                }
+            }
+        }
+        if !written.is_empty() {
+            match self.write_encoded("appending to the log", written.len()) {
+                Ok(base) => {
+                    let segment = self.head.number;
+                    let mut index = write_index(&self.index);
+                    for (id, mut record, reply, json_at, record_len) in written {
+                        let loc = Loc {
+                            segment,
+                            offset: base + json_at as u64,
+                            len: record.json.len() as u32,
+                            record_len: record_len as u32,
+                        };
+                        let topic = index.shared_topic(std::mem::take(&mut record.topic));
+                        index.insert(id, entry_of(record, topic, loc));
+                        answers.push((reply, Ok(())));
+                    }
+                }
+                Err(failure) => {
+                    for (_, _, reply, _, _) in written {
+                        answers.push((reply, Err(failure.error())));
+                    }
+                }
+            }
+        }
+        self.answer(answers);
+    }
+
+    /// Writes the encoder's buffer at the head (starting a new segment first if it
+    /// would not fit), synced per the sync mode; returns where it starts. On failure
+    /// the head is cut back, so no part of it is read at the next start.
+    fn write_encoded(&mut self, context: &str, operations: usize) -> Result<u64, WriteFailure> {
+        let started = Instant::now();
+        let len = self.encoder.buf.len() as u64;
+        if self.head.len + len > self.segment_bytes && self.head.len > MAGIC.len() as u64 {
+            self.roll().map_err(|e| {
+                self.failed(
+                    WriteFailure::from_io("starting a log segment", &e),
+                    operations,
+                )
+            })?;
+        }
+        let base = self.head.len;
+        let written = self
+            .head
+            .file
+            .write_all_at(&self.encoder.buf, base)
+            .and_then(|()| {
+                if self.sync == SyncMode::Full {
+                    self.head.file.sync_data()
+                } else {
+                    Ok(())
+                }
+            });
+        if let Err(e) = written {
+            // Best effort: if even this fails, the next write overwrites the bytes,
+            // and a start before that finds a damaged tail and cuts it.
+            let _ = self.head.file.set_len(base);
+            return Err(self.failed(WriteFailure::from_io(context, &e), operations));
+        }
+        self.head.len = base + len;
+        if let Some(segment) = write_index(&self.index).segments.get_mut(&self.head.number) {
+            segment.size = self.head.len;
+        }
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        if let Some(observer) = &self.observer {
+            observer.committed(operations, started.elapsed());
+        }
+        if self.health.failing.swap(false, Ordering::Relaxed) {
+            tracing::info!("store writes succeed again");
+        }
+        Ok(base)
+    }
+
+    /// Starts the next segment. The one before is synced first (unless
+    /// `store-sync = off`): with `normal`, records reach the disk at the latest when
+    /// their segment is full, as SQLite's WAL reaches it at checkpoints.
+    fn roll(&mut self) -> std::io::Result<()> {
+        if self.sync != SyncMode::Off {
+            self.head.file.sync_data()?;
+        }
+        let head = create_segment(&self.dir, self.head.number + 1, self.sync)?;
+        let reader = Arc::new(head.file.try_clone()?);
+        write_index(&self.index).segments.insert(
+            head.number,
+            Segment {
+                file: reader,
+                live: 0,
+                live_bytes: 0,
+                size: head.len,
+            },
+        );
+        self.head = head;
+        Ok(())
+    }
+
+    /// Marks the due scheduled messages published, with one write, and returns them.
+    fn take_due(&mut self, now: i64) -> Result<Vec<Message>, StoreError> {
+        let due = read_index(&self.index).due_until(now);
+        if due.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.write_marks(&due, false)?;
+        let mut messages = Vec::with_capacity(due.len());
+        for &id in &due {
+            let hit = read_index(&self.index).get(id);
+            // Undecodable ones are marked too, so they are not retried forever.
+            if let Some(message) = hit.map(|hit| read_message(&hit)).transpose()?.flatten() {
+                messages.push(message);
+            }
+        }
+        let mut index = write_index(&self.index);
+        for &id in &due {
+            index.publish(id);
+        }
+        Ok(messages)
+    }
+
+    /// Removes the scheduled messages of `topic` in `sequence_id`, with one write.
+    fn cancel(&mut self, topic: &str, sequence_id: &str) -> Result<u64, StoreError> {
+        let cancelled = read_index(&self.index).scheduled_in_sequence(topic, sequence_id);
+        if cancelled.is_empty() {
+            return Ok(0);
+        }
+        self.write_marks(&cancelled, true)?;
+        let mut index = write_index(&self.index);
+        Ok(cancelled
+            .iter()
+            .filter(|&&id| index.remove(id).is_some())
+            .count() as u64)
+    }
+
+    fn write_marks(&mut self, ids: &[Id], removed: bool) -> Result<(), StoreError> {
+        self.encoder.buf.clear();
+        for id in ids {
+            self.encoder
+                .mark(&id.to_string(), removed)
+                .map_err(|e| StoreError::Backend(e.to_string()))?;
+        }
+        self.write_encoded("writing to the log", ids.len())
+            .map(drop)
+            .map_err(|f| f.error())
+    }
+
+    /// Forgets the messages expired before `now`, once an `Expired` mark saying so
+    /// is written (so that they stay gone after a restart even if the clock went
+    /// back), then removes the segments left without a current record (see the
+    /// module docs).
+    fn prune(&mut self, now: i64) -> Result<u64, StoreError> {
+        let expired = read_index(&self.index).expired(now);
+        if !expired.is_empty() {
+            self.encoder.buf.clear();
+            self.encoder.expired(now);
+            self.write_encoded("writing to the log", 1)
+                .map_err(|f| f.error())?;
+        }
+        // In chunks, so readers are never held for long by a large sweep.
+        for chunk in expired.chunks(PRUNE_CHUNK) {
+            let mut index = write_index(&self.index);
+            for &id in chunk {
+                index.remove(id);
+            }
+        }
+        self.drop_segments()?;
+        Ok(expired.len() as u64)
+    }
+
+    fn drop_segments(&mut self) -> Result<(), StoreError> {
+        loop {
+            let oldest = read_index(&self.index)
+                .segments
+                .first_key_value()
+                .map(|(&number, s)| (number, s.live, s.live_bytes, s.size));
+            let Some((number, live, live_bytes, size)) = oldest else {
+                return Ok(());
+            };
+            if number == self.head.number {
+                return Ok(());
+            }
+            if live == 0 {
+                let path = segment_path(&self.dir, number);
+                // Kept if it cannot be removed: a later segment's marks may apply to
+                // its records, so no later one may go before it.
+                std::fs::remove_file(&path).map_err(|e| {
+                    StoreError::Backend(format!("removing {}: {e}", path.display()))
+                })?;
+                write_index(&self.index).segments.remove(&number);
+                tracing::debug!(segment = number, "log segment removed");
+                continue;
+            }
+            if live_bytes.saturating_mul(COMPACT_WHEN_LIVE_BELOW) > size {
+                return Ok(());
+            }
+            self.compact(number)?;
+        }
+    }
+
+    /// Writes the current records of `segment` again at the head, so that it can go.
+    fn compact(&mut self, segment: u64) -> Result<(), StoreError> {
+        let live = read_index(&self.index).live_in(segment);
+        self.encoder.buf.clear();
+        let mut moved = Vec::with_capacity(live.len());
+        for (id, hit, published) in live {
+            let record = read_record(&hit)?;
+            let Some(super::segment::Record::Put(put)) = super::segment::decode(&record) else {
+                return Err(StoreError::Corrupt(format!(
+                    "the record of message {id} in segment {segment} is not a message"
+                )));
+            };
+            let start = self.encoder.buf.len();
+            let json_at = self
+                .encoder
+                .put(&Put { published, ..put })
+                .map_err(|e| StoreError::Backend(e.to_string()))?;
+            moved.push((id, json_at, put.json.len(), self.encoder.buf.len() - start));
+        }
+        let count = moved.len();
+        let base = self
+            .write_encoded("compacting the log", count)
+            .map_err(|f| f.error())?;
+        let head = self.head.number;
+        let mut index = write_index(&self.index);
+        for (id, json_at, len, record_len) in moved {
+            index.relocate(
+                id,
+                Loc {
+                    segment: head,
+                    offset: base + json_at as u64,
+                    len: len as u32,
+                    record_len: record_len as u32,
+                },
+            );
+        }
+        tracing::debug!(segment, moved = count, "log segment compacted");
+        Ok(())
+    }
+
+    /// Sends answers, through the runtime when there is more than one
+    /// (`crate::store::answer_task`).
+    fn answer(&self, answers: Vec<Answer>) {
+        match &self.answers {
+            Some(runtime) if answers.len() > 1 => {
+                if let Err(tokio::sync::mpsc::error::SendError(answers)) = runtime.send(answers) {
+                    answers.into_iter().for_each(send_answer);
+                }
+            }
+            _ => answers.into_iter().for_each(send_answer),
+        }
+    }
+
+    /// Marks writes as failing; logged when they start failing, not per write.
+    fn failed(&self, failure: WriteFailure, size: usize) -> WriteFailure {
+        let error = &failure.text;
+        if self.health.failing.swap(true, Ordering::Relaxed) {
+            tracing::debug!(%error, size, "store write failed");
+        } else if failure.disk_full {
+            tracing::error!(%error, size, "store disk full: publishes are refused (507) until space is freed");
+        } else {
+            tracing::error!(%error, size, "store writes failing: publishes are refused (503) until a write succeeds");
+        }
+        failure
+    }
+}
+
+/// The readiness probe's record: a page.
+const PROBE_BYTES: usize = 4096;
+/// Expired messages forgotten per hold of the index's lock.
+const PRUNE_CHUNK: usize = 10_000;
+/// An old segment is compacted once less than a quarter of it is current records.
+const COMPACT_WHEN_LIVE_BELOW: u64 = 4;
+
+/// The index entry of a message just written at `loc`.
+pub(super) fn entry_of(record: NewRecord, topic: Arc<str>, loc: Loc) -> Entry {
+    let sequence_id = match record.published {
+        false => record.sequence_id.map(String::into_boxed_str),
+        true => None,
+    };
+    Entry {
+        topic,
+        time: record.time,
+        expires: record.expires,
+        published: record.published,
+        sequence_id,
+        loc,
+    }
+}
+
+/// Whether two appends share an ID.
+fn repeats_in(appends: &[(NewRecord, Reply<()>)]) -> bool {
+    if appends.len() < 2 {
+        return false;
+    }
+    let mut ids: Vec<Option<Id>> = appends.iter().map(|(r, _)| Id::of(&r.id)).collect();
+    ids.sort_unstable();
+    ids.windows(2).any(|w| w[0].is_some() && w[0] == w[1])
+}
+
+/// The whole record (body) of the message at `hit`.
+fn read_record(hit: &super::index::Hit) -> Result<Vec<u8>, StoreError> {
+    let loc = hit.loc;
+    let body_len = loc.record_len as usize - RECORD_HEADER;
+    let start = loc.offset + u64::from(loc.len) - body_len as u64;
+    let mut body = vec![0; body_len];
+    hit.file
+        .read_exact_at(&mut body, start)
+        .map_err(|e| StoreError::Backend(format!("reading the log: {e}")))?;
+    Ok(body)
+}
+
+pub(super) fn read_index(index: &RwLock<Index>) -> std::sync::RwLockReadGuard<'_, Index> {
+    index.read().unwrap_or_else(|p| p.into_inner())
+}
