@@ -68,11 +68,32 @@ pub(super) struct Loc {
 pub(super) struct Entry {
     pub(super) topic: Arc<str>,
     pub(super) time: i64,
-    pub(super) expires: Option<i64>,
+    /// [`NEVER`] for a message without expiry (the entry stays small: the index
+    /// holds one per stored message).
+    pub(super) expires: i64,
     pub(super) published: bool,
-    /// Only kept while the message is scheduled: cancelling looks it up.
-    pub(super) sequence_id: Option<Box<str>>,
     pub(super) loc: Loc,
+}
+
+/// [`Entry::expires`] of a message that does not expire.
+pub(super) const NEVER: i64 = i64::MAX;
+
+impl Entry {
+    pub(super) fn new(
+        topic: Arc<str>,
+        time: i64,
+        expires: Option<i64>,
+        published: bool,
+        loc: Loc,
+    ) -> Entry {
+        Entry {
+            topic,
+            time,
+            expires: expires.unwrap_or(NEVER),
+            published,
+            loc,
+        }
+    }
 }
 
 /// A segment as the index sees it.
@@ -101,7 +122,13 @@ pub(super) struct Index {
     by_topic: HashMap<Arc<str>, BTreeSet<(i64, Id)>>,
     /// Scheduled messages not yet handed out, by `(time, id)`.
     due: BTreeSet<(i64, Id)>,
-    expiry: BTreeSet<(i64, Id)>,
+    /// The sequence IDs of scheduled messages that have one: cancelling looks them up.
+    sequences: HashMap<Id, Box<str>>,
+    /// Per expiry second, the messages that expire then, in the order they came. Not
+    /// updated when a message goes otherwise (a vector per second costs ~20 bytes a
+    /// message, a set entry ~60): the sweep skips IDs no longer stored with that
+    /// expiry.
+    expiry: BTreeMap<i64, Vec<Id>>,
     pub(super) segments: BTreeMap<u64, Segment>,
 }
 
@@ -128,7 +155,7 @@ impl Index {
 
     /// Adds a message (replacing one with the same ID: a record rewritten by
     /// compaction is read again at start).
-    pub(super) fn insert(&mut self, id: Id, entry: Entry) {
+    pub(super) fn insert(&mut self, id: Id, entry: Entry, sequence_id: Option<Box<str>>) {
         let (time, published, expires, loc) =
             (entry.time, entry.published, entry.expires, entry.loc);
         // `entry.topic` is the index's copy ([`Index::shared_topic`]) once the topic
@@ -144,9 +171,12 @@ impl Index {
         let key = (time, id);
         if !published {
             self.due.insert(key);
+            if let Some(sequence_id) = sequence_id {
+                self.sequences.insert(id, sequence_id);
+            }
         }
-        if let Some(expires) = expires {
-            self.expiry.insert((expires, id));
+        if expires != NEVER {
+            self.expiry.entry(expires).or_default().push(id);
         }
         match self.by_topic.get_mut(&*topic) {
             Some(set) => {
@@ -189,9 +219,7 @@ impl Index {
         }
         if !entry.published {
             self.due.remove(&key);
-        }
-        if let Some(expires) = entry.expires {
-            self.expiry.remove(&(expires, id));
+            self.sequences.remove(&id);
         }
     }
 
@@ -205,9 +233,9 @@ impl Index {
             return false;
         }
         entry.published = true;
-        entry.sequence_id = None;
         let key = (entry.time, id);
         self.due.remove(&key);
+        self.sequences.remove(&id);
         true
     }
 
@@ -243,7 +271,7 @@ impl Index {
             .filter(|(_, id)| {
                 self.by_id.get(id).is_some_and(|e| {
                     &*e.topic == topic
-                        && match e.sequence_id.as_deref() {
+                        && match self.sequences.get(id).map(|s| &**s) {
                             Some(sequence) => sequence == sequence_id,
                             None => Id::of(sequence_id) == Some(*id),
                         }
@@ -255,10 +283,32 @@ impl Index {
 
     /// The messages whose `expires` is before `now`.
     pub(super) fn expired(&self, now: i64) -> Vec<Id> {
-        self.expiry
-            .range(..(now, Id::MIN))
-            .map(|&(_, id)| id)
-            .collect()
+        let mut ids: Vec<Id> = self
+            .expiry
+            .range(..now)
+            .flat_map(|(&expires, ids)| {
+                ids.iter()
+                    .copied()
+                    .filter(move |id| self.by_id.get(id).is_some_and(|e| e.expires == expires))
+            })
+            .collect();
+        // A record read twice at start (compaction wrote it again) is listed twice.
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    /// Forgets the messages whose `expires` is before `now`, and those seconds' lists.
+    pub(super) fn forget_expired(&mut self, now: i64) {
+        for id in self.expired(now) {
+            self.remove(id);
+        }
+        self.drop_expiry_lists(now);
+    }
+
+    /// Drops the lists of the seconds before `now` (once their messages are gone).
+    pub(super) fn drop_expiry_lists(&mut self, now: i64) {
+        self.expiry = self.expiry.split_off(&now);
     }
 
     /// The messages whose current record is in `segment`.
@@ -391,5 +441,43 @@ impl Index {
                     .collect()
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Id;
+
+    #[test]
+    fn keys_order_as_the_id_strings_do() {
+        let mut ids: Vec<String> = (0..200)
+            .map(|_| crate::model::MessageId::generate().into_string())
+            .collect();
+        ids.extend(["", "0", "00", "0A", "a", "z", "zzzzzzzzzzzzzzzz"].map(String::from));
+        for a in &ids {
+            let ka = Id::of(a).unwrap();
+            assert_eq!(ka.to_string(), *a, "round trip");
+            for b in &ids {
+                assert_eq!(ka.cmp(&Id::of(b).unwrap()), a.cmp(b), "{a} vs {b}");
+            }
+        }
+        assert_eq!(Id::of(&"x".repeat(17)), None);
+        assert_eq!(Id::of("a\0b"), None);
+        assert!(Id::MIN < Id::of("0").unwrap());
+    }
+
+    #[test]
+    fn a_longer_marker_bounds_as_the_string_would() {
+        let marker = "ABCDEFGHIJKLMNOPQ"; // 17 bytes
+        let bound = Id::bound(marker);
+        for id in [
+            "ABCDEFGHIJKLMNOP",
+            "ABCDEFGHIJKLMNOO",
+            "ABCDEFGHIJKLMNPA",
+            "B",
+        ] {
+            let key = Id::of(id).unwrap();
+            assert_eq!(key > bound, id > marker, "{id}");
+        }
     }
 }

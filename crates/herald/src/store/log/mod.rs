@@ -545,19 +545,8 @@ fn apply(
                 return;
             };
             let topic = index.shared_topic(put.topic.to_string());
-            index.insert(
-                id,
-                Entry {
-                    topic,
-                    time: put.time,
-                    expires: put.expires,
-                    published: put.published,
-                    sequence_id: (!put.published)
-                        .then(|| put.sequence_id.map(Box::from))
-                        .flatten(),
-                    loc,
-                },
-            );
+            let entry = Entry::new(topic, put.time, put.expires, put.published, loc);
+            index.insert(id, entry, put.sequence_id.map(Box::from));
         }
         Some(Record::Published(id)) => {
             if let Some(id) = Id::of(id) {
@@ -572,9 +561,7 @@ fn apply(
         Some(Record::Expired(now)) => {
             if now > *expired_before {
                 *expired_before = now;
-                for id in index.expired(now) {
-                    index.remove(id);
-                }
+                index.forget_expired(now);
             }
         }
         Some(Record::Noop) => {}

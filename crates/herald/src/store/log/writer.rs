@@ -345,7 +345,10 @@ impl Writer {
                             record_len: record_len as u32,
                         };
                         let topic = index.shared_topic(std::mem::take(&mut record.topic));
-                        index.insert(id, entry_of(record, topic, loc));
+                        let sequence_id = record.sequence_id.map(String::into_boxed_str);
+                        let entry =
+                            Entry::new(topic, record.time, record.expires, record.published, loc);
+                        index.insert(id, entry, sequence_id);
                         answers.push((reply, Ok(())));
                     }
                 }
@@ -494,6 +497,7 @@ impl Writer {
                 index.remove(id);
             }
         }
+        write_index(&self.index).drop_expiry_lists(now);
         self.drop_segments()?;
         Ok(expired.len() as u64)
     }
@@ -601,22 +605,6 @@ const PROBE_BYTES: usize = 4096;
 const PRUNE_CHUNK: usize = 10_000;
 /// An old segment is compacted once less than a quarter of it is current records.
 const COMPACT_WHEN_LIVE_BELOW: u64 = 4;
-
-/// The index entry of a message just written at `loc`.
-pub(super) fn entry_of(record: NewRecord, topic: Arc<str>, loc: Loc) -> Entry {
-    let sequence_id = match record.published {
-        false => record.sequence_id.map(String::into_boxed_str),
-        true => None,
-    };
-    Entry {
-        topic,
-        time: record.time,
-        expires: record.expires,
-        published: record.published,
-        sequence_id,
-        loc,
-    }
-}
 
 /// Whether two appends share an ID.
 fn repeats_in(appends: &[(NewRecord, Reply<()>)]) -> bool {
