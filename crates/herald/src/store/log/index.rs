@@ -4,11 +4,11 @@
 //! The log itself is only appended to; the index is what makes it a store. It is
 //! rebuilt from the segments at start (`LogStore::open`) and changed by the writer
 //! thread after each write succeeded, so readers never see a message whose record is
-//! not in the file. Per message it holds one entry in each of three ordered sets
-//! (ID order for `since=<id>` across topics and the webhook feed, `(time, id)` per
-//! topic for history, `(expires, id)` for the expiry sweep), plus the pending
-//! scheduled messages in `(time, id)` order: roughly 250 bytes per message in all,
-//! whatever the message's size (docs/BENCHMARKS.md, "The log store").
+//! not in the file. Per message it holds one entry in each of two ordered maps (ID
+//! order for `since=<id>` across topics and the webhook feed, `(time, id)` per topic
+//! for history) and its ID in the list of its expiry second (the sweep), plus the
+//! pending scheduled messages in `(time, id)` order: about 240 bytes per message in
+//! all (measured), whatever the message's size (docs/BENCHMARKS.md, "The log store").
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;

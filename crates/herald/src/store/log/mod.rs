@@ -4,7 +4,8 @@
 //! The SQLite store pays, per durable publish, for B-tree inserts into the table and
 //! two indexes and for page-sized WAL frames at every commit: under callgrind about
 //! 26,000 of a publish's ~52,000 instructions (docs/BENCHMARKS.md, "What is left of
-//! the store's cost (round 5)"). Here a batch of publishes is one `pwrite` of their
+//! the store's cost (round 5)"); on this store a durable publish is ~29,000 ("The log
+//! store (round 6)"). Here a batch of publishes is one `pwrite` of their
 //! records, and the orders the reads need are kept in memory, rebuilt from the log
 //! at start. The parts:
 //!
