@@ -71,6 +71,58 @@ pub enum Cursor {
     Scheduled(usize),
 }
 
+impl Cursor {
+    /// The `(time, id)` of `after` for a store whose cursor is [`Cursor::TimeId`] (the
+    /// embedded stores); another kind of cursor came from another store: an error.
+    pub(crate) fn time_id(after: Option<&Cursor>) -> Result<Option<(i64, String)>, StoreError> {
+        match after {
+            None => Ok(None),
+            Some(Cursor::TimeId(time, id)) => Ok(Some((*time, id.clone()))),
+            Some(other) => Err(StoreError::Backend(format!(
+                "not a cursor of this store: {other:?}"
+            ))),
+        }
+    }
+}
+
+/// A message about to be stored by an embedded store: the fields its reads filter
+/// on, taken from the message on the caller's task (off the store's writer thread),
+/// and the message's JSON.
+pub(crate) struct NewRow {
+    pub(crate) id: String,
+    pub(crate) topic: String,
+    pub(crate) time: i64,
+    pub(crate) expires: Option<i64>,
+    /// `false`: scheduled (its `time` is still ahead).
+    pub(crate) published: bool,
+    pub(crate) sequence_id: Option<String>,
+    pub(crate) event: &'static str,
+    /// The message as `serde_json` writes it (UTF-8).
+    pub(crate) json: bytes::Bytes,
+}
+
+impl NewRow {
+    pub(crate) fn new(message: &Message, json: bytes::Bytes) -> NewRow {
+        NewRow {
+            published: message.time <= crate::model::now_unix(),
+            event: message.event.as_str(),
+            id: message.id.clone(),
+            topic: message.topic.clone(),
+            time: message.time,
+            expires: message.expires,
+            sequence_id: message.sequence_id.clone(),
+            json,
+        }
+    }
+}
+
+/// `message` as `serde_json` writes it: what the embedded stores keep.
+pub(crate) fn encode(message: &Message) -> Result<bytes::Bytes, StoreError> {
+    serde_json::to_vec(message)
+        .map(bytes::Bytes::from)
+        .map_err(|e| StoreError::Backend(format!("encoding message: {e}")))
+}
+
 /// One page of a history read: up to the asked number of messages, in the query's
 /// order, and where the next page starts (`None`: the history is complete).
 #[derive(Debug, Default)]
@@ -247,7 +299,29 @@ pub(crate) fn answer_task<T: Send + 'static>(
 /// Helpers for the stores' contract tests.
 #[cfg(test)]
 pub(crate) mod contract {
-    use super::{Message, Query, Store};
+    use super::{Message, Query, Since, Store};
+    use crate::model::EventKind;
+
+    /// A message on `topic` at `time`, expiring an hour later.
+    pub(crate) fn msg(topic: &str, time: i64) -> Message {
+        let mut m = Message::new(EventKind::Message, topic);
+        m.time = time;
+        m.expires = Some(time + 3600);
+        m.message = format!("at {time}");
+        m
+    }
+
+    pub(crate) fn q(topics: &[&str], since: Since, include_scheduled: bool) -> Query {
+        Query {
+            topics: topics.iter().map(|t| t.to_string()).collect(),
+            since,
+            include_scheduled,
+        }
+    }
+
+    pub(crate) fn ids<'a>(messages: impl IntoIterator<Item = &'a Message>) -> Vec<&'a str> {
+        messages.into_iter().map(|m| m.id.as_str()).collect()
+    }
 
     /// Reads `query` a page of `limit` at a time to the end, checking each page's
     /// size; returns every message and the number of pages.

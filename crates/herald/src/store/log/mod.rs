@@ -44,7 +44,7 @@ use super::{CommitObserver, Cursor, Page, Query, Since, Store, StoreError, Store
 use crate::model::{Message, now_unix};
 use index::{Entry, Hit, Id, Index, Loc, Segment};
 use segment::{End, Record, list_segments, scan, segment_path};
-use writer::{AliveGuard, Head, Health, NewRecord, Op, Reply, Writer, create_segment, read_index};
+use writer::{AliveGuard, Head, Health, Op, Reply, Writer, create_segment, read_index};
 
 /// Queued write operations per unit of `max_batch` (as the SQLite store).
 const QUEUE_BATCHES: usize = 4;
@@ -276,9 +276,8 @@ impl LogStore {
 #[async_trait]
 impl Store for LogStore {
     async fn append(&self, message: Message) -> Result<Message, StoreError> {
-        let json = serde_json::to_vec(&message)
-            .map_err(|e| StoreError::Backend(format!("encoding message: {e}")))?;
-        self.append_encoded(&message, bytes::Bytes::from(json))
+        // Encoded here, on the caller's task, to keep the single writer thread lean.
+        self.append_encoded(&message, super::encode(&message)?)
             .await?;
         Ok(message)
     }
@@ -288,15 +287,7 @@ impl Store for LogStore {
         message: &Message,
         json: bytes::Bytes,
     ) -> Result<(), StoreError> {
-        let record = NewRecord {
-            published: message.time <= now_unix(),
-            id: message.id.clone(),
-            topic: message.topic.clone(),
-            time: message.time,
-            expires: message.expires,
-            sequence_id: message.sequence_id.clone(),
-            json,
-        };
+        let record = super::NewRow::new(message, json);
         self.submit(|reply| Op::Append { record, reply }).await
     }
 
@@ -322,15 +313,7 @@ impl Store for LogStore {
         if query.since == Since::None || query.topics.is_empty() {
             return Ok(Page::default());
         }
-        let after = match after {
-            None => None,
-            Some(Cursor::TimeId(time, id)) => Some((*time, id.clone())),
-            Some(other) => {
-                return Err(StoreError::Backend(format!(
-                    "not a cursor of this store: {other:?}"
-                )));
-            }
-        };
+        let after = Cursor::time_id(after)?;
         if query.since == Since::Latest {
             // At most one message per topic: always a single page.
             if after.is_some() {

@@ -1,8 +1,7 @@
 use std::sync::Arc;
 
 use super::*;
-use crate::model::EventKind;
-use crate::store::contract::{pages_match_query, read_pages};
+use crate::store::contract::{ids, msg, pages_match_query, q, read_pages};
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
 
 fn options() -> LogOptions {
@@ -11,26 +10,6 @@ fn options() -> LogOptions {
 
 fn open_with(dir: &Path, options: LogOptions) -> LogStore {
     LogStore::open(&dir.join("messages.log"), options, None, None).unwrap()
-}
-
-fn msg(topic: &str, time: i64) -> Message {
-    let mut m = Message::new(EventKind::Message, topic);
-    m.time = time;
-    m.expires = Some(time + 3600);
-    m.message = format!("at {time}");
-    m
-}
-
-fn q(topics: &[&str], since: Since, include_scheduled: bool) -> Query {
-    Query {
-        topics: topics.iter().map(|t| t.to_string()).collect(),
-        since,
-        include_scheduled,
-    }
-}
-
-fn ids<'a>(messages: impl IntoIterator<Item = &'a Message>) -> Vec<&'a str> {
-    messages.into_iter().map(|m| m.id.as_str()).collect()
 }
 
 /// Everything a reader can see of a store, to compare two stores.

@@ -36,26 +36,14 @@ use super::segment::{Encoder, MAGIC, Put, RECORD_HEADER, segment_path};
 use super::{read_message, write_index};
 use crate::model::Message;
 use crate::store::sqlite::SyncMode;
-use crate::store::{CommitObserver, StoreError};
+use crate::store::{CommitObserver, NewRow, StoreError};
 
 pub(super) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
-
-/// A message about to be appended, prepared off the writer thread.
-pub(super) struct NewRecord {
-    pub(super) id: String,
-    pub(super) topic: String,
-    pub(super) time: i64,
-    pub(super) expires: Option<i64>,
-    pub(super) published: bool,
-    pub(super) sequence_id: Option<String>,
-    /// The message as `serde_json` writes it.
-    pub(super) json: bytes::Bytes,
-}
 
 /// A write operation queued for the writer thread.
 pub(super) enum Op {
     Append {
-        record: NewRecord,
+        record: NewRow,
         reply: Reply<()>,
     },
     Cancel {
@@ -287,7 +275,7 @@ impl Writer {
     }
 
     /// Writes the appends' records with one write, then indexes and answers them.
-    fn append(&mut self, appends: Vec<(NewRecord, Reply<()>)>) {
+    fn append(&mut self, appends: Vec<(NewRow, Reply<()>)>) {
         self.encoder.buf.clear();
         // (key, record, reply, offset of its JSON in the buffer, length of its record)
         let mut written = Vec::with_capacity(appends.len());
@@ -607,7 +595,7 @@ const PRUNE_CHUNK: usize = 10_000;
 const COMPACT_WHEN_LIVE_BELOW: u64 = 4;
 
 /// Whether two appends share an ID.
-fn repeats_in(appends: &[(NewRecord, Reply<()>)]) -> bool {
+fn repeats_in(appends: &[(NewRow, Reply<()>)]) -> bool {
     if appends.len() < 2 {
         return false;
     }

@@ -28,11 +28,11 @@ use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{CommitObserver, Cursor, Page, Query, Since, Store, StoreError, StoreStats};
-use crate::model::{Message, now_unix};
+use crate::model::Message;
 use read::{READ_CONNECTIONS, ReadPool, decode_rows, open_reader, run_page, run_query};
 use schema::migrate;
 use writer::{
-    AliveGuard, NewRow, Op, Reply, Writer, WriterHealth, answer_on_runtime, checkpointer_loop,
+    AliveGuard, Op, Reply, Writer, WriterHealth, answer_on_runtime, checkpointer_loop,
     open_checkpointer, open_writer,
 };
 
@@ -262,10 +262,8 @@ impl SqliteStore {
 #[async_trait]
 impl Store for SqliteStore {
     async fn append(&self, message: Message) -> Result<Message, StoreError> {
-        // Serialise here, on the caller's task, to keep the single writer thread lean.
-        let json = serde_json::to_vec(&message)
-            .map_err(|e| StoreError::Backend(format!("encoding message: {e}")))?;
-        self.append_encoded(&message, bytes::Bytes::from(json))
+        // Encoded here, on the caller's task, to keep the single writer thread lean.
+        self.append_encoded(&message, super::encode(&message)?)
             .await?;
         Ok(message)
     }
@@ -275,16 +273,7 @@ impl Store for SqliteStore {
         message: &Message,
         json: bytes::Bytes,
     ) -> Result<(), StoreError> {
-        let row = NewRow {
-            published: message.time <= now_unix(),
-            event: message.event.as_str(),
-            id: message.id.clone(),
-            topic: message.topic.clone(),
-            time: message.time,
-            expires: message.expires,
-            sequence_id: message.sequence_id.clone(),
-            json,
-        };
+        let row = super::NewRow::new(message, json);
         self.submit(|reply| Op::Append { row, reply }).await
     }
 
@@ -304,15 +293,7 @@ impl Store for SqliteStore {
         if query.since == Since::None || query.topics.is_empty() {
             return Ok(Page::default());
         }
-        let after = match after {
-            None => None,
-            Some(Cursor::TimeId(time, id)) => Some((*time, id.clone())),
-            Some(other) => {
-                return Err(StoreError::Backend(format!(
-                    "not a cursor of this store: {other:?}"
-                )));
-            }
-        };
+        let after = Cursor::time_id(after)?;
         if query.since == Since::Latest {
             // At most one message per topic: always a single page.
             if after.is_some() {
@@ -477,30 +458,12 @@ mod tests {
     use super::schema::SCHEMA_VERSION;
     use super::writer::{PROBE_WRITE, PRUNE_CHUNK};
     use super::*;
-    use crate::model::{EventKind, MessageId};
+    use crate::model::MessageId;
+    use crate::model::now_unix;
+    use crate::store::contract::{ids, msg, q};
 
     fn open(dir: &tempfile::TempDir) -> SqliteStore {
         SqliteStore::open(&dir.path().join("messages.db"), SqliteOptions::default()).unwrap()
-    }
-
-    fn msg(topic: &str, time: i64) -> Message {
-        let mut m = Message::new(EventKind::Message, topic);
-        m.time = time;
-        m.expires = Some(time + 3600);
-        m.message = format!("at {time}");
-        m
-    }
-
-    fn q(topics: &[&str], since: Since, include_scheduled: bool) -> Query {
-        Query {
-            topics: topics.iter().map(|t| t.to_string()).collect(),
-            since,
-            include_scheduled,
-        }
-    }
-
-    fn ids<'a>(messages: impl IntoIterator<Item = &'a Message>) -> Vec<&'a str> {
-        messages.into_iter().map(|m| m.id.as_str()).collect()
     }
 
     #[tokio::test]

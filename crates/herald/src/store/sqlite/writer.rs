@@ -43,7 +43,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::read::decode_rows;
 use super::{BUSY_TIMEOUT, SyncMode, backend, is_disk_full};
 use crate::model::Message;
-use crate::store::{CommitObserver, StoreError};
+use crate::store::{CommitObserver, NewRow, StoreError};
 
 /// Rows deleted per writer batch by `prune_expired`: large enough to keep up with any
 /// realistic publish rate, small enough that publishes queued behind it wait only a
@@ -146,19 +146,6 @@ pub(super) fn checkpointer_loop(conn: Connection, stop: std::sync::mpsc::Receive
 }
 
 pub(super) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
-
-/// The columns of a message about to be inserted, prepared off the writer thread.
-pub(super) struct NewRow {
-    pub(super) id: String,
-    pub(super) topic: String,
-    pub(super) time: i64,
-    pub(super) expires: Option<i64>,
-    pub(super) published: bool,
-    pub(super) sequence_id: Option<String>,
-    pub(super) event: &'static str,
-    /// The message as `serde_json` writes it (UTF-8).
-    pub(super) json: bytes::Bytes,
-}
 
 /// A write operation queued for the writer thread.
 pub(super) enum Op {
