@@ -66,7 +66,7 @@ if [[ "${NO_BUILD:-0}" != 1 ]]; then
     # build (0.5 MB less of relocations).
     LIBSQLITE3_FLAGS="$SQLITE_FLAGS" \
         RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
-        cargo build --locked --profile "$PROFILE" --target "$TARGET" -p herald --bin herald
+        cargo build --locked --profile "$PROFILE" --target "$TARGET" -p herald --bin herald --no-default-features --features s3
     echo "    built in $((SECONDS - t))s"
 fi
 [[ -x "$BIN" ]] || fail "no binary at $BIN (build first, or unset NO_BUILD)"

@@ -25,7 +25,6 @@ fn cli() -> Command {
                         .help("Health URL to probe (plain HTTP)"),
                 ),
         )
-        .subcommand(herald_bench::add_args(Command::new("bench")))
         .subcommand(herald::webhook::cli::add_args(Command::new("webhook")))
         .subcommand(
             Command::new("webpush")
@@ -37,6 +36,9 @@ fn cli() -> Command {
         )
         .subcommand(herald_client::add_publish_args(Command::new("publish")))
         .subcommand(herald_client::add_subscribe_args(Command::new("subscribe")));
+    // The load generator: left out of the shipped static binary (feature `bench`).
+    #[cfg(feature = "bench")]
+    let cli = cli.subcommand(herald_bench::add_args(Command::new("bench")));
     herald::auth::cli::add_commands(cli)
 }
 
@@ -49,6 +51,7 @@ fn main() -> std::process::ExitCode {
             .context("invalid configuration")
             .and_then(serve),
         Some(("healthcheck", m)) => healthcheck(m.get_one::<String>("url").map(String::as_str)),
+        #[cfg(feature = "bench")]
         Some(("bench", m)) => herald_bench::run(m),
         Some(("webhook", m)) => herald::webhook::cli::run(m),
         Some(("webpush", _)) => webpush_keys(),
