@@ -47,6 +47,12 @@ pub struct SharedEvent {
     pub trace: Option<crate::otel::TraceContext>,
 }
 
+impl AsRef<Message> for SharedEvent {
+    fn as_ref(&self) -> &Message {
+        &self.message
+    }
+}
+
 impl SharedEvent {
     /// Wraps `message` for delivery.
     pub fn new(message: Message) -> Arc<Self> {

@@ -342,7 +342,7 @@ impl Herald {
         // and the answer alike (`wire::MessageEncodings`).
         if stored {
             let json = event.encoded(crate::wire::Framing::WsText).clone();
-            self.store.append_encoded(&event.message, json).await?;
+            self.store.append_encoded(event.clone(), json).await?;
         }
         self.published.fetch_add(1, Ordering::Relaxed);
         if scheduled {

@@ -135,6 +135,13 @@ pub struct Message {
     pub encoding: String,
 }
 
+/// Lets a message stand where a shared one is taken (`store::SharedMessage`).
+impl AsRef<Message> for Message {
+    fn as_ref(&self) -> &Message {
+        self
+    }
+}
+
 impl Message {
     /// A bare event of `kind` on `topic` with a fresh id and the current time.
     pub fn new(kind: EventKind, topic: impl Into<String>) -> Self {

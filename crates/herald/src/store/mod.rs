@@ -23,6 +23,7 @@
 pub mod log;
 pub(crate) mod redis;
 pub mod sqlite;
+pub(crate) mod writer_thread;
 
 use async_trait::async_trait;
 
@@ -85,35 +86,72 @@ impl Cursor {
     }
 }
 
-/// A message about to be stored by an embedded store: the fields its reads filter
-/// on, taken from the message on the caller's task (off the store's writer thread),
-/// and the message's JSON.
+/// A message as the core holds it once it is final: shared with whoever else
+/// holds it (its delivery wrapper, `hub::SharedEvent`), so that handing it to a
+/// store's writer thread copies no string and allocates nothing. (Each string
+/// copied there was also freed there, by another thread than the one that
+/// allocated it: the allocator's per-thread caches then miss on both sides.)
+pub type SharedMessage = std::sync::Arc<dyn AsRef<Message> + Send + Sync>;
+
+/// A message about to be stored by an embedded store, and its JSON.
 pub(crate) struct NewRow {
-    pub(crate) id: String,
-    pub(crate) topic: String,
-    pub(crate) time: i64,
-    pub(crate) expires: Option<i64>,
-    /// `false`: scheduled (its `time` is still ahead).
+    message: SharedMessage,
+    /// `false`: scheduled (its `time` was still ahead when it was handed over).
     pub(crate) published: bool,
-    pub(crate) sequence_id: Option<String>,
-    pub(crate) event: &'static str,
     /// The message as `serde_json` writes it (UTF-8).
     pub(crate) json: bytes::Bytes,
 }
 
 impl NewRow {
-    pub(crate) fn new(message: &Message, json: bytes::Bytes) -> NewRow {
+    pub(crate) fn new(message: SharedMessage, json: bytes::Bytes) -> NewRow {
+        let published = (*message).as_ref().time <= crate::model::now_unix();
         NewRow {
-            published: message.time <= crate::model::now_unix(),
-            event: message.event.as_str(),
-            id: message.id.clone(),
-            topic: message.topic.clone(),
-            time: message.time,
-            expires: message.expires,
-            sequence_id: message.sequence_id.clone(),
+            message,
+            published,
             json,
         }
     }
+
+    fn message(&self) -> &Message {
+        (*self.message).as_ref()
+    }
+
+    pub(crate) fn id(&self) -> &str {
+        &self.message().id
+    }
+
+    pub(crate) fn topic(&self) -> &str {
+        &self.message().topic
+    }
+
+    pub(crate) fn time(&self) -> i64 {
+        self.message().time
+    }
+
+    pub(crate) fn expires(&self) -> Option<i64> {
+        self.message().expires
+    }
+
+    pub(crate) fn sequence_id(&self) -> Option<&str> {
+        self.message().sequence_id.as_deref()
+    }
+
+    pub(crate) fn event(&self) -> &'static str {
+        self.message().event.as_str()
+    }
+}
+
+/// [`Store::append`] of an embedded store: encodes the message and hands it to
+/// [`Store::append_encoded`].
+pub(crate) async fn append_through_encoded(
+    store: &dyn Store,
+    message: Message,
+) -> Result<Message, StoreError> {
+    let json = encode(&message)?;
+    let message = std::sync::Arc::new(message);
+    store.append_encoded(message.clone(), json).await?;
+    // The writer lets go of its clone before it answers.
+    Ok(std::sync::Arc::try_unwrap(message).unwrap_or_else(|shared| (*shared).clone()))
 }
 
 /// `message` as `serde_json` writes it: what the embedded stores keep.
@@ -189,11 +227,11 @@ pub trait Store: Send + Sync + 'static {
     /// (the core encodes each published message once, `wire::full_json`).
     async fn append_encoded(
         &self,
-        message: &Message,
+        message: SharedMessage,
         json: bytes::Bytes,
     ) -> Result<(), StoreError> {
         let _ = json;
-        self.append(message.clone()).await.map(drop)
+        self.append((*message).as_ref().clone()).await.map(drop)
     }
 
     /// Whether committing a message also delivers it to every node's subscribers, in
@@ -268,32 +306,6 @@ pub trait Store: Send + Sync + 'static {
 
     /// Commits whatever is pending and stops accepting writes.
     async fn close(&self);
-}
-
-/// Starts a task on the current runtime that calls `send` on every item of each
-/// batch it is handed, when the runtime is multi-threaded (its workers always run
-/// it); `None` on a single-threaded runtime or outside one, where nothing
-/// guarantees the runtime is driven when a store's writer thread commits.
-///
-/// A writer thread answering each caller itself wakes each caller's task from
-/// outside the runtime, one eventfd write (and, on a shared core, one switch) per
-/// answer; handing a committed batch over as one message costs one wake-up, and the
-/// task's answers wake the callers from within the runtime (sqlite/writer.rs,
-/// `AnswerSender`, has the measurement).
-pub(crate) fn answer_task<T: Send + 'static>(
-    send: fn(T),
-) -> Option<tokio::sync::mpsc::UnboundedSender<Vec<T>>> {
-    let runtime = tokio::runtime::Handle::try_current().ok()?;
-    if runtime.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
-        return None;
-    }
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<T>>();
-    runtime.spawn(async move {
-        while let Some(answers) = rx.recv().await {
-            answers.into_iter().for_each(send);
-        }
-    });
-    Some(tx)
 }
 
 /// Helpers for the stores' contract tests.

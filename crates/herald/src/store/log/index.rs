@@ -189,8 +189,8 @@ impl Index {
     }
 
     /// The index's copy of `topic`'s name, so that its messages share one.
-    pub(super) fn shared_topic(&self, topic: String) -> Arc<str> {
-        match self.by_topic.get_key_value(topic.as_str()) {
+    pub(super) fn shared_topic(&self, topic: &str) -> Arc<str> {
+        match self.by_topic.get_key_value(topic) {
             Some((shared, _)) => shared.clone(),
             None => Arc::from(topic),
         }

@@ -33,18 +33,19 @@ mod writer;
 
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockWriteGuard};
 
 use async_trait::async_trait;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use super::sqlite::SyncMode;
+use super::writer_thread::{AliveGuard, Reply, WriterHealth, WriterQueue};
 use super::{CommitObserver, Cursor, Page, Query, Since, Store, StoreError, StoreStats};
 use crate::model::{Message, now_unix};
 use index::{Entry, Hit, Id, Index, Loc, Segment};
 use segment::{End, Record, list_segments, scan, segment_path};
-use writer::{AliveGuard, Head, Health, Op, Reply, Writer, create_segment, read_index};
+use writer::{Head, Op, Writer, create_segment, read_index};
 
 /// Queued write operations per unit of `max_batch` (as the SQLite store).
 const QUEUE_BATCHES: usize = 4;
@@ -74,12 +75,11 @@ impl Default for LogOptions {
 
 /// The log-backed [`Store`]. See the module docs for the design.
 pub struct LogStore {
-    /// `None` once closed.
-    writer: Mutex<Option<mpsc::Sender<Op>>>,
+    writer: WriterQueue<Op>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     index: Arc<RwLock<Index>>,
     commits: Arc<AtomicU64>,
-    health: Arc<Health>,
+    health: Arc<WriterHealth>,
     dir: PathBuf,
 }
 
@@ -170,10 +170,7 @@ impl LogStore {
         let max_batch = options.max_batch.max(1);
         let (tx, rx) = mpsc::channel(max_batch.saturating_mul(QUEUE_BATCHES));
         let commits = Arc::new(AtomicU64::new(0));
-        let health = Arc::new(Health {
-            failing: AtomicBool::new(false),
-            alive: AtomicBool::new(true),
-        });
+        let health = WriterHealth::new();
         let writer = Writer {
             dir: dir.to_path_buf(),
             index: Arc::clone(&index),
@@ -198,7 +195,7 @@ impl LogStore {
             })
             .map_err(|e| StoreError::Backend(format!("starting the store writer: {e}")))?;
         Ok(LogStore {
-            writer: Mutex::new(Some(tx)),
+            writer: WriterQueue::new(tx),
             thread: Mutex::new(Some(thread)),
             index,
             commits,
@@ -213,17 +210,8 @@ impl LogStore {
         self.commits.load(Ordering::Relaxed)
     }
 
-    /// Sends an operation to the writer and waits for its answer. Once sent, the
-    /// operation runs even if the caller stops waiting.
     async fn submit<T>(&self, make: impl FnOnce(Reply<T>) -> Op) -> Result<T, StoreError> {
-        let sender = lock(&self.writer).clone().ok_or(StoreError::Closed)?;
-        let (reply, answer) = oneshot::channel();
-        sender
-            .send(make(reply))
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        drop(sender);
-        answer.await.map_err(|_| StoreError::Closed)?
+        self.writer.submit(make).await
     }
 
     /// Looks `select` up in the index, then reads what it found, on the blocking pool
@@ -232,7 +220,7 @@ impl LogStore {
         &self,
         select: impl FnOnce(&Index) -> T + Send + 'static,
     ) -> Result<T, StoreError> {
-        if lock(&self.writer).is_none() {
+        if !self.writer.is_open() {
             return Err(StoreError::Closed);
         }
         let index = Arc::clone(&self.index);
@@ -277,14 +265,12 @@ impl LogStore {
 impl Store for LogStore {
     async fn append(&self, message: Message) -> Result<Message, StoreError> {
         // Encoded here, on the caller's task, to keep the single writer thread lean.
-        self.append_encoded(&message, super::encode(&message)?)
-            .await?;
-        Ok(message)
+        super::append_through_encoded(self, message).await
     }
 
     async fn append_encoded(
         &self,
-        message: &Message,
+        message: super::SharedMessage,
         json: bytes::Bytes,
     ) -> Result<(), StoreError> {
         let record = super::NewRow::new(message, json);
@@ -393,7 +379,7 @@ impl Store for LogStore {
     }
 
     async fn close(&self) {
-        drop(lock(&self.writer).take());
+        self.writer.close();
         let Some(thread) = lock(&self.thread).take() else {
             return;
         };
@@ -528,7 +514,7 @@ fn apply(
                 );
                 return;
             };
-            let topic = index.shared_topic(put.topic.to_string());
+            let topic = index.shared_topic(put.topic);
             let entry = Entry::new(topic, put.time, put.expires, put.published, loc);
             index.insert(id, entry, put.sequence_id.map(Box::from));
         }

@@ -2,7 +2,8 @@
 //!
 //! - Every write operation (`append`, `take_due`, `cancel_scheduled`,
 //!   `prune_expired`, the readiness ping) is sent to this thread over a bounded
-//!   channel with a oneshot reply sender, as in the SQLite store.
+//!   channel with a oneshot reply sender, as in the SQLite store
+//!   (`store::writer_thread`).
 //! - The writer blocks for the first operation, yields once so that publishers about
 //!   to send theirs can, drains the queue (up to `max_batch`), and writes each run of
 //!   consecutive appends with ONE `pwrite` (and, with `store-sync = full`, one
@@ -25,20 +26,19 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use super::index::{Entry, Id, Index, Loc, Segment};
 use super::segment::{Encoder, MAGIC, Put, RECORD_HEADER, segment_path};
 use super::{read_message, write_index};
 use crate::model::Message;
 use crate::store::sqlite::SyncMode;
+use crate::store::writer_thread::{Reply, WriterHealth};
 use crate::store::{CommitObserver, NewRow, StoreError};
-
-pub(super) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
 /// A write operation queued for the writer thread.
 pub(super) enum Op {
@@ -64,24 +64,6 @@ pub(super) enum Op {
     },
 }
 
-/// What the probes and metrics read without asking the writer.
-#[derive(Debug)]
-pub(super) struct Health {
-    /// Set when a write fails, cleared when a later one succeeds.
-    pub(super) failing: AtomicBool,
-    /// Cleared when the writer thread ends, however it ends.
-    pub(super) alive: AtomicBool,
-}
-
-/// Clears [`Health::alive`] when the writer thread ends, panic included.
-pub(super) struct AliveGuard(pub(super) Arc<Health>);
-
-impl Drop for AliveGuard {
-    fn drop(&mut self) {
-        self.0.alive.store(false, Ordering::Relaxed);
-    }
-}
-
 /// An append's answer after its write.
 pub(super) type Answer = (Reply<()>, Result<(), StoreError>);
 
@@ -91,7 +73,7 @@ fn send_answer((reply, result): Answer) {
 }
 
 pub(super) fn answer_on_runtime() -> Option<tokio::sync::mpsc::UnboundedSender<Vec<Answer>>> {
-    crate::store::answer_task(send_answer)
+    crate::store::writer_thread::answer_task(send_answer)
 }
 
 /// The segment being appended to.
@@ -136,7 +118,7 @@ pub(super) struct Writer {
     pub(super) segment_bytes: u64,
     pub(super) commits: Arc<AtomicU64>,
     pub(super) observer: Option<Arc<dyn CommitObserver>>,
-    pub(super) health: Arc<Health>,
+    pub(super) health: Arc<WriterHealth>,
     pub(super) answers: Option<tokio::sync::mpsc::UnboundedSender<Vec<Answer>>>,
     pub(super) encoder: Encoder,
     /// The log directory's lock (`LOCK`), released when the thread ends.
@@ -287,10 +269,10 @@ impl Writer {
             // keeps a set only if it found a repeat.
             let mut in_write = repeats_in(&appends).then(std::collections::HashSet::new);
             for (record, reply) in appends {
-                let Some(id) = Id::of(&record.id) else {
+                let Some(id) = Id::of(record.id()) else {
                     let error = format!(
                         "message ID {:?} is longer than the log store keeps ({} bytes)",
-                        record.id,
+                        record.id(),
                         Id::MAX_LEN
                     );
                     answers.push((reply, Err(StoreError::Backend(error))));
@@ -298,18 +280,18 @@ impl Writer {
                 };
                 let repeat = in_write.as_mut().is_some_and(|seen| !seen.insert(id));
                 if repeat || index.contains(id) {
-                    let error = format!("a message with ID {} is already stored", record.id);
+                    let error = format!("a message with ID {} is already stored", record.id());
                     answers.push((reply, Err(StoreError::Backend(error))));
                     continue;
                 }
                 let start = self.encoder.buf.len();
                 match self.encoder.put(&Put {
                     published: record.published,
-                    time: record.time,
-                    expires: record.expires,
-                    id: &record.id,
-                    topic: &record.topic,
-                    sequence_id: record.sequence_id.as_deref(),
+                    time: record.time(),
+                    expires: record.expires(),
+                    id: record.id(),
+                    topic: record.topic(),
+                    sequence_id: record.sequence_id(),
                     json: &record.json,
                 }) {
                     Ok(json_at) => {
@@ -325,17 +307,26 @@ impl Writer {
                 Ok(base) => {
                     let segment = self.head.number;
                     let mut index = write_index(&self.index);
-                    for (id, mut record, reply, json_at, record_len) in written {
+                    for (id, record, reply, json_at, record_len) in written {
                         let loc = Loc {
                             segment,
                             offset: base + json_at as u64,
                             len: record.json.len() as u32,
                             record_len: record_len as u32,
                         };
-                        let topic = index.shared_topic(std::mem::take(&mut record.topic));
-                        let sequence_id = record.sequence_id.map(String::into_boxed_str);
-                        let entry =
-                            Entry::new(topic, record.time, record.expires, record.published, loc);
+                        let topic = index.shared_topic(record.topic());
+                        // Kept only while the message is scheduled.
+                        let sequence_id = match record.published {
+                            true => None,
+                            false => record.sequence_id().map(Box::from),
+                        };
+                        let entry = Entry::new(
+                            topic,
+                            record.time(),
+                            record.expires(),
+                            record.published,
+                            loc,
+                        );
                         index.insert(id, entry, sequence_id);
                         answers.push((reply, Ok(())));
                     }
@@ -425,11 +416,15 @@ impl Writer {
             return Ok(Vec::new());
         }
         self.write_marks(&due, false)?;
-        let mut messages = Vec::with_capacity(due.len());
-        for &id in &due {
-            let hit = read_index(&self.index).get(id);
+        // Looked up under one hold of the lock, read from the files after it.
+        let hits: Vec<_> = {
+            let index = read_index(&self.index);
+            due.iter().filter_map(|&id| index.get(id)).collect()
+        };
+        let mut messages = Vec::with_capacity(hits.len());
+        for hit in &hits {
             // Undecodable ones are marked too, so they are not retried forever.
-            if let Some(message) = hit.map(|hit| read_message(&hit)).transpose()?.flatten() {
+            if let Some(message) = read_message(hit)? {
                 messages.push(message);
             }
         }
@@ -561,7 +556,7 @@ impl Writer {
     }
 
     /// Sends answers, through the runtime when there is more than one
-    /// (`crate::store::answer_task`).
+    /// (`crate::store::writer_thread::answer_task`).
     fn answer(&self, answers: Vec<Answer>) {
         match &self.answers {
             Some(runtime) if answers.len() > 1 => {
@@ -599,7 +594,7 @@ fn repeats_in(appends: &[(NewRow, Reply<()>)]) -> bool {
     if appends.len() < 2 {
         return false;
     }
-    let mut ids: Vec<Option<Id>> = appends.iter().map(|(r, _)| Id::of(&r.id)).collect();
+    let mut ids: Vec<Option<Id>> = appends.iter().map(|(r, _)| Id::of(r.id())).collect();
     ids.sort_unstable();
     ids.windows(2).any(|w| w[0].is_some() && w[0] == w[1])
 }

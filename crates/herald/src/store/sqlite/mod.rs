@@ -19,22 +19,20 @@ mod writer;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use rusqlite::Connection;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
+use super::writer_thread::{AliveGuard, Reply, WriterHealth, WriterQueue};
 use super::{CommitObserver, Cursor, Page, Query, Since, Store, StoreError, StoreStats};
 use crate::model::Message;
 use read::{READ_CONNECTIONS, ReadPool, decode_rows, open_reader, run_page, run_query};
 use schema::migrate;
-use writer::{
-    AliveGuard, Op, Reply, Writer, WriterHealth, answer_on_runtime, checkpointer_loop,
-    open_checkpointer, open_writer,
-};
+use writer::{Op, Writer, answer_on_runtime, checkpointer_loop, open_checkpointer, open_writer};
 
 /// How long a connection waits for a lock held by another connection (a checkpoint,
 /// another process opening the file) before reporting `SQLITE_BUSY`.
@@ -124,9 +122,9 @@ impl Default for SqliteOptions {
 /// Dropping the store without [`Store::close`] lets the writer thread finish the
 /// queued operations in the background; `close` waits for it.
 pub struct SqliteStore {
-    /// `None` once closed: new write operations get [`StoreError::Closed`], and the
-    /// writer exits after draining the queue when the last sender is gone.
-    writer: Mutex<Option<mpsc::Sender<Op>>>,
+    /// Once closed, new write operations get [`StoreError::Closed`], and the writer
+    /// exits after draining the queue.
+    writer: WriterQueue<Op>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Stops (by dropping the sender) and joins the checkpointer thread.
     checkpointer: Mutex<Option<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
@@ -137,9 +135,6 @@ pub struct SqliteStore {
     path: PathBuf,
 }
 
-/// Whether writes work, as the writer thread last saw it: read by the probes and
-/// metrics without asking the writer (an atomic load on their side, a store per
-/// batch on the writer's).
 impl fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SqliteStore")
@@ -182,10 +177,7 @@ impl SqliteStore {
         let max_batch = options.max_batch.max(1);
         let (tx, rx) = mpsc::channel(max_batch.saturating_mul(QUEUE_BATCHES));
         let commits = Arc::new(AtomicU64::new(0));
-        let health = Arc::new(WriterHealth {
-            failing: AtomicBool::new(false),
-            alive: AtomicBool::new(true),
-        });
+        let health = WriterHealth::new();
         let answers = answer_on_runtime();
         let thread = std::thread::Builder::new()
             .name("herald-store-writer".into())
@@ -215,7 +207,7 @@ impl SqliteStore {
 
         tracing::debug!(path = %path.display(), sync = %options.sync, max_batch, "store opened");
         Ok(SqliteStore {
-            writer: Mutex::new(Some(tx)),
+            writer: WriterQueue::new(tx),
             thread: Mutex::new(Some(thread)),
             checkpointer: Mutex::new(Some((stop_checkpoints, checkpointer))),
             readers: Arc::new(ReadPool::new(readers)),
@@ -231,20 +223,9 @@ impl SqliteStore {
         self.commits.load(Ordering::Relaxed)
     }
 
-    /// Sends an operation to the writer and waits for its post-commit answer. Once
-    /// sent, the operation runs even if the caller stops waiting (a cancelled
-    /// `take_due` still marks its messages published).
+    /// Sends an operation to the writer and waits for its post-commit answer.
     async fn submit<T>(&self, make: impl FnOnce(Reply<T>) -> Op) -> Result<T, StoreError> {
-        let sender = lock(&self.writer).clone().ok_or(StoreError::Closed)?;
-        let (reply, answer) = oneshot::channel();
-        sender
-            .send(make(reply))
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        // Not held while waiting, so `close` is never kept waiting by an idle clone.
-        drop(sender);
-        // A dropped reply sender means the writer stopped (it panicked or exited).
-        answer.await.map_err(|_| StoreError::Closed)?
+        self.writer.submit(make).await
     }
 
     /// Runs `f` on a read-only connection on the blocking pool.
@@ -263,14 +244,12 @@ impl SqliteStore {
 impl Store for SqliteStore {
     async fn append(&self, message: Message) -> Result<Message, StoreError> {
         // Encoded here, on the caller's task, to keep the single writer thread lean.
-        self.append_encoded(&message, super::encode(&message)?)
-            .await?;
-        Ok(message)
+        super::append_through_encoded(self, message).await
     }
 
     async fn append_encoded(
         &self,
-        message: &Message,
+        message: super::SharedMessage,
         json: bytes::Bytes,
     ) -> Result<(), StoreError> {
         let row = super::NewRow::new(message, json);
@@ -400,7 +379,7 @@ impl Store for SqliteStore {
             drop(stop);
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
-        drop(lock(&self.writer).take());
+        self.writer.close();
         let Some(thread) = lock(&self.thread).take() else {
             return;
         };

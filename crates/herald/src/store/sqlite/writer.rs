@@ -33,16 +33,16 @@
 //! that the writer's commits never do it themselves.
 
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags, Statement};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use super::read::decode_rows;
 use super::{BUSY_TIMEOUT, SyncMode, backend, is_disk_full};
 use crate::model::Message;
+use crate::store::writer_thread::{Reply, WriterHealth};
 use crate::store::{CommitObserver, NewRow, StoreError};
 
 /// Rows deleted per writer batch by `prune_expired`: large enough to keep up with any
@@ -59,25 +59,6 @@ const RANGE_GAP: i64 = if cfg!(test) { 4 } else { 1_024 };
 /// at a time; scheduled messages may spread over many, so past this the map starts
 /// over (later rows then open new ranges, which costs only range rows).
 const RANGES_REMEMBERED: usize = 1_024;
-
-#[derive(Debug)]
-pub(super) struct WriterHealth {
-    /// Set when a batch fails as a whole (disk full, I/O error, lock timeout),
-    /// cleared when a later one commits. While set, every batch also rewrites a
-    /// header field, so that its commit proves a page can be written again.
-    pub(super) failing: AtomicBool,
-    /// Cleared when the writer thread ends, however it ends.
-    pub(super) alive: AtomicBool,
-}
-
-/// Clears [`WriterHealth::alive`] when the writer thread ends, panic included.
-pub(super) struct AliveGuard(pub(super) Arc<WriterHealth>);
-
-impl Drop for AliveGuard {
-    fn drop(&mut self) {
-        self.0.alive.store(false, Ordering::Relaxed);
-    }
-}
 
 pub(super) fn open_writer(path: &Path, sync: SyncMode) -> Result<Connection, StoreError> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -144,8 +125,6 @@ pub(super) fn checkpointer_loop(conn: Connection, stop: std::sync::mpsc::Receive
         }
     }
 }
-
-pub(super) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
 /// A write operation queued for the writer thread.
 pub(super) enum Op {
@@ -268,7 +247,7 @@ pub(super) type AnswerSender = tokio::sync::mpsc::UnboundedSender<Vec<Answer>>;
 /// outside one, there is no guarantee the runtime is being driven when the writer
 /// commits, so the writer answers by itself (`None`).
 pub(super) fn answer_on_runtime() -> Option<AnswerSender> {
-    crate::store::answer_task(Answer::send)
+    crate::store::writer_thread::answer_task(Answer::send)
 }
 
 impl Done {
@@ -464,17 +443,17 @@ fn insert(conn: &Connection, stmts: &mut Prepared<'_>, row: &NewRow) -> Result<(
     stmts
         .insert
         .execute(rusqlite::params![
-            row.id,
-            row.topic,
-            row.time,
-            row.expires,
+            row.id(),
+            row.topic(),
+            row.time(),
+            row.expires(),
             row.published,
-            row.sequence_id,
-            row.event,
+            row.sequence_id(),
+            row.event(),
             json,
         ])
         .map_err(backend)?;
-    if let Some(expires) = row.expires {
+    if let Some(expires) = row.expires() {
         stmts.ranges.note(expires, conn.last_insert_rowid());
     }
     Ok(())
@@ -786,18 +765,15 @@ fn rollback(conn: &Connection) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+    use tokio::sync::oneshot;
 
     fn row(id: &str) -> NewRow {
-        NewRow {
-            id: id.into(),
-            topic: "t".into(),
-            time: 1,
-            expires: None,
-            published: true,
-            sequence_id: None,
-            event: "message",
-            json: bytes::Bytes::from_static(b"{}"),
-        }
+        let mut message = Message::new(crate::model::EventKind::Message, "t");
+        message.id = id.into();
+        message.time = 1;
+        message.expires = None;
+        NewRow::new(Arc::new(message), bytes::Bytes::from_static(b"{}"))
     }
 
     #[test]
@@ -806,10 +782,7 @@ mod tests {
         let conn = open_writer(&dir.path().join("m.db"), SyncMode::Normal).unwrap();
         super::super::schema::migrate(&conn).unwrap();
         let commits = AtomicU64::new(0);
-        let health = WriterHealth {
-            failing: AtomicBool::new(false),
-            alive: AtomicBool::new(true),
-        };
+        let health = WriterHealth::new();
         let writer = Writer {
             conn,
             commits: &commits,
