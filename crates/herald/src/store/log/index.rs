@@ -384,6 +384,12 @@ impl Index {
         let mut topics: Vec<&str> = query.topics.iter().map(String::as_str).collect();
         topics.sort_unstable();
         topics.dedup();
+        // Published messages after a marker: the IDs after it, when there are fewer
+        // of them than the topics hold.
+        let after_marker = matches!(query.since, Since::AfterId(_)) && published_only;
+        if after_marker && let Some(found) = self.select_by_id(&topics, marker, start, limit) {
+            return found;
+        }
         let mut hits = Vec::new();
         let mut more = false;
         for topic in topics {
@@ -392,7 +398,7 @@ impl Index {
             };
             let mut found = 0;
             for &(time, id) in set.range((start, Bound::Unbounded)) {
-                if since_time.is_some_and(|t| time < t) {
+                if since_time.is_some_and(|t| time < t) || (after_marker && id <= marker) {
                     continue;
                 }
                 let Some(entry) = self.by_id.get(&id) else {
@@ -421,6 +427,59 @@ impl Index {
         (hits, more)
     }
 
+    /// [`Self::select`] of the published messages of `topics` with an ID above
+    /// `marker`, read in ID order: a client resuming with `since=<id>` of a recent
+    /// message costs the messages after it, not a scan of its whole topic (in
+    /// `(time, id)` order, the messages after a marker are not a range: a message's
+    /// `time` need not follow its ID). `None`, having looked at no more IDs than
+    /// the topics hold, when scanning the topics costs less; so a read costs at
+    /// most twice the cheaper of the two, under the index's read lock that the
+    /// writer waits for.
+    fn select_by_id(
+        &self,
+        topics: &[&str],
+        marker: Id,
+        start: Bound<(i64, Id)>,
+        limit: Option<usize>,
+    ) -> Option<(Vec<Hit>, bool)> {
+        let held: usize = topics
+            .iter()
+            .filter_map(|topic| self.by_topic.get(*topic))
+            .map(BTreeSet::len)
+            .sum();
+        let mut hits = Vec::new();
+        let after_id = self
+            .by_id
+            .range((Bound::Excluded(marker), Bound::Unbounded));
+        for (looked_at, (&id, entry)) in after_id.enumerate() {
+            if looked_at >= held {
+                return None;
+            }
+            let key = (entry.time, id);
+            let after_start = match start {
+                Bound::Excluded(start) => key > start,
+                Bound::Included(start) => key >= start,
+                Bound::Unbounded => true,
+            };
+            if entry.published
+                && after_start
+                && topics.binary_search(&&*entry.topic).is_ok()
+                && let Some(hit) = self.hit(id, entry)
+            {
+                hits.push(hit);
+            }
+        }
+        hits.sort_by_key(|hit| (hit.time, hit.id));
+        let mut more = false;
+        if let Some(limit) = limit
+            && hits.len() > limit
+        {
+            hits.truncate(limit);
+            more = true;
+        }
+        Some((hits, more))
+    }
+
     /// Per topic of `topics`, its published messages newest first, at most `depth`:
     /// the latest one, and the ones before it in case it does not decode.
     pub(super) fn latest(&self, topics: &[String], depth: usize) -> Vec<Vec<Hit>> {
@@ -446,7 +505,110 @@ impl Index {
 
 #[cfg(test)]
 mod tests {
-    use super::Id;
+    use super::*;
+
+    /// An index of `messages` (topic, time, ID string; all published but those
+    /// whose time is negative), every record in segment 1.
+    fn index_of(messages: &[(&str, i64, String)]) -> Index {
+        let mut index = Index::default();
+        let file = Arc::new(tempfile::tempfile().unwrap());
+        index.segments.insert(
+            1,
+            Segment {
+                file,
+                live: 0,
+                live_bytes: 0,
+                size: 0,
+            },
+        );
+        for (n, (topic, time, id)) in messages.iter().enumerate() {
+            let loc = Loc {
+                segment: 1,
+                offset: n as u64,
+                len: 1,
+                record_len: 1,
+            };
+            let topic = index.shared_topic(topic);
+            let entry = Entry::new(topic, time.abs(), None, *time >= 0, loc);
+            index.insert(Id::of(id).unwrap(), entry, None);
+        }
+        index
+    }
+
+    /// `since=<marker>` read from a busy topic: by ID when few messages follow the
+    /// marker, by scanning the topics when many do, the same messages either way
+    /// (against a plain filter of every message), a page at a time too.
+    #[test]
+    fn since_an_id_reads_the_ids_after_it_or_the_topics() {
+        let mut rng = fastrand::Rng::with_seed(11);
+        let mut ids: Vec<String> = (0..1_200)
+            .map(|_| crate::model::MessageId::generate().into_string())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        // Times that do not follow the IDs everywhere (a message's time is set
+        // before its ID), a few scheduled ones (negative: not published).
+        let messages: Vec<(&str, i64, String)> = ids
+            .into_iter()
+            .enumerate()
+            .map(|(n, id)| {
+                let topic = if n % 50 == 7 { "other" } else { "big" };
+                let time = 1_000 + n as i64 / 3 - rng.i64(0..3);
+                let time = if n % 97 == 5 { -(time + 500) } else { time };
+                (topic, time, id)
+            })
+            .collect();
+        let index = index_of(&messages);
+        let expect = |topics: &[&str], marker: &str| -> Vec<(i64, String)> {
+            let mut found: Vec<(i64, String)> = messages
+                .iter()
+                .filter(|(t, time, id)| topics.contains(t) && *time >= 0 && id.as_str() > marker)
+                .map(|(_, time, id)| (*time, id.clone()))
+                .collect();
+            found.sort();
+            found
+        };
+        let read = |topics: &[&str], marker: &str, limit: Option<usize>| {
+            let query = crate::store::contract::q(topics, Since::AfterId(marker.into()), false);
+            let mut all = Vec::new();
+            let mut after: Option<(i64, String)> = None;
+            loop {
+                let (hits, more) = index.select(&query, after.as_ref(), limit);
+                all.extend(hits.iter().map(|h| (h.time, h.id.to_string())));
+                match (more, all.last()) {
+                    (true, Some(last)) => after = Some(last.clone()),
+                    _ => return all,
+                }
+            }
+        };
+        let n = messages.len();
+        for (topics, marker_at, by_id) in [
+            (&["big"][..], n - 6, true),
+            (&["big", "other"][..], n - 40, true),
+            (&["big"][..], 3, false),
+            // A small topic: its own messages are fewer than all the IDs after the marker.
+            (&["other"][..], n / 2, false),
+        ] {
+            let marker = messages[marker_at].2.as_str();
+            let mut sorted: Vec<&str> = topics.to_vec();
+            sorted.sort_unstable();
+            let fast = index.select_by_id(&sorted, Id::bound(marker), Bound::Unbounded, None);
+            assert_eq!(
+                fast.is_some(),
+                by_id,
+                "{topics:?} after message {marker_at}"
+            );
+            let want = expect(topics, marker);
+            assert!(!want.is_empty());
+            for limit in [None, Some(1), Some(3), Some(1_000)] {
+                assert_eq!(
+                    read(topics, marker, limit),
+                    want,
+                    "{topics:?} {marker_at} {limit:?}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn keys_order_as_the_id_strings_do() {
