@@ -495,6 +495,49 @@ mod tests {
         assert!(unknown.is_empty());
     }
 
+    /// `since=<id>` pages: read by ID when fewer than `BY_ID_BELOW` messages follow
+    /// the marker, by the topic's range otherwise; the same messages either way,
+    /// including one whose time lies before the marker's.
+    #[tokio::test]
+    async fn since_an_id_pages_by_id_or_by_topic() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let now = now_unix();
+        let mut all = Vec::new();
+        for n in 0..12 {
+            let topic = if n % 4 == 3 { "other" } else { "t" };
+            // The last one's time lies before everything else's: IDs follow the
+            // appends, times need not.
+            let time = if n == 10 { now - 500 } else { now - 100 + n };
+            let m = msg(topic, time);
+            store.append(m.clone()).await.unwrap();
+            all.push(m);
+        }
+        let conn = read::open_reader(&dir.path().join("messages.db")).unwrap();
+        for (marker_at, few) in [(8, true), (1, false)] {
+            let marker = &all[marker_at].id;
+            assert_eq!(
+                read::few_after(&conn, marker).unwrap(),
+                few,
+                "after {marker_at}"
+            );
+            let mut want: Vec<&Message> = all[marker_at + 1..]
+                .iter()
+                .filter(|m| m.topic == "t")
+                .collect();
+            want.sort_by_key(|m| (m.time, m.id.clone()));
+            let query = q(&["t"], Since::AfterId(marker.clone()), false);
+            for limit in [1, 2, 100] {
+                let (got, _) = crate::store::contract::read_pages(&store, &query, limit).await;
+                assert_eq!(
+                    ids(&got),
+                    ids(want.iter().copied()),
+                    "after {marker_at}, {limit}"
+                );
+            }
+        }
+    }
+
     #[tokio::test]
     async fn scheduled_messages_are_hidden_unless_asked_for() {
         let dir = tempfile::tempdir().unwrap();
