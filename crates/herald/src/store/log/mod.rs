@@ -112,8 +112,18 @@ impl LogStore {
         if numbers.is_empty()
             && let Some(db) = import.filter(|db| db.exists())
         {
-            import_sqlite(db, dir, options)?;
-            numbers = list_segments(dir).map_err(|e| backend("listing", e))?;
+            // Held while importing, so that a second herald switching the same data
+            // directory at the same moment waits, then finds this one's log (or the
+            // database renamed) instead of importing into the same staging directory.
+            let _importing = lock_file(db, db)?;
+            numbers = list_segments(dir).or_else(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => Ok(Vec::new()),
+                _ => Err(backend("listing", e)),
+            })?;
+            if numbers.is_empty() && db.exists() {
+                import_sqlite(db, dir, options)?;
+                numbers = list_segments(dir).map_err(|e| backend("listing", e))?;
+            }
         }
         crate::datafiles::private_dir(dir).map_err(|e| backend("creating", e))?;
         let lock_file = lock_dir(dir)?;
@@ -402,11 +412,21 @@ const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// directory) off the log; held by the writer thread until it ends.
 fn lock_dir(dir: &Path) -> Result<std::fs::File, StoreError> {
     let path = dir.join("LOCK");
-    let file = OpenOptions::new()
+    OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&path)
+        .map_err(|e| StoreError::Backend(format!("opening {}: {e}", path.display())))?;
+    lock_file(&path, dir)
+}
+
+/// Takes an exclusive lock (`flock`) on the existing file `path`, waiting up to
+/// [`LOCK_WAIT`] for another holder; `in_use` names what the refusal is about.
+fn lock_file(path: &Path, in_use: &Path) -> Result<std::fs::File, StoreError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .open(path)
         .map_err(|e| StoreError::Backend(format!("opening {}: {e}", path.display())))?;
     let started = std::time::Instant::now();
     loop {
@@ -418,7 +438,7 @@ fn lock_dir(dir: &Path) -> Result<std::fs::File, StoreError> {
             Err(std::fs::TryLockError::WouldBlock) => {
                 return Err(StoreError::Unavailable(format!(
                     "{} is in use by another herald",
-                    dir.display()
+                    in_use.display()
                 )));
             }
             Err(std::fs::TryLockError::Error(e)) => {

@@ -369,6 +369,66 @@ async fn a_sqlite_store_is_imported_once() {
     assert_eq!(all, vec![published]);
 }
 
+/// Two heralds switching the same data directory at the same moment: one imports,
+/// the other waits and then finds that log; no message is imported twice.
+#[test]
+fn two_starts_at_once_import_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("messages.db");
+    let now = now_unix();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let stored: Vec<Message> = runtime.block_on(async {
+        let sqlite = SqliteStore::open(&db, SqliteOptions::default()).unwrap();
+        let mut stored = Vec::new();
+        for n in 0..2_000 {
+            stored.push(sqlite.append(msg("t", now - 100 + n % 50)).await.unwrap());
+        }
+        sqlite.close().await;
+        stored
+    });
+    let log_dir = dir.path().join("messages.log");
+    let start = Arc::new(std::sync::Barrier::new(2));
+    let starts: Vec<_> = (0..2)
+        .map(|_| {
+            let (start, log_dir, db) = (Arc::clone(&start), log_dir.clone(), db.clone());
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                start.wait();
+                runtime.block_on(async {
+                    let store = LogStore::open(&log_dir, options(), Some(&db), None)?;
+                    let all = store.query(q(&["t"], Since::All, true)).await;
+                    store.close().await;
+                    all
+                })
+            })
+        })
+        .collect();
+    let mut want: Vec<String> = stored.iter().map(|m| m.id.clone()).collect();
+    want.sort();
+    for start in starts {
+        let mut got: Vec<String> = match start.join().unwrap() {
+            Ok(all) => all.into_iter().map(|m| m.id).collect(),
+            // Only if the other start held the log for longer than the lock wait.
+            Err(StoreError::Unavailable(e)) => {
+                assert!(e.contains("in use"), "{e}");
+                continue;
+            }
+            Err(e) => panic!("a start failed: {e}"),
+        };
+        got.sort();
+        assert_eq!(got, want, "every message once");
+    }
+    assert!(!db.exists());
+    assert!(dir.path().join("messages.db.imported").exists());
+    assert!(!dir.path().join("messages.log.importing").exists());
+}
+
 #[tokio::test]
 async fn close_finishes_and_then_refuses() {
     let dir = tempfile::tempdir().unwrap();
