@@ -5,7 +5,7 @@
 //! disk that stalls (a full sync, writeback throttling) holds up the publishes that
 //! wait for it, never the runtime's workers and the subscribers they serve. The
 //! hand-off to that thread is on every durable publish's path, so it is kept lean:
-//! - [`WriterQueue::submit`] puts the operation straight into the bounded queue when
+//! - [`WriterThread::submit`] puts the operation straight into the bounded queue when
 //!   there is room (no send future, no clone of the sender), and waits only when the
 //!   queue is full;
 //! - the writer hands a committed batch's answers to one task on the runtime
@@ -22,17 +22,39 @@ use super::StoreError;
 /// Where a writer operation's result goes.
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
-/// The sending side of a writer thread's queue; closing it lets the thread finish
-/// what is queued and end.
-pub(crate) struct WriterQueue<Op> {
+/// A store's writer thread: the sending side of its queue, its health and its
+/// handle. Closing it lets the thread finish what is queued and end.
+pub(crate) struct WriterThread<Op> {
     sender: Mutex<Option<mpsc::Sender<Op>>>,
+    health: Arc<WriterHealth>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
-impl<Op: Send + 'static> WriterQueue<Op> {
-    pub(crate) fn new(sender: mpsc::Sender<Op>) -> Self {
-        WriterQueue {
+impl<Op: Send + 'static> WriterThread<Op> {
+    /// Starts `run` on a thread of its own with the receiving side of a queue of
+    /// `capacity` operations and the health it keeps up to date (its `alive` is
+    /// cleared when `run` ends, however it ends).
+    pub(crate) fn spawn(
+        capacity: usize,
+        run: impl FnOnce(mpsc::Receiver<Op>, Arc<WriterHealth>) + Send + 'static,
+    ) -> Result<Self, StoreError> {
+        let (sender, queue) = mpsc::channel(capacity);
+        let health = WriterHealth::new();
+        let thread = std::thread::Builder::new()
+            .name("herald-store-writer".into())
+            .spawn({
+                let health = Arc::clone(&health);
+                move || {
+                    let _alive = AliveGuard(Arc::clone(&health));
+                    run(queue, health);
+                }
+            })
+            .map_err(|e| StoreError::Backend(format!("starting the store writer: {e}")))?;
+        Ok(WriterThread {
             sender: Mutex::new(Some(sender)),
-        }
+            health,
+            thread: Mutex::new(Some(thread)),
+        })
     }
 
     /// Sends an operation to the writer and waits for its answer. Once sent, the
@@ -66,9 +88,34 @@ impl<Op: Send + 'static> WriterQueue<Op> {
         lock(&self.sender).is_some()
     }
 
-    /// Stops taking operations: the writer runs what is queued, then ends.
-    pub(crate) fn close(&self) {
+    /// Whether the writer's last write failed and none has succeeded since.
+    pub(crate) fn writes_failing(&self) -> bool {
+        self.health.failing.load(Ordering::Relaxed)
+    }
+
+    /// Whether the writer thread is still running.
+    pub(crate) fn is_alive(&self) -> bool {
+        self.health.alive.load(Ordering::Relaxed)
+    }
+
+    /// Stops taking operations and waits until the writer has run what was queued
+    /// and ended; `true` if it ended normally (it is logged otherwise).
+    pub(crate) async fn close(&self) -> bool {
         drop(lock(&self.sender).take());
+        let Some(thread) = lock(&self.thread).take() else {
+            return false;
+        };
+        match tokio::task::spawn_blocking(move || thread.join()).await {
+            Ok(Ok(())) => true,
+            Ok(Err(_)) => {
+                tracing::error!("store writer thread panicked");
+                false
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "could not wait for the store writer");
+                false
+            }
+        }
     }
 }
 
@@ -93,7 +140,7 @@ impl WriterHealth {
 }
 
 /// Clears [`WriterHealth::alive`] when the writer thread ends, panic included.
-pub(crate) struct AliveGuard(pub(crate) Arc<WriterHealth>);
+struct AliveGuard(Arc<WriterHealth>);
 
 impl Drop for AliveGuard {
     fn drop(&mut self) {
@@ -133,51 +180,63 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 mod tests {
     use super::*;
 
-    /// A queue with room for one: the second submit waits for room, and a closed
-    /// queue refuses at once.
+    /// A queue with room for one: the second submit waits for room; once closed,
+    /// the queue refuses at once and the thread has ended.
     #[tokio::test]
     async fn submit_waits_for_room_and_refuses_when_closed() {
-        let (tx, mut rx) = mpsc::channel::<(u32, Reply<u32>)>(1);
-        let queue = Arc::new(WriterQueue::new(tx));
+        let (go, wait) = std::sync::mpsc::channel::<()>();
+        let (queued, seen) = std::sync::mpsc::channel::<usize>();
+        let writer = Arc::new(
+            WriterThread::spawn(1, move |mut queue: mpsc::Receiver<(u32, Reply<u32>)>, _| {
+                wait.recv().expect("go");
+                queued.send(queue.len()).expect("test waits");
+                while let Some((n, reply)) = queue.blocking_recv() {
+                    reply.send(Ok(n * 10)).expect("caller waits");
+                }
+            })
+            .expect("spawn"),
+        );
         let first = tokio::spawn({
-            let queue = Arc::clone(&queue);
-            async move { queue.submit(|reply| (1, reply)).await }
+            let writer = Arc::clone(&writer);
+            async move { writer.submit(|reply| (1, reply)).await }
         });
         let second = tokio::spawn({
-            let queue = Arc::clone(&queue);
+            let writer = Arc::clone(&writer);
             async move {
                 tokio::task::yield_now().await;
-                queue.submit(|reply| (2, reply)).await
+                writer.submit(|reply| (2, reply)).await
             }
         });
         for _ in 0..4 {
             tokio::task::yield_now().await;
         }
-        assert_eq!(rx.len(), 1, "the second waits for room");
         assert!(!second.is_finished());
-        for _ in 0..2 {
-            let (n, reply) = rx.recv().await.expect("an operation");
-            reply.send(Ok(n * 10)).expect("caller waits");
-        }
+        go.send(()).expect("writer waits");
+        assert_eq!(
+            seen.recv().expect("writer reports"),
+            1,
+            "the second waits for room"
+        );
         assert_eq!(first.await.expect("task").expect("answer"), 10);
         assert_eq!(second.await.expect("task").expect("answer"), 20);
 
-        queue.close();
-        assert!(!queue.is_open());
-        let refused = queue.submit(|reply| (3, reply)).await;
+        assert!(writer.close().await, "the writer ends when closed");
+        assert!(!writer.is_open());
+        assert!(!writer.is_alive());
+        let refused = writer.submit(|reply| (3, reply)).await;
         assert!(matches!(refused, Err(StoreError::Closed)), "{refused:?}");
-        assert!(rx.recv().await.is_none(), "the writer sees the end");
     }
 
     /// A writer that drops an operation without answering (it stopped) is `Closed`
     /// to the caller, not a hang.
     #[tokio::test]
     async fn an_unanswered_operation_is_closed() {
-        let (tx, mut rx) = mpsc::channel::<Reply<()>>(4);
-        let queue = WriterQueue::new(tx);
-        let dropper = tokio::spawn(async move { drop(rx.recv().await) });
-        let answer = queue.submit(|reply| reply).await;
+        let writer = WriterThread::spawn(4, |mut queue: mpsc::Receiver<Reply<()>>, _| {
+            drop(queue.blocking_recv());
+        })
+        .expect("spawn");
+        let answer = writer.submit(|reply| reply).await;
         assert!(matches!(answer, Err(StoreError::Closed)), "{answer:?}");
-        dropper.await.expect("task");
+        writer.close().await;
     }
 }

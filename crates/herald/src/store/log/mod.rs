@@ -34,13 +34,12 @@ mod writer;
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, RwLockWriteGuard};
+use std::sync::{Arc, RwLock, RwLockWriteGuard};
 
 use async_trait::async_trait;
-use tokio::sync::mpsc;
 
 use super::sqlite::SyncMode;
-use super::writer_thread::{AliveGuard, Reply, WriterHealth, WriterQueue};
+use super::writer_thread::WriterThread;
 use super::{CommitObserver, Cursor, Page, Query, Since, Store, StoreError, StoreStats};
 use crate::model::{Message, now_unix};
 use index::{Entry, Hit, Id, Index, Loc, Segment};
@@ -75,11 +74,9 @@ impl Default for LogOptions {
 
 /// The log-backed [`Store`]. See the module docs for the design.
 pub struct LogStore {
-    writer: WriterQueue<Op>,
-    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    writer: WriterThread<Op>,
     index: Arc<RwLock<Index>>,
     commits: Arc<AtomicU64>,
-    health: Arc<WriterHealth>,
     dir: PathBuf,
 }
 
@@ -178,38 +175,33 @@ impl LogStore {
 
         let index = Arc::new(RwLock::new(index));
         let max_batch = options.max_batch.max(1);
-        let (tx, rx) = mpsc::channel(max_batch.saturating_mul(QUEUE_BATCHES));
         let commits = Arc::new(AtomicU64::new(0));
-        let health = WriterHealth::new();
-        let writer = Writer {
-            dir: dir.to_path_buf(),
-            index: Arc::clone(&index),
-            head,
-            sync: options.sync,
-            segment_bytes: options.segment_bytes.max(segment::MAGIC.len() as u64 + 1),
-            commits: Arc::clone(&commits),
-            observer,
-            health: Arc::clone(&health),
-            answers: writer::answer_on_runtime(),
-            encoder: segment::Encoder::default(),
-            _lock: lock_file,
-        };
-        let thread = std::thread::Builder::new()
-            .name("herald-store-writer".into())
-            .spawn({
-                let health = Arc::clone(&health);
-                move || {
-                    let _alive = AliveGuard(health);
-                    writer.run(rx, max_batch);
-                }
-            })
-            .map_err(|e| StoreError::Backend(format!("starting the store writer: {e}")))?;
+        let writer = WriterThread::spawn(max_batch.saturating_mul(QUEUE_BATCHES), {
+            let (dir, index, commits) =
+                (dir.to_path_buf(), Arc::clone(&index), Arc::clone(&commits));
+            let (sync, answers) = (options.sync, writer::answer_on_runtime());
+            let segment_bytes = options.segment_bytes.max(segment::MAGIC.len() as u64 + 1);
+            move |queue, health| {
+                let writer = Writer {
+                    dir,
+                    index,
+                    head,
+                    sync,
+                    segment_bytes,
+                    commits,
+                    observer,
+                    health,
+                    answers,
+                    encoder: segment::Encoder::default(),
+                    _lock: lock_file,
+                };
+                writer.run(queue, max_batch);
+            }
+        })?;
         Ok(LogStore {
-            writer: WriterQueue::new(tx),
-            thread: Mutex::new(Some(thread)),
+            writer,
             index,
             commits,
-            health,
             dir: dir.to_path_buf(),
         })
     }
@@ -218,10 +210,6 @@ impl LogStore {
     /// load: group commit).
     pub fn commits(&self) -> u64 {
         self.commits.load(Ordering::Relaxed)
-    }
-
-    async fn submit<T>(&self, make: impl FnOnce(Reply<T>) -> Op) -> Result<T, StoreError> {
-        self.writer.submit(make).await
     }
 
     /// Looks `select` up in the index, then reads what it found, on the blocking pool
@@ -284,7 +272,9 @@ impl Store for LogStore {
         json: bytes::Bytes,
     ) -> Result<(), StoreError> {
         let record = super::NewRow::new(message, json);
-        self.submit(|reply| Op::Append { record, reply }).await
+        self.writer
+            .submit(|reply| Op::Append { record, reply })
+            .await
     }
 
     async fn query(&self, query: Query) -> Result<Vec<Message>, StoreError> {
@@ -346,7 +336,7 @@ impl Store for LogStore {
     }
 
     async fn take_due(&self, now: i64) -> Result<Vec<Message>, StoreError> {
-        self.submit(|reply| Op::TakeDue { now, reply }).await
+        self.writer.submit(|reply| Op::TakeDue { now, reply }).await
     }
 
     async fn next_due(&self) -> Result<Option<i64>, StoreError> {
@@ -355,16 +345,17 @@ impl Store for LogStore {
 
     async fn cancel_scheduled(&self, topic: &str, sequence_id: &str) -> Result<u64, StoreError> {
         let (topic, sequence_id) = (topic.to_string(), sequence_id.to_string());
-        self.submit(|reply| Op::Cancel {
-            topic,
-            sequence_id,
-            reply,
-        })
-        .await
+        self.writer
+            .submit(|reply| Op::Cancel {
+                topic,
+                sequence_id,
+                reply,
+            })
+            .await
     }
 
     async fn prune_expired(&self, now: i64) -> Result<u64, StoreError> {
-        self.submit(|reply| Op::Prune { now, reply }).await
+        self.writer.submit(|reply| Op::Prune { now, reply }).await
     }
 
     async fn stats(&self) -> Result<StoreStats, StoreError> {
@@ -377,26 +368,20 @@ impl Store for LogStore {
 
     async fn check_writable(&self) -> Result<(), StoreError> {
         // Proves the writer is alive; while writes are failing it writes a record.
-        self.submit(|reply| Op::Ping { reply }).await
+        self.writer.submit(|reply| Op::Ping { reply }).await
     }
 
     fn writes_failing(&self) -> bool {
-        self.health.failing.load(Ordering::Relaxed)
+        self.writer.writes_failing()
     }
 
     fn is_alive(&self) -> bool {
-        self.health.alive.load(Ordering::Relaxed)
+        self.writer.is_alive()
     }
 
     async fn close(&self) {
-        self.writer.close();
-        let Some(thread) = lock(&self.thread).take() else {
-            return;
-        };
-        match tokio::task::spawn_blocking(move || thread.join()).await {
-            Ok(Ok(())) => tracing::debug!(dir = %self.dir.display(), "store closed"),
-            Ok(Err(_)) => tracing::error!("store writer thread panicked"),
-            Err(e) => tracing::error!(error = %e, "could not wait for the store writer"),
+        if self.writer.close().await {
+            tracing::debug!(dir = %self.dir.display(), "store closed");
         }
     }
 }
@@ -687,9 +672,5 @@ fn write_index(index: &RwLock<Index>) -> RwLockWriteGuard<'_, Index> {
 }
 
 /// Locks `m`, recovering from poisoning (the guarded values stay valid).
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 #[cfg(test)]
 mod tests;

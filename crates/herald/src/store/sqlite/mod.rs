@@ -25,9 +25,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rusqlite::Connection;
-use tokio::sync::mpsc;
 
-use super::writer_thread::{AliveGuard, Reply, WriterHealth, WriterQueue};
+use super::writer_thread::WriterThread;
 use super::{CommitObserver, Cursor, Page, Query, Since, Store, StoreError, StoreStats};
 use crate::model::Message;
 use read::{READ_CONNECTIONS, ReadPool, decode_rows, open_reader, run_page, run_query};
@@ -124,14 +123,12 @@ impl Default for SqliteOptions {
 pub struct SqliteStore {
     /// Once closed, new write operations get [`StoreError::Closed`], and the writer
     /// exits after draining the queue.
-    writer: WriterQueue<Op>,
-    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    writer: WriterThread<Op>,
     /// Stops (by dropping the sender) and joins the checkpointer thread.
     checkpointer: Mutex<Option<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
     readers: Arc<ReadPool>,
     /// Successful commits by the writer; fewer than write operations under load.
     commits: Arc<AtomicU64>,
-    health: Arc<WriterHealth>,
     path: PathBuf,
 }
 
@@ -175,28 +172,21 @@ impl SqliteStore {
         }
 
         let max_batch = options.max_batch.max(1);
-        let (tx, rx) = mpsc::channel(max_batch.saturating_mul(QUEUE_BATCHES));
         let commits = Arc::new(AtomicU64::new(0));
-        let health = WriterHealth::new();
         let answers = answer_on_runtime();
-        let thread = std::thread::Builder::new()
-            .name("herald-store-writer".into())
-            .spawn({
-                let commits = Arc::clone(&commits);
-                let health = Arc::clone(&health);
-                move || {
-                    let _alive = AliveGuard(Arc::clone(&health));
-                    let writer = Writer {
-                        conn,
-                        commits: &commits,
-                        observer: observer.as_deref(),
-                        health: &health,
-                        answers,
-                    };
-                    writer.run(rx, max_batch);
-                }
-            })
-            .map_err(|e| StoreError::Backend(format!("starting the store writer: {e}")))?;
+        let writer = WriterThread::spawn(max_batch.saturating_mul(QUEUE_BATCHES), {
+            let commits = Arc::clone(&commits);
+            move |queue, health| {
+                let writer = Writer {
+                    conn,
+                    commits: &commits,
+                    observer: observer.as_deref(),
+                    health: &health,
+                    answers,
+                };
+                writer.run(queue, max_batch);
+            }
+        })?;
 
         let checkpoint_conn = open_checkpointer(path)?;
         let (stop_checkpoints, stopped) = std::sync::mpsc::channel::<()>();
@@ -207,12 +197,10 @@ impl SqliteStore {
 
         tracing::debug!(path = %path.display(), sync = %options.sync, max_batch, "store opened");
         Ok(SqliteStore {
-            writer: WriterQueue::new(tx),
-            thread: Mutex::new(Some(thread)),
+            writer,
             checkpointer: Mutex::new(Some((stop_checkpoints, checkpointer))),
             readers: Arc::new(ReadPool::new(readers)),
             commits,
-            health,
             path: path.to_path_buf(),
         })
     }
@@ -221,11 +209,6 @@ impl SqliteStore {
     /// to observe group commit: under concurrency this grows slower than writes).
     pub fn commits(&self) -> u64 {
         self.commits.load(Ordering::Relaxed)
-    }
-
-    /// Sends an operation to the writer and waits for its post-commit answer.
-    async fn submit<T>(&self, make: impl FnOnce(Reply<T>) -> Op) -> Result<T, StoreError> {
-        self.writer.submit(make).await
     }
 
     /// Runs `f` on a read-only connection on the blocking pool.
@@ -253,7 +236,7 @@ impl Store for SqliteStore {
         json: bytes::Bytes,
     ) -> Result<(), StoreError> {
         let row = super::NewRow::new(message, json);
-        self.submit(|reply| Op::Append { row, reply }).await
+        self.writer.submit(|reply| Op::Append { row, reply }).await
     }
 
     async fn query(&self, query: Query) -> Result<Vec<Message>, StoreError> {
@@ -303,7 +286,7 @@ impl Store for SqliteStore {
     }
 
     async fn take_due(&self, now: i64) -> Result<Vec<Message>, StoreError> {
-        self.submit(|reply| Op::TakeDue { now, reply }).await
+        self.writer.submit(|reply| Op::TakeDue { now, reply }).await
     }
 
     async fn next_due(&self) -> Result<Option<i64>, StoreError> {
@@ -320,21 +303,23 @@ impl Store for SqliteStore {
 
     async fn cancel_scheduled(&self, topic: &str, sequence_id: &str) -> Result<u64, StoreError> {
         let (topic, sequence_id) = (topic.to_string(), sequence_id.to_string());
-        self.submit(|reply| Op::Cancel {
-            topic,
-            sequence_id,
-            reply,
-        })
-        .await
+        self.writer
+            .submit(|reply| Op::Cancel {
+                topic,
+                sequence_id,
+                reply,
+            })
+            .await
     }
 
     async fn prune_expired(&self, now: i64) -> Result<u64, StoreError> {
-        self.submit(|reply| Op::Prune {
-            now,
-            deleted: 0,
-            reply,
-        })
-        .await
+        self.writer
+            .submit(|reply| Op::Prune {
+                now,
+                deleted: 0,
+                reply,
+            })
+            .await
     }
 
     async fn stats(&self) -> Result<StoreStats, StoreError> {
@@ -358,15 +343,15 @@ impl Store for SqliteStore {
         // thread is alive and the database is lockable. While writes are failing the
         // writer also writes a page in it (`Writer::run_batch`): an empty commit
         // succeeds on a full disk.
-        self.submit(|reply| Op::Ping { reply }).await
+        self.writer.submit(|reply| Op::Ping { reply }).await
     }
 
     fn writes_failing(&self) -> bool {
-        self.health.failing.load(Ordering::Relaxed)
+        self.writer.writes_failing()
     }
 
     fn is_alive(&self) -> bool {
-        self.health.alive.load(Ordering::Relaxed)
+        self.writer.is_alive()
     }
 
     async fn close(&self) {
@@ -379,14 +364,8 @@ impl Store for SqliteStore {
             drop(stop);
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
-        self.writer.close();
-        let Some(thread) = lock(&self.thread).take() else {
-            return;
-        };
-        match tokio::task::spawn_blocking(move || thread.join()).await {
-            Ok(Ok(())) => tracing::debug!(path = %self.path.display(), "store closed"),
-            Ok(Err(_)) => tracing::error!("store writer thread panicked"),
-            Err(e) => tracing::error!(error = %e, "could not wait for the store writer"),
+        if self.writer.close().await {
+            tracing::debug!(path = %self.path.display(), "store closed");
         }
     }
 }
