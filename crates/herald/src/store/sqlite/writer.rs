@@ -36,6 +36,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OpenFlags, Statement};
 use tokio::sync::mpsc;
 
@@ -437,9 +438,11 @@ impl ExpiryRanges {
 }
 
 fn insert(conn: &Connection, stmts: &mut Prepared<'_>, row: &NewRow) -> Result<(), StoreError> {
-    // Stored as text, as ever: the bytes are JSON, so UTF-8.
-    let json = std::str::from_utf8(&row.json)
-        .map_err(|e| StoreError::Backend(format!("message JSON is not UTF-8: {e}")))?;
+    // Stored as text, as ever. The bytes are bound as they are: they are the JSON the
+    // core encoded from a `Message`'s strings, so UTF-8 (`NewRow::json`), and checking
+    // that again cost 250–560 instructions a publish (callgrind); SQLite does not check
+    // text either.
+    let json = ToSqlOutput::Borrowed(ValueRef::Text(&row.json));
     stmts
         .insert
         .execute(rusqlite::params![
