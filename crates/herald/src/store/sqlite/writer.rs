@@ -9,15 +9,21 @@
 //!   to [`SqliteOptions::max_batch`](super::SqliteOptions::max_batch) in all), runs all of them in ONE
 //!   transaction, commits, and only then answers each of them. Concurrent publishes
 //!   therefore share one commit, and a caller hears "ok" only once its row is
-//!   committed. `BEGIN`, `COMMIT` and the insert are prepared once ([`Prepared`]). If the commit fails, every operation of the batch gets an error:
+//!   committed. `BEGIN`, `COMMIT` and the inserts are prepared once ([`Prepared`]). If the commit fails, every operation of the batch gets an error:
 //!   never a false success.
+//! - Appends that follow one another in a batch are inserted up to 16 rows per
+//!   statement ([`insert_run`]): running a statement has a cost of its own (a cursor
+//!   on the table and each index, opened, positioned and closed), which one row per
+//!   statement paid for every publish.
 //! - One operation that fails on its own (say a duplicate message ID) is rolled back
 //!   alone and reported alone, while the rest of the batch still commits. Every
-//!   operation writes with a single statement, and SQLite undoes a failed statement
-//!   by itself, keeping the transaction; when it must abandon the whole transaction
-//!   instead (I/O error, disk full) the writer sees it and fails the whole batch. No
-//!   savepoint per operation: they cost a copy of every page an operation touches
-//!   (the sub-journal), a tenth of a publish's instructions under callgrind.
+//!   operation but the multi-row insert writes with a single statement, and SQLite
+//!   undoes a failed statement by itself, keeping the transaction; the multi-row
+//!   insert skips a row that breaks a constraint (`OR IGNORE`) and then reports that
+//!   row alone. When SQLite must abandon the whole transaction instead (I/O error,
+//!   disk full) the writer sees it and fails the whole batch. No savepoint per
+//!   operation: they cost a copy of every page an operation touches (the
+//!   sub-journal), a tenth of a publish's instructions under callgrind.
 //! - A large expiry prune deletes in chunks, one chunk per batch, so it never holds
 //!   the writer (and the publishes queued behind it) for long. It finds the expired
 //!   rows through `expiry_ranges` (schema.rs), which the writer keeps up to date once
@@ -37,7 +43,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rusqlite::types::{ToSqlOutput, ValueRef};
-use rusqlite::{Connection, OpenFlags, Statement};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Statement};
 use tokio::sync::mpsc;
 
 use super::read::decode_rows;
@@ -336,6 +342,9 @@ pub(super) struct Prepared<'c> {
     begin: Statement<'c>,
     commit: Statement<'c>,
     insert: Statement<'c>,
+    /// `insert_rows[n - 2]` inserts `n` rows in one statement ([`insert_rows`]),
+    /// prepared when a run of `n` appends first comes.
+    insert_rows: Vec<Option<Statement<'c>>>,
     upsert_range: Statement<'c>,
     ranges: ExpiryRanges,
 }
@@ -349,6 +358,7 @@ impl<'c> Prepared<'c> {
                 "INSERT INTO messages (id, topic, time, expires, published, sequence_id, event, json)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?,
+            insert_rows: (2..=ROWS_PER_INSERT).map(|_| None).collect(),
             // A range only grows: a key that comes round again (the table emptied,
             // SQLite reuses row keys) must not shrink a range that still has rows.
             upsert_range: conn.prepare(
@@ -437,12 +447,216 @@ impl ExpiryRanges {
     }
 }
 
+/// The most rows one statement inserts ([`insert_rows`]); a longer run of appends
+/// takes several. Not more: SQLite copies each bound text into memory of its own,
+/// from a small per-connection pool (lookaside) while it lasts, and from `malloc`
+/// (behind a mutex) after; 32 rows per statement used it up and cost ~1,500 more
+/// instructions a publish than 16 under callgrind, 4 to 16 were alike.
+const ROWS_PER_INSERT: usize = 16;
+/// The columns an insert binds per row.
+const INSERT_COLUMNS: usize = 8;
+
+impl<'c> Prepared<'c> {
+    /// The statement that inserts `n` rows (2 ..= [`ROWS_PER_INSERT`]).
+    fn insert_rows(
+        &mut self,
+        conn: &'c Connection,
+        n: usize,
+    ) -> rusqlite::Result<&mut Statement<'c>> {
+        let Some(slot) = self.insert_rows.get_mut(n.wrapping_sub(2)) else {
+            return Err(rusqlite::Error::InvalidQuery);
+        };
+        if slot.is_none() {
+            let row = format!("({})", ["?"; INSERT_COLUMNS].join(", "));
+            let sql = format!(
+                "INSERT OR IGNORE INTO messages (id, topic, time, expires, published, sequence_id, event, json) VALUES {}",
+                vec![row; n].join(", ")
+            );
+            *slot = Some(conn.prepare(&sql)?);
+        }
+        // Just filled if it was empty.
+        slot.as_mut().ok_or(rusqlite::Error::InvalidQuery)
+    }
+}
+
+/// Inserts a run of appends that came one after another in the batch, up to
+/// [`ROWS_PER_INSERT`] rows per statement, and adds each append's outcome to `done`.
+///
+/// Why one statement for many rows: each execution of a statement opens a cursor on
+/// the table and on each of its four indexes, positions, resets and closes them; for
+/// one row at a time that was about a tenth of a durable publish's instructions
+/// (callgrind, docs/BENCHMARKS.md "Many rows per insert (round 8)").
+///
+/// Why `OR IGNORE`: a statement that writes several rows and may stop with an error
+/// halfway needs a statement journal, a copy of every page it changes, so that SQLite
+/// can undo it alone; that copying cost more than the rows saved. With `OR IGNORE` a
+/// constraint never stops it (a row whose ID is stored already is skipped), and an
+/// error that does (I/O, a full disk) ends the whole transaction instead. A skipped
+/// row is found by the count of rows written, and then each row of the statement is
+/// looked up ([`check_rows`]): each still gets its own outcome, as with one insert
+/// per row. `Err`: the transaction cannot commit; the appends not yet in `done` come
+/// back with it, for the caller to fail with the rest of the batch.
+fn insert_run<'c>(
+    conn: &'c Connection,
+    stmts: &mut Prepared<'c>,
+    run: &mut Vec<(NewRow, Reply<()>)>,
+    done: &mut Vec<Done>,
+) -> Result<(), Vec<Reply<()>>> {
+    let mut rows = run.drain(..).peekable();
+    while rows.peek().is_some() {
+        let chunk: Vec<(NewRow, Reply<()>)> = rows.by_ref().take(ROWS_PER_INSERT).collect();
+        let outcome = if chunk.len() > 1 {
+            insert_rows(conn, stmts, &chunk)
+        } else {
+            Written::NotTried
+        };
+        match outcome {
+            Written::All => {
+                done.extend(
+                    chunk
+                        .into_iter()
+                        .map(|(_, reply)| Done::Unit(reply, Ok(()))),
+                );
+            }
+            Written::Some(written) => {
+                let checked = check_rows(conn, stmts, &chunk, written);
+                for ((_, reply), result) in chunk.into_iter().zip(checked) {
+                    done.push(Done::Unit(reply, result));
+                }
+            }
+            Written::NotTried => {
+                for (row, reply) in chunk {
+                    done.push(Done::Unit(reply, insert(conn, stmts, &row)));
+                    if conn.is_autocommit() {
+                        return Err(rows.map(|(_, reply)| reply).collect());
+                    }
+                }
+            }
+            Written::Failed(e) => {
+                // Part of the chunk may be written: the batch must not commit.
+                let disk_full = is_disk_full(&e);
+                let text = format!("inserting messages: {e}");
+                done.extend(chunk.into_iter().map(|(_, reply)| {
+                    let error = if disk_full {
+                        StoreError::Full(text.clone())
+                    } else {
+                        StoreError::Backend(text.clone())
+                    };
+                    Done::Unit(reply, Err(error))
+                }));
+                return Err(rows.map(|(_, reply)| reply).collect());
+            }
+        }
+        if conn.is_autocommit() {
+            return Err(rows.map(|(_, reply)| reply).collect());
+        }
+    }
+    Ok(())
+}
+
+/// What one multi-row insert did.
+enum Written {
+    /// Every row, the statement's keys noted in the expiry ranges.
+    All,
+    /// Only this many: some rows were skipped.
+    Some(usize),
+    /// Nothing (the statement could not be prepared or bound): insert row by row.
+    NotTried,
+    /// The statement failed while it ran.
+    Failed(rusqlite::Error),
+}
+
+/// Inserts `chunk`'s rows with one statement. Rows inserted without a key take the
+/// keys after the table's largest, in order, so when all were written their keys are
+/// the `n` up to `last_insert_rowid`.
+fn insert_rows<'c>(
+    conn: &'c Connection,
+    stmts: &mut Prepared<'c>,
+    chunk: &[(NewRow, Reply<()>)],
+) -> Written {
+    let bound = stmts.insert_rows(conn, chunk.len()).and_then(|statement| {
+        for (i, (row, _)) in chunk.iter().enumerate() {
+            let at = i * INSERT_COLUMNS;
+            statement.raw_bind_parameter(at + 1, row.id())?;
+            statement.raw_bind_parameter(at + 2, row.topic())?;
+            statement.raw_bind_parameter(at + 3, row.time())?;
+            statement.raw_bind_parameter(at + 4, row.expires())?;
+            statement.raw_bind_parameter(at + 5, row.published)?;
+            statement.raw_bind_parameter(at + 6, row.sequence_id())?;
+            statement.raw_bind_parameter(at + 7, row.event())?;
+            statement.raw_bind_parameter(at + 8, json_text(row))?;
+        }
+        Ok(statement)
+    });
+    let written = match bound {
+        Ok(statement) => statement.raw_execute(),
+        Err(_) => return Written::NotTried,
+    };
+    match written {
+        Ok(n) if n == chunk.len() => {
+            let first = conn.last_insert_rowid() - (n as i64 - 1);
+            for (i, (row, _)) in chunk.iter().enumerate() {
+                if let Some(expires) = row.expires() {
+                    stmts.ranges.note(expires, first + i as i64);
+                }
+            }
+            Written::All
+        }
+        Ok(n) => Written::Some(n),
+        Err(e) => Written::Failed(e),
+    }
+}
+
+/// The outcome of each row of a multi-row insert that wrote only `written` of them:
+/// a row is stored if its ID's row has one of the statement's keys (the `written`
+/// up to `last_insert_rowid`) and holds its JSON; otherwise its ID was stored
+/// already, which fails it as a single insert's unique constraint would.
+fn check_rows(
+    conn: &Connection,
+    stmts: &mut Prepared<'_>,
+    chunk: &[(NewRow, Reply<()>)],
+    written: usize,
+) -> Vec<Result<(), StoreError>> {
+    let last = conn.last_insert_rowid();
+    let keys = last - written as i64 + 1..=last;
+    chunk
+        .iter()
+        .map(|(row, _)| {
+            let stored: Option<(i64, bool)> = conn
+                .prepare_cached("SELECT pk, json = ?2 FROM messages WHERE id = ?1")
+                .and_then(|mut lookup| {
+                    lookup
+                        .query_row(rusqlite::params![row.id(), json_text(row)], |r| {
+                            Ok((r.get(0)?, r.get(1)?))
+                        })
+                        .optional()
+                })
+                .map_err(backend)?;
+            match stored {
+                Some((pk, true)) if keys.contains(&pk) => {
+                    if let Some(expires) = row.expires() {
+                        stmts.ranges.note(expires, pk);
+                    }
+                    Ok(())
+                }
+                _ => Err(StoreError::Backend(format!(
+                    "message {} is not stored: its ID is stored already",
+                    row.id()
+                ))),
+            }
+        })
+        .collect()
+}
+
+/// The row's JSON as SQL text, bound as it is: it is the JSON the core encoded from
+/// a `Message`'s strings, so UTF-8 (`NewRow::json`); checking that again cost 250–560
+/// instructions a publish (callgrind), and SQLite does not check text either.
+fn json_text(row: &NewRow) -> ToSqlOutput<'_> {
+    ToSqlOutput::Borrowed(ValueRef::Text(&row.json))
+}
+
 fn insert(conn: &Connection, stmts: &mut Prepared<'_>, row: &NewRow) -> Result<(), StoreError> {
-    // Stored as text, as ever. The bytes are bound as they are: they are the JSON the
-    // core encoded from a `Message`'s strings, so UTF-8 (`NewRow::json`), and checking
-    // that again cost 250–560 instructions a publish (callgrind); SQLite does not check
-    // text either.
-    let json = ToSqlOutput::Borrowed(ValueRef::Text(&row.json));
+    let json = json_text(row);
     stmts
         .insert
         .execute(rusqlite::params![
@@ -606,9 +820,9 @@ impl Writer<'_> {
     /// Runs `batch`, and whatever is queued meanwhile (up to `max_batch` operations),
     /// in one transaction and answers every operation after the commit. Returns the
     /// operations that continue in the next batch (chunked prunes).
-    fn run_batch(
-        &self,
-        stmts: &mut Prepared<'_>,
+    fn run_batch<'c>(
+        &'c self,
+        stmts: &mut Prepared<'c>,
         batch: Vec<Op>,
         queue: &mut mpsc::Receiver<Op>,
         max_batch: usize,
@@ -635,6 +849,9 @@ impl Writer<'_> {
         }
 
         let mut done = Vec::with_capacity(size);
+        // Appends that came one after another, inserted together (`insert_run`) when
+        // another kind of operation comes, or the batch ends.
+        let mut run: Vec<(NewRow, Reply<()>)> = Vec::new();
         let mut ops = batch.into_iter();
         loop {
             let op = match ops.next() {
@@ -644,28 +861,33 @@ impl Writer<'_> {
                 // thread at a time) queue theirs while it works, and would otherwise
                 // each wait for, and pay for, a commit of their own. When none came,
                 // this costs one empty poll of the queue, and no wait.
-                None if done.len() < max_batch => match queue.try_recv() {
+                None if done.len() + run.len() < max_batch => match queue.try_recv() {
                     Ok(op) => op,
                     Err(_) => break,
                 },
                 None => break,
             };
-            match apply_in_batch(conn, stmts, op) {
+            let op = match op {
+                Op::Append { row, reply } => {
+                    run.push((row, reply));
+                    continue;
+                }
+                other => other,
+            };
+            let applied = insert_run(conn, stmts, &mut run, &mut done)
+                .map_err(|replies| (None, replies))
+                .and_then(|()| apply_in_batch(conn, stmts, op).map_err(|d| (Some(d), Vec::new())));
+            match applied {
                 Ok(d) => done.push(d),
-                Err(d) => {
-                    // The transaction itself is broken: nothing of this batch may commit.
-                    let failure = BatchFailure::new(
-                        d.failed_disk_full(),
-                        "the transaction was rolled back by SQLite".into(),
-                    );
-                    rollback(conn);
-                    self.failed(&failure, size);
-                    d.fail(&failure);
-                    done.into_iter().for_each(|d| d.fail(&failure));
-                    ops.for_each(|op| op.fail(&failure));
+                Err((d, replies)) => {
+                    self.abandoned(d, done, replies, ops.collect(), size);
                     return Vec::new();
                 }
             }
+        }
+        if let Err(replies) = insert_run(conn, stmts, &mut run, &mut done) {
+            self.abandoned(None, done, replies, Vec::new(), size);
+            return Vec::new();
         }
 
         let size = done.len();
@@ -702,6 +924,35 @@ impl Writer<'_> {
                 Vec::new()
             }
         }
+    }
+
+    /// Fails a batch whose transaction SQLite abandoned (an I/O error, a full disk)
+    /// while it ran: nothing of it may commit. `failed_op` is the operation that
+    /// found it out, `done` those that ran before, `appends` and `ops` those that had
+    /// not run yet.
+    fn abandoned(
+        &self,
+        failed_op: Option<Done>,
+        done: Vec<Done>,
+        appends: Vec<Reply<()>>,
+        ops: Vec<Op>,
+        size: usize,
+    ) {
+        let disk_full = failed_op.iter().chain(&done).any(Done::failed_disk_full);
+        let failure = BatchFailure::new(
+            disk_full,
+            "the transaction was rolled back by SQLite".into(),
+        );
+        rollback(&self.conn);
+        self.failed(&failure, size);
+        failed_op
+            .into_iter()
+            .chain(done)
+            .for_each(|d| d.fail(&failure));
+        appends
+            .into_iter()
+            .for_each(|reply| drop(reply.send(Err(failure.error()))));
+        ops.into_iter().for_each(|op| op.fail(&failure));
     }
 
     /// Sends a committed batch's answers, through the runtime when there is more
@@ -777,6 +1028,145 @@ mod tests {
         message.time = 1;
         message.expires = None;
         NewRow::new(Arc::new(message), bytes::Bytes::from_static(b"{}"))
+    }
+
+    /// A row of topic `t` with `id`, expiring at `expires`, whose JSON is `json`.
+    fn row_with(id: &str, expires: i64, json: &'static str) -> NewRow {
+        let mut message = Message::new(crate::model::EventKind::Message, "t");
+        message.id = id.into();
+        message.time = 1;
+        message.expires = Some(expires);
+        NewRow::new(
+            Arc::new(message),
+            bytes::Bytes::from_static(json.as_bytes()),
+        )
+    }
+
+    /// Runs `f` with a writer on a new store.
+    fn with_writer(f: impl FnOnce(&Writer<'_>)) {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open_writer(&dir.path().join("m.db"), SyncMode::Normal).unwrap();
+        super::super::schema::migrate(&conn).unwrap();
+        let commits = AtomicU64::new(0);
+        let health = WriterHealth::new();
+        f(&Writer {
+            conn,
+            commits: &commits,
+            observer: None,
+            health: &health,
+            answers: None,
+        });
+    }
+
+    /// Runs `ops` as one batch; the answers of its appends, in order.
+    fn run_appends<'c>(
+        writer: &'c Writer<'_>,
+        stmts: &mut Prepared<'c>,
+        rows: Vec<Option<NewRow>>,
+    ) -> Vec<Result<(), StoreError>> {
+        let (_tx, mut queue) = mpsc::channel(1);
+        let mut answers = Vec::new();
+        let ops = rows
+            .into_iter()
+            .map(|row| match row {
+                Some(row) => {
+                    let (reply, answer) = oneshot::channel();
+                    answers.push(answer);
+                    Op::Append { row, reply }
+                }
+                // Another kind of operation between the appends.
+                None => Op::Ping {
+                    reply: oneshot::channel().0,
+                },
+            })
+            .collect();
+        assert!(writer.run_batch(stmts, ops, &mut queue, 1_000).is_empty());
+        answers
+            .into_iter()
+            .map(|answer| answer.blocking_recv().unwrap())
+            .collect()
+    }
+
+    fn stored(conn: &Connection, sql: &str) -> Vec<(i64, String)> {
+        let mut stmt = conn.prepare(sql).unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    /// 40 appends in one batch, a ping after the 20th: statements of 16, 4, 16 and 4
+    /// rows. Each row gets the key after the one before, and the expiry ranges cover
+    /// exactly the keys of their rows (the first 16 expire at second 100, the rest at
+    /// 200): a key computed one off would leave a row outside its range, never pruned.
+    #[test]
+    fn runs_of_appends_share_statements_and_key_their_rows_in_order() {
+        with_writer(|writer| {
+            let mut stmts = Prepared::new(&writer.conn).unwrap();
+            let ids: Vec<String> = (0..40).map(|i| format!("m{i:03}")).collect();
+            let mut rows: Vec<Option<NewRow>> = ids
+                .iter()
+                .enumerate()
+                .map(|(i, id)| Some(row_with(id, if i < 16 { 100 } else { 200 }, "{}")))
+                .collect();
+            rows.insert(20, None);
+            let answers = run_appends(writer, &mut stmts, rows);
+            assert_eq!(answers.len(), 40);
+            assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+            assert_eq!(writer.commits.load(Ordering::Relaxed), 1, "one commit");
+            let keyed = stored(&writer.conn, "SELECT pk, id FROM messages ORDER BY pk");
+            let expected: Vec<(i64, String)> = (1..).zip(ids.iter().cloned()).collect();
+            assert_eq!(keyed, expected);
+            let ranges = stored(
+                &writer.conn,
+                "SELECT expires, lo || '..' || hi FROM expiry_ranges ORDER BY expires",
+            );
+            assert_eq!(ranges, [(100, "1..16".into()), (200, "17..40".into())]);
+        });
+    }
+
+    /// A multi-row insert skips a row whose ID is stored already (before the batch,
+    /// even with the same JSON, or earlier in the same statement with other JSON) and
+    /// fails that row alone, as a single-row insert would: the others are
+    /// stored and acknowledged, with their keys in the expiry ranges.
+    #[test]
+    fn a_row_whose_id_is_stored_already_fails_alone_in_a_run() {
+        with_writer(|writer| {
+            let mut stmts = Prepared::new(&writer.conn).unwrap();
+            let first = run_appends(writer, &mut stmts, vec![Some(row_with("dup", 100, "{}"))]);
+            assert!(first[0].is_ok());
+            let answers = run_appends(
+                writer,
+                &mut stmts,
+                vec![
+                    Some(row_with("a", 100, "{\"n\":1}")),
+                    Some(row_with("dup", 100, "{\"n\":2}")),
+                    Some(row_with("b", 100, "{\"n\":3}")),
+                    Some(row_with("a", 100, "{\"n\":4}")),
+                    Some(row_with("c", 100, "{\"n\":5}")),
+                    // The same as the stored row, but not stored by this statement.
+                    Some(row_with("dup", 100, "{}")),
+                ],
+            );
+            let ok: Vec<bool> = answers.iter().map(Result::is_ok).collect();
+            assert_eq!(ok, [true, false, true, false, true, false], "{answers:?}");
+            let rows = stored(
+                &writer.conn,
+                "SELECT pk, id || ' ' || json FROM messages ORDER BY pk",
+            );
+            let expected: Vec<(i64, String)> = vec![
+                (1, "dup {}".into()),
+                (2, "a {\"n\":1}".into()),
+                (3, "b {\"n\":3}".into()),
+                (4, "c {\"n\":5}".into()),
+            ];
+            assert_eq!(rows, expected);
+            let ranges = stored(
+                &writer.conn,
+                "SELECT expires, lo || '..' || hi FROM expiry_ranges",
+            );
+            assert_eq!(ranges, [(100, "1..4".into())]);
+        });
     }
 
     #[test]
