@@ -193,19 +193,40 @@ pub(crate) async fn conclude(
     admitted: Admitted,
     result: Result<Response, ApiError>,
 ) -> Response {
+    let success = result.as_ref().is_ok_and(|r| r.status().is_success());
+    settle(state, admitted, success).await;
+    with_cors(result.unwrap_or_else(|e| failure_response(state, e)))
+}
+
+/// [`conclude`] for a publish the listener answers itself: a successful one stays a
+/// [`publish::Published`] for it to write (with the CORS header), anything else
+/// becomes the `Response` `conclude` would give.
+pub(crate) async fn conclude_publish(
+    state: &AppState,
+    admitted: Admitted,
+    result: Result<publish::Published, ApiError>,
+) -> Result<publish::Published, Response> {
+    settle(state, admitted, result.is_ok()).await;
+    result.map_err(|e| with_cors(failure_response(state, e)))
+}
+
+/// Counts a publish's message against the visitor's daily limit (or, in cluster
+/// mode, gives it back when the publish failed).
+async fn settle(state: &AppState, admitted: Admitted, success: bool) {
     if admitted.charge == Charge::Publish {
-        let success = result.as_ref().is_ok_and(|r| r.status().is_success());
         state
             .limits
             .settle_message(&admitted.visitor, admitted.admission, success)
             .await;
     }
-    with_cors(result.unwrap_or_else(|e| {
-        if let Some(limit) = http_limit(&e) {
-            state.limits.refused(limit);
-        }
-        error_response(&state.limits, e)
-    }))
+}
+
+/// A route's error in ntfy's shape, counted when it is a limit's refusal.
+fn failure_response(state: &AppState, e: ApiError) -> Response {
+    if let Some(limit) = http_limit(&e) {
+        state.limits.refused(limit);
+    }
+    error_response(&state.limits, e)
 }
 
 /// ntfy's route table, in its order of evaluation.
@@ -336,7 +357,7 @@ async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
     conclude(&state, admitted, result).await
 }
 
-fn with_cors(mut resp: Response) -> Response {
+pub(crate) fn with_cors(mut resp: Response) -> Response {
     resp.headers_mut()
         .entry(header::ACCESS_CONTROL_ALLOW_ORIGIN)
         .or_insert(HeaderValue::from_static("*"));

@@ -11,10 +11,12 @@
 //! ([`crate::api::admit`]: authentication, proxy authentication, the visitor's
 //! charge; [`crate::api::publish::publish_to_topic`]: the topic, write access, the
 //! body and every parameter, idempotency, [`crate::core::Herald`];
-//! [`crate::api::conclude`]: the daily count, ntfy's error shape, CORS). The answer
-//! is laid out the way hyper lays out the same `Response` ([`encode_response`]):
+//! [`crate::api::conclude_publish`]: the daily count, ntfy's error shape, CORS). The
+//! answer is laid out the way hyper lays out the same `Response` ([`encode_response`]):
 //! status line, the headers in order, `content-length`, `date`, and hyper's
-//! keep-alive rules for HTTP/1.0 and `Connection: close`. The access log line and
+//! keep-alive rules for HTTP/1.0 and `Connection: close`. A successful publish is
+//! written straight from its [`Published`] ([`encode_published`], the same bytes),
+//! without building that `Response` first. The access log line and
 //! the request metrics are the same too (`RequestInfo`).
 //!
 //! Anything else — another route, a chunked or large body (an attachment, or `413`),
@@ -34,7 +36,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::{Head, Listener, read_head_by, uninit_headers};
-use crate::api::publish::{BodyBytes, TopicPublish, publish_to_topic};
+use crate::api::publish::{BodyBytes, Published, TopicPublish, publish_to_topic};
 use crate::error::ApiError;
 use crate::model::topic;
 use crate::telemetry::{Route, finish_direct_publish};
@@ -376,11 +378,11 @@ impl Listener {
         let segments = [&path[1..]];
         let query = request.uri.query();
         let mut body_read = false;
-        let response =
+        let outcome =
             match crate::api::admit(state, &request.method, &segments, headers, query, peer.ip())
                 .await
             {
-                Err(refused) => refused,
+                Err(refused) => Err(refused),
                 Ok(admitted) => {
                     let pairs = crate::api::parse_query(query);
                     let publish = TopicPublish {
@@ -406,14 +408,20 @@ impl Listener {
                         }
                     })
                     .await;
-                    crate::api::conclude(state, admitted, result).await
+                    crate::api::conclude_publish(state, admitted, result).await
                 }
             };
-        let (mut parts, body) = response.into_parts();
-        let body = body_bytes(body).await;
+        let answer = match outcome {
+            Ok(published) => Answer::Published(published),
+            Err(response) => {
+                let (parts, body) = response.into_parts();
+                Answer::Other(parts, body_bytes(body).await)
+            }
+        };
+        let status = answer.status();
         // The rest of a body that timed out may never come (as on the API's path).
-        let timed_out = parts.status == StatusCode::REQUEST_TIMEOUT;
-        let status = parts.status.as_u16();
+        let timed_out = status == StatusCode::REQUEST_TIMEOUT;
+        let status = status.as_u16();
         if !matches!(&conn.series, Some((m, s, _)) if *m == request.method && *s == status) {
             let series = state
                 .metrics
@@ -427,15 +435,23 @@ impl Listener {
         let keep_alive = request.keep_alive && !timed_out && !self.shutdown.is_cancelled();
         let mut out = std::mem::take(&mut conn.out);
         out.clear();
-        out.reserve(256 + body.len());
-        encode_response(
-            &mut parts,
-            &body,
-            request.http10,
-            keep_alive,
-            timed_out,
-            &mut out,
-        );
+        match answer {
+            Answer::Published(published) => {
+                out.reserve(256 + published.line.len());
+                encode_published(&published, request.http10, keep_alive, &mut out);
+            }
+            Answer::Other(mut parts, body) => {
+                out.reserve(256 + body.len());
+                encode_response(
+                    &mut parts,
+                    &body,
+                    request.http10,
+                    keep_alive,
+                    timed_out,
+                    &mut out,
+                );
+            }
+        }
         let written = conn.stream.write_all(&out).await;
         conn.out = out;
         written?;
@@ -612,6 +628,13 @@ fn encode_response(
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    finish_head(body, http10, keep_alive, timed_out, out);
+}
+
+/// The headers hyper and the router add after a handler's (`content-length`,
+/// `connection` when it is not the version's default, `date`), the head's end and
+/// the body.
+fn finish_head(body: &[u8], http10: bool, keep_alive: bool, timed_out: bool, out: &mut Vec<u8>) {
     out.extend_from_slice(b"content-length: ");
     out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
     out.extend_from_slice(b"\r\n");
@@ -624,6 +647,40 @@ fn encode_response(
     http_date(out);
     out.extend_from_slice(b"\r\n\r\n");
     out.extend_from_slice(body);
+}
+
+/// What the listener answers a plain publish with.
+enum Answer {
+    /// The publish succeeded: written by [`encode_published`], with no `Response`.
+    Published(Published),
+    /// Anything else (a refusal, an error): the API's response, its body read.
+    Other(axum::http::response::Parts, Bytes),
+}
+
+impl Answer {
+    fn status(&self) -> StatusCode {
+        match self {
+            Answer::Published(_) => StatusCode::OK,
+            Answer::Other(parts, _) => parts.status,
+        }
+    }
+}
+
+/// A successful publish's answer, laid out as [`encode_response`] lays out the
+/// API's `Response` for it (`Published::into_response` with the CORS header): the
+/// same bytes, without building that response and taking it apart again.
+fn encode_published(published: &Published, http10: bool, keep_alive: bool, out: &mut Vec<u8>) {
+    status_line(StatusCode::OK, http10, out);
+    out.extend_from_slice(b"content-type: application/json\r\n");
+    if published.replayed {
+        let (name, value) = Published::REPLAYED;
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"access-control-allow-origin: *\r\n");
+    finish_head(&published.line, http10, keep_alive, false, out);
 }
 
 /// `HTTP/1.x <code> <reason>`, as hyper writes it.
@@ -858,6 +915,34 @@ mod tests {
                             "{status} {extra:?} http10={http10} keep_alive={keep_alive}"
                         );
                     }
+                }
+            }
+        }
+    }
+
+    /// A successful publish written from its `Published` is byte for byte what the
+    /// API's response for it (CORS header added, as `conclude` does) is laid out as.
+    #[tokio::test]
+    async fn a_published_answer_is_laid_out_as_its_response() {
+        for replayed in [false, true] {
+            for http10 in [false, true] {
+                for keep_alive in [false, true] {
+                    let published = || Published {
+                        line: Bytes::from_static(b"{\"id\":\"x\"}\n"),
+                        replayed,
+                    };
+                    let response = crate::api::with_cors(published().into_response());
+                    let (mut parts, body) = response.into_parts();
+                    let body = body_bytes(body).await;
+                    let mut want = Vec::new();
+                    encode_response(&mut parts, &body, http10, keep_alive, false, &mut want);
+                    let mut got = Vec::new();
+                    encode_published(&published(), http10, keep_alive, &mut got);
+                    assert_eq!(
+                        String::from_utf8_lossy(&got),
+                        String::from_utf8_lossy(&want),
+                        "replayed={replayed} http10={http10} keep_alive={keep_alive}"
+                    );
                 }
             }
         }
