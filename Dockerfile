@@ -13,16 +13,17 @@
 FROM rust:1.95-bookworm AS builder
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
+COPY .cargo ./.cargo
 COPY crates ./crates
-# LIBSQLITE3_FLAGS leaves out SQLite extensions and APIs herald never uses (same list
-# as the script; crates/herald/build.rs packs the relocations of this static link). The target must be explicit so RUSTFLAGS reach only herald's own artifacts, not
+# .cargo/config.toml sets LIBSQLITE3_FLAGS, which leaves out SQLite extensions and APIs
+# herald never uses (crates/herald/build.rs packs the relocations of this static
+# link). The target must be explicit so RUSTFLAGS reach only herald's own artifacts, not
 # proc-macros or build scripts (those cannot be static). `uname -m` gives x86_64 or
 # aarch64, so the same file builds natively on amd64 and arm64.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     TARGET="$(uname -m)-unknown-linux-gnu" \
-    && LIBSQLITE3_FLAGS="-USQLITE_ENABLE_FTS3 -USQLITE_ENABLE_FTS3_PARENTHESIS -USQLITE_ENABLE_FTS5 -USQLITE_ENABLE_RTREE -USQLITE_ENABLE_DBSTAT_VTAB -USQLITE_ENABLE_JSON1 -DSQLITE_OMIT_JSON -USQLITE_ENABLE_COLUMN_METADATA -USQLITE_ENABLE_STAT4 -USQLITE_SOUNDEX -USQLITE_ENABLE_LOAD_EXTENSION -DSQLITE_OMIT_LOAD_EXTENSION -DSQLITE_OMIT_DEPRECATED -DSQLITE_OMIT_SHARED_CACHE -DSQLITE_OMIT_PROGRESS_CALLBACK -DSQLITE_OMIT_AUTHORIZATION -DSQLITE_OMIT_COMPLETE -DSQLITE_OMIT_GET_TABLE -DSQLITE_OMIT_TRACE -DSQLITE_OMIT_UTF16 -DSQLITE_OMIT_INTROSPECTION_PRAGMAS -DSQLITE_OMIT_DESERIALIZE -DSQLITE_DEFAULT_MEMSTATUS=0" \
-       RUSTFLAGS="-C target-feature=+crt-static" \
+    && RUSTFLAGS="-C target-feature=+crt-static" \
        cargo build --locked --profile dist --target "$TARGET" -p herald --bin herald --no-default-features --features s3 \
     && mkdir -p /out/rootfs/data \
     && cp "target/$TARGET/dist/herald" /out/herald \

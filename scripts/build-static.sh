@@ -32,8 +32,6 @@ TARGET=x86_64-unknown-linux-gnu
 # the shipped binary (and the one .ci/run checks) uses `dist`.
 PROFILE="${STATIC_PROFILE:-dist}"
 MAX_BYTES="${MAX_BYTES:-$((10 * 1024 * 1024))}"
-# Same list as the Dockerfile's builder stage.
-SQLITE_FLAGS="-USQLITE_ENABLE_FTS3 -USQLITE_ENABLE_FTS3_PARENTHESIS -USQLITE_ENABLE_FTS5 -USQLITE_ENABLE_RTREE -USQLITE_ENABLE_DBSTAT_VTAB -USQLITE_ENABLE_JSON1 -DSQLITE_OMIT_JSON -USQLITE_ENABLE_COLUMN_METADATA -USQLITE_ENABLE_STAT4 -USQLITE_SOUNDEX -USQLITE_ENABLE_LOAD_EXTENSION -DSQLITE_OMIT_LOAD_EXTENSION -DSQLITE_OMIT_DEPRECATED -DSQLITE_OMIT_SHARED_CACHE -DSQLITE_OMIT_PROGRESS_CALLBACK -DSQLITE_OMIT_AUTHORIZATION -DSQLITE_OMIT_COMPLETE -DSQLITE_OMIT_GET_TABLE -DSQLITE_OMIT_TRACE -DSQLITE_OMIT_UTF16 -DSQLITE_OMIT_INTROSPECTION_PRAGMAS -DSQLITE_OMIT_DESERIALIZE -DSQLITE_DEFAULT_MEMSTATUS=0"
 RUN_UID=65534
 RUN_GID=65534
 START=$SECONDS
@@ -57,15 +55,10 @@ if [[ "${NO_BUILD:-0}" != 1 ]]; then
     t=$SECONDS
     # --target must be explicit: without it RUSTFLAGS also reach proc-macros and
     # build scripts, which cannot be static (docs/OPERATIONS.md).
-    # LIBSQLITE3_FLAGS: libsqlite3-sys's bundled build enables SQLite extensions herald
-    # never uses (full-text search, R-tree, dbstat, JSON, STAT4, column metadata,
-    # soundex, extension loading); leaving them out, and the SQLite features herald
-    # does not call (deprecated, UTF-16 and shared-cache APIs, tracing, progress and
-    # authorizer callbacks, pragma table functions, ...), saves code.
+    # The SQLite options (LIBSQLITE3_FLAGS) are .cargo/config.toml's, as for every build.
     # crates/herald/build.rs adds `-z pack-relative-relocs` to the link of a +crt-static
     # build (0.5 MB less of relocations).
-    LIBSQLITE3_FLAGS="$SQLITE_FLAGS" \
-        RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
+    RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
         cargo build --locked --profile "$PROFILE" --target "$TARGET" -p herald --bin herald --no-default-features --features s3
     echo "    built in $((SECONDS - t))s"
 fi

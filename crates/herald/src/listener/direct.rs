@@ -269,9 +269,19 @@ impl Sink for DirectSink {
             }
             return (DeliverOutcome::Accepted, accepted);
         }
-        let parts: Vec<Bytes> = wanted.map(|e| e.encoded(self.framing).clone()).collect();
+        // One event, the usual batch, needs no vector: a publish to a topic with many
+        // subscribers would allocate one per subscriber.
+        let one: Option<Bytes>;
+        let many: Vec<Bytes>;
+        let parts: &[Bytes] = if events.len() == 1 {
+            one = wanted.map(|e| e.encoded(self.framing).clone()).next();
+            one.as_slice()
+        } else {
+            many = wanted.map(|e| e.encoded(self.framing).clone()).collect();
+            &many
+        };
         let accepted = parts.len();
-        let outcome = self.write_or_queue_all(&mut st, &parts);
+        let outcome = self.write_or_queue_all(&mut st, parts);
         let accepted = if outcome == DeliverOutcome::Accepted {
             accepted
         } else {
