@@ -25,6 +25,8 @@ pub(crate) mod redis;
 pub mod sqlite;
 pub(crate) mod writer_thread;
 
+pub use writer_thread::Appending;
+
 use async_trait::async_trait;
 
 use crate::model::Message;
@@ -225,13 +227,11 @@ pub trait Store: Send + Sync + 'static {
     /// message's JSON already encoded as `serde_json` writes a [`Message`]: a store
     /// that keeps that form uses these bytes instead of encoding the message again
     /// (the core encodes each published message once, `wire::full_json`).
-    async fn append_encoded(
-        &self,
-        message: SharedMessage,
-        json: bytes::Bytes,
-    ) -> Result<(), StoreError> {
+    fn append_encoded(&self, message: SharedMessage, json: bytes::Bytes) -> Appending<'_> {
         let _ = json;
-        self.append((*message).as_ref().clone()).await.map(drop)
+        Appending::Boxed(Box::pin(async move {
+            self.append((*message).as_ref().clone()).await.map(drop)
+        }))
     }
 
     /// Whether committing a message also delivers it to every node's subscribers, in

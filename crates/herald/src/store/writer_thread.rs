@@ -7,7 +7,8 @@
 //! hand-off to that thread is on every durable publish's path, so it is kept lean:
 //! - [`WriterThread::submit`] puts the operation straight into the bounded queue when
 //!   there is room (no send future, no clone of the sender), and waits only when the
-//!   queue is full;
+//!   queue is full; [`WriterThread::append`] does the same for a publish's append
+//!   without a future of its own ([`Appending`]);
 //! - the writer hands a committed batch's answers to one task on the runtime
 //!   ([`answer_task`]), whose wake-ups of the callers stay inside the runtime.
 
@@ -21,6 +22,65 @@ use super::StoreError;
 
 /// Where a writer operation's result goes.
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+/// What became of an operation handed to the writer's queue.
+enum HandedOver<T, Op> {
+    /// In the queue; its answer comes on the receiver.
+    Queued(oneshot::Receiver<Result<T, StoreError>>),
+    /// The store is closed.
+    Refused(StoreError),
+    /// The queue is full: the operation waits to be sent (with a clone of the sender).
+    Full(
+        mpsc::Sender<Op>,
+        Op,
+        oneshot::Receiver<Result<T, StoreError>>,
+    ),
+}
+
+/// The writer's answer. A dropped reply sender means the writer stopped (it
+/// panicked or exited).
+async fn answered<T>(answer: oneshot::Receiver<Result<T, StoreError>>) -> Result<T, StoreError> {
+    answer.await.map_err(|_| StoreError::Closed)?
+}
+
+/// An append handed to a store, finished when the store has committed it (or
+/// failed to): what [`Store::append_encoded`](super::Store::append_encoded) returns.
+///
+/// Not a boxed future as an `async fn` of the `Store` trait gives (`async_trait`): for
+/// an embedded store with room in its writer's queue the append is already handed
+/// over when this is made, and waiting for it is waiting on the answer's receiver,
+/// one allocation and its indirect calls fewer on every durable publish. Other
+/// stores, and a full queue, wait through a boxed future as before.
+pub enum Appending<'a> {
+    /// Queued for the writer; its answer is on its way.
+    Queued(oneshot::Receiver<Result<(), StoreError>>),
+    /// Answered at once (`None` once taken).
+    Done(Option<Result<(), StoreError>>),
+    /// Anything else.
+    Boxed(std::pin::Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'a>>),
+}
+
+impl Future for Appending<'_> {
+    type Output = Result<(), StoreError>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        use std::task::Poll;
+        match self.get_mut() {
+            Appending::Queued(answer) => match std::pin::Pin::new(answer).poll(cx) {
+                Poll::Ready(Ok(result)) => Poll::Ready(result),
+                Poll::Ready(Err(_)) => Poll::Ready(Err(StoreError::Closed)),
+                Poll::Pending => Poll::Pending,
+            },
+            Appending::Done(result) => {
+                Poll::Ready(result.take().unwrap_or(Err(StoreError::Closed)))
+            }
+            Appending::Boxed(future) => future.as_mut().poll(cx),
+        }
+    }
+}
 
 /// A store's writer thread: the sending side of its queue, its health and its
 /// handle. Closing it lets the thread finish what is queued and end.
@@ -64,23 +124,44 @@ impl<Op: Send + 'static> WriterThread<Op> {
         &self,
         make: impl FnOnce(Reply<T>) -> Op,
     ) -> Result<T, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        let full = {
-            let sender = lock(&self.sender);
-            let sender = sender.as_ref().ok_or(StoreError::Closed)?;
-            match sender.try_send(make(reply)) {
-                Ok(()) => None,
-                Err(TrySendError::Closed(_)) => return Err(StoreError::Closed),
-                // A clone, so that `close` is never kept waiting by a caller that
-                // waits for room.
-                Err(TrySendError::Full(op)) => Some((sender.clone(), op)),
+        match self.hand_over(make) {
+            HandedOver::Queued(answer) => answered(answer).await,
+            HandedOver::Refused(e) => Err(e),
+            HandedOver::Full(sender, op, answer) => {
+                sender.send(op).await.map_err(|_| StoreError::Closed)?;
+                answered(answer).await
             }
-        };
-        if let Some((sender, op)) = full {
-            sender.send(op).await.map_err(|_| StoreError::Closed)?;
         }
-        // A dropped reply sender means the writer stopped (it panicked or exited).
-        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// [`Self::submit`] for an append, as the [`Appending`] that
+    /// [`Store::append_encoded`](super::Store::append_encoded) returns: with room in
+    /// the queue, no future of its own, only the receiver of the answer.
+    pub(crate) fn append(&self, make: impl FnOnce(Reply<()>) -> Op) -> Appending<'static> {
+        match self.hand_over(make) {
+            HandedOver::Queued(answer) => Appending::Queued(answer),
+            HandedOver::Refused(e) => Appending::Done(Some(Err(e))),
+            HandedOver::Full(sender, op, answer) => Appending::Boxed(Box::pin(async move {
+                sender.send(op).await.map_err(|_| StoreError::Closed)?;
+                answered(answer).await
+            })),
+        }
+    }
+
+    /// Puts the operation `make` builds into the queue if it has room.
+    fn hand_over<T>(&self, make: impl FnOnce(Reply<T>) -> Op) -> HandedOver<T, Op> {
+        let (reply, answer) = oneshot::channel();
+        let sender = lock(&self.sender);
+        let Some(sender) = sender.as_ref() else {
+            return HandedOver::Refused(StoreError::Closed);
+        };
+        match sender.try_send(make(reply)) {
+            Ok(()) => HandedOver::Queued(answer),
+            Err(TrySendError::Closed(_)) => HandedOver::Refused(StoreError::Closed),
+            // A clone, so that `close` is never kept waiting by a caller that waits
+            // for room.
+            Err(TrySendError::Full(op)) => HandedOver::Full(sender.clone(), op, answer),
+        }
     }
 
     /// Whether [`Self::close`] has not been called.
@@ -179,6 +260,39 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `append` with room in the queue hands the operation over at once (the
+    /// receiver of its answer is all that is waited on); with the queue full it waits
+    /// for room as `submit` does; once closed it refuses at once.
+    #[tokio::test]
+    async fn append_hands_over_at_once_or_waits_for_room() {
+        let (go, wait) = std::sync::mpsc::channel::<()>();
+        let (seen, ops) = std::sync::mpsc::channel::<u32>();
+        let writer =
+            WriterThread::spawn(1, move |mut queue: mpsc::Receiver<(u32, Reply<()>)>, _| {
+                wait.recv().expect("go");
+                while let Some((n, reply)) = queue.blocking_recv() {
+                    seen.send(n).expect("test waits");
+                    reply.send(Ok(())).expect("caller waits");
+                }
+            })
+            .expect("spawn");
+        let first = writer.append(|reply| (1, reply));
+        assert!(matches!(first, Appending::Queued(_)), "room: handed over");
+        let second = writer.append(|reply| (2, reply));
+        assert!(
+            matches!(second, Appending::Boxed(_)),
+            "full: waits for room"
+        );
+        go.send(()).expect("writer waits");
+        first.await.expect("first answered");
+        second.await.expect("second answered");
+        assert_eq!(ops.try_iter().collect::<Vec<_>>(), [1, 2]);
+        assert!(writer.close().await);
+        let refused = writer.append(|reply| (3, reply));
+        assert!(matches!(refused, Appending::Done(_)));
+        assert!(matches!(refused.await, Err(StoreError::Closed)));
+    }
 
     /// A queue with room for one: the second submit waits for room; once closed,
     /// the queue refuses at once and the thread has ended.

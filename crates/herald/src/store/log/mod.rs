@@ -266,15 +266,13 @@ impl Store for LogStore {
         super::append_through_encoded(self, message).await
     }
 
-    async fn append_encoded(
+    fn append_encoded(
         &self,
         message: super::SharedMessage,
         json: bytes::Bytes,
-    ) -> Result<(), StoreError> {
+    ) -> super::Appending<'_> {
         let record = super::NewRow::new(message, json);
-        self.writer
-            .submit(|reply| Op::Append { record, reply })
-            .await
+        self.writer.append(|reply| Op::Append { record, reply })
     }
 
     async fn query(&self, query: Query) -> Result<Vec<Message>, StoreError> {

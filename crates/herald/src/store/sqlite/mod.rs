@@ -27,7 +27,7 @@ use async_trait::async_trait;
 use rusqlite::Connection;
 
 use super::writer_thread::WriterThread;
-use super::{CommitObserver, Cursor, Page, Query, Since, Store, StoreError, StoreStats};
+use super::{Appending, CommitObserver, Cursor, Page, Query, Since, Store, StoreError, StoreStats};
 use crate::model::Message;
 use read::{READ_CONNECTIONS, ReadPool, decode_rows, open_reader, run_page, run_query};
 use schema::migrate;
@@ -230,13 +230,9 @@ impl Store for SqliteStore {
         super::append_through_encoded(self, message).await
     }
 
-    async fn append_encoded(
-        &self,
-        message: super::SharedMessage,
-        json: bytes::Bytes,
-    ) -> Result<(), StoreError> {
+    fn append_encoded(&self, message: super::SharedMessage, json: bytes::Bytes) -> Appending<'_> {
         let row = super::NewRow::new(message, json);
-        self.writer.submit(|reply| Op::Append { row, reply }).await
+        self.writer.append(|reply| Op::Append { row, reply })
     }
 
     async fn query(&self, query: Query) -> Result<Vec<Message>, StoreError> {
