@@ -11,7 +11,7 @@
 //!   therefore share one commit, and a caller hears "ok" only once its row is
 //!   committed. `BEGIN`, `COMMIT` and the inserts are prepared once ([`Prepared`]). If the commit fails, every operation of the batch gets an error:
 //!   never a false success.
-//! - Appends that follow one another in a batch are inserted up to 16 rows per
+//! - Appends that follow one another in a batch are inserted up to 8 rows per
 //!   statement ([`insert_run`]): running a statement has a cost of its own (a cursor
 //!   on the table and each index, opened, positioned and closed), which one row per
 //!   statement paid for every publish.
@@ -449,10 +449,10 @@ impl ExpiryRanges {
 
 /// The most rows one statement inserts ([`insert_rows`]); a longer run of appends
 /// takes several. Not more: SQLite copies each bound text into memory of its own,
-/// from a small per-connection pool (lookaside) while it lasts, and from `malloc`
-/// (behind a mutex) after; 32 rows per statement used it up and cost ~1,500 more
-/// instructions a publish than 16 under callgrind, 4 to 16 were alike.
-const ROWS_PER_INSERT: usize = 16;
+/// from a small per-connection pool (lookaside: 30 slots big enough for a message's
+/// JSON) while it lasts, and from `malloc` after. Under callgrind 32 rows per
+/// statement cost ~1,500 more instructions a publish than 16, and 16 ~500 more than 8.
+const ROWS_PER_INSERT: usize = 8;
 /// The columns an insert binds per row.
 const INSERT_COLUMNS: usize = 8;
 
@@ -1095,7 +1095,7 @@ mod tests {
             .unwrap()
     }
 
-    /// 40 appends in one batch, a ping after the 20th: statements of 16, 4, 16 and 4
+    /// 40 appends in one batch, a ping after the 20th: statements of 8, 8, 4, 8, 8 and 4
     /// rows. Each row gets the key after the one before, and the expiry ranges cover
     /// exactly the keys of their rows (the first 16 expire at second 100, the rest at
     /// 200): a key computed one off would leave a row outside its range, never pruned.
