@@ -485,7 +485,7 @@ impl<'c> Prepared<'c> {
 /// Why one statement for many rows: each execution of a statement opens a cursor on
 /// the table and on each of its four indexes, positions, resets and closes them; for
 /// one row at a time that was about a tenth of a durable publish's instructions
-/// (callgrind, docs/BENCHMARKS.md "Many rows per insert (round 8)").
+/// (callgrind, docs/BENCHMARKS.md, "SQLite under 40,000 instructions (round 8)").
 ///
 /// Why `OR IGNORE`: a statement that writes several rows and may stop with an error
 /// halfway needs a statement journal, a copy of every page it changes, so that SQLite
