@@ -346,6 +346,14 @@ def test_dockerfile_matches_manifests() -> None:
     assert "+crt-static" in script and re.search(r'^PROFILE="\$\{STATIC_PROFILE:-dist\}"$', script, re.M)
     # Same code generation flags: the size budget is checked on the script's build.
     assert 'RUSTFLAGS="-C target-feature=+crt-static"' in text
-    sqlite_flags = re.search(r'^SQLITE_FLAGS="([^"]+)"$', script, re.M)
-    assert sqlite_flags, "build-static.sh must set SQLITE_FLAGS"
-    assert f'LIBSQLITE3_FLAGS="{sqlite_flags.group(1)}"' in text, "Dockerfile's SQLite flags differ"
+    # Same SQLite: .cargo/config.toml's LIBSQLITE3_FLAGS, for every build. Neither the
+    # script nor the Dockerfile sets its own, and the image's build context has the file.
+    config = (ROOT / ".cargo" / "config.toml").read_text()
+    sqlite_flags = re.search(r'^LIBSQLITE3_FLAGS = "([^"]+)"$', config, re.M)
+    assert sqlite_flags, ".cargo/config.toml must set LIBSQLITE3_FLAGS"
+    assert "-DSQLITE_DEFAULT_MEMSTATUS=0" in sqlite_flags.group(1).split()
+    assert "LIBSQLITE3_FLAGS=" not in script, "build-static.sh must not replace the config's flags"
+    assert "LIBSQLITE3_FLAGS=" not in text, "the Dockerfile must not replace the config's flags"
+    assert re.search(r"^COPY \.cargo \./\.cargo\s*$", text, re.M), "the Dockerfile must copy .cargo/"
+    dockerignore = (ROOT / ".dockerignore").read_text().split()
+    assert "!.cargo/" in dockerignore, ".dockerignore must let .cargo/ into the build context"
