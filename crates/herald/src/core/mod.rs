@@ -268,14 +268,17 @@ impl Herald {
     /// delivery: its encodings (`SharedEvent::encoded`) are the subscribers', so the
     /// answer to the publisher reuses them.
     ///
-    /// A cached event is committed first; a scheduled one is only stored and goes out
-    /// when due; an uncached one (`Cache: no`) goes straight to the subscribers.
-    /// Returns after the event is durable (if cached) and handed to the broker.
+    /// A cached event is committed first; a scheduled one (its `time` after `now`, the
+    /// unix second the caller read once for the event's time too) is only stored and
+    /// goes out when due; an uncached one (`Cache: no`) goes straight to the
+    /// subscribers. Returns after the event is durable (if cached) and handed to the
+    /// broker.
     async fn publish_event(
         self: &Arc<Self>,
         mut message: Message,
+        now: i64,
     ) -> Result<Arc<SharedEvent>, PublishError> {
-        let scheduled = message.time > now_unix();
+        let scheduled = message.time > now;
         // Scheduled messages take a ticket too (they skip the hand-off wait): their IDs
         // then follow commit order like every stored message, which the webhook feed
         // (`committed_after`) relies on. A store whose commit is the delivery (Redis)
@@ -342,7 +345,9 @@ impl Herald {
         // and the answer alike (`wire::MessageEncodings`).
         if stored {
             let json = event.encoded(crate::wire::Framing::WsText).clone();
-            self.store.append_encoded(event.clone(), json).await?;
+            self.store
+                .append_encoded(event.clone(), json, scheduled)
+                .await?;
         }
         self.published.fetch_add(1, Ordering::Relaxed);
         if scheduled {
@@ -932,7 +937,7 @@ mod tests {
                 let mut acked = Vec::new();
                 for i in 0..25 {
                     let m = herald
-                        .publish_event(cached("t", format!("{p}-{i}")))
+                        .publish_event(cached("t", format!("{p}-{i}")), now_unix())
                         .await
                         .unwrap();
                     let m = &m.message;
@@ -1076,7 +1081,15 @@ mod tests {
                     if i % 3 == 0 {
                         m.time += 3600; // scheduled
                     }
-                    acked.push(herald.publish_event(m).await.unwrap().message.id.clone());
+                    acked.push(
+                        herald
+                            .publish_event(m, now_unix())
+                            .await
+                            .unwrap()
+                            .message
+                            .id
+                            .clone(),
+                    );
                 }
                 acked
             }));

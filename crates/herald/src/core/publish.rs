@@ -156,6 +156,8 @@ impl Herald {
         request: PublishRequest,
     ) -> Result<Arc<SharedEvent>, PublishError> {
         let cache_secs = i64::try_from(self.config.cache_duration.as_secs()).unwrap_or(i64::MAX);
+        // One clock read: the event's time and whether it is scheduled.
+        let now = crate::model::now_unix();
         let mut email = None;
         let (message, replaces_scheduled) = match request.kind {
             PublishKind::Message(mut draft) => {
@@ -170,7 +172,7 @@ impl Herald {
                         return Err(PublishError::DelayedEmail);
                     }
                 }
-                (draft.into_message(request.topic, cache_secs), replaces)
+                (draft.into_message(request.topic, cache_secs, now), replaces)
             }
             PublishKind::Delete { sequence_id } => (
                 sequence_event(
@@ -178,6 +180,7 @@ impl Herald {
                     request.topic,
                     sequence_id,
                     cache_secs,
+                    now,
                 ),
                 true,
             ),
@@ -187,6 +190,7 @@ impl Herald {
                     request.topic,
                     sequence_id,
                     cache_secs,
+                    now,
                 ),
                 false,
             ),
@@ -196,7 +200,7 @@ impl Herald {
                 .cancel_scheduled(&message.topic, sequence_id)
                 .await?;
         }
-        let event = self.publish_event(message).await?;
+        let event = self.publish_event(message, now).await?;
         if let (Some(email), Some(outbox)) = (email, self.outbox.get().cloned()) {
             // Spawned, like the commit: once committed, the mail is queued even if
             // the client goes away meanwhile; the publish is answered after that.
@@ -219,11 +223,11 @@ impl Herald {
 }
 
 impl MessageDraft {
-    /// The message this draft publishes on `topic`, with `cache-duration` of
-    /// `cache_secs`.
-    fn into_message(self, topic: String, cache_secs: i64) -> Message {
+    /// The message this draft publishes on `topic` at `now` (unix seconds), with
+    /// `cache-duration` of `cache_secs`.
+    fn into_message(self, topic: String, cache_secs: i64, now: i64) -> Message {
         // No ID yet: `publish_event` gives it one, in order.
-        let mut m = Message::without_id(EventKind::Message, topic);
+        let mut m = Message::without_id(EventKind::Message, topic, now);
         if let Some(due) = self.due {
             m.time = due;
         }
@@ -272,8 +276,14 @@ impl MessageDraft {
 
 /// A sequence's `message_delete` or `message_clear` event, kept in the history like
 /// a message (so that clients catching up see it) unless caching is off.
-fn sequence_event(kind: EventKind, topic: String, sequence_id: String, cache_secs: i64) -> Message {
-    let mut m = Message::without_id(kind, topic);
+fn sequence_event(
+    kind: EventKind,
+    topic: String,
+    sequence_id: String,
+    cache_secs: i64,
+    now: i64,
+) -> Message {
+    let mut m = Message::without_id(kind, topic, now);
     m.sequence_id = Some(sequence_id);
     if cache_secs > 0 {
         m.expires = Some(m.time.saturating_add(cache_secs));
@@ -291,21 +301,26 @@ mod tests {
 
     #[test]
     fn expiry_follows_cache_duration_and_cache_flag() {
-        let m = draft().into_message("t".into(), 3600);
+        let m = draft().into_message("t".into(), 3600, crate::model::now_unix());
         assert_eq!(m.expires, Some(m.time + 3600));
         let m = MessageDraft {
             cache: false,
             ..draft()
         }
-        .into_message("t".into(), 3600);
+        .into_message("t".into(), 3600, crate::model::now_unix());
         assert_eq!(m.expires, None);
         // cache-duration 0: not stored, unless scheduled (it must wait somewhere).
-        assert_eq!(draft().into_message("t".into(), 0).expires, None);
+        assert_eq!(
+            draft()
+                .into_message("t".into(), 0, crate::model::now_unix())
+                .expires,
+            None
+        );
         let m = MessageDraft {
             due: Some(4_000_000_000),
             ..draft()
         }
-        .into_message("t".into(), 0);
+        .into_message("t".into(), 0, crate::model::now_unix());
         assert_eq!((m.time, m.expires), (4_000_000_000, Some(4_000_000_000)));
     }
 
@@ -316,7 +331,7 @@ mod tests {
             text: POLL_REQUEST_MESSAGE.into(),
             ..draft()
         }
-        .into_message("t".into(), 3600);
+        .into_message("t".into(), 3600, crate::model::now_unix());
         assert_eq!(m.event, EventKind::PollRequest);
         assert_eq!(m.poll_id, "p1");
         assert_eq!(m.expires, None);
@@ -324,7 +339,7 @@ mod tests {
 
     #[test]
     fn sequence_defaults_to_own_id_and_text_to_ntfy_defaults() {
-        let m = draft().into_message("t".into(), 0);
+        let m = draft().into_message("t".into(), 0, crate::model::now_unix());
         assert_eq!(m.sequence_id.as_deref(), Some(m.id.as_str()));
         assert_eq!(m.message, EMPTY_MESSAGE);
         let m = MessageDraft {
@@ -337,7 +352,7 @@ mod tests {
             }),
             ..draft()
         }
-        .into_message("t".into(), 0);
+        .into_message("t".into(), 0, crate::model::now_unix());
         assert_eq!((m.message.as_str(), m.title.as_str()), ("ab", "t"));
         assert_eq!(m.sequence_id.as_deref(), Some("s"));
         let m = MessageDraft {
@@ -347,7 +362,7 @@ mod tests {
             }),
             ..draft()
         }
-        .into_message("t".into(), 0);
+        .into_message("t".into(), 0, crate::model::now_unix());
         assert_eq!(m.message, "You received a file: f.jpg");
     }
 
@@ -355,7 +370,12 @@ mod tests {
     /// sequence named after the message follows it.
     #[tokio::test]
     async fn a_published_message_gets_one_id_and_its_sequence_follows_it() {
-        assert_eq!(draft().into_message("t".into(), 3600).id, "");
+        assert_eq!(
+            draft()
+                .into_message("t".into(), 3600, crate::model::now_unix())
+                .id,
+            ""
+        );
         let dir = tempfile::tempdir().unwrap();
         let herald = crate::core::tests::herald(&dir);
         for cache in [true, false] {

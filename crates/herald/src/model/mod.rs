@@ -147,18 +147,20 @@ impl Message {
     pub fn new(kind: EventKind, topic: impl Into<String>) -> Self {
         Message {
             id: MessageId::generate().into_string(),
-            ..Self::without_id(kind, topic)
+            ..Self::without_id(kind, topic, now_unix())
         }
     }
 
-    /// [`Self::new`] with an empty ID: for a publish, which the core gives its ID
-    /// in order (`Herald::publish_event`), so that no ID is generated to be thrown
-    /// away. A `sequence_id` equal to the (empty) ID follows the ID given.
-    pub(crate) fn without_id(kind: EventKind, topic: impl Into<String>) -> Self {
+    /// [`Self::new`] with an empty ID and the `time` (unix seconds) given: for a
+    /// publish, which the core gives its ID in order (`Herald::publish_event`), so
+    /// that no ID is generated to be thrown away, and its time from the clock read
+    /// that also decides whether it is scheduled. A `sequence_id` equal to the
+    /// (empty) ID follows the ID given.
+    pub(crate) fn without_id(kind: EventKind, topic: impl Into<String>, time: i64) -> Self {
         Message {
             id: String::new(),
             sequence_id: None,
-            time: now_unix(),
+            time,
             expires: None,
             event: kind,
             topic: topic.into(),

@@ -98,18 +98,17 @@ pub type SharedMessage = std::sync::Arc<dyn AsRef<Message> + Send + Sync>;
 /// A message about to be stored by an embedded store, and its JSON.
 pub(crate) struct NewRow {
     message: SharedMessage,
-    /// `false`: scheduled (its `time` was still ahead when it was handed over).
+    /// `false`: scheduled (the caller found its `time` still ahead).
     pub(crate) published: bool,
     /// The message as `serde_json` writes it (UTF-8).
     pub(crate) json: bytes::Bytes,
 }
 
 impl NewRow {
-    pub(crate) fn new(message: SharedMessage, json: bytes::Bytes) -> NewRow {
-        let published = (*message).as_ref().time <= crate::model::now_unix();
+    pub(crate) fn new(message: SharedMessage, json: bytes::Bytes, scheduled: bool) -> NewRow {
         NewRow {
             message,
-            published,
+            published: !scheduled,
             json,
         }
     }
@@ -150,8 +149,11 @@ pub(crate) async fn append_through_encoded(
     message: Message,
 ) -> Result<Message, StoreError> {
     let json = encode(&message)?;
+    let scheduled = message.time > crate::model::now_unix();
     let message = std::sync::Arc::new(message);
-    store.append_encoded(message.clone(), json).await?;
+    store
+        .append_encoded(message.clone(), json, scheduled)
+        .await?;
     // The writer lets go of its clone before it answers.
     Ok(std::sync::Arc::try_unwrap(message).unwrap_or_else(|shared| (*shared).clone()))
 }
@@ -227,8 +229,16 @@ pub trait Store: Send + Sync + 'static {
     /// message's JSON already encoded as `serde_json` writes a [`Message`]: a store
     /// that keeps that form uses these bytes instead of encoding the message again
     /// (the core encodes each published message once, `wire::full_json`).
-    fn append_encoded(&self, message: SharedMessage, json: bytes::Bytes) -> Appending<'_> {
-        let _ = json;
+    /// `scheduled` is the caller's word on whether the message waits for its `time`
+    /// (the core decided it once, by the clock, and delivers accordingly), so the
+    /// store neither reads the clock again nor can it disagree.
+    fn append_encoded(
+        &self,
+        message: SharedMessage,
+        json: bytes::Bytes,
+        scheduled: bool,
+    ) -> Appending<'_> {
+        let _ = (json, scheduled);
         Appending::Boxed(Box::pin(async move {
             self.append((*message).as_ref().clone()).await.map(drop)
         }))

@@ -270,8 +270,9 @@ impl Store for LogStore {
         &self,
         message: super::SharedMessage,
         json: bytes::Bytes,
+        scheduled: bool,
     ) -> super::Appending<'_> {
-        let record = super::NewRow::new(message, json);
+        let record = super::NewRow::new(message, json, scheduled);
         self.writer.append(|reply| Op::Append { record, reply })
     }
 

@@ -284,7 +284,11 @@ async fn paging_skips_a_damaged_message_and_refuses_foreign_cursors() {
     bad.id = crate::model::MessageId::generate().into_string();
     // JSON that does not decode as a message, in an intact record.
     store
-        .append_encoded(Arc::new(bad), bytes::Bytes::from_static(b"{not json"))
+        .append_encoded(
+            Arc::new(bad),
+            bytes::Bytes::from_static(b"{not json"),
+            false,
+        )
         .await
         .unwrap();
     let good = msg("t", now - 1);

@@ -230,8 +230,13 @@ impl Store for SqliteStore {
         super::append_through_encoded(self, message).await
     }
 
-    fn append_encoded(&self, message: super::SharedMessage, json: bytes::Bytes) -> Appending<'_> {
-        let row = super::NewRow::new(message, json);
+    fn append_encoded(
+        &self,
+        message: super::SharedMessage,
+        json: bytes::Bytes,
+        scheduled: bool,
+    ) -> Appending<'_> {
+        let row = super::NewRow::new(message, json, scheduled);
         self.writer.append(|reply| Op::Append { row, reply })
     }
 

@@ -1027,7 +1027,7 @@ mod tests {
         message.id = id.into();
         message.time = 1;
         message.expires = None;
-        NewRow::new(Arc::new(message), bytes::Bytes::from_static(b"{}"))
+        NewRow::new(Arc::new(message), bytes::Bytes::from_static(b"{}"), false)
     }
 
     /// A row of topic `t` with `id`, expiring at `expires`, whose JSON is `json`.
@@ -1039,6 +1039,7 @@ mod tests {
         NewRow::new(
             Arc::new(message),
             bytes::Bytes::from_static(json.as_bytes()),
+            false,
         )
     }
 
