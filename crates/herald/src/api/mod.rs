@@ -162,10 +162,7 @@ pub(crate) async fn admit(
     let admission = if state.limits.is_shared() {
         state.limits.admit_any(&visitor, charge).await
     } else {
-        state
-            .limits
-            .admit(&visitor, charge)
-            .map(|()| limits::Admission::Local)
+        state.limits.admit(&visitor, charge)
     };
     // Refused by a visitor limit: no route runs.
     match admission {

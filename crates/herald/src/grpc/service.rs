@@ -122,7 +122,7 @@ impl HeraldService {
         let admission = if limits.is_shared() {
             limits.admit_any(visitor, charge).await
         } else {
-            limits.admit(visitor, charge).map(|()| Admission::Local)
+            limits.admit(visitor, charge)
         };
         admission.map_err(|r| self.refusal(r, visitor))
     }

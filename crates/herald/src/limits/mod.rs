@@ -357,8 +357,12 @@ impl From<Limit> for Refusal {
 /// Who counted an admitted publish's message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
-    /// This node's registry: count the message if the publish succeeds.
-    Local,
+    /// Nothing was charged (an exempt visitor, a free request): nothing to settle.
+    Uncharged,
+    /// This node's registry, at the instant given: count the message if the publish
+    /// succeeds, as of that instant (its day, the visitor's last sighting), so the
+    /// publish reads the clock once for both.
+    Local(Instant),
     /// The shared limits, up front: give it back if the publish fails.
     Shared,
 }
@@ -455,8 +459,7 @@ impl Limits {
                 return shared_verdict(verdict).map(|()| Admission::Shared);
             }
         }
-        self.admit(visitor, charge)?;
-        Ok(Admission::Local)
+        self.admit(visitor, charge)
     }
 
     /// Cluster mode: an open-subscription slot and `new_topics` topic-creation
@@ -486,7 +489,7 @@ impl Limits {
     /// they counted it and it failed.
     pub async fn settle_message(&self, visitor: &Visitor, admission: Admission, success: bool) {
         match (admission, success) {
-            (Admission::Local, true) => self.count_message(visitor),
+            (Admission::Local(at), true) => self.count_message(visitor, at),
             (Admission::Shared, false) => {
                 if let Some(shared) = &self.shared {
                     let _ = shared.refund_message(&visitor_name(&visitor.key)).await;
@@ -555,9 +558,9 @@ impl Limits {
     /// Charges a request to `visitor`: a request token, and for a publish the daily
     /// message limit (checked here, counted by [`Limits::count_message`] once the
     /// publish succeeded). Refusals are ntfy's `42901` and `42908`.
-    pub fn admit(&self, visitor: &Visitor, charge: Charge) -> Result<(), Refusal> {
+    pub fn admit(&self, visitor: &Visitor, charge: Charge) -> Result<Admission, Refusal> {
         if visitor.exempt || charge == Charge::Free {
-            return Ok(());
+            return Ok(Admission::Uncharged);
         }
         let now = Instant::now();
         let today = self.clock.day(now);
@@ -569,7 +572,7 @@ impl Limits {
             if charge == Charge::Publish && state.messages.get(today) >= self.daily_messages {
                 return Err(Limit::Messages.into());
             }
-            Ok(())
+            Ok(Admission::Local(now))
         })
     }
 
@@ -644,12 +647,12 @@ impl Limits {
         })
     }
 
-    /// Counts a successful publish against the visitor's daily message limit.
-    pub fn count_message(&self, visitor: &Visitor) {
+    /// Counts a successful publish, admitted at `now`, against the visitor's daily
+    /// message limit.
+    pub fn count_message(&self, visitor: &Visitor, now: Instant) {
         if visitor.exempt {
             return;
         }
-        let now = Instant::now();
         let today = self.clock.day(now);
         self.with_state_at(visitor, now, |state, _| state.messages.increment(today));
     }

@@ -78,8 +78,8 @@ async fn exempt_hosts_skip_every_limit() {
         let v = l.visitor(ip(addr), None);
         assert!(v.exempt, "{addr}");
         for _ in 0..10 {
-            l.admit(&v, Charge::Publish).unwrap();
-            l.count_message(&v);
+            let admitted = l.admit(&v, Charge::Publish).unwrap();
+            l.settle_message(&v, admitted, true).await;
             l.admit_subscription(&v, 5).unwrap();
             l.admit_new_topics(&v, 5).unwrap();
         }
@@ -96,8 +96,8 @@ async fn daily_messages_reset_at_midnight() {
     });
     let v = l.visitor(ip("1.2.3.4"), None);
     for _ in 0..3 {
-        l.admit(&v, Charge::Publish).unwrap();
-        l.count_message(&v);
+        let admitted = l.admit(&v, Charge::Publish).unwrap();
+        l.settle_message(&v, admitted, true).await;
     }
     assert_eq!(l.messages_today(&v), 3);
     let err = l.admit(&v, Charge::Publish).unwrap_err();
