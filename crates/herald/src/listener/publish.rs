@@ -175,21 +175,20 @@ impl Listener {
             };
             let answered = self.answer(&mut conn, &headers, peer, request).await;
             headers.clear();
-            let keep_alive = match answered {
-                Ok(keep_alive) => keep_alive,
-                Err(_) => return (conn.stream, Outcome::Closed),
+            let done = match answered {
+                Ok(Some(done)) => done,
+                Ok(None) | Err(_) => return (conn.stream, Outcome::Closed),
             };
             // Nothing points into the head any more: the buffer's space it took can be
             // reused for the next one instead of a new allocation.
             drop(head);
-            if !keep_alive {
-                return (conn.stream, Outcome::Closed);
-            }
-            // The next head within `header-read-timeout`, as hyper bounds it. One
-            // timer serves the connection's life: armed for the first wait, it is
-            // moved to the current wait's deadline only when it fires early, so a
-            // busy connection does not register and cancel a timer per request.
-            let deadline = Instant::now() + limits.header_read_timeout;
+            // The next head within `header-read-timeout`, as hyper bounds it, counted
+            // from when the answer was ready (a client that leaves its answer unread
+            // spends its own time). One timer serves the connection's life: armed for
+            // the first wait, it is moved to the current wait's deadline only when it
+            // fires early, so a busy connection does not register and cancel a timer
+            // per request.
+            let deadline = done + limits.header_read_timeout;
             let timer =
                 idle_timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
             let next = loop {
@@ -362,14 +361,15 @@ impl Listener {
         }
     }
 
-    /// Answers one plain publish; `Ok(true)` when the connection stays open.
+    /// Answers one plain publish; `Ok(Some(done))` when the connection stays open,
+    /// `done` the instant it became ready for the next request.
     async fn answer(
         &self,
         conn: &mut Conn,
         headers: &HeaderMap,
         peer: std::net::SocketAddr,
         request: PlainPublish,
-    ) -> std::io::Result<bool> {
+    ) -> std::io::Result<Option<Instant>> {
         let state = &self.state;
         let start = std::time::Instant::now();
         // The body's deadline runs from the head's arrival, as the API's (`TimedBody`).
@@ -428,9 +428,15 @@ impl Listener {
                 .http_series(Route::Publish, &request.method, status);
             conn.series = Some((request.method.clone(), status, series));
         }
-        if let Some((_, _, series)) = &conn.series {
-            finish_direct_publish(series, &request.method, path, status, start);
-        }
+        // The instant the answer is recorded at also dates it and starts the wait
+        // for the next head: one clock read for the three.
+        let answered_at = match &conn.series {
+            Some((_, _, series)) => {
+                finish_direct_publish(series, &request.method, path, status, start)
+            }
+            None => std::time::Instant::now(),
+        };
+        let answered_at = Instant::from_std(answered_at);
         state.metrics.direct_publishes.inc();
         let keep_alive = request.keep_alive && !timed_out && !self.shutdown.is_cancelled();
         let mut out = std::mem::take(&mut conn.out);
@@ -438,7 +444,13 @@ impl Listener {
         match answer {
             Answer::Published(published) => {
                 out.reserve(256 + published.line.len());
-                encode_published(&published, request.http10, keep_alive, &mut out);
+                encode_published(
+                    &published,
+                    request.http10,
+                    keep_alive,
+                    answered_at,
+                    &mut out,
+                );
             }
             Answer::Other(mut parts, body) => {
                 out.reserve(256 + body.len());
@@ -448,6 +460,7 @@ impl Listener {
                     request.http10,
                     keep_alive,
                     timed_out,
+                    answered_at,
                     &mut out,
                 );
             }
@@ -456,17 +469,18 @@ impl Listener {
         conn.out = out;
         written?;
         if !keep_alive {
-            return Ok(false);
+            return Ok(None);
         }
         if !body_read {
             // Answered before the body was read (refused): it is read and dropped,
             // so the next request starts where it should.
             let len = request.content_length;
             if conn.read_body(len, deadline).await.is_err() {
-                return Ok(false);
+                return Ok(None);
             }
+            return Ok(Some(Instant::now()));
         }
-        Ok(true)
+        Ok(Some(answered_at))
     }
 }
 
@@ -599,6 +613,7 @@ fn encode_response(
     http10: bool,
     keep_alive: bool,
     timed_out: bool,
+    at: Instant,
     out: &mut Vec<u8>,
 ) {
     use axum::http::header::DATE;
@@ -617,7 +632,7 @@ fn encode_response(
         if timed_out {
             headers.insert(CONNECTION, HeaderValue::from_static("close"));
         }
-        encode_general(parts, body, http10, keep_alive, out);
+        encode_general(parts, body, http10, keep_alive, at, out);
         return;
     }
     status_line(parts.status, http10, out);
@@ -628,13 +643,20 @@ fn encode_response(
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    finish_head(body, http10, keep_alive, timed_out, out);
+    finish_head(body, http10, keep_alive, timed_out, at, out);
 }
 
 /// The headers hyper and the router add after a handler's (`content-length`,
-/// `connection` when it is not the version's default, `date`), the head's end and
-/// the body.
-fn finish_head(body: &[u8], http10: bool, keep_alive: bool, timed_out: bool, out: &mut Vec<u8>) {
+/// `connection` when it is not the version's default, `date`: the second of `at`),
+/// the head's end and the body.
+fn finish_head(
+    body: &[u8],
+    http10: bool,
+    keep_alive: bool,
+    timed_out: bool,
+    at: Instant,
+    out: &mut Vec<u8>,
+) {
     out.extend_from_slice(b"content-length: ");
     out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
     out.extend_from_slice(b"\r\n");
@@ -644,7 +666,7 @@ fn finish_head(body: &[u8], http10: bool, keep_alive: bool, timed_out: bool, out
         out.extend_from_slice(b"connection: keep-alive\r\n");
     }
     out.extend_from_slice(b"date: ");
-    http_date(out);
+    http_date(at, out);
     out.extend_from_slice(b"\r\n\r\n");
     out.extend_from_slice(body);
 }
@@ -669,7 +691,13 @@ impl Answer {
 /// A successful publish's answer, laid out as [`encode_response`] lays out the
 /// API's `Response` for it (`Published::into_response` with the CORS header): the
 /// same bytes, without building that response and taking it apart again.
-fn encode_published(published: &Published, http10: bool, keep_alive: bool, out: &mut Vec<u8>) {
+fn encode_published(
+    published: &Published,
+    http10: bool,
+    keep_alive: bool,
+    at: Instant,
+    out: &mut Vec<u8>,
+) {
     status_line(StatusCode::OK, http10, out);
     out.extend_from_slice(b"content-type: application/json\r\n");
     if published.replayed {
@@ -680,7 +708,7 @@ fn encode_published(published: &Published, http10: bool, keep_alive: bool, out: 
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"access-control-allow-origin: *\r\n");
-    finish_head(&published.line, http10, keep_alive, false, out);
+    finish_head(&published.line, http10, keep_alive, false, at, out);
 }
 
 /// `HTTP/1.x <code> <reason>`, as hyper writes it.
@@ -707,6 +735,7 @@ fn encode_general(
     body: &[u8],
     http10: bool,
     keep_alive: bool,
+    at: Instant,
     out: &mut Vec<u8>,
 ) {
     let headers = &mut parts.headers;
@@ -758,30 +787,37 @@ fn encode_general(
     }
     if !wrote_date {
         out.extend_from_slice(b"date: ");
-        http_date(out);
+        http_date(at, out);
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body);
 }
 
-/// Appends the current time as an HTTP date (RFC 9110 §5.6.7), formatted once per
-/// second per thread, as hyper caches it.
-fn http_date(out: &mut Vec<u8>) {
-    use std::cell::RefCell;
+thread_local! {
+    /// [`http_date`]'s date and the instant its second ends (`None`: nothing yet).
+    static DATE: std::cell::RefCell<(Option<Instant>, String)> =
+        const { std::cell::RefCell::new((None, String::new())) };
+}
+
+/// Appends the time of `at` as an HTTP date (RFC 9110 §5.6.7), formatted once per
+/// second per thread, as hyper caches it. The answer's instant, already read for its
+/// duration, tells whether the cached second is still current: the wall clock is
+/// read only when it is not, so a steady stream of answers reads it once a second.
+fn http_date(at: Instant, out: &mut Vec<u8>) {
     use std::time::SystemTime;
-    thread_local! {
-        static CACHED: RefCell<(u64, String)> = const { RefCell::new((0, String::new())) };
-    }
-    let now = SystemTime::now();
-    let secs = now
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_secs();
-    CACHED.with(|cached| {
+    DATE.with(|cached| {
         let mut cached = cached.borrow_mut();
-        if cached.0 != secs || cached.1.is_empty() {
-            *cached = (secs, httpdate::fmt_http_date(now));
+        if cached.0.is_none_or(|ends| at >= ends) {
+            let now = SystemTime::now();
+            let into_second = now
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or(Duration::ZERO)
+                .subsec_nanos();
+            // `at` came before `now`, so this end is at or before the second's real
+            // end: the date is formatted again a little early, never late.
+            let left = Duration::from_secs(1) - Duration::from_nanos(u64::from(into_second));
+            *cached = (Some(at + left), httpdate::fmt_http_date(now));
         }
         out.extend_from_slice(cached.1.as_bytes());
     });
@@ -832,7 +868,15 @@ mod tests {
             panic!("a valid response");
         };
         let mut out = Vec::new();
-        encode_response(&mut parts, b"{}\n", false, false, false, &mut out);
+        encode_response(
+            &mut parts,
+            b"{}\n",
+            false,
+            false,
+            false,
+            Instant::now(),
+            &mut out,
+        );
         let text = String::from_utf8_lossy(&out);
         assert!(
             text.starts_with(
@@ -868,6 +912,7 @@ mod tests {
         http10: bool,
         keep_alive: bool,
         timed_out: bool,
+        at: Instant,
     ) -> Vec<u8> {
         if !parts.headers.contains_key(CONTENT_LENGTH) {
             parts
@@ -880,12 +925,13 @@ mod tests {
                 .insert(CONNECTION, HeaderValue::from_static("close"));
         }
         let mut out = Vec::new();
-        encode_general(&mut parts, body, http10, keep_alive, &mut out);
+        encode_general(&mut parts, body, http10, keep_alive, at, &mut out);
         out
     }
 
     #[test]
     fn the_fast_layout_is_the_general_one() {
+        let at = Instant::now();
         let extras: [&[(&str, &str)]; 5] = [
             &[],
             &[("retry-after", "3")],
@@ -904,11 +950,17 @@ mod tests {
                         let timed_out = status == StatusCode::REQUEST_TIMEOUT;
                         let keep_alive = keep_alive && !timed_out;
                         let body = b"{\"id\":\"x\"}\n";
-                        let want =
-                            general(parts(status, extra), body, http10, keep_alive, timed_out);
+                        let want = general(
+                            parts(status, extra),
+                            body,
+                            http10,
+                            keep_alive,
+                            timed_out,
+                            at,
+                        );
                         let mut got = Vec::new();
                         let mut p = parts(status, extra);
-                        encode_response(&mut p, body, http10, keep_alive, timed_out, &mut got);
+                        encode_response(&mut p, body, http10, keep_alive, timed_out, at, &mut got);
                         assert_eq!(
                             String::from_utf8_lossy(&got),
                             String::from_utf8_lossy(&want),
@@ -920,10 +972,31 @@ mod tests {
         }
     }
 
+    /// The date is formatted again once the instant of its second's end has come,
+    /// and not before.
+    #[test]
+    fn the_date_is_kept_until_its_second_ends() {
+        let at = Instant::now();
+        DATE.with(|d| *d.borrow_mut() = (Some(at + Duration::from_secs(1)), "kept".into()));
+        let mut out = Vec::new();
+        http_date(at + Duration::from_millis(999), &mut out);
+        assert_eq!(out, b"kept");
+        out.clear();
+        http_date(at + Duration::from_secs(1), &mut out);
+        let fresh = String::from_utf8(out).unwrap();
+        assert!(fresh.ends_with(" GMT"), "{fresh}");
+        let (ends, kept) = DATE.with(|d| d.borrow().clone());
+        assert_eq!(kept, fresh);
+        // Ends within a second of the answer it was formatted for.
+        let ends = ends.unwrap();
+        assert!(ends > at + Duration::from_secs(1) && ends <= at + Duration::from_secs(2));
+    }
+
     /// A successful publish written from its `Published` is byte for byte what the
     /// API's response for it (CORS header added, as `conclude` does) is laid out as.
     #[tokio::test]
     async fn a_published_answer_is_laid_out_as_its_response() {
+        let at = Instant::now();
         for replayed in [false, true] {
             for http10 in [false, true] {
                 for keep_alive in [false, true] {
@@ -935,9 +1008,9 @@ mod tests {
                     let (mut parts, body) = response.into_parts();
                     let body = body_bytes(body).await;
                     let mut want = Vec::new();
-                    encode_response(&mut parts, &body, http10, keep_alive, false, &mut want);
+                    encode_response(&mut parts, &body, http10, keep_alive, false, at, &mut want);
                     let mut got = Vec::new();
-                    encode_published(&published(), http10, keep_alive, &mut got);
+                    encode_published(&published(), http10, keep_alive, at, &mut got);
                     assert_eq!(
                         String::from_utf8_lossy(&got),
                         String::from_utf8_lossy(&want),
