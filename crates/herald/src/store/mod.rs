@@ -137,6 +137,14 @@ impl NewRow {
         self.message().sequence_id.as_deref()
     }
 
+    /// The sequence ID kept beside the row (SQLite's `sequence_id` column, a log
+    /// record's field): none when the sequence is the message's own ID, as it is for
+    /// most. Their readers take none so (a cancel matches the ID), and a publish then
+    /// stores one copy of its ID fewer. The message's JSON keeps it either way.
+    pub(crate) fn stored_sequence_id(&self) -> Option<&str> {
+        self.sequence_id().filter(|&sequence| sequence != self.id())
+    }
+
     pub(crate) fn event(&self) -> &'static str {
         self.message().event.as_str()
     }

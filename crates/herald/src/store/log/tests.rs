@@ -61,6 +61,8 @@ async fn answers_as_the_sqlite_store_does_through_random_operations() {
     let mut sweep_clock = expiry_base;
     let topics = ["a", "b", "c"];
     let mut markers = Vec::new();
+    let mut own_sequences = Vec::new();
+    let mut own_cancels = 0;
     for step in 0..400 {
         match rng.u32(0..100) {
             0..70 => {
@@ -79,6 +81,13 @@ async fn answers_as_the_sqlite_store_does_through_random_operations() {
                 };
                 if rng.bool() {
                     m.sequence_id = Some(format!("s{}", rng.u32(0..4)));
+                } else if step % 2 == 0 {
+                    // As the core gives a publish without one: its own ID, named.
+                    // (Chosen by the step, so that the random draws stay as they were.)
+                    m.sequence_id = Some(m.id.clone());
+                }
+                if scheduled {
+                    own_sequences.push((topic, m.id.clone()));
                 }
                 if rng.u32(0..10) == 0 {
                     markers.push(m.id.clone());
@@ -87,13 +96,20 @@ async fn answers_as_the_sqlite_store_does_through_random_operations() {
                 log.append(m).await.unwrap();
             }
             70..80 => {
-                let topic = topics[rng.usize(0..topics.len())];
-                let sequence = format!("s{}", rng.u32(0..4));
+                let mut topic = topics[rng.usize(0..topics.len())];
+                let mut sequence = format!("s{}", rng.u32(0..4));
+                // Every other time, a scheduled message's own ID.
+                let own = step % 2 == 1 && !own_sequences.is_empty();
+                if own {
+                    (topic, sequence) = own_sequences[step % own_sequences.len()].clone();
+                }
+                let cancelled = sqlite.cancel_scheduled(topic, &sequence).await.unwrap();
                 assert_eq!(
-                    sqlite.cancel_scheduled(topic, &sequence).await.unwrap(),
+                    cancelled,
                     log.cancel_scheduled(topic, &sequence).await.unwrap(),
                     "step {step}: cancel {topic} {sequence}"
                 );
+                own_cancels += u64::from(own) * cancelled;
             }
             80..88 => {
                 let at = now + 1_000 + rng.i64(0..50);
@@ -127,6 +143,7 @@ async fn answers_as_the_sqlite_store_does_through_random_operations() {
             );
         }
     }
+    assert!(own_cancels > 0, "no message was cancelled by its own ID");
     let segments = list_segments(&dir.path().join("messages.log")).unwrap();
     assert!(segments.len() > 1, "segments rolled: {segments:?}");
     assert!(segments[0] > 1, "old segments were removed: {segments:?}");
@@ -353,17 +370,22 @@ async fn a_sqlite_store_is_imported_once() {
     let published = msg("t", now - 10);
     let mut scheduled = msg("t", now + 600);
     scheduled.sequence_id = Some("s".into());
+    // Its sequence is its own ID, which SQLite's column leaves out.
+    let mut own = msg("t", now + 600);
+    own.sequence_id = Some(own.id.clone());
     {
         let sqlite = SqliteStore::open(&db, SqliteOptions::default()).unwrap();
         sqlite.append(published.clone()).await.unwrap();
         sqlite.append(scheduled.clone()).await.unwrap();
+        sqlite.append(own.clone()).await.unwrap();
         sqlite.close().await;
     }
     let log_dir = dir.path().join("messages.log");
     let store = LogStore::open(&log_dir, options(), Some(&db), None).unwrap();
     let all = store.query(q(&["t"], Since::All, true)).await.unwrap();
-    assert_eq!(all, vec![published.clone(), scheduled.clone()]);
+    assert_eq!(all, vec![published.clone(), scheduled.clone(), own.clone()]);
     assert_eq!(store.cancel_scheduled("t", "s").await.unwrap(), 1);
+    assert_eq!(store.cancel_scheduled("t", &own.id).await.unwrap(), 1);
     store.close().await;
     assert!(!db.exists());
     assert!(dir.path().join("messages.db.imported").exists());

@@ -291,7 +291,7 @@ impl Writer {
                     expires: record.expires(),
                     id: record.id(),
                     topic: record.topic(),
-                    sequence_id: record.sequence_id(),
+                    sequence_id: record.stored_sequence_id(),
                     json: &record.json,
                 }) {
                     Ok(json_at) => {
@@ -318,7 +318,7 @@ impl Writer {
                         // Kept only while the message is scheduled.
                         let sequence_id = match record.published {
                             true => None,
-                            false => record.sequence_id().map(Box::from),
+                            false => record.stored_sequence_id().map(Box::from),
                         };
                         let entry = Entry::new(
                             topic,

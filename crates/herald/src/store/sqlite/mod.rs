@@ -608,18 +608,38 @@ mod tests {
         let store = open(&dir);
         let now = now_unix();
         let own = msg("t", now + 100); // sequence = its id
+        // As the core gives a publish without a sequence: its own ID, named.
+        let mut own_named = msg("t", now + 100);
+        own_named.sequence_id = Some(own_named.id.clone());
         let mut seq = msg("t", now + 100);
         seq.sequence_id = Some("s1".into());
         let mut other_topic = msg("u", now + 100);
         other_topic.sequence_id = Some("s1".into());
         let mut delivered = msg("t", now - 1);
         delivered.sequence_id = Some("s1".into());
-        for m in [&own, &seq, &other_topic, &delivered] {
+        for m in [&own, &own_named, &seq, &other_topic, &delivered] {
             store.append(m.clone()).await.unwrap();
         }
+        // The column keeps only a sequence that is not the message's own ID; the
+        // message keeps its own.
+        let columns: Vec<Option<String>> =
+            rusqlite::Connection::open(dir.path().join("messages.db"))
+                .unwrap()
+                .prepare("SELECT sequence_id FROM messages ORDER BY pk")
+                .unwrap()
+                .query_map([], |r| r.get(0))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+        let s1 = Some("s1".to_string());
+        assert_eq!(columns, [None, None, s1.clone(), s1.clone(), s1]);
+        let pending = store.query(q(&["t"], Since::All, true)).await.unwrap();
+        let named = pending.iter().find(|m| m.id == own_named.id).unwrap();
+        assert_eq!(named.sequence_id.as_ref(), Some(&own_named.id));
 
         assert_eq!(store.cancel_scheduled("t", "s1").await.unwrap(), 1);
         assert_eq!(store.cancel_scheduled("t", &own.id).await.unwrap(), 1);
+        assert_eq!(store.cancel_scheduled("t", &own_named.id).await.unwrap(), 1);
         assert_eq!(store.cancel_scheduled("t", "s1").await.unwrap(), 0);
         assert_eq!(store.cancel_scheduled("t", "nope").await.unwrap(), 0);
 

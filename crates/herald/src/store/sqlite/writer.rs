@@ -582,7 +582,7 @@ fn insert_rows<'c>(
             statement.raw_bind_parameter(at + 3, row.time())?;
             statement.raw_bind_parameter(at + 4, row.expires())?;
             statement.raw_bind_parameter(at + 5, row.published)?;
-            statement.raw_bind_parameter(at + 6, row.sequence_id())?;
+            statement.raw_bind_parameter(at + 6, row.stored_sequence_id())?;
             statement.raw_bind_parameter(at + 7, row.event())?;
             statement.raw_bind_parameter(at + 8, json_text(row))?;
         }
@@ -665,7 +665,7 @@ fn insert(conn: &Connection, stmts: &mut Prepared<'_>, row: &NewRow) -> Result<(
             row.time(),
             row.expires(),
             row.published,
-            row.sequence_id(),
+            row.stored_sequence_id(),
             row.event(),
             json,
         ])
