@@ -129,6 +129,13 @@ impl DailyCount {
         }
         self.count = self.count.saturating_add(1);
     }
+
+    /// Takes back one added on `day` (nothing once another day's count started).
+    pub fn decrement(&mut self, day: u32) {
+        if self.day == day {
+            self.count = self.count.saturating_sub(1);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -357,11 +357,11 @@ impl From<Limit> for Refusal {
 /// Who counted an admitted publish's message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
-    /// Nothing was charged (an exempt visitor, a free request): nothing to settle.
+    /// No message was counted (an exempt visitor, a request that publishes
+    /// nothing): nothing to settle.
     Uncharged,
-    /// This node's registry, at the instant given: count the message if the publish
-    /// succeeds, as of that instant (its day, the visitor's last sighting), so the
-    /// publish reads the clock once for both.
+    /// This node's registry counted the message at the instant given (on its day):
+    /// give it back if the publish fails.
     Local(Instant),
     /// The shared limits, up front: give it back if the publish fails.
     Shared,
@@ -484,12 +484,11 @@ impl Limits {
         Some(shared_verdict(verdict).map(|()| SharedSlot::new(shared.clone(), name)))
     }
 
-    /// Settles a publish's message after the fact: counted here if this node's
-    /// registry admitted it and it succeeded, given back to the shared limits if
-    /// they counted it and it failed.
+    /// Settles a publish's message after the fact: given back to whichever counted
+    /// it (this node's registry or the shared limits) if the publish failed.
     pub async fn settle_message(&self, visitor: &Visitor, admission: Admission, success: bool) {
         match (admission, success) {
-            (Admission::Local(at), true) => self.count_message(visitor, at),
+            (Admission::Local(at), false) => self.refund_message(visitor, at),
             (Admission::Shared, false) => {
                 if let Some(shared) = &self.shared {
                     let _ = shared.refund_message(&visitor_name(&visitor.key)).await;
@@ -555,9 +554,11 @@ impl Limits {
         Visitor { key, exempt }
     }
 
-    /// Charges a request to `visitor`: a request token, and for a publish the daily
-    /// message limit (checked here, counted by [`Limits::count_message`] once the
-    /// publish succeeded). Refusals are ntfy's `42901` and `42908`.
+    /// Charges a request to `visitor`: a request token, and for a publish a message
+    /// of the daily limit, checked and counted here (given back by
+    /// [`Limits::settle_message`] if the publish fails, as the shared limits do), so
+    /// that concurrent publishes cannot overshoot the limit and a successful one
+    /// takes one visit of the registry. Refusals are ntfy's `42901` and `42908`.
     pub fn admit(&self, visitor: &Visitor, charge: Charge) -> Result<Admission, Refusal> {
         if visitor.exempt || charge == Charge::Free {
             return Ok(Admission::Uncharged);
@@ -569,9 +570,13 @@ impl Limits {
                 .requests
                 .take(self.requests, 1, now)
                 .map_err(|_| Refusal::from(Limit::Requests))?;
-            if charge == Charge::Publish && state.messages.get(today) >= self.daily_messages {
+            if charge != Charge::Publish {
+                return Ok(Admission::Uncharged);
+            }
+            if state.messages.get(today) >= self.daily_messages {
                 return Err(Limit::Messages.into());
             }
+            state.messages.increment(today);
             Ok(Admission::Local(now))
         })
     }
@@ -647,14 +652,11 @@ impl Limits {
         })
     }
 
-    /// Counts a successful publish, admitted at `now`, against the visitor's daily
-    /// message limit.
-    pub fn count_message(&self, visitor: &Visitor, now: Instant) {
-        if visitor.exempt {
-            return;
-        }
-        let today = self.clock.day(now);
-        self.with_state_at(visitor, now, |state, _| state.messages.increment(today));
+    /// Gives back the message of a publish admitted (and counted) at `at` that
+    /// failed.
+    fn refund_message(&self, visitor: &Visitor, at: Instant) {
+        let day = self.clock.day(at);
+        self.with_state(visitor, |state, _| state.messages.decrement(day));
     }
 
     /// Cluster mode: brings this node's count of the visitor's messages today up to

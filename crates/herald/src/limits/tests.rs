@@ -88,6 +88,32 @@ async fn exempt_hosts_skip_every_limit() {
     assert_eq!(l.visitor_count(), 0, "exempt visitors are not remembered");
 }
 
+/// A publish's message is counted when it is admitted, so publishes in flight at
+/// once cannot overshoot the limit, and given back when the publish fails.
+#[tokio::test]
+async fn messages_count_on_admission_and_failures_give_them_back() {
+    let l = limits_with(|c| {
+        c.message_daily_limit = 2;
+        c.request_burst = 1000;
+    });
+    let v = l.visitor(ip("1.2.3.4"), None);
+    let first = l.admit(&v, Charge::Publish).unwrap();
+    let second = l.admit(&v, Charge::Publish).unwrap();
+    assert_eq!(l.messages_today(&v), 2);
+    let err = l.admit(&v, Charge::Publish).unwrap_err();
+    assert_eq!(ApiError::from(err).code, 42908);
+    // A request that publishes nothing has nothing to give back.
+    let request = l.admit(&v, Charge::Request).unwrap();
+    assert_eq!(request, Admission::Uncharged);
+    l.settle_message(&v, request, false).await;
+    assert_eq!(l.messages_today(&v), 2);
+    l.settle_message(&v, first, true).await;
+    l.settle_message(&v, second, false).await;
+    assert_eq!(l.messages_today(&v), 1);
+    l.admit(&v, Charge::Publish).unwrap();
+    assert!(l.admit(&v, Charge::Publish).is_err());
+}
+
 #[tokio::test(start_paused = true)]
 async fn daily_messages_reset_at_midnight() {
     let l = limits_with(|c| {
