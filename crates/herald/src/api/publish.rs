@@ -19,7 +19,7 @@ use crate::auth::{Permission, Principal};
 use crate::core::publish::{MessageDraft, POLL_REQUEST_MESSAGE, PublishKind, PublishRequest};
 use crate::error::ApiError;
 use crate::idempotency::{FingerprintBuilder, IdempotencyKey};
-use crate::model::{Attachment, now_unix};
+use crate::model::{Attachment, now_unix_ms};
 use crate::wire::json_line as encode_json_line;
 
 /// Who is publishing, as the dispatcher charged it: the visitor an `X-Email` is
@@ -357,7 +357,10 @@ async fn publish_body(
     publisher: Option<&Publisher>,
 ) -> Result<Published, ApiError> {
     let config = state.herald.config();
-    let now = now_unix();
+    // One clock read: what the parameters are relative to (`X-Delay: 30m`), and the
+    // message's time and ID.
+    let now_ms = now_unix_ms();
+    let now = now_ms.div_euclid(1000);
     let src = ParamSource { headers, query };
     let key = idempotency_key(&src, &target, publisher, &body.bytes)?;
     let Target {
@@ -492,7 +495,7 @@ async fn publish_body(
     // original message has its own).
     let published = state
         .idempotency
-        .publish(&state.herald, request, key)
+        .publish(&state.herald, request, key, now_ms)
         .await?;
     let m = &published.event.message;
     if let Some(upload) = upload

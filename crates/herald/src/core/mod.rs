@@ -268,30 +268,31 @@ impl Herald {
     /// delivery: its encodings (`SharedEvent::encoded`) are the subscribers', so the
     /// answer to the publisher reuses them.
     ///
-    /// A cached event is committed first; a scheduled one (its `time` after `now`, the
-    /// unix second the caller read once for the event's time too) is only stored and
-    /// goes out when due; an uncached one (`Cache: no`) goes straight to the
-    /// subscribers. Returns after the event is durable (if cached) and handed to the
-    /// broker.
+    /// A cached event is committed first; a scheduled one (its `time` after `now_ms`,
+    /// the wall clock in unix milliseconds the caller read once for the event's time
+    /// too) is only stored and goes out when due; an uncached one (`Cache: no`) goes
+    /// straight to the subscribers. Returns after the event is durable (if cached) and
+    /// handed to the broker. The event's ID is of `now_ms` too (or later: IDs never go
+    /// back).
     async fn publish_event(
         self: &Arc<Self>,
         mut message: Message,
-        now: i64,
+        now_ms: i64,
     ) -> Result<Arc<SharedEvent>, PublishError> {
-        let scheduled = message.time > now;
+        let scheduled = message.time > now_ms.div_euclid(1000);
         // Scheduled messages take a ticket too (they skip the hand-off wait): their IDs
         // then follow commit order like every stored message, which the webhook feed
         // (`committed_after`) relies on. A store whose commit is the delivery (Redis)
         // orders publishes cluster-wide itself; this node's sequencer must then stay
         // out of the way.
         let ticket = (message.expires.is_some() && !self.store.commit_delivers())
-            .then(|| Ticket::take(self.clone(), &mut message));
+            .then(|| Ticket::take(self.clone(), &mut message, now_ms));
         if message.id.is_empty() {
             // Not sequenced here (a drafted publish comes without an ID; the
             // sequencer gives the sequenced ones theirs).
             give_id(
                 &mut message,
-                crate::model::MessageId::generate().into_string(),
+                crate::model::MessageId::generate_at(now_ms.max(0) as u64).into_string(),
             );
         }
         // Wrapped for delivery now, so that the futures below move a pointer, not
@@ -648,11 +649,11 @@ impl Sequencer {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Takes the next ticket and gives `message` the next ID (a `sequence_id` that was
-    /// the message's own ID follows it).
-    fn take(&self, message: &mut Message) -> u64 {
+    /// Takes the next ticket and gives `message` the next ID, of wall-clock time
+    /// `now_ms` (a `sequence_id` that was the message's own ID follows it).
+    fn take(&self, message: &mut Message, now_ms: i64) -> u64 {
         let mut st = self.lock();
-        let id = crate::model::MessageId::generate_ascii();
+        let id = crate::model::MessageId::generate_ascii_at(now_ms.max(0) as u64);
         give_id(message, crate::model::id::ascii_string(&id));
         let ticket = st.front + st.in_flight.len() as u64;
         st.in_flight.push_back(Slot {
@@ -802,8 +803,8 @@ struct Ticket {
 }
 
 impl Ticket {
-    fn take(herald: Arc<Herald>, message: &mut Message) -> Ticket {
-        let number = herald.sequencer.take(message);
+    fn take(herald: Arc<Herald>, message: &mut Message, now_ms: i64) -> Ticket {
+        let number = herald.sequencer.take(message, now_ms);
         Ticket { herald, number }
     }
 }
@@ -820,6 +821,7 @@ mod tests {
     use crate::broker::LocalBroker;
     use crate::hub::Delivery;
     use crate::model::EventKind;
+    use crate::model::now_unix_ms;
     use crate::store::Since;
     use crate::store::sqlite::{SqliteOptions, SqliteStore};
 
@@ -865,7 +867,10 @@ mod tests {
     fn turns_follow_tickets_and_a_finish_wakes_only_the_next_turn() {
         let sequencer = Sequencer::default();
         let mut messages: Vec<Message> = (0..4).map(|_| message_with_id()).collect();
-        let tickets: Vec<u64> = messages.iter_mut().map(|m| sequencer.take(m)).collect();
+        let tickets: Vec<u64> = messages
+            .iter_mut()
+            .map(|m| sequencer.take(m, now_unix_ms()))
+            .collect();
         assert_eq!(tickets, [0, 1, 2, 3]);
         assert!(messages.windows(2).all(|w| w[0].id < w[1].id));
         assert_eq!(sequencer.visible_bound(), messages[0].id);
@@ -903,7 +908,7 @@ mod tests {
         sequencer.finish(3);
         // Nothing in flight: a fresh bound above every ID taken so far.
         assert!(sequencer.visible_bound() > messages[3].id);
-        assert_eq!(sequencer.take(&mut message_with_id()), 4);
+        assert_eq!(sequencer.take(&mut message_with_id(), now_unix_ms()), 4);
     }
 
     pub(super) fn herald(dir: &tempfile::TempDir) -> Arc<Herald> {
@@ -925,6 +930,29 @@ mod tests {
     /// Concurrent publishers share group commits and resume in any order; live
     /// delivery must still follow ID order (the order of `since=`), or a client that
     /// resumes from the last ID it saw could miss a message.
+    /// The caller's one clock read gives the event its time, and its ID is of that
+    /// time or later (never earlier: IDs do not go back).
+    #[tokio::test]
+    async fn a_publish_is_timed_by_its_callers_clock_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let herald = herald(&dir);
+        let at = now_unix_ms() - 5_000;
+        for cache in [true, false] {
+            let draft = crate::core::publish::MessageDraft {
+                cache,
+                ..Default::default()
+            };
+            let request = crate::core::publish::PublishRequest {
+                topic: "t".into(),
+                kind: crate::core::publish::PublishKind::Message(Box::new(draft)),
+            };
+            let event = herald.publish_shared_at(request, at).await.unwrap();
+            assert_eq!(event.message.time, at.div_euclid(1000), "cache={cache}");
+            let id_ms = crate::model::id::timestamp_ms(&event.message.id).unwrap();
+            assert!(id_ms >= at as u64, "cache={cache}");
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn live_order_is_id_order_under_concurrent_publishers() {
         let dir = tempfile::tempdir().unwrap();
@@ -937,7 +965,7 @@ mod tests {
                 let mut acked = Vec::new();
                 for i in 0..25 {
                     let m = herald
-                        .publish_event(cached("t", format!("{p}-{i}")), now_unix())
+                        .publish_event(cached("t", format!("{p}-{i}")), now_unix_ms())
                         .await
                         .unwrap();
                     let m = &m.message;
@@ -1083,7 +1111,7 @@ mod tests {
                     }
                     acked.push(
                         herald
-                            .publish_event(m, now_unix())
+                            .publish_event(m, now_unix_ms())
                             .await
                             .unwrap()
                             .message

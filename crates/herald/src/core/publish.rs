@@ -155,9 +155,20 @@ impl Herald {
         self: &Arc<Self>,
         request: PublishRequest,
     ) -> Result<Arc<SharedEvent>, PublishError> {
+        self.publish_shared_at(request, crate::model::now_unix_ms())
+            .await
+    }
+
+    /// [`Self::publish_shared`] of a request received at `now_ms` (the wall clock in
+    /// unix milliseconds, as the caller read it once): the event's time, whether it
+    /// is scheduled, and its ID's time.
+    pub async fn publish_shared_at(
+        self: &Arc<Self>,
+        request: PublishRequest,
+        now_ms: i64,
+    ) -> Result<Arc<SharedEvent>, PublishError> {
         let cache_secs = i64::try_from(self.config.cache_duration.as_secs()).unwrap_or(i64::MAX);
-        // One clock read: the event's time and whether it is scheduled.
-        let now = crate::model::now_unix();
+        let now = now_ms.div_euclid(1000);
         let mut email = None;
         let (message, replaces_scheduled) = match request.kind {
             PublishKind::Message(mut draft) => {
@@ -200,7 +211,7 @@ impl Herald {
                 .cancel_scheduled(&message.topic, sequence_id)
                 .await?;
         }
-        let event = self.publish_event(message, now).await?;
+        let event = self.publish_event(message, now_ms).await?;
         if let (Some(email), Some(outbox)) = (email, self.outbox.get().cloned()) {
             // Spawned, like the commit: once committed, the mail is queued even if
             // the client goes away meanwhile; the publish is answered after that.

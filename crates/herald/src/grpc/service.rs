@@ -208,7 +208,12 @@ impl HeraldService {
         let published = self
             .state
             .idempotency
-            .publish(&self.state.herald, PublishRequest { topic, kind }, key)
+            .publish(
+                &self.state.herald,
+                PublishRequest { topic, kind },
+                key,
+                crate::model::now_unix_ms(),
+            )
             .await?;
         // A failed publish drops `upload`, which deletes its file; so does a replay.
         if let Some(upload) = upload

@@ -235,17 +235,19 @@ impl Idempotency {
         !self.window.is_zero()
     }
 
-    /// Publishes `request` on `herald` once per `key`: the first request with a key
-    /// publishes, a repeat gets its message ([`Published::replayed`]). Without a key
-    /// (or with keys off) this is [`Herald::publish`].
+    /// Publishes `request`, received at `now_ms` (unix milliseconds), on `herald` once
+    /// per `key`: the first request with a key publishes, a repeat gets its message
+    /// ([`Published::replayed`]). Without a key (or with keys off) this is
+    /// [`Herald::publish_shared_at`].
     pub async fn publish(
         &self,
         herald: &Arc<Herald>,
         request: PublishRequest,
         key: Option<IdempotencyKey>,
+        now_ms: i64,
     ) -> Result<Published, IdempotencyError> {
         let Some(key) = key.filter(|_| self.enabled()) else {
-            let event = herald.publish_shared(request).await?;
+            let event = herald.publish_shared_at(request, now_ms).await?;
             return Ok(Published {
                 event,
                 replayed: false,
@@ -276,10 +278,9 @@ impl Idempotency {
         // Spawned: a client going away must not leave its key claimed (repeats would
         // wait for the lease) after a publish that went through.
         let (store, herald, window) = (self.store.clone(), herald.clone(), self.window);
-        let task =
-            tokio::spawn(
-                async move { publish_claimed(&*store, &herald, request, &key, window).await },
-            );
+        let task = tokio::spawn(async move {
+            publish_claimed(&*store, &herald, request, &key, window, now_ms).await
+        });
         task.await
             .unwrap_or(Err(IdempotencyError::Publish(PublishError::Aborted)))
     }
@@ -291,8 +292,9 @@ async fn publish_claimed(
     request: PublishRequest,
     key: &IdempotencyKey,
     window: Duration,
+    now_ms: i64,
 ) -> Result<Published, IdempotencyError> {
-    match herald.publish_shared(request).await {
+    match herald.publish_shared_at(request, now_ms).await {
         Ok(event) => {
             // The message as `serde_json` writes it (what `replay` reads), already
             // encoded for the store and the subscribers.
@@ -432,7 +434,8 @@ mod tests {
             let (idem, herald, key) = (idem.clone(), herald.clone(), key.clone());
             let request = request();
             tasks.push(tokio::spawn(async move {
-                idem.publish(&herald, request, Some(key)).await
+                idem.publish(&herald, request, Some(key), crate::model::now_unix_ms())
+                    .await
             }));
         }
         let mut ids = std::collections::HashSet::new();
@@ -445,12 +448,14 @@ mod tests {
         assert_eq!((ids.len(), fresh), (1, 1));
         let other = IdempotencyKey::new("ip:127.0.0.1", "k1", fp("other")).unwrap();
         let err = idem
-            .publish(&herald, request(), Some(other))
+            .publish(&herald, request(), Some(other), crate::model::now_unix_ms())
             .await
             .unwrap_err();
         assert!(matches!(err, IdempotencyError::Mismatch), "{err:?}");
         assert_eq!(herald.store_stats().await.unwrap().messages, 1);
-        idem.publish(&herald, request(), None).await.unwrap();
+        idem.publish(&herald, request(), None, crate::model::now_unix_ms())
+            .await
+            .unwrap();
         assert_eq!(herald.store_stats().await.unwrap().messages, 2);
     }
 }

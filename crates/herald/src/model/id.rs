@@ -102,13 +102,9 @@ impl MessageId {
         MessageId(ascii_string(&Self::generate_ascii_at(now_ms)))
     }
 
-    /// [`Self::generate`] as its 12 ASCII bytes, for a caller that keeps a copy of
-    /// the ID beside the message's string (the sequencer) without allocating one.
-    pub(crate) fn generate_ascii() -> [u8; ID_LEN] {
-        Self::generate_ascii_at(super::now_unix_ms().max(0) as u64)
-    }
-
-    fn generate_ascii_at(now_ms: u64) -> [u8; ID_LEN] {
+    /// [`Self::generate_at`] as its 12 ASCII bytes, for a caller that keeps a copy
+    /// of the ID beside the message's string (the sequencer) without allocating one.
+    pub(crate) fn generate_ascii_at(now_ms: u64) -> [u8; ID_LEN] {
         let (ms, counter) = CLOCK.next(now_ms);
         let mut buf = [0u8; ID_LEN];
         encode(ms, &mut buf[..TIME_DIGITS]);
