@@ -126,6 +126,7 @@ pub(crate) struct Admitted {
 /// 401 anywhere), then charges its visitor (an authenticated user is its own
 /// visitor, `user:<name>`). herald's own probes and metrics stay open. The
 /// `webhook-admin-token` is no login: on `/v1/webhooks` the webhook API checks it.
+/// The request is charged as of `at` (its arrival, as the caller read it).
 /// `Err` is the finished answer (CORS included) to a refused request.
 pub(crate) async fn admit(
     state: &AppState,
@@ -134,6 +135,7 @@ pub(crate) async fn admit(
     headers: &axum::http::HeaderMap,
     query: Option<&str>,
     peer: std::net::IpAddr,
+    at: tokio::time::Instant,
 ) -> Result<Admitted, Response> {
     let client_ip = state.limits.client_ip(peer, headers);
     let webhook_admin = matches!(segments, ["v1", "webhooks", ..])
@@ -162,7 +164,7 @@ pub(crate) async fn admit(
     let admission = if state.limits.is_shared() {
         state.limits.admit_any(&visitor, charge).await
     } else {
-        state.limits.admit(&visitor, charge)
+        state.limits.admit_at(&visitor, charge, at)
     };
     // Refused by a visitor limit: no route runs.
     match admission {
@@ -243,6 +245,7 @@ async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
         req.headers(),
         req.uri().query(),
         peer,
+        tokio::time::Instant::now(),
     )
     .await
     {

@@ -560,10 +560,19 @@ impl Limits {
     /// that concurrent publishes cannot overshoot the limit and a successful one
     /// takes one visit of the registry. Refusals are ntfy's `42901` and `42908`.
     pub fn admit(&self, visitor: &Visitor, charge: Charge) -> Result<Admission, Refusal> {
+        self.admit_at(visitor, charge, Instant::now())
+    }
+
+    /// [`Limits::admit`] as of `now`, for a caller that read the clock already.
+    pub fn admit_at(
+        &self,
+        visitor: &Visitor,
+        charge: Charge,
+        now: Instant,
+    ) -> Result<Admission, Refusal> {
         if visitor.exempt || charge == Charge::Free {
             return Ok(Admission::Uncharged);
         }
-        let now = Instant::now();
         let today = self.clock.day(now);
         self.with_state_at(visitor, now, |state, now| {
             state

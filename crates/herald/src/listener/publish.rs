@@ -378,39 +378,46 @@ impl Listener {
         let segments = [&path[1..]];
         let query = request.uri.query();
         let mut body_read = false;
-        let outcome =
-            match crate::api::admit(state, &request.method, &segments, headers, query, peer.ip())
-                .await
-            {
-                Err(refused) => Err(refused),
-                Ok(admitted) => {
-                    let pairs = crate::api::parse_query(query);
-                    let publish = TopicPublish {
-                        headers,
-                        query: &pairs,
-                        topic: segments[0],
-                        // `plain` routed it here as a topic name.
-                        topic_is_name: true,
-                        path_sequence_id: None,
-                        principal: &admitted.principal,
-                        publisher: Some(&admitted.publisher),
-                    };
-                    let len = request.content_length;
-                    let result = publish_to_topic(state, publish, |_limit| {
-                        body_read = true;
-                        let read = conn.read_body(len, deadline);
-                        async move {
-                            Ok::<_, ApiError>(BodyBytes {
-                                bytes: read.await?,
-                                complete: true,
-                                rest: None,
-                            })
-                        }
-                    })
-                    .await;
-                    crate::api::conclude_publish(state, admitted, result).await
-                }
-            };
+        let outcome = match crate::api::admit(
+            state,
+            &request.method,
+            &segments,
+            headers,
+            query,
+            peer.ip(),
+            Instant::from_std(start),
+        )
+        .await
+        {
+            Err(refused) => Err(refused),
+            Ok(admitted) => {
+                let pairs = crate::api::parse_query(query);
+                let publish = TopicPublish {
+                    headers,
+                    query: &pairs,
+                    topic: segments[0],
+                    // `plain` routed it here as a topic name.
+                    topic_is_name: true,
+                    path_sequence_id: None,
+                    principal: &admitted.principal,
+                    publisher: Some(&admitted.publisher),
+                };
+                let len = request.content_length;
+                let result = publish_to_topic(state, publish, |_limit| {
+                    body_read = true;
+                    let read = conn.read_body(len, deadline);
+                    async move {
+                        Ok::<_, ApiError>(BodyBytes {
+                            bytes: read.await?,
+                            complete: true,
+                            rest: None,
+                        })
+                    }
+                })
+                .await;
+                crate::api::conclude_publish(state, admitted, result).await
+            }
+        };
         let answer = match outcome {
             Ok(published) => Answer::Published(published),
             Err(response) => {
