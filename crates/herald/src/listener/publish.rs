@@ -448,28 +448,19 @@ impl Listener {
         let keep_alive = request.keep_alive && !timed_out && !self.shutdown.is_cancelled();
         let mut out = std::mem::take(&mut conn.out);
         out.clear();
+        let layout = Layout {
+            http10: request.http10,
+            keep_alive,
+            at: answered_at,
+        };
         match answer {
             Answer::Published(published) => {
                 out.reserve(256 + published.line.len());
-                encode_published(
-                    &published,
-                    request.http10,
-                    keep_alive,
-                    answered_at,
-                    &mut out,
-                );
+                encode_published(&published, layout, &mut out);
             }
             Answer::Other(mut parts, body) => {
                 out.reserve(256 + body.len());
-                encode_response(
-                    &mut parts,
-                    &body,
-                    request.http10,
-                    keep_alive,
-                    timed_out,
-                    answered_at,
-                    &mut out,
-                );
+                encode_response(&mut parts, &body, layout, timed_out, &mut out);
             }
         }
         let written = conn.stream.write_all(&out).await;
@@ -608,6 +599,15 @@ fn rejoin(head: Bytes, rest: BytesMut) -> Bytes {
     }
 }
 
+/// What an answer's layout depends on besides the answer: the request's HTTP
+/// version, whether the connection stays open, and the instant that dates it.
+#[derive(Clone, Copy)]
+struct Layout {
+    http10: bool,
+    keep_alive: bool,
+    at: Instant,
+}
+
 /// Lays out an answer as hyper's HTTP/1 server does for the same response and
 /// connection (see [`encode_general`]), for the API's answers to a publish, whose
 /// headers have no `Connection`, `Content-Length` or `Date`: those, as the router
@@ -617,10 +617,8 @@ fn rejoin(head: Bytes, rest: BytesMut) -> Bytes {
 fn encode_response(
     parts: &mut axum::http::response::Parts,
     body: &[u8],
-    http10: bool,
-    keep_alive: bool,
+    layout: Layout,
     timed_out: bool,
-    at: Instant,
     out: &mut Vec<u8>,
 ) {
     use axum::http::header::DATE;
@@ -639,10 +637,10 @@ fn encode_response(
         if timed_out {
             headers.insert(CONNECTION, HeaderValue::from_static("close"));
         }
-        encode_general(parts, body, http10, keep_alive, at, out);
+        encode_general(parts, body, layout, out);
         return;
     }
-    status_line(parts.status, http10, out);
+    status_line(parts.status, layout.http10, out);
     // A repeated header's values follow its first, as `keys` and `get_all` give them.
     for (name, value) in headers.iter() {
         out.extend_from_slice(name.as_str().as_bytes());
@@ -650,20 +648,18 @@ fn encode_response(
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    finish_head(body, http10, keep_alive, timed_out, at, out);
+    finish_head(body, layout, timed_out, out);
 }
 
 /// The headers hyper and the router add after a handler's (`content-length`,
-/// `connection` when it is not the version's default, `date`: the second of `at`),
-/// the head's end and the body.
-fn finish_head(
-    body: &[u8],
-    http10: bool,
-    keep_alive: bool,
-    timed_out: bool,
-    at: Instant,
-    out: &mut Vec<u8>,
-) {
+/// `connection` when it is not the version's default, `date`: the second of the
+/// layout's instant), the head's end and the body.
+fn finish_head(body: &[u8], layout: Layout, timed_out: bool, out: &mut Vec<u8>) {
+    let Layout {
+        http10,
+        keep_alive,
+        at,
+    } = layout;
     out.extend_from_slice(b"content-length: ");
     out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
     out.extend_from_slice(b"\r\n");
@@ -698,14 +694,8 @@ impl Answer {
 /// A successful publish's answer, laid out as [`encode_response`] lays out the
 /// API's `Response` for it (`Published::into_response` with the CORS header): the
 /// same bytes, without building that response and taking it apart again.
-fn encode_published(
-    published: &Published,
-    http10: bool,
-    keep_alive: bool,
-    at: Instant,
-    out: &mut Vec<u8>,
-) {
-    status_line(StatusCode::OK, http10, out);
+fn encode_published(published: &Published, layout: Layout, out: &mut Vec<u8>) {
+    status_line(StatusCode::OK, layout.http10, out);
     out.extend_from_slice(b"content-type: application/json\r\n");
     if published.replayed {
         let (name, value) = Published::REPLAYED;
@@ -715,7 +705,7 @@ fn encode_published(
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"access-control-allow-origin: *\r\n");
-    finish_head(&published.line, http10, keep_alive, false, at, out);
+    finish_head(&published.line, layout, false, out);
 }
 
 /// `HTTP/1.x <code> <reason>`, as hyper writes it.
@@ -740,11 +730,14 @@ fn status_line(status: StatusCode, http10: bool, out: &mut Vec<u8>) {
 fn encode_general(
     parts: &mut axum::http::response::Parts,
     body: &[u8],
-    http10: bool,
-    keep_alive: bool,
-    at: Instant,
+    layout: Layout,
     out: &mut Vec<u8>,
 ) {
+    let Layout {
+        http10,
+        keep_alive,
+        at,
+    } = layout;
     let headers = &mut parts.headers;
     let says_keep_alive = headers
         .get_all(CONNECTION)
@@ -875,15 +868,12 @@ mod tests {
             panic!("a valid response");
         };
         let mut out = Vec::new();
-        encode_response(
-            &mut parts,
-            b"{}\n",
-            false,
-            false,
-            false,
-            Instant::now(),
-            &mut out,
-        );
+        let layout = Layout {
+            http10: false,
+            keep_alive: false,
+            at: Instant::now(),
+        };
+        encode_response(&mut parts, b"{}\n", layout, false, &mut out);
         let text = String::from_utf8_lossy(&out);
         assert!(
             text.starts_with(
@@ -932,7 +922,12 @@ mod tests {
                 .insert(CONNECTION, HeaderValue::from_static("close"));
         }
         let mut out = Vec::new();
-        encode_general(&mut parts, body, http10, keep_alive, at, &mut out);
+        let layout = Layout {
+            http10,
+            keep_alive,
+            at,
+        };
+        encode_general(&mut parts, body, layout, &mut out);
         out
     }
 
@@ -967,7 +962,12 @@ mod tests {
                         );
                         let mut got = Vec::new();
                         let mut p = parts(status, extra);
-                        encode_response(&mut p, body, http10, keep_alive, timed_out, at, &mut got);
+                        let layout = Layout {
+                            http10,
+                            keep_alive,
+                            at,
+                        };
+                        encode_response(&mut p, body, layout, timed_out, &mut got);
                         assert_eq!(
                             String::from_utf8_lossy(&got),
                             String::from_utf8_lossy(&want),
@@ -1015,9 +1015,14 @@ mod tests {
                     let (mut parts, body) = response.into_parts();
                     let body = body_bytes(body).await;
                     let mut want = Vec::new();
-                    encode_response(&mut parts, &body, http10, keep_alive, false, at, &mut want);
+                    let layout = Layout {
+                        http10,
+                        keep_alive,
+                        at,
+                    };
+                    encode_response(&mut parts, &body, layout, false, &mut want);
                     let mut got = Vec::new();
-                    encode_published(&published(), http10, keep_alive, at, &mut got);
+                    encode_published(&published(), layout, &mut got);
                     assert_eq!(
                         String::from_utf8_lossy(&got),
                         String::from_utf8_lossy(&want),
