@@ -184,9 +184,9 @@ pub(crate) async fn admit(
     }
 }
 
-/// The answer to an admitted request whose route produced `result`: a publish's
-/// message is counted against the visitor's daily limit (or, in cluster mode, given
-/// back when it failed), errors get ntfy's shape, and every answer the CORS header.
+/// The answer to an admitted request whose route produced `result`: a failed
+/// publish's message is given back to the visitor's daily limit (admission counted
+/// it), errors get ntfy's shape, and every answer the CORS header.
 pub(crate) async fn conclude(
     state: &AppState,
     admitted: Admitted,
@@ -209,8 +209,8 @@ pub(crate) async fn conclude_publish(
     result.map_err(|e| with_cors(failure_response(state, e)))
 }
 
-/// Counts a publish's message against the visitor's daily limit (or, in cluster
-/// mode, gives it back when the publish failed).
+/// Gives a failed publish's message back to the visitor's daily limit, which counted
+/// it at admission (this node's registry or, in cluster mode, the shared limits).
 async fn settle(state: &AppState, admitted: Admitted, success: bool) {
     if admitted.charge == Charge::Publish {
         state

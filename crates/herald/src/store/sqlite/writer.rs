@@ -576,15 +576,7 @@ fn insert_rows<'c>(
 ) -> Written {
     let bound = stmts.insert_rows(conn, chunk.len()).and_then(|statement| {
         for (i, (row, _)) in chunk.iter().enumerate() {
-            let at = i * INSERT_COLUMNS;
-            statement.raw_bind_parameter(at + 1, row.id())?;
-            statement.raw_bind_parameter(at + 2, row.topic())?;
-            statement.raw_bind_parameter(at + 3, row.time())?;
-            statement.raw_bind_parameter(at + 4, row.expires())?;
-            statement.raw_bind_parameter(at + 5, row.published)?;
-            statement.raw_bind_parameter(at + 6, row.stored_sequence_id())?;
-            statement.raw_bind_parameter(at + 7, row.event())?;
-            statement.raw_bind_parameter(at + 8, json_text(row))?;
+            bind_row(statement, i * INSERT_COLUMNS, row)?;
         }
         Ok(statement)
     });
@@ -648,6 +640,19 @@ fn check_rows(
         .collect()
 }
 
+/// Binds `row`'s columns, in the inserts' column order, to the parameters after
+/// `at` (`at + 1` to `at + INSERT_COLUMNS`).
+fn bind_row(statement: &mut Statement<'_>, at: usize, row: &NewRow) -> rusqlite::Result<()> {
+    statement.raw_bind_parameter(at + 1, row.id())?;
+    statement.raw_bind_parameter(at + 2, row.topic())?;
+    statement.raw_bind_parameter(at + 3, row.time())?;
+    statement.raw_bind_parameter(at + 4, row.expires())?;
+    statement.raw_bind_parameter(at + 5, row.published)?;
+    statement.raw_bind_parameter(at + 6, row.stored_sequence_id())?;
+    statement.raw_bind_parameter(at + 7, row.event())?;
+    statement.raw_bind_parameter(at + 8, json_text(row))
+}
+
 /// The row's JSON as SQL text, bound as it is: it is the JSON the core encoded from
 /// a `Message`'s strings, so UTF-8 (`NewRow::json`); checking that again cost 250–560
 /// instructions a publish (callgrind), and SQLite does not check text either.
@@ -656,19 +661,8 @@ fn json_text(row: &NewRow) -> ToSqlOutput<'_> {
 }
 
 fn insert(conn: &Connection, stmts: &mut Prepared<'_>, row: &NewRow) -> Result<(), StoreError> {
-    let json = json_text(row);
-    stmts
-        .insert
-        .execute(rusqlite::params![
-            row.id(),
-            row.topic(),
-            row.time(),
-            row.expires(),
-            row.published,
-            row.stored_sequence_id(),
-            row.event(),
-            json,
-        ])
+    bind_row(&mut stmts.insert, 0, row)
+        .and_then(|()| stmts.insert.raw_execute())
         .map_err(backend)?;
     if let Some(expires) = row.expires() {
         stmts.ranges.note(expires, conn.last_insert_rowid());
