@@ -295,17 +295,26 @@ def test_service_worker_shows_a_pushed_message(browser, tmp_path, push_service):
         context.grant_permissions(["notifications"], origin=server.url)
         cdp = context.new_cdp_session(page)
         registrations: list[dict] = []
-        versions: list[dict] = []
+        errors: list[str] = []
         cdp.on("ServiceWorker.workerRegistrationUpdated", lambda e: registrations.extend(e["registrations"]))
-        cdp.on("ServiceWorker.workerVersionUpdated", lambda e: versions.extend(e["versions"]))
+        cdp.on("ServiceWorker.workerErrorReported", lambda e: errors.append(e["errorMessage"]))
         cdp.send("ServiceWorker.enable")
         open_app(page, "/alerts")
         assert page.locator("#push-toggle").is_visible()  # enable_web_push reached the app
-        page.evaluate("navigator.serviceWorker.register('/sw.js').then(() => navigator.serviceWorker.ready)")
-        deadline = time.monotonic() + 10
-        # A push delivered before the worker is activated would be dropped.
-        while not any(v["status"] == "activated" for v in versions) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        # A push delivered before the worker is activated would be dropped, so the page
+        # waits for the worker's own `activated` state (bounded: evaluate has no timeout).
+        state = page.evaluate(
+            """async () => {
+                const reg = await navigator.serviceWorker.register('/sw.js');
+                const w = reg.installing || reg.waiting || reg.active;
+                if (w.state === 'activated') return w.state;
+                const activated = new Promise((done) => w.addEventListener('statechange', () => {
+                    if (w.state === 'activated') done(w.state);
+                }));
+                return Promise.race([activated, new Promise((done) => setTimeout(() => done(w.state), 15000))]);
+            }"""
+        )
+        assert state == "activated", state
         reg_id = next(r["registrationId"] for r in registrations if r["scopeURL"] == server.url + "/")
         payload = {
             "event": "message",
@@ -313,17 +322,26 @@ def test_service_worker_shows_a_pushed_message(browser, tmp_path, push_service):
             "message": {"id": "abc123def456", "time": int(time.time()), "event": "message", "topic": "alerts",
                         "title": "Pushed title", "message": "Pushed body", "priority": 4},
         }
-        cdp.send("ServiceWorker.deliverPushMessage", {"origin": server.url, "registrationId": reg_id, "data": json.dumps(payload)})
+        # Delivered again while none shows: Chromium now and then drops a push given through
+        # DevTools even to an activated worker (1 run in 20 here), and a repeat replaces
+        # the one shown (same tag), so the list below still holds one notification.
         notes = []
-        deadline = time.monotonic() + 10
+        deliveries = 0
+        deadline = time.monotonic() + 20
         while not notes and time.monotonic() < deadline:
-            notes = page.evaluate(
-                "navigator.serviceWorker.ready.then(r => r.getNotifications())"
-                ".then(ns => ns.map(n => ({title: n.title, body: n.body, tag: n.tag, data: n.data})))"
-            )
-            time.sleep(0.1)
+            cdp.send("ServiceWorker.deliverPushMessage",
+                     {"origin": server.url, "registrationId": reg_id, "data": json.dumps(payload)})
+            deliveries += 1
+            wait_until = min(deadline, time.monotonic() + 3)
+            while not notes and time.monotonic() < wait_until:
+                notes = page.evaluate(
+                    "navigator.serviceWorker.ready.then(r => r.getNotifications())"
+                    ".then(ns => ns.map(n => ({title: n.title, body: n.body, tag: n.tag, data: n.data})))"
+                )
+                time.sleep(0.1)
+        assert not errors, errors
         assert notes == [{"title": "Pushed title", "body": "Pushed body", "tag": "alerts/abc123def456",
-                          "data": {"topic": "alerts", "click": ""}}], notes
+                          "data": {"topic": "alerts", "click": ""}}], (notes, deliveries)
         context.close()
     finally:
         stop_herald(server.proc)
