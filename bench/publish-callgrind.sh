@@ -9,6 +9,12 @@
 # LOG_LEVEL (default warn) sets the server's --log-level (info: the access log on,
 # written to a file); STORE_ENGINE (default sqlite) the --store-engine (`log`: the
 # append-only log store); KEEP_CALLGRIND=FILE keeps callgrind's output for callgrind_annotate.
+#
+# It also prints the store's operations per commit (`herald_store_commit_batch_size`):
+# a commit's cost is shared by the publishes it holds, and how many it holds depends on
+# how fast valgrind's server runs against its load, so on a busier host (or with a
+# second run beside it) commits grow and SQLite's figure falls. Compare figures at
+# similar commit sizes.
 set -euo pipefail
 herald=${1:-target/release/herald}
 work=$(mktemp -d)
@@ -27,6 +33,8 @@ for _ in $(seq 100); do
 done
 "$herald" bench --url http://127.0.0.1:$port --subscribers 64 --topics 64 \
     --publishers 16 --rate 0 --duration 10 --quiet --json "$work/run.json" >/dev/null
+batches=$(curl -fs "http://127.0.0.1:$port/metrics" |
+    awk '/^herald_store_commit_batch_size_sum/{s=$2} /^herald_store_commit_batch_size_count/{c=$2} END{if (c > 0) printf "%.1f", s / c; else print "-"}' || true)
 kill -INT "$server"
 wait "$server" || true
 published=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['publish']['published'])" "$work/run.json")
@@ -34,3 +42,4 @@ total=$(callgrind_annotate "$work/cg.out" | awk '/PROGRAM TOTALS/{gsub(",","",$1
 echo "publishes: $published"
 echo "server instructions: $total"
 echo "instructions per publish: $((total / published))"
+echo "operations per commit: $batches"
