@@ -39,7 +39,7 @@ taskset -c "$LOADGEN_CPU" wrk -t1 -c64 -d"${SECS}s" -s "$work/post.lua" \
     "http://127.0.0.1:$port/bench" | grep -E "requests in|Requests/sec"
 curl -fs "http://127.0.0.1:$port/metrics" |
     awk '/^herald_store_commit_batch_size_sum/{s=$2} /^herald_store_commit_batch_size_count/{c=$2}
-         END{printf "operations per commit over the run: %.1f (%d commits)\n", s / c, c}'
+         END{if (c > 0) printf "operations per commit over the run: %.1f (%d commits)\n", s / c, c}'
 { kill -9 "$pid"; wait "$pid"; } 2>/dev/null || true
 pid=""
 cp "$work/data/messages.db" "$work/copy.db"
