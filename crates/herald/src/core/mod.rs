@@ -927,9 +927,6 @@ mod tests {
         m
     }
 
-    /// Concurrent publishers share group commits and resume in any order; live
-    /// delivery must still follow ID order (the order of `since=`), or a client that
-    /// resumes from the last ID it saw could miss a message.
     /// The caller's one clock read gives the event its time, and its ID is of that
     /// time or later (never earlier: IDs do not go back).
     #[tokio::test]
@@ -953,6 +950,9 @@ mod tests {
         }
     }
 
+    /// Concurrent publishers share group commits and resume in any order; live
+    /// delivery must still follow ID order (the order of `since=`), or a client that
+    /// resumes from the last ID it saw could miss a message.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn live_order_is_id_order_under_concurrent_publishers() {
         let dir = tempfile::tempdir().unwrap();
