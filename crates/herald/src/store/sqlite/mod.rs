@@ -174,8 +174,10 @@ impl SqliteStore {
         let max_batch = options.max_batch.max(1);
         let commits = Arc::new(AtomicU64::new(0));
         let answers = answer_on_runtime();
+        let handoff = Arc::new(writer::CheckpointHandoff::default());
         let writer = WriterThread::spawn(max_batch.saturating_mul(QUEUE_BATCHES), {
             let commits = Arc::clone(&commits);
+            let handoff = Arc::clone(&handoff);
             move |queue, health| {
                 let writer = Writer {
                     conn,
@@ -183,6 +185,7 @@ impl SqliteStore {
                     observer: observer.as_deref(),
                     health: &health,
                     answers,
+                    checkpoints: Some(&handoff),
                 };
                 writer.run(queue, max_batch);
             }
@@ -192,7 +195,7 @@ impl SqliteStore {
         let (stop_checkpoints, stopped) = std::sync::mpsc::channel::<()>();
         let checkpointer = std::thread::Builder::new()
             .name("herald-store-checkpoint".into())
-            .spawn(move || checkpointer_loop(checkpoint_conn, stopped))
+            .spawn(move || checkpointer_loop(checkpoint_conn, stopped, &handoff))
             .map_err(|e| StoreError::Backend(format!("starting the store checkpointer: {e}")))?;
 
         tracing::debug!(path = %path.display(), sync = %options.sync, max_batch, "store opened");

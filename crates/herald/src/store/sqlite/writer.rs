@@ -36,10 +36,14 @@
 //!   probe itself finds out when space is back.
 //!
 //! The checkpointer thread lives here too: it copies the WAL into the database so
-//! that the writer's commits never do it themselves.
+//! that the writer's commits never do it themselves. Under a steady stream of
+//! commits it never catches up by itself (the WAL then grew to the writer's safety
+//! net, whose checkpoint held commits for tens of milliseconds), so after a pass
+//! of a busy WAL the writer copies the rest between two batches
+//! ([`CheckpointHandoff`]) and the WAL starts over.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rusqlite::types::{ToSqlOutput, ValueRef};
@@ -89,8 +93,9 @@ pub(super) fn open_writer(path: &Path, sync: SyncMode) -> Result<Connection, Sto
         .map_err(backend)?;
     // Checkpoints (copying the WAL into the database, with an fsync) normally run
     // inside a commit every 1,000 pages, stalling every publish of that batch. The
-    // checkpointer thread does them instead; this larger threshold is only a safety
-    // net should it fall behind.
+    // checkpointer thread does them instead (and the writer finishes its passes
+    // between batches); this larger threshold is only a safety net should both fall
+    // behind.
     conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)
         .map_err(backend)?;
     Ok(conn)
@@ -98,8 +103,15 @@ pub(super) fn open_writer(path: &Path, sync: SyncMode) -> Result<Connection, Sto
 
 /// Writer-side checkpoint threshold, in pages (SQLite's default is 1,000).
 const WAL_AUTOCHECKPOINT_PAGES: i64 = 20_000;
-/// How often the checkpointer copies the WAL into the database.
+/// How often the checkpointer copies the WAL into the database while little is
+/// written (a pass found fewer than [`BUSY_WAL_FRAMES`] frames).
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
+/// ... and while much is: the sooner a pass follows the last, the less the writer
+/// has left to finish ([`CheckpointHandoff`]) and the smaller the WAL stays.
+const BUSY_CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
+/// A WAL of this many frames (4 KiB pages) or more counts as busy: commits add
+/// frames while a pass copies, and the writer finishes each pass.
+const BUSY_WAL_FRAMES: i64 = if cfg!(test) { 4 } else { 1_000 };
 
 pub(super) fn open_checkpointer(path: &Path) -> Result<Connection, StoreError> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
@@ -109,28 +121,76 @@ pub(super) fn open_checkpointer(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
+/// How the checkpointer asks the writer to finish a pass.
+///
+/// SQLite starts the WAL over (writes from its start again) only when a write
+/// transaction begins and every frame in it has been copied into the database. A
+/// passive checkpoint copies the frames that were there when it began; under a steady
+/// stream of commits new ones always arrive meanwhile, so the checkpointer alone
+/// never gets there. The WAL then grew to the writer's safety net
+/// ([`WAL_AUTOCHECKPOINT_PAGES`], ~80 MiB), whose checkpoint inside a commit copied
+/// up to half a second of frames and waited for their fsyncs, holding that commit's
+/// publishes for 10 to 70 ms several times a second (docs/BENCHMARKS.md, rounds 10
+/// and 11). Now, after such a pass, the writer checkpoints itself between two
+/// batches: it copies only what was committed during the pass, and its next commit
+/// starts the WAL over.
+#[derive(Debug, Default)]
+pub(super) struct CheckpointHandoff {
+    finish: AtomicBool,
+}
+
+impl CheckpointHandoff {
+    /// Whether a pass left frames behind for the writer, clearing the request.
+    fn take(&self) -> bool {
+        self.finish.swap(false, Ordering::AcqRel)
+    }
+}
+
 /// Runs passive checkpoints (which never block the writer or readers) until the
-/// store closes (the sender of `stop` is dropped).
+/// store closes (the sender of `stop` is dropped), every [`CHECKPOINT_INTERVAL`], or
+/// [`BUSY_CHECKPOINT_INTERVAL`] while the WAL is busy, and asks the writer (through
+/// `handoff`) to finish each busy pass.
 /// A failing checkpoint (a full disk) is logged when it starts and stops failing,
-/// not twice a second; it is retried every interval and needs no repair.
-pub(super) fn checkpointer_loop(conn: Connection, stop: std::sync::mpsc::Receiver<()>) {
+/// not at every pass; it is retried every interval and needs no repair.
+pub(super) fn checkpointer_loop(
+    conn: Connection,
+    stop: std::sync::mpsc::Receiver<()>,
+    handoff: &CheckpointHandoff,
+) {
     let mut failing = false;
-    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-        stop.recv_timeout(CHECKPOINT_INTERVAL)
-    {
-        match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+    let mut interval = CHECKPOINT_INTERVAL;
+    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(interval) {
+        let pass = checkpoint_pass(&conn, handoff);
+        interval = match pass {
+            Ok(true) => BUSY_CHECKPOINT_INTERVAL,
+            _ => CHECKPOINT_INTERVAL,
+        };
+        match pass {
             Err(e) if !failing => {
                 failing = true;
                 tracing::warn!(error = %e, "store checkpoints failing; retrying");
             }
             Err(e) => tracing::debug!(error = %e, "store checkpoint failed"),
-            Ok(()) if failing => {
+            Ok(_) if failing => {
                 failing = false;
                 tracing::info!("store checkpoints succeed again");
             }
-            Ok(()) => {}
+            Ok(_) => {}
         }
     }
+}
+
+/// One passive checkpoint; whether the WAL is busy, in which case the writer is
+/// asked to finish the pass. (The pass cannot tell whether commits added frames
+/// while it ran: it counts the frames that were there when it began. When none
+/// were added, the writer's checkpoint finds nothing to copy and syncs nothing.)
+fn checkpoint_pass(conn: &Connection, handoff: &CheckpointHandoff) -> rusqlite::Result<bool> {
+    let frames = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+        row.get::<_, i64>(1)
+    })?;
+    let busy = frames >= BUSY_WAL_FRAMES;
+    handoff.finish.store(busy, Ordering::Release);
+    Ok(busy)
 }
 
 /// A write operation queued for the writer thread.
@@ -753,6 +813,8 @@ pub(super) struct Writer<'a> {
     pub(super) health: &'a WriterHealth,
     /// `None`: the writer answers by itself.
     pub(super) answers: Option<AnswerSender>,
+    /// `None`: no checkpointer asks the writer to finish its passes.
+    pub(super) checkpoints: Option<&'a CheckpointHandoff>,
 }
 
 impl Writer<'_> {
@@ -764,6 +826,7 @@ impl Writer<'_> {
         // statement may have been left mid-step).
         let mut prepared: Option<Prepared<'_>> = None;
         loop {
+            self.finish_checkpoint();
             let mut batch = std::mem::take(&mut carry);
             if batch.is_empty() {
                 match queue.blocking_recv() {
@@ -809,6 +872,24 @@ impl Writer<'_> {
             });
         }
         tracing::debug!("store writer stopped");
+    }
+
+    /// Copies into the database what the checkpointer's last pass could not, when it
+    /// asked ([`CheckpointHandoff`]), so that the next commit starts the WAL over.
+    /// Between two batches: the publishes that arrive meanwhile wait for it, as they
+    /// wait for a commit, and it copies only what was committed during one pass.
+    fn finish_checkpoint(&self) {
+        if !self.checkpoints.is_some_and(CheckpointHandoff::take) {
+            return;
+        }
+        // Passive: if the checkpointer has started its next pass, this one gives way
+        // at once (SQLITE_BUSY) and the next pass asks again.
+        if let Err(e) = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+        {
+            tracing::debug!(error = %e, "the writer's checkpoint failed");
+        }
     }
 
     /// Runs `batch`, and whatever is queued meanwhile (up to `max_batch` operations),
@@ -1050,6 +1131,7 @@ mod tests {
             observer: None,
             health: &health,
             answers: None,
+            checkpoints: None,
         });
     }
 
@@ -1088,6 +1170,76 @@ mod tests {
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap()
+    }
+
+    /// A checkpoint pass of a busy WAL that could not copy all of it (here a reader's
+    /// snapshot holds it back, as the commits made during a pass do) asks the writer
+    /// to finish it. The writer's checkpoint between two batches copies the rest, so
+    /// the commit after it starts the WAL over instead of making it longer.
+    #[test]
+    fn the_writer_finishes_a_pass_that_fell_behind_and_the_wal_starts_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.db");
+        let conn = open_writer(&path, SyncMode::Normal).unwrap();
+        super::super::schema::migrate(&conn).unwrap();
+        let checkpointer = open_checkpointer(&path).unwrap();
+        let reader = Connection::open(&path).unwrap();
+        let commits = AtomicU64::new(0);
+        let health = WriterHealth::new();
+        let handoff = CheckpointHandoff::default();
+        let writer = Writer {
+            conn,
+            commits: &commits,
+            observer: None,
+            health: &health,
+            answers: None,
+            checkpoints: Some(&handoff),
+        };
+        let mut stmts = Prepared::new(&writer.conn).unwrap();
+        let mut batch = |prefix: &str| {
+            let rows = (0..10).map(|i| Some(row(&format!("{prefix}{i:02}"))));
+            let answers = run_appends(&writer, &mut stmts, rows.collect());
+            assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+        };
+        let wal_frames = || -> i64 {
+            checkpointer
+                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))
+                .unwrap()
+        };
+
+        batch("a");
+        reader.execute_batch("BEGIN").unwrap();
+        let seen: i64 = reader
+            .query_row("SELECT count(*) FROM messages", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(seen, 10);
+        batch("b");
+        assert!(checkpoint_pass(&checkpointer, &handoff).unwrap(), "busy");
+        assert!(
+            handoff.finish.load(Ordering::Acquire),
+            "the writer is asked"
+        );
+        reader.execute_batch("COMMIT").unwrap();
+        // Frames in the WAL, from its size: a checkpoint here would finish the pass.
+        let page_size: u32 = checkpointer
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .unwrap();
+        let wal_bytes = std::fs::metadata(dir.path().join("m.db-wal"))
+            .unwrap()
+            .len();
+        let behind = ((wal_bytes - 32) / (u64::from(page_size) + 24)) as i64;
+
+        writer.finish_checkpoint();
+        assert!(
+            !handoff.finish.load(Ordering::Acquire),
+            "done, not asked again"
+        );
+        batch("c");
+        let after = wal_frames();
+        assert!(
+            after < behind,
+            "the WAL started over: {after} frames after the next commit, {behind} before"
+        );
     }
 
     /// 40 appends in one batch, a ping after the 20th: statements of 8, 8, 4, 8, 8 and 4
@@ -1177,6 +1329,7 @@ mod tests {
             observer: None,
             health: &health,
             answers: None,
+            checkpoints: None,
         };
         let mut stmts = Prepared::new(&writer.conn).unwrap();
         let (tx, mut queue) = mpsc::channel(8);
