@@ -194,6 +194,7 @@ impl LogStore {
                     answers,
                     encoder: segment::Encoder::default(),
                     _lock: lock_file,
+                    full_segment_syncs: Vec::new(),
                 };
                 writer.run(queue, max_batch);
             }

@@ -123,6 +123,8 @@ pub(super) struct Writer {
     pub(super) encoder: Encoder,
     /// The log directory's lock (`LOCK`), released when the thread ends.
     pub(super) _lock: File,
+    /// Syncs of full segments still running or not yet joined ([`Writer::roll`]).
+    pub(super) full_segment_syncs: Vec<std::thread::JoinHandle<std::io::Result<()>>>,
 }
 
 /// Why a write failed: nothing of it counts.
@@ -182,6 +184,7 @@ impl Writer {
                 );
             }
         }
+        self.join_full_segment_syncs(true);
         if self.sync != SyncMode::Off
             && let Err(e) = self.head.file.sync_data()
         {
@@ -387,12 +390,18 @@ impl Writer {
         Ok(base)
     }
 
-    /// Starts the next segment. The one before is synced first (unless
-    /// `store-sync = off`): with `normal`, records reach the disk at the latest when
-    /// their segment is full, as SQLite's WAL reaches it at checkpoints.
+    /// Starts the next segment. The one before is synced (unless `store-sync =
+    /// off`): with `normal`, records reach the disk at the latest when their segment
+    /// is full, as SQLite's WAL reaches it at checkpoints. That sync writes the whole
+    /// segment out (64 MiB by default: 25-50 ms here under a steady load, during
+    /// which every publish waited, docs/BENCHMARKS.md, round 11), so with `normal` it
+    /// runs on a thread of its own while the writer goes on at the new head; with
+    /// `full` every write was synced already and it runs here.
     fn roll(&mut self) -> std::io::Result<()> {
-        if self.sync != SyncMode::Off {
-            self.head.file.sync_data()?;
+        match self.sync {
+            SyncMode::Full => self.head.file.sync_data()?,
+            SyncMode::Normal => self.sync_full_segment(self.head.file.try_clone()?),
+            SyncMode::Off => {}
         }
         let head = create_segment(&self.dir, self.head.number + 1, self.sync)?;
         let reader = Arc::new(head.file.try_clone()?);
@@ -407,6 +416,43 @@ impl Writer {
         );
         self.head = head;
         Ok(())
+    }
+
+    /// Syncs `file`, a full segment, on a thread of its own (here if none can start).
+    fn sync_full_segment(&mut self, file: File) {
+        self.join_full_segment_syncs(false);
+        let file = Arc::new(file);
+        let syncing = Arc::clone(&file);
+        match std::thread::Builder::new()
+            .name("herald-log-sync".into())
+            .spawn(move || syncing.sync_data())
+        {
+            Ok(handle) => self.full_segment_syncs.push(handle),
+            Err(e) => {
+                tracing::debug!(error = %e, "no thread for a segment's sync: syncing it here");
+                if let Err(e) = file.sync_data() {
+                    tracing::warn!(error = %e, "syncing a full log segment failed");
+                }
+            }
+        }
+    }
+
+    /// Joins the full segments' syncs that ended (all of them, waiting, if `all`),
+    /// logging any that failed. A failed sync loses nothing that was acknowledged
+    /// (with `normal` a publish is acknowledged once its record is in the file), but
+    /// the records may not survive a power loss: that is worth a warning.
+    fn join_full_segment_syncs(&mut self, all: bool) {
+        let (done, running): (Vec<_>, Vec<_>) = std::mem::take(&mut self.full_segment_syncs)
+            .into_iter()
+            .partition(|sync| all || sync.is_finished());
+        self.full_segment_syncs = running;
+        for sync in done {
+            match sync.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "syncing a full log segment failed"),
+                Err(_) => tracing::warn!("syncing a full log segment panicked"),
+            }
+        }
     }
 
     /// Marks the due scheduled messages published, with one write, and returns them.
