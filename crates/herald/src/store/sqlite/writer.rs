@@ -39,7 +39,7 @@
 //! that the writer's commits never do it themselves. Under a steady stream of
 //! commits it never catches up by itself (the WAL then grew to the writer's safety
 //! net, whose checkpoint held commits for tens of milliseconds), so after a pass
-//! of a busy WAL the writer copies the rest between two batches
+//! over a large WAL the writer copies the rest between two batches
 //! ([`CheckpointHandoff`]) and the WAL starts over.
 
 use std::path::Path;
@@ -109,9 +109,15 @@ const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
 /// ... and while much is: the sooner a pass follows the last, the less the writer
 /// has left to finish ([`CheckpointHandoff`]) and the smaller the WAL stays.
 const BUSY_CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
-/// A WAL of this many frames (4 KiB pages) or more counts as busy: commits add
-/// frames while a pass copies, and the writer finishes each pass.
+/// A WAL of this many frames (4 KiB pages) or more counts as busy.
 const BUSY_WAL_FRAMES: i64 = if cfg!(test) { 4 } else { 1_000 };
+/// A pass that finds this many frames (40 MiB) or more asks the writer to finish it.
+/// The writer's checkpoint holds the publishes that arrive meanwhile for a few
+/// milliseconds (its copy and two fsyncs): once per WAL of this size, that is a
+/// fraction of a percent of the time even at 10,000 publishes/s to 1,000 topics
+/// (a frame a publish). Asked after every busy pass, it doubled their p99
+/// (docs/BENCHMARKS.md, round 11).
+const FINISH_WAL_FRAMES: i64 = if cfg!(test) { 8 } else { 10_000 };
 
 pub(super) fn open_checkpointer(path: &Path) -> Result<Connection, StoreError> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
@@ -149,7 +155,7 @@ impl CheckpointHandoff {
 /// Runs passive checkpoints (which never block the writer or readers) until the
 /// store closes (the sender of `stop` is dropped), every [`CHECKPOINT_INTERVAL`], or
 /// [`BUSY_CHECKPOINT_INTERVAL`] while the WAL is busy, and asks the writer (through
-/// `handoff`) to finish each busy pass.
+/// `handoff`) to finish a pass once the WAL is large.
 /// A failing checkpoint (a full disk) is logged when it starts and stops failing,
 /// not at every pass; it is retried every interval and needs no repair.
 pub(super) fn checkpointer_loop(
@@ -180,17 +186,19 @@ pub(super) fn checkpointer_loop(
     }
 }
 
-/// One passive checkpoint; whether the WAL is busy, in which case the writer is
-/// asked to finish the pass. (The pass cannot tell whether commits added frames
-/// while it ran: it counts the frames that were there when it began. When none
-/// were added, the writer's checkpoint finds nothing to copy and syncs nothing.)
+/// One passive checkpoint; whether the WAL is busy. Asks the writer to finish the
+/// pass once the WAL has [`FINISH_WAL_FRAMES`]. (The pass cannot tell whether
+/// commits added frames while it ran: it counts the frames that were there when it
+/// began. When none were added, the writer's checkpoint finds nothing to copy and
+/// syncs nothing.)
 fn checkpoint_pass(conn: &Connection, handoff: &CheckpointHandoff) -> rusqlite::Result<bool> {
     let frames = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
         row.get::<_, i64>(1)
     })?;
-    let busy = frames >= BUSY_WAL_FRAMES;
-    handoff.finish.store(busy, Ordering::Release);
-    Ok(busy)
+    handoff
+        .finish
+        .store(frames >= FINISH_WAL_FRAMES, Ordering::Release);
+    Ok(frames >= BUSY_WAL_FRAMES)
 }
 
 /// A write operation queued for the writer thread.
@@ -1121,7 +1129,17 @@ mod tests {
     /// Runs `f` with a writer on a new store.
     fn with_writer(f: impl FnOnce(&Writer<'_>)) {
         let dir = tempfile::tempdir().unwrap();
-        let conn = open_writer(&dir.path().join("m.db"), SyncMode::Normal).unwrap();
+        with_writer_on(&dir.path().join("m.db"), None, f);
+    }
+
+    /// Runs `f` with a writer on a new store at `path`, finishing the checkpoint
+    /// passes `checkpoints` asks it to.
+    fn with_writer_on(
+        path: &Path,
+        checkpoints: Option<&CheckpointHandoff>,
+        f: impl FnOnce(&Writer<'_>),
+    ) {
+        let conn = open_writer(path, SyncMode::Normal).unwrap();
         super::super::schema::migrate(&conn).unwrap();
         let commits = AtomicU64::new(0);
         let health = WriterHealth::new();
@@ -1131,7 +1149,7 @@ mod tests {
             observer: None,
             health: &health,
             answers: None,
-            checkpoints: None,
+            checkpoints,
         });
     }
 
@@ -1172,7 +1190,7 @@ mod tests {
             .unwrap()
     }
 
-    /// A checkpoint pass of a busy WAL that could not copy all of it (here a reader's
+    /// A checkpoint pass over a large WAL that could not copy all of it (here a reader's
     /// snapshot holds it back, as the commits made during a pass do) asks the writer
     /// to finish it. The writer's checkpoint between two batches copies the rest, so
     /// the commit after it starts the WAL over instead of making it longer.
@@ -1180,66 +1198,53 @@ mod tests {
     fn the_writer_finishes_a_pass_that_fell_behind_and_the_wal_starts_over() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.db");
-        let conn = open_writer(&path, SyncMode::Normal).unwrap();
-        super::super::schema::migrate(&conn).unwrap();
-        let checkpointer = open_checkpointer(&path).unwrap();
-        let reader = Connection::open(&path).unwrap();
-        let commits = AtomicU64::new(0);
-        let health = WriterHealth::new();
         let handoff = CheckpointHandoff::default();
-        let writer = Writer {
-            conn,
-            commits: &commits,
-            observer: None,
-            health: &health,
-            answers: None,
-            checkpoints: Some(&handoff),
-        };
-        let mut stmts = Prepared::new(&writer.conn).unwrap();
-        let mut batch = |prefix: &str| {
-            let rows = (0..10).map(|i| Some(row(&format!("{prefix}{i:02}"))));
-            let answers = run_appends(&writer, &mut stmts, rows.collect());
-            assert!(answers.iter().all(Result::is_ok), "{answers:?}");
-        };
-        let wal_frames = || -> i64 {
-            checkpointer
-                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))
+        with_writer_on(&path, Some(&handoff), |writer| {
+            let checkpointer = open_checkpointer(&path).unwrap();
+            let reader = Connection::open(&path).unwrap();
+            let mut stmts = Prepared::new(&writer.conn).unwrap();
+            let mut batch = |prefix: &str| {
+                let rows = (0..10).map(|i| Some(row(&format!("{prefix}{i:02}"))));
+                let answers = run_appends(writer, &mut stmts, rows.collect());
+                assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+            };
+
+            batch("a");
+            reader.execute_batch("BEGIN").unwrap();
+            let seen: i64 = reader
+                .query_row("SELECT count(*) FROM messages", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(seen, 10);
+            batch("b");
+            assert!(checkpoint_pass(&checkpointer, &handoff).unwrap(), "busy");
+            assert!(
+                handoff.finish.load(Ordering::Acquire),
+                "the writer is asked"
+            );
+            reader.execute_batch("COMMIT").unwrap();
+            // Frames in the WAL, from its size: a checkpoint here would finish the pass.
+            let page_size: u32 = checkpointer
+                .query_row("PRAGMA page_size", [], |r| r.get(0))
+                .unwrap();
+            let wal_bytes = std::fs::metadata(dir.path().join("m.db-wal"))
                 .unwrap()
-        };
+                .len();
+            let behind = ((wal_bytes - 32) / (u64::from(page_size) + 24)) as i64;
 
-        batch("a");
-        reader.execute_batch("BEGIN").unwrap();
-        let seen: i64 = reader
-            .query_row("SELECT count(*) FROM messages", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(seen, 10);
-        batch("b");
-        assert!(checkpoint_pass(&checkpointer, &handoff).unwrap(), "busy");
-        assert!(
-            handoff.finish.load(Ordering::Acquire),
-            "the writer is asked"
-        );
-        reader.execute_batch("COMMIT").unwrap();
-        // Frames in the WAL, from its size: a checkpoint here would finish the pass.
-        let page_size: u32 = checkpointer
-            .query_row("PRAGMA page_size", [], |r| r.get(0))
-            .unwrap();
-        let wal_bytes = std::fs::metadata(dir.path().join("m.db-wal"))
-            .unwrap()
-            .len();
-        let behind = ((wal_bytes - 32) / (u64::from(page_size) + 24)) as i64;
-
-        writer.finish_checkpoint();
-        assert!(
-            !handoff.finish.load(Ordering::Acquire),
-            "done, not asked again"
-        );
-        batch("c");
-        let after = wal_frames();
-        assert!(
-            after < behind,
-            "the WAL started over: {after} frames after the next commit, {behind} before"
-        );
+            writer.finish_checkpoint();
+            assert!(
+                !handoff.finish.load(Ordering::Acquire),
+                "done, not asked again"
+            );
+            batch("c");
+            let after: i64 = checkpointer
+                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))
+                .unwrap();
+            assert!(
+                after < behind,
+                "the WAL started over: {after} frames after the next commit, {behind} before"
+            );
+        });
     }
 
     /// 40 appends in one batch, a ping after the 20th: statements of 8, 8, 4, 8, 8 and 4
@@ -1318,48 +1323,37 @@ mod tests {
 
     #[test]
     fn operations_queued_during_a_batch_join_its_commit() {
-        let dir = tempfile::tempdir().unwrap();
-        let conn = open_writer(&dir.path().join("m.db"), SyncMode::Normal).unwrap();
-        super::super::schema::migrate(&conn).unwrap();
-        let commits = AtomicU64::new(0);
-        let health = WriterHealth::new();
-        let writer = Writer {
-            conn,
-            commits: &commits,
-            observer: None,
-            health: &health,
-            answers: None,
-            checkpoints: None,
-        };
-        let mut stmts = Prepared::new(&writer.conn).unwrap();
-        let (tx, mut queue) = mpsc::channel(8);
-        let mut answers = Vec::new();
-        let mut op = |id: &str| {
-            let (reply, answer) = oneshot::channel();
-            answers.push(answer);
-            Op::Append {
-                row: row(id),
-                reply,
+        with_writer(|writer| {
+            let mut stmts = Prepared::new(&writer.conn).unwrap();
+            let (tx, mut queue) = mpsc::channel(8);
+            let mut answers = Vec::new();
+            let mut op = |id: &str| {
+                let (reply, answer) = oneshot::channel();
+                answers.push(answer);
+                Op::Append {
+                    row: row(id),
+                    reply,
+                }
+            };
+            let first = op("a");
+            // Sent after the batch was drained, before its commit.
+            for id in ["b", "c", "d"] {
+                tx.try_send(op(id)).map_err(|_| ()).unwrap();
             }
-        };
-        let first = op("a");
-        // Sent after the batch was drained, before its commit.
-        for id in ["b", "c", "d"] {
-            tx.try_send(op(id)).map_err(|_| ()).unwrap();
-        }
-        let carry = writer.run_batch(&mut stmts, vec![first], &mut queue, 3);
-        assert!(carry.is_empty());
-        assert_eq!(commits.load(Ordering::Relaxed), 1, "one commit");
-        let count: i64 = writer
-            .conn
-            .query_row("SELECT COUNT(*) FROM messages", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(count, 3, "the first, and two sent meanwhile (max_batch 3)");
-        let mut answers = answers.into_iter();
-        for answer in answers.by_ref().take(3) {
-            assert!(matches!(answer.blocking_recv(), Ok(Ok(()))));
-        }
-        // `max_batch` still bounds the batch: the fourth waits in the queue.
-        assert!(queue.try_recv().is_ok());
+            let carry = writer.run_batch(&mut stmts, vec![first], &mut queue, 3);
+            assert!(carry.is_empty());
+            assert_eq!(writer.commits.load(Ordering::Relaxed), 1, "one commit");
+            let count: i64 = writer
+                .conn
+                .query_row("SELECT COUNT(*) FROM messages", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(count, 3, "the first, and two sent meanwhile (max_batch 3)");
+            let mut answers = answers.into_iter();
+            for answer in answers.by_ref().take(3) {
+                assert!(matches!(answer.blocking_recv(), Ok(Ok(()))));
+            }
+            // `max_batch` still bounds the batch: the fourth waits in the queue.
+            assert!(queue.try_recv().is_ok());
+        });
     }
 }
