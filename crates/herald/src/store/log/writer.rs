@@ -127,6 +127,18 @@ pub(super) struct Writer {
     pub(super) full_segment_syncs: Vec<std::thread::JoinHandle<std::io::Result<()>>>,
 }
 
+/// Full segments whose syncs may run at once ([`Writer::sync_full_segment`]).
+const SEGMENT_SYNCS_RUNNING: usize = 2;
+
+/// Logs a full segment's sync that failed.
+fn log_segment_sync(joined: std::thread::Result<std::io::Result<()>>) {
+    match joined {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "syncing a full log segment failed"),
+        Err(_) => tracing::warn!("syncing a full log segment panicked"),
+    }
+}
+
 /// Why a write failed: nothing of it counts.
 struct WriteFailure {
     disk_full: bool,
@@ -419,8 +431,15 @@ impl Writer {
     }
 
     /// Syncs `file`, a full segment, on a thread of its own (here if none can start).
+    /// At most [`SEGMENT_SYNCS_RUNNING`] run at once: a disk that cannot keep up holds
+    /// the writer back here, as it did before the syncs had threads of their own,
+    /// rather than piling up threads.
     fn sync_full_segment(&mut self, file: File) {
         self.join_full_segment_syncs(false);
+        while self.full_segment_syncs.len() >= SEGMENT_SYNCS_RUNNING {
+            let oldest = self.full_segment_syncs.remove(0);
+            log_segment_sync(oldest.join());
+        }
         let file = Arc::new(file);
         let syncing = Arc::clone(&file);
         match std::thread::Builder::new()
@@ -447,11 +466,7 @@ impl Writer {
             .partition(|sync| all || sync.is_finished());
         self.full_segment_syncs = running;
         for sync in done {
-            match sync.join() {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, "syncing a full log segment failed"),
-                Err(_) => tracing::warn!("syncing a full log segment panicked"),
-            }
+            log_segment_sync(sync.join());
         }
     }
 
