@@ -137,16 +137,16 @@ pub(super) fn open_checkpointer(path: &Path) -> Result<Connection, StoreError> {
 /// ([`WAL_AUTOCHECKPOINT_PAGES`], ~80 MiB), whose checkpoint inside a commit copied
 /// up to half a second of frames and waited for their fsyncs, holding that commit's
 /// publishes for 10 to 70 ms several times a second (docs/BENCHMARKS.md, rounds 10
-/// and 11). Now, after such a pass, the writer checkpoints itself between two
-/// batches: it copies only what was committed during the pass, and its next commit
-/// starts the WAL over.
+/// and 11). Now, after a pass over a WAL of [`FINISH_WAL_FRAMES`] or more, the
+/// writer checkpoints itself between two batches: it copies only what was committed
+/// during the pass, and its next commit starts the WAL over.
 #[derive(Debug, Default)]
 pub(super) struct CheckpointHandoff {
     finish: AtomicBool,
 }
 
 impl CheckpointHandoff {
-    /// Whether a pass left frames behind for the writer, clearing the request.
+    /// Whether a pass asked the writer to finish it, clearing the request.
     fn take(&self) -> bool {
         self.finish.swap(false, Ordering::AcqRel)
     }
@@ -890,8 +890,8 @@ impl Writer<'_> {
         if !self.checkpoints.is_some_and(CheckpointHandoff::take) {
             return;
         }
-        // Passive: if the checkpointer has started its next pass, this one gives way
-        // at once (SQLITE_BUSY) and the next pass asks again.
+        // Passive: if the checkpointer has started its next pass, this one returns at
+        // once without copying anything, and that pass asks again.
         if let Err(e) = self
             .conn
             .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
