@@ -16,20 +16,10 @@ label=${2:-$bin}
 port=${3:-18703}
 engine=${STORE_ENGINE:-sqlite}
 SECS=${SECS:-10}
-command -v wrk >/dev/null || { echo "wrk not found: apt-get install wrk" >&2; exit 1; }
-work=$(mktemp -d)
-pid=""
-trap '[[ -n "$pid" ]] && kill "$pid" 2>/dev/null; rm -rf "$work"' EXIT
-cat >"$work/post.lua" <<'LUA'
-wrk.method = "POST"
-wrk.body = string.rep("x", 64)
-LUA
-taskset -c "${SERVER_CPU:-0}" "$bin" serve --listen-http "127.0.0.1:$port" --data-dir "$work/data" \
-    --store-engine "$engine" --log-level warn --visitor-request-limit-burst 1000000000 \
-    --visitor-message-daily-limit 4000000000 --visitor-topic-creation-limit-burst 0 \
-    >"$work/server.log" 2>&1 &
-pid=$!
-for _ in $(seq 100); do curl -fs "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
+# shellcheck source=bench/lib-herald-wrk.sh
+source "$(dirname "$0")/lib-herald-wrk.sh"
+bench_setup
+herald_start "$bin" "$port" "${SERVER_CPU:-0}" --store-engine "$engine"
 t0=$(awk '{print $14 + $15}' "/proc/$pid/stat")
 out=$(taskset -c "${LOADGEN_CPU:-1}" wrk -t1 -c64 -d"${SECS}s" --latency -s "$work/post.lua" \
     "http://127.0.0.1:$port/bench")

@@ -16,25 +16,11 @@ SECS=${SECS:-5}
 SERVER_CPU=${SERVER_CPU:-0}
 LOADGEN_CPU=${LOADGEN_CPU:-1}
 port=${PORT:-18610}
-command -v wrk >/dev/null || { echo "wrk not found: apt-get install wrk" >&2; exit 1; }
-work=$(mktemp -d)
-pid=""
-trap '[[ -n "$pid" ]] && kill -9 "$pid" 2>/dev/null; rm -rf "$work"' EXIT
-
-cat >"$work/post.lua" <<'LUA'
-wrk.method = "POST"
-wrk.body = string.rep("x", 64)
-LUA
-
-taskset -c "$SERVER_CPU" "$herald" serve --listen-http "127.0.0.1:$port" \
-    --data-dir "$work/data" --log-level warn --visitor-request-limit-burst 1000000000 \
-    --visitor-message-daily-limit 4000000000 --visitor-topic-creation-limit-burst 0 \
-    >"$work/server.log" 2>&1 &
-pid=$!
-for _ in $(seq 100); do
-    curl -fs "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break
-    sleep 0.1
-done
+# shellcheck source=bench/lib-herald-wrk.sh
+source "$(dirname "$0")/lib-herald-wrk.sh"
+# SIGKILL at exit too: a clean stop would checkpoint the WAL this script reads.
+bench_setup KILL
+herald_start "$herald" "$port" "$SERVER_CPU"
 taskset -c "$LOADGEN_CPU" wrk -t1 -c64 -d"${SECS}s" -s "$work/post.lua" \
     "http://127.0.0.1:$port/bench" | grep -E "requests in|Requests/sec"
 curl -fs "http://127.0.0.1:$port/metrics" |

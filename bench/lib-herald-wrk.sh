@@ -1,0 +1,35 @@
+# Sourced by the bench scripts that drive one herald with `wrk -t1 -c64` POSTs of
+# 64-byte bodies to one topic (publish-sustained.sh, sqlite-wal-frames.sh): the work
+# directory, its clean-up, the wrk script and a server started with the limits lifted.
+#
+#   source "$(dirname "$0")/lib-herald-wrk.sh"
+#   bench_setup [SIGNAL]      # $work, $work/post.lua; at exit the server gets SIGNAL (TERM)
+#   herald_start BIN PORT CPU [serve args...]   # sets $pid once /healthz answers
+
+bench_setup() {
+    command -v wrk >/dev/null || { echo "wrk not found: apt-get install wrk" >&2; exit 1; }
+    work=$(mktemp -d)
+    pid=""
+    stop_signal=${1:-TERM}
+    trap '[[ -n "$pid" ]] && kill -"$stop_signal" "$pid" 2>/dev/null; rm -rf "$work"' EXIT
+    cat >"$work/post.lua" <<'LUA'
+wrk.method = "POST"
+wrk.body = string.rep("x", 64)
+LUA
+}
+
+herald_start() {
+    local bin=$1 port=$2 cpu=$3
+    shift 3
+    taskset -c "$cpu" "$bin" serve --listen-http "127.0.0.1:$port" --data-dir "$work/data" \
+        --log-level warn --visitor-request-limit-burst 1000000000 \
+        --visitor-message-daily-limit 4000000000 --visitor-topic-creation-limit-burst 0 \
+        "$@" >"$work/server.log" 2>&1 &
+    pid=$!
+    for _ in $(seq 100); do
+        curl -fs "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    echo "herald did not come up (log: $work/server.log)" >&2
+    return 1
+}
