@@ -124,6 +124,7 @@ impl LogStore {
         }
         crate::datafiles::private_dir(dir).map_err(|e| backend("creating", e))?;
         let lock_file = lock_dir(dir)?;
+        drop_empty_newest_segments(dir, &mut numbers)?;
 
         // Messages that expired before this start, or before the latest sweep's mark
         // (the clock may have gone back since), are skipped.
@@ -195,6 +196,7 @@ impl LogStore {
                     encoder: segment::Encoder::default(),
                     _lock: lock_file,
                     full_segment_syncs: Vec::new(),
+                    next_segment: None,
                 };
                 writer.run(queue, max_batch);
             }
@@ -443,6 +445,35 @@ fn new_segment(file: std::fs::File, size: u64) -> Segment {
         live_bytes: 0,
         size,
     }
+}
+
+/// Removes the newest segments that hold no record: the one the writer creates
+/// ahead of its roll (`Writer::prepare_next_segment`) is left in place when herald
+/// stops, and its creation may have been cut short by a crash (a file shorter than
+/// its header, or a header never written). So the log's tail, torn or not, stays in
+/// the newest segment that has records, which the rebuild treats as the tail. The
+/// only segment of a log is kept if its header is whole.
+fn drop_empty_newest_segments(dir: &Path, numbers: &mut Vec<u64>) -> Result<(), StoreError> {
+    while let Some(&number) = numbers.last() {
+        let path = segment_path(dir, number);
+        let holds_records = std::fs::metadata(&path)
+            .map(|m| m.len() > segment::MAGIC.len() as u64)
+            .map_err(|e| StoreError::Backend(format!("reading {}: {e}", path.display())))?;
+        if holds_records {
+            return Ok(());
+        }
+        let whole = std::fs::read(&path).is_ok_and(|header| header == segment::MAGIC);
+        if whole && numbers.len() == 1 {
+            return Ok(());
+        }
+        if !whole {
+            tracing::warn!(path = %path.display(), "removing a log segment whose creation a crash cut short");
+        }
+        std::fs::remove_file(&path)
+            .map_err(|e| StoreError::Backend(format!("removing {}: {e}", path.display())))?;
+        numbers.pop();
+    }
+    Ok(())
 }
 
 /// Reads segment `number` into `index`. A damaged tail is cut off: at the log's

@@ -125,6 +125,16 @@ pub(super) struct Writer {
     pub(super) _lock: File,
     /// Syncs of full segments still running or not yet joined ([`Writer::roll`]).
     pub(super) full_segment_syncs: Vec<std::thread::JoinHandle<std::io::Result<()>>>,
+    /// The next segment, being made ready on a thread of its own once the head is
+    /// half full ([`Writer::prepare_next_segment`]), so that a roll does not wait for
+    /// its creation's syncs.
+    pub(super) next_segment: Option<NextSegment>,
+}
+
+/// A segment created ahead of the roll that will make it the head.
+pub(super) struct NextSegment {
+    number: u64,
+    creating: std::thread::JoinHandle<std::io::Result<Head>>,
 }
 
 /// Full segments whose syncs may run at once ([`Writer::sync_full_segment`]).
@@ -197,6 +207,10 @@ impl Writer {
             }
         }
         self.join_full_segment_syncs(true);
+        // Left in place: the next start removes a newest segment that holds no record.
+        if let Some(next) = self.next_segment.take() {
+            let _ = next.creating.join();
+        }
         if self.sync != SyncMode::Off
             && let Err(e) = self.head.file.sync_data()
         {
@@ -389,6 +403,9 @@ impl Writer {
             return Err(self.failed(WriteFailure::from_io(context, &e), operations));
         }
         self.head.len = base + len;
+        if self.head.len > self.segment_bytes / 2 {
+            self.prepare_next_segment();
+        }
         if let Some(segment) = write_index(&self.index).segments.get_mut(&self.head.number) {
             segment.size = self.head.len;
         }
@@ -415,7 +432,7 @@ impl Writer {
             SyncMode::Normal => self.sync_full_segment(self.head.file.try_clone()?),
             SyncMode::Off => {}
         }
-        let head = create_segment(&self.dir, self.head.number + 1, self.sync)?;
+        let head = self.take_next_segment()?;
         let reader = Arc::new(head.file.try_clone()?);
         write_index(&self.index).segments.insert(
             head.number,
@@ -428,6 +445,48 @@ impl Writer {
         );
         self.head = head;
         Ok(())
+    }
+
+    /// Starts creating the segment after the head on a thread of its own, unless that
+    /// has started already. Creating one syncs its header and its directory entry
+    /// (unless `store-sync = off`), so that a power loss cannot leave a head segment
+    /// without its header; on the writer, those syncs waited behind the writeback of
+    /// the segment just filled (12-27 ms, docs/BENCHMARKS.md, round 12) and held every
+    /// publish of that commit.
+    fn prepare_next_segment(&mut self) {
+        if self.next_segment.is_some() {
+            return;
+        }
+        let (dir, number, sync) = (self.dir.clone(), self.head.number + 1, self.sync);
+        match std::thread::Builder::new()
+            .name("herald-log-next".into())
+            .spawn(move || create_segment(&dir, number, sync))
+        {
+            Ok(creating) => self.next_segment = Some(NextSegment { number, creating }),
+            // The roll creates it then.
+            Err(e) => tracing::debug!(error = %e, "no thread to create the next log segment"),
+        }
+    }
+
+    /// The segment after the head, ready for appending: the one created ahead if
+    /// that worked, otherwise created here.
+    fn take_next_segment(&mut self) -> std::io::Result<Head> {
+        let number = self.head.number + 1;
+        if let Some(next) = self.next_segment.take() {
+            match next.creating.join() {
+                Ok(Ok(head)) if next.number == number => return Ok(head),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "creating the next log segment ahead failed: trying again");
+                }
+                Err(_) => {
+                    tracing::warn!("creating the next log segment ahead panicked: trying again")
+                }
+            }
+            // Whatever it left holds no record.
+            let _ = std::fs::remove_file(segment_path(&self.dir, next.number));
+        }
+        create_segment(&self.dir, number, self.sync)
     }
 
     /// Syncs `file`, a full segment, on a thread of its own (here if none can start).
