@@ -8,7 +8,9 @@
 #
 # LOG_LEVEL (default warn) sets the server's --log-level (info: the access log on,
 # written to a file); STORE_ENGINE (default sqlite) the --store-engine (`log`: the
-# append-only log store); KEEP_CALLGRIND=FILE keeps callgrind's output for callgrind_annotate.
+# append-only log store); KEEP_CALLGRIND=FILE keeps callgrind's output for callgrind_annotate;
+# LOADGEN=path/to/herald runs `herald bench` from that binary (default: the server's),
+# for a server built without it (the shipped `dist` binary).
 #
 # It also prints the store's operations per commit (`herald_store_commit_batch_size`):
 # a commit's cost is shared by the publishes it holds, and how many it holds depends on
@@ -17,6 +19,7 @@
 # similar commit sizes.
 set -euo pipefail
 herald=${1:-target/release/herald}
+loadgen=${LOADGEN:-$herald}
 work=$(mktemp -d)
 trap 'pkill -INT -f "callgrind.*$work" 2>/dev/null || true; [[ -n "${KEEP_CALLGRIND:-}" ]] && cp "$work/cg.out" "$KEEP_CALLGRIND"; rm -rf "$work"' EXIT
 port=${PORT:-18555}  # PORT=...: another port, for runs side by side
@@ -31,7 +34,7 @@ for _ in $(seq 100); do
     curl -fs "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break
     sleep 0.2
 done
-"$herald" bench --url http://127.0.0.1:$port --subscribers 64 --topics 64 \
+"$loadgen" bench --url http://127.0.0.1:$port --subscribers 64 --topics 64 \
     --publishers 16 --rate 0 --duration 10 --quiet --json "$work/run.json" >/dev/null
 batches=$(curl -fs "http://127.0.0.1:$port/metrics" |
     awk '/^herald_store_commit_batch_size_sum/{s=$2} /^herald_store_commit_batch_size_count/{c=$2} END{if (c > 0) printf "%.1f", s / c; else print "-"}' || true)
