@@ -169,26 +169,30 @@ async fn answers_as_the_sqlite_store_does_through_random_operations() {
     );
 }
 
-#[tokio::test]
-async fn a_torn_tail_is_cut_and_what_came_before_stays() {
-    let dir = tempfile::tempdir().unwrap();
-    let now = now_unix();
+/// Appends two messages to a new log in `dir`, then cuts the second record short as a
+/// crash in the middle of its write would; returns the first.
+async fn two_appends_the_second_torn(dir: &Path, now: i64) -> Message {
     let (first, second) = (msg("t", now - 2), msg("t", now - 1));
-    {
-        let store = open_with(dir.path(), options());
-        store.append(first.clone()).await.unwrap();
-        store.append(second.clone()).await.unwrap();
-        store.close().await;
-    }
-    let path = segment_path(&dir.path().join("messages.log"), 1);
+    let store = open_with(dir, options());
+    store.append(first.clone()).await.unwrap();
+    store.append(second).await.unwrap();
+    store.close().await;
+    let path = segment_path(&dir.join("messages.log"), 1);
     let len = std::fs::metadata(&path).unwrap().len();
-    // A crash in the middle of the second record's write.
     OpenOptions::new()
         .write(true)
         .open(&path)
         .unwrap()
         .set_len(len - 5)
         .unwrap();
+    first
+}
+
+#[tokio::test]
+async fn a_torn_tail_is_cut_and_what_came_before_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = now_unix();
+    let first = two_appends_the_second_torn(dir.path(), now).await;
     let store = open_with(dir.path(), options());
     let all = store.query(q(&["t"], Since::All, false)).await.unwrap();
     assert_eq!(all, vec![first.clone()]);
@@ -600,22 +604,7 @@ async fn a_newest_segment_without_records_is_removed_at_start() {
     ] {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("messages.log");
-        let (first, second) = (msg("t", now - 2), msg("t", now - 1));
-        {
-            let store = open_with(dir.path(), options());
-            store.append(first.clone()).await.unwrap();
-            store.append(second.clone()).await.unwrap();
-            store.close().await;
-        }
-        let path = segment_path(&log, 1);
-        let len = std::fs::metadata(&path).unwrap().len();
-        // A crash in the middle of the second record's write.
-        OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .set_len(len - 5)
-            .unwrap();
+        let first = two_appends_the_second_torn(dir.path(), now).await;
         std::fs::write(segment_path(&log, 2), left).unwrap();
         let store = open_with(dir.path(), options());
         assert_eq!(list_segments(&log).unwrap(), [1], "{left:?}");
