@@ -128,16 +128,10 @@ pub(super) struct Writer {
     pub(super) _lock: File,
     /// Syncs of full segments still running or not yet joined ([`Writer::roll`]).
     pub(super) full_segment_syncs: Vec<std::thread::JoinHandle<std::io::Result<()>>>,
-    /// The next segment, being made ready on a thread of its own once the head is
-    /// half full ([`Writer::prepare_next_segment`]), so that a roll does not wait for
-    /// its creation's syncs.
-    pub(super) next_segment: Option<NextSegment>,
-}
-
-/// A segment created ahead of the roll that will make it the head.
-pub(super) struct NextSegment {
-    number: u64,
-    creating: std::thread::JoinHandle<std::io::Result<Head>>,
+    /// The segment after the head, being made ready on a thread of its own once the
+    /// head is half full ([`Writer::prepare_next_segment`]), so that a roll does not
+    /// wait for its creation's syncs. Only a roll changes the head, and it takes this.
+    pub(super) next_segment: Option<std::thread::JoinHandle<std::io::Result<Head>>>,
 }
 
 /// Full segments whose syncs may run at once ([`Writer::sync_full_segment`]).
@@ -212,7 +206,7 @@ impl Writer {
         self.join_full_segment_syncs(true);
         // Left in place: the next start removes a newest segment that holds no record.
         if let Some(next) = self.next_segment.take() {
-            let _ = next.creating.join();
+            let _ = next.join();
         }
         if self.sync != SyncMode::Off
             && let Err(e) = self.head.file.sync_data()
@@ -466,7 +460,7 @@ impl Writer {
             .name("herald-log-next".into())
             .spawn(move || create_segment(&dir, number, sync))
         {
-            Ok(creating) => self.next_segment = Some(NextSegment { number, creating }),
+            Ok(creating) => self.next_segment = Some(creating),
             // The roll creates it then.
             Err(e) => tracing::debug!(error = %e, "no thread to create the next log segment"),
         }
@@ -477,9 +471,8 @@ impl Writer {
     fn take_next_segment(&mut self) -> std::io::Result<Head> {
         let number = self.head.number + 1;
         if let Some(next) = self.next_segment.take() {
-            match next.creating.join() {
-                Ok(Ok(head)) if next.number == number => return Ok(head),
-                Ok(Ok(_)) => {}
+            match next.join() {
+                Ok(Ok(head)) => return Ok(head),
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "creating the next log segment ahead failed: trying again");
                 }
@@ -488,7 +481,7 @@ impl Writer {
                 }
             }
             // Whatever it left holds no record.
-            let _ = std::fs::remove_file(segment_path(&self.dir, next.number));
+            let _ = std::fs::remove_file(segment_path(&self.dir, number));
         }
         create_segment(&self.dir, number, self.sync)
     }
