@@ -18,12 +18,15 @@ COPY crates ./crates
 # .cargo/config.toml sets LIBSQLITE3_FLAGS, which leaves out SQLite extensions and APIs
 # herald never uses (crates/herald/build.rs packs the relocations of this static
 # link). The target must be explicit so RUSTFLAGS reach only herald's own artifacts, not
-# proc-macros or build scripts (those cannot be static). `uname -m` gives x86_64 or
-# aarch64, so the same file builds natively on amd64 and arm64.
+# proc-macros or build scripts (those cannot be static). The C code (SQLite) is built
+# without unwind tables and without inlining of functions not marked inline: the same
+# flags as scripts/build-static.sh, which says why. `uname -m`
+# gives x86_64 or aarch64, so the same file builds natively on amd64 and arm64.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     TARGET="$(uname -m)-unknown-linux-gnu" \
     && RUSTFLAGS="-C target-feature=+crt-static" \
+       env "CFLAGS_$(echo "$TARGET" | tr - _)=-fno-asynchronous-unwind-tables -fno-unwind-tables -fno-inline-functions" \
        cargo build --locked --profile dist --target "$TARGET" -p herald --bin herald --no-default-features --features s3 \
     && mkdir -p /out/rootfs/data \
     && cp "target/$TARGET/dist/herald" /out/herald \
