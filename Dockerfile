@@ -18,10 +18,10 @@ COPY crates ./crates
 # .cargo/config.toml sets LIBSQLITE3_FLAGS, which leaves out SQLite extensions and APIs
 # herald never uses (crates/herald/build.rs packs the relocations of this static
 # link). The target must be explicit so RUSTFLAGS reach only herald's own artifacts, not
-# proc-macros or build scripts (those cannot be static). The C code (SQLite) is built
-# without unwind tables and without inlining of functions not marked inline: the same
-# flags as scripts/build-static.sh, which says why. `uname -m`
-# gives x86_64 or aarch64, so the same file builds natively on amd64 and arm64.
+# proc-macros or build scripts (those cannot be static). The C code (SQLite's, and
+# ring's few C files) is built without unwind tables and without inlining of functions
+# not marked inline: the same flags as scripts/build-static.sh, which says why.
+# `uname -m` gives x86_64 or aarch64, so the same file builds natively on amd64 and arm64.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     TARGET="$(uname -m)-unknown-linux-gnu" \

@@ -58,11 +58,12 @@ if [[ "${NO_BUILD:-0}" != 1 ]]; then
     # The SQLite options (LIBSQLITE3_FLAGS) are .cargo/config.toml's, as for every build.
     # crates/herald/build.rs adds `-z pack-relative-relocs` to the link of a +crt-static
     # build (0.5 MB less of relocations).
-    # SQLite at -O2 (Cargo.toml) adds 0.26 MB; it fits because the C code (SQLite) is
-    # built without unwind tables (no Rust unwinds through it, and `dist` aborts on a
-    # panic) and without inlining functions not marked inline: -0.18 MB, for ~230
-    # instructions a durable publish (docs/BENCHMARKS.md, round 13). (cc reads
-    # CFLAGS_<target>; TARGET_CFLAGS is ignored when the target is the host.)
+    # SQLite at -O2 (Cargo.toml) adds 0.26 MB; it fits because the C code (SQLite's, and
+    # ring's few C files beside its assembly) is built without unwind tables (no Rust
+    # unwinds through it, and `dist` aborts on a panic) and without inlining functions
+    # not marked inline: -0.18 MB, for ~230 instructions a durable publish
+    # (docs/BENCHMARKS.md, round 13). (cc reads CFLAGS_<target>; TARGET_CFLAGS is
+    # ignored when the target is the host.)
     RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
         CFLAGS_x86_64_unknown_linux_gnu="${CFLAGS_x86_64_unknown_linux_gnu:-} -fno-asynchronous-unwind-tables -fno-unwind-tables -fno-inline-functions" \
         cargo build --locked --profile "$PROFILE" --target "$TARGET" -p herald --bin herald --no-default-features --features s3

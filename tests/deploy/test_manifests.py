@@ -346,9 +346,9 @@ def test_dockerfile_matches_manifests() -> None:
     assert "+crt-static" in script and re.search(r'^PROFILE="\$\{STATIC_PROFILE:-dist\}"$', script, re.M)
     # Same code generation flags: the size budget is checked on the script's build.
     assert 'RUSTFLAGS="-C target-feature=+crt-static"' in text
-    unwind_cflags = "-fno-asynchronous-unwind-tables -fno-unwind-tables -fno-inline-functions"
-    assert f'"CFLAGS_$(echo "$TARGET" | tr - _)={unwind_cflags}"' in text
-    assert f'CFLAGS_x86_64_unknown_linux_gnu="${{CFLAGS_x86_64_unknown_linux_gnu:-}} {unwind_cflags}"' in script
+    c_flags = "-fno-asynchronous-unwind-tables -fno-unwind-tables -fno-inline-functions"
+    assert f'"CFLAGS_$(echo "$TARGET" | tr - _)={c_flags}"' in text
+    assert f'CFLAGS_x86_64_unknown_linux_gnu="${{CFLAGS_x86_64_unknown_linux_gnu:-}} {c_flags}"' in script
     # Same SQLite: .cargo/config.toml's LIBSQLITE3_FLAGS, for every build. Neither the
     # script nor the Dockerfile sets its own, and the image's build context has the file.
     config = (ROOT / ".cargo" / "config.toml").read_text()
