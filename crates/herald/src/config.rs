@@ -694,6 +694,9 @@ pub fn add_args(mut cmd: Command) -> Command {
             Arg::new(opt.key)
                 .long(opt.key)
                 .value_name("VALUE")
+                // As Go's flag package does for ntfy: the word after an option is its
+                // value, even when it starts with `-`, as a base64url key may.
+                .allow_hyphen_values(true)
                 .env(env_name(opt.key))
                 .hide_env_values(SECRET_OPTIONS.contains(&opt.key))
                 .help(help),
@@ -1701,6 +1704,21 @@ mod tests {
             let err = load(&matches(&[key, value])).unwrap_err().to_string();
             assert!(err.contains(&key[2..]), "{err}");
         }
+    }
+
+    #[test]
+    fn a_value_may_start_with_a_hyphen() {
+        // One VAPID key in 64 starts with `-` (base64url); it must not read as a flag.
+        let m = matches(&["--web-push-private-key", "-Ab_c", "--base-url", "-x"]);
+        assert_eq!(
+            m.get_one::<String>("web-push-private-key")
+                .map(String::as_str),
+            Some("-Ab_c")
+        );
+        assert_eq!(
+            m.get_one::<String>("base-url").map(String::as_str),
+            Some("-x")
+        );
     }
 
     #[test]
