@@ -1708,7 +1708,8 @@ mod tests {
 
     #[test]
     fn a_value_may_start_with_a_hyphen() {
-        // One VAPID key in 64 starts with `-` (base64url); it must not read as a flag.
+        // One VAPID private key in 64 starts with `-` (32 random bytes in base64url; a
+        // public key starts with `B`, its 0x04 byte): it must not read as a flag.
         let m = matches(&["--web-push-private-key", "-Ab_c", "--base-url", "-x"]);
         assert_eq!(
             m.get_one::<String>("web-push-private-key")
