@@ -36,25 +36,9 @@ wrk.method = "POST"
 wrk.body = string.rep("x", 64)
 LUA
 
-cat >"$work/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $work/nginx.pid;
-error_log stderr warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $work/nginx-body;
-    proxy_temp_path $work/nginx-proxy;
-    fastcgi_temp_path $work/nginx-fastcgi;
-    uwsgi_temp_path $work/nginx-uwsgi;
-    scgi_temp_path $work/nginx-scgi;
-    server {
-        listen 127.0.0.1:$port;
-        location / { return 200 "{}\n"; }
-    }
-}
-EOF
+# shellcheck source=bench/lib-herald-wrk.sh
+source "$(dirname "$0")/lib-herald-wrk.sh"
+nginx_conf "$port"
 
 wait_up() {
     for _ in $(seq 100); do
@@ -63,15 +47,6 @@ wait_up() {
     done
     echo "server did not come up" >&2
     exit 1
-}
-
-# The CPU time (utime + stime, clock ticks) of a process and its children's threads.
-ticks() {
-    local total=0 p
-    for p in "$@"; do
-        total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat")))
-    done
-    echo "$total"
 }
 
 # Prints "requests/s requests-per-server-CPU-second": the second is what a server
