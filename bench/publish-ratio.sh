@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Item 1's ratio of issue #19 (durable publishes per second of server CPU time against
-# nginx's `return 200`), measured in adjacent pairs so that it holds on a busy host.
+# nginx's `return 200`), measured in adjacent pairs, for a host whose load changes.
 #
 #   bench/publish-ratio.sh [path/to/release/herald] [PAIRS] [serve args...]
 #
@@ -12,10 +12,13 @@
 # SERVER_CPU (default 0), and short runs of `wrk -t1 -c64` (SECS, default 3, POSTing
 # 64-byte bodies to one topic from LOADGEN_CPU, default 1) alternate between them in the
 # order nginx, herald, herald, nginx, ...: each pair is two runs next to each other, and
-# the order swaps so that a trend in the host's load does not favour either side. Each
+# the order swaps so that a trend in the host's load does not favour either side (a
+# busier host still lowers the ratio itself: docs/BENCHMARKS.md, round 14). Each
 # run's CPU time is read after a pause (SETTLE, default 1 s) that lets the writer and
 # the checkpointer finish what the run left them. Prints every pair's ratio, then their
-# median and quartiles. Needs nginx and wrk (Debian: `apt-get install nginx-light wrk`).
+# median and quartiles. The store keeps every message: 20 pairs at 100,000 publishes/s
+# write ~6 million rows, a few GB of disk. Needs nginx and wrk (Debian: `apt-get
+# install nginx-light wrk`).
 set -euo pipefail
 herald=${1:-target/release/herald}
 pairs=${2:-20}
