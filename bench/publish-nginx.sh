@@ -23,21 +23,10 @@ SECS=${SECS:-10}
 SERVER_CPU=${SERVER_CPU:-0}
 LOADGEN_CPU=${LOADGEN_CPU:-1}
 CONNS=${CONNS:-64}
-for tool in nginx wrk; do
-    command -v "$tool" >/dev/null || { echo "$tool not found: apt-get install nginx-light wrk" >&2; exit 1; }
-done
-work=$(mktemp -d)
-pid=""
-trap '[[ -n "$pid" ]] && kill "$pid" 2>/dev/null; rm -rf "$work"' EXIT
 port=18600
-
-cat >"$work/post.lua" <<'LUA'
-wrk.method = "POST"
-wrk.body = string.rep("x", 64)
-LUA
-
 # shellcheck source=bench/lib-herald-wrk.sh
 source "$(dirname "$0")/lib-herald-wrk.sh"
+bench_setup
 nginx_conf "$port"
 
 wait_up() {
@@ -49,25 +38,12 @@ wait_up() {
     exit 1
 }
 
-# Prints "requests/s requests-per-server-CPU-second": the second is what a server
-# answers per second of its own CPU time, which other processes on a shared host
-# disturb much less than the wall-clock rate.
+# Prints "requests/s requests-per-server-CPU-second" (`wrk_run`) for the server $pid;
+# nginx answers in its worker process, a child of the master.
 run_wrk() {
-    local pids=$pid
-    # nginx answers in its worker process, a child of the master.
-    pids="$pids $(pgrep -P "$pid" || true)"
-    local t0 t1 out
-    t0=$(ticks $pids)
-    out=$(taskset -c "$LOADGEN_CPU" wrk -t1 -c"$CONNS" -d"${SECS}s" -s "$work/post.lua" \
-        "http://127.0.0.1:$port/bench")
-    t1=$(ticks $pids)
-    python3 - "$out" "$t0" "$t1" "$(getconf CLK_TCK)" <<'PY'
-import re, sys
-out, t0, t1, hz = sys.argv[1], *map(float, sys.argv[2:])
-total = int(re.search(r"(\d+) requests in", out).group(1))
-rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-print(f"{rps:.0f} {total / max((t1 - t0) / hz, 1e-9):.0f}")
-PY
+    local pids
+    read -ra pids <<<"$pid $(pgrep -P "$pid" || true)"
+    wrk_run "$port" "${pids[@]}"
 }
 
 herald_serve() {

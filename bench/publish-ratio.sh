@@ -29,9 +29,6 @@ SERVER_CPU=${SERVER_CPU:-0}
 LOADGEN_CPU=${LOADGEN_CPU:-1}
 nginx_port=${PORT:-18620}
 herald_port=$((nginx_port + 1))
-for tool in nginx wrk; do
-    command -v "$tool" >/dev/null || { echo "$tool not found: apt-get install nginx-light wrk" >&2; exit 1; }
-done
 # shellcheck source=bench/lib-herald-wrk.sh
 source "$(dirname "$0")/lib-herald-wrk.sh"
 bench_setup
@@ -48,19 +45,11 @@ for _ in $(seq 100); do
 done
 
 # Requests answered per second of server CPU time in one run against PORT, whose
-# server is the processes PIDS.
+# server is the processes PID... (`wrk_run`, read SETTLE seconds after the run).
 per_cpu_second() {
-    local port=$1 t0 t1 out
-    shift
-    t0=$(ticks "$@")
-    out=$(taskset -c "$LOADGEN_CPU" wrk -t1 -c64 -d"${SECS}s" -s "$work/post.lua" \
-        "http://127.0.0.1:$port/bench")
-    sleep "$SETTLE"
-    t1=$(ticks "$@")
-    python3 -c 'import re, sys
-n = int(re.search(r"(\d+) requests in", sys.argv[1]).group(1))
-print(round(n / max((float(sys.argv[3]) - float(sys.argv[2])) / float(sys.argv[4]), 1e-9)))' \
-        "$out" "$t0" "$t1" "$(getconf CLK_TCK)"
+    local both
+    both=$(wrk_run "$@")
+    echo "${both#* }"
 }
 
 # nginx answers in its worker process, a child of the master.
