@@ -6,7 +6,9 @@
 #
 #   source "$(dirname "$0")/lib-herald-wrk.sh"
 #   bench_setup [SIGNAL]      # $work, $work/post.lua; at exit the server gets SIGNAL (TERM)
-#   herald_start BIN PORT CPU [serve args...]   # sets $pid once /healthz answers
+#   herald_start BIN PORT CPU [serve args...]   # sets $pid once /healthz answers; at
+#                             # LOG_LEVEL (default warn), data in HERALD_DATA (default
+#                             # $work/data), output in HERALD_LOG ($work/server.log)
 #   nginx_conf PORT           # $work/nginx.conf: the HTTP floor, nginx's `return 200`
 #   ticks PID...              # their CPU time so far (utime + stime, clock ticks)
 #   wrk_run PORT PID...       # one wrk run: "requests/s requests-per-CPU-second of PIDs"
@@ -26,16 +28,18 @@ LUA
 herald_start() {
     local bin=$1 port=$2 cpu=$3
     shift 3
-    taskset -c "$cpu" "$bin" serve --listen-http "127.0.0.1:$port" --data-dir "$work/data" \
-        --log-level warn --visitor-request-limit-burst 1000000000 \
+    local log=${HERALD_LOG:-$work/server.log}
+    taskset -c "$cpu" "$bin" serve --listen-http "127.0.0.1:$port" \
+        --data-dir "${HERALD_DATA:-$work/data}" --log-level "${LOG_LEVEL:-warn}" \
+        --visitor-request-limit-burst 1000000000 \
         --visitor-message-daily-limit 4000000000 --visitor-topic-creation-limit-burst 0 \
-        "$@" >"$work/server.log" 2>&1 &
+        "$@" >"$log" 2>&1 &
     pid=$!
     for _ in $(seq 100); do
         curl -fs "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && return 0
         sleep 0.1
     done
-    echo "herald did not come up (log: $work/server.log)" >&2
+    echo "herald did not come up (log: $log)" >&2
     return 1
 }
 

@@ -19,6 +19,14 @@
 # median and quartiles. The store keeps every message: 20 pairs at 100,000 publishes/s
 # write ~6 million rows, a few GB of disk. Needs nginx and wrk (Debian: `apt-get
 # install nginx-light wrk`).
+#
+# REFERENCE=herald-warn compares herald with herald instead (item 1's access-log
+# target): the reference is the same binary with the same serve args at `--log-level
+# warn` (on PORT, its data apart), and the measured one runs at LOG_LEVEL (set it to
+# `info`, the default level, whose access log then goes to a file as a deployment's
+# would); 1 - the ratio is what that level costs (docs/BENCHMARKS.md, round 15):
+#
+#   REFERENCE=herald-warn LOG_LEVEL=info bench/publish-ratio.sh BIN 20
 set -euo pipefail
 herald=${1:-target/release/herald}
 pairs=${2:-20}
@@ -27,22 +35,42 @@ SECS=${SECS:-3}
 SETTLE=${SETTLE:-1}
 SERVER_CPU=${SERVER_CPU:-0}
 LOADGEN_CPU=${LOADGEN_CPU:-1}
-nginx_port=${PORT:-18620}
-herald_port=$((nginx_port + 1))
+ref_port=${PORT:-18620}
+herald_port=$((ref_port + 1))
 # shellcheck source=bench/lib-herald-wrk.sh
 source "$(dirname "$0")/lib-herald-wrk.sh"
 bench_setup
-nginx_pid=""
-trap '[[ -n "$pid" ]] && kill "$pid" 2>/dev/null; [[ -n "$nginx_pid" ]] && kill "$nginx_pid" 2>/dev/null; rm -rf "$work"' EXIT
+REFERENCE=${REFERENCE:-nginx}
+ref_pid=""
+trap '[[ -n "$pid" ]] && kill "$pid" 2>/dev/null; [[ -n "$ref_pid" ]] && kill "$ref_pid" 2>/dev/null; rm -rf "$work"' EXIT
 
-nginx_conf "$nginx_port"
-taskset -c "$SERVER_CPU" nginx -c "$work/nginx.conf" >"$work/nginx.log" 2>&1 &
-nginx_pid=$!
+case $REFERENCE in
+nginx)
+    ref_name=nginx
+    nginx_conf "$ref_port"
+    taskset -c "$SERVER_CPU" nginx -c "$work/nginx.conf" >"$work/nginx.log" 2>&1 &
+    ref_pid=$!
+    for _ in $(seq 100); do
+        curl -fs -o /dev/null "http://127.0.0.1:$ref_port/" && break
+        sleep 0.1
+    done
+    # nginx answers in its worker process, a child of the master.
+    read -ra ref_pids <<<"$ref_pid $(pgrep -P "$ref_pid" || true)"
+    ;;
+herald-warn)
+    ref_name="herald (warn)"
+    LOG_LEVEL=warn HERALD_DATA="$work/reference-data" HERALD_LOG="$work/reference.log" \
+        herald_start "$herald" "$ref_port" "$SERVER_CPU" "$@"
+    ref_pid=$pid
+    ref_pids=("$ref_pid")
+    ;;
+*)
+    echo "REFERENCE is nginx or herald-warn, not $REFERENCE" >&2
+    exit 2
+    ;;
+esac
 herald_start "$herald" "$herald_port" "$SERVER_CPU" "$@"
-for _ in $(seq 100); do
-    curl -fs -o /dev/null "http://127.0.0.1:$nginx_port/" && break
-    sleep 0.1
-done
+herald_name="herald (${LOG_LEVEL:-warn})"
 
 # Requests answered per second of server CPU time in one run against PORT, whose
 # server is the processes PID... (`wrk_run`, read SETTLE seconds after the run).
@@ -52,26 +80,27 @@ per_cpu_second() {
     echo "${both#* }"
 }
 
-# nginx answers in its worker process, a child of the master.
-read -ra nginx_pids <<<"$nginx_pid $(pgrep -P "$nginx_pid" || true)"
 # Each side once, unmeasured: the first requests of a server cost more.
-per_cpu_second "$nginx_port" "${nginx_pids[@]}" >/dev/null
+per_cpu_second "$ref_port" "${ref_pids[@]}" >/dev/null
 per_cpu_second "$herald_port" "$pid" >/dev/null
 ratios=()
 for i in $(seq "$pairs"); do
     if ((i % 2)); then
-        n=$(per_cpu_second "$nginx_port" "${nginx_pids[@]}")
+        r=$(per_cpu_second "$ref_port" "${ref_pids[@]}")
         h=$(per_cpu_second "$herald_port" "$pid")
     else
         h=$(per_cpu_second "$herald_port" "$pid")
-        n=$(per_cpu_second "$nginx_port" "${nginx_pids[@]}")
+        r=$(per_cpu_second "$ref_port" "${ref_pids[@]}")
     fi
-    ratio=$(python3 -c "print(f'{$h / $n:.3f}')")
+    ratio=$(python3 -c "print(f'{$h / $r:.3f}')")
     ratios+=("$ratio")
-    printf 'pair %2d: nginx %s, herald %s requests per CPU second: %s\n' "$i" "$n" "$h" "$ratio"
+    printf 'pair %2d: %s %s, %s %s requests per CPU second: %s\n' \
+        "$i" "$ref_name" "$r" "$herald_name" "$h" "$ratio"
 done
 python3 -c 'import statistics, sys
-r = sorted(map(float, sys.argv[1:]))
+measured, reference, *r = sys.argv[1:]
+r = sorted(map(float, r))
 q = statistics.quantiles(r, n=4) if len(r) > 1 else [r[0]] * 3
-print(f"herald / nginx per CPU second over {len(r)} pairs: median {q[1]:.1%}, "
-      f"quartiles {q[0]:.1%} - {q[2]:.1%}, range {r[0]:.1%} - {r[-1]:.1%}")' "${ratios[@]}"
+print(f"{measured} / {reference} per CPU second over {len(r)} pairs: median {q[1]:.1%}, "
+      f"quartiles {q[0]:.1%} - {q[2]:.1%}, range {r[0]:.1%} - {r[-1]:.1%}")' \
+    "$herald_name" "$ref_name" "${ratios[@]}"
