@@ -9,6 +9,7 @@
 #   herald_start BIN PORT CPU [serve args...]   # sets $pid once /healthz answers; at
 #                             # LOG_LEVEL (default warn), data in HERALD_DATA (default
 #                             # $work/data), output in HERALD_LOG ($work/server.log)
+#   wait_http URL             # until URL answers with a success (10 s at most)
 #   nginx_conf PORT           # $work/nginx.conf: the HTTP floor, nginx's `return 200`
 #   ticks PID...              # their CPU time so far (utime + stime, clock ticks)
 #   wrk_run PORT PID...       # one wrk run: "requests/s requests-per-CPU-second of PIDs"
@@ -35,11 +36,17 @@ herald_start() {
         --visitor-message-daily-limit 4000000000 --visitor-topic-creation-limit-burst 0 \
         "$@" >"$log" 2>&1 &
     pid=$!
+    wait_http "http://127.0.0.1:$port/healthz" && return 0
+    echo "herald did not come up (log: $log)" >&2
+    return 1
+}
+
+# Waits up to 10 s for URL to answer with a success; fails if it never does.
+wait_http() {
     for _ in $(seq 100); do
-        curl -fs "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && return 0
+        curl -fs -o /dev/null "$1" 2>/dev/null && return 0
         sleep 0.1
     done
-    echo "herald did not come up (log: $log)" >&2
     return 1
 }
 

@@ -50,10 +50,7 @@ nginx)
     nginx_conf "$ref_port"
     taskset -c "$SERVER_CPU" nginx -c "$work/nginx.conf" >"$work/nginx.log" 2>&1 &
     ref_pid=$!
-    for _ in $(seq 100); do
-        curl -fs -o /dev/null "http://127.0.0.1:$ref_port/" && break
-        sleep 0.1
-    done
+    wait_http "http://127.0.0.1:$ref_port/" || { echo "nginx did not come up" >&2; exit 1; }
     # nginx answers in its worker process, a child of the master.
     read -ra ref_pids <<<"$ref_pid $(pgrep -P "$ref_pid" || true)"
     ;;
